@@ -1,0 +1,158 @@
+//! Running a function body to a settled promise: attempts, durable backoff, settling.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::task::JoinHandle;
+
+use crate::error::Failure;
+use crate::function::Erased;
+use crate::invocation::{Fault, Invocation};
+use crate::promise::{Millis, Param, Promise, State};
+use crate::store::{CreatePromise, SettlePromise};
+use crate::{Context, Error, Result, Retry};
+
+/// A settled outcome: the JSON value, or the error.
+pub(crate) type Outcome = Result<String>;
+
+/// The outcome a settled promise holds.
+pub(crate) fn outcome(p: &Promise) -> Outcome {
+    match p.outcome() {
+        Some(Ok(json)) => Ok(json.to_owned()),
+        Some(Err(e)) => Err(e),
+        None => Err(Error::Runtime(format!("promise {} is still pending", p.id))),
+    }
+}
+
+/// One promise to run: its body, arguments and policy.
+pub(crate) struct Job {
+    pub(crate) inv: Arc<Invocation>,
+    pub(crate) id: String,
+    pub(crate) deadline: Millis,
+    pub(crate) func: Arc<dyn Erased>,
+    pub(crate) args: String,
+    pub(crate) retry: Retry,
+    /// Created just now: no earlier attempt can exist.
+    pub(crate) fresh: bool,
+}
+
+impl Job {
+    /// Runs attempts until one settles the promise. `None` if a fault stopped it: then
+    /// nothing was settled.
+    pub(crate) async fn run(self) -> Option<Outcome> {
+        let inv = &self.inv;
+        let mut attempt = if self.fresh { 1 } else { self.resume().await.ok()? };
+        loop {
+            let mut ctx = Context::new(inv.clone(), self.id.clone(), self.deadline);
+            let result = AssertUnwindSafe(self.func.call(&mut ctx, &self.args)).catch_unwind().await;
+            ctx.scope.join().await;
+            let result = match result {
+                Ok(result) => result,
+                Err(panic) => {
+                    inv.fail(Fault::Platform(format!("{} panicked: {}", self.id, panic_message(&*panic))));
+                    return None;
+                }
+            };
+            inv.check().ok()?;
+            let (state, value) = match result {
+                Ok(json) => (State::Resolved, json),
+                Err(e) => {
+                    if e.is_retryable()
+                        && let Some(delay) = self.retry.delay(attempt)
+                    {
+                        self.backoff(attempt, delay).await.ok()?;
+                        attempt += 1;
+                        continue;
+                    }
+                    (State::Rejected, Failure::from(&e).encode())
+                }
+            };
+            let req = SettlePromise { id: self.id.clone(), state, value, ikey: None, strict: false, fence: None };
+            let settled = inv.settle(req).await.ok()?;
+            return Some(outcome(&settled));
+        }
+    }
+
+    /// The id of the timer that waits after failed attempt `attempt`.
+    fn timer_id(&self, attempt: u32) -> String {
+        format!("{}.r{attempt}", self.id)
+    }
+
+    /// Waits durably before the next attempt.
+    async fn backoff(&self, attempt: u32, delay: Duration) -> Result<()> {
+        let mut req = CreatePromise::new(self.timer_id(attempt), Param::Timer);
+        req.timeout = Some(delay.as_millis() as Millis);
+        self.inv.create(req).await?;
+        self.inv.rt.wake.notify_one();
+        self.inv.settled(&self.timer_id(attempt)).await.map(drop)
+    }
+
+    /// Finds the attempt to run after a restart: each failed attempt left a timer.
+    async fn resume(&self) -> Result<u32> {
+        let mut attempt = 1;
+        while self.inv.is_preloaded(&self.timer_id(attempt)) {
+            attempt += 1;
+        }
+        // The last failed attempt's timer may still be pending: wait it out.
+        if self.inv.rt.store.get(&self.timer_id(attempt)).await.map_err(|e| self.inv.store_fault(e))?.is_some() {
+            self.inv.settled(&self.timer_id(attempt)).await?;
+            attempt += 1;
+        }
+        Ok(attempt)
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// The local children a function body started: the body's promise settles only after
+/// they did, and dropping the scope (a crash, a lost lease) aborts them.
+#[derive(Debug, Default)]
+pub(crate) struct Scope {
+    children: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Scope {
+    pub(crate) fn spawn(&self, job: impl Future<Output = ()> + Send + 'static) {
+        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        children.retain(|c| !c.is_finished());
+        children.push(tokio::spawn(job));
+    }
+
+    pub(crate) async fn join(&self) {
+        loop {
+            let next = self.children.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match next {
+                // Aborted if this wait is dropped, like the children still in the scope.
+                Some(child) => {
+                    let mut child = AbortOnDrop(child);
+                    let _ = (&mut child.0).await;
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        for child in self.children.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            child.abort();
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Durable functions: what `#[durable::function]` implements, and calls by name.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{Context, Error, Result, Retry};
+
+/// Something that can be called durably: a name and the types of its arguments and
+/// result. Every [`Function`] is one; so is [`Remote`], a function that runs elsewhere.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a durable function",
+    note = "annotate an `async fn` with `#[durable::function]`, or call a function of another process with `Remote::<Args, Output>::named(\"name\")`"
+)]
+pub trait Callable: Send + Sync + 'static {
+    /// The arguments: `()` for none, the value for one, a tuple for several.
+    type Args: Serialize + DeserializeOwned + Send + 'static;
+    /// The result.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+
+    /// The name it is registered and called by.
+    fn name(&self) -> &str;
+
+    /// Its version, recorded with each call.
+    fn version(&self) -> u32 {
+        1
+    }
+}
+
+/// A durable function with a body this process can run.
+///
+/// `#[durable::function]` implements it for a unit struct named after the annotated
+/// `async fn`; implementing it by hand is possible but rarely needed.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a durable function with a body in this process",
+    note = "annotate an `async fn` with `#[durable::function]`; a `Remote` function has no body here"
+)]
+pub trait Function: Callable + Clone {
+    /// The retry policy of its calls, unless a call sets its own.
+    fn retry(&self) -> Retry {
+        Retry::default()
+    }
+
+    /// The timeout of its calls, unless a call sets its own.
+    fn timeout(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Runs the body.
+    fn call<'a>(&self, ctx: &'a mut Context, args: Self::Args) -> BoxFuture<'a, Result<Self::Output>>;
+}
+
+/// A function of another process, called by name with no stub on this side.
+///
+/// ```
+/// use durable::Remote;
+///
+/// let add = Remote::<(i64, i64), i64>::named("+");
+/// assert_eq!(durable::Callable::name(&add), "+");
+/// ```
+pub struct Remote<A, O> {
+    name: Cow<'static, str>,
+    version: u32,
+    types: PhantomData<fn(A) -> O>,
+}
+
+impl<A, O> Remote<A, O> {
+    /// The function registered as `name`, version 1.
+    pub fn named(name: impl Into<Cow<'static, str>>) -> Remote<A, O> {
+        Remote { name: name.into(), version: 1, types: PhantomData }
+    }
+
+    /// The same function at another version.
+    pub fn version(mut self, version: u32) -> Remote<A, O> {
+        self.version = version;
+        self
+    }
+}
+
+impl<A, O> Clone for Remote<A, O> {
+    fn clone(&self) -> Self {
+        Remote { name: self.name.clone(), version: self.version, types: PhantomData }
+    }
+}
+
+impl<A, O> fmt::Debug for Remote<A, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Remote").field("name", &self.name).field("version", &self.version).finish()
+    }
+}
+
+impl<A, O> Callable for Remote<A, O>
+where
+    A: Serialize + DeserializeOwned + Send + 'static,
+    O: Serialize + DeserializeOwned + Send + 'static,
+{
+    type Args = A;
+    type Output = O;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+/// A function with its types erased: JSON in, JSON out. The registry holds these.
+pub(crate) trait Erased: Send + Sync + 'static {
+    fn retry(&self) -> Retry;
+    /// Decodes the arguments, runs the body, encodes the result.
+    fn call<'a>(&'a self, ctx: &'a mut Context, args: &'a str) -> BoxFuture<'a, Result<String>>;
+}
+
+impl<F: Function> Erased for F {
+    fn retry(&self) -> Retry {
+        Function::retry(self)
+    }
+
+    fn call<'a>(&'a self, ctx: &'a mut Context, args: &'a str) -> BoxFuture<'a, Result<String>> {
+        Box::pin(async move {
+            let args: F::Args = serde_json::from_str(args).map_err(|e| Error::Codec {
+                id: ctx.id().to_owned(),
+                what: format!(
+                    "decode the arguments of {:?} as {}",
+                    Callable::name(self),
+                    std::any::type_name::<F::Args>()
+                ),
+                message: e.to_string(),
+            })?;
+            let output = Function::call(self, ctx, args).await?;
+            ctx.encode_result(&output)
+        })
+    }
+}
+
+#[doc(hidden)]
+/// Used by `#[durable::function]` to name the `T` of a `Result<T, E>` return type.
+pub trait Returns {
+    type Ok;
+}
+
+impl<T> Returns for Result<T> {
+    type Ok = T;
+}

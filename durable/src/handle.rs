@@ -1,0 +1,93 @@
+//! [`Handle`]: a promise's result, to await.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+
+use crate::error::Failure;
+use crate::execute::{Outcome, outcome};
+use crate::invocation::Invocation;
+use crate::promise::TaskState;
+use crate::{Error, Result, Store, StoreError, codec};
+
+/// The result of a durable invocation, to await when it is needed.
+///
+/// Awaiting gives the decoded value, or the error the promise was rejected with. A
+/// handle does not borrow anything, so several can be awaited at once.
+#[must_use = "a handle does nothing unless awaited"]
+pub struct Handle<T> {
+    id: String,
+    outcome: BoxFuture<'static, Outcome>,
+    output: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for Handle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle").field("id", &self.id).finish()
+    }
+}
+
+impl<T> Handle<T> {
+    /// The id of the promise.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub(crate) fn ready(id: String, outcome: Outcome) -> Handle<T> {
+        Handle { id, outcome: Box::pin(std::future::ready(outcome)), output: PhantomData }
+    }
+
+    /// A child running in this process.
+    pub(crate) fn local(id: String, rx: oneshot::Receiver<Outcome>, inv: Arc<Invocation>) -> Handle<T> {
+        let outcome = async move {
+            match rx.await {
+                Ok(outcome) => outcome,
+                // The child stopped without settling: the invocation has a fault.
+                Err(_) => Err(inv.check().err().unwrap_or_else(|| Error::Runtime("the child was stopped".into()))),
+            }
+        };
+        Handle { id, outcome: Box::pin(outcome), output: PhantomData }
+    }
+
+    /// A promise settled by whoever executes it, anywhere.
+    pub(crate) fn stored(id: String, store: Arc<dyn Store>) -> Handle<T> {
+        let key = id.clone();
+        Handle { id, outcome: Box::pin(async move { settled(&*store, &key).await }), output: PhantomData }
+    }
+}
+
+/// Waits until the promise settles, or its task halts.
+pub(crate) async fn settled(store: &dyn Store, id: &str) -> Outcome {
+    loop {
+        let Some(p) = store.get(id).await? else {
+            return Err(StoreError::NotFound { what: "promise", id: id.to_owned() }.into());
+        };
+        if p.state.is_settled() {
+            return outcome(&p);
+        }
+        if let Some(task) = store.task(id).await?
+            && task.state == TaskState::Halted
+        {
+            let failure = Failure::decode(id, task.error.as_deref());
+            return Err(match failure {
+                Failure::Other { message } => Error::Halted { id: id.to_owned(), reason: message },
+                failure => failure.into_error(),
+            });
+        }
+        store.wait(id).await?;
+    }
+}
+
+impl<T: DeserializeOwned> Future for Handle<T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<T>> {
+        self.outcome.as_mut().poll(cx).map(|outcome| codec::decode(&self.id, &outcome?))
+    }
+}

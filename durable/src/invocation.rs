@@ -1,0 +1,168 @@
+//! One execution of a task: its fence, its preload, and the fault that stops it.
+//!
+//! Every store write made while executing the task goes through here, so a fault
+//! (a lost lease, a nondeterministic replay, a failed store, a panic) is seen by all of
+//! them: after the first fault nothing more is written, and the task is released or
+//! halted instead of settling anything wrongly.
+
+use std::collections::HashMap;
+use std::panic::Location;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::durable::Shared;
+use crate::error::Failure;
+use crate::promise::{Fence, Param, Promise};
+use crate::store::{CreatePromise, Created, SettlePromise};
+use crate::{Error, Nondeterminism, Result, StoreError};
+
+/// Why an execution stopped without settling.
+#[derive(Debug, Clone)]
+pub(crate) enum Fault {
+    /// The lease was lost: someone else holds the task now.
+    Fenced,
+    /// Replay diverged: the task halts until a fixed deploy resumes it.
+    Nondeterminism(Nondeterminism),
+    /// The store failed, a result did not encode, user code panicked: retried.
+    Platform(String),
+}
+
+impl Fault {
+    /// The error user code sees for it.
+    fn error(&self, task: &str) -> Error {
+        match self {
+            Fault::Nondeterminism(n) => Error::Nondeterminism(Box::new(n.clone())),
+            Fault::Fenced => Error::Halted { id: task.to_owned(), reason: "the lease was lost".into() },
+            Fault::Platform(reason) => Error::Halted { id: task.to_owned(), reason: reason.clone() },
+        }
+    }
+
+    /// What the task records when released or halted for it.
+    pub(crate) fn record(&self) -> String {
+        match self {
+            Fault::Nondeterminism(n) => Failure::Nondeterminism(n.clone()).encode(),
+            Fault::Fenced => Failure::Other { message: "the lease was lost".into() }.encode(),
+            Fault::Platform(reason) => Failure::Other { message: reason.clone() }.encode(),
+        }
+    }
+}
+
+pub(crate) struct Invocation {
+    pub(crate) rt: Arc<Shared>,
+    pub(crate) fence: Fence,
+    preload: HashMap<String, Promise>,
+    fault: Mutex<Option<Fault>>,
+    faulted: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Invocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invocation").field("fence", &self.fence).field("preload", &self.preload.len()).finish()
+    }
+}
+
+impl Invocation {
+    pub(crate) fn new(rt: Arc<Shared>, fence: Fence, preload: Vec<Promise>) -> Invocation {
+        let preload = preload.into_iter().map(|p| (p.id.clone(), p)).collect();
+        Invocation { rt, fence, preload, fault: Mutex::new(None), faulted: watch::Sender::new(false) }
+    }
+
+    /// Records a fault (the first one wins) and returns the error for user code.
+    pub(crate) fn fail(&self, fault: Fault) -> Error {
+        let mut slot = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        let fault = slot.get_or_insert(fault).clone();
+        self.faulted.send_replace(true);
+        fault.error(&self.fence.task)
+    }
+
+    pub(crate) fn fault(&self) -> Option<Fault> {
+        self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Err once a fault was recorded: nothing more is written.
+    pub(crate) fn check(&self) -> Result<()> {
+        match self.fault() {
+            Some(fault) => Err(fault.error(&self.fence.task)),
+            None => Ok(()),
+        }
+    }
+
+    /// Completes when a fault is recorded.
+    pub(crate) async fn faulted(&self) {
+        let mut rx = self.faulted.subscribe();
+        let _ = rx.wait_for(|f| *f).await;
+    }
+
+    /// The settled promise recorded under `id`, if the preload has it, after checking
+    /// that the code asks for the same thing now.
+    pub(crate) fn replayed(&self, id: &str, now: &Param, location: &Location<'_>) -> Result<Option<&Promise>> {
+        match self.preload.get(id) {
+            Some(p) => {
+                self.verify(id, &p.param, now, location)?;
+                Ok(Some(p))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Compares what was recorded under `id` with what the code does now.
+    pub(crate) fn verify(&self, id: &str, recorded: &Param, now: &Param, location: &Location<'_>) -> Result<()> {
+        if recorded.signature() == now.signature() {
+            return Ok(());
+        }
+        Err(self.fail(Fault::Nondeterminism(Nondeterminism {
+            id: id.to_owned(),
+            recorded: describe(recorded),
+            now: describe(now),
+            location: format!("{}:{}:{}", location.file(), location.line(), location.column()),
+        })))
+    }
+
+    pub(crate) fn is_preloaded(&self, id: &str) -> bool {
+        self.preload.contains_key(id)
+    }
+
+    pub(crate) async fn create(&self, mut req: CreatePromise) -> Result<Created> {
+        self.check()?;
+        req.fence = Some(self.fence.clone());
+        self.rt.store.create(req).await.map_err(|e| self.store_fault(e))
+    }
+
+    pub(crate) async fn settle(&self, mut req: SettlePromise) -> Result<Promise> {
+        self.check()?;
+        req.fence = Some(self.fence.clone());
+        self.rt.store.settle(req).await.map_err(|e| self.store_fault(e))
+    }
+
+    /// Waits for a promise to settle.
+    pub(crate) async fn settled(&self, id: &str) -> Result<Promise> {
+        loop {
+            self.check()?;
+            match self.rt.store.get(id).await.map_err(|e| self.store_fault(e))? {
+                Some(p) if p.state.is_settled() => return Ok(p),
+                Some(_) => self.rt.store.wait(id).await.map_err(|e| self.store_fault(e))?,
+                None => {
+                    return Err(self.store_fault(StoreError::NotFound { what: "promise", id: id.to_owned() }));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn store_fault(&self, e: StoreError) -> Error {
+        match e {
+            StoreError::Fenced { .. } => self.fail(Fault::Fenced),
+            e => self.fail(Fault::Platform(e.to_string())),
+        }
+    }
+}
+
+fn describe(param: &Param) -> String {
+    match param {
+        Param::Call { func, version, digest, .. } => {
+            format!("a call of {func:?} (version {version}, arguments digest {digest:016x})")
+        }
+        Param::Timer => "a sleep".into(),
+        Param::Record { what } => format!("ctx.{what}()"),
+    }
+}

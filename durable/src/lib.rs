@@ -1,0 +1,67 @@
+#![doc = include_str!("../../README.md")]
+//!
+//! # Modules
+//!
+//! * [`store`]: the [`Store`] trait and its backends, [`MemoryStore`] and [`SledStore`].
+//! * The crate root: [`Durable`] (the runtime), [`Context`] (durable operations inside a
+//!   function), [`Function`] and [`Remote`] (what can be called), [`Handle`], [`Retry`],
+//!   [`Error`].
+
+mod codec;
+mod context;
+mod durable;
+mod error;
+mod execute;
+mod function;
+mod handle;
+mod invocation;
+mod promise;
+mod retry;
+pub mod store;
+mod worker;
+
+pub use crate::context::{Call, Context, Invoke, Wait};
+pub use crate::durable::{Builder, DEFAULT_MAX_PAYLOAD, Durable};
+pub use crate::error::{Error, Nondeterminism, Result, StoreError};
+pub use crate::function::{Callable, Function, Remote};
+pub use crate::handle::Handle;
+pub use crate::promise::{Fence, Millis, NEVER, Param, Promise, State, Task, TaskState};
+pub use crate::retry::Retry;
+pub use crate::store::{MemoryStore, SledStore, Store};
+
+/// Turns an `async fn(&mut Context, …) -> durable::Result<T>` into a durable function.
+///
+/// See the crate documentation for the options.
+#[cfg(feature = "macros")]
+#[doc(inline)]
+pub use durable_macros::function;
+
+/// The names most programs need.
+pub mod prelude {
+    pub use crate::{Callable, Context, Durable, Error, Function, Handle, MemoryStore, Remote, Retry, SledStore, Store};
+}
+
+/// Used by the code `#[durable::function]` generates. Not public API: it may change in
+/// any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::function::Returns;
+    pub use crate::{Callable, Context, Function, Result, Retry};
+    pub use futures::future::BoxFuture;
+    pub use serde::Serialize;
+    pub use serde::de::DeserializeOwned;
+    pub use std::boxed::Box;
+    pub use std::time::Duration;
+
+    /// Names a type that cannot be an argument or result of a durable function.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be an argument or result of a durable function",
+        label = "not serde",
+        note = "arguments and results are stored as JSON: derive `serde::Serialize` and `serde::Deserialize` for it"
+    )]
+    pub trait Payload {}
+    impl<T: Serialize + DeserializeOwned> Payload for T {}
+
+    /// Asserts at compile time that `T` is a payload; called on the span of the type.
+    pub const fn assert_payload<T: Payload>() {}
+}

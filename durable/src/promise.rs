@@ -1,0 +1,200 @@
+//! Promises and tasks: the records a [`Store`](crate::Store) keeps.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::error::Failure;
+
+/// Milliseconds on the store's clock.
+pub type Millis = u64;
+
+/// A deadline that never comes.
+pub const NEVER: Millis = u64::MAX;
+
+/// The state of a [`Promise`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Not settled yet.
+    Pending,
+    /// Settled with a value.
+    Resolved,
+    /// Settled with an error.
+    Rejected,
+    /// Settled by cancellation.
+    RejectedCanceled,
+    /// Settled because its deadline passed.
+    RejectedTimedout,
+}
+
+impl State {
+    /// True for every state but [`State::Pending`].
+    pub fn is_settled(self) -> bool {
+        self != State::Pending
+    }
+}
+
+/// What a promise stands for: recorded when it is created, checked on replay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Param {
+    /// A call of a durable function.
+    Call {
+        /// The function's registered name.
+        func: String,
+        /// The function's version.
+        version: u32,
+        /// The arguments, as JSON.
+        args: String,
+        /// A digest of `args`, compared on replay.
+        digest: u64,
+    },
+    /// A durable timer: it resolves at its deadline.
+    Timer,
+    /// A value recorded once and replayed (`now`, `random`, `uuid`).
+    Record {
+        /// Which value: `now`, `random` or `uuid`.
+        what: String,
+    },
+}
+
+impl Param {
+    /// A call of `func` with JSON `args`.
+    pub fn call(func: &str, version: u32, args: String) -> Param {
+        let digest = digest(args.as_bytes());
+        Param::Call { func: func.to_owned(), version, args, digest }
+    }
+
+    /// What replay compares: a name and a digest.
+    pub(crate) fn signature(&self) -> (&str, u64) {
+        match self {
+            Param::Call { func, digest, .. } => (func, *digest),
+            Param::Timer => ("sleep", 0),
+            Param::Record { what } => (what, 0),
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: stable across builds and platforms, which `std`'s hasher is not.
+pub(crate) fn digest(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// A durable promise.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promise {
+    /// Its id: a root id, or `{parent}.{n}` for a child.
+    pub id: String,
+    /// Its state.
+    pub state: State,
+    /// What it stands for.
+    pub param: Param,
+    /// The settled value as JSON: the result if resolved, an encoded error if rejected.
+    pub value: Option<String>,
+    /// When it times out, on the store clock ([`NEVER`] for no timeout).
+    pub timeout_at: Millis,
+    /// Free-form tags, searchable.
+    pub tags: BTreeMap<String, String>,
+    /// The idempotency key it was created with.
+    pub ikey_create: Option<String>,
+    /// The idempotency key it was settled with.
+    pub ikey_settle: Option<String>,
+    /// When it was created.
+    pub created_at: Millis,
+    /// When it was settled.
+    pub settled_at: Option<Millis>,
+}
+
+impl Promise {
+    /// The promise as it stands at `now`: a pending promise past its deadline counts as
+    /// timed out (a timer as resolved).
+    pub fn at(&self, now: Millis) -> Promise {
+        let mut p = self.clone();
+        p.expire(now);
+        p
+    }
+
+    /// Applies the deadline in place; true if that settled it.
+    pub(crate) fn expire(&mut self, now: Millis) -> bool {
+        if self.state != State::Pending || now < self.timeout_at {
+            return false;
+        }
+        if self.param == Param::Timer {
+            self.state = State::Resolved;
+            self.value = Some("null".into());
+        } else {
+            self.state = State::RejectedTimedout;
+            self.value = Some(Failure::Timeout { id: self.id.clone() }.encode());
+        }
+        self.settled_at = Some(self.timeout_at);
+        true
+    }
+
+    /// The settled outcome, decoded: `Ok(json)` if resolved, the error if rejected,
+    /// `None` while pending.
+    pub fn outcome(&self) -> Option<Result<&str, Error>> {
+        let value = self.value.as_deref();
+        match self.state {
+            State::Pending => None,
+            State::Resolved => Some(Ok(value.unwrap_or("null"))),
+            State::Rejected => Some(Err(Failure::decode(&self.id, value).into_error())),
+            State::RejectedCanceled => Some(Err(Error::Canceled { id: self.id.clone() })),
+            State::RejectedTimedout => Some(Err(Error::Timeout { id: self.id.clone() })),
+        }
+    }
+
+    /// The resolved value decoded as `T`, or the error it was rejected with;
+    /// `None` while pending.
+    pub fn value<T: serde::de::DeserializeOwned>(&self) -> Option<Result<T, Error>> {
+        self.outcome().map(|outcome| outcome.and_then(|json| crate::codec::decode(&self.id, json)))
+    }
+}
+
+/// The state of a [`Task`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Waiting for a worker of its group.
+    Pending,
+    /// Held by a process under a lease.
+    Acquired,
+    /// Its promise settled: nothing more to do.
+    Fulfilled,
+    /// Stopped by a fault that replay would repeat (nondeterminism, a poison task); a
+    /// worker of its group resumes it when it starts.
+    Halted,
+}
+
+/// The work of executing a promise, delivered to a worker of a group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Its id: the id of its promise.
+    pub id: String,
+    /// Its state.
+    pub state: TaskState,
+    /// Bumped by every acquire, release, expiry and resume; writes are fenced on it.
+    pub version: u64,
+    /// The group whose workers may take it.
+    pub group: String,
+    /// The process holding it, while acquired.
+    pub process: Option<String>,
+    /// When the lease ends, while acquired.
+    pub lease_until: Millis,
+    /// Not delivered before this time (backoff after a fault).
+    pub ready_at: Millis,
+    /// Faults so far (panics, store errors): a poison task halts.
+    pub faults: u32,
+    /// The last fault, for whoever looks.
+    pub error: Option<String>,
+}
+
+/// The proof that a write is made by the current holder of a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    /// The task id.
+    pub task: String,
+    /// The version it was acquired at.
+    pub version: u64,
+}

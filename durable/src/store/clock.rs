@@ -1,0 +1,53 @@
+//! The store's clock. Leases, timeouts, timers and backoff are all measured on it.
+
+use std::fmt::Debug;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::promise::Millis;
+
+/// A source of the store's time, in milliseconds.
+pub trait Clock: Debug + Send + Sync + 'static {
+    /// Now.
+    fn now(&self) -> Millis;
+}
+
+/// Wall-clock time since the Unix epoch.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Millis {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
+    }
+}
+
+/// Time that follows tokio's clock from a fixed start, so a test that pauses tokio's
+/// time (`#[tokio::test(start_paused = true)]`, `tokio::time::advance`) controls the
+/// store and the runtime with one clock: a day-long timer takes no real time.
+#[derive(Clone, Copy, Debug)]
+pub struct VirtualClock {
+    origin: tokio::time::Instant,
+    start: Millis,
+}
+
+impl VirtualClock {
+    /// 2024-01-01T00:00:00Z: a fixed start keeps test runs identical.
+    pub const START: Millis = 1_704_067_200_000;
+
+    /// A clock reading [`VirtualClock::START`] now.
+    pub fn new() -> VirtualClock {
+        VirtualClock { origin: tokio::time::Instant::now(), start: Self::START }
+    }
+}
+
+impl Default for VirtualClock {
+    fn default() -> VirtualClock {
+        VirtualClock::new()
+    }
+}
+
+impl Clock for VirtualClock {
+    fn now(&self) -> Millis {
+        self.start + self.origin.elapsed().as_millis() as Millis
+    }
+}

@@ -1,0 +1,241 @@
+//! The [`Store`] trait, the only thing a backend implements, and its backends.
+//!
+//! Each method is one atomic step. Settling a promise, fulfilling its task and waking
+//! whoever waits on it happen together or not at all; every write made while executing
+//! a task carries a [`Fence`] and is refused unless the task is still held at that
+//! version. Time is the store's own clock, never the caller's.
+
+mod clock;
+mod engine;
+mod memory;
+mod sled;
+pub(crate) mod state;
+mod waiters;
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+
+pub use self::clock::{Clock, SystemClock, VirtualClock};
+pub use self::memory::MemoryStore;
+pub use self::sled::SledStore;
+use crate::StoreError;
+use crate::promise::{Fence, Millis, Param, Promise, State, Task};
+
+/// A request to create a promise, and with it, optionally, its task.
+#[derive(Clone, Debug)]
+pub struct CreatePromise {
+    /// The promise id.
+    pub id: String,
+    /// What it stands for.
+    pub param: Param,
+    /// Its timeout, relative to the store's now (`None`: no timeout of its own).
+    pub timeout: Option<Millis>,
+    /// An absolute cap on its deadline (a parent's deadline).
+    pub deadline_cap: Millis,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// Idempotency key for the creation.
+    pub ikey: Option<String>,
+    /// Strict mode: creating an existing promise is a conflict unless it is pending and
+    /// the keys match.
+    pub strict: bool,
+    /// Create it already resolved with this JSON value (recorded values).
+    pub resolved: Option<String>,
+    /// Create a task for it too.
+    pub task: Option<NewTask>,
+    /// The fence of the task this write is made for.
+    pub fence: Option<Fence>,
+}
+
+impl CreatePromise {
+    /// A request with no timeout, tags, keys or task.
+    pub fn new(id: impl Into<String>, param: Param) -> CreatePromise {
+        CreatePromise {
+            id: id.into(),
+            param,
+            timeout: None,
+            deadline_cap: crate::promise::NEVER,
+            tags: BTreeMap::new(),
+            ikey: None,
+            strict: false,
+            resolved: None,
+            task: None,
+            fence: None,
+        }
+    }
+}
+
+/// The task to create with a promise.
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    /// The group whose workers may take it.
+    pub group: String,
+    /// Acquire it at once for this process, with a lease of this many ms.
+    pub acquire: Option<(String, Millis)>,
+}
+
+/// The answer to [`Store::create`].
+#[derive(Clone, Debug)]
+pub struct Created {
+    /// The promise as stored.
+    pub promise: Promise,
+    /// False if it existed already.
+    pub new: bool,
+    /// The task, if it was created and acquired in this step.
+    pub acquired: Option<Task>,
+}
+
+/// A request to settle a promise.
+#[derive(Clone, Debug)]
+pub struct SettlePromise {
+    /// The promise id.
+    pub id: String,
+    /// The settled state (not pending).
+    pub state: State,
+    /// The value as JSON (an encoded error for a rejection).
+    pub value: String,
+    /// Idempotency key for the settlement.
+    pub ikey: Option<String>,
+    /// Strict mode: settling a settled promise is a conflict unless key and state match.
+    pub strict: bool,
+    /// The fence of the task this write is made for.
+    pub fence: Option<Fence>,
+}
+
+/// Which promises to search.
+#[derive(Clone, Debug, Default)]
+pub struct Search {
+    /// Ids starting with this.
+    pub prefix: String,
+    /// In this state (a rejected filter matches every rejected state).
+    pub state: Option<State>,
+    /// With all these tags.
+    pub tags: BTreeMap<String, String>,
+    /// At most this many (0 means 100).
+    pub limit: usize,
+    /// Only ids after this one: the cursor of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of search results.
+#[derive(Clone, Debug)]
+pub struct Page {
+    /// The promises, in id order.
+    pub promises: Vec<Promise>,
+    /// Pass this as [`Search::cursor`] for the next page; `None` on the last page.
+    pub cursor: Option<String>,
+}
+
+/// A request for ready tasks of a group.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    /// The group.
+    pub group: String,
+    /// The claiming process.
+    pub process: String,
+    /// Lease length.
+    pub ttl: Millis,
+    /// At most this many.
+    pub max: usize,
+}
+
+/// A task handed to a worker, with everything a replay reads.
+#[derive(Clone, Debug)]
+pub struct Acquired {
+    /// The task, acquired.
+    pub task: Task,
+    /// Its promise.
+    pub root: Promise,
+    /// The settled promises whose ids start with `{root}.`.
+    pub preload: Vec<Promise>,
+}
+
+impl Acquired {
+    /// The fence for writes made while executing it.
+    pub fn fence(&self) -> Fence {
+        Fence { task: self.task.id.clone(), version: self.task.version }
+    }
+}
+
+/// How a fenced task is given back.
+#[derive(Clone, Debug)]
+pub enum Release {
+    /// Back to pending, to be delivered again after `delay` ms; `error` records a fault.
+    Retry {
+        /// Delay before redelivery.
+        delay: Millis,
+        /// The fault, if one caused the release.
+        error: Option<String>,
+    },
+    /// Halted with this error until a worker of its group starts and resumes it.
+    Halt {
+        /// Why.
+        error: String,
+    },
+}
+
+/// What [`Store::tick`] did.
+#[derive(Clone, Debug, Default)]
+pub struct Tick {
+    /// The store's now.
+    pub now: Millis,
+    /// Promises settled by their deadline.
+    pub timed_out: usize,
+    /// Leases that expired.
+    pub expired: usize,
+    /// The next deadline of any kind, if there is one.
+    pub next: Option<Millis>,
+}
+
+/// A durable store of promises and tasks.
+///
+/// Every method is atomic. Writes are acknowledged only once durable. A write carrying
+/// a [`Fence`] is refused with [`StoreError::Fenced`] unless the task is acquired at that
+/// version.
+#[async_trait]
+#[diagnostic::on_unimplemented(
+    note = "a backend implements `durable::Store`; the library ships MemoryStore and SledStore"
+)]
+pub trait Store: Debug + Send + Sync + 'static {
+    /// The store's clock.
+    async fn now(&self) -> Result<Millis, StoreError>;
+
+    /// Creates a promise (and its task), or returns the existing one with `new: false`.
+    async fn create(&self, req: CreatePromise) -> Result<Created, StoreError>;
+
+    /// Settles a promise: the first settle wins. Settling fulfils its task and wakes its
+    /// waiters in the same step. Returns the promise as stored afterwards.
+    async fn settle(&self, req: SettlePromise) -> Result<Promise, StoreError>;
+
+    /// Reads a promise; a pending promise past its deadline reads as timed out.
+    async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError>;
+
+    /// Searches promises by id prefix, state and tags, in id order, a page at a time.
+    async fn search(&self, search: Search) -> Result<Page, StoreError>;
+
+    /// Reads a task.
+    async fn task(&self, id: &str) -> Result<Option<Task>, StoreError>;
+
+    /// Acquires up to `max` ready tasks of a group.
+    async fn claim(&self, claim: Claim) -> Result<Vec<Acquired>, StoreError>;
+
+    /// Extends the lease of every task `process` holds; returns how many.
+    async fn heartbeat(&self, process: &str, ttl: Millis) -> Result<usize, StoreError>;
+
+    /// Gives a held task back.
+    async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError>;
+
+    /// Makes the halted tasks of a group pending again; returns how many.
+    async fn resume_halted(&self, group: &str) -> Result<usize, StoreError>;
+
+    /// Applies deadlines: times out promises, resolves timers, expires leases.
+    async fn tick(&self) -> Result<Tick, StoreError>;
+
+    /// Completes when the promise is settled or its task halted (at once if it is).
+    async fn wait(&self, id: &str) -> Result<(), StoreError>;
+
+    /// A signal bumped whenever a task may have become ready.
+    fn ready(&self) -> tokio::sync::watch::Receiver<u64>;
+}

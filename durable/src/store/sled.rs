@@ -1,0 +1,150 @@
+//! The default store: one directory, one process, on sled.
+//!
+//! The state machine runs in memory (the engine); every step writes the records it
+//! changed to sled in one atomic batch and is acknowledged only after a flush.
+//! Concurrent steps share one flush (group commit).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::engine::{Engine, Log, engine_store};
+use super::state::{Core, Dirty};
+use super::{Clock, SystemClock};
+use crate::StoreError;
+use crate::promise::{Promise, Task};
+
+const FORMAT_KEY: &[u8] = b"format";
+const FORMAT: &[u8] = b"1";
+
+/// A store in a directory on disk: the default for one machine.
+///
+/// sled locks the directory, so one process uses it at a time. Opening it therefore
+/// proves that every earlier holder is gone, and every task they held is released at
+/// once (a new version), to be taken over without waiting for their leases.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let store = durable::SledStore::open(dir.path())?;
+/// # let _ = store;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct SledStore {
+    engine: Engine<SledLog>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `path`, on the system clock.
+    pub fn open(path: impl AsRef<Path>) -> Result<SledStore, StoreError> {
+        SledStore::open_with_clock(path, SystemClock)
+    }
+
+    /// Opens (or creates) the store in `path`, on the given clock.
+    pub fn open_with_clock(path: impl AsRef<Path>, clock: impl Clock) -> Result<SledStore, StoreError> {
+        let path = path.as_ref();
+        let context = |e: sled::Error| {
+            StoreError::backend(format!(
+                "cannot open the sled store in {}: {e} (is another process using it?)",
+                path.display()
+            ))
+        };
+        let db = sled::Config::new().path(path).open().map_err(context)?;
+        match db.get(FORMAT_KEY).map_err(context)? {
+            None => {
+                db.insert(FORMAT_KEY, FORMAT).map_err(context)?;
+            }
+            Some(v) if v == FORMAT => {}
+            Some(v) => {
+                return Err(StoreError::backend(format!(
+                    "the sled store in {} has format {:?}; this version reads format {:?}",
+                    path.display(),
+                    String::from_utf8_lossy(&v),
+                    String::from_utf8_lossy(FORMAT)
+                )));
+            }
+        }
+        let promises_tree = db.open_tree("promises").map_err(context)?;
+        let tasks_tree = db.open_tree("tasks").map_err(context)?;
+        let promises = load::<Promise>(&promises_tree, path)?;
+        let tasks = load::<Task>(&tasks_tree, path)?;
+        let clock: Arc<dyn Clock> = Arc::new(clock);
+        let mut core = Core::restore(promises, tasks);
+        core.release_all(clock.now());
+        let log = SledLog { db, promises: promises_tree, tasks: tasks_tree, staged: AtomicU64::new(0), flushed: tokio::sync::Mutex::new(0) };
+        let dirty = std::mem::take(&mut core.dirty);
+        log.stage(&core, &dirty)?;
+        log.db.flush().map_err(StoreError::backend)?;
+        Ok(SledStore { engine: Engine::new(core, log, clock) })
+    }
+}
+
+fn load<T: serde::de::DeserializeOwned>(tree: &sled::Tree, path: &Path) -> Result<Vec<T>, StoreError> {
+    tree.iter()
+        .map(|kv| {
+            let (k, v) = kv.map_err(StoreError::backend)?;
+            serde_json::from_slice(&v).map_err(|e| {
+                StoreError::backend(format!(
+                    "the sled store in {} has an unreadable record {:?}: {e}",
+                    path.display(),
+                    String::from_utf8_lossy(&k)
+                ))
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug)]
+struct SledLog {
+    db: sled::Db,
+    promises: sled::Tree,
+    tasks: sled::Tree,
+    /// Steps staged so far.
+    staged: AtomicU64,
+    /// Steps known durable; the lock is held by the one flush in progress.
+    flushed: tokio::sync::Mutex<u64>,
+}
+
+impl Log for SledLog {
+    fn stage(&self, core: &Core, dirty: &Dirty) -> Result<u64, StoreError> {
+        if dirty.promises.is_empty() && dirty.tasks.is_empty() {
+            return Ok(0);
+        }
+        let mut promises = sled::Batch::default();
+        for id in &dirty.promises {
+            let p = core.promise(id).expect("a dirty promise exists");
+            promises.insert(id.as_bytes(), serde_json::to_vec(p).map_err(StoreError::backend)?);
+        }
+        let mut tasks = sled::Batch::default();
+        for id in &dirty.tasks {
+            let t = core.task_ref(id).expect("a dirty task exists");
+            tasks.insert(id.as_bytes(), serde_json::to_vec(t).map_err(StoreError::backend)?);
+        }
+        use sled::Transactional;
+        (&self.promises, &self.tasks)
+            .transaction(|(p, t)| {
+                p.apply_batch(&promises)?;
+                t.apply_batch(&tasks)?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| StoreError::backend(format!("sled transaction failed: {e:?}")))?;
+        Ok(self.staged.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    async fn commit(&self, token: u64) -> Result<(), StoreError> {
+        if token == 0 {
+            return Ok(());
+        }
+        let mut flushed = self.flushed.lock().await;
+        if *flushed >= token {
+            // A flush that started after this step was staged covered it.
+            return Ok(());
+        }
+        let target = self.staged.load(Ordering::SeqCst);
+        self.db.flush_async().await.map_err(StoreError::backend)?;
+        *flushed = target;
+        Ok(())
+    }
+}
+
+engine_store!(SledStore);

@@ -1,0 +1,412 @@
+//! The promise and task state machine, shared by the in-process backends.
+//!
+//! `State` is pure: every operation takes the store's `now` and changes only memory.
+//! `MemoryStore` wraps it in a lock; `SledStore` also writes the records an operation
+//! changed (`dirty`) in one atomic batch and acknowledges after the flush.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::{Acquired, Claim, CreatePromise, Created, Page, Release, Search, SettlePromise, Tick};
+use crate::StoreError;
+use crate::promise::{Fence, Millis, NEVER, Promise, State, Task, TaskState};
+
+#[derive(Debug, Default)]
+pub(crate) struct Core {
+    promises: BTreeMap<String, Promise>,
+    tasks: HashMap<String, Task>,
+    /// Pending promises with a deadline.
+    deadlines: BTreeSet<(Millis, String)>,
+    /// Acquired tasks by lease end.
+    leases: BTreeSet<(Millis, String)>,
+    /// Pending tasks per group, by the time they become ready.
+    ready: HashMap<String, BTreeSet<(Millis, String)>>,
+    /// What the last operations changed, for a backend that persists.
+    pub(crate) dirty: Dirty,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Dirty {
+    pub(crate) promises: Vec<String>,
+    pub(crate) tasks: Vec<String>,
+    /// Promises settled or tasks halted: their waiters are to be woken.
+    pub(crate) woken: Vec<String>,
+    /// A task became ready.
+    pub(crate) ready: bool,
+}
+
+impl Core {
+    /// Rebuilds the state from persisted records.
+    pub(crate) fn restore(promises: Vec<Promise>, tasks: Vec<Task>) -> Core {
+        let mut core = Core::default();
+        for p in promises {
+            if p.state == State::Pending && p.timeout_at != NEVER {
+                core.deadlines.insert((p.timeout_at, p.id.clone()));
+            }
+            core.promises.insert(p.id.clone(), p);
+        }
+        for t in tasks {
+            match t.state {
+                TaskState::Pending => core.ready_insert(&t),
+                TaskState::Acquired => {
+                    core.leases.insert((t.lease_until, t.id.clone()));
+                }
+                TaskState::Fulfilled | TaskState::Halted => {}
+            }
+            core.tasks.insert(t.id.clone(), t);
+        }
+        core
+    }
+
+    /// Gives back every acquired task: used when the holder is known to be gone.
+    pub(crate) fn release_all(&mut self, now: Millis) -> usize {
+        let held: Vec<_> = std::mem::take(&mut self.leases).into_iter().map(|(_, id)| id).collect();
+        for id in &held {
+            self.make_pending(id, now);
+        }
+        held.len()
+    }
+
+    pub(crate) fn promise(&self, id: &str) -> Option<&Promise> {
+        self.promises.get(id)
+    }
+
+    pub(crate) fn task_ref(&self, id: &str) -> Option<&Task> {
+        self.tasks.get(id)
+    }
+
+    fn check_fence(&self, fence: Option<&Fence>, now: Millis) -> Result<(), StoreError> {
+        let Some(fence) = fence else { return Ok(()) };
+        match self.tasks.get(&fence.task) {
+            Some(t)
+                if t.state == TaskState::Acquired
+                    && t.version == fence.version
+                    && now < t.lease_until =>
+            {
+                Ok(())
+            }
+            _ => Err(StoreError::Fenced { task: fence.task.clone(), version: fence.version }),
+        }
+    }
+
+    pub(crate) fn create(&mut self, req: CreatePromise, now: Millis) -> Result<Created, StoreError> {
+        self.check_fence(req.fence.as_ref(), now)?;
+        if self.promises.contains_key(&req.id) {
+            self.expire(&req.id, now);
+            let p = &self.promises[&req.id];
+            if req.ikey.is_some() && req.ikey != p.ikey_create {
+                return Err(conflict(&req.id, "it exists with another idempotency key"));
+            }
+            if req.strict && (req.ikey != p.ikey_create || p.state != State::Pending) {
+                return Err(conflict(&req.id, "it exists and strict mode requires it pending with the same key"));
+            }
+            return Ok(Created { promise: p.clone(), new: false, acquired: None });
+        }
+        let timeout_at = req.timeout.map_or(NEVER, |t| now.saturating_add(t)).min(req.deadline_cap);
+        let (state, settled_at) =
+            if req.resolved.is_some() { (State::Resolved, Some(now)) } else { (State::Pending, None) };
+        let promise = Promise {
+            id: req.id.clone(),
+            state,
+            param: req.param,
+            value: req.resolved,
+            timeout_at,
+            tags: req.tags,
+            ikey_create: req.ikey,
+            ikey_settle: None,
+            created_at: now,
+            settled_at,
+        };
+        if state == State::Pending && timeout_at != NEVER {
+            self.deadlines.insert((timeout_at, req.id.clone()));
+        }
+        self.promises.insert(req.id.clone(), promise);
+        self.dirty.promises.push(req.id.clone());
+        let mut acquired = None;
+        if let Some(new_task) = req.task {
+            let mut task = Task {
+                id: req.id.clone(),
+                state: TaskState::Pending,
+                version: 0,
+                group: new_task.group,
+                process: None,
+                lease_until: 0,
+                ready_at: now,
+                faults: 0,
+                error: None,
+            };
+            if state.is_settled() {
+                task.state = TaskState::Fulfilled;
+            } else if let Some((process, ttl)) = new_task.acquire {
+                task.state = TaskState::Acquired;
+                task.version = 1;
+                task.process = Some(process);
+                task.lease_until = now.saturating_add(ttl);
+                self.leases.insert((task.lease_until, task.id.clone()));
+                acquired = Some(task.clone());
+            } else {
+                self.ready_insert(&task);
+                self.dirty.ready = true;
+            }
+            self.tasks.insert(req.id.clone(), task);
+            self.dirty.tasks.push(req.id.clone());
+        }
+        if self.expire(&req.id, now) {
+            acquired = None;
+        }
+        Ok(Created { promise: self.promises[&req.id].clone(), new: true, acquired })
+    }
+
+    pub(crate) fn settle(&mut self, req: SettlePromise, now: Millis) -> Result<Promise, StoreError> {
+        self.check_fence(req.fence.as_ref(), now)?;
+        if req.state == State::Pending {
+            return Err(conflict(&req.id, "a promise cannot be settled as pending"));
+        }
+        self.expire(&req.id, now);
+        let Some(p) = self.promises.get_mut(&req.id) else {
+            return Err(StoreError::NotFound { what: "promise", id: req.id });
+        };
+        if p.state == State::Pending {
+            p.state = req.state;
+            p.value = Some(req.value);
+            p.ikey_settle = req.ikey;
+            p.settled_at = Some(now);
+            let p = p.clone();
+            self.on_settled(&p);
+            return Ok(p);
+        }
+        let same = req.ikey.is_some() && req.ikey == p.ikey_settle && req.state == p.state;
+        if req.strict && !same {
+            return Err(conflict(&req.id, &format!("it is already settled as {:?}", p.state)));
+        }
+        Ok(p.clone())
+    }
+
+    /// Settles a pending promise whose deadline passed; true if it did.
+    fn expire(&mut self, id: &str, now: Millis) -> bool {
+        let Some(p) = self.promises.get_mut(id) else { return false };
+        if !p.expire(now) {
+            return false;
+        }
+        let p = p.clone();
+        self.on_settled(&p);
+        true
+    }
+
+    fn on_settled(&mut self, p: &Promise) {
+        self.deadlines.remove(&(p.timeout_at, p.id.clone()));
+        self.dirty.promises.push(p.id.clone());
+        self.dirty.woken.push(p.id.clone());
+        if let Some(t) = self.tasks.get_mut(&p.id) {
+            let t = t.clone();
+            self.unindex(&t);
+            let t = self.tasks.get_mut(&p.id).expect("task exists");
+            t.state = TaskState::Fulfilled;
+            t.process = None;
+            self.dirty.tasks.push(p.id.clone());
+        }
+    }
+
+    pub(crate) fn get(&self, id: &str, now: Millis) -> Option<Promise> {
+        self.promises.get(id).map(|p| p.at(now))
+    }
+
+    /// True once the promise is settled or its task halted.
+    pub(crate) fn is_done(&self, id: &str, now: Millis) -> bool {
+        let settled = self.promises.get(id).is_none_or(|p| p.at(now).state.is_settled());
+        settled || self.tasks.get(id).is_some_and(|t| t.state == TaskState::Halted)
+    }
+
+    pub(crate) fn search(&self, q: &Search, now: Millis) -> Page {
+        let limit = if q.limit == 0 { 100 } else { q.limit };
+        let start = match &q.cursor {
+            Some(c) if c.as_str() >= q.prefix.as_str() => std::ops::Bound::Excluded(c.clone()),
+            _ => std::ops::Bound::Included(q.prefix.clone()),
+        };
+        let mut promises = Vec::new();
+        let mut more = false;
+        for (id, p) in self.promises.range((start, std::ops::Bound::Unbounded)) {
+            if !id.starts_with(&q.prefix) {
+                break;
+            }
+            let p = p.at(now);
+            let state_ok = match q.state {
+                None => true,
+                Some(State::Rejected) => p.state.is_settled() && p.state != State::Resolved,
+                Some(s) => p.state == s,
+            };
+            if !state_ok || !q.tags.iter().all(|(k, v)| p.tags.get(k) == Some(v)) {
+                continue;
+            }
+            if promises.len() == limit {
+                more = true;
+                break;
+            }
+            promises.push(p);
+        }
+        let cursor = if more { promises.last().map(|p: &Promise| p.id.clone()) } else { None };
+        Page { promises, cursor }
+    }
+
+    pub(crate) fn claim(&mut self, c: &Claim, now: Millis) -> Vec<Acquired> {
+        let mut out = Vec::new();
+        while out.len() < c.max {
+            let Some(group) = self.ready.get_mut(&c.group) else { break };
+            let Some((ready_at, id)) = group.first().cloned() else { break };
+            if ready_at > now {
+                break;
+            }
+            group.remove(&(ready_at, id.clone()));
+            if self.expire(&id, now) {
+                continue;
+            }
+            let t = self.tasks.get_mut(&id).expect("a ready task exists");
+            t.state = TaskState::Acquired;
+            t.version += 1;
+            t.process = Some(c.process.clone());
+            t.lease_until = now.saturating_add(c.ttl);
+            let task = t.clone();
+            self.leases.insert((task.lease_until, id.clone()));
+            self.dirty.tasks.push(id.clone());
+            out.push(Acquired { root: self.promises[&id].clone(), preload: self.preload(&id, now), task });
+        }
+        out
+    }
+
+    /// The settled promises under `id`: everything a replay of it reads.
+    pub(crate) fn preload(&self, id: &str, now: Millis) -> Vec<Promise> {
+        let prefix = format!("{id}.");
+        self.promises
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(_, p)| p.state.is_settled() || now >= p.timeout_at)
+            .map(|(_, p)| p.at(now))
+            .collect()
+    }
+
+    pub(crate) fn heartbeat(&mut self, process: &str, ttl: Millis, now: Millis) -> usize {
+        let held: Vec<(Millis, String)> = self
+            .leases
+            .iter()
+            .filter(|(until, id)| {
+                *until > now && self.tasks[id].process.as_deref() == Some(process)
+            })
+            .cloned()
+            .collect();
+        for (until, id) in &held {
+            self.leases.remove(&(*until, id.clone()));
+            let t = self.tasks.get_mut(id).expect("a leased task exists");
+            t.lease_until = now.saturating_add(ttl);
+            self.leases.insert((t.lease_until, id.clone()));
+            self.dirty.tasks.push(id.clone());
+        }
+        held.len()
+    }
+
+    pub(crate) fn release(&mut self, fence: &Fence, how: Release, now: Millis) -> Result<(), StoreError> {
+        self.check_fence(Some(fence), now)?;
+        let t = self.tasks[&fence.task].clone();
+        self.unindex(&t);
+        let t = self.tasks.get_mut(&fence.task).expect("a fenced task exists");
+        t.version += 1;
+        t.process = None;
+        match how {
+            Release::Retry { delay, error } => {
+                if error.is_some() {
+                    t.faults += 1;
+                    t.error = error;
+                }
+                t.state = TaskState::Pending;
+                t.ready_at = now.saturating_add(delay);
+                let t = t.clone();
+                self.ready_insert(&t);
+                self.dirty.ready = true;
+            }
+            Release::Halt { error } => {
+                t.state = TaskState::Halted;
+                t.error = Some(error);
+                self.dirty.woken.push(fence.task.clone());
+            }
+        }
+        self.dirty.tasks.push(fence.task.clone());
+        Ok(())
+    }
+
+    pub(crate) fn resume_halted(&mut self, group: &str, now: Millis) -> usize {
+        let halted: Vec<String> = self
+            .tasks
+            .values()
+            .filter(|t| t.state == TaskState::Halted && t.group == group)
+            .map(|t| t.id.clone())
+            .collect();
+        for id in &halted {
+            self.make_pending(id, now);
+        }
+        halted.len()
+    }
+
+    pub(crate) fn tick(&mut self, now: Millis) -> Tick {
+        let mut tick = Tick { now, ..Tick::default() };
+        while let Some((at, id)) = self.deadlines.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.deadlines.remove(&(at, id.clone()));
+            if self.expire(&id, now) {
+                tick.timed_out += 1;
+            }
+        }
+        while let Some((until, id)) = self.leases.first().cloned() {
+            if until > now {
+                break;
+            }
+            self.leases.remove(&(until, id.clone()));
+            self.make_pending(&id, now);
+            tick.expired += 1;
+        }
+        let delayed = self.ready.values().filter_map(|g| g.first()).map(|(at, _)| *at).filter(|at| *at > now);
+        tick.next = [self.deadlines.first().map(|d| d.0), self.leases.first().map(|l| l.0)]
+            .into_iter()
+            .flatten()
+            .chain(delayed)
+            .min();
+        tick
+    }
+
+    /// Back to pending at a new version, ready now.
+    fn make_pending(&mut self, id: &str, now: Millis) {
+        let t = self.tasks[id].clone();
+        self.unindex(&t);
+        let t = self.tasks.get_mut(id).expect("task exists");
+        t.state = TaskState::Pending;
+        t.version += 1;
+        t.process = None;
+        t.ready_at = now;
+        let t = t.clone();
+        self.ready_insert(&t);
+        self.dirty.tasks.push(id.to_owned());
+        self.dirty.ready = true;
+    }
+
+    fn ready_insert(&mut self, t: &Task) {
+        self.ready.entry(t.group.clone()).or_default().insert((t.ready_at, t.id.clone()));
+    }
+
+    /// Removes a task from the index its state puts it in.
+    fn unindex(&mut self, t: &Task) {
+        match t.state {
+            TaskState::Pending => {
+                if let Some(g) = self.ready.get_mut(&t.group) {
+                    g.remove(&(t.ready_at, t.id.clone()));
+                }
+            }
+            TaskState::Acquired => {
+                self.leases.remove(&(t.lease_until, t.id.clone()));
+            }
+            TaskState::Fulfilled | TaskState::Halted => {}
+        }
+    }
+}
+
+fn conflict(id: &str, reason: &str) -> StoreError {
+    StoreError::Conflict { id: id.to_owned(), reason: reason.to_owned() }
+}

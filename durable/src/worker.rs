@@ -1,0 +1,133 @@
+//! The background loop of a runtime, and the execution of one task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::durable::Shared;
+use crate::error::Failure;
+use crate::execute::Job;
+use crate::function::Erased;
+use crate::invocation::{Fault, Invocation};
+use crate::promise::{Fence, Param, Promise};
+use crate::store::{Claim, Release, SettlePromise};
+use crate::{Error, Retry};
+use crate::promise::State;
+
+/// Platform faults after which a task halts instead of being retried.
+const POISON: u32 = 5;
+
+/// Heartbeats, ticks and claims until aborted.
+pub(crate) async fn background(rt: Arc<Shared>) {
+    let store = &rt.store;
+    let beat = Duration::from_millis((rt.ttl / 3).max(1));
+    let mut ready = store.ready();
+    // A worker that starts may be the fixed deploy that halted tasks wait for.
+    let _ = store.resume_halted(&rt.group).await;
+    let mut next_beat = tokio::time::Instant::now() + beat;
+    loop {
+        let mut sleep = beat;
+        if let Ok(tick) = store.tick().await
+            && let Some(next) = tick.next
+        {
+            sleep = sleep.min(Duration::from_millis(next.saturating_sub(tick.now).max(1)));
+        }
+        if tokio::time::Instant::now() >= next_beat {
+            let _ = store.heartbeat(&rt.process, rt.ttl).await;
+            next_beat = tokio::time::Instant::now() + beat;
+        }
+        let free = rt.concurrency.saturating_sub(rt.running.lock().unwrap_or_else(|e| e.into_inner()).len());
+        if free > 0 {
+            ready.borrow_and_update();
+            let claim = Claim { group: rt.group.clone(), process: rt.process.clone(), ttl: rt.ttl, max: free };
+            if let Ok(acquired) = store.claim(claim).await {
+                for a in acquired {
+                    let fence = a.fence();
+                    start(rt.clone(), fence, a.root, a.preload);
+                }
+            }
+        }
+        let sleep = sleep.min(next_beat.saturating_duration_since(tokio::time::Instant::now()));
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = ready.changed() => {}
+            _ = rt.wake.notified() => {}
+        }
+    }
+}
+
+/// Starts executing a claimed task.
+fn start(rt: Arc<Shared>, fence: Fence, root: Promise, preload: Vec<Promise>) {
+    let Param::Call { func, .. } = &root.param else {
+        // Only calls have tasks.
+        return;
+    };
+    match rt.registry.get(func).cloned() {
+        Some(f) => spawn(rt, fence, root, preload, f, false),
+        None => {
+            let error = Error::NotRegistered { name: func.clone(), where_: Some(format!("group {:?}", rt.group)) };
+            tokio::spawn(async move {
+                let value = Failure::from(&error).encode();
+                let req = SettlePromise { id: root.id, state: State::Rejected, value, ikey: None, strict: false, fence: Some(fence) };
+                let _ = rt.store.settle(req).await;
+            });
+        }
+    }
+}
+
+/// Executes a task: runs its root promise to settlement, or releases or halts it.
+pub(crate) fn spawn(rt: Arc<Shared>, fence: Fence, root: Promise, preload: Vec<Promise>, func: Arc<dyn Erased>, fresh: bool) {
+    let task_id = fence.task.clone();
+    let inv = Arc::new(Invocation::new(rt.clone(), fence.clone(), preload));
+    let Param::Call { args, .. } = &root.param else { return };
+    let job = Job {
+        inv: inv.clone(),
+        id: root.id.clone(),
+        deadline: root.timeout_at,
+        retry: func.retry(),
+        func,
+        args: args.clone(),
+        fresh,
+    };
+    let guard = rt.running.lock().unwrap_or_else(|e| e.into_inner());
+    let shared = rt.clone();
+    let handle = tokio::spawn(async move {
+        tokio::select! {
+            _ = job.run() => {}
+            () = inv.faulted() => {}
+        }
+        if let Some(fault) = inv.fault() {
+            after_fault(&shared, &inv.fence, fault).await;
+        }
+        shared.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&inv.fence.task);
+        shared.wake.notify_one();
+    });
+    let mut guard = guard;
+    guard.insert(task_id, (handle.abort_handle(), fence));
+}
+
+/// Releases or halts a task whose execution stopped on a fault.
+async fn after_fault(rt: &Shared, fence: &Fence, fault: Fault) {
+    let how = match &fault {
+        Fault::Fenced => return,
+        Fault::Nondeterminism(_) => Release::Halt { error: fault.record() },
+        Fault::Platform(_) => {
+            let faults = match rt.store.task(&fence.task).await {
+                Ok(Some(task)) => task.faults + 1,
+                _ => 1,
+            };
+            if faults >= POISON {
+                Release::Halt { error: fault.record() }
+            } else {
+                let backoff = Retry::Exponential {
+                    initial: Duration::from_secs(1),
+                    factor: 2,
+                    max_delay: Duration::from_secs(60),
+                    max_attempts: u32::MAX,
+                };
+                let delay = backoff.delay(faults).unwrap_or_default().as_millis() as u64;
+                Release::Retry { delay, error: Some(fault.record()) }
+            }
+        }
+    };
+    let _ = rt.store.release(fence, how).await;
+}
