@@ -137,6 +137,9 @@ impl Durable {
         req.timeout = f.timeout().map(|t| t.as_millis() as Millis);
         req.task = Some(NewTask { group: shared.group.clone(), acquire: Some((shared.process.clone(), shared.ttl)) });
         let created = shared.store.create(req).await?;
+        if created.new && created.promise.timeout_at != crate::NEVER {
+            shared.wake.notify_one();
+        }
         if let Param::Call { func: existing, .. } = &created.promise.param
             && existing != f.name()
         {

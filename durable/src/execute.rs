@@ -39,9 +39,25 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    /// Runs attempts until one settles the promise. `None` if a fault stopped it: then
-    /// nothing was settled.
+    /// Runs attempts until the promise settles: by one of them, or otherwise (its
+    /// deadline passed, it was canceled), which stops the body. `None` if a fault
+    /// stopped it: then nothing was settled.
     pub(crate) async fn run(self) -> Option<Outcome> {
+        let store = self.inv.rt.store.clone();
+        let id = self.id.clone();
+        let settled_elsewhere = async {
+            store.wait(&id).await.ok()?;
+            let p = store.get(&id).await.ok()??;
+            p.state.is_settled().then(|| outcome(&p))
+        };
+        tokio::select! {
+            biased;
+            outcome = self.attempts() => outcome,
+            Some(outcome) = settled_elsewhere => Some(outcome),
+        }
+    }
+
+    async fn attempts(&self) -> Option<Outcome> {
         let inv = &self.inv;
         let mut attempt = if self.fresh { 1 } else { self.resume().await.ok()? };
         loop {
@@ -85,7 +101,6 @@ impl Job {
         let mut req = CreatePromise::new(self.timer_id(attempt), Param::Timer);
         req.timeout = Some(delay.as_millis() as Millis);
         self.inv.create(req).await?;
-        self.inv.rt.wake.notify_one();
         self.inv.settled(&self.timer_id(attempt)).await.map(drop)
     }
 

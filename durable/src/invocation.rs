@@ -126,7 +126,12 @@ impl Invocation {
     pub(crate) async fn create(&self, mut req: CreatePromise) -> Result<Created> {
         self.check()?;
         req.fence = Some(self.fence.clone());
-        self.rt.store.create(req).await.map_err(|e| self.store_fault(e))
+        let created = self.rt.store.create(req).await.map_err(|e| self.store_fault(e))?;
+        if created.new && created.promise.timeout_at != crate::NEVER {
+            // The background loop applies deadlines: tell it about a new one.
+            self.rt.wake.notify_one();
+        }
+        Ok(created)
     }
 
     pub(crate) async fn settle(&self, mut req: SettlePromise) -> Result<Promise> {

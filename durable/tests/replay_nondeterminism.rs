@@ -1,0 +1,105 @@
+//! Replay that diverges from the recorded history halts the task with an error that
+//! names the id, what was recorded, what the code does now, and where; nothing is
+//! settled, and a fixed deploy resumes it.
+
+mod common;
+
+use common::{arrived, builder, gate, memory, open, tree};
+use durable::prelude::*;
+use durable::{State, TaskState};
+
+#[durable::function]
+async fn step(_ctx: &mut Context, x: u32) -> durable::Result<u32> {
+    Ok(x)
+}
+
+#[durable::function]
+async fn other(_ctx: &mut Context, x: u32) -> durable::Result<u32> {
+    Ok(x)
+}
+
+#[durable::function]
+async fn blocker(_ctx: &mut Context, key: String) -> durable::Result<()> {
+    gate(&key).await;
+    Ok(())
+}
+
+#[durable::function(name = "wf")]
+async fn wf_v1(ctx: &mut Context, key: String) -> durable::Result<u32> {
+    let x = ctx.lfc(step, 1).await?;
+    ctx.lfc(blocker, key).await?;
+    Ok(x)
+}
+
+#[durable::function(name = "wf")]
+async fn wf_renamed(ctx: &mut Context, key: String) -> durable::Result<u32> {
+    let x = ctx.lfc(other, 1).await?; // the line the error must point at
+    ctx.lfc(blocker, key).await?;
+    Ok(x)
+}
+
+#[durable::function(name = "wf")]
+async fn wf_new_args(ctx: &mut Context, key: String) -> durable::Result<u32> {
+    let x = ctx.lfc(step, 2).await?;
+    ctx.lfc(blocker, key).await?;
+    Ok(x)
+}
+
+/// Runs v1 until it blocks, crashes it, and replays with `changed`.
+async fn diverge<F>(id: &str, changed: F) -> (std::sync::Arc<dyn Store>, durable::Error, Vec<(String, State, Option<String>)>)
+where
+    F: Function<Args = String, Output = u32>,
+{
+    let store = memory();
+    let first = builder(&store).register(wf_v1).build().unwrap();
+    let handle = first.run(id, wf_v1, id.into()).await.unwrap();
+    arrived(id).await;
+    drop(first);
+    let before = tree(&*store, id).await;
+
+    let second = builder(&store).register(changed).build().unwrap();
+    let error = handle.await.unwrap_err();
+    drop(second);
+    (store, error, before)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renamed_call_halts_with_the_id_the_history_and_the_line() {
+    let (store, error, before) = diverge("nd-name", wf_renamed).await;
+    let durable::Error::Nondeterminism(n) = &error else { panic!("expected nondeterminism, got {error}") };
+    assert_eq!(n.id, "nd-name.1");
+    assert!(n.recorded.contains("\"step\""), "recorded: {}", n.recorded);
+    assert!(n.now.contains("\"other\""), "now: {}", n.now);
+    let line = include_str!("replay_nondeterminism.rs")
+        .lines()
+        .position(|l| l.contains("the line the error must point at"))
+        .unwrap()
+        + 1;
+    assert!(n.location.contains(&format!("replay_nondeterminism.rs:{line}:")), "location: {}", n.location);
+    let message = error.to_string();
+    assert!(message.contains("nd-name.1") && message.contains("halted"), "{message}");
+
+    assert_eq!(tree(&*store, "nd-name").await, before, "nothing was created or settled by the diverging replay");
+    let task = store.task("nd-name").await.unwrap().unwrap();
+    assert_eq!(task.state, TaskState::Halted);
+
+    // A fixed deploy resumes it.
+    open("nd-name");
+    let fixed = builder(&store).register(wf_v1).build().unwrap();
+    // A worker resumes its group's halted tasks as it starts.
+    while store.task("nd-name").await.unwrap().unwrap().state == TaskState::Halted {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(fixed.run("nd-name", wf_v1, "nd-name".into()).await.unwrap().await.unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn changed_arguments_are_nondeterminism_too() {
+    let (store, error, before) = diverge("nd-args", wf_new_args).await;
+    let durable::Error::Nondeterminism(n) = &error else { panic!("expected nondeterminism, got {error}") };
+    assert_eq!(n.id, "nd-args.1");
+    assert!(n.recorded.contains("\"step\"") && n.now.contains("\"step\""));
+    assert_ne!(n.recorded, n.now, "the digests differ");
+    assert_eq!(tree(&*store, "nd-args").await, before);
+    assert_eq!(store.get("nd-args").await.unwrap().unwrap().state, State::Pending);
+}
