@@ -14,7 +14,7 @@ pub(crate) fn validate<'a>(item: &'a ItemFn, errors: &mut Vec<syn::Error>) -> Op
     let before = errors.len();
     let sig = &item.sig;
     if sig.asyncness.is_none() {
-        errors.push(syn::Error::new_spanned(&sig.fn_token, "a durable function must be `async fn`"));
+        errors.push(syn::Error::new_spanned(sig.fn_token, "a durable function must be `async fn`"));
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         errors.push(syn::Error::new_spanned(&sig.generics, "a durable function cannot be generic: it is registered and called by one name"));

@@ -130,7 +130,7 @@ impl Durable {
         validate_id(id)?;
         let shared = &self.shared;
         let Some(func) = shared.registry.get(f.name()) else {
-            return Err(Error::NotRegistered { name: f.name().to_owned(), where_: Some(format!("this Durable (register it with Builder::register)")) });
+            return Err(Error::NotRegistered { name: f.name().to_owned(), where_: Some("this Durable (register it with Builder::register)".into()) });
         };
         let args = codec::encode(id, "the arguments", &args, shared.max_payload)?;
         let mut req = CreatePromise::new(id, Param::call(f.name(), f.version(), args.clone()));
