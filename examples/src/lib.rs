@@ -1,0 +1,3 @@
+//! The programs `durable` must make easy: the distributed calculator.
+
+pub mod calculator;
