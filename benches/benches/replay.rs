@@ -3,12 +3,15 @@
 
 use std::sync::Arc;
 
-use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_main};
 use durable::{MemoryStore, Store};
 use durable_benches::{runtime, unfinished};
 
 fn replay(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let mut group = c.benchmark_group("replay/memory");
     for n in [10u64, 100, 1000] {
         group.throughput(Throughput::Elements(n));
@@ -32,5 +35,8 @@ fn replay(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, replay);
-criterion_main!(benches);
+#[allow(missing_docs)]
+mod harness {
+    criterion::criterion_group!(benches, super::replay);
+}
+criterion_main!(harness::benches);

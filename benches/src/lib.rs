@@ -16,7 +16,7 @@ pub async fn step(_ctx: &mut Context, x: u64) -> durable::Result<u64> {
     Ok(x + 1)
 }
 
-/// Holds the chain open while [`hold`] is on, so a runtime can be stopped mid-run.
+/// Holds the chain open while [`unfinished`] prepares a run, so a runtime can be stopped mid-run.
 #[durable::function]
 pub async fn gate(_ctx: &mut Context) -> durable::Result<()> {
     if HOLD.load(Ordering::SeqCst) {
@@ -39,7 +39,11 @@ pub async fn chain(ctx: &mut Context, n: u64) -> durable::Result<u64> {
 
 /// A runtime over `store` with the chain registered.
 pub fn runtime(store: &Arc<dyn Store>) -> Durable {
-    Durable::builder().store(store.clone()).register(chain).build().expect("build")
+    Durable::builder()
+        .store(store.clone())
+        .register(chain)
+        .build()
+        .expect("build")
 }
 
 /// Runs a chain of `n` steps to the gate on `store`, then stops the runtime, releasing

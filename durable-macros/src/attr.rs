@@ -27,27 +27,45 @@ pub(crate) fn parse(args: proc_macro2::TokenStream, errors: &mut Vec<syn::Error>
     };
     for meta in metas {
         let Meta::NameValue(nv) = meta else {
-            errors.push(syn::Error::new_spanned(&meta, format!("expected `option = value`; {OPTIONS}")));
+            errors.push(syn::Error::new_spanned(
+                &meta,
+                format!("expected `option = value`; {OPTIONS}"),
+            ));
             continue;
         };
-        let key = nv.path.get_ident().map(ToString::to_string).unwrap_or_default();
-        let duplicate = || syn::Error::new_spanned(&nv.path, format!("the option `{key}` is given twice"));
+        let key = nv
+            .path
+            .get_ident()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let duplicate =
+            || syn::Error::new_spanned(&nv.path, format!("the option `{key}` is given twice"));
         match key.as_str() {
             "name" => match &nv.value {
-                Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) if !s.value().is_empty() => {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Str(s), ..
+                }) if !s.value().is_empty() => {
                     if options.name.replace(s.clone()).is_some() {
                         errors.push(duplicate());
                     }
                 }
-                other => errors.push(syn::Error::new_spanned(other, "`name` takes a non-empty string literal, e.g. `name = \"add\"`")),
+                other => errors.push(syn::Error::new_spanned(
+                    other,
+                    "`name` takes a non-empty string literal, e.g. `name = \"add\"`",
+                )),
             },
             "version" => match &nv.value {
-                Expr::Lit(ExprLit { lit: Lit::Int(i), .. }) if i.base10_parse::<u32>().is_ok_and(|v| v > 0) => {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Int(i), ..
+                }) if i.base10_parse::<u32>().is_ok_and(|v| v > 0) => {
                     if options.version.replace(i.clone()).is_some() {
                         errors.push(duplicate());
                     }
                 }
-                other => errors.push(syn::Error::new_spanned(other, "`version` takes a positive integer literal, e.g. `version = 2`")),
+                other => errors.push(syn::Error::new_spanned(
+                    other,
+                    "`version` takes a positive integer literal, e.g. `version = 2`",
+                )),
             },
             "retry" => {
                 if options.retry.replace(nv.value.clone()).is_some() {
@@ -59,7 +77,13 @@ pub(crate) fn parse(args: proc_macro2::TokenStream, errors: &mut Vec<syn::Error>
                     errors.push(duplicate());
                 }
             }
-            _ => errors.push(syn::Error::new_spanned(&nv.path, format!("unknown option `{}`; {OPTIONS}", quote::ToTokens::to_token_stream(&nv.path)))),
+            _ => errors.push(syn::Error::new_spanned(
+                &nv.path,
+                format!(
+                    "unknown option `{}`; {OPTIONS}",
+                    quote::ToTokens::to_token_stream(&nv.path)
+                ),
+            )),
         }
     }
     options

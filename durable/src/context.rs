@@ -35,13 +35,22 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("id", &self.id).field("next", &self.next).finish()
+        f.debug_struct("Context")
+            .field("id", &self.id)
+            .field("next", &self.next)
+            .finish()
     }
 }
 
 impl Context {
     pub(crate) fn new(inv: Arc<Invocation>, id: String, deadline: Millis) -> Context {
-        Context { inv, id, deadline, next: 0, scope: Arc::default() }
+        Context {
+            inv,
+            id,
+            deadline,
+            next: 0,
+            scope: Arc::default(),
+        }
     }
 
     /// The id of the promise this body settles.
@@ -56,9 +65,12 @@ impl Context {
 
     pub(crate) fn encode_result<T: Serialize>(&self, value: &T) -> Result<String> {
         match codec::encode(&self.id, "the result", value, self.inv.rt.max_payload) {
-            Err(crate::Error::Codec { message, .. }) => Err(self.inv.fail(crate::invocation::Fault::Platform(
-                format!("the result of {} does not encode: {message}", self.id),
-            ))),
+            Err(crate::Error::Codec { message, .. }) => {
+                Err(self.inv.fail(crate::invocation::Fault::Platform(format!(
+                    "the result of {} does not encode: {message}",
+                    self.id
+                ))))
+            }
             other => other,
         }
     }
@@ -140,14 +152,23 @@ impl Context {
 
     #[track_caller]
     fn record(&mut self, what: &'static str) -> Record {
-        Record { inv: self.inv.clone(), id: self.mint(), what, location: Location::caller() }
+        Record {
+            inv: self.inv.clone(),
+            id: self.mint(),
+            what,
+            location: Location::caller(),
+        }
     }
 }
 
 /// A fresh random number from the standard library's randomly keyed hasher.
 pub(crate) fn random() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    h.write_u64(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
     h.finish()
 }
 
@@ -165,7 +186,9 @@ impl Record {
         T: Serialize + serde::de::DeserializeOwned,
         Fut: Future<Output = Result<T>>,
     {
-        let param = Param::Record { what: self.what.to_owned() };
+        let param = Param::Record {
+            what: self.what.to_owned(),
+        };
         if let Some(p) = self.inv.replayed(&self.id, &param, self.location)? {
             return codec::decode(&self.id, &outcome(p)?);
         }
@@ -173,7 +196,8 @@ impl Record {
         let mut req = CreatePromise::new(self.id.clone(), param.clone());
         req.resolved = Some(codec::encode(&self.id, "the value", &value, usize::MAX)?);
         let created = self.inv.create(req).await?;
-        self.inv.verify(&self.id, &created.promise.param, &param, self.location)?;
+        self.inv
+            .verify(&self.id, &created.promise.param, &param, self.location)?;
         codec::decode(&self.id, &outcome(&created.promise)?)
     }
 }
@@ -208,7 +232,10 @@ pub struct Call<F: Function, M> {
 
 impl<F: Function, M> std::fmt::Debug for Call<F, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Call").field("id", &self.id).field("function", &self.f.name()).finish()
+        f.debug_struct("Call")
+            .field("id", &self.id)
+            .field("function", &self.f.name())
+            .finish()
     }
 }
 
@@ -238,8 +265,12 @@ impl<F: Function, M> Call<F, M> {
     }
 
     /// Adds tags to the child promise.
-    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
-        self.tags.extend(tags.into_iter().map(|(k, v)| (k.into(), v.into())));
+    pub fn tags<K: Into<String>, V: Into<String>>(
+        mut self,
+        tags: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.tags
+            .extend(tags.into_iter().map(|(k, v)| (k.into(), v.into())));
         self
     }
 
@@ -257,7 +288,8 @@ impl<F: Function, M> Call<F, M> {
         req.deadline_cap = self.deadline;
         req.tags = self.tags;
         let created = self.inv.create(req).await?;
-        self.inv.verify(&self.id, &created.promise.param, &param, self.location)?;
+        self.inv
+            .verify(&self.id, &created.promise.param, &param, self.location)?;
         if created.promise.state.is_settled() {
             return Ok((self.id, Ok(outcome(&created.promise))));
         }
@@ -312,7 +344,10 @@ impl<F: Function> IntoFuture for Call<F, Wait> {
                     let inv = job.inv.clone();
                     match job.run().await {
                         Some(outcome) => outcome,
-                        None => Err(inv.check().err().unwrap_or_else(|| crate::Error::Runtime("stopped".into()))),
+                        None => Err(inv
+                            .check()
+                            .err()
+                            .unwrap_or_else(|| crate::Error::Runtime("stopped".into()))),
                     }
                 }
             };

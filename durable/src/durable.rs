@@ -90,7 +90,13 @@ struct Life {
 impl Drop for Life {
     fn drop(&mut self) {
         self.background.abort();
-        for (task, _) in self.shared.running.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        for (task, _) in self
+            .shared
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
             task.abort();
         }
         self.shared.stopped.send_replace(true);
@@ -126,16 +132,27 @@ impl Durable {
     /// never runs twice. Returns a handle to its result.
     ///
     /// Ids may not be empty or contain `.`, which child ids use.
-    pub async fn run<F: Function>(&self, id: &str, f: F, args: F::Args) -> Result<Handle<F::Output>> {
+    pub async fn run<F: Function>(
+        &self,
+        id: &str,
+        f: F,
+        args: F::Args,
+    ) -> Result<Handle<F::Output>> {
         validate_id(id)?;
         let shared = &self.shared;
         let Some(func) = shared.registry.get(f.name()) else {
-            return Err(Error::NotRegistered { name: f.name().to_owned(), where_: Some("this Durable (register it with Builder::register)".into()) });
+            return Err(Error::NotRegistered {
+                name: f.name().to_owned(),
+                where_: Some("this Durable (register it with Builder::register)".into()),
+            });
         };
         let args = codec::encode(id, "the arguments", &args, shared.max_payload)?;
         let mut req = CreatePromise::new(id, Param::call(f.name(), f.version(), args.clone()));
         req.timeout = f.timeout().map(|t| t.as_millis() as Millis);
-        req.task = Some(NewTask { group: shared.group.clone(), acquire: Some((shared.process.clone(), shared.ttl)) });
+        req.task = Some(NewTask {
+            group: shared.group.clone(),
+            acquire: Some((shared.process.clone(), shared.ttl)),
+        });
         let created = shared.store.create(req).await?;
         if created.new && created.promise.timeout_at != crate::NEVER {
             shared.wake.notify_one();
@@ -149,8 +166,18 @@ impl Durable {
             )));
         }
         if let Some(task) = created.acquired {
-            let fence = Fence { task: task.id.clone(), version: task.version };
-            crate::worker::spawn(shared.clone(), fence, created.promise, Vec::new(), func.clone(), true);
+            let fence = Fence {
+                task: task.id.clone(),
+                version: task.version,
+            };
+            crate::worker::spawn(
+                shared.clone(),
+                fence,
+                created.promise,
+                Vec::new(),
+                func.clone(),
+                true,
+            );
         }
         Ok(Handle::stored(id.to_owned(), shared.store.clone()))
     }
@@ -172,11 +199,27 @@ impl Durable {
     /// them over at once.
     pub async fn shutdown(&self) -> Result<()> {
         self.life.background.abort();
-        let running: Vec<_> = self.shared.running.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        let running: Vec<_> = self
+            .shared
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
         for (_, (task, fence)) in running {
             task.abort();
             // A release refused by the fence means it was no longer ours anyway.
-            let _ = self.shared.store.release(&fence, Release::Retry { delay: 0, error: None }).await;
+            let _ = self
+                .shared
+                .store
+                .release(
+                    &fence,
+                    Release::Retry {
+                        delay: 0,
+                        error: None,
+                    },
+                )
+                .await;
         }
         self.shared.stopped.send_replace(true);
         Ok(())
@@ -194,7 +237,10 @@ fn validate_id(id: &str) -> Result<()> {
     } else {
         return Ok(());
     };
-    Err(Error::InvalidId { id: id.to_owned(), reason })
+    Err(Error::InvalidId {
+        id: id.to_owned(),
+        reason,
+    })
 }
 
 /// Configures a [`Durable`].
@@ -212,7 +258,10 @@ pub struct Builder {
 
 impl std::fmt::Debug for Builder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Builder").field("group", &self.group).field("pid", &self.pid).finish()
+        f.debug_struct("Builder")
+            .field("group", &self.group)
+            .field("pid", &self.pid)
+            .finish()
     }
 }
 
@@ -239,7 +288,8 @@ impl Builder {
     pub fn register<F: Function>(mut self, f: F) -> Builder {
         let name = f.name().to_owned();
         if self.registry.insert(name.clone(), Arc::new(f)).is_some() {
-            self.errors.push(format!("function {name:?} is registered twice"));
+            self.errors
+                .push(format!("function {name:?} is registered twice"));
         }
         self
     }
@@ -268,18 +318,26 @@ impl Builder {
             self.errors.push("no store: call Builder::store".into());
         }
         if self.ttl < Duration::from_millis(3) {
-            self.errors.push(format!("the lease of {:?} is too short", self.ttl));
+            self.errors
+                .push(format!("the lease of {:?} is too short", self.ttl));
         }
         if self.concurrency == 0 {
-            self.errors.push("a concurrency of 0 would never run anything".into());
+            self.errors
+                .push("a concurrency of 0 would never run anything".into());
         }
         if tokio::runtime::Handle::try_current().is_err() {
-            self.errors.push("Builder::build must be called within a tokio runtime".into());
+            self.errors
+                .push("Builder::build must be called within a tokio runtime".into());
         }
         if !self.errors.is_empty() {
-            return Err(Error::Runtime(format!("cannot build the runtime: {}", self.errors.join("; "))));
+            return Err(Error::Runtime(format!(
+                "cannot build the runtime: {}",
+                self.errors.join("; ")
+            )));
         }
-        let pid = self.pid.unwrap_or_else(|| format!("{:08x}", crate::context::random() as u32));
+        let pid = self
+            .pid
+            .unwrap_or_else(|| format!("{:08x}", crate::context::random() as u32));
         let process = format!("{pid}:{:016x}", crate::context::random());
         let shared = Arc::new(Shared {
             store: self.store.expect("checked above"),
@@ -294,6 +352,12 @@ impl Builder {
             stopped: watch::Sender::new(false),
         });
         let background = tokio::spawn(crate::worker::background(shared.clone())).abort_handle();
-        Ok(Durable { life: Arc::new(Life { shared: shared.clone(), background }), shared })
+        Ok(Durable {
+            life: Arc::new(Life {
+                shared: shared.clone(),
+                background,
+            }),
+            shared,
+        })
     }
 }

@@ -33,8 +33,14 @@ impl Fault {
     fn error(&self, task: &str) -> Error {
         match self {
             Fault::Nondeterminism(n) => Error::Nondeterminism(Box::new(n.clone())),
-            Fault::Fenced => Error::Halted { id: task.to_owned(), reason: "the lease was lost".into() },
-            Fault::Platform(reason) => Error::Halted { id: task.to_owned(), reason: reason.clone() },
+            Fault::Fenced => Error::Halted {
+                id: task.to_owned(),
+                reason: "the lease was lost".into(),
+            },
+            Fault::Platform(reason) => Error::Halted {
+                id: task.to_owned(),
+                reason: reason.clone(),
+            },
         }
     }
 
@@ -42,8 +48,14 @@ impl Fault {
     pub(crate) fn record(&self) -> String {
         match self {
             Fault::Nondeterminism(n) => Failure::Nondeterminism(n.clone()).encode(),
-            Fault::Fenced => Failure::Other { message: "the lease was lost".into() }.encode(),
-            Fault::Platform(reason) => Failure::Other { message: reason.clone() }.encode(),
+            Fault::Fenced => Failure::Other {
+                message: "the lease was lost".into(),
+            }
+            .encode(),
+            Fault::Platform(reason) => Failure::Other {
+                message: reason.clone(),
+            }
+            .encode(),
         }
     }
 }
@@ -58,14 +70,23 @@ pub(crate) struct Invocation {
 
 impl std::fmt::Debug for Invocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Invocation").field("fence", &self.fence).field("preload", &self.preload.len()).finish()
+        f.debug_struct("Invocation")
+            .field("fence", &self.fence)
+            .field("preload", &self.preload.len())
+            .finish()
     }
 }
 
 impl Invocation {
     pub(crate) fn new(rt: Arc<Shared>, fence: Fence, preload: Vec<Promise>) -> Invocation {
         let preload = preload.into_iter().map(|p| (p.id.clone(), p)).collect();
-        Invocation { rt, fence, preload, fault: Mutex::new(None), faulted: watch::Sender::new(false) }
+        Invocation {
+            rt,
+            fence,
+            preload,
+            fault: Mutex::new(None),
+            faulted: watch::Sender::new(false),
+        }
     }
 
     /// Records a fault (the first one wins) and returns the error for user code.
@@ -96,7 +117,12 @@ impl Invocation {
 
     /// The settled promise recorded under `id`, if the preload has it, after checking
     /// that the code asks for the same thing now.
-    pub(crate) fn replayed(&self, id: &str, now: &Param, location: &Location<'_>) -> Result<Option<&Promise>> {
+    pub(crate) fn replayed(
+        &self,
+        id: &str,
+        now: &Param,
+        location: &Location<'_>,
+    ) -> Result<Option<&Promise>> {
         match self.preload.get(id) {
             Some(p) => {
                 self.verify(id, &p.param, now, location)?;
@@ -107,7 +133,13 @@ impl Invocation {
     }
 
     /// Compares what was recorded under `id` with what the code does now.
-    pub(crate) fn verify(&self, id: &str, recorded: &Param, now: &Param, location: &Location<'_>) -> Result<()> {
+    pub(crate) fn verify(
+        &self,
+        id: &str,
+        recorded: &Param,
+        now: &Param,
+        location: &Location<'_>,
+    ) -> Result<()> {
         if recorded.signature() == now.signature() {
             return Ok(());
         }
@@ -115,7 +147,12 @@ impl Invocation {
             id: id.to_owned(),
             recorded: describe(recorded),
             now: describe(now),
-            location: format!("{}:{}:{}", location.file(), location.line(), location.column()),
+            location: format!(
+                "{}:{}:{}",
+                location.file(),
+                location.line(),
+                location.column()
+            ),
         })))
     }
 
@@ -126,7 +163,12 @@ impl Invocation {
     pub(crate) async fn create(&self, mut req: CreatePromise) -> Result<Created> {
         self.check()?;
         req.fence = Some(self.fence.clone());
-        let created = self.rt.store.create(req).await.map_err(|e| self.store_fault(e))?;
+        let created = self
+            .rt
+            .store
+            .create(req)
+            .await
+            .map_err(|e| self.store_fault(e))?;
         if created.new && created.promise.timeout_at != crate::NEVER {
             // The background loop applies deadlines: tell it about a new one.
             self.rt.wake.notify_one();
@@ -137,18 +179,36 @@ impl Invocation {
     pub(crate) async fn settle(&self, mut req: SettlePromise) -> Result<Promise> {
         self.check()?;
         req.fence = Some(self.fence.clone());
-        self.rt.store.settle(req).await.map_err(|e| self.store_fault(e))
+        self.rt
+            .store
+            .settle(req)
+            .await
+            .map_err(|e| self.store_fault(e))
     }
 
     /// Waits for a promise to settle.
     pub(crate) async fn settled(&self, id: &str) -> Result<Promise> {
         loop {
             self.check()?;
-            match self.rt.store.get(id).await.map_err(|e| self.store_fault(e))? {
+            match self
+                .rt
+                .store
+                .get(id)
+                .await
+                .map_err(|e| self.store_fault(e))?
+            {
                 Some(p) if p.state.is_settled() => return Ok(p),
-                Some(_) => self.rt.store.wait(id).await.map_err(|e| self.store_fault(e))?,
+                Some(_) => self
+                    .rt
+                    .store
+                    .wait(id)
+                    .await
+                    .map_err(|e| self.store_fault(e))?,
                 None => {
-                    return Err(self.store_fault(StoreError::NotFound { what: "promise", id: id.to_owned() }));
+                    return Err(self.store_fault(StoreError::NotFound {
+                        what: "promise",
+                        id: id.to_owned(),
+                    }));
                 }
             }
         }
@@ -164,7 +224,12 @@ impl Invocation {
 
 fn describe(param: &Param) -> String {
     match param {
-        Param::Call { func, version, digest, .. } => {
+        Param::Call {
+            func,
+            version,
+            digest,
+            ..
+        } => {
             format!("a call of {func:?} (version {version}, arguments digest {digest:016x})")
         }
         Param::Timer => "a sleep".into(),

@@ -38,7 +38,10 @@ pub use durable_macros::function;
 
 /// The names most programs need.
 pub mod prelude {
-    pub use crate::{Callable, Context, Durable, Error, Function, Handle, MemoryStore, Remote, Retry, SledStore, Store};
+    pub use crate::{
+        Callable, Context, Durable, Error, Function, Handle, MemoryStore, Remote, Retry, SledStore,
+        Store,
+    };
 }
 
 /// Used by the code `#[durable::function]` generates. Not public API: it may change in

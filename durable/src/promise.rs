@@ -64,7 +64,12 @@ impl Param {
     /// A call of `func` with JSON `args`.
     pub fn call(func: &str, version: u32, args: String) -> Param {
         let digest = digest(args.as_bytes());
-        Param::Call { func: func.to_owned(), version, args, digest }
+        Param::Call {
+            func: func.to_owned(),
+            version,
+            args,
+            digest,
+        }
     }
 
     /// What replay compares: a name and a digest.
@@ -79,7 +84,9 @@ impl Param {
 
 /// FNV-1a, 64 bits: stable across builds and platforms, which `std`'s hasher is not.
 pub(crate) fn digest(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A durable promise.
@@ -126,7 +133,12 @@ impl Promise {
             self.value = Some("null".into());
         } else {
             self.state = State::RejectedTimedout;
-            self.value = Some(Failure::Timeout { id: self.id.clone() }.encode());
+            self.value = Some(
+                Failure::Timeout {
+                    id: self.id.clone(),
+                }
+                .encode(),
+            );
         }
         self.settled_at = Some(self.timeout_at);
         true
@@ -140,15 +152,20 @@ impl Promise {
             State::Pending => None,
             State::Resolved => Some(Ok(value.unwrap_or("null"))),
             State::Rejected => Some(Err(Failure::decode(&self.id, value).into_error())),
-            State::RejectedCanceled => Some(Err(Error::Canceled { id: self.id.clone() })),
-            State::RejectedTimedout => Some(Err(Error::Timeout { id: self.id.clone() })),
+            State::RejectedCanceled => Some(Err(Error::Canceled {
+                id: self.id.clone(),
+            })),
+            State::RejectedTimedout => Some(Err(Error::Timeout {
+                id: self.id.clone(),
+            })),
         }
     }
 
     /// The resolved value decoded as `T`, or the error it was rejected with;
     /// `None` while pending.
     pub fn value<T: serde::de::DeserializeOwned>(&self) -> Option<Result<T, Error>> {
-        self.outcome().map(|outcome| outcome.and_then(|json| crate::codec::decode(&self.id, json)))
+        self.outcome()
+            .map(|outcome| outcome.and_then(|json| crate::codec::decode(&self.id, json)))
     }
 }
 

@@ -8,10 +8,10 @@ use crate::error::Failure;
 use crate::execute::Job;
 use crate::function::Erased;
 use crate::invocation::{Fault, Invocation};
+use crate::promise::State;
 use crate::promise::{Fence, Param, Promise};
 use crate::store::{Claim, Release, SettlePromise};
 use crate::{Error, Retry};
-use crate::promise::State;
 
 /// Platform faults after which a task halts instead of being retried.
 const POISON: u32 = 5;
@@ -35,10 +35,17 @@ pub(crate) async fn background(rt: Arc<Shared>) {
             let _ = store.heartbeat(&rt.process, rt.ttl).await;
             next_beat = tokio::time::Instant::now() + beat;
         }
-        let free = rt.concurrency.saturating_sub(rt.running.lock().unwrap_or_else(|e| e.into_inner()).len());
+        let free = rt
+            .concurrency
+            .saturating_sub(rt.running.lock().unwrap_or_else(|e| e.into_inner()).len());
         if free > 0 {
             ready.borrow_and_update();
-            let claim = Claim { group: rt.group.clone(), process: rt.process.clone(), ttl: rt.ttl, max: free };
+            let claim = Claim {
+                group: rt.group.clone(),
+                process: rt.process.clone(),
+                ttl: rt.ttl,
+                max: free,
+            };
             if let Ok(acquired) = store.claim(claim).await {
                 for a in acquired {
                     let fence = a.fence();
@@ -64,10 +71,20 @@ fn start(rt: Arc<Shared>, fence: Fence, root: Promise, preload: Vec<Promise>) {
     match rt.registry.get(func).cloned() {
         Some(f) => spawn(rt, fence, root, preload, f, false),
         None => {
-            let error = Error::NotRegistered { name: func.clone(), where_: Some(format!("group {:?}", rt.group)) };
+            let error = Error::NotRegistered {
+                name: func.clone(),
+                where_: Some(format!("group {:?}", rt.group)),
+            };
             tokio::spawn(async move {
                 let value = Failure::from(&error).encode();
-                let req = SettlePromise { id: root.id, state: State::Rejected, value, ikey: None, strict: false, fence: Some(fence) };
+                let req = SettlePromise {
+                    id: root.id,
+                    state: State::Rejected,
+                    value,
+                    ikey: None,
+                    strict: false,
+                    fence: Some(fence),
+                };
                 let _ = rt.store.settle(req).await;
             });
         }
@@ -75,10 +92,19 @@ fn start(rt: Arc<Shared>, fence: Fence, root: Promise, preload: Vec<Promise>) {
 }
 
 /// Executes a task: runs its root promise to settlement, or releases or halts it.
-pub(crate) fn spawn(rt: Arc<Shared>, fence: Fence, root: Promise, preload: Vec<Promise>, func: Arc<dyn Erased>, fresh: bool) {
+pub(crate) fn spawn(
+    rt: Arc<Shared>,
+    fence: Fence,
+    root: Promise,
+    preload: Vec<Promise>,
+    func: Arc<dyn Erased>,
+    fresh: bool,
+) {
     let task_id = fence.task.clone();
     let inv = Arc::new(Invocation::new(rt.clone(), fence.clone(), preload));
-    let Param::Call { args, .. } = &root.param else { return };
+    let Param::Call { args, .. } = &root.param else {
+        return;
+    };
     let job = Job {
         inv: inv.clone(),
         id: root.id.clone(),
@@ -98,7 +124,11 @@ pub(crate) fn spawn(rt: Arc<Shared>, fence: Fence, root: Promise, preload: Vec<P
         if let Some(fault) = inv.fault() {
             after_fault(&shared, &inv.fence, fault).await;
         }
-        shared.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&inv.fence.task);
+        shared
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&inv.fence.task);
         shared.wake.notify_one();
     });
     let mut guard = guard;
@@ -109,14 +139,18 @@ pub(crate) fn spawn(rt: Arc<Shared>, fence: Fence, root: Promise, preload: Vec<P
 async fn after_fault(rt: &Shared, fence: &Fence, fault: Fault) {
     let how = match &fault {
         Fault::Fenced => return,
-        Fault::Nondeterminism(_) => Release::Halt { error: fault.record() },
+        Fault::Nondeterminism(_) => Release::Halt {
+            error: fault.record(),
+        },
         Fault::Platform(_) => {
             let faults = match rt.store.task(&fence.task).await {
                 Ok(Some(task)) => task.faults + 1,
                 _ => 1,
             };
             if faults >= POISON {
-                Release::Halt { error: fault.record() }
+                Release::Halt {
+                    error: fault.record(),
+                }
             } else {
                 let backoff = Retry::Exponential {
                     initial: Duration::from_secs(1),
@@ -125,7 +159,10 @@ async fn after_fault(rt: &Shared, fence: &Fence, fault: Fault) {
                     max_attempts: u32::MAX,
                 };
                 let delay = backoff.delay(faults).unwrap_or_default().as_millis() as u64;
-                Release::Retry { delay, error: Some(fault.record()) }
+                Release::Retry {
+                    delay,
+                    error: Some(fault.record()),
+                }
             }
         }
     };

@@ -17,7 +17,9 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Millis {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as Millis)
     }
 }
 
@@ -36,7 +38,10 @@ impl VirtualClock {
 
     /// A clock reading [`VirtualClock::START`] now.
     pub fn new() -> VirtualClock {
-        VirtualClock { origin: tokio::time::Instant::now(), start: Self::START }
+        VirtualClock {
+            origin: tokio::time::Instant::now(),
+            start: Self::START,
+        }
     }
 }
 

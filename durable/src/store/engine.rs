@@ -9,7 +9,9 @@ use tokio::sync::watch;
 
 use super::state::{Core, Dirty};
 use super::waiters::Waiters;
-use super::{Acquired, Claim, Clock, CreatePromise, Created, Page, Release, Search, SettlePromise, Tick};
+use super::{
+    Acquired, Claim, Clock, CreatePromise, Created, Page, Release, Search, SettlePromise, Tick,
+};
 use crate::StoreError;
 use crate::promise::{Fence, Millis, Promise, Task};
 
@@ -34,7 +36,13 @@ pub(crate) struct Engine<L> {
 
 impl<L: Log> Engine<L> {
     pub(crate) fn new(core: Core, log: L, clock: Arc<dyn Clock>) -> Engine<L> {
-        Engine { core: Mutex::new(core), log, clock, waiters: Waiters::default(), ready: watch::Sender::new(0) }
+        Engine {
+            core: Mutex::new(core),
+            log,
+            clock,
+            waiters: Waiters::default(),
+            ready: watch::Sender::new(0),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Core> {
@@ -97,7 +105,8 @@ impl<L: Log> Engine<L> {
     }
 
     pub(crate) async fn heartbeat(&self, process: &str, ttl: Millis) -> Result<usize, StoreError> {
-        self.write(|core, now| Ok(core.heartbeat(process, ttl, now))).await
+        self.write(|core, now| Ok(core.heartbeat(process, ttl, now)))
+            .await
     }
 
     pub(crate) async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError> {
@@ -105,7 +114,8 @@ impl<L: Log> Engine<L> {
     }
 
     pub(crate) async fn resume_halted(&self, group: &str) -> Result<usize, StoreError> {
-        self.write(|core, now| Ok(core.resume_halted(group, now))).await
+        self.write(|core, now| Ok(core.resume_halted(group, now)))
+            .await
     }
 
     pub(crate) async fn tick(&self) -> Result<Tick, StoreError> {
@@ -138,28 +148,48 @@ macro_rules! engine_store {
             async fn now(&self) -> Result<$crate::Millis, $crate::StoreError> {
                 Ok(self.engine.now())
             }
-            async fn create(&self, req: $crate::store::CreatePromise) -> Result<$crate::store::Created, $crate::StoreError> {
+            async fn create(
+                &self,
+                req: $crate::store::CreatePromise,
+            ) -> Result<$crate::store::Created, $crate::StoreError> {
                 self.engine.create(req).await
             }
-            async fn settle(&self, req: $crate::store::SettlePromise) -> Result<$crate::Promise, $crate::StoreError> {
+            async fn settle(
+                &self,
+                req: $crate::store::SettlePromise,
+            ) -> Result<$crate::Promise, $crate::StoreError> {
                 self.engine.settle(req).await
             }
             async fn get(&self, id: &str) -> Result<Option<$crate::Promise>, $crate::StoreError> {
                 Ok(self.engine.get(id))
             }
-            async fn search(&self, search: $crate::store::Search) -> Result<$crate::store::Page, $crate::StoreError> {
+            async fn search(
+                &self,
+                search: $crate::store::Search,
+            ) -> Result<$crate::store::Page, $crate::StoreError> {
                 Ok(self.engine.search(&search))
             }
             async fn task(&self, id: &str) -> Result<Option<$crate::Task>, $crate::StoreError> {
                 Ok(self.engine.task(id))
             }
-            async fn claim(&self, claim: $crate::store::Claim) -> Result<Vec<$crate::store::Acquired>, $crate::StoreError> {
+            async fn claim(
+                &self,
+                claim: $crate::store::Claim,
+            ) -> Result<Vec<$crate::store::Acquired>, $crate::StoreError> {
                 self.engine.claim(claim).await
             }
-            async fn heartbeat(&self, process: &str, ttl: $crate::Millis) -> Result<usize, $crate::StoreError> {
+            async fn heartbeat(
+                &self,
+                process: &str,
+                ttl: $crate::Millis,
+            ) -> Result<usize, $crate::StoreError> {
                 self.engine.heartbeat(process, ttl).await
             }
-            async fn release(&self, fence: &$crate::Fence, how: $crate::store::Release) -> Result<(), $crate::StoreError> {
+            async fn release(
+                &self,
+                fence: &$crate::Fence,
+                how: $crate::store::Release,
+            ) -> Result<(), $crate::StoreError> {
                 self.engine.release(fence, how).await
             }
             async fn resume_halted(&self, group: &str) -> Result<usize, $crate::StoreError> {

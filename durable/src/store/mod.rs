@@ -155,7 +155,10 @@ pub struct Acquired {
 impl Acquired {
     /// The fence for writes made while executing it.
     pub fn fence(&self) -> Fence {
-        Fence { task: self.task.id.clone(), version: self.task.version }
+        Fence {
+            task: self.task.id.clone(),
+            version: self.task.version,
+        }
     }
 }
 

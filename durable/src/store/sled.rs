@@ -41,7 +41,10 @@ impl SledStore {
     }
 
     /// Opens (or creates) the store in `path`, on the given clock.
-    pub fn open_with_clock(path: impl AsRef<Path>, clock: impl Clock) -> Result<SledStore, StoreError> {
+    pub fn open_with_clock(
+        path: impl AsRef<Path>,
+        clock: impl Clock,
+    ) -> Result<SledStore, StoreError> {
         let path = path.as_ref();
         let context = |e: sled::Error| {
             StoreError::backend(format!(
@@ -71,15 +74,26 @@ impl SledStore {
         let clock: Arc<dyn Clock> = Arc::new(clock);
         let mut core = Core::restore(promises, tasks);
         core.release_all(clock.now());
-        let log = SledLog { db, promises: promises_tree, tasks: tasks_tree, staged: AtomicU64::new(0), flushed: tokio::sync::Mutex::new(0) };
+        let log = SledLog {
+            db,
+            promises: promises_tree,
+            tasks: tasks_tree,
+            staged: AtomicU64::new(0),
+            flushed: tokio::sync::Mutex::new(0),
+        };
         let dirty = std::mem::take(&mut core.dirty);
         log.stage(&core, &dirty)?;
         log.db.flush().map_err(StoreError::backend)?;
-        Ok(SledStore { engine: Engine::new(core, log, clock) })
+        Ok(SledStore {
+            engine: Engine::new(core, log, clock),
+        })
     }
 }
 
-fn load<T: serde::de::DeserializeOwned>(tree: &sled::Tree, path: &Path) -> Result<Vec<T>, StoreError> {
+fn load<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    path: &Path,
+) -> Result<Vec<T>, StoreError> {
     tree.iter()
         .map(|kv| {
             let (k, v) = kv.map_err(StoreError::backend)?;
@@ -113,12 +127,18 @@ impl Log for SledLog {
         let mut promises = sled::Batch::default();
         for id in &dirty.promises {
             let p = core.promise(id).expect("a dirty promise exists");
-            promises.insert(id.as_bytes(), serde_json::to_vec(p).map_err(StoreError::backend)?);
+            promises.insert(
+                id.as_bytes(),
+                serde_json::to_vec(p).map_err(StoreError::backend)?,
+            );
         }
         let mut tasks = sled::Batch::default();
         for id in &dirty.tasks {
             let t = core.task_ref(id).expect("a dirty task exists");
-            tasks.insert(id.as_bytes(), serde_json::to_vec(t).map_err(StoreError::backend)?);
+            tasks.insert(
+                id.as_bytes(),
+                serde_json::to_vec(t).map_err(StoreError::backend)?,
+            );
         }
         use sled::Transactional;
         (&self.promises, &self.tasks)

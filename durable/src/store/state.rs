@@ -59,7 +59,10 @@ impl Core {
 
     /// Gives back every acquired task: used when the holder is known to be gone.
     pub(crate) fn release_all(&mut self, now: Millis) -> usize {
-        let held: Vec<_> = std::mem::take(&mut self.leases).into_iter().map(|(_, id)| id).collect();
+        let held: Vec<_> = std::mem::take(&mut self.leases)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
         for id in &held {
             self.make_pending(id, now);
         }
@@ -84,11 +87,18 @@ impl Core {
             {
                 Ok(())
             }
-            _ => Err(StoreError::Fenced { task: fence.task.clone(), version: fence.version }),
+            _ => Err(StoreError::Fenced {
+                task: fence.task.clone(),
+                version: fence.version,
+            }),
         }
     }
 
-    pub(crate) fn create(&mut self, req: CreatePromise, now: Millis) -> Result<Created, StoreError> {
+    pub(crate) fn create(
+        &mut self,
+        req: CreatePromise,
+        now: Millis,
+    ) -> Result<Created, StoreError> {
         self.check_fence(req.fence.as_ref(), now)?;
         if self.promises.contains_key(&req.id) {
             self.expire(&req.id, now);
@@ -97,13 +107,26 @@ impl Core {
                 return Err(conflict(&req.id, "it exists with another idempotency key"));
             }
             if req.strict && (req.ikey != p.ikey_create || p.state != State::Pending) {
-                return Err(conflict(&req.id, "it exists and strict mode requires it pending with the same key"));
+                return Err(conflict(
+                    &req.id,
+                    "it exists and strict mode requires it pending with the same key",
+                ));
             }
-            return Ok(Created { promise: p.clone(), new: false, acquired: None });
+            return Ok(Created {
+                promise: p.clone(),
+                new: false,
+                acquired: None,
+            });
         }
-        let timeout_at = req.timeout.map_or(NEVER, |t| now.saturating_add(t)).min(req.deadline_cap);
-        let (state, settled_at) =
-            if req.resolved.is_some() { (State::Resolved, Some(now)) } else { (State::Pending, None) };
+        let timeout_at = req
+            .timeout
+            .map_or(NEVER, |t| now.saturating_add(t))
+            .min(req.deadline_cap);
+        let (state, settled_at) = if req.resolved.is_some() {
+            (State::Resolved, Some(now))
+        } else {
+            (State::Pending, None)
+        };
         let promise = Promise {
             id: req.id.clone(),
             state,
@@ -153,17 +176,28 @@ impl Core {
         if self.expire(&req.id, now) {
             acquired = None;
         }
-        Ok(Created { promise: self.promises[&req.id].clone(), new: true, acquired })
+        Ok(Created {
+            promise: self.promises[&req.id].clone(),
+            new: true,
+            acquired,
+        })
     }
 
-    pub(crate) fn settle(&mut self, req: SettlePromise, now: Millis) -> Result<Promise, StoreError> {
+    pub(crate) fn settle(
+        &mut self,
+        req: SettlePromise,
+        now: Millis,
+    ) -> Result<Promise, StoreError> {
         self.check_fence(req.fence.as_ref(), now)?;
         if req.state == State::Pending {
             return Err(conflict(&req.id, "a promise cannot be settled as pending"));
         }
         self.expire(&req.id, now);
         let Some(p) = self.promises.get_mut(&req.id) else {
-            return Err(StoreError::NotFound { what: "promise", id: req.id });
+            return Err(StoreError::NotFound {
+                what: "promise",
+                id: req.id,
+            });
         };
         if p.state == State::Pending {
             p.state = req.state;
@@ -176,14 +210,19 @@ impl Core {
         }
         let same = req.ikey.is_some() && req.ikey == p.ikey_settle && req.state == p.state;
         if req.strict && !same {
-            return Err(conflict(&req.id, &format!("it is already settled as {:?}", p.state)));
+            return Err(conflict(
+                &req.id,
+                &format!("it is already settled as {:?}", p.state),
+            ));
         }
         Ok(p.clone())
     }
 
     /// Settles a pending promise whose deadline passed; true if it did.
     fn expire(&mut self, id: &str, now: Millis) -> bool {
-        let Some(p) = self.promises.get_mut(id) else { return false };
+        let Some(p) = self.promises.get_mut(id) else {
+            return false;
+        };
         if !p.expire(now) {
             return false;
         }
@@ -212,8 +251,15 @@ impl Core {
 
     /// True once the promise is settled or its task halted.
     pub(crate) fn is_done(&self, id: &str, now: Millis) -> bool {
-        let settled = self.promises.get(id).is_none_or(|p| p.at(now).state.is_settled());
-        settled || self.tasks.get(id).is_some_and(|t| t.state == TaskState::Halted)
+        let settled = self
+            .promises
+            .get(id)
+            .is_none_or(|p| p.at(now).state.is_settled());
+        settled
+            || self
+                .tasks
+                .get(id)
+                .is_some_and(|t| t.state == TaskState::Halted)
     }
 
     pub(crate) fn search(&self, q: &Search, now: Millis) -> Page {
@@ -243,15 +289,23 @@ impl Core {
             }
             promises.push(p);
         }
-        let cursor = if more { promises.last().map(|p: &Promise| p.id.clone()) } else { None };
+        let cursor = if more {
+            promises.last().map(|p: &Promise| p.id.clone())
+        } else {
+            None
+        };
         Page { promises, cursor }
     }
 
     pub(crate) fn claim(&mut self, c: &Claim, now: Millis) -> Vec<Acquired> {
         let mut out = Vec::new();
         while out.len() < c.max {
-            let Some(group) = self.ready.get_mut(&c.group) else { break };
-            let Some((ready_at, id)) = group.first().cloned() else { break };
+            let Some(group) = self.ready.get_mut(&c.group) else {
+                break;
+            };
+            let Some((ready_at, id)) = group.first().cloned() else {
+                break;
+            };
             if ready_at > now {
                 break;
             }
@@ -267,7 +321,11 @@ impl Core {
             let task = t.clone();
             self.leases.insert((task.lease_until, id.clone()));
             self.dirty.tasks.push(id.clone());
-            out.push(Acquired { root: self.promises[&id].clone(), preload: self.preload(&id, now), task });
+            out.push(Acquired {
+                root: self.promises[&id].clone(),
+                preload: self.preload(&id, now),
+                task,
+            });
         }
         out
     }
@@ -302,11 +360,19 @@ impl Core {
         held.len()
     }
 
-    pub(crate) fn release(&mut self, fence: &Fence, how: Release, now: Millis) -> Result<(), StoreError> {
+    pub(crate) fn release(
+        &mut self,
+        fence: &Fence,
+        how: Release,
+        now: Millis,
+    ) -> Result<(), StoreError> {
         self.check_fence(Some(fence), now)?;
         let t = self.tasks[&fence.task].clone();
         self.unindex(&t);
-        let t = self.tasks.get_mut(&fence.task).expect("a fenced task exists");
+        let t = self
+            .tasks
+            .get_mut(&fence.task)
+            .expect("a fenced task exists");
         t.version += 1;
         t.process = None;
         match how {
@@ -345,7 +411,10 @@ impl Core {
     }
 
     pub(crate) fn tick(&mut self, now: Millis) -> Tick {
-        let mut tick = Tick { now, ..Tick::default() };
+        let mut tick = Tick {
+            now,
+            ..Tick::default()
+        };
         while let Some((at, id)) = self.deadlines.first().cloned() {
             if at > now {
                 break;
@@ -363,12 +432,20 @@ impl Core {
             self.make_pending(&id, now);
             tick.expired += 1;
         }
-        let delayed = self.ready.values().filter_map(|g| g.first()).map(|(at, _)| *at).filter(|at| *at > now);
-        tick.next = [self.deadlines.first().map(|d| d.0), self.leases.first().map(|l| l.0)]
-            .into_iter()
-            .flatten()
-            .chain(delayed)
-            .min();
+        let delayed = self
+            .ready
+            .values()
+            .filter_map(|g| g.first())
+            .map(|(at, _)| *at)
+            .filter(|at| *at > now);
+        tick.next = [
+            self.deadlines.first().map(|d| d.0),
+            self.leases.first().map(|l| l.0),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(delayed)
+        .min();
         tick
     }
 
@@ -388,7 +465,10 @@ impl Core {
     }
 
     fn ready_insert(&mut self, t: &Task) {
-        self.ready.entry(t.group.clone()).or_default().insert((t.ready_at, t.id.clone()));
+        self.ready
+            .entry(t.group.clone())
+            .or_default()
+            .insert((t.ready_at, t.id.clone()));
     }
 
     /// Removes a task from the index its state puts it in.
@@ -408,5 +488,8 @@ impl Core {
 }
 
 fn conflict(id: &str, reason: &str) -> StoreError {
-    StoreError::Conflict { id: id.to_owned(), reason: reason.to_owned() }
+    StoreError::Conflict {
+        id: id.to_owned(),
+        reason: reason.to_owned(),
+    }
 }
