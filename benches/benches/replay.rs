@@ -8,10 +8,7 @@ use durable::{MemoryStore, Store};
 use durable_benches::{runtime, unfinished};
 
 fn replay(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let mut group = c.benchmark_group("replay/memory");
     for n in [10u64, 100, 1000] {
         group.throughput(Throughput::Elements(n));

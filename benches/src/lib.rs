@@ -39,11 +39,7 @@ pub async fn chain(ctx: &mut Context, n: u64) -> durable::Result<u64> {
 
 /// A runtime over `store` with the chain registered.
 pub fn runtime(store: &Arc<dyn Store>) -> Durable {
-    Durable::builder()
-        .store(store.clone())
-        .register(chain)
-        .build()
-        .expect("build")
+    Durable::builder().store(store.clone()).register(chain).build().expect("build")
 }
 
 /// Runs a chain of `n` steps to the gate on `store`, then stops the runtime, releasing

@@ -10,17 +10,11 @@ pub(crate) struct DurableFn<'a> {
 }
 
 /// Validates `item`, collecting every error into `errors`.
-pub(crate) fn validate<'a>(
-    item: &'a ItemFn,
-    errors: &mut Vec<syn::Error>,
-) -> Option<DurableFn<'a>> {
+pub(crate) fn validate<'a>(item: &'a ItemFn, errors: &mut Vec<syn::Error>) -> Option<DurableFn<'a>> {
     let before = errors.len();
     let sig = &item.sig;
     if sig.asyncness.is_none() {
-        errors.push(syn::Error::new_spanned(
-            sig.fn_token,
-            "a durable function must be `async fn`",
-        ));
+        errors.push(syn::Error::new_spanned(sig.fn_token, "a durable function must be `async fn`"));
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         errors.push(syn::Error::new_spanned(
@@ -29,15 +23,15 @@ pub(crate) fn validate<'a>(
         ));
     }
     if let ReturnType::Default = sig.output {
-        errors.push(syn::Error::new_spanned(
-            sig,
-            "a durable function returns `durable::Result<T>`",
-        ));
+        errors.push(syn::Error::new_spanned(sig, "a durable function returns `durable::Result<T>`"));
     }
     let mut inputs = sig.inputs.iter();
     match inputs.next() {
         Some(FnArg::Receiver(r)) => {
-            errors.push(syn::Error::new_spanned(r, "a durable function cannot take `self`: make it a free `async fn(ctx: &mut Context, …)`"));
+            errors.push(syn::Error::new_spanned(
+                r,
+                "a durable function cannot take `self`: make it a free `async fn(ctx: &mut Context, …)`",
+            ));
         }
         Some(FnArg::Typed(pt)) if is_context(&pt.ty) => {}
         Some(FnArg::Typed(pt)) => errors.push(syn::Error::new_spanned(
@@ -55,18 +49,12 @@ pub(crate) fn validate<'a>(
     let mut params = Vec::new();
     for input in inputs {
         match input {
-            FnArg::Receiver(r) => errors.push(syn::Error::new_spanned(
-                r,
-                "a durable function cannot take `self`",
-            )),
+            FnArg::Receiver(r) => errors.push(syn::Error::new_spanned(r, "a durable function cannot take `self`")),
             FnArg::Typed(pt) => {
                 if let Pat::Ident(ident) = &*pt.pat
                     && ident.by_ref.is_some()
                 {
-                    errors.push(syn::Error::new_spanned(
-                        ident,
-                        "arguments are passed by value",
-                    ));
+                    errors.push(syn::Error::new_spanned(ident, "arguments are passed by value"));
                 }
                 params.push(pt);
             }
@@ -93,10 +81,6 @@ trait CombineInto {
 impl CombineInto for syn::Error {
     /// An empty parameter list has no tokens to point at: point at the signature.
     fn combine_into(self, sig: &syn::Signature) -> syn::Error {
-        if sig.inputs.is_empty() {
-            syn::Error::new_spanned(&sig.ident, self.to_string())
-        } else {
-            self
-        }
+        if sig.inputs.is_empty() { syn::Error::new_spanned(&sig.ident, self.to_string()) } else { self }
     }
 }

@@ -4,7 +4,8 @@ use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::{Expr, ExprLit, Lit, LitInt, LitStr, Meta, Token};
 
-const OPTIONS: &str = "the options are `name = \"…\"`, `version = 1`, `retry = <durable::Retry>` and `timeout = <std::time::Duration>`";
+const OPTIONS: &str =
+    "the options are `name = \"…\"`, `version = 1`, `retry = <durable::Retry>` and `timeout = <std::time::Duration>`";
 
 /// The options, each as written.
 #[derive(Default)]
@@ -27,24 +28,14 @@ pub(crate) fn parse(args: proc_macro2::TokenStream, errors: &mut Vec<syn::Error>
     };
     for meta in metas {
         let Meta::NameValue(nv) = meta else {
-            errors.push(syn::Error::new_spanned(
-                &meta,
-                format!("expected `option = value`; {OPTIONS}"),
-            ));
+            errors.push(syn::Error::new_spanned(&meta, format!("expected `option = value`; {OPTIONS}")));
             continue;
         };
-        let key = nv
-            .path
-            .get_ident()
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        let duplicate =
-            || syn::Error::new_spanned(&nv.path, format!("the option `{key}` is given twice"));
+        let key = nv.path.get_ident().map(ToString::to_string).unwrap_or_default();
+        let duplicate = || syn::Error::new_spanned(&nv.path, format!("the option `{key}` is given twice"));
         match key.as_str() {
             "name" => match &nv.value {
-                Expr::Lit(ExprLit {
-                    lit: Lit::Str(s), ..
-                }) if !s.value().is_empty() => {
+                Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) if !s.value().is_empty() => {
                     if options.name.replace(s.clone()).is_some() {
                         errors.push(duplicate());
                     }
@@ -55,9 +46,7 @@ pub(crate) fn parse(args: proc_macro2::TokenStream, errors: &mut Vec<syn::Error>
                 )),
             },
             "version" => match &nv.value {
-                Expr::Lit(ExprLit {
-                    lit: Lit::Int(i), ..
-                }) if i.base10_parse::<u32>().is_ok_and(|v| v > 0) => {
+                Expr::Lit(ExprLit { lit: Lit::Int(i), .. }) if i.base10_parse::<u32>().is_ok_and(|v| v > 0) => {
                     if options.version.replace(i.clone()).is_some() {
                         errors.push(duplicate());
                     }
@@ -79,10 +68,7 @@ pub(crate) fn parse(args: proc_macro2::TokenStream, errors: &mut Vec<syn::Error>
             }
             _ => errors.push(syn::Error::new_spanned(
                 &nv.path,
-                format!(
-                    "unknown option `{}`; {OPTIONS}",
-                    quote::ToTokens::to_token_stream(&nv.path)
-                ),
+                format!("unknown option `{}`; {OPTIONS}", quote::ToTokens::to_token_stream(&nv.path)),
             )),
         }
     }

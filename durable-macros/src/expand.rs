@@ -14,10 +14,7 @@ pub(crate) fn function(args: TokenStream, item: TokenStream) -> TokenStream {
     let item_fn: ItemFn = match syn::parse2(item.clone()) {
         Ok(item_fn) => item_fn,
         Err(_) => {
-            let e = syn::Error::new(
-                Span::call_site(),
-                "#[durable::function] applies to an `async fn`",
-            );
+            let e = syn::Error::new(Span::call_site(), "#[durable::function] applies to an `async fn`");
             return with_errors(item, vec![e]);
         }
     };
@@ -39,14 +36,8 @@ fn generate(f: &DurableFn<'_>, options: &Options) -> TokenStream {
     let ident = &item.sig.ident;
     let attrs = &item.attrs;
     let p = quote!(::durable::__private);
-    let name = options
-        .name
-        .as_ref()
-        .map_or_else(|| ident.to_string(), syn::LitStr::value);
-    let version = options
-        .version
-        .as_ref()
-        .map_or_else(|| quote!(1), |v| quote!(#v));
+    let name = options.name.as_ref().map_or_else(|| ident.to_string(), syn::LitStr::value);
+    let version = options.version.as_ref().map_or_else(|| quote!(1), |v| quote!(#v));
     let ret = match &item.sig.output {
         ReturnType::Type(_, ty) => ty,
         ReturnType::Default => unreachable!("validated"),
@@ -57,26 +48,23 @@ fn generate(f: &DurableFn<'_>, options: &Options) -> TokenStream {
         [one] => quote!(#one),
         many => quote!((#(#many),*)),
     };
-    let vars: Vec<_> = (0..types.len())
-        .map(|i| format_ident!("__arg{i}"))
-        .collect();
+    let vars: Vec<_> = (0..types.len()).map(|i| format_ident!("__arg{i}")).collect();
     let bind = match vars.as_slice() {
         [] => quote!(let () = args;),
         [one] => quote!(let #one = args;),
         many => quote!(let (#(#many),*) = args;),
     };
-    let asserts = types
-        .iter()
-        .map(|ty| quote_spanned!(ty.span()=> #p::assert_payload::<#ty>();));
-    let ret_assert =
-        quote_spanned!(ret.span()=> #p::assert_payload::<<#ret as #p::Returns>::Ok>(););
+    let asserts = types.iter().map(|ty| quote_spanned!(ty.span()=> #p::assert_payload::<#ty>();));
+    let ret_assert = quote_spanned!(ret.span()=> #p::assert_payload::<<#ret as #p::Returns>::Ok>(););
     let retry = options.retry.as_ref().map(|r| {
         quote! {
             fn retry(&self) -> #p::Retry { #r }
         }
     });
-    let timeout = options.timeout.as_ref().map(|t| quote! {
-        fn timeout(&self) -> ::core::option::Option<#p::Duration> { ::core::option::Option::Some(#t) }
+    let timeout = options.timeout.as_ref().map(|t| {
+        quote! {
+            fn timeout(&self) -> ::core::option::Option<#p::Duration> { ::core::option::Option::Some(#t) }
+        }
     });
     let mut body_fn = item.clone();
     body_fn.attrs.clear();

@@ -18,6 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use durable::Target;
 use durable::store::{Claim, CreatePromise, NewTask, Release, Search, SettlePromise};
 use durable::{Fence, Param, State, Store, StoreError, TaskState};
 
@@ -46,37 +47,17 @@ fn call(id: &str) -> CreatePromise {
 }
 
 fn settle(id: &str, state: State, value: &str) -> SettlePromise {
-    SettlePromise {
-        id: id.into(),
-        state,
-        value: value.into(),
-        ikey: None,
-        strict: false,
-        fence: None,
-    }
+    SettlePromise { id: id.into(), state, value: value.into(), ikey: None, strict: false, fence: None }
 }
 
 fn with_task(id: &str, group: &str) -> CreatePromise {
     let mut req = call(id);
-    req.task = Some(NewTask {
-        group: group.into(),
-        acquire: None,
-    });
+    req.task = Some(NewTask::new(Target::any(group)));
     req
 }
 
-async fn claim_one(
-    store: &dyn Store,
-    group: &str,
-    process: &str,
-    ttl: u64,
-) -> Option<durable::store::Acquired> {
-    let claim = Claim {
-        group: group.into(),
-        process: process.into(),
-        ttl,
-        max: 1,
-    };
+async fn claim_one(store: &dyn Store, group: &str, process: &str, ttl: u64) -> Option<durable::store::Acquired> {
+    let claim = Claim { pid: "worker".into(), group: group.into(), process: process.into(), ttl, max: 1 };
     store.claim(claim).await.expect("claim").pop()
 }
 
@@ -94,14 +75,8 @@ pub async fn create_is_idempotent(store: &dyn Store) {
     other.param = Param::call("g", 2, "2".into());
     let second = store.create(other).await.expect("create again");
     assert!(!second.new, "creating an existing id is not new");
-    assert_eq!(
-        second.promise.param, first.promise.param,
-        "the existing promise is returned unchanged"
-    );
-    assert_eq!(
-        store.get("a").await.expect("get").expect("exists"),
-        first.promise
-    );
+    assert_eq!(second.promise.param, first.promise.param, "the existing promise is returned unchanged");
+    assert_eq!(store.get("a").await.expect("get").expect("exists"), first.promise);
     assert!(store.get("missing").await.expect("get").is_none());
 }
 
@@ -114,47 +89,29 @@ pub async fn idempotency_keys_and_strict_mode(store: &dyn Store) {
     let mut mismatched = req.clone();
     mismatched.ikey = Some("c2".into());
     assert!(
-        matches!(
-            store.create(mismatched).await,
-            Err(StoreError::Conflict { .. })
-        ),
+        matches!(store.create(mismatched).await, Err(StoreError::Conflict { .. })),
         "a mismatched create key conflicts"
     );
     let mut strict = req.clone();
     strict.strict = true;
-    assert!(
-        !store
-            .create(strict.clone())
-            .await
-            .expect("strict create of a pending promise with its key")
-            .new
-    );
+    assert!(!store.create(strict.clone()).await.expect("strict create of a pending promise with its key").new);
 
     let mut s = settle("k", State::Resolved, "7");
     s.ikey = Some("s1".into());
     s.strict = true;
     store.settle(s.clone()).await.expect("settle");
-    let again = store
-        .settle(s.clone())
-        .await
-        .expect("the same settle key and state are accepted again");
+    let again = store.settle(s.clone()).await.expect("the same settle key and state are accepted again");
     assert_eq!(again.value.as_deref(), Some("7"));
     let mut other_key = s.clone();
     other_key.ikey = Some("s2".into());
     assert!(
-        matches!(
-            store.settle(other_key).await,
-            Err(StoreError::Conflict { .. })
-        ),
+        matches!(store.settle(other_key).await, Err(StoreError::Conflict { .. })),
         "strict settle with another key conflicts"
     );
     let mut other_state = s.clone();
     other_state.state = State::Rejected;
     assert!(
-        matches!(
-            store.settle(other_state).await,
-            Err(StoreError::Conflict { .. })
-        ),
+        matches!(store.settle(other_state).await, Err(StoreError::Conflict { .. })),
         "strict settle with another state conflicts"
     );
     assert!(
@@ -166,24 +123,11 @@ pub async fn idempotency_keys_and_strict_mode(store: &dyn Store) {
 /// Settling is once: later settles return the first settlement.
 pub async fn first_settle_wins(store: &dyn Store) {
     store.create(call("s")).await.expect("create");
-    let first = store
-        .settle(settle("s", State::Resolved, "1"))
-        .await
-        .expect("settle");
+    let first = store.settle(settle("s", State::Resolved, "1")).await.expect("settle");
     assert_eq!(first.state, State::Resolved);
-    let second = store
-        .settle(settle("s", State::Rejected, "2"))
-        .await
-        .expect("a later non-strict settle is answered");
-    assert_eq!(
-        (second.state, second.value.as_deref()),
-        (State::Resolved, Some("1")),
-        "the first settle wins"
-    );
-    assert!(matches!(
-        store.settle(settle("nope", State::Resolved, "1")).await,
-        Err(StoreError::NotFound { .. })
-    ));
+    let second = store.settle(settle("s", State::Rejected, "2")).await.expect("a later non-strict settle is answered");
+    assert_eq!((second.state, second.value.as_deref()), (State::Resolved, Some("1")), "the first settle wins");
+    assert!(matches!(store.settle(settle("nope", State::Resolved, "1")).await, Err(StoreError::NotFound { .. })));
 }
 
 /// Many concurrent settlers: exactly one value is stored and everyone sees it.
@@ -192,11 +136,7 @@ pub async fn racing_settlers_settle_once(store: Arc<dyn Store>) {
     let settlers: Vec<_> = (0..16)
         .map(|i| {
             let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .settle(settle("race", State::Resolved, &i.to_string()))
-                    .await
-            })
+            tokio::spawn(async move { store.settle(settle("race", State::Resolved, &i.to_string())).await })
         })
         .collect();
     let mut seen = Vec::new();
@@ -204,10 +144,7 @@ pub async fn racing_settlers_settle_once(store: Arc<dyn Store>) {
         seen.push(s.await.expect("join").expect("settle").value);
     }
     let stored = store.get("race").await.expect("get").expect("exists").value;
-    assert!(
-        seen.iter().all(|v| *v == stored),
-        "every settler sees the one stored value: {seen:?} vs {stored:?}"
-    );
+    assert!(seen.iter().all(|v| *v == stored), "every settler sees the one stored value: {seen:?} vs {stored:?}");
 }
 
 /// A pending promise past its deadline is timed out; a timer resolves.
@@ -222,47 +159,16 @@ pub async fn deadlines_time_out_promises_and_resolve_timers(store: &dyn Store) {
     capped.timeout = Some(60_000);
     capped.deadline_cap = store.now().await.expect("now") + 500;
     let capped = store.create(capped).await.expect("create capped").promise;
-    assert_eq!(
-        capped.timeout_at,
-        store.now().await.expect("now") + 500,
-        "the deadline is capped"
-    );
+    assert_eq!(capped.timeout_at, store.now().await.expect("now") + 500, "the deadline is capped");
 
     tokio::time::advance(Duration::from_millis(1_000)).await;
     // Before any tick, reads already count a promise past its deadline as timed out.
-    assert_eq!(
-        store.get("t").await.expect("get").expect("exists").state,
-        State::RejectedTimedout
-    );
-    let late = store
-        .settle(settle("t", State::Resolved, "1"))
-        .await
-        .expect("settle after the deadline");
-    assert_eq!(
-        late.state,
-        State::RejectedTimedout,
-        "a settle after the deadline finds it timed out"
-    );
+    assert_eq!(store.get("t").await.expect("get").expect("exists").state, State::RejectedTimedout);
+    let late = store.settle(settle("t", State::Resolved, "1")).await.expect("settle after the deadline");
+    assert_eq!(late.state, State::RejectedTimedout, "a settle after the deadline finds it timed out");
     store.tick().await.expect("tick");
-    assert_eq!(
-        store
-            .get("timer")
-            .await
-            .expect("get")
-            .expect("exists")
-            .state,
-        State::Resolved,
-        "a timer resolves"
-    );
-    assert_eq!(
-        store
-            .get("capped")
-            .await
-            .expect("get")
-            .expect("exists")
-            .state,
-        State::RejectedTimedout
-    );
+    assert_eq!(store.get("timer").await.expect("get").expect("exists").state, State::Resolved, "a timer resolves");
+    assert_eq!(store.get("capped").await.expect("get").expect("exists").state, State::RejectedTimedout);
 }
 
 /// Search filters by prefix, state and tags, in id order, a page at a time.
@@ -275,27 +181,14 @@ pub async fn search_pages_with_a_cursor(store: &dyn Store) {
         store.create(req).await.expect("create");
     }
     store.create(call("q")).await.expect("create");
-    store
-        .settle(settle("p03", State::Resolved, "1"))
-        .await
-        .expect("settle");
-    store
-        .settle(settle("p04", State::RejectedCanceled, "null"))
-        .await
-        .expect("settle");
+    store.settle(settle("p03", State::Resolved, "1")).await.expect("settle");
+    store.settle(settle("p04", State::RejectedCanceled, "null")).await.expect("settle");
 
     let mut all = Vec::new();
     let mut cursor = None;
     loop {
-        let page = store
-            .search(Search {
-                prefix: "p".into(),
-                limit: 10,
-                cursor,
-                ..Search::default()
-            })
-            .await
-            .expect("search");
+        let page =
+            store.search(Search { prefix: "p".into(), limit: 10, cursor, ..Search::default() }).await.expect("search");
         assert!(page.promises.len() <= 10);
         all.extend(page.promises.into_iter().map(|p| p.id));
         match page.cursor {
@@ -307,44 +200,21 @@ pub async fn search_pages_with_a_cursor(store: &dyn Store) {
     assert_eq!(all, expected, "pages cover every match once, in order");
 
     let even = store
-        .search(Search {
-            prefix: "p".into(),
-            tags: [("even".into(), "yes".into())].into(),
-            ..Search::default()
-        })
+        .search(Search { prefix: "p".into(), tags: [("even".into(), "yes".into())].into(), ..Search::default() })
         .await
         .expect("search");
     assert_eq!(even.promises.len(), 13);
     let resolved = store
-        .search(Search {
-            prefix: "p".into(),
-            state: Some(State::Resolved),
-            ..Search::default()
-        })
+        .search(Search { prefix: "p".into(), state: Some(State::Resolved), ..Search::default() })
         .await
         .expect("search");
-    assert_eq!(
-        resolved
-            .promises
-            .iter()
-            .map(|p| p.id.as_str())
-            .collect::<Vec<_>>(),
-        ["p03"]
-    );
+    assert_eq!(resolved.promises.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["p03"]);
     let rejected = store
-        .search(Search {
-            prefix: "p".into(),
-            state: Some(State::Rejected),
-            ..Search::default()
-        })
+        .search(Search { prefix: "p".into(), state: Some(State::Rejected), ..Search::default() })
         .await
         .expect("search");
     assert_eq!(
-        rejected
-            .promises
-            .iter()
-            .map(|p| p.id.as_str())
-            .collect::<Vec<_>>(),
+        rejected.promises.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
         ["p04"],
         "a rejected filter matches every rejection"
     );
@@ -355,16 +225,9 @@ pub async fn claim_returns_the_preload(store: &dyn Store) {
     store.create(with_task("root", "g")).await.expect("create");
     let other = store.create(with_task("other", "h")).await.expect("create");
     assert!(other.acquired.is_none());
-    let a = claim_one(store, "g", "p1", 10_000)
-        .await
-        .expect("a ready task");
+    let a = claim_one(store, "g", "p1", 10_000).await.expect("a ready task");
     let fence = a.fence();
-    for (id, settled) in [
-        ("root.1", true),
-        ("root.2", false),
-        ("root.10", true),
-        ("rootx", true),
-    ] {
+    for (id, settled) in [("root.1", true), ("root.2", false), ("root.10", true), ("rootx", true)] {
         let mut req = call(id);
         req.fence = Some(fence.clone());
         store.create(req).await.expect("fenced create");
@@ -374,66 +237,31 @@ pub async fn claim_returns_the_preload(store: &dyn Store) {
             store.settle(s).await.expect("fenced settle");
         }
     }
-    assert!(
-        claim_one(store, "g", "p2", 10_000).await.is_none(),
-        "an acquired task is not handed out twice"
-    );
-    store
-        .release(
-            &fence,
-            Release::Retry {
-                delay: 0,
-                error: None,
-            },
-        )
-        .await
-        .expect("release");
-    let again = claim_one(store, "g", "p2", 10_000)
-        .await
-        .expect("released task");
+    assert!(claim_one(store, "g", "p2", 10_000).await.is_none(), "an acquired task is not handed out twice");
+    store.release(&fence, Release::Retry { delay: 0, error: None }).await.expect("release");
+    let again = claim_one(store, "g", "p2", 10_000).await.expect("released task");
     assert_eq!(again.root.id, "root");
-    assert_eq!(
-        again.task.version,
-        fence.version + 2,
-        "a release and an acquire each bump the version"
-    );
+    assert_eq!(again.task.version, fence.version + 2, "a release and an acquire each bump the version");
     let mut preload: Vec<_> = again.preload.iter().map(|p| p.id.as_str()).collect();
     preload.sort_unstable();
-    assert_eq!(
-        preload,
-        ["root.1", "root.10"],
-        "the preload is the settled promises under the root"
-    );
+    assert_eq!(preload, ["root.1", "root.10"], "the preload is the settled promises under the root");
 }
 
 /// A task that lost its lease and was acquired again refuses every write of the old
 /// holder: create, settle and fulfil.
 pub async fn writes_are_fenced_on_the_task_version(store: &dyn Store) {
     store.create(with_task("w", "g")).await.expect("create");
-    let old = claim_one(store, "g", "p1", 1_000)
-        .await
-        .expect("claim")
-        .fence();
+    let old = claim_one(store, "g", "p1", 1_000).await.expect("claim").fence();
     let mut child = call("w.1");
     child.fence = Some(old.clone());
     store.create(child).await.expect("the holder writes");
 
     advance(store, 1_000).await;
-    let new = claim_one(store, "g", "p2", 1_000)
-        .await
-        .expect("the expired task is claimable")
-        .fence();
-    assert_eq!(
-        new.version,
-        old.version + 2,
-        "lease expiry and the new acquire each bump the version"
-    );
+    let new = claim_one(store, "g", "p2", 1_000).await.expect("the expired task is claimable").fence();
+    assert_eq!(new.version, old.version + 2, "lease expiry and the new acquire each bump the version");
 
     let fenced = |r: Result<(), StoreError>, what: &str| {
-        assert!(
-            matches!(r, Err(StoreError::Fenced { .. })),
-            "a stale holder's {what} must be refused, got {r:?}"
-        );
+        assert!(matches!(r, Err(StoreError::Fenced { .. })), "a stale holder's {what} must be refused, got {r:?}");
     };
     let mut create = call("w.2");
     create.fence = Some(old.clone());
@@ -444,50 +272,21 @@ pub async fn writes_are_fenced_on_the_task_version(store: &dyn Store) {
     let mut fulfil = settle("w", State::Resolved, "1");
     fulfil.fence = Some(old.clone());
     fenced(store.settle(fulfil.clone()).await.map(drop), "fulfil");
-    fenced(
-        store
-            .release(
-                &old,
-                Release::Retry {
-                    delay: 0,
-                    error: None,
-                },
-            )
-            .await,
-        "release",
-    );
-    assert!(
-        store.get("w.2").await.expect("get").is_none(),
-        "nothing of the refused create was written"
-    );
-    assert_eq!(
-        store.get("w.1").await.expect("get").expect("exists").state,
-        State::Pending
-    );
-    assert_eq!(
-        store.get("w").await.expect("get").expect("exists").state,
-        State::Pending
-    );
+    fenced(store.release(&old, Release::Retry { delay: 0, error: None }).await, "release");
+    assert!(store.get("w.2").await.expect("get").is_none(), "nothing of the refused create was written");
+    assert_eq!(store.get("w.1").await.expect("get").expect("exists").state, State::Pending);
+    assert_eq!(store.get("w").await.expect("get").expect("exists").state, State::Pending);
 
     settle_child.fence = Some(new.clone());
-    store
-        .settle(settle_child)
-        .await
-        .expect("the new holder writes");
+    store.settle(settle_child).await.expect("the new holder writes");
     fulfil.fence = Some(new.clone());
     store.settle(fulfil).await.expect("the new holder fulfils");
     let task = store.task("w").await.expect("task").expect("exists");
     assert_eq!(task.state, TaskState::Fulfilled);
-    let stale = Fence {
-        task: "w".into(),
-        version: new.version,
-    };
+    let stale = Fence { task: "w".into(), version: new.version };
     let mut after = call("w.3");
     after.fence = Some(stale);
-    fenced(
-        store.create(after).await.map(drop),
-        "create after fulfilment",
-    );
+    fenced(store.create(after).await.map(drop), "create after fulfilment");
 }
 
 /// One heartbeat per process extends every lease it holds.
@@ -495,12 +294,7 @@ pub async fn heartbeats_keep_leases(store: &dyn Store) {
     for id in ["h1", "h2"] {
         store.create(with_task(id, "g")).await.expect("create");
     }
-    let claim = Claim {
-        group: "g".into(),
-        process: "p1".into(),
-        ttl: 1_000,
-        max: 2,
-    };
+    let claim = Claim { pid: "worker".into(), group: "g".into(), process: "p1".into(), ttl: 1_000, max: 2 };
     let held = store.claim(claim).await.expect("claim");
     assert_eq!(held.len(), 2);
     for _ in 0..5 {
@@ -514,64 +308,27 @@ pub async fn heartbeats_keep_leases(store: &dyn Store) {
         store.create(req).await.expect("a kept lease still writes");
     }
     advance(store, 1_000).await;
-    assert_eq!(
-        store.heartbeat("p1", 1_000).await.expect("heartbeat"),
-        0,
-        "an expired lease is not revived"
-    );
-    assert_eq!(
-        store.task("h1").await.expect("task").expect("exists").state,
-        TaskState::Pending
-    );
+    assert_eq!(store.heartbeat("p1", 1_000).await.expect("heartbeat"), 0, "an expired lease is not revived");
+    assert_eq!(store.task("h1").await.expect("task").expect("exists").state, TaskState::Pending);
 }
 
 /// Release with a delay, halt, and resume.
 pub async fn release_halt_and_resume(store: &dyn Store) {
     store.create(with_task("r", "g")).await.expect("create");
     let a = claim_one(store, "g", "p1", 10_000).await.expect("claim");
-    store
-        .release(
-            &a.fence(),
-            Release::Retry {
-                delay: 5_000,
-                error: Some("boom".into()),
-            },
-        )
-        .await
-        .expect("release");
+    store.release(&a.fence(), Release::Retry { delay: 5_000, error: Some("boom".into()) }).await.expect("release");
     let task = store.task("r").await.expect("task").expect("exists");
     assert_eq!((task.faults, task.error.as_deref()), (1, Some("boom")));
-    assert!(
-        claim_one(store, "g", "p1", 10_000).await.is_none(),
-        "not delivered before its delay"
-    );
+    assert!(claim_one(store, "g", "p1", 10_000).await.is_none(), "not delivered before its delay");
     advance(store, 5_000).await;
-    let b = claim_one(store, "g", "p1", 10_000)
-        .await
-        .expect("delivered after its delay");
-    store
-        .release(
-            &b.fence(),
-            Release::Halt {
-                error: "bad".into(),
-            },
-        )
-        .await
-        .expect("halt");
+    let b = claim_one(store, "g", "p1", 10_000).await.expect("delivered after its delay");
+    store.release(&b.fence(), Release::Halt { error: "bad".into() }).await.expect("halt");
     store.wait("r").await.expect("a halted task ends a wait");
-    assert_eq!(
-        store.task("r").await.expect("task").expect("exists").state,
-        TaskState::Halted
-    );
-    assert!(
-        claim_one(store, "g", "p1", 10_000).await.is_none(),
-        "a halted task is not delivered"
-    );
+    assert_eq!(store.task("r").await.expect("task").expect("exists").state, TaskState::Halted);
+    assert!(claim_one(store, "g", "p1", 10_000).await.is_none(), "a halted task is not delivered");
     assert_eq!(store.resume_halted("other").await.expect("resume"), 0);
     assert_eq!(store.resume_halted("g").await.expect("resume"), 1);
-    let c = claim_one(store, "g", "p1", 10_000)
-        .await
-        .expect("a resumed task is delivered");
+    let c = claim_one(store, "g", "p1", 10_000).await.expect("a resumed task is delivered");
     assert!(c.task.version > b.task.version);
 }
 
@@ -581,32 +338,18 @@ pub async fn settle_fulfils_the_task_and_wakes_waiters(store: Arc<dyn Store>) {
     let mut ready = store.ready();
     ready.borrow_and_update();
     store.create(with_task("f2", "g")).await.expect("create");
-    assert!(
-        ready.has_changed().expect("ready signal"),
-        "a new task bumps the ready signal"
-    );
+    assert!(ready.has_changed().expect("ready signal"), "a new task bumps the ready signal");
     let waiter = tokio::spawn({
         let store = store.clone();
         async move { store.wait("f").await }
     });
     tokio::task::yield_now().await;
     assert!(!waiter.is_finished(), "a wait on a pending promise waits");
-    store
-        .settle(settle("f", State::Resolved, "1"))
-        .await
-        .expect("settle");
-    waiter
-        .await
-        .expect("join")
-        .expect("the settle wakes the waiter");
-    assert_eq!(
-        store.task("f").await.expect("task").expect("exists").state,
-        TaskState::Fulfilled
-    );
+    store.settle(settle("f", State::Resolved, "1")).await.expect("settle");
+    waiter.await.expect("join").expect("the settle wakes the waiter");
+    assert_eq!(store.task("f").await.expect("task").expect("exists").state, TaskState::Fulfilled);
     assert!(
-        claim_one(&*store, "g", "p", 1_000)
-            .await
-            .is_some_and(|a| a.root.id == "f2"),
+        claim_one(&*store, "g", "p", 1_000).await.is_some_and(|a| a.root.id == "f2"),
         "a fulfilled task is not delivered"
     );
 }

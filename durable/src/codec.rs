@@ -18,12 +18,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
         message: e.to_string(),
     })?;
     if json.len() > limit {
-        return Err(Error::PayloadTooLarge {
-            id: id.to_owned(),
-            what,
-            size: json.len(),
-            limit,
-        });
+        return Err(Error::PayloadTooLarge { id: id.to_owned(), what, size: json.len(), limit });
     }
     Ok(json)
 }

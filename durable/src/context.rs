@@ -14,8 +14,8 @@ use serde::Serialize;
 use crate::execute::{Job, Outcome, Scope, outcome};
 use crate::invocation::Invocation;
 use crate::promise::{Millis, Param};
-use crate::store::CreatePromise;
-use crate::{Function, Handle, Result, Retry, codec};
+use crate::store::{CreatePromise, NewTask};
+use crate::{Callable, Function, Handle, Result, Retry, Target, codec};
 
 /// The context of one execution of a durable function.
 ///
@@ -35,22 +35,13 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context")
-            .field("id", &self.id)
-            .field("next", &self.next)
-            .finish()
+        f.debug_struct("Context").field("id", &self.id).field("next", &self.next).finish()
     }
 }
 
 impl Context {
     pub(crate) fn new(inv: Arc<Invocation>, id: String, deadline: Millis) -> Context {
-        Context {
-            inv,
-            id,
-            deadline,
-            next: 0,
-            scope: Arc::default(),
-        }
+        Context { inv, id, deadline, next: 0, scope: Arc::default() }
     }
 
     /// The id of the promise this body settles.
@@ -65,12 +56,9 @@ impl Context {
 
     pub(crate) fn encode_result<T: Serialize>(&self, value: &T) -> Result<String> {
         match codec::encode(&self.id, "the result", value, self.inv.rt.max_payload) {
-            Err(crate::Error::Codec { message, .. }) => {
-                Err(self.inv.fail(crate::invocation::Fault::Platform(format!(
-                    "the result of {} does not encode: {message}",
-                    self.id
-                ))))
-            }
+            Err(crate::Error::Codec { message, .. }) => Err(self.inv.fail(crate::invocation::Fault::Platform(
+                format!("the result of {} does not encode: {message}", self.id),
+            ))),
             other => other,
         }
     }
@@ -78,18 +66,40 @@ impl Context {
     /// Local function invocation: starts `f` as a child in this process and returns a
     /// [`Handle`] to await its result later.
     #[track_caller]
-    pub fn lfi<F: Function>(&mut self, f: F, args: F::Args) -> Call<F, Invoke> {
+    pub fn lfi<F: Function>(&mut self, f: F, args: F::Args) -> Call<F, Lfi> {
         self.call(f, args)
     }
 
     /// Local function call: runs `f` as a child in this process and returns its result.
     #[track_caller]
-    pub fn lfc<F: Function>(&mut self, f: F, args: F::Args) -> Call<F, Wait> {
+    pub fn lfc<F: Function>(&mut self, f: F, args: F::Args) -> Call<F, Lfc> {
+        self.call(f, args)
+    }
+
+    /// Remote function invocation: a child promise plus a task routed to
+    /// [`Call::target`] (default: this runtime's own group); returns a [`Handle`].
+    /// `f` may be a [`Remote`](crate::Remote): the function need not exist here.
+    #[track_caller]
+    pub fn rfi<C: Callable>(&mut self, f: C, args: C::Args) -> Call<C, Rfi> {
+        self.call(f, args)
+    }
+
+    /// Remote function call: like [`Context::rfi`], and waits for the result.
+    #[track_caller]
+    pub fn rfc<C: Callable>(&mut self, f: C, args: C::Args) -> Call<C, Rfc> {
+        self.call(f, args)
+    }
+
+    /// Starts `f` as a new top-level invocation that outlives this one; returns its id.
+    /// The id is derived (`{id}.{n}`) unless [`Call::id`] sets one; its timeout is its
+    /// own, not capped by the caller's, and cancelling the caller does not cancel it.
+    #[track_caller]
+    pub fn detached<C: Callable>(&mut self, f: C, args: C::Args) -> Call<C, Detach> {
         self.call(f, args)
     }
 
     #[track_caller]
-    fn call<F: Function, M>(&mut self, f: F, args: F::Args) -> Call<F, M> {
+    fn call<C: Callable, M>(&mut self, f: C, args: C::Args) -> Call<C, M> {
         let id = self.mint();
         let args = codec::encode(&id, "the arguments", &args, self.inv.rt.max_payload);
         Call {
@@ -103,8 +113,42 @@ impl Context {
             timeout: None,
             version: None,
             tags: BTreeMap::new(),
+            target: None,
             location: Location::caller(),
             mode: PhantomData,
+        }
+    }
+
+    /// A durable timer: resolves after `duration` on the store's clock. A long sleep
+    /// suspends the task, so no worker holds anything while it waits.
+    #[track_caller]
+    pub fn sleep(&mut self, duration: Duration) -> impl Future<Output = Result<()>> + Send + 'static {
+        let (inv, id, location) = (self.inv.clone(), self.mint(), Location::caller());
+        async move {
+            let param = Param::Timer;
+            if inv.replayed(&id, &param, location)?.is_none() {
+                let mut req = CreatePromise::new(id.clone(), param.clone());
+                req.timeout = Some(duration.as_millis() as Millis);
+                let created = inv.create(req).await?;
+                inv.verify(&id, &created.promise.param, &param, location)?;
+            }
+            Handle::<()>::remote(id, inv).await
+        }
+    }
+
+    /// A promise that someone outside settles, through
+    /// [`Durable::promises`](crate::Durable::promises): hand out [`Handle::id`], then
+    /// await the handle.
+    #[track_caller]
+    pub fn promise<T>(&mut self) -> Promised<T> {
+        Promised {
+            inv: self.inv.clone(),
+            id: self.mint(),
+            deadline: self.deadline,
+            timeout: None,
+            tags: BTreeMap::new(),
+            location: Location::caller(),
+            output: PhantomData,
         }
     }
 
@@ -113,9 +157,8 @@ impl Context {
     pub fn now(&mut self) -> impl Future<Output = Result<SystemTime>> + Send + 'static {
         let record = self.record("now");
         async move {
-            let ms: u64 = record
-                .run(|inv| async move { inv.rt.store.now().await.map_err(|e| inv.store_fault(e)) })
-                .await?;
+            let ms: u64 =
+                record.run(|inv| async move { inv.rt.store.now().await.map_err(|e| inv.store_fault(e)) }).await?;
             Ok(UNIX_EPOCH + Duration::from_millis(ms))
         }
     }
@@ -152,23 +195,14 @@ impl Context {
 
     #[track_caller]
     fn record(&mut self, what: &'static str) -> Record {
-        Record {
-            inv: self.inv.clone(),
-            id: self.mint(),
-            what,
-            location: Location::caller(),
-        }
+        Record { inv: self.inv.clone(), id: self.mint(), what, location: Location::caller() }
     }
 }
 
 /// A fresh random number from the standard library's randomly keyed hasher.
 pub(crate) fn random() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
-    );
+    h.write_u64(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
     h.finish()
 }
 
@@ -186,9 +220,7 @@ impl Record {
         T: Serialize + serde::de::DeserializeOwned,
         Fut: Future<Output = Result<T>>,
     {
-        let param = Param::Record {
-            what: self.what.to_owned(),
-        };
+        let param = Param::Record { what: self.what.to_owned() };
         if let Some(p) = self.inv.replayed(&self.id, &param, self.location)? {
             return codec::decode(&self.id, &outcome(p)?);
         }
@@ -196,63 +228,75 @@ impl Record {
         let mut req = CreatePromise::new(self.id.clone(), param.clone());
         req.resolved = Some(codec::encode(&self.id, "the value", &value, usize::MAX)?);
         let created = self.inv.create(req).await?;
-        self.inv
-            .verify(&self.id, &created.promise.param, &param, self.location)?;
+        self.inv.verify(&self.id, &created.promise.param, &param, self.location)?;
         codec::decode(&self.id, &outcome(&created.promise)?)
     }
 }
 
-/// Marks a [`Call`] that yields a [`Handle`].
-#[derive(Debug)]
-pub struct Invoke;
+mod sealed {
+    pub trait Local {}
+    pub trait Routed {}
+}
 
-/// Marks a [`Call`] that yields the result.
+/// A [`Call`] made with [`Context::lfi`]: yields a [`Handle`].
 #[derive(Debug)]
-pub struct Wait;
+pub struct Lfi;
+/// A [`Call`] made with [`Context::lfc`]: yields the result.
+#[derive(Debug)]
+pub struct Lfc;
+/// A [`Call`] made with [`Context::rfi`]: yields a [`Handle`].
+#[derive(Debug)]
+pub struct Rfi;
+/// A [`Call`] made with [`Context::rfc`]: yields the result.
+#[derive(Debug)]
+pub struct Rfc;
+/// A [`Call`] made with [`Context::detached`]: yields the new invocation's id.
+#[derive(Debug)]
+pub struct Detach;
+
+impl sealed::Local for Lfi {}
+impl sealed::Local for Lfc {}
+impl sealed::Routed for Rfi {}
+impl sealed::Routed for Rfc {}
+impl sealed::Routed for Detach {}
 
 /// A durable call, ready to be configured and awaited.
 ///
 /// Its id was minted when it was made. Awaiting it creates the child promise (or, on
-/// replay, finds it settled) and starts the body.
+/// replay, finds it recorded) and starts it. What awaiting yields depends on how it
+/// was made: see [`Lfi`], [`Lfc`], [`Rfi`], [`Rfc`] and [`Detach`].
 #[must_use = "a call does nothing until it is awaited"]
-pub struct Call<F: Function, M> {
+pub struct Call<C: Callable, M> {
     inv: Arc<Invocation>,
     scope: Arc<Scope>,
     id: String,
     deadline: Millis,
-    f: F,
+    f: C,
     args: Result<String>,
     retry: Option<Retry>,
     timeout: Option<Duration>,
     version: Option<u32>,
     tags: BTreeMap<String, String>,
+    target: Option<Result<Target>>,
     location: &'static Location<'static>,
     mode: PhantomData<M>,
 }
 
-impl<F: Function, M> std::fmt::Debug for Call<F, M> {
+impl<C: Callable, M> std::fmt::Debug for Call<C, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Call")
-            .field("id", &self.id)
-            .field("function", &self.f.name())
-            .finish()
+        f.debug_struct("Call").field("id", &self.id).field("function", &self.f.name()).finish()
     }
 }
 
-impl<F: Function, M> Call<F, M> {
+impl<C: Callable, M> Call<C, M> {
     /// Uses this id instead of the minted one (the count still advances).
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = id.into();
         self
     }
 
-    /// Retries with this policy instead of the function's.
-    pub fn retry(mut self, retry: Retry) -> Self {
-        self.retry = Some(retry);
-        self
-    }
-
-    /// Times out after this long (capped by the caller's own deadline).
+    /// Times out after this long (capped by the caller's own deadline, except for a
+    /// detached call).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -265,59 +309,123 @@ impl<F: Function, M> Call<F, M> {
     }
 
     /// Adds tags to the child promise.
-    pub fn tags<K: Into<String>, V: Into<String>>(
-        mut self,
-        tags: impl IntoIterator<Item = (K, V)>,
-    ) -> Self {
-        self.tags
-            .extend(tags.into_iter().map(|(k, v)| (k.into(), v.into())));
+    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
+        self.tags.extend(tags.into_iter().map(|(k, v)| (k.into(), v.into())));
         self
-    }
-
-    /// Creates the child (or finds it recorded); a job to run if it is not settled.
-    async fn begin(self) -> Result<(String, std::result::Result<Outcome, Job>)> {
-        let args = self.args?;
-        let version = self.version.unwrap_or_else(|| self.f.version());
-        let param = Param::call(self.f.name(), version, args.clone());
-        if let Some(p) = self.inv.replayed(&self.id, &param, self.location)? {
-            return Ok((self.id, Ok(outcome(p))));
-        }
-        let timeout = self.timeout.or_else(|| self.f.timeout());
-        let mut req = CreatePromise::new(self.id.clone(), param.clone());
-        req.timeout = timeout.map(|t| t.as_millis() as Millis);
-        req.deadline_cap = self.deadline;
-        req.tags = self.tags;
-        let created = self.inv.create(req).await?;
-        self.inv
-            .verify(&self.id, &created.promise.param, &param, self.location)?;
-        if created.promise.state.is_settled() {
-            return Ok((self.id, Ok(outcome(&created.promise))));
-        }
-        let job = Job {
-            inv: self.inv,
-            id: self.id.clone(),
-            deadline: created.promise.timeout_at,
-            retry: self.retry.unwrap_or_else(|| self.f.retry()),
-            func: Arc::new(self.f),
-            args,
-            fresh: created.new,
-        };
-        Ok((self.id, Err(job)))
     }
 }
 
-impl<F: Function> IntoFuture for Call<F, Invoke> {
+impl<C: Callable, M: sealed::Local> Call<C, M> {
+    /// Retries with this policy instead of the function's.
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+}
+
+impl<C: Callable, M: sealed::Routed> Call<C, M> {
+    /// Routes the task to this target, e.g. `poll://any@exp/lhs` (see [`Target`]).
+    /// A malformed target is an error when the call is awaited, before anything is
+    /// written.
+    pub fn target(mut self, target: &str) -> Self {
+        self.target = Some(target.parse());
+        self
+    }
+}
+
+/// What creating a call's promise found.
+enum Begun {
+    /// Settled already (recorded, or settled before this run).
+    Settled(Outcome),
+    /// Pending: `new` if this run created it.
+    Pending { timeout_at: Millis, new: bool },
+}
+
+impl<C: Callable, M> Call<C, M> {
+    /// Creates the child promise (and its task, for a routed call), or finds it.
+    async fn begin(&mut self, routed: bool, detached: bool) -> Result<(String, Begun)> {
+        let args = match &self.args {
+            Ok(args) => args.clone(),
+            Err(e) => return Err(clone_error(e)),
+        };
+        let task = if routed {
+            let target = match self.target.take() {
+                Some(target) => target?,
+                None => Target::any(self.inv.rt.group.clone()),
+            };
+            Some(NewTask { target, window: self.inv.rt.window, acquire: None })
+        } else {
+            None
+        };
+        let version = self.version.unwrap_or_else(|| self.f.version());
+        let param = Param::call(self.f.name(), version, args);
+        if let Some(p) = self.inv.replayed(&self.id, &param, self.location)? {
+            return Ok((self.id.clone(), Begun::Settled(outcome(p))));
+        }
+        let mut req = CreatePromise::new(self.id.clone(), param.clone());
+        req.timeout = self.timeout.map(|t| t.as_millis() as Millis);
+        if !detached {
+            req.deadline_cap = self.deadline;
+        }
+        req.tags = std::mem::take(&mut self.tags);
+        if detached {
+            req.tags.insert(DETACHED_TAG.into(), "true".into());
+        }
+        req.task = task;
+        let created = self.inv.create(req).await?;
+        self.inv.verify(&self.id, &created.promise.param, &param, self.location)?;
+        let begun = if created.promise.state.is_settled() {
+            Begun::Settled(outcome(&created.promise))
+        } else {
+            Begun::Pending { timeout_at: created.promise.timeout_at, new: created.new }
+        };
+        Ok((self.id.clone(), begun))
+    }
+}
+
+/// The tag that marks a detached invocation, which cancelling its creator leaves alone.
+pub(crate) const DETACHED_TAG: &str = "durable:detached";
+
+/// Errors are not `Clone`; an encoding error is reported as what it says.
+fn clone_error(e: &crate::Error) -> crate::Error {
+    match e {
+        crate::Error::PayloadTooLarge { id, what, size, limit } => {
+            crate::Error::PayloadTooLarge { id: id.clone(), what, size: *size, limit: *limit }
+        }
+        crate::Error::Codec { id, what, message } => {
+            crate::Error::Codec { id: id.clone(), what: what.clone(), message: message.clone() }
+        }
+        other => crate::Error::Runtime(other.to_string()),
+    }
+}
+
+impl<F: Function, M: sealed::Local> Call<F, M> {
+    fn job(self, timeout_at: Millis, new: bool) -> Job {
+        Job {
+            inv: self.inv,
+            id: self.id,
+            deadline: timeout_at,
+            retry: self.retry.unwrap_or_else(|| self.f.retry()),
+            func: Arc::new(self.f),
+            args: self.args.expect("checked by begin"),
+            fresh: new,
+        }
+    }
+}
+
+impl<F: Function> IntoFuture for Call<F, Lfi> {
     type Output = Result<Handle<F::Output>>;
     type IntoFuture = BoxFuture<'static, Self::Output>;
 
-    fn into_future(self) -> Self::IntoFuture {
-        let scope = self.scope.clone();
+    fn into_future(mut self) -> Self::IntoFuture {
         Box::pin(async move {
-            let (id, started) = self.begin().await?;
-            Ok(match started {
-                Ok(outcome) => Handle::ready(id, outcome),
-                Err(job) => {
+            let (id, begun) = self.begin(false, false).await?;
+            Ok(match begun {
+                Begun::Settled(outcome) => Handle::ready(id, outcome),
+                Begun::Pending { timeout_at, new } => {
                     let (tx, rx) = tokio::sync::oneshot::channel();
+                    let scope = self.scope.clone();
+                    let job = self.job(timeout_at, new);
                     let inv = job.inv.clone();
                     scope.spawn(async move {
                         if let Some(outcome) = job.run().await {
@@ -331,27 +439,122 @@ impl<F: Function> IntoFuture for Call<F, Invoke> {
     }
 }
 
-impl<F: Function> IntoFuture for Call<F, Wait> {
+impl<F: Function> IntoFuture for Call<F, Lfc> {
     type Output = Result<F::Output>;
     type IntoFuture = BoxFuture<'static, Self::Output>;
 
-    fn into_future(self) -> Self::IntoFuture {
+    fn into_future(mut self) -> Self::IntoFuture {
         Box::pin(async move {
-            let (id, started) = self.begin().await?;
-            let outcome = match started {
-                Ok(outcome) => outcome,
-                Err(job) => {
+            let (id, begun) = self.begin(false, false).await?;
+            let outcome = match begun {
+                Begun::Settled(outcome) => outcome,
+                Begun::Pending { timeout_at, new } => {
+                    let job = self.job(timeout_at, new);
                     let inv = job.inv.clone();
                     match job.run().await {
                         Some(outcome) => outcome,
-                        None => Err(inv
-                            .check()
-                            .err()
-                            .unwrap_or_else(|| crate::Error::Runtime("stopped".into()))),
+                        None => Err(inv.check().err().unwrap_or_else(|| crate::Error::Runtime("stopped".into()))),
                     }
                 }
             };
             codec::decode(&id, &outcome?)
+        })
+    }
+}
+
+impl<C: Callable> IntoFuture for Call<C, Rfi> {
+    type Output = Result<Handle<C::Output>>;
+    type IntoFuture = BoxFuture<'static, Self::Output>;
+
+    fn into_future(mut self) -> Self::IntoFuture {
+        Box::pin(async move {
+            Ok(match self.begin(true, false).await? {
+                (id, Begun::Settled(outcome)) => Handle::ready(id, outcome),
+                (id, Begun::Pending { .. }) => Handle::remote(id, self.inv),
+            })
+        })
+    }
+}
+
+impl<C: Callable> IntoFuture for Call<C, Rfc> {
+    type Output = Result<C::Output>;
+    type IntoFuture = BoxFuture<'static, Self::Output>;
+
+    fn into_future(mut self) -> Self::IntoFuture {
+        Box::pin(async move {
+            match self.begin(true, false).await? {
+                (id, Begun::Settled(outcome)) => codec::decode(&id, &outcome?),
+                (id, Begun::Pending { .. }) => Handle::remote(id, self.inv).await,
+            }
+        })
+    }
+}
+
+impl<C: Callable> IntoFuture for Call<C, Detach> {
+    type Output = Result<String>;
+    type IntoFuture = BoxFuture<'static, Self::Output>;
+
+    fn into_future(mut self) -> Self::IntoFuture {
+        Box::pin(async move { self.begin(true, true).await.map(|(id, _)| id) })
+    }
+}
+
+/// A promise settled from outside, ready to be configured and awaited: see
+/// [`Context::promise`].
+#[must_use = "a promise is created only when awaited"]
+pub struct Promised<T> {
+    inv: Arc<Invocation>,
+    id: String,
+    deadline: Millis,
+    timeout: Option<Duration>,
+    tags: BTreeMap<String, String>,
+    location: &'static Location<'static>,
+    output: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for Promised<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Promised").field("id", &self.id).finish()
+    }
+}
+
+impl<T> Promised<T> {
+    /// Uses this id instead of the minted one, e.g. one a person can type.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// Times out after this long (capped by the caller's own deadline).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Adds tags, so that whoever settles it can search for it.
+    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
+        self.tags.extend(tags.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+}
+
+impl<T: serde::de::DeserializeOwned + Send + 'static> IntoFuture for Promised<T> {
+    type Output = Result<Handle<T>>;
+    type IntoFuture = BoxFuture<'static, Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let param = Param::External;
+            if let Some(p) = self.inv.replayed(&self.id, &param, self.location)? {
+                return Ok(Handle::ready(self.id.clone(), outcome(p)));
+            }
+            let mut req = CreatePromise::new(self.id.clone(), param.clone());
+            req.timeout = self.timeout.map(|t| t.as_millis() as Millis);
+            req.deadline_cap = self.deadline;
+            req.tags = self.tags;
+            let created = self.inv.create(req).await?;
+            self.inv.verify(&self.id, &created.promise.param, &param, self.location)?;
+            Ok(Handle::remote(self.id, self.inv))
         })
     }
 }

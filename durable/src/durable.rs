@@ -1,16 +1,20 @@
 //! [`Durable`]: the runtime of one process, over a store.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::IntoFuture;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
+use crate::error::Failure;
 use crate::function::Erased;
+use crate::promise::State;
 use crate::promise::{Fence, Millis, Param, Promise};
-use crate::store::{CreatePromise, NewTask, Release};
-use crate::{Error, Function, Handle, Result, Store, codec};
+use crate::store::{CreatePromise, NewTask, Page, Release, Search, SettlePromise};
+use crate::{Callable, Error, Function, Handle, Result, Store, Target, codec};
 
 /// The default limit on an encoded payload: 4 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 4 << 20;
@@ -58,11 +62,16 @@ pub struct Durable {
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) group: String,
+    pub(crate) pid: String,
     pub(crate) process: String,
     pub(crate) registry: HashMap<String, Arc<dyn Erased>>,
     pub(crate) ttl: Millis,
     pub(crate) max_payload: usize,
     pub(crate) concurrency: usize,
+    /// How long a preferred pid has a task to itself.
+    pub(crate) window: Millis,
+    /// How long an invocation waits in memory before it suspends.
+    pub(crate) suspend_after: Duration,
     /// Wakes the background loop: a deadline was added or a slot freed.
     pub(crate) wake: Notify,
     /// Executing tasks.
@@ -90,13 +99,7 @@ struct Life {
 impl Drop for Life {
     fn drop(&mut self) {
         self.background.abort();
-        for (task, _) in self
-            .shared
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
+        for (task, _) in self.shared.running.lock().unwrap_or_else(|e| e.into_inner()).values() {
             task.abort();
         }
         self.shared.stopped.send_replace(true);
@@ -114,6 +117,8 @@ impl Durable {
             ttl: Duration::from_secs(30),
             max_payload: DEFAULT_MAX_PAYLOAD,
             concurrency: 64,
+            window: Duration::from_secs(1),
+            suspend_after: Duration::from_secs(1),
             errors: Vec::new(),
         }
     }
@@ -132,12 +137,7 @@ impl Durable {
     /// never runs twice. Returns a handle to its result.
     ///
     /// Ids may not be empty or contain `.`, which child ids use.
-    pub async fn run<F: Function>(
-        &self,
-        id: &str,
-        f: F,
-        args: F::Args,
-    ) -> Result<Handle<F::Output>> {
+    pub async fn run<F: Function>(&self, id: &str, f: F, args: F::Args) -> Result<Handle<F::Output>> {
         validate_id(id)?;
         let shared = &self.shared;
         let Some(func) = shared.registry.get(f.name()) else {
@@ -150,36 +150,57 @@ impl Durable {
         let mut req = CreatePromise::new(id, Param::call(f.name(), f.version(), args.clone()));
         req.timeout = f.timeout().map(|t| t.as_millis() as Millis);
         req.task = Some(NewTask {
-            group: shared.group.clone(),
+            target: Target::any(shared.group.clone()),
+            window: 0,
             acquire: Some((shared.process.clone(), shared.ttl)),
         });
         let created = shared.store.create(req).await?;
         if created.new && created.promise.timeout_at != crate::NEVER {
             shared.wake.notify_one();
         }
-        if let Param::Call { func: existing, .. } = &created.promise.param
-            && existing != f.name()
-        {
-            return Err(Error::Runtime(format!(
-                "invocation {id} exists as a call of {existing:?}, not of {:?}",
-                f.name()
-            )));
-        }
+        check_same_function(id, &created.promise, f.name())?;
         if let Some(task) = created.acquired {
-            let fence = Fence {
-                task: task.id.clone(),
-                version: task.version,
-            };
-            crate::worker::spawn(
-                shared.clone(),
-                fence,
-                created.promise,
-                Vec::new(),
-                func.clone(),
-                true,
-            );
+            let fence = Fence { task: task.id.clone(), version: task.version };
+            crate::worker::spawn(shared.clone(), fence, created.promise, Vec::new(), func.clone(), true);
         }
         Ok(Handle::stored(id.to_owned(), shared.store.clone()))
+    }
+
+    /// Starts the invocation `id` of `f` as a task routed to a target (default: this
+    /// runtime's group), or attaches to it if it exists. `f` may be a
+    /// [`Remote`](crate::Remote): this process needs no stub of it.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use durable::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> durable::Result<()> {
+    /// # let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    /// #[durable::function(name = "square")]
+    /// async fn square(_ctx: &mut Context, x: i64) -> durable::Result<i64> {
+    ///     Ok(x * x)
+    /// }
+    /// let _worker = Durable::builder().store(store.clone()).group("math").register(square).build()?;
+    /// let client = Durable::builder().store(store).group("client").build()?;
+    /// let handle = client.rpc("sq-1", Remote::<i64, i64>::named("square"), 7).target("poll://any@math").await?;
+    /// assert_eq!(handle.await?, 49);
+    /// # Ok(()) }
+    /// ```
+    pub fn rpc<C: Callable>(&self, id: &str, f: C, args: C::Args) -> Rpc<C> {
+        let args = validate_id(id).and_then(|()| codec::encode(id, "the arguments", &args, self.shared.max_payload));
+        Rpc {
+            shared: self.shared.clone(),
+            id: id.to_owned(),
+            f,
+            args,
+            target: None,
+            timeout: None,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    /// Resolves, rejects, cancels and searches promises from outside any invocation.
+    pub fn promises(&self) -> Promises<'_> {
+        Promises { store: &*self.shared.store, max_payload: self.shared.max_payload }
     }
 
     /// Reads a promise without waiting: its state, and its value once settled.
@@ -199,27 +220,11 @@ impl Durable {
     /// them over at once.
     pub async fn shutdown(&self) -> Result<()> {
         self.life.background.abort();
-        let running: Vec<_> = self
-            .shared
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .collect();
+        let running: Vec<_> = self.shared.running.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
         for (_, (task, fence)) in running {
             task.abort();
             // A release refused by the fence means it was no longer ours anyway.
-            let _ = self
-                .shared
-                .store
-                .release(
-                    &fence,
-                    Release::Retry {
-                        delay: 0,
-                        error: None,
-                    },
-                )
-                .await;
+            let _ = self.shared.store.release(&fence, Release::Retry { delay: 0, error: None }).await;
         }
         self.shared.stopped.send_replace(true);
         Ok(())
@@ -237,10 +242,7 @@ fn validate_id(id: &str) -> Result<()> {
     } else {
         return Ok(());
     };
-    Err(Error::InvalidId {
-        id: id.to_owned(),
-        reason,
-    })
+    Err(Error::InvalidId { id: id.to_owned(), reason })
 }
 
 /// Configures a [`Durable`].
@@ -253,15 +255,14 @@ pub struct Builder {
     ttl: Duration,
     max_payload: usize,
     concurrency: usize,
+    window: Duration,
+    suspend_after: Duration,
     errors: Vec<String>,
 }
 
 impl std::fmt::Debug for Builder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Builder")
-            .field("group", &self.group)
-            .field("pid", &self.pid)
-            .finish()
+        f.debug_struct("Builder").field("group", &self.group).field("pid", &self.pid).finish()
     }
 }
 
@@ -288,8 +289,7 @@ impl Builder {
     pub fn register<F: Function>(mut self, f: F) -> Builder {
         let name = f.name().to_owned();
         if self.registry.insert(name.clone(), Arc::new(f)).is_some() {
-            self.errors
-                .push(format!("function {name:?} is registered twice"));
+            self.errors.push(format!("function {name:?} is registered twice"));
         }
         self
     }
@@ -312,52 +312,225 @@ impl Builder {
         self
     }
 
+    /// How long a task routed to `poll://any@group/pid` waits for worker `pid` before
+    /// any worker of the group may take it (default 1 s).
+    pub fn preference_window(mut self, window: Duration) -> Builder {
+        self.window = window;
+        self
+    }
+
+    /// How long an invocation blocked on promises settled elsewhere (remote calls,
+    /// sleeps, external promises) stays in memory before its task suspends, freeing
+    /// its slot and lease until one settles (default 1 s). In memory it continues
+    /// without replay; suspended it replays when redelivered.
+    pub fn suspend_after(mut self, after: Duration) -> Builder {
+        self.suspend_after = after;
+        self
+    }
+
     /// Builds the runtime and starts it. Must be called within a tokio runtime.
     pub fn build(mut self) -> Result<Durable> {
         if self.store.is_none() {
             self.errors.push("no store: call Builder::store".into());
         }
         if self.ttl < Duration::from_millis(3) {
-            self.errors
-                .push(format!("the lease of {:?} is too short", self.ttl));
+            self.errors.push(format!("the lease of {:?} is too short", self.ttl));
         }
         if self.concurrency == 0 {
-            self.errors
-                .push("a concurrency of 0 would never run anything".into());
+            self.errors.push("a concurrency of 0 would never run anything".into());
         }
         if tokio::runtime::Handle::try_current().is_err() {
-            self.errors
-                .push("Builder::build must be called within a tokio runtime".into());
+            self.errors.push("Builder::build must be called within a tokio runtime".into());
+        }
+        if let Err(e) = format!("poll://any@{}/{}", self.group, self.pid.as_deref().unwrap_or("x")).parse::<Target>() {
+            self.errors.push(format!("the group or pid is not a valid name: {e}"));
         }
         if !self.errors.is_empty() {
-            return Err(Error::Runtime(format!(
-                "cannot build the runtime: {}",
-                self.errors.join("; ")
-            )));
+            return Err(Error::Runtime(format!("cannot build the runtime: {}", self.errors.join("; "))));
         }
-        let pid = self
-            .pid
-            .unwrap_or_else(|| format!("{:08x}", crate::context::random() as u32));
+        let pid = self.pid.unwrap_or_else(|| format!("{:08x}", crate::context::random() as u32));
         let process = format!("{pid}:{:016x}", crate::context::random());
         let shared = Arc::new(Shared {
             store: self.store.expect("checked above"),
             group: self.group,
+            pid,
             process,
             registry: self.registry,
             ttl: self.ttl.as_millis() as Millis,
             max_payload: self.max_payload,
             concurrency: self.concurrency,
+            window: self.window.as_millis() as Millis,
+            suspend_after: self.suspend_after,
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
             stopped: watch::Sender::new(false),
         });
         let background = tokio::spawn(crate::worker::background(shared.clone())).abort_handle();
-        Ok(Durable {
-            life: Arc::new(Life {
-                shared: shared.clone(),
-                background,
-            }),
-            shared,
+        Ok(Durable { life: Arc::new(Life { shared: shared.clone(), background }), shared })
+    }
+}
+
+/// A top-level invocation routed to a target: see [`Durable::rpc`].
+#[must_use = "an rpc does nothing until it is awaited"]
+pub struct Rpc<C: Callable> {
+    shared: Arc<Shared>,
+    id: String,
+    f: C,
+    args: Result<String>,
+    target: Option<Result<Target>>,
+    timeout: Option<Duration>,
+    tags: BTreeMap<String, String>,
+}
+
+impl<C: Callable> std::fmt::Debug for Rpc<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rpc").field("id", &self.id).field("function", &self.f.name()).finish()
+    }
+}
+
+impl<C: Callable> Rpc<C> {
+    /// Routes the task to this target (see [`Target`]).
+    pub fn target(mut self, target: &str) -> Self {
+        self.target = Some(target.parse());
+        self
+    }
+
+    /// Times the invocation out after this long.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Adds tags to the invocation's promise.
+    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
+        self.tags.extend(tags.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+}
+
+impl<C: Callable> IntoFuture for Rpc<C> {
+    type Output = Result<Handle<C::Output>>;
+    type IntoFuture = BoxFuture<'static, Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let args = self.args?;
+            let target = match self.target {
+                Some(target) => target?,
+                None => Target::any(self.shared.group.clone()),
+            };
+            let mut req = CreatePromise::new(self.id.clone(), Param::call(self.f.name(), self.f.version(), args));
+            req.timeout = self.timeout.map(|t| t.as_millis() as Millis);
+            req.tags = self.tags;
+            req.task = Some(NewTask { target, window: self.shared.window, acquire: None });
+            let created = self.shared.store.create(req).await?;
+            check_same_function(&self.id, &created.promise, self.f.name())?;
+            Ok(Handle::stored(self.id, self.shared.store.clone()))
         })
+    }
+}
+
+/// An existing invocation must be of the function asked for.
+fn check_same_function(id: &str, existing: &Promise, name: &str) -> Result<()> {
+    match &existing.param {
+        Param::Call { func, .. } if func != name => {
+            Err(Error::Runtime(format!("invocation {id} exists as a call of {func:?}, not of {name:?}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Promises from outside any invocation: see [`Durable::promises`].
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use durable::prelude::*;
+/// #[durable::function]
+/// async fn approve(ctx: &mut Context, amount: u64) -> durable::Result<bool> {
+///     let decision = ctx.promise::<bool>().id(format!("approval-{amount}")).await?;
+///     decision.await
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> durable::Result<()> {
+/// let durable = Durable::builder().store(Arc::new(MemoryStore::new())).register(approve).build()?;
+/// let handle = durable.run("payment-1", approve, 500).await?;
+/// // Elsewhere, a person decides:
+/// # while durable.get("approval-500").await?.is_none() { tokio::task::yield_now().await; }
+/// durable.promises().resolve("approval-500", &true).await?;
+/// assert!(handle.await?);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Promises<'a> {
+    store: &'a dyn Store,
+    max_payload: usize,
+}
+
+impl Promises<'_> {
+    /// Reads a promise.
+    pub async fn get(&self, id: &str) -> Result<Option<Promise>> {
+        Ok(self.store.get(id).await?)
+    }
+
+    /// Searches promises by id prefix, state and tags, a page at a time.
+    pub async fn search(&self, search: Search) -> Result<Page> {
+        Ok(self.store.search(search).await?)
+    }
+
+    /// Resolves a pending promise with `value`. The first settle wins: the promise as
+    /// stored afterwards is returned, whoever settled it.
+    pub async fn resolve<T: serde::Serialize>(&self, id: &str, value: &T) -> Result<Promise> {
+        let value = codec::encode(id, "the value", value, self.max_payload)?;
+        self.settle(id, State::Resolved, value).await
+    }
+
+    /// Rejects a pending promise with an application error carrying `message`.
+    pub async fn reject(&self, id: &str, message: impl std::fmt::Display) -> Result<Promise> {
+        let failure = Failure::Application { message: message.to_string(), terminal: true };
+        self.settle(id, State::Rejected, failure.encode()).await
+    }
+
+    /// Cancels a promise and, if it is an invocation, its pending children (not the
+    /// detached invocations it started): they are rejected as canceled, their tasks are
+    /// no longer delivered, and whoever awaits them gets [`Error::Canceled`].
+    pub async fn cancel(&self, id: &str) -> Result<Promise> {
+        let value = Failure::Canceled { id: id.to_owned() }.encode();
+        let root = self.settle(id, State::RejectedCanceled, value).await?;
+        // Children can still appear while a worker learns its task was canceled (its
+        // next write is refused): sweep until none is pending.
+        loop {
+            let mut canceled = 0;
+            let mut detached: Vec<String> = Vec::new();
+            let mut cursor = None;
+            loop {
+                let search =
+                    Search { prefix: format!("{id}."), state: Some(State::Pending), cursor, ..Search::default() };
+                let page = self.store.search(search).await?;
+                for p in &page.promises {
+                    if detached.iter().any(|d| p.id.starts_with(&format!("{d}."))) {
+                        continue;
+                    }
+                    if p.tags.contains_key(crate::context::DETACHED_TAG) {
+                        detached.push(p.id.clone());
+                        continue;
+                    }
+                    let value = Failure::Canceled { id: p.id.clone() }.encode();
+                    self.settle(&p.id, State::RejectedCanceled, value).await?;
+                    canceled += 1;
+                }
+                match page.cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            if canceled == 0 {
+                return Ok(root);
+            }
+        }
+    }
+
+    async fn settle(&self, id: &str, state: State, value: String) -> Result<Promise> {
+        let req = SettlePromise { id: id.to_owned(), state, value, ikey: None, strict: false, fence: None };
+        Ok(self.store.settle(req).await?)
     }
 }

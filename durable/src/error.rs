@@ -53,9 +53,7 @@ pub enum Error {
         message: String,
     },
     /// A payload is bigger than the configured limit; nothing was written.
-    #[error(
-        "{what} of {id} is {size} bytes, over the limit of {limit} bytes (raise it with Builder::max_payload)"
-    )]
+    #[error("{what} of {id} is {size} bytes, over the limit of {limit} bytes (raise it with Builder::max_payload)")]
     PayloadTooLarge {
         /// The promise.
         id: String,
@@ -73,6 +71,14 @@ pub enum Error {
         id: String,
         /// Why.
         reason: &'static str,
+    },
+    /// A target URL that cannot be routed.
+    #[error("invalid target {target:?}: {reason}")]
+    InvalidTarget {
+        /// The URL as given.
+        target: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The invocation's task was halted; a fixed deploy resumes it.
     #[error("invocation {id} halted: {reason}")]
@@ -93,29 +99,17 @@ pub enum Error {
 impl Error {
     /// An application error; the retry policy may retry it.
     pub fn new(message: impl fmt::Display) -> Error {
-        Error::Application {
-            message: message.to_string(),
-            terminal: false,
-        }
+        Error::Application { message: message.to_string(), terminal: false }
     }
 
     /// An application error that is never retried.
     pub fn terminal(message: impl fmt::Display) -> Error {
-        Error::Application {
-            message: message.to_string(),
-            terminal: true,
-        }
+        Error::Application { message: message.to_string(), terminal: true }
     }
 
     /// Whether a retry policy may retry this error.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::Application {
-                terminal: false,
-                ..
-            } | Error::Timeout { .. }
-        )
+        matches!(self, Error::Application { terminal: false, .. } | Error::Timeout { .. })
     }
 }
 
@@ -142,9 +136,7 @@ pub struct Nondeterminism {
 #[non_exhaustive]
 pub enum StoreError {
     /// A write made for a task that is no longer held at that version.
-    #[error(
-        "task {task} is not held at version {version}: the lease was lost, the write is refused"
-    )]
+    #[error("task {task} is not held at version {version}: the lease was lost, the write is refused")]
     Fenced {
         /// The task.
         task: String,
@@ -183,35 +175,14 @@ impl StoreError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "error", rename_all = "snake_case")]
 pub(crate) enum Failure {
-    Application {
-        message: String,
-        terminal: bool,
-    },
-    Timeout {
-        id: String,
-    },
-    Canceled {
-        id: String,
-    },
+    Application { message: String, terminal: bool },
+    Timeout { id: String },
+    Canceled { id: String },
     Nondeterminism(Nondeterminism),
-    NotRegistered {
-        name: String,
-        where_: Option<String>,
-    },
-    Codec {
-        id: String,
-        what: String,
-        message: String,
-    },
-    PayloadTooLarge {
-        id: String,
-        what: String,
-        size: usize,
-        limit: usize,
-    },
-    Other {
-        message: String,
-    },
+    NotRegistered { name: String, where_: Option<String> },
+    Codec { id: String, what: String, message: String },
+    PayloadTooLarge { id: String, what: String, size: usize, limit: usize },
+    Other { message: String },
 }
 
 impl Failure {
@@ -220,12 +191,9 @@ impl Failure {
     }
 
     pub(crate) fn decode(id: &str, json: Option<&str>) -> Failure {
-        json.and_then(|j| serde_json::from_str(j).ok())
-            .unwrap_or_else(|| Failure::Other {
-                message: format!(
-                    "promise {id} was rejected with a value that is not an error: {json:?}"
-                ),
-            })
+        json.and_then(|j| serde_json::from_str(j).ok()).unwrap_or_else(|| Failure::Other {
+            message: format!("promise {id} was rejected with a value that is not an error: {json:?}"),
+        })
     }
 
     pub(crate) fn into_error(self) -> Error {
@@ -236,25 +204,13 @@ impl Failure {
             Failure::Nondeterminism(n) => Error::Nondeterminism(Box::new(n)),
             Failure::NotRegistered { name, where_ } => Error::NotRegistered { name, where_ },
             Failure::Codec { id, what, message } => Error::Codec { id, what, message },
-            Failure::PayloadTooLarge {
+            Failure::PayloadTooLarge { id, what, size, limit } => Error::PayloadTooLarge {
                 id,
-                what,
-                size,
-                limit,
-            } => Error::PayloadTooLarge {
-                id,
-                what: if what == "the arguments" {
-                    "the arguments"
-                } else {
-                    "the result"
-                },
+                what: if what == "the arguments" { "the arguments" } else { "the result" },
                 size,
                 limit,
             },
-            Failure::Other { message } => Error::Application {
-                message,
-                terminal: true,
-            },
+            Failure::Other { message } => Error::Application { message, terminal: true },
         }
     }
 }
@@ -262,36 +218,22 @@ impl Failure {
 impl From<&Error> for Failure {
     fn from(e: &Error) -> Failure {
         match e {
-            Error::Application { message, terminal } => Failure::Application {
-                message: message.clone(),
-                terminal: *terminal,
-            },
+            Error::Application { message, terminal } => {
+                Failure::Application { message: message.clone(), terminal: *terminal }
+            }
             Error::Timeout { id } => Failure::Timeout { id: id.clone() },
             Error::Canceled { id } => Failure::Canceled { id: id.clone() },
             Error::Nondeterminism(n) => Failure::Nondeterminism((**n).clone()),
-            Error::NotRegistered { name, where_ } => Failure::NotRegistered {
-                name: name.clone(),
-                where_: where_.clone(),
-            },
-            Error::Codec { id, what, message } => Failure::Codec {
-                id: id.clone(),
-                what: what.clone(),
-                message: message.clone(),
-            },
-            Error::PayloadTooLarge {
-                id,
-                what,
-                size,
-                limit,
-            } => Failure::PayloadTooLarge {
-                id: id.clone(),
-                what: (*what).to_owned(),
-                size: *size,
-                limit: *limit,
-            },
-            other => Failure::Other {
-                message: other.to_string(),
-            },
+            Error::NotRegistered { name, where_ } => {
+                Failure::NotRegistered { name: name.clone(), where_: where_.clone() }
+            }
+            Error::Codec { id, what, message } => {
+                Failure::Codec { id: id.clone(), what: what.clone(), message: message.clone() }
+            }
+            Error::PayloadTooLarge { id, what, size, limit } => {
+                Failure::PayloadTooLarge { id: id.clone(), what: (*what).to_owned(), size: *size, limit: *limit }
+            }
+            other => Failure::Other { message: other.to_string() },
         }
     }
 }

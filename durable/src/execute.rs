@@ -59,25 +59,15 @@ impl Job {
 
     async fn attempts(&self) -> Option<Outcome> {
         let inv = &self.inv;
-        let mut attempt = if self.fresh {
-            1
-        } else {
-            self.resume().await.ok()?
-        };
+        let mut attempt = if self.fresh { 1 } else { self.resume().await.ok()? };
         loop {
             let mut ctx = Context::new(inv.clone(), self.id.clone(), self.deadline);
-            let result = AssertUnwindSafe(self.func.call(&mut ctx, &self.args))
-                .catch_unwind()
-                .await;
+            let result = AssertUnwindSafe(self.func.call(&mut ctx, &self.args)).catch_unwind().await;
             ctx.scope.join().await;
             let result = match result {
                 Ok(result) => result,
                 Err(panic) => {
-                    inv.fail(Fault::Platform(format!(
-                        "{} panicked: {}",
-                        self.id,
-                        panic_message(&*panic)
-                    )));
+                    inv.fail(Fault::Platform(format!("{} panicked: {}", self.id, panic_message(&*panic))));
                     return None;
                 }
             };
@@ -95,14 +85,7 @@ impl Job {
                     (State::Rejected, Failure::from(&e).encode())
                 }
             };
-            let req = SettlePromise {
-                id: self.id.clone(),
-                state,
-                value,
-                ikey: None,
-                strict: false,
-                fence: None,
-            };
+            let req = SettlePromise { id: self.id.clone(), state, value, ikey: None, strict: false, fence: None };
             let settled = inv.settle(req).await.ok()?;
             return Some(outcome(&settled));
         }
@@ -128,15 +111,7 @@ impl Job {
             attempt += 1;
         }
         // The last failed attempt's timer may still be pending: wait it out.
-        if self
-            .inv
-            .rt
-            .store
-            .get(&self.timer_id(attempt))
-            .await
-            .map_err(|e| self.inv.store_fault(e))?
-            .is_some()
-        {
+        if self.inv.rt.store.get(&self.timer_id(attempt)).await.map_err(|e| self.inv.store_fault(e))?.is_some() {
             self.inv.settled(&self.timer_id(attempt)).await?;
             attempt += 1;
         }
@@ -168,11 +143,7 @@ impl Scope {
 
     pub(crate) async fn join(&self) {
         loop {
-            let next = self
-                .children
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop();
+            let next = self.children.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match next {
                 // Aborted if this wait is dropped, like the children still in the scope.
                 Some(child) => {
@@ -195,12 +166,7 @@ impl Drop for AbortOnDrop {
 
 impl Drop for Scope {
     fn drop(&mut self) {
-        for child in self
-            .children
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
+        for child in self.children.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
             child.abort();
         }
     }

@@ -52,11 +52,7 @@ pub trait Function: Callable + Clone {
     }
 
     /// Runs the body.
-    fn call<'a>(
-        &self,
-        ctx: &'a mut Context,
-        args: Self::Args,
-    ) -> BoxFuture<'a, Result<Self::Output>>;
+    fn call<'a>(&self, ctx: &'a mut Context, args: Self::Args) -> BoxFuture<'a, Result<Self::Output>>;
 }
 
 /// A function of another process, called by name with no stub on this side.
@@ -76,11 +72,7 @@ pub struct Remote<A, O> {
 impl<A, O> Remote<A, O> {
     /// The function registered as `name`, version 1.
     pub fn named(name: impl Into<Cow<'static, str>>) -> Remote<A, O> {
-        Remote {
-            name: name.into(),
-            version: 1,
-            types: PhantomData,
-        }
+        Remote { name: name.into(), version: 1, types: PhantomData }
     }
 
     /// The same function at another version.
@@ -92,20 +84,13 @@ impl<A, O> Remote<A, O> {
 
 impl<A, O> Clone for Remote<A, O> {
     fn clone(&self) -> Self {
-        Remote {
-            name: self.name.clone(),
-            version: self.version,
-            types: PhantomData,
-        }
+        Remote { name: self.name.clone(), version: self.version, types: PhantomData }
     }
 }
 
 impl<A, O> fmt::Debug for Remote<A, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Remote")
-            .field("name", &self.name)
-            .field("version", &self.version)
-            .finish()
+        f.debug_struct("Remote").field("name", &self.name).field("version", &self.version).finish()
     }
 }
 

@@ -40,44 +40,36 @@ impl<T> Handle<T> {
     }
 
     pub(crate) fn ready(id: String, outcome: Outcome) -> Handle<T> {
-        Handle {
-            id,
-            outcome: Box::pin(std::future::ready(outcome)),
-            output: PhantomData,
-        }
+        Handle { id, outcome: Box::pin(std::future::ready(outcome)), output: PhantomData }
     }
 
     /// A child running in this process.
-    pub(crate) fn local(
-        id: String,
-        rx: oneshot::Receiver<Outcome>,
-        inv: Arc<Invocation>,
-    ) -> Handle<T> {
+    pub(crate) fn local(id: String, rx: oneshot::Receiver<Outcome>, inv: Arc<Invocation>) -> Handle<T> {
         let outcome = async move {
             match rx.await {
                 Ok(outcome) => outcome,
                 // The child stopped without settling: the invocation has a fault.
-                Err(_) => Err(inv
-                    .check()
-                    .err()
-                    .unwrap_or_else(|| Error::Runtime("the child was stopped".into()))),
+                Err(_) => Err(inv.check().err().unwrap_or_else(|| Error::Runtime("the child was stopped".into()))),
             }
         };
-        Handle {
-            id,
-            outcome: Box::pin(outcome),
-            output: PhantomData,
-        }
+        Handle { id, outcome: Box::pin(outcome), output: PhantomData }
+    }
+
+    /// A promise settled elsewhere (a remote task, a timer, someone outside), awaited
+    /// from inside an invocation: while it waits, the invocation may suspend.
+    pub(crate) fn remote(id: String, inv: Arc<Invocation>) -> Handle<T> {
+        let key = id.clone();
+        let outcome = async move {
+            let _waiting = inv.waiting(&key);
+            outcome(&inv.settled(&key).await?)
+        };
+        Handle { id, outcome: Box::pin(outcome), output: PhantomData }
     }
 
     /// A promise settled by whoever executes it, anywhere.
     pub(crate) fn stored(id: String, store: Arc<dyn Store>) -> Handle<T> {
         let key = id.clone();
-        Handle {
-            id,
-            outcome: Box::pin(async move { settled(&*store, &key).await }),
-            output: PhantomData,
-        }
+        Handle { id, outcome: Box::pin(async move { settled(&*store, &key).await }), output: PhantomData }
     }
 }
 
@@ -85,11 +77,7 @@ impl<T> Handle<T> {
 pub(crate) async fn settled(store: &dyn Store, id: &str) -> Outcome {
     loop {
         let Some(p) = store.get(id).await? else {
-            return Err(StoreError::NotFound {
-                what: "promise",
-                id: id.to_owned(),
-            }
-            .into());
+            return Err(StoreError::NotFound { what: "promise", id: id.to_owned() }.into());
         };
         if p.state.is_settled() {
             return outcome(&p);
@@ -99,10 +87,7 @@ pub(crate) async fn settled(store: &dyn Store, id: &str) -> Outcome {
         {
             let failure = Failure::decode(id, task.error.as_deref());
             return Err(match failure {
-                Failure::Other { message } => Error::Halted {
-                    id: id.to_owned(),
-                    reason: message,
-                },
+                Failure::Other { message } => Error::Halted { id: id.to_owned(), reason: message },
                 failure => failure.into_error(),
             });
         }
@@ -114,9 +99,6 @@ impl<T: DeserializeOwned> Future for Handle<T> {
     type Output = Result<T>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<T>> {
-        self.outcome
-            .as_mut()
-            .poll(cx)
-            .map(|outcome| codec::decode(&self.id, &outcome?))
+        self.outcome.as_mut().poll(cx).map(|outcome| codec::decode(&self.id, &outcome?))
     }
 }

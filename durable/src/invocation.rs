@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::panic::Location;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -33,14 +34,8 @@ impl Fault {
     fn error(&self, task: &str) -> Error {
         match self {
             Fault::Nondeterminism(n) => Error::Nondeterminism(Box::new(n.clone())),
-            Fault::Fenced => Error::Halted {
-                id: task.to_owned(),
-                reason: "the lease was lost".into(),
-            },
-            Fault::Platform(reason) => Error::Halted {
-                id: task.to_owned(),
-                reason: reason.clone(),
-            },
+            Fault::Fenced => Error::Halted { id: task.to_owned(), reason: "the lease was lost".into() },
+            Fault::Platform(reason) => Error::Halted { id: task.to_owned(), reason: reason.clone() },
         }
     }
 
@@ -48,14 +43,8 @@ impl Fault {
     pub(crate) fn record(&self) -> String {
         match self {
             Fault::Nondeterminism(n) => Failure::Nondeterminism(n.clone()).encode(),
-            Fault::Fenced => Failure::Other {
-                message: "the lease was lost".into(),
-            }
-            .encode(),
-            Fault::Platform(reason) => Failure::Other {
-                message: reason.clone(),
-            }
-            .encode(),
+            Fault::Fenced => Failure::Other { message: "the lease was lost".into() }.encode(),
+            Fault::Platform(reason) => Failure::Other { message: reason.clone() }.encode(),
         }
     }
 }
@@ -66,14 +55,33 @@ pub(crate) struct Invocation {
     preload: HashMap<String, Promise>,
     fault: Mutex<Option<Fault>>,
     faulted: watch::Sender<bool>,
+    /// Promises being awaited that something else settles, with how many awaiters.
+    waiting: Mutex<HashMap<String, usize>>,
+    /// Writes so far: the invocation is making progress while this grows.
+    progress: AtomicU64,
+}
+
+/// Marks a promise as awaited for as long as it lives.
+pub(crate) struct Waiting<'a> {
+    inv: &'a Invocation,
+    id: String,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self.inv.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = waiting.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                waiting.remove(&self.id);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Invocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Invocation")
-            .field("fence", &self.fence)
-            .field("preload", &self.preload.len())
-            .finish()
+        f.debug_struct("Invocation").field("fence", &self.fence).field("preload", &self.preload.len()).finish()
     }
 }
 
@@ -86,6 +94,42 @@ impl Invocation {
             preload,
             fault: Mutex::new(None),
             faulted: watch::Sender::new(false),
+            waiting: Mutex::new(HashMap::new()),
+            progress: AtomicU64::new(0),
+        }
+    }
+
+    /// Marks `id` as awaited until the guard is dropped.
+    pub(crate) fn waiting(&self, id: &str) -> Waiting<'_> {
+        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()).entry(id.to_owned()).or_default() += 1;
+        Waiting { inv: self, id: id.to_owned() }
+    }
+
+    /// Suspends the task once it has made no progress for `after` while awaiting
+    /// promises settled elsewhere: it is then held by nobody until one settles, and
+    /// replays when redelivered. Completes only when the task is suspended.
+    pub(crate) async fn suspend_when_idle(&self, after: std::time::Duration) {
+        let mut seen = self.progress.load(Ordering::SeqCst);
+        loop {
+            tokio::time::sleep(after).await;
+            let now = self.progress.load(Ordering::SeqCst);
+            if now != seen {
+                seen = now;
+                continue;
+            }
+            let awaiting: Vec<String> =
+                self.waiting.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+            if awaiting.is_empty() || self.check().is_err() {
+                continue;
+            }
+            match self.rt.store.suspend(&self.fence, &awaiting).await {
+                Ok(true) => return,
+                // One settled already: resume now, in memory.
+                Ok(false) => {}
+                Err(e) => {
+                    self.store_fault(e);
+                }
+            }
         }
     }
 
@@ -117,12 +161,7 @@ impl Invocation {
 
     /// The settled promise recorded under `id`, if the preload has it, after checking
     /// that the code asks for the same thing now.
-    pub(crate) fn replayed(
-        &self,
-        id: &str,
-        now: &Param,
-        location: &Location<'_>,
-    ) -> Result<Option<&Promise>> {
+    pub(crate) fn replayed(&self, id: &str, now: &Param, location: &Location<'_>) -> Result<Option<&Promise>> {
         match self.preload.get(id) {
             Some(p) => {
                 self.verify(id, &p.param, now, location)?;
@@ -133,13 +172,7 @@ impl Invocation {
     }
 
     /// Compares what was recorded under `id` with what the code does now.
-    pub(crate) fn verify(
-        &self,
-        id: &str,
-        recorded: &Param,
-        now: &Param,
-        location: &Location<'_>,
-    ) -> Result<()> {
+    pub(crate) fn verify(&self, id: &str, recorded: &Param, now: &Param, location: &Location<'_>) -> Result<()> {
         if recorded.signature() == now.signature() {
             return Ok(());
         }
@@ -147,12 +180,7 @@ impl Invocation {
             id: id.to_owned(),
             recorded: describe(recorded),
             now: describe(now),
-            location: format!(
-                "{}:{}:{}",
-                location.file(),
-                location.line(),
-                location.column()
-            ),
+            location: format!("{}:{}:{}", location.file(), location.line(), location.column()),
         })))
     }
 
@@ -163,12 +191,7 @@ impl Invocation {
     pub(crate) async fn create(&self, mut req: CreatePromise) -> Result<Created> {
         self.check()?;
         req.fence = Some(self.fence.clone());
-        let created = self
-            .rt
-            .store
-            .create(req)
-            .await
-            .map_err(|e| self.store_fault(e))?;
+        let created = self.rt.store.create(req).await.map_err(|e| self.store_fault(e))?;
         if created.new && created.promise.timeout_at != crate::NEVER {
             // The background loop applies deadlines: tell it about a new one.
             self.rt.wake.notify_one();
@@ -179,36 +202,18 @@ impl Invocation {
     pub(crate) async fn settle(&self, mut req: SettlePromise) -> Result<Promise> {
         self.check()?;
         req.fence = Some(self.fence.clone());
-        self.rt
-            .store
-            .settle(req)
-            .await
-            .map_err(|e| self.store_fault(e))
+        self.rt.store.settle(req).await.map_err(|e| self.store_fault(e))
     }
 
     /// Waits for a promise to settle.
     pub(crate) async fn settled(&self, id: &str) -> Result<Promise> {
         loop {
             self.check()?;
-            match self
-                .rt
-                .store
-                .get(id)
-                .await
-                .map_err(|e| self.store_fault(e))?
-            {
+            match self.rt.store.get(id).await.map_err(|e| self.store_fault(e))? {
                 Some(p) if p.state.is_settled() => return Ok(p),
-                Some(_) => self
-                    .rt
-                    .store
-                    .wait(id)
-                    .await
-                    .map_err(|e| self.store_fault(e))?,
+                Some(_) => self.rt.store.wait(id).await.map_err(|e| self.store_fault(e))?,
                 None => {
-                    return Err(self.store_fault(StoreError::NotFound {
-                        what: "promise",
-                        id: id.to_owned(),
-                    }));
+                    return Err(self.store_fault(StoreError::NotFound { what: "promise", id: id.to_owned() }));
                 }
             }
         }
@@ -224,15 +229,11 @@ impl Invocation {
 
 fn describe(param: &Param) -> String {
     match param {
-        Param::Call {
-            func,
-            version,
-            digest,
-            ..
-        } => {
+        Param::Call { func, version, digest, .. } => {
             format!("a call of {func:?} (version {version}, arguments digest {digest:016x})")
         }
-        Param::Timer => "a sleep".into(),
+        Param::Timer => "ctx.sleep()".into(),
+        Param::External => "ctx.promise()".into(),
         Param::Record { what } => format!("ctx.{what}()"),
     }
 }

@@ -18,16 +18,18 @@ mod invocation;
 mod promise;
 mod retry;
 pub mod store;
+mod target;
 mod worker;
 
-pub use crate::context::{Call, Context, Invoke, Wait};
-pub use crate::durable::{Builder, DEFAULT_MAX_PAYLOAD, Durable};
+pub use crate::context::{Call, Context, Detach, Lfc, Lfi, Promised, Rfc, Rfi};
+pub use crate::durable::{Builder, DEFAULT_MAX_PAYLOAD, Durable, Promises, Rpc};
 pub use crate::error::{Error, Nondeterminism, Result, StoreError};
 pub use crate::function::{Callable, Function, Remote};
 pub use crate::handle::Handle;
 pub use crate::promise::{Fence, Millis, NEVER, Param, Promise, State, Task, TaskState};
 pub use crate::retry::Retry;
 pub use crate::store::{MemoryStore, SledStore, Store};
+pub use crate::target::Target;
 
 /// Turns an `async fn(&mut Context, …) -> durable::Result<T>` into a durable function.
 ///
@@ -39,8 +41,7 @@ pub use durable_macros::function;
 /// The names most programs need.
 pub mod prelude {
     pub use crate::{
-        Callable, Context, Durable, Error, Function, Handle, MemoryStore, Remote, Retry, SledStore,
-        Store,
+        Callable, Context, Durable, Error, Function, Handle, MemoryStore, Remote, Retry, SledStore, Store,
     };
 }
 

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
 use crate::error::Failure;
+use crate::{Error, Target};
 
 /// Milliseconds on the store's clock.
 pub type Millis = u64;
@@ -53,6 +53,8 @@ pub enum Param {
     },
     /// A durable timer: it resolves at its deadline.
     Timer,
+    /// A promise settled from outside (`ctx.promise()`, `Durable::promises()`).
+    External,
     /// A value recorded once and replayed (`now`, `random`, `uuid`).
     Record {
         /// Which value: `now`, `random` or `uuid`.
@@ -64,12 +66,7 @@ impl Param {
     /// A call of `func` with JSON `args`.
     pub fn call(func: &str, version: u32, args: String) -> Param {
         let digest = digest(args.as_bytes());
-        Param::Call {
-            func: func.to_owned(),
-            version,
-            args,
-            digest,
-        }
+        Param::Call { func: func.to_owned(), version, args, digest }
     }
 
     /// What replay compares: a name and a digest.
@@ -77,6 +74,7 @@ impl Param {
         match self {
             Param::Call { func, digest, .. } => (func, *digest),
             Param::Timer => ("sleep", 0),
+            Param::External => ("promise", 0),
             Param::Record { what } => (what, 0),
         }
     }
@@ -84,9 +82,7 @@ impl Param {
 
 /// FNV-1a, 64 bits: stable across builds and platforms, which `std`'s hasher is not.
 pub(crate) fn digest(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// A durable promise.
@@ -133,12 +129,7 @@ impl Promise {
             self.value = Some("null".into());
         } else {
             self.state = State::RejectedTimedout;
-            self.value = Some(
-                Failure::Timeout {
-                    id: self.id.clone(),
-                }
-                .encode(),
-            );
+            self.value = Some(Failure::Timeout { id: self.id.clone() }.encode());
         }
         self.settled_at = Some(self.timeout_at);
         true
@@ -152,20 +143,15 @@ impl Promise {
             State::Pending => None,
             State::Resolved => Some(Ok(value.unwrap_or("null"))),
             State::Rejected => Some(Err(Failure::decode(&self.id, value).into_error())),
-            State::RejectedCanceled => Some(Err(Error::Canceled {
-                id: self.id.clone(),
-            })),
-            State::RejectedTimedout => Some(Err(Error::Timeout {
-                id: self.id.clone(),
-            })),
+            State::RejectedCanceled => Some(Err(Error::Canceled { id: self.id.clone() })),
+            State::RejectedTimedout => Some(Err(Error::Timeout { id: self.id.clone() })),
         }
     }
 
     /// The resolved value decoded as `T`, or the error it was rejected with;
     /// `None` while pending.
     pub fn value<T: serde::de::DeserializeOwned>(&self) -> Option<Result<T, Error>> {
-        self.outcome()
-            .map(|outcome| outcome.and_then(|json| crate::codec::decode(&self.id, json)))
+        self.outcome().map(|outcome| outcome.and_then(|json| crate::codec::decode(&self.id, json)))
     }
 }
 
@@ -177,6 +163,8 @@ pub enum TaskState {
     Pending,
     /// Held by a process under a lease.
     Acquired,
+    /// Waiting, held by nobody, for one of the promises it awaits to settle.
+    Suspended,
     /// Its promise settled: nothing more to do.
     Fulfilled,
     /// Stopped by a fault that replay would repeat (nondeterminism, a poison task); a
@@ -191,10 +179,13 @@ pub struct Task {
     pub id: String,
     /// Its state.
     pub state: TaskState,
-    /// Bumped by every acquire, release, expiry and resume; writes are fenced on it.
+    /// Bumped by every acquire, release, expiry, suspension and resume; writes are
+    /// fenced on it.
     pub version: u64,
-    /// The group whose workers may take it.
-    pub group: String,
+    /// Where it is delivered.
+    pub target: Target,
+    /// A preferred worker (`target.pid`, not `uni`) has it to itself until then.
+    pub prefer_until: Millis,
     /// The process holding it, while acquired.
     pub process: Option<String>,
     /// When the lease ends, while acquired.
@@ -205,6 +196,9 @@ pub struct Task {
     pub faults: u32,
     /// The last fault, for whoever looks.
     pub error: Option<String>,
+    /// While suspended: the promises whose settlement makes it pending again.
+    #[serde(default)]
+    pub awaiting: Vec<String>,
 }
 
 /// The proof that a write is made by the current holder of a task.

@@ -72,20 +72,9 @@ impl Retry {
     pub fn delay(&self, attempt: u32) -> Option<Duration> {
         match *self {
             Retry::Never => None,
-            Retry::Constant {
-                delay,
-                max_attempts,
-            } => (attempt < max_attempts).then_some(delay),
-            Retry::Linear {
-                delay,
-                max_attempts,
-            } => (attempt < max_attempts).then(|| delay.saturating_mul(attempt)),
-            Retry::Exponential {
-                initial,
-                factor,
-                max_delay,
-                max_attempts,
-            } => (attempt < max_attempts).then(|| {
+            Retry::Constant { delay, max_attempts } => (attempt < max_attempts).then_some(delay),
+            Retry::Linear { delay, max_attempts } => (attempt < max_attempts).then(|| delay.saturating_mul(attempt)),
+            Retry::Exponential { initial, factor, max_delay, max_attempts } => (attempt < max_attempts).then(|| {
                 let growth = factor.checked_pow(attempt - 1).unwrap_or(u32::MAX);
                 initial.saturating_mul(growth).min(max_delay)
             }),

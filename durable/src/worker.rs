@@ -8,8 +8,8 @@ use crate::error::Failure;
 use crate::execute::Job;
 use crate::function::Erased;
 use crate::invocation::{Fault, Invocation};
-use crate::promise::State;
-use crate::promise::{Fence, Param, Promise};
+
+use crate::promise::{Fence, Param, Promise, State};
 use crate::store::{Claim, Release, SettlePromise};
 use crate::{Error, Retry};
 
@@ -35,13 +35,12 @@ pub(crate) async fn background(rt: Arc<Shared>) {
             let _ = store.heartbeat(&rt.process, rt.ttl).await;
             next_beat = tokio::time::Instant::now() + beat;
         }
-        let free = rt
-            .concurrency
-            .saturating_sub(rt.running.lock().unwrap_or_else(|e| e.into_inner()).len());
+        let free = rt.concurrency.saturating_sub(rt.running.lock().unwrap_or_else(|e| e.into_inner()).len());
         if free > 0 {
             ready.borrow_and_update();
             let claim = Claim {
                 group: rt.group.clone(),
+                pid: rt.pid.clone(),
                 process: rt.process.clone(),
                 ttl: rt.ttl,
                 max: free,
@@ -71,10 +70,7 @@ fn start(rt: Arc<Shared>, fence: Fence, root: Promise, preload: Vec<Promise>) {
     match rt.registry.get(func).cloned() {
         Some(f) => spawn(rt, fence, root, preload, f, false),
         None => {
-            let error = Error::NotRegistered {
-                name: func.clone(),
-                where_: Some(format!("group {:?}", rt.group)),
-            };
+            let error = Error::NotRegistered { name: func.clone(), where_: Some(format!("group {:?}", rt.group)) };
             tokio::spawn(async move {
                 let value = Failure::from(&error).encode();
                 let req = SettlePromise {
@@ -120,15 +116,13 @@ pub(crate) fn spawn(
         tokio::select! {
             _ = job.run() => {}
             () = inv.faulted() => {}
+            // Suspended: the store holds the task for the promises it awaits.
+            () = inv.suspend_when_idle(shared.suspend_after) => {}
         }
         if let Some(fault) = inv.fault() {
             after_fault(&shared, &inv.fence, fault).await;
         }
-        shared
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&inv.fence.task);
+        shared.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&inv.fence.task);
         shared.wake.notify_one();
     });
     let mut guard = guard;
@@ -139,18 +133,14 @@ pub(crate) fn spawn(
 async fn after_fault(rt: &Shared, fence: &Fence, fault: Fault) {
     let how = match &fault {
         Fault::Fenced => return,
-        Fault::Nondeterminism(_) => Release::Halt {
-            error: fault.record(),
-        },
+        Fault::Nondeterminism(_) => Release::Halt { error: fault.record() },
         Fault::Platform(_) => {
             let faults = match rt.store.task(&fence.task).await {
                 Ok(Some(task)) => task.faults + 1,
                 _ => 1,
             };
             if faults >= POISON {
-                Release::Halt {
-                    error: fault.record(),
-                }
+                Release::Halt { error: fault.record() }
             } else {
                 let backoff = Retry::Exponential {
                     initial: Duration::from_secs(1),
@@ -159,10 +149,7 @@ async fn after_fault(rt: &Shared, fence: &Fence, fault: Fault) {
                     max_attempts: u32::MAX,
                 };
                 let delay = backoff.delay(faults).unwrap_or_default().as_millis() as u64;
-                Release::Retry {
-                    delay,
-                    error: Some(fault.record()),
-                }
+                Release::Retry { delay, error: Some(fault.record()) }
             }
         }
     };

@@ -31,15 +31,7 @@ async fn calls_broken(ctx: &mut Context, key: String) -> durable::Result<u32> {
 async fn a_panic_releases_the_task_and_a_retry_finishes_it() {
     let store = memory();
     let durable = builder(&store).register(shaky).build().unwrap();
-    assert_eq!(
-        durable
-            .run("shaky", shaky, "shaky".into())
-            .await
-            .unwrap()
-            .await
-            .unwrap(),
-        7
-    );
+    assert_eq!(durable.run("shaky", shaky, "shaky".into()).await.unwrap().await.unwrap(), 7);
     assert_eq!(runs("shaky"), 2);
     let task = store.task("shaky").await.unwrap().unwrap();
     assert_eq!(task.faults, 1);
@@ -50,28 +42,13 @@ async fn a_panic_releases_the_task_and_a_retry_finishes_it() {
 async fn a_task_that_keeps_panicking_halts_with_its_error() {
     let store = memory();
     let durable = builder(&store).register(calls_broken).build().unwrap();
-    let error = durable
-        .run("poison", calls_broken, "poison".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap_err();
+    let error = durable.run("poison", calls_broken, "poison".into()).await.unwrap().await.unwrap_err();
     assert!(
         matches!(&error, Error::Halted { id, reason } if id == "poison" && reason.contains("always broken")),
         "{error:?}"
     );
     assert_eq!(runs("poison"), 5, "five faults, then it halts");
-    assert_eq!(
-        store.task("poison").await.unwrap().unwrap().state,
-        TaskState::Halted
-    );
-    assert_eq!(
-        store.get("poison").await.unwrap().unwrap().state,
-        State::Pending,
-        "nothing settled with garbage"
-    );
-    assert_eq!(
-        store.get("poison.1").await.unwrap().unwrap().state,
-        State::Pending
-    );
+    assert_eq!(store.task("poison").await.unwrap().unwrap().state, TaskState::Halted);
+    assert_eq!(store.get("poison").await.unwrap().unwrap().state, State::Pending, "nothing settled with garbage");
+    assert_eq!(store.get("poison.1").await.unwrap().unwrap().state, State::Pending);
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use common::{builder, memory};
 use durable::State;
+use durable::Target;
 use durable::prelude::*;
 use durable::store::{CreatePromise, NewTask};
 
@@ -35,14 +36,8 @@ async fn an_unregistered_function_is_refused_before_anything_is_written() {
     let store = memory();
     let durable = builder(&store).register(echo).build().unwrap();
     let error = durable.run("u", double, 1).await.unwrap_err();
-    assert!(
-        matches!(&error, Error::NotRegistered { name, .. } if name == "double"),
-        "{error:?}"
-    );
-    assert!(
-        error.to_string().contains("\"double\" is not registered"),
-        "{error}"
-    );
+    assert!(matches!(&error, Error::NotRegistered { name, .. } if name == "double"), "{error:?}");
+    assert!(error.to_string().contains("\"double\" is not registered"), "{error}");
     assert!(store.get("u").await.unwrap().is_none());
 }
 
@@ -50,22 +45,13 @@ async fn an_unregistered_function_is_refused_before_anything_is_written() {
 async fn a_task_for_a_function_this_group_lacks_is_rejected_by_name() {
     let store = memory();
     let _worker = builder(&store).register(echo).build().unwrap();
-    let mut req = CreatePromise::new(
-        "nobody",
-        durable::Param::call("nobody-has-me", 1, "1".into()),
-    );
-    req.task = Some(NewTask {
-        group: "default".into(),
-        acquire: None,
-    });
+    let mut req = CreatePromise::new("nobody", durable::Param::call("nobody-has-me", 1, "1".into()));
+    req.task = Some(NewTask::new(Target::any("default")));
     store.create(req).await.unwrap();
     store.wait("nobody").await.unwrap();
     let p = store.get("nobody").await.unwrap().unwrap();
     let error = p.value::<i64>().unwrap().unwrap_err();
-    assert!(
-        matches!(&error, Error::NotRegistered { name, .. } if name == "nobody-has-me"),
-        "{error:?}"
-    );
+    assert!(matches!(&error, Error::NotRegistered { name, .. } if name == "nobody-has-me"), "{error:?}");
     assert!(error.to_string().contains("group \"default\""), "{error}");
 }
 
@@ -73,98 +59,35 @@ async fn a_task_for_a_function_this_group_lacks_is_rejected_by_name() {
 async fn arguments_that_do_not_decode_reject_with_the_function_and_type() {
     let store = memory();
     let _worker = builder(&store).register(double).build().unwrap();
-    let mut req = CreatePromise::new(
-        "bad-args",
-        durable::Param::call("double", 1, "\"seven\"".into()),
-    );
-    req.task = Some(NewTask {
-        group: "default".into(),
-        acquire: None,
-    });
+    let mut req = CreatePromise::new("bad-args", durable::Param::call("double", 1, "\"seven\"".into()));
+    req.task = Some(NewTask::new(Target::any("default")));
     store.create(req).await.unwrap();
     store.wait("bad-args").await.unwrap();
     let p = store.get("bad-args").await.unwrap().unwrap();
-    assert_eq!(
-        p.state,
-        State::Rejected,
-        "a deterministic decode failure rejects, it is not retried"
-    );
+    assert_eq!(p.state, State::Rejected, "a deterministic decode failure rejects, it is not retried");
     let error = p.value::<i64>().unwrap().unwrap_err();
     let message = error.to_string();
     assert!(matches!(error, Error::Codec { .. }), "{error:?}");
-    assert!(
-        message.contains("bad-args") && message.contains("\"double\"") && message.contains("i64"),
-        "{message}"
-    );
+    assert!(message.contains("bad-args") && message.contains("\"double\"") && message.contains("i64"), "{message}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn payloads_over_the_limit_are_refused_before_they_are_written() {
     let store = memory();
-    let durable = builder(&store)
-        .register(echo)
-        .register(grow)
-        .register(forward)
-        .max_payload(100)
-        .build()
-        .unwrap();
+    let durable = builder(&store).register(echo).register(grow).register(forward).max_payload(100).build().unwrap();
 
     let error = durable.run("big", echo, "y".repeat(200)).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            Error::PayloadTooLarge {
-                size: 202,
-                limit: 100,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
-    assert!(
-        error.to_string().contains("the arguments of big"),
-        "{error}"
-    );
-    assert!(
-        store.get("big").await.unwrap().is_none(),
-        "nothing was written"
-    );
+    assert!(matches!(error, Error::PayloadTooLarge { size: 202, limit: 100, .. }), "{error:?}");
+    assert!(error.to_string().contains("the arguments of big"), "{error}");
+    assert!(store.get("big").await.unwrap().is_none(), "nothing was written");
 
-    let error = durable
-        .run("child", forward, "z".repeat(20))
-        .await
-        .unwrap()
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&error, Error::PayloadTooLarge { id, .. } if id == "child.1"),
-        "{error:?}"
-    );
-    assert!(
-        store.get("child.1").await.unwrap().is_none(),
-        "the child was not written"
-    );
+    let error = durable.run("child", forward, "z".repeat(20)).await.unwrap().await.unwrap_err();
+    assert!(matches!(&error, Error::PayloadTooLarge { id, .. } if id == "child.1"), "{error:?}");
+    assert!(store.get("child.1").await.unwrap().is_none(), "the child was not written");
 
-    let error = durable
-        .run("result", grow, 500)
-        .await
-        .unwrap()
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            &error,
-            Error::PayloadTooLarge {
-                what: "the result",
-                ..
-            }
-        ),
-        "{error:?}"
-    );
-    assert_eq!(
-        store.get("result").await.unwrap().unwrap().state,
-        State::Rejected
-    );
+    let error = durable.run("result", grow, 500).await.unwrap().await.unwrap_err();
+    assert!(matches!(&error, Error::PayloadTooLarge { what: "the result", .. }), "{error:?}");
+    assert_eq!(store.get("result").await.unwrap().unwrap().state, State::Rejected);
 }
 
 #[tokio::test(start_paused = true)]
@@ -173,33 +96,15 @@ async fn bad_ids_and_builders_are_clear_errors() {
     let durable = builder(&store).register(echo).build().unwrap();
     for (id, reason) in [("a.b", "may not contain '.'"), ("", "may not be empty")] {
         let error = durable.run(id, echo, String::new()).await.unwrap_err();
-        assert!(
-            matches!(error, Error::InvalidId { .. }) && error.to_string().contains(reason),
-            "{error}"
-        );
+        assert!(matches!(error, Error::InvalidId { .. }) && error.to_string().contains(reason), "{error}");
     }
-    durable
-        .run("taken", echo, "x".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    durable.run("taken", echo, "x".into()).await.unwrap().await.unwrap();
     let other = builder(&store).register(double).build().unwrap();
     let error = other.run("taken", double, 1).await.unwrap_err();
-    assert!(
-        error.to_string().contains("exists as a call of \"echo\""),
-        "{error}"
-    );
+    assert!(error.to_string().contains("exists as a call of \"echo\""), "{error}");
 
-    let error = Durable::builder()
-        .register(echo)
-        .register(echo)
-        .build()
-        .unwrap_err();
+    let error = Durable::builder().register(echo).register(echo).build().unwrap_err();
     let message = error.to_string();
-    assert!(
-        message.contains("no store") && message.contains("\"echo\" is registered twice"),
-        "{message}"
-    );
+    assert!(message.contains("no store") && message.contains("\"echo\" is registered twice"), "{message}");
     let _ = Arc::clone(&store);
 }

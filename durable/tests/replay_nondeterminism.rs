@@ -49,11 +49,7 @@ async fn wf_new_args(ctx: &mut Context, key: String) -> durable::Result<u32> {
 async fn diverge<F>(
     id: &str,
     changed: F,
-) -> (
-    std::sync::Arc<dyn Store>,
-    durable::Error,
-    Vec<(String, State, Option<String>)>,
-)
+) -> (std::sync::Arc<dyn Store>, durable::Error, Vec<(String, State, Option<String>)>)
 where
     F: Function<Args = String, Output = u32>,
 {
@@ -73,9 +69,7 @@ where
 #[tokio::test(start_paused = true)]
 async fn a_renamed_call_halts_with_the_id_the_history_and_the_line() {
     let (store, error, before) = diverge("nd-name", wf_renamed).await;
-    let durable::Error::Nondeterminism(n) = &error else {
-        panic!("expected nondeterminism, got {error}")
-    };
+    let durable::Error::Nondeterminism(n) = &error else { panic!("expected nondeterminism, got {error}") };
     assert_eq!(n.id, "nd-name.1");
     assert!(n.recorded.contains("\"step\""), "recorded: {}", n.recorded);
     assert!(n.now.contains("\"other\""), "now: {}", n.now);
@@ -84,23 +78,11 @@ async fn a_renamed_call_halts_with_the_id_the_history_and_the_line() {
         .position(|l| l.contains("the line the error must point at"))
         .unwrap()
         + 1;
-    assert!(
-        n.location
-            .contains(&format!("replay_nondeterminism.rs:{line}:")),
-        "location: {}",
-        n.location
-    );
+    assert!(n.location.contains(&format!("replay_nondeterminism.rs:{line}:")), "location: {}", n.location);
     let message = error.to_string();
-    assert!(
-        message.contains("nd-name.1") && message.contains("halted"),
-        "{message}"
-    );
+    assert!(message.contains("nd-name.1") && message.contains("halted"), "{message}");
 
-    assert_eq!(
-        tree(&*store, "nd-name").await,
-        before,
-        "nothing was created or settled by the diverging replay"
-    );
+    assert_eq!(tree(&*store, "nd-name").await, before, "nothing was created or settled by the diverging replay");
     let task = store.task("nd-name").await.unwrap().unwrap();
     assert_eq!(task.state, TaskState::Halted);
 
@@ -111,29 +93,16 @@ async fn a_renamed_call_halts_with_the_id_the_history_and_the_line() {
     while store.task("nd-name").await.unwrap().unwrap().state == TaskState::Halted {
         tokio::task::yield_now().await;
     }
-    assert_eq!(
-        fixed
-            .run("nd-name", wf_v1, "nd-name".into())
-            .await
-            .unwrap()
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(fixed.run("nd-name", wf_v1, "nd-name".into()).await.unwrap().await.unwrap(), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn changed_arguments_are_nondeterminism_too() {
     let (store, error, before) = diverge("nd-args", wf_new_args).await;
-    let durable::Error::Nondeterminism(n) = &error else {
-        panic!("expected nondeterminism, got {error}")
-    };
+    let durable::Error::Nondeterminism(n) = &error else { panic!("expected nondeterminism, got {error}") };
     assert_eq!(n.id, "nd-args.1");
     assert!(n.recorded.contains("\"step\"") && n.now.contains("\"step\""));
     assert_ne!(n.recorded, n.now, "the digests differ");
     assert_eq!(tree(&*store, "nd-args").await, before);
-    assert_eq!(
-        store.get("nd-args").await.unwrap().unwrap().state,
-        State::Pending
-    );
+    assert_eq!(store.get("nd-args").await.unwrap().unwrap().state, State::Pending);
 }

@@ -42,22 +42,10 @@ async fn a_new_runtime_takes_over_after_the_lease_and_replays() {
     let started = tokio::time::Instant::now();
     let _second = builder(&store).register(flow).build().unwrap();
     assert_eq!(handle.await.unwrap(), 60);
-    assert!(
-        started.elapsed() >= Duration::from_secs(30),
-        "the task was taken over only after its lease expired"
-    );
-    assert_eq!(
-        (runs("rec:1"), runs("rec:2"), runs("rec:3")),
-        (1, 1, 1),
-        "settled steps replay without running again"
-    );
-    let ids: Vec<_> = tree(&*store, "rec")
-        .await
-        .into_iter()
-        .map(|(id, state, _)| (id, state))
-        .collect();
-    let expected =
-        ["rec", "rec.1", "rec.2", "rec.3", "rec.4"].map(|id| (id.to_owned(), State::Resolved));
+    assert!(started.elapsed() >= Duration::from_secs(30), "the task was taken over only after its lease expired");
+    assert_eq!((runs("rec:1"), runs("rec:2"), runs("rec:3")), (1, 1, 1), "settled steps replay without running again");
+    let ids: Vec<_> = tree(&*store, "rec").await.into_iter().map(|(id, state, _)| (id, state)).collect();
+    let expected = ["rec", "rec.1", "rec.2", "rec.3", "rec.4"].map(|id| (id.to_owned(), State::Resolved));
     assert_eq!(ids, expected);
 }
 
@@ -73,10 +61,7 @@ async fn shutdown_hands_the_task_over_at_once() {
     let started = tokio::time::Instant::now();
     let _second = builder(&store).register(flow).build().unwrap();
     assert_eq!(handle.await.unwrap(), 60);
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "a released task needs no lease to expire"
-    );
+    assert!(started.elapsed() < Duration::from_secs(1), "a released task needs no lease to expire");
 }
 
 #[tokio::test(start_paused = true)]
@@ -105,12 +90,5 @@ async fn several_runtimes_share_one_store() {
     let hb = b.run("share-b", flow, "share-b".into()).await.unwrap();
     assert_eq!((ha.await.unwrap(), hb.await.unwrap()), (60, 60));
     // Each attaches to the other's invocation.
-    assert_eq!(
-        b.run("share-a", flow, "share-a".into())
-            .await
-            .unwrap()
-            .await
-            .unwrap(),
-        60
-    );
+    assert_eq!(b.run("share-a", flow, "share-a".into()).await.unwrap().await.unwrap(), 60);
 }

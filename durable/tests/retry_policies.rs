@@ -13,11 +13,7 @@ use durable::prelude::*;
 #[durable::function(retry = Retry::Constant { delay: Duration::from_secs(1), max_attempts: 5 })]
 async fn flaky(_ctx: &mut Context, key: String, succeed_on: u32) -> durable::Result<u32> {
     let n = ran(&key);
-    if n < succeed_on {
-        Err(Error::new(format!("attempt {n} failed")))
-    } else {
-        Ok(n)
-    }
+    if n < succeed_on { Err(Error::new(format!("attempt {n} failed"))) } else { Ok(n) }
 }
 
 #[durable::function]
@@ -30,13 +26,7 @@ async fn doomed(_ctx: &mut Context, key: String) -> durable::Result<u32> {
 async fn parent(ctx: &mut Context, key: String, policy: Option<u32>) -> durable::Result<u32> {
     let call = ctx.lfc(flaky, (key, 10));
     match policy {
-        Some(attempts) => {
-            call.retry(Retry::Linear {
-                delay: Duration::from_secs(2),
-                max_attempts: attempts,
-            })
-            .await
-        }
+        Some(attempts) => call.retry(Retry::Linear { delay: Duration::from_secs(2), max_attempts: attempts }).await,
         None => call.await,
     }
 }
@@ -46,23 +36,11 @@ async fn a_failing_function_is_retried_by_its_policy() {
     let store = memory();
     let durable = builder(&store).register(flaky).build().unwrap();
     let started = tokio::time::Instant::now();
-    let n = durable
-        .run("flaky", flaky, ("flaky".into(), 3))
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let n = durable.run("flaky", flaky, ("flaky".into(), 3)).await.unwrap().await.unwrap();
     assert_eq!((n, runs("flaky")), (3, 3));
-    assert!(
-        started.elapsed() >= Duration::from_secs(2),
-        "two constant one-second waits"
-    );
+    assert!(started.elapsed() >= Duration::from_secs(2), "two constant one-second waits");
     for timer in ["flaky.r1", "flaky.r2"] {
-        assert_eq!(
-            store.get(timer).await.unwrap().unwrap().state,
-            State::Resolved,
-            "{timer} is the durable wait"
-        );
+        assert_eq!(store.get(timer).await.unwrap().unwrap().state, State::Resolved, "{timer} is the durable wait");
     }
 }
 
@@ -70,21 +48,10 @@ async fn a_failing_function_is_retried_by_its_policy() {
 async fn a_terminal_error_is_never_retried() {
     let store = memory();
     let durable = builder(&store).register(doomed).build().unwrap();
-    let error = durable
-        .run("doomed", doomed, "doomed".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, Error::Application { terminal: true, .. }),
-        "{error:?}"
-    );
+    let error = durable.run("doomed", doomed, "doomed".into()).await.unwrap().await.unwrap_err();
+    assert!(matches!(error, Error::Application { terminal: true, .. }), "{error:?}");
     assert_eq!(runs("doomed"), 1);
-    assert_eq!(
-        store.get("doomed").await.unwrap().unwrap().state,
-        State::Rejected
-    );
+    assert_eq!(store.get("doomed").await.unwrap().unwrap().state, State::Rejected);
 }
 
 #[tokio::test(start_paused = true)]
@@ -92,47 +59,15 @@ async fn a_call_overrides_the_function_policy_and_gives_up_after_max_attempts() 
     let store = memory();
     let durable = builder(&store).register(parent).build().unwrap();
     let started = tokio::time::Instant::now();
-    let error = durable
-        .run("per-call", parent, ("per-call".into(), Some(3)))
-        .await
-        .unwrap()
-        .await
-        .unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        "attempt 3 failed",
-        "the last attempt's error rejects the promise"
-    );
-    assert_eq!(
-        runs("per-call"),
-        3,
-        "three attempts, as the call's policy says"
-    );
-    assert!(
-        started.elapsed() >= Duration::from_secs(6),
-        "linear waits of 2 s and 4 s"
-    );
-    assert_eq!(
-        store.get("per-call.1").await.unwrap().unwrap().state,
-        State::Rejected
-    );
-    assert_eq!(
-        store.get("per-call").await.unwrap().unwrap().state,
-        State::Rejected,
-        "the parent does not retry"
-    );
+    let error = durable.run("per-call", parent, ("per-call".into(), Some(3))).await.unwrap().await.unwrap_err();
+    assert_eq!(error.to_string(), "attempt 3 failed", "the last attempt's error rejects the promise");
+    assert_eq!(runs("per-call"), 3, "three attempts, as the call's policy says");
+    assert!(started.elapsed() >= Duration::from_secs(6), "linear waits of 2 s and 4 s");
+    assert_eq!(store.get("per-call.1").await.unwrap().unwrap().state, State::Rejected);
+    assert_eq!(store.get("per-call").await.unwrap().unwrap().state, State::Rejected, "the parent does not retry");
 
-    let error = durable
-        .run("per-fn", parent, ("per-fn".into(), None))
-        .await
-        .unwrap()
-        .await
-        .unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        "attempt 5 failed",
-        "the function's own policy allows five attempts"
-    );
+    let error = durable.run("per-fn", parent, ("per-fn".into(), None)).await.unwrap().await.unwrap_err();
+    assert_eq!(error.to_string(), "attempt 5 failed", "the function's own policy allows five attempts");
 }
 
 #[tokio::test(start_paused = true)]
@@ -140,19 +75,12 @@ async fn a_crash_during_backoff_does_not_reset_the_attempts() {
     #[durable::function(retry = Retry::Constant { delay: Duration::from_secs(3600), max_attempts: 5 })]
     async fn slow_flaky(_ctx: &mut Context, key: String) -> durable::Result<u32> {
         let n = ran(&key);
-        if n < 3 {
-            Err(Error::new("not yet"))
-        } else {
-            Ok(n)
-        }
+        if n < 3 { Err(Error::new("not yet")) } else { Ok(n) }
     }
 
     let store = memory();
     let first = builder(&store).register(slow_flaky).build().unwrap();
-    let handle = first
-        .run("backoff", slow_flaky, "backoff".into())
-        .await
-        .unwrap();
+    let handle = first.run("backoff", slow_flaky, "backoff".into()).await.unwrap();
     while store.get("backoff.r1").await.unwrap().is_none() {
         tokio::task::yield_now().await;
     }
@@ -161,11 +89,7 @@ async fn a_crash_during_backoff_does_not_reset_the_attempts() {
     let started = tokio::time::Instant::now();
     let _second = builder(&store).register(slow_flaky).build().unwrap();
     assert_eq!(handle.await.unwrap(), 3);
-    assert_eq!(
-        runs("backoff"),
-        3,
-        "attempt 1 did not run again after the crash"
-    );
+    assert_eq!(runs("backoff"), 3, "attempt 1 did not run again after the crash");
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_secs(7200) && waited < Duration::from_secs(7200 + 60),
@@ -177,30 +101,10 @@ async fn a_crash_during_backoff_does_not_reset_the_attempts() {
 fn policies_compute_their_delays() {
     let s = Duration::from_secs;
     assert_eq!(Retry::Never.delay(1), None);
-    let constant = Retry::Constant {
-        delay: s(2),
-        max_attempts: 3,
-    };
-    assert_eq!(
-        (constant.delay(1), constant.delay(2), constant.delay(3)),
-        (Some(s(2)), Some(s(2)), None)
-    );
-    let linear = Retry::Linear {
-        delay: s(2),
-        max_attempts: 4,
-    };
-    assert_eq!(
-        (linear.delay(1), linear.delay(3), linear.delay(4)),
-        (Some(s(2)), Some(s(6)), None)
-    );
-    let exp = Retry::Exponential {
-        initial: s(1),
-        factor: 3,
-        max_delay: s(20),
-        max_attempts: 10,
-    };
-    assert_eq!(
-        (exp.delay(1), exp.delay(3), exp.delay(4), exp.delay(40)),
-        (Some(s(1)), Some(s(9)), Some(s(20)), None)
-    );
+    let constant = Retry::Constant { delay: s(2), max_attempts: 3 };
+    assert_eq!((constant.delay(1), constant.delay(2), constant.delay(3)), (Some(s(2)), Some(s(2)), None));
+    let linear = Retry::Linear { delay: s(2), max_attempts: 4 };
+    assert_eq!((linear.delay(1), linear.delay(3), linear.delay(4)), (Some(s(2)), Some(s(6)), None));
+    let exp = Retry::Exponential { initial: s(1), factor: 3, max_delay: s(20), max_attempts: 10 };
+    assert_eq!((exp.delay(1), exp.delay(3), exp.delay(4), exp.delay(40)), (Some(s(1)), Some(s(9)), Some(s(20)), None));
 }

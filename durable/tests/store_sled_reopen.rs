@@ -1,6 +1,7 @@
 //! What a SledStore acknowledged is there after it is reopened, and the tasks its last
 //! holder had are released at once, at a new version.
 
+use durable::Target;
 use durable::store::{Claim, CreatePromise, NewTask, SettlePromise};
 use durable::{Param, SledStore, State, Store, TaskState};
 
@@ -10,17 +11,9 @@ async fn acknowledged_writes_survive_a_reopen_and_held_tasks_are_released() {
     let version = {
         let store = SledStore::open(dir.path()).unwrap();
         let mut req = CreatePromise::new("root", Param::call("f", 1, "[1,2]".into()));
-        req.task = Some(NewTask {
-            group: "g".into(),
-            acquire: None,
-        });
+        req.task = Some(NewTask::new(Target::any("g")));
         store.create(req).await.unwrap();
-        let claim = Claim {
-            group: "g".into(),
-            process: "p".into(),
-            ttl: 60_000,
-            max: 1,
-        };
+        let claim = Claim { pid: "worker".into(), group: "g".into(), process: "p".into(), ttl: 60_000, max: 1 };
         let held = store.claim(claim).await.unwrap().pop().unwrap();
         let mut child = CreatePromise::new("root.1", Param::call("g", 1, "3".into()));
         child.fence = Some(held.fence());
@@ -38,36 +31,14 @@ async fn acknowledged_writes_survive_a_reopen_and_held_tasks_are_released() {
     };
     let store = SledStore::open(dir.path()).unwrap();
     let child = store.get("root.1").await.unwrap().unwrap();
-    assert_eq!(
-        (child.state, child.value.as_deref()),
-        (State::Resolved, Some("9"))
-    );
-    assert_eq!(
-        store.get("root").await.unwrap().unwrap().param,
-        Param::call("f", 1, "[1,2]".into())
-    );
+    assert_eq!((child.state, child.value.as_deref()), (State::Resolved, Some("9")));
+    assert_eq!(store.get("root").await.unwrap().unwrap().param, Param::call("f", 1, "[1,2]".into()));
     let task = store.task("root").await.unwrap().unwrap();
-    assert_eq!(
-        task.state,
-        TaskState::Pending,
-        "the dead holder's task is released on open"
-    );
+    assert_eq!(task.state, TaskState::Pending, "the dead holder's task is released on open");
     assert!(task.version > version);
-    let claim = Claim {
-        group: "g".into(),
-        process: "q".into(),
-        ttl: 60_000,
-        max: 1,
-    };
+    let claim = Claim { pid: "worker".into(), group: "g".into(), process: "q".into(), ttl: 60_000, max: 1 };
     let again = store.claim(claim).await.unwrap().pop().unwrap();
-    assert_eq!(
-        again
-            .preload
-            .iter()
-            .map(|p| p.id.as_str())
-            .collect::<Vec<_>>(),
-        ["root.1"]
-    );
+    assert_eq!(again.preload.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["root.1"]);
 }
 
 #[test]
@@ -76,8 +47,7 @@ fn a_directory_in_use_is_a_clear_error() {
     let _open = SledStore::open(dir.path()).unwrap();
     let error = SledStore::open(dir.path()).unwrap_err().to_string();
     assert!(
-        error.contains("is another process using it?")
-            && error.contains(&dir.path().display().to_string()),
+        error.contains("is another process using it?") && error.contains(&dir.path().display().to_string()),
         "{error}"
     );
 }

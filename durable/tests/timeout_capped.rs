@@ -20,9 +20,7 @@ async fn bounded(ctx: &mut Context, key: String) -> durable::Result<String> {
     let result = ctx.lfc(hang, key).timeout(Duration::from_secs(3600)).await;
     match result {
         Err(Error::Timeout { id }) => Ok(format!("{id} timed out")),
-        other => Err(Error::terminal(format!(
-            "expected a timeout, got {other:?}"
-        ))),
+        other => Err(Error::terminal(format!("expected a timeout, got {other:?}"))),
     }
 }
 
@@ -30,9 +28,7 @@ async fn bounded(ctx: &mut Context, key: String) -> durable::Result<String> {
 async fn patient(ctx: &mut Context, key: String) -> durable::Result<String> {
     match ctx.lfc(hang, key).timeout(Duration::from_secs(5)).await {
         Err(Error::Timeout { id }) => Ok(format!("{id} timed out")),
-        other => Err(Error::terminal(format!(
-            "expected a timeout, got {other:?}"
-        ))),
+        other => Err(Error::terminal(format!("expected a timeout, got {other:?}"))),
     }
 }
 
@@ -42,16 +38,10 @@ async fn a_child_deadline_is_capped_by_the_parent_deadline() {
     let durable = builder(&store).register(bounded).build().unwrap();
     let handle = durable.run("cap", bounded, "cap".into()).await.unwrap();
     let error = handle.await.unwrap_err();
-    assert!(
-        matches!(&error, Error::Timeout { id } if id == "cap"),
-        "the parent times out: {error:?}"
-    );
+    assert!(matches!(&error, Error::Timeout { id } if id == "cap"), "the parent times out: {error:?}");
     let root = store.get("cap").await.unwrap().unwrap();
     let child = store.get("cap.1").await.unwrap().unwrap();
-    assert_eq!(
-        child.timeout_at, root.timeout_at,
-        "an hour is capped at the parent's ten seconds"
-    );
+    assert_eq!(child.timeout_at, root.timeout_at, "an hour is capped at the parent's ten seconds");
     assert_eq!(child.state, State::RejectedTimedout);
 }
 
@@ -60,20 +50,9 @@ async fn a_call_past_its_deadline_fails_with_timeout() {
     let store = memory();
     let durable = builder(&store).register(patient).build().unwrap();
     let started = tokio::time::Instant::now();
-    let message = durable
-        .run("late", patient, "late".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let message = durable.run("late", patient, "late".into()).await.unwrap().await.unwrap();
     assert_eq!(message, "late.1 timed out");
     let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
-        "{waited:?}"
-    );
-    assert_eq!(
-        store.get("late").await.unwrap().unwrap().state,
-        State::Resolved
-    );
+    assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(6), "{waited:?}");
+    assert_eq!(store.get("late").await.unwrap().unwrap().state, State::Resolved);
 }

@@ -76,10 +76,7 @@ impl std::error::Error for ParseError {}
 /// assert_eq!(parse("1 +").unwrap_err().to_string(), "expected a number or '(' but the expression ended at column 4");
 /// ```
 pub fn parse(input: &str) -> Result<Expr, ParseError> {
-    let mut parser = Parser {
-        chars: input.chars().collect(),
-        pos: 0,
-    };
+    let mut parser = Parser { chars: input.chars().collect(), pos: 0 };
     let expr = parser.expr()?;
     parser.skip_spaces();
     match parser.peek() {
@@ -106,10 +103,7 @@ impl Parser {
     }
 
     fn error(&self, message: &str) -> ParseError {
-        ParseError {
-            message: message.to_owned(),
-            column: self.pos + 1,
-        }
+        ParseError { message: message.to_owned(), column: self.pos + 1 }
     }
 
     fn expr(&mut self) -> Result<Expr, ParseError> {
@@ -152,14 +146,9 @@ impl Parser {
                     self.pos += 1;
                     Ok(inner)
                 } else {
-                    let what = self.peek().map_or("the expression ended".to_owned(), |c| {
-                        format!("found {c:?}")
-                    });
+                    let what = self.peek().map_or("the expression ended".to_owned(), |c| format!("found {c:?}"));
                     Err(ParseError {
-                        message: format!(
-                            "expected ')' to close the '(' at column {} but {what}",
-                            open + 1
-                        ),
+                        message: format!("expected ')' to close the '(' at column {} but {what}", open + 1),
                         column: self.pos + 1,
                     })
                 }
@@ -196,12 +185,7 @@ fn arithmetic(op: Op, x: i64, y: i64) -> durable::Result<i64> {
         Op::Div if y == 0 => return Err(Error::terminal(format!("division by zero: {x} / {y}"))),
         Op::Div => x.checked_div(y),
     };
-    result.ok_or_else(|| {
-        Error::terminal(format!(
-            "overflow: {x} {} {y} does not fit in 64 bits",
-            op.symbol()
-        ))
-    })
+    result.ok_or_else(|| Error::terminal(format!("overflow: {x} {} {y} does not fit in 64 bits", op.symbol())))
 }
 
 /// `x + y`
@@ -250,10 +234,5 @@ pub async fn clc(ctx: &mut Context, expr: Expr) -> durable::Result<i64> {
 
 /// A runtime builder with every calculator function registered.
 pub fn register(builder: durable::Builder) -> durable::Builder {
-    builder
-        .register(clc)
-        .register(add)
-        .register(sub)
-        .register(mul)
-        .register(div)
+    builder.register(clc).register(add).register(sub).register(mul).register(div)
 }

@@ -9,32 +9,16 @@ use durable_examples::calculator::{self, Expr, Op, clc, parse};
 #[test]
 fn parse_errors_say_what_and_where() {
     for (input, message, column) in [
-        (
-            "1 +",
-            "expected a number or '(' but the expression ended",
-            4,
-        ),
-        (
-            "(1 + 2",
-            "expected ')' to close the '(' at column 1 but the expression ended",
-            7,
-        ),
+        ("1 +", "expected a number or '(' but the expression ended", 4),
+        ("(1 + 2", "expected ')' to close the '(' at column 1 but the expression ended", 7),
         ("1 + 2)", "unmatched ')'", 6),
         ("2 $ 3", "expected an operator but found '$'", 3),
         ("x", "expected a number or '(' but found 'x'", 1),
-        (
-            "99999999999999999999",
-            "the number 99999999999999999999 does not fit in 64 bits",
-            1,
-        ),
+        ("99999999999999999999", "the number 99999999999999999999 does not fit in 64 bits", 1),
         ("", "expected a number or '(' but the expression ended", 1),
     ] {
         let e = parse(input).unwrap_err();
-        assert_eq!(
-            (e.message.as_str(), e.column),
-            (message, column),
-            "{input:?}"
-        );
+        assert_eq!((e.message.as_str(), e.column), (message, column), "{input:?}");
     }
 }
 
@@ -43,14 +27,7 @@ fn precedence_and_associativity() {
     assert_eq!(parse("1 - 2 - 3").unwrap().to_string(), "((1 - 2) - 3)");
     assert_eq!(parse("1 + 2 * 3").unwrap().to_string(), "(1 + (2 * 3))");
     assert_eq!(parse(" -(4) / 2").unwrap().to_string(), "((-4) / 2)");
-    assert_eq!(
-        parse("-(1+1)").unwrap(),
-        Expr::Op(
-            Op::Sub,
-            Box::new(Expr::Num(0)),
-            Box::new(parse("1+1").unwrap())
-        )
-    );
+    assert_eq!(parse("-(1+1)").unwrap(), Expr::Op(Op::Sub, Box::new(Expr::Num(0)), Box::new(parse("1+1").unwrap())));
 }
 
 /// A balanced expression of `ops` operators over 1..: its value by plain arithmetic.
@@ -72,13 +49,8 @@ fn balanced(ops: usize, next: &mut i64) -> (String, i64) {
 #[tokio::test(start_paused = true)]
 async fn evaluates_the_seed_and_a_63_operator_expression() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let durable = calculator::register(Durable::builder().store(store.clone()))
-        .build()
-        .unwrap();
-    let seed = durable
-        .run("seed", clc, parse("(1 + 2) * (3 - 4)").unwrap())
-        .await
-        .unwrap();
+    let durable = calculator::register(Durable::builder().store(store.clone())).build().unwrap();
+    let seed = durable.run("seed", clc, parse("(1 + 2) * (3 - 4)").unwrap()).await.unwrap();
     assert_eq!(seed.await.unwrap(), -3);
     // "=" ran for the root and both operands, then "*" as a child: seed.1, seed.2, seed.3.
     let mul = store.get("seed.3").await.unwrap().unwrap();
@@ -86,37 +58,21 @@ async fn evaluates_the_seed_and_a_63_operator_expression() {
 
     let (text, value) = balanced(63, &mut 0);
     assert_eq!(text.matches(['+', '-', '*']).count(), 63);
-    let handle = durable
-        .run("big", clc, parse(&text).unwrap())
-        .await
-        .unwrap();
+    let handle = durable.run("big", clc, parse(&text).unwrap()).await.unwrap();
     assert_eq!(handle.await.unwrap(), value);
 }
 
 #[tokio::test(start_paused = true)]
 async fn division_by_zero_rejects_the_operator_once() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let durable = calculator::register(Durable::builder().store(store.clone()))
-        .build()
-        .unwrap();
+    let durable = calculator::register(Durable::builder().store(store.clone())).build().unwrap();
     let started = tokio::time::Instant::now();
-    let error = durable
-        .run("div", clc, parse("7 / (2 - 2)").unwrap())
-        .await
-        .unwrap()
-        .await
-        .unwrap_err();
+    let error = durable.run("div", clc, parse("7 / (2 - 2)").unwrap()).await.unwrap().await.unwrap_err();
     assert!(
         matches!(&error, Error::Application { message, terminal: true } if message == "division by zero: 7 / 0"),
         "{error:?}"
     );
-    assert_eq!(
-        store.get("div.3").await.unwrap().unwrap().state,
-        State::Rejected
-    );
-    assert!(
-        store.get("div.3.r1").await.unwrap().is_none(),
-        "a terminal error is not retried"
-    );
+    assert_eq!(store.get("div.3").await.unwrap().unwrap().state, State::Rejected);
+    assert!(store.get("div.3.r1").await.unwrap().is_none(), "a terminal error is not retried");
     assert!(started.elapsed().as_secs() < 1, "no backoff was waited");
 }

@@ -17,9 +17,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Millis {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as Millis)
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
     }
 }
 
@@ -38,10 +36,7 @@ impl VirtualClock {
 
     /// A clock reading [`VirtualClock::START`] now.
     pub fn new() -> VirtualClock {
-        VirtualClock {
-            origin: tokio::time::Instant::now(),
-            start: Self::START,
-        }
+        VirtualClock { origin: tokio::time::Instant::now(), start: Self::START }
     }
 }
 

@@ -9,9 +9,7 @@ use tokio::sync::watch;
 
 use super::state::{Core, Dirty};
 use super::waiters::Waiters;
-use super::{
-    Acquired, Claim, Clock, CreatePromise, Created, Page, Release, Search, SettlePromise, Tick,
-};
+use super::{Acquired, Claim, Clock, CreatePromise, Created, Page, Release, Search, SettlePromise, Tick};
 use crate::StoreError;
 use crate::promise::{Fence, Millis, Promise, Task};
 
@@ -36,13 +34,7 @@ pub(crate) struct Engine<L> {
 
 impl<L: Log> Engine<L> {
     pub(crate) fn new(core: Core, log: L, clock: Arc<dyn Clock>) -> Engine<L> {
-        Engine {
-            core: Mutex::new(core),
-            log,
-            clock,
-            waiters: Waiters::default(),
-            ready: watch::Sender::new(0),
-        }
+        Engine { core: Mutex::new(core), log, clock, waiters: Waiters::default(), ready: watch::Sender::new(0) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Core> {
@@ -105,17 +97,19 @@ impl<L: Log> Engine<L> {
     }
 
     pub(crate) async fn heartbeat(&self, process: &str, ttl: Millis) -> Result<usize, StoreError> {
-        self.write(|core, now| Ok(core.heartbeat(process, ttl, now)))
-            .await
+        self.write(|core, now| Ok(core.heartbeat(process, ttl, now))).await
     }
 
     pub(crate) async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError> {
         self.write(|core, now| core.release(fence, how, now)).await
     }
 
+    pub(crate) async fn suspend(&self, fence: &Fence, awaiting: &[String]) -> Result<bool, StoreError> {
+        self.write(|core, now| core.suspend(fence, awaiting, now)).await
+    }
+
     pub(crate) async fn resume_halted(&self, group: &str) -> Result<usize, StoreError> {
-        self.write(|core, now| Ok(core.resume_halted(group, now)))
-            .await
+        self.write(|core, now| Ok(core.resume_halted(group, now))).await
     }
 
     pub(crate) async fn tick(&self) -> Result<Tick, StoreError> {
@@ -154,19 +148,13 @@ macro_rules! engine_store {
             ) -> Result<$crate::store::Created, $crate::StoreError> {
                 self.engine.create(req).await
             }
-            async fn settle(
-                &self,
-                req: $crate::store::SettlePromise,
-            ) -> Result<$crate::Promise, $crate::StoreError> {
+            async fn settle(&self, req: $crate::store::SettlePromise) -> Result<$crate::Promise, $crate::StoreError> {
                 self.engine.settle(req).await
             }
             async fn get(&self, id: &str) -> Result<Option<$crate::Promise>, $crate::StoreError> {
                 Ok(self.engine.get(id))
             }
-            async fn search(
-                &self,
-                search: $crate::store::Search,
-            ) -> Result<$crate::store::Page, $crate::StoreError> {
+            async fn search(&self, search: $crate::store::Search) -> Result<$crate::store::Page, $crate::StoreError> {
                 Ok(self.engine.search(&search))
             }
             async fn task(&self, id: &str) -> Result<Option<$crate::Task>, $crate::StoreError> {
@@ -178,11 +166,7 @@ macro_rules! engine_store {
             ) -> Result<Vec<$crate::store::Acquired>, $crate::StoreError> {
                 self.engine.claim(claim).await
             }
-            async fn heartbeat(
-                &self,
-                process: &str,
-                ttl: $crate::Millis,
-            ) -> Result<usize, $crate::StoreError> {
+            async fn heartbeat(&self, process: &str, ttl: $crate::Millis) -> Result<usize, $crate::StoreError> {
                 self.engine.heartbeat(process, ttl).await
             }
             async fn release(
@@ -191,6 +175,9 @@ macro_rules! engine_store {
                 how: $crate::store::Release,
             ) -> Result<(), $crate::StoreError> {
                 self.engine.release(fence, how).await
+            }
+            async fn suspend(&self, fence: &$crate::Fence, awaiting: &[String]) -> Result<bool, $crate::StoreError> {
+                self.engine.suspend(fence, awaiting).await
             }
             async fn resume_halted(&self, group: &str) -> Result<usize, $crate::StoreError> {
                 self.engine.resume_halted(group).await

@@ -29,9 +29,7 @@ impl MemoryStore {
 
     /// An empty store on the given clock.
     pub fn with_clock(clock: impl Clock) -> MemoryStore {
-        MemoryStore {
-            engine: Engine::new(Core::default(), Volatile, Arc::new(clock)),
-        }
+        MemoryStore { engine: Engine::new(Core::default(), Volatile, Arc::new(clock)) }
     }
 }
 

@@ -20,8 +20,8 @@ use async_trait::async_trait;
 pub use self::clock::{Clock, SystemClock, VirtualClock};
 pub use self::memory::MemoryStore;
 pub use self::sled::SledStore;
-use crate::StoreError;
 use crate::promise::{Fence, Millis, Param, Promise, State, Task};
+use crate::{StoreError, Target};
 
 /// A request to create a promise, and with it, optionally, its task.
 #[derive(Clone, Debug)]
@@ -70,10 +70,19 @@ impl CreatePromise {
 /// The task to create with a promise.
 #[derive(Clone, Debug)]
 pub struct NewTask {
-    /// The group whose workers may take it.
-    pub group: String,
+    /// Where it is delivered.
+    pub target: Target,
+    /// How long a preferred pid (any@group/pid) has it to itself, in ms.
+    pub window: Millis,
     /// Acquire it at once for this process, with a lease of this many ms.
     pub acquire: Option<(String, Millis)>,
+}
+
+impl NewTask {
+    /// A task for `target`, not acquired, with no preference window.
+    pub fn new(target: Target) -> NewTask {
+        NewTask { target, window: 0, acquire: None }
+    }
 }
 
 /// The answer to [`Store::create`].
@@ -133,6 +142,8 @@ pub struct Page {
 pub struct Claim {
     /// The group.
     pub group: String,
+    /// The claiming worker's pid: it also gets the tasks routed to it.
+    pub pid: String,
     /// The claiming process.
     pub process: String,
     /// Lease length.
@@ -155,10 +166,7 @@ pub struct Acquired {
 impl Acquired {
     /// The fence for writes made while executing it.
     pub fn fence(&self) -> Fence {
-        Fence {
-            task: self.task.id.clone(),
-            version: self.task.version,
-        }
+        Fence { task: self.task.id.clone(), version: self.task.version }
     }
 }
 
@@ -229,6 +237,11 @@ pub trait Store: Debug + Send + Sync + 'static {
 
     /// Gives a held task back.
     async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError>;
+
+    /// Suspends a held task until one of `awaiting` settles: it is held by nobody
+    /// meanwhile. Returns false, changing nothing, if one has settled already (resume
+    /// now).
+    async fn suspend(&self, fence: &Fence, awaiting: &[String]) -> Result<bool, StoreError>;
 
     /// Makes the halted tasks of a group pending again; returns how many.
     async fn resume_halted(&self, group: &str) -> Result<usize, StoreError>;

@@ -41,10 +41,7 @@ impl SledStore {
     }
 
     /// Opens (or creates) the store in `path`, on the given clock.
-    pub fn open_with_clock(
-        path: impl AsRef<Path>,
-        clock: impl Clock,
-    ) -> Result<SledStore, StoreError> {
+    pub fn open_with_clock(path: impl AsRef<Path>, clock: impl Clock) -> Result<SledStore, StoreError> {
         let path = path.as_ref();
         let context = |e: sled::Error| {
             StoreError::backend(format!(
@@ -85,16 +82,11 @@ impl SledStore {
         let dirty = std::mem::take(&mut core.dirty);
         log.stage(&core, &dirty)?;
         log.db.flush().map_err(StoreError::backend)?;
-        Ok(SledStore {
-            engine: Engine::new(core, log, clock),
-        })
+        Ok(SledStore { engine: Engine::new(core, log, clock) })
     }
 }
 
-fn load<T: serde::de::DeserializeOwned>(
-    tree: &sled::Tree,
-    path: &Path,
-) -> Result<Vec<T>, StoreError> {
+fn load<T: serde::de::DeserializeOwned>(tree: &sled::Tree, path: &Path) -> Result<Vec<T>, StoreError> {
     tree.iter()
         .map(|kv| {
             let (k, v) = kv.map_err(StoreError::backend)?;
@@ -130,18 +122,12 @@ impl Log for SledLog {
         let mut promises = sled::Batch::default();
         for id in &dirty.promises {
             let p = core.promise(id).expect("a dirty promise exists");
-            promises.insert(
-                id.as_bytes(),
-                serde_json::to_vec(p).map_err(StoreError::backend)?,
-            );
+            promises.insert(id.as_bytes(), serde_json::to_vec(p).map_err(StoreError::backend)?);
         }
         let mut tasks = sled::Batch::default();
         for id in &dirty.tasks {
             let t = core.task_ref(id).expect("a dirty task exists");
-            tasks.insert(
-                id.as_bytes(),
-                serde_json::to_vec(t).map_err(StoreError::backend)?,
-            );
+            tasks.insert(id.as_bytes(), serde_json::to_vec(t).map_err(StoreError::backend)?);
         }
         use sled::Transactional;
         (&self.promises, &self.tasks)
@@ -191,28 +177,18 @@ mod tests {
         let writes: Vec<_> = (0..64)
             .map(|i| {
                 let store = store.clone();
-                tokio::spawn(async move {
-                    store
-                        .create(CreatePromise::new(format!("p{i}"), Param::Timer))
-                        .await
-                })
+                tokio::spawn(async move { store.create(CreatePromise::new(format!("p{i}"), Param::Timer)).await })
             })
             .collect();
         for write in writes {
             write.await.unwrap().unwrap();
         }
         let flushes = store.engine.log.flushes.load(Ordering::Relaxed) - before;
-        assert!(
-            (1..=8).contains(&flushes),
-            "64 concurrent writes took {flushes} flushes"
-        );
+        assert!((1..=8).contains(&flushes), "64 concurrent writes took {flushes} flushes");
         drop(store);
         let reopened = SledStore::open(dir.path()).unwrap();
         for i in 0..64 {
-            assert!(
-                reopened.get(&format!("p{i}")).await.unwrap().is_some(),
-                "p{i} was acknowledged, so it is there"
-            );
+            assert!(reopened.get(&format!("p{i}")).await.unwrap().is_some(), "p{i} was acknowledged, so it is there");
         }
     }
 }

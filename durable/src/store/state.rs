@@ -18,11 +18,19 @@ pub(crate) struct Core {
     deadlines: BTreeSet<(Millis, String)>,
     /// Acquired tasks by lease end.
     leases: BTreeSet<(Millis, String)>,
-    /// Pending tasks per group, by the time they become ready.
-    ready: HashMap<String, BTreeSet<(Millis, String)>>,
+    /// Pending tasks per route (a group, and a pid while routed to one), by the time
+    /// they become ready.
+    ready: HashMap<Route, BTreeSet<(Millis, String)>>,
+    /// Pending tasks whose pid preference ends, by when.
+    preferences: BTreeSet<(Millis, String)>,
+    /// Suspended tasks by the promises they await.
+    callbacks: HashMap<String, BTreeSet<String>>,
     /// What the last operations changed, for a backend that persists.
     pub(crate) dirty: Dirty,
 }
+
+/// A ready queue: a group, and the pid a task is routed to (none: any worker).
+type Route = (String, Option<String>);
 
 #[derive(Debug, Default)]
 pub(crate) struct Dirty {
@@ -46,9 +54,14 @@ impl Core {
         }
         for t in tasks {
             match t.state {
-                TaskState::Pending => core.ready_insert(&t),
+                TaskState::Pending => core.ready_insert(&t, 0),
                 TaskState::Acquired => {
                     core.leases.insert((t.lease_until, t.id.clone()));
+                }
+                TaskState::Suspended => {
+                    for id in &t.awaiting {
+                        core.callbacks.entry(id.clone()).or_default().insert(t.id.clone());
+                    }
                 }
                 TaskState::Fulfilled | TaskState::Halted => {}
             }
@@ -59,10 +72,7 @@ impl Core {
 
     /// Gives back every acquired task: used when the holder is known to be gone.
     pub(crate) fn release_all(&mut self, now: Millis) -> usize {
-        let held: Vec<_> = std::mem::take(&mut self.leases)
-            .into_iter()
-            .map(|(_, id)| id)
-            .collect();
+        let held: Vec<_> = std::mem::take(&mut self.leases).into_iter().map(|(_, id)| id).collect();
         for id in &held {
             self.make_pending(id, now);
         }
@@ -80,25 +90,12 @@ impl Core {
     fn check_fence(&self, fence: Option<&Fence>, now: Millis) -> Result<(), StoreError> {
         let Some(fence) = fence else { return Ok(()) };
         match self.tasks.get(&fence.task) {
-            Some(t)
-                if t.state == TaskState::Acquired
-                    && t.version == fence.version
-                    && now < t.lease_until =>
-            {
-                Ok(())
-            }
-            _ => Err(StoreError::Fenced {
-                task: fence.task.clone(),
-                version: fence.version,
-            }),
+            Some(t) if t.state == TaskState::Acquired && t.version == fence.version && now < t.lease_until => Ok(()),
+            _ => Err(StoreError::Fenced { task: fence.task.clone(), version: fence.version }),
         }
     }
 
-    pub(crate) fn create(
-        &mut self,
-        req: CreatePromise,
-        now: Millis,
-    ) -> Result<Created, StoreError> {
+    pub(crate) fn create(&mut self, req: CreatePromise, now: Millis) -> Result<Created, StoreError> {
         self.check_fence(req.fence.as_ref(), now)?;
         if self.promises.contains_key(&req.id) {
             self.expire(&req.id, now);
@@ -107,26 +104,13 @@ impl Core {
                 return Err(conflict(&req.id, "it exists with another idempotency key"));
             }
             if req.strict && (req.ikey != p.ikey_create || p.state != State::Pending) {
-                return Err(conflict(
-                    &req.id,
-                    "it exists and strict mode requires it pending with the same key",
-                ));
+                return Err(conflict(&req.id, "it exists and strict mode requires it pending with the same key"));
             }
-            return Ok(Created {
-                promise: p.clone(),
-                new: false,
-                acquired: None,
-            });
+            return Ok(Created { promise: p.clone(), new: false, acquired: None });
         }
-        let timeout_at = req
-            .timeout
-            .map_or(NEVER, |t| now.saturating_add(t))
-            .min(req.deadline_cap);
-        let (state, settled_at) = if req.resolved.is_some() {
-            (State::Resolved, Some(now))
-        } else {
-            (State::Pending, None)
-        };
+        let timeout_at = req.timeout.map_or(NEVER, |t| now.saturating_add(t)).min(req.deadline_cap);
+        let (state, settled_at) =
+            if req.resolved.is_some() { (State::Resolved, Some(now)) } else { (State::Pending, None) };
         let promise = Promise {
             id: req.id.clone(),
             state,
@@ -150,12 +134,14 @@ impl Core {
                 id: req.id.clone(),
                 state: TaskState::Pending,
                 version: 0,
-                group: new_task.group,
+                target: new_task.target,
+                prefer_until: now.saturating_add(new_task.window),
                 process: None,
                 lease_until: 0,
                 ready_at: now,
                 faults: 0,
                 error: None,
+                awaiting: Vec::new(),
             };
             if state.is_settled() {
                 task.state = TaskState::Fulfilled;
@@ -167,7 +153,7 @@ impl Core {
                 self.leases.insert((task.lease_until, task.id.clone()));
                 acquired = Some(task.clone());
             } else {
-                self.ready_insert(&task);
+                self.ready_insert(&task, now);
                 self.dirty.ready = true;
             }
             self.tasks.insert(req.id.clone(), task);
@@ -176,28 +162,17 @@ impl Core {
         if self.expire(&req.id, now) {
             acquired = None;
         }
-        Ok(Created {
-            promise: self.promises[&req.id].clone(),
-            new: true,
-            acquired,
-        })
+        Ok(Created { promise: self.promises[&req.id].clone(), new: true, acquired })
     }
 
-    pub(crate) fn settle(
-        &mut self,
-        req: SettlePromise,
-        now: Millis,
-    ) -> Result<Promise, StoreError> {
+    pub(crate) fn settle(&mut self, req: SettlePromise, now: Millis) -> Result<Promise, StoreError> {
         self.check_fence(req.fence.as_ref(), now)?;
         if req.state == State::Pending {
             return Err(conflict(&req.id, "a promise cannot be settled as pending"));
         }
         self.expire(&req.id, now);
         let Some(p) = self.promises.get_mut(&req.id) else {
-            return Err(StoreError::NotFound {
-                what: "promise",
-                id: req.id,
-            });
+            return Err(StoreError::NotFound { what: "promise", id: req.id });
         };
         if p.state == State::Pending {
             p.state = req.state;
@@ -210,10 +185,7 @@ impl Core {
         }
         let same = req.ikey.is_some() && req.ikey == p.ikey_settle && req.state == p.state;
         if req.strict && !same {
-            return Err(conflict(
-                &req.id,
-                &format!("it is already settled as {:?}", p.state),
-            ));
+            return Err(conflict(&req.id, &format!("it is already settled as {:?}", p.state)));
         }
         Ok(p.clone())
     }
@@ -235,13 +207,18 @@ impl Core {
         self.deadlines.remove(&(p.timeout_at, p.id.clone()));
         self.dirty.promises.push(p.id.clone());
         self.dirty.woken.push(p.id.clone());
-        if let Some(t) = self.tasks.get_mut(&p.id) {
-            let t = t.clone();
+        if let Some(t) = self.tasks.get(&p.id).cloned() {
             self.unindex(&t);
             let t = self.tasks.get_mut(&p.id).expect("task exists");
             t.state = TaskState::Fulfilled;
             t.process = None;
             self.dirty.tasks.push(p.id.clone());
+        }
+        // Resume the tasks suspended on it.
+        for task in self.callbacks.remove(&p.id).unwrap_or_default() {
+            if self.tasks.get(&task).is_some_and(|t| t.state == TaskState::Suspended) {
+                self.make_pending(&task, p.settled_at.unwrap_or_default());
+            }
         }
     }
 
@@ -251,15 +228,8 @@ impl Core {
 
     /// True once the promise is settled or its task halted.
     pub(crate) fn is_done(&self, id: &str, now: Millis) -> bool {
-        let settled = self
-            .promises
-            .get(id)
-            .is_none_or(|p| p.at(now).state.is_settled());
-        settled
-            || self
-                .tasks
-                .get(id)
-                .is_some_and(|t| t.state == TaskState::Halted)
+        let settled = self.promises.get(id).is_none_or(|p| p.at(now).state.is_settled());
+        settled || self.tasks.get(id).is_some_and(|t| t.state == TaskState::Halted)
     }
 
     pub(crate) fn search(&self, q: &Search, now: Millis) -> Page {
@@ -289,27 +259,26 @@ impl Core {
             }
             promises.push(p);
         }
-        let cursor = if more {
-            promises.last().map(|p: &Promise| p.id.clone())
-        } else {
-            None
-        };
+        let cursor = if more { promises.last().map(|p: &Promise| p.id.clone()) } else { None };
         Page { promises, cursor }
     }
 
     pub(crate) fn claim(&mut self, c: &Claim, now: Millis) -> Vec<Acquired> {
         let mut out = Vec::new();
+        let mine = (c.group.clone(), Some(c.pid.clone()));
+        let anyone = (c.group.clone(), None);
         while out.len() < c.max {
-            let Some(group) = self.ready.get_mut(&c.group) else {
-                break;
-            };
-            let Some((ready_at, id)) = group.first().cloned() else {
-                break;
+            let first = |route: &Route| self.ready.get(route).and_then(|q| q.first().cloned());
+            let (route, (ready_at, id)) = match (first(&mine), first(&anyone)) {
+                (Some(a), Some(b)) if b < a => (&anyone, b),
+                (Some(a), _) => (&mine, a),
+                (None, Some(b)) => (&anyone, b),
+                (None, None) => break,
             };
             if ready_at > now {
                 break;
             }
-            group.remove(&(ready_at, id.clone()));
+            self.ready.get_mut(route).expect("a non-empty queue").remove(&(ready_at, id.clone()));
             if self.expire(&id, now) {
                 continue;
             }
@@ -321,11 +290,7 @@ impl Core {
             let task = t.clone();
             self.leases.insert((task.lease_until, id.clone()));
             self.dirty.tasks.push(id.clone());
-            out.push(Acquired {
-                root: self.promises[&id].clone(),
-                preload: self.preload(&id, now),
-                task,
-            });
+            out.push(Acquired { root: self.promises[&id].clone(), preload: self.preload(&id, now), task });
         }
         out
     }
@@ -345,9 +310,7 @@ impl Core {
         let held: Vec<(Millis, String)> = self
             .leases
             .iter()
-            .filter(|(until, id)| {
-                *until > now && self.tasks[id].process.as_deref() == Some(process)
-            })
+            .filter(|(until, id)| *until > now && self.tasks[id].process.as_deref() == Some(process))
             .cloned()
             .collect();
         for (until, id) in &held {
@@ -360,19 +323,11 @@ impl Core {
         held.len()
     }
 
-    pub(crate) fn release(
-        &mut self,
-        fence: &Fence,
-        how: Release,
-        now: Millis,
-    ) -> Result<(), StoreError> {
+    pub(crate) fn release(&mut self, fence: &Fence, how: Release, now: Millis) -> Result<(), StoreError> {
         self.check_fence(Some(fence), now)?;
         let t = self.tasks[&fence.task].clone();
         self.unindex(&t);
-        let t = self
-            .tasks
-            .get_mut(&fence.task)
-            .expect("a fenced task exists");
+        let t = self.tasks.get_mut(&fence.task).expect("a fenced task exists");
         t.version += 1;
         t.process = None;
         match how {
@@ -384,7 +339,7 @@ impl Core {
                 t.state = TaskState::Pending;
                 t.ready_at = now.saturating_add(delay);
                 let t = t.clone();
-                self.ready_insert(&t);
+                self.ready_insert(&t, now);
                 self.dirty.ready = true;
             }
             Release::Halt { error } => {
@@ -397,11 +352,33 @@ impl Core {
         Ok(())
     }
 
+    pub(crate) fn suspend(&mut self, fence: &Fence, awaiting: &[String], now: Millis) -> Result<bool, StoreError> {
+        self.check_fence(Some(fence), now)?;
+        for id in awaiting {
+            self.expire(id, now);
+            if self.promises.get(id).is_none_or(|p| p.state.is_settled()) {
+                return Ok(false);
+            }
+        }
+        let t = self.tasks[&fence.task].clone();
+        self.unindex(&t);
+        let t = self.tasks.get_mut(&fence.task).expect("a fenced task exists");
+        t.state = TaskState::Suspended;
+        t.version += 1;
+        t.process = None;
+        t.awaiting = awaiting.to_vec();
+        for id in awaiting {
+            self.callbacks.entry(id.clone()).or_default().insert(fence.task.clone());
+        }
+        self.dirty.tasks.push(fence.task.clone());
+        Ok(true)
+    }
+
     pub(crate) fn resume_halted(&mut self, group: &str, now: Millis) -> usize {
         let halted: Vec<String> = self
             .tasks
             .values()
-            .filter(|t| t.state == TaskState::Halted && t.group == group)
+            .filter(|t| t.state == TaskState::Halted && t.target.group == group)
             .map(|t| t.id.clone())
             .collect();
         for id in &halted {
@@ -411,10 +388,7 @@ impl Core {
     }
 
     pub(crate) fn tick(&mut self, now: Millis) -> Tick {
-        let mut tick = Tick {
-            now,
-            ..Tick::default()
-        };
+        let mut tick = Tick { now, ..Tick::default() };
         while let Some((at, id)) = self.deadlines.first().cloned() {
             if at > now {
                 break;
@@ -432,15 +406,25 @@ impl Core {
             self.make_pending(&id, now);
             tick.expired += 1;
         }
-        let delayed = self
-            .ready
-            .values()
-            .filter_map(|g| g.first())
-            .map(|(at, _)| *at)
-            .filter(|at| *at > now);
+        while let Some((until, id)) = self.preferences.first().cloned() {
+            if until > now {
+                break;
+            }
+            self.preferences.remove(&(until, id.clone()));
+            // The preferred worker did not take it in time: any worker of the group may.
+            if let Some(t) = self.tasks.get(&id).cloned()
+                && t.state == TaskState::Pending
+            {
+                self.unindex(&t);
+                self.ready_insert(&t, now);
+                self.dirty.ready = true;
+            }
+        }
+        let delayed = self.ready.values().filter_map(|g| g.first()).map(|(at, _)| *at).filter(|at| *at > now);
         tick.next = [
             self.deadlines.first().map(|d| d.0),
             self.leases.first().map(|l| l.0),
+            self.preferences.first().map(|p| p.0),
         ]
         .into_iter()
         .flatten()
@@ -458,29 +442,43 @@ impl Core {
         t.version += 1;
         t.process = None;
         t.ready_at = now;
+        t.awaiting.clear();
         let t = t.clone();
-        self.ready_insert(&t);
+        self.ready_insert(&t, now);
         self.dirty.tasks.push(id.to_owned());
         self.dirty.ready = true;
     }
 
-    fn ready_insert(&mut self, t: &Task) {
-        self.ready
-            .entry(t.group.clone())
-            .or_default()
-            .insert((t.ready_at, t.id.clone()));
+    /// Queues a pending task where its target routes it: to its pid while the pid is
+    /// required (uni) or preferred (until `prefer_until`), else to the whole group.
+    fn ready_insert(&mut self, t: &Task, now: Millis) {
+        let preferred = !t.target.uni && t.target.pid.is_some() && t.ready_at.max(now) < t.prefer_until;
+        if preferred {
+            self.preferences.insert((t.prefer_until, t.id.clone()));
+        }
+        let pid = if t.target.uni || preferred { t.target.pid.clone() } else { None };
+        self.ready.entry((t.target.group.clone(), pid)).or_default().insert((t.ready_at, t.id.clone()));
     }
 
     /// Removes a task from the index its state puts it in.
     fn unindex(&mut self, t: &Task) {
         match t.state {
             TaskState::Pending => {
-                if let Some(g) = self.ready.get_mut(&t.group) {
-                    g.remove(&(t.ready_at, t.id.clone()));
+                for pid in [None, t.target.pid.clone()] {
+                    if let Some(q) = self.ready.get_mut(&(t.target.group.clone(), pid)) {
+                        q.remove(&(t.ready_at, t.id.clone()));
+                    }
                 }
             }
             TaskState::Acquired => {
                 self.leases.remove(&(t.lease_until, t.id.clone()));
+            }
+            TaskState::Suspended => {
+                for id in &t.awaiting {
+                    if let Some(tasks) = self.callbacks.get_mut(id) {
+                        tasks.remove(&t.id);
+                    }
+                }
             }
             TaskState::Fulfilled | TaskState::Halted => {}
         }
@@ -488,8 +486,5 @@ impl Core {
 }
 
 fn conflict(id: &str, reason: &str) -> StoreError {
-    StoreError::Conflict {
-        id: id.to_owned(),
-        reason: reason.to_owned(),
-    }
+    StoreError::Conflict { id: id.to_owned(), reason: reason.to_owned() }
 }

@@ -25,12 +25,7 @@ pub fn runs(key: &str) -> u32 {
 }
 
 fn signal(key: &str) -> Arc<Notify> {
-    SIGNALS
-        .lock()
-        .unwrap()
-        .entry(key.to_owned())
-        .or_default()
-        .clone()
+    SIGNALS.lock().unwrap().entry(key.to_owned()).or_default().clone()
 }
 
 /// In a function body: says it got here, then waits forever unless `key` is open.
@@ -60,18 +55,11 @@ pub fn builder(store: &Arc<dyn Store>) -> Builder {
 }
 
 /// Every promise in the store whose id starts with `prefix`, as (id, state, value).
-pub async fn tree(
-    store: &dyn Store,
-    prefix: &str,
-) -> Vec<(String, durable::State, Option<String>)> {
+pub async fn tree(store: &dyn Store, prefix: &str) -> Vec<(String, durable::State, Option<String>)> {
     let mut out = Vec::new();
     let mut cursor = None;
     loop {
-        let search = durable::store::Search {
-            prefix: prefix.into(),
-            cursor,
-            ..Default::default()
-        };
+        let search = durable::store::Search { prefix: prefix.into(), cursor, ..Default::default() };
         let page = store.search(search).await.unwrap();
         out.extend(page.promises.into_iter().map(|p| (p.id, p.state, p.value)));
         match page.cursor {

@@ -33,10 +33,7 @@ fn main() -> ExitCode {
             _ => expression = Some(arg),
         }
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
@@ -45,8 +42,7 @@ fn main() -> ExitCode {
             Ok(store) => store,
             Err(e) => return fail(&e.to_string()),
         };
-        let durable = match calculator::register(Durable::builder().store(Arc::new(store))).build()
-        {
+        let durable = match calculator::register(Durable::builder().store(Arc::new(store))).build() {
             Ok(durable) => durable,
             Err(e) => return fail(&e.to_string()),
         };
@@ -66,9 +62,7 @@ async fn evaluate(durable: &Durable, input: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let id = format!("calc-{}-{nanos}", std::process::id());
     let result = match durable.run(&id, clc, expr).await {
         Ok(handle) => handle.await,
