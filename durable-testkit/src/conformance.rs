@@ -40,6 +40,8 @@ where
     heartbeats_keep_leases(&*make().await).await;
     release_halt_and_resume(&*make().await).await;
     settle_fulfils_the_task_and_wakes_waiters(make().await).await;
+    tasks_route_to_a_preferred_or_required_pid(&*make().await).await;
+    suspended_tasks_resume_when_an_awaited_promise_settles(&*make().await).await;
 }
 
 fn call(id: &str) -> CreatePromise {
@@ -352,4 +354,95 @@ pub async fn settle_fulfils_the_task_and_wakes_waiters(store: Arc<dyn Store>) {
         claim_one(&*store, "g", "p", 1_000).await.is_some_and(|a| a.root.id == "f2"),
         "a fulfilled task is not delivered"
     );
+}
+
+fn routed(id: &str, target: &str, window: u64) -> CreatePromise {
+    let mut req = call(id);
+    let target = target.parse().expect("a valid target");
+    req.task = Some(NewTask { target, window, acquire: None });
+    req
+}
+
+async fn claim_as(store: &dyn Store, group: &str, pid: &str) -> Vec<String> {
+    let claim =
+        Claim { group: group.into(), pid: pid.into(), process: format!("{pid}-process"), ttl: 1 << 40, max: 10 };
+    store.claim(claim).await.expect("claim").into_iter().map(|a| a.root.id).collect()
+}
+
+/// `any@g/pid` goes to pid first and to the group after the window; `uni@g/pid` only
+/// ever to pid.
+pub async fn tasks_route_to_a_preferred_or_required_pid(store: &dyn Store) {
+    store.create(routed("pref", "poll://any@exp/lhs", 1_000)).await.expect("create");
+    store.create(routed("only", "poll://uni@exp/lhs", 1_000)).await.expect("create");
+    store.create(routed("old", "poll://exp/lhs", 0)).await.expect("create: the older form means uni");
+    assert!(claim_as(store, "exp", "rhs").await.is_empty(), "within the window another pid gets nothing");
+    advance(store, 1_000).await;
+    assert_eq!(claim_as(store, "exp", "rhs").await, ["pref"], "after the window any pid of the group may take it");
+    advance(store, 3_600_000).await;
+    assert!(claim_as(store, "exp", "rhs").await.is_empty(), "uni tasks wait for their pid");
+    assert!(claim_as(store, "ops", "lhs").await.is_empty(), "a group gets only its own tasks");
+    let mut mine = claim_as(store, "exp", "lhs").await;
+    mine.sort();
+    assert_eq!(mine, ["old", "only"]);
+
+    store.create(routed("first", "poll://any@exp/lhs", 1_000)).await.expect("create");
+    assert_eq!(claim_as(store, "exp", "lhs").await, ["first"], "the preferred pid takes it at once");
+}
+
+/// Suspend registers callbacks and frees the task; a settle of an awaited promise
+/// makes it pending again at a new version; suspending on a settled promise is
+/// refused (resume now).
+pub async fn suspended_tasks_resume_when_an_awaited_promise_settles(store: &dyn Store) {
+    store.create(with_task("s", "g")).await.expect("create");
+    let a = claim_one(store, "g", "p1", 10_000).await.expect("claim");
+    for child in ["s.1", "s.2", "s.3"] {
+        let mut req = call(child);
+        req.fence = Some(a.fence());
+        store.create(req).await.expect("fenced create");
+    }
+    let mut s3 = settle("s.3", State::Resolved, "3");
+    s3.fence = Some(a.fence());
+    store.settle(s3).await.expect("settle");
+    let awaiting = ["s.1".to_owned(), "s.3".to_owned()];
+    assert!(!store.suspend(&a.fence(), &awaiting).await.expect("suspend"), "s.3 settled: resume now");
+    assert_eq!(
+        store.task("s").await.expect("task").expect("exists").state,
+        TaskState::Acquired,
+        "resume now changes nothing"
+    );
+
+    let awaiting = ["s.1".to_owned(), "s.2".to_owned()];
+    assert!(store.suspend(&a.fence(), &awaiting).await.expect("suspend"));
+    let task = store.task("s").await.expect("task").expect("exists");
+    assert_eq!(
+        (task.state, task.version, task.awaiting.clone()),
+        (TaskState::Suspended, a.task.version + 1, awaiting.to_vec())
+    );
+    assert!(claim_one(store, "g", "p2", 10_000).await.is_none(), "a suspended task is not delivered");
+    let mut stale = call("s.4");
+    stale.fence = Some(a.fence());
+    assert!(matches!(store.create(stale).await, Err(StoreError::Fenced { .. })), "suspension fences the old holder");
+
+    store.settle(settle("s.2", State::Resolved, "2")).await.expect("settle");
+    let b = claim_one(store, "g", "p2", 10_000).await.expect("the settle resumed it");
+    assert!(b.task.version > task.version);
+    assert!(b.task.awaiting.is_empty());
+    assert!(b.preload.iter().any(|p| p.id == "s.2"), "the preload has what it awaited");
+    store.settle(settle("s.1", State::Resolved, "1")).await.expect("settle");
+    assert_eq!(
+        store.task("s").await.expect("task").expect("exists").version,
+        b.task.version,
+        "a second callback fires nothing"
+    );
+
+    // A suspended task whose own promise settles is fulfilled, and stays so.
+    store.create(with_task("t", "g")).await.expect("create");
+    let c = claim_one(store, "g", "p1", 10_000).await.expect("claim");
+    let mut child = call("t.1");
+    child.fence = Some(c.fence());
+    store.create(child).await.expect("create");
+    assert!(store.suspend(&c.fence(), &["t.1".to_owned()]).await.expect("suspend"));
+    store.settle(settle("t", State::RejectedCanceled, "null")).await.expect("cancel");
+    store.settle(settle("t.1", State::Resolved, "1")).await.expect("settle");
+    assert_eq!(store.task("t").await.expect("task").expect("exists").state, TaskState::Fulfilled);
 }

@@ -60,11 +60,11 @@ impl<L: Log> Engine<L> {
             let token = self.log.stage(&core, &dirty)?;
             (result, dirty, token)
         };
+        // Wake whoever waits once the step is durable, or at once if this future is
+        // dropped before that: the change is visible to readers either way, and a
+        // waiter left asleep would never learn of it.
+        let _wake = Wake { engine: self, woken: dirty.woken, ready: dirty.ready };
         self.log.commit(token).await?;
-        self.waiters.wake(dirty.woken);
-        if dirty.ready {
-            self.ready.send_modify(|n| *n += 1);
-        }
         result
     }
 
@@ -131,6 +131,22 @@ impl<L: Log> Engine<L> {
 
     pub(crate) fn ready(&self) -> watch::Receiver<u64> {
         self.ready.subscribe()
+    }
+}
+
+/// Wakes the waiters of a step when dropped.
+struct Wake<'a, L> {
+    engine: &'a Engine<L>,
+    woken: Vec<String>,
+    ready: bool,
+}
+
+impl<L> Drop for Wake<'_, L> {
+    fn drop(&mut self) {
+        self.engine.waiters.wake(std::mem::take(&mut self.woken));
+        if self.ready {
+            self.engine.ready.send_modify(|n| *n += 1);
+        }
     }
 }
 

@@ -151,7 +151,13 @@ impl Log for SledLog {
         }
         let target = self.staged.load(Ordering::SeqCst);
         self.flushes.fetch_add(1, Ordering::Relaxed);
-        self.db.flush_async().await.map_err(StoreError::backend)?;
+        // A blocking flush on tokio's blocking pool: it keeps the runtime's threads
+        // free, and paused test time does not advance while it runs.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(StoreError::backend)?
+            .map_err(StoreError::backend)?;
         *flushed = target;
         Ok(())
     }

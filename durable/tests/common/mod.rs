@@ -68,3 +68,35 @@ pub async fn tree(store: &dyn Store, prefix: &str) -> Vec<(String, durable::Stat
         }
     }
 }
+
+/// A SledStore in a fresh directory on the virtual clock; keep the directory alive.
+pub fn sled() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = durable::SledStore::open_with_clock(dir.path(), durable::store::VirtualClock::new()).unwrap();
+    (Arc::new(store), dir)
+}
+
+/// Runs each `async fn name(store: Arc<dyn Store>)` of the file on MemoryStore and on
+/// SledStore, under paused time.
+#[macro_export]
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $name() {
+                    super::$name(super::common::memory()).await
+                }
+            )*
+        }
+        mod sled {
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $name() {
+                    let (store, _dir) = super::common::sled();
+                    super::$name(store).await
+                }
+            )*
+        }
+    };
+}
