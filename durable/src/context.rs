@@ -30,6 +30,7 @@ pub struct Context {
     id: String,
     deadline: Millis,
     next: u32,
+    attempt: u32,
     pub(crate) scope: Arc<Scope>,
 }
 
@@ -40,8 +41,14 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    pub(crate) fn new(inv: Arc<Invocation>, id: String, deadline: Millis) -> Context {
-        Context { inv, id, deadline, next: 0, scope: Arc::default() }
+    pub(crate) fn new(inv: Arc<Invocation>, id: String, deadline: Millis, attempt: u32) -> Context {
+        Context { inv, id, deadline, next: 0, attempt, scope: Arc::default() }
+    }
+
+    /// Which attempt of the body this is, from 1: retries count up, replays of the
+    /// same attempt after a crash do not.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
     }
 
     /// The id of the promise this body settles.

@@ -74,9 +74,17 @@ pub(crate) struct Shared {
     pub(crate) suspend_after: Duration,
     /// Wakes the background loop: a deadline was added or a slot freed.
     pub(crate) wake: Notify,
+    /// Function bodies run so far, by function name.
+    runs: Mutex<BTreeMap<String, u64>>,
     /// Executing tasks.
     pub(crate) running: Mutex<HashMap<String, (AbortHandle, Fence)>>,
     stopped: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub(crate) fn count_run(&self, function: &str) {
+        *self.runs.lock().unwrap_or_else(|e| e.into_inner()).entry(function.to_owned()).or_default() += 1;
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -201,6 +209,12 @@ impl Durable {
     /// Resolves, rejects, cancels and searches promises from outside any invocation.
     pub fn promises(&self) -> Promises<'_> {
         Promises { store: &*self.shared.store, max_payload: self.shared.max_payload }
+    }
+
+    /// How many times each function's body ran in this runtime, attempts and replays
+    /// included: a measure of the at-least-once in "at-least-once bodies".
+    pub fn body_runs(&self) -> BTreeMap<String, u64> {
+        self.shared.runs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Reads a promise without waiting: its state, and its value once settled.
@@ -362,6 +376,7 @@ impl Builder {
             window: self.window.as_millis() as Millis,
             suspend_after: self.suspend_after,
             wake: Notify::new(),
+            runs: Mutex::new(BTreeMap::new()),
             running: Mutex::new(HashMap::new()),
             stopped: watch::Sender::new(false),
         });

@@ -61,7 +61,8 @@ impl Job {
         let inv = &self.inv;
         let mut attempt = if self.fresh { 1 } else { self.resume().await.ok()? };
         loop {
-            let mut ctx = Context::new(inv.clone(), self.id.clone(), self.deadline);
+            inv.rt.count_run(self.func.name());
+            let mut ctx = Context::new(inv.clone(), self.id.clone(), self.deadline, attempt);
             let result = AssertUnwindSafe(self.func.call(&mut ctx, &self.args)).catch_unwind().await;
             ctx.scope.join().await;
             let result = match result {

@@ -113,12 +113,17 @@ where
 
 /// A function with its types erased: JSON in, JSON out. The registry holds these.
 pub(crate) trait Erased: Send + Sync + 'static {
+    fn name(&self) -> &str;
     fn retry(&self) -> Retry;
     /// Decodes the arguments, runs the body, encodes the result.
     fn call<'a>(&'a self, ctx: &'a mut Context, args: &'a str) -> BoxFuture<'a, Result<String>>;
 }
 
 impl<F: Function> Erased for F {
+    fn name(&self) -> &str {
+        Callable::name(self)
+    }
+
     fn retry(&self) -> Retry {
         Function::retry(self)
     }

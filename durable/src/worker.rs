@@ -13,6 +13,10 @@ use crate::promise::{Fence, Param, Promise, State};
 use crate::store::{Claim, Release, SettlePromise};
 use crate::{Error, Retry};
 
+/// How long an idle runtime sleeps when no deadline is nearer: stores wake it when a
+/// task becomes ready, so this only bounds a missed signal.
+const IDLE_POLL: Duration = Duration::from_secs(300);
+
 /// Platform faults after which a task halts instead of being retried.
 const POISON: u32 = 5;
 
@@ -25,13 +29,16 @@ pub(crate) async fn background(rt: Arc<Shared>) {
     let _ = store.resume_halted(&rt.group).await;
     let mut next_beat = tokio::time::Instant::now() + beat;
     loop {
-        let mut sleep = beat;
+        // With nothing held there is nothing to heartbeat: sleep until the next
+        // deadline, or a readiness signal, with a slow poll as the fallback.
+        let mut sleep = IDLE_POLL;
         if let Ok(tick) = store.tick().await
             && let Some(next) = tick.next
         {
             sleep = sleep.min(Duration::from_millis(next.saturating_sub(tick.now).max(1)));
         }
-        if tokio::time::Instant::now() >= next_beat {
+        let holding = !rt.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+        if holding && tokio::time::Instant::now() >= next_beat {
             let _ = store.heartbeat(&rt.process, rt.ttl).await;
             next_beat = tokio::time::Instant::now() + beat;
         }
@@ -52,7 +59,11 @@ pub(crate) async fn background(rt: Arc<Shared>) {
                 }
             }
         }
-        let sleep = sleep.min(next_beat.saturating_duration_since(tokio::time::Instant::now()));
+        if rt.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            next_beat = tokio::time::Instant::now() + beat;
+        } else {
+            sleep = sleep.min(next_beat.saturating_duration_since(tokio::time::Instant::now()));
+        }
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
             _ = ready.changed() => {}
@@ -127,6 +138,8 @@ pub(crate) fn spawn(
     });
     let mut guard = guard;
     guard.insert(task_id, (handle.abort_handle(), fence));
+    // The background loop heartbeats only while something is held: tell it.
+    rt.wake.notify_one();
 }
 
 /// Releases or halts a task whose execution stopped on a fault.

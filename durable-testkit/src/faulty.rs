@@ -1,0 +1,147 @@
+//! A store wrapper that injects faults, to show that the runtime's handling of store
+//! failures is safe.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use durable::store::{Acquired, Claim, CreatePromise, Created, Page, Release, Search, SettlePromise, Tick};
+use durable::{Fence, Millis, Promise, Store, StoreError, Task};
+use tokio::sync::watch;
+
+/// A fault to inject into one store operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The operation fails; nothing happened.
+    Fail,
+    /// The operation happens, then reports failure: its outcome is unknown to the caller.
+    Unknown,
+    /// The operation happens after this delay.
+    Delay(Duration),
+}
+
+/// A [`Store`] that injects [`Fault`]s into chosen operations, counted from 1 over
+/// every call (reads included) except `now` and `ready`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use durable_testkit::{Fault, FaultyStore};
+///
+/// let store = FaultyStore::new(Arc::new(durable::MemoryStore::new()))
+///     .inject(3, Fault::Unknown)
+///     .inject(7, Fault::Fail);
+/// assert_eq!(store.operations(), 0);
+/// ```
+#[derive(Debug)]
+pub struct FaultyStore {
+    inner: Arc<dyn Store>,
+    faults: Mutex<BTreeMap<usize, Fault>>,
+    calls: AtomicUsize,
+    injected: AtomicUsize,
+}
+
+impl FaultyStore {
+    /// Wraps `inner`, with no faults yet.
+    pub fn new(inner: Arc<dyn Store>) -> FaultyStore {
+        FaultyStore { inner, faults: Mutex::default(), calls: AtomicUsize::new(0), injected: AtomicUsize::new(0) }
+    }
+
+    /// Injects `fault` into the `n`-th operation.
+    pub fn inject(self, n: usize, fault: Fault) -> FaultyStore {
+        self.faults.lock().unwrap_or_else(|e| e.into_inner()).insert(n, fault);
+        self
+    }
+
+    /// Operations so far.
+    pub fn operations(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> usize {
+        self.injected.load(Ordering::SeqCst)
+    }
+
+    async fn op<T>(&self, name: &str, op: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let fault = self.faults.lock().unwrap_or_else(|e| e.into_inner()).get(&n).copied();
+        let injected = || {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            StoreError::backend(format!("injected fault in operation {n} ({name})"))
+        };
+        match fault {
+            None => op.await,
+            Some(Fault::Fail) => Err(injected()),
+            Some(Fault::Unknown) => {
+                let _ = op.await;
+                Err(injected())
+            }
+            Some(Fault::Delay(d)) => {
+                self.injected.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(d).await;
+                op.await
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    async fn now(&self) -> Result<Millis, StoreError> {
+        self.inner.now().await
+    }
+
+    async fn create(&self, req: CreatePromise) -> Result<Created, StoreError> {
+        self.op("create", self.inner.create(req)).await
+    }
+
+    async fn settle(&self, req: SettlePromise) -> Result<Promise, StoreError> {
+        self.op("settle", self.inner.settle(req)).await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError> {
+        self.op("get", self.inner.get(id)).await
+    }
+
+    async fn search(&self, search: Search) -> Result<Page, StoreError> {
+        self.op("search", self.inner.search(search)).await
+    }
+
+    async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        self.op("task", self.inner.task(id)).await
+    }
+
+    async fn claim(&self, claim: Claim) -> Result<Vec<Acquired>, StoreError> {
+        self.op("claim", self.inner.claim(claim)).await
+    }
+
+    async fn heartbeat(&self, process: &str, ttl: Millis) -> Result<usize, StoreError> {
+        self.op("heartbeat", self.inner.heartbeat(process, ttl)).await
+    }
+
+    async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError> {
+        self.op("release", self.inner.release(fence, how)).await
+    }
+
+    async fn suspend(&self, fence: &Fence, awaiting: &[String]) -> Result<bool, StoreError> {
+        self.op("suspend", self.inner.suspend(fence, awaiting)).await
+    }
+
+    async fn resume_halted(&self, group: &str) -> Result<usize, StoreError> {
+        self.op("resume_halted", self.inner.resume_halted(group)).await
+    }
+
+    async fn tick(&self) -> Result<Tick, StoreError> {
+        self.op("tick", self.inner.tick()).await
+    }
+
+    async fn wait(&self, id: &str) -> Result<(), StoreError> {
+        self.op("wait", self.inner.wait(id)).await
+    }
+
+    fn ready(&self) -> watch::Receiver<u64> {
+        self.inner.ready()
+    }
+}

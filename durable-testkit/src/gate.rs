@@ -1,0 +1,186 @@
+//! The store as one generation of workers sees it: every write counted, and at the
+//! crash point the whole generation freezes, as a killed process would.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use durable::store::{Acquired, Claim, CreatePromise, Created, Page, Release, Search, SettlePromise, Tick};
+use durable::{Fence, Millis, Promise, State, Store, StoreError, Task};
+use tokio::sync::watch;
+
+use crate::CrashPoint;
+
+/// What every generation of one run saw: the settled state of each promise, which
+/// must never change once observed.
+#[derive(Debug, Default)]
+pub(crate) struct History {
+    settled: Mutex<HashMap<String, (State, Option<String>)>>,
+    violations: Mutex<Vec<String>>,
+}
+
+impl History {
+    fn observe(&self, p: &Promise) {
+        if !p.state.is_settled() {
+            return;
+        }
+        let mut settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());
+        let now = (p.state, p.value.clone());
+        match settled.get(&p.id) {
+            Some(first) if *first != now => self.violations.lock().unwrap_or_else(|e| e.into_inner()).push(format!(
+                "promise {} was settled twice: first {:?} {:?}, then {:?} {:?}",
+                p.id, first.0, first.1, now.0, now.1
+            )),
+            Some(_) => {}
+            None => {
+                settled.insert(p.id.clone(), now);
+            }
+        }
+    }
+
+    pub(crate) fn violations(&self) -> Vec<String> {
+        self.violations.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// A store wrapper for one generation of workers.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    inner: Arc<dyn Store>,
+    crash: Option<CrashPoint>,
+    writes: AtomicUsize,
+    /// What each write was, e.g. `create calc.3`.
+    log: Mutex<Vec<String>>,
+    dead: watch::Sender<bool>,
+    history: Arc<History>,
+}
+
+impl Gate {
+    pub(crate) fn new(inner: Arc<dyn Store>, crash: Option<CrashPoint>, history: Arc<History>) -> Gate {
+        Gate {
+            inner,
+            crash,
+            writes: AtomicUsize::new(0),
+            log: Mutex::new(Vec::new()),
+            dead: watch::Sender::new(false),
+            history,
+        }
+    }
+
+    /// The writes made through this gate, described.
+    pub(crate) fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Completes when the crash point is reached.
+    pub(crate) async fn died(&self) {
+        let _ = self.dead.subscribe().wait_for(|d| *d).await;
+    }
+
+    fn is_dead(&self) -> bool {
+        *self.dead.borrow()
+    }
+
+    /// A generation that died makes no more calls: they never return.
+    async fn alive(&self) {
+        if self.is_dead() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Runs one write, crashing just before or just after it if it is the crash point.
+    async fn write<T>(&self, what: String, op: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        self.alive().await;
+        let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).push(what);
+        if self.crash == Some(CrashPoint::before(n)) {
+            self.dead.send_replace(true);
+        }
+        self.alive().await;
+        let result = op.await;
+        if self.crash == Some(CrashPoint::after(n)) {
+            self.dead.send_replace(true);
+        }
+        self.alive().await;
+        result
+    }
+
+    async fn read<T>(&self, op: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        self.alive().await;
+        let result = op.await;
+        self.alive().await;
+        result
+    }
+}
+
+#[async_trait]
+impl Store for Gate {
+    async fn now(&self) -> Result<Millis, StoreError> {
+        self.read(self.inner.now()).await
+    }
+
+    async fn create(&self, req: CreatePromise) -> Result<Created, StoreError> {
+        let created = self.write(format!("create {}", req.id), self.inner.create(req)).await?;
+        self.history.observe(&created.promise);
+        Ok(created)
+    }
+
+    async fn settle(&self, req: SettlePromise) -> Result<Promise, StoreError> {
+        let p = self.write(format!("settle {} as {:?}", req.id, req.state), self.inner.settle(req)).await?;
+        self.history.observe(&p);
+        Ok(p)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError> {
+        let p = self.read(self.inner.get(id)).await?;
+        if let Some(p) = &p {
+            self.history.observe(p);
+        }
+        Ok(p)
+    }
+
+    async fn search(&self, search: Search) -> Result<Page, StoreError> {
+        self.read(self.inner.search(search)).await
+    }
+
+    async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        self.read(self.inner.task(id)).await
+    }
+
+    async fn claim(&self, claim: Claim) -> Result<Vec<Acquired>, StoreError> {
+        let acquired = self.read(self.inner.claim(claim)).await?;
+        for a in &acquired {
+            a.preload.iter().for_each(|p| self.history.observe(p));
+        }
+        Ok(acquired)
+    }
+
+    async fn heartbeat(&self, process: &str, ttl: Millis) -> Result<usize, StoreError> {
+        self.read(self.inner.heartbeat(process, ttl)).await
+    }
+
+    async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError> {
+        self.write(format!("release {}", fence.task), self.inner.release(fence, how)).await
+    }
+
+    async fn suspend(&self, fence: &Fence, awaiting: &[String]) -> Result<bool, StoreError> {
+        self.write(format!("suspend {}", fence.task), self.inner.suspend(fence, awaiting)).await
+    }
+
+    async fn resume_halted(&self, group: &str) -> Result<usize, StoreError> {
+        self.read(self.inner.resume_halted(group)).await
+    }
+
+    async fn tick(&self) -> Result<Tick, StoreError> {
+        self.read(self.inner.tick()).await
+    }
+
+    async fn wait(&self, id: &str) -> Result<(), StoreError> {
+        self.read(self.inner.wait(id)).await
+    }
+
+    fn ready(&self) -> watch::Receiver<u64> {
+        self.inner.ready()
+    }
+}

@@ -1,0 +1,27 @@
+//! proptest strategies for crash schedules, to combine with a test's own strategies.
+
+use proptest::prelude::*;
+
+use crate::CrashPoint;
+
+/// One crash point at one of the first `max_write` writes of a generation.
+pub fn crash_point(max_write: usize) -> impl Strategy<Value = CrashPoint> {
+    (1..=max_write.max(1), any::<bool>()).prop_map(|(write, after)| CrashPoint { write, after })
+}
+
+/// Up to `max_crashes` crashes in one run, each counted in its own generation's
+/// writes. Shrinks toward fewer and earlier crashes.
+///
+/// ```
+/// use proptest::prelude::*;
+/// use durable_testkit::strategy::crash_schedule;
+///
+/// proptest!(|(schedule in crash_schedule(3, 40), x in 0..100i64)| {
+///     prop_assert!(schedule.len() <= 3);
+///     prop_assert!(schedule.iter().all(|p| (1..=40).contains(&p.write)));
+///     let _ = x; // the test's own input, crashed per `schedule`
+/// });
+/// ```
+pub fn crash_schedule(max_crashes: usize, max_write: usize) -> impl Strategy<Value = Vec<CrashPoint>> {
+    prop::collection::vec(crash_point(max_write), 0..=max_crashes)
+}
