@@ -291,26 +291,36 @@ pub async fn writes_are_fenced_on_the_task_version(store: &dyn Store) {
     fenced(store.create(after).await.map(drop), "create after fulfilment");
 }
 
-/// One heartbeat per process extends every lease it holds.
+/// One heartbeat per process extends the leases it names and holds, and no other.
 pub async fn heartbeats_keep_leases(store: &dyn Store) {
-    for id in ["h1", "h2"] {
+    for id in ["h1", "h2", "h3"] {
         store.create(with_task(id, "g")).await.expect("create");
     }
-    let claim = Claim { pid: "worker".into(), group: "g".into(), process: "p1".into(), ttl: 1_000, max: 2 };
+    let claim = Claim { pid: "worker".into(), group: "g".into(), process: "p1".into(), ttl: 1_000, max: 3 };
     let held = store.claim(claim).await.expect("claim");
-    assert_eq!(held.len(), 2);
+    assert_eq!(held.len(), 3);
+    // h3's claim answer was lost: its holder does not know it has it.
+    let known: Vec<Fence> = held.iter().filter(|a| a.root.id != "h3").map(|a| a.fence()).collect();
+    let stale = Fence { task: "h1".into(), version: known[0].version + 7 };
+    assert_eq!(store.heartbeat("p2", &known, 1_000).await.expect("heartbeat"), 0, "another process extends nothing");
     for _ in 0..5 {
         tokio::time::advance(Duration::from_millis(600)).await;
-        assert_eq!(store.heartbeat("p1", 1_000).await.expect("heartbeat"), 2);
+        assert_eq!(store.heartbeat("p1", &known, 1_000).await.expect("heartbeat"), 2);
+        assert_eq!(store.heartbeat("p1", std::slice::from_ref(&stale), 1_000).await.expect("heartbeat"), 0);
         store.tick().await.expect("tick");
     }
-    for a in &held {
+    for a in held.iter().filter(|a| a.root.id != "h3") {
         let mut req = call(&format!("{}.1", a.root.id));
         req.fence = Some(a.fence());
         store.create(req).await.expect("a kept lease still writes");
     }
+    assert_eq!(
+        store.task("h3").await.expect("task").expect("exists").state,
+        TaskState::Pending,
+        "an unnamed lease expired"
+    );
     advance(store, 1_000).await;
-    assert_eq!(store.heartbeat("p1", 1_000).await.expect("heartbeat"), 0, "an expired lease is not revived");
+    assert_eq!(store.heartbeat("p1", &known, 1_000).await.expect("heartbeat"), 0, "an expired lease is not revived");
     assert_eq!(store.task("h1").await.expect("task").expect("exists").state, TaskState::Pending);
 }
 

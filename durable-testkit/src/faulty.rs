@@ -117,8 +117,8 @@ impl Store for FaultyStore {
         self.op("claim", self.inner.claim(claim)).await
     }
 
-    async fn heartbeat(&self, process: &str, ttl: Millis) -> Result<usize, StoreError> {
-        self.op("heartbeat", self.inner.heartbeat(process, ttl)).await
+    async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<usize, StoreError> {
+        self.op("heartbeat", self.inner.heartbeat(process, held, ttl)).await
     }
 
     async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError> {

@@ -156,8 +156,8 @@ impl Store for Gate {
         Ok(acquired)
     }
 
-    async fn heartbeat(&self, process: &str, ttl: Millis) -> Result<usize, StoreError> {
-        self.read(self.inner.heartbeat(process, ttl)).await
+    async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<usize, StoreError> {
+        self.read(self.inner.heartbeat(process, held, ttl)).await
     }
 
     async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError> {

@@ -118,10 +118,13 @@ impl<F: Function> fmt::Debug for Sweep<F> {
     }
 }
 
+/// Every promise of a finished run: its state and value.
+type Tree = BTreeMap<String, (State, Option<String>)>;
+
 /// One finished run.
 struct Finished<T> {
     result: durable::Result<T>,
-    tree: BTreeMap<String, (State, Option<String>)>,
+    tree: Tree,
     log: Vec<String>,
     body_runs: BTreeMap<String, u64>,
 }
@@ -206,22 +209,16 @@ where
         self.check(schedule, &expected, &baseline.log).await.map(drop)
     }
 
-    fn expectation(
-        &self,
-        baseline: &Finished<F::Output>,
-    ) -> Result<(F::Output, BTreeMap<String, (State, Option<String>)>), Failure> {
-        match &baseline.result {
-            Ok(_) => {}
+    fn expectation(&self, baseline: &Finished<F::Output>) -> Result<(F::Output, Tree), Failure> {
+        let value = match &baseline.result {
+            Ok(value) => value,
             Err(e) => {
-                return Err(Failure {
-                    schedule: Vec::new(),
-                    write: None,
-                    problem: format!("the crash-free run failed: {e}"),
-                });
+                let problem = format!("the crash-free run failed: {e}");
+                return Err(Failure { schedule: Vec::new(), write: None, problem });
             }
-        }
+        };
         // Results are compared through JSON: outputs need not be Clone.
-        let json = serde_json::to_string(baseline.result.as_ref().ok().expect("checked")).expect("an output encodes");
+        let json = serde_json::to_string(value).expect("an output encodes");
         let output = serde_json::from_str(&json).expect("an output decodes");
         Ok((output, baseline.tree.clone()))
     }
@@ -229,7 +226,7 @@ where
     async fn check(
         &self,
         schedule: &[CrashPoint],
-        expected: &(F::Output, BTreeMap<String, (State, Option<String>)>),
+        expected: &(F::Output, Tree),
         log: &[String],
     ) -> Result<Finished<F::Output>, Failure> {
         let fail = |problem: String| Failure {
@@ -320,7 +317,7 @@ async fn quiesce(store: &dyn Store) {
 
 /// Every promise as (state, value), recorded values masked; an error for anything
 /// left unfinished.
-async fn leftovers(store: &dyn Store) -> Result<BTreeMap<String, (State, Option<String>)>, String> {
+async fn leftovers(store: &dyn Store) -> Result<Tree, String> {
     let mut tree = BTreeMap::new();
     let mut cursor = None;
     loop {

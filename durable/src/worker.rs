@@ -39,7 +39,9 @@ pub(crate) async fn background(rt: Arc<Shared>) {
         }
         let holding = !rt.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
         if holding && tokio::time::Instant::now() >= next_beat {
-            let _ = store.heartbeat(&rt.process, rt.ttl).await;
+            let held: Vec<Fence> =
+                rt.running.lock().unwrap_or_else(|e| e.into_inner()).values().map(|(_, f)| f.clone()).collect();
+            let _ = store.heartbeat(&rt.process, &held, rt.ttl).await;
             next_beat = tokio::time::Instant::now() + beat;
         }
         let free = rt.concurrency.saturating_sub(rt.running.lock().unwrap_or_else(|e| e.into_inner()).len());

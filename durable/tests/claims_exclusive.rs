@@ -91,6 +91,7 @@ async fn check(store: Arc<dyn Store>, tasks: usize, ops: Vec<Op>) {
             }
             Op::Heartbeat { worker } => {
                 let mut expected = 0;
+                let named: Vec<Fence> = held[worker].clone();
                 for m in model.values_mut() {
                     if let Some((w, v, until)) = m.holder
                         && w == worker
@@ -100,7 +101,7 @@ async fn check(store: Arc<dyn Store>, tasks: usize, ops: Vec<Op>) {
                         expected += 1;
                     }
                 }
-                assert_eq!(store.heartbeat(&process(worker), TTL).await.unwrap(), expected);
+                assert_eq!(store.heartbeat(&process(worker), &named, TTL).await.unwrap(), expected);
             }
             Op::Advance { ms, tick } => {
                 tokio::time::advance(Duration::from_millis(ms)).await;

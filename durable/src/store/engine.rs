@@ -96,8 +96,8 @@ impl<L: Log> Engine<L> {
         self.write(|core, now| Ok(core.claim(&claim, now))).await
     }
 
-    pub(crate) async fn heartbeat(&self, process: &str, ttl: Millis) -> Result<usize, StoreError> {
-        self.write(|core, now| Ok(core.heartbeat(process, ttl, now))).await
+    pub(crate) async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<usize, StoreError> {
+        self.write(|core, now| Ok(core.heartbeat(process, held, ttl, now))).await
     }
 
     pub(crate) async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError> {
@@ -182,8 +182,13 @@ macro_rules! engine_store {
             ) -> Result<Vec<$crate::store::Acquired>, $crate::StoreError> {
                 self.engine.claim(claim).await
             }
-            async fn heartbeat(&self, process: &str, ttl: $crate::Millis) -> Result<usize, $crate::StoreError> {
-                self.engine.heartbeat(process, ttl).await
+            async fn heartbeat(
+                &self,
+                process: &str,
+                held: &[$crate::Fence],
+                ttl: $crate::Millis,
+            ) -> Result<usize, $crate::StoreError> {
+                self.engine.heartbeat(process, held, ttl).await
             }
             async fn release(
                 &self,

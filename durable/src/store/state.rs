@@ -306,12 +306,12 @@ impl Core {
             .collect()
     }
 
-    pub(crate) fn heartbeat(&mut self, process: &str, ttl: Millis, now: Millis) -> usize {
-        let held: Vec<(Millis, String)> = self
-            .leases
+    pub(crate) fn heartbeat(&mut self, process: &str, held: &[Fence], ttl: Millis, now: Millis) -> usize {
+        let held: Vec<(Millis, String)> = held
             .iter()
-            .filter(|(until, id)| *until > now && self.tasks[id].process.as_deref() == Some(process))
-            .cloned()
+            .filter_map(|f| self.tasks.get(&f.task).filter(|t| t.version == f.version))
+            .filter(|t| t.state == TaskState::Acquired && t.lease_until > now && t.process.as_deref() == Some(process))
+            .map(|t| (t.lease_until, t.id.clone()))
             .collect();
         for (until, id) in &held {
             self.leases.remove(&(*until, id.clone()));

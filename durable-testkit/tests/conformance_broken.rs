@@ -1,0 +1,114 @@
+//! The conformance suite catches stores that break the rules: one that ignores the
+//! fence, and one that lets a second settle win.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use durable::store::{Acquired, Claim, CreatePromise, Created, Page, Release, Search, SettlePromise, Tick};
+use durable::{Fence, MemoryStore, Millis, Promise, Store, StoreError, Task};
+use tokio::sync::watch;
+
+/// A broken store: the memory store, with one rule switched off.
+#[derive(Debug, Default)]
+struct Broken {
+    inner: MemoryStore,
+    ignore_fences: bool,
+    last_settle_wins: bool,
+    overrides: Mutex<HashMap<String, Promise>>,
+}
+
+#[async_trait]
+impl Store for Broken {
+    async fn now(&self) -> Result<Millis, StoreError> {
+        self.inner.now().await
+    }
+    async fn create(&self, mut req: CreatePromise) -> Result<Created, StoreError> {
+        if self.ignore_fences {
+            req.fence = None;
+        }
+        self.inner.create(req).await
+    }
+    async fn settle(&self, mut req: SettlePromise) -> Result<Promise, StoreError> {
+        if self.ignore_fences {
+            req.fence = None;
+        }
+        let mut p = self.inner.settle(req.clone()).await?;
+        if self.last_settle_wins {
+            p.state = req.state;
+            p.value = Some(req.value);
+            self.overrides.lock().unwrap().insert(p.id.clone(), p.clone());
+        }
+        Ok(p)
+    }
+    async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError> {
+        let overridden = self.overrides.lock().unwrap().get(id).cloned();
+        match overridden {
+            Some(p) => Ok(Some(p)),
+            None => self.inner.get(id).await,
+        }
+    }
+    async fn search(&self, search: Search) -> Result<Page, StoreError> {
+        self.inner.search(search).await
+    }
+    async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        self.inner.task(id).await
+    }
+    async fn claim(&self, claim: Claim) -> Result<Vec<Acquired>, StoreError> {
+        self.inner.claim(claim).await
+    }
+    async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<usize, StoreError> {
+        self.inner.heartbeat(process, held, ttl).await
+    }
+    async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError> {
+        self.inner.release(fence, how).await
+    }
+    async fn suspend(&self, fence: &Fence, awaiting: &[String]) -> Result<bool, StoreError> {
+        self.inner.suspend(fence, awaiting).await
+    }
+    async fn resume_halted(&self, group: &str) -> Result<usize, StoreError> {
+        self.inner.resume_halted(group).await
+    }
+    async fn tick(&self) -> Result<Tick, StoreError> {
+        self.inner.tick().await
+    }
+    async fn wait(&self, id: &str) -> Result<(), StoreError> {
+        self.inner.wait(id).await
+    }
+    fn ready(&self) -> watch::Receiver<u64> {
+        self.inner.ready()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+#[should_panic(expected = "a stale holder's create must be refused")]
+async fn a_store_that_ignores_the_fence_is_caught() {
+    durable_testkit::conformance::writes_are_fenced_on_the_task_version(&Broken {
+        ignore_fences: true,
+        ..Broken::default()
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+#[should_panic(expected = "the first settle wins")]
+async fn a_store_where_a_second_settle_wins_is_caught() {
+    durable_testkit::conformance::first_settle_wins(&Broken { last_settle_wins: true, ..Broken::default() }).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_whole_suite_fails_on_each_broken_store() {
+    for broken in [
+        || Broken { ignore_fences: true, ..Broken::default() },
+        || Broken { last_settle_wins: true, ..Broken::default() },
+    ] {
+        let run =
+            tokio::spawn(durable_testkit::conformance::check(
+                move || async move { Arc::new(broken()) as Arc<dyn Store> },
+            ));
+        assert!(run.await.unwrap_err().is_panic(), "the suite passed a broken store");
+    }
+    let fine =
+        tokio::spawn(durable_testkit::conformance::check(|| async { Arc::new(Broken::default()) as Arc<dyn Store> }));
+    fine.await.expect("the unbroken wrapper conforms");
+}
