@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use durable::prelude::*;
-use durable_testkit::Sweep;
+use durable_testkit::strategy::crash_schedule;
+use durable_testkit::{Sweep, block_on};
+use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -81,4 +83,15 @@ async fn every_single_crash_point_of_the_calculator_recovers() {
         );
     }
     println!("{explored} crash points in {:?}", real.elapsed());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn random_multi_crash_schedules_of_the_calculator_recover(schedule in crash_schedule(4, 44), ops in 1..8usize) {
+        let sweep = Sweep::new("calc", clc, balanced(ops, &mut 0)).workers(topology);
+        let outcome = block_on(sweep.run_schedule(&schedule));
+        prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+    }
 }

@@ -206,10 +206,12 @@ impl Context {
     }
 }
 
-/// A fresh random number from the standard library's randomly keyed hasher.
+/// A fresh random number: a counter hashed with the standard library's randomly
+/// keyed hasher (no clock is read, and no dependency is needed).
 pub(crate) fn random() -> u64 {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     h.finish()
 }
 
