@@ -46,9 +46,17 @@ impl Job {
         let store = self.inv.rt.store.clone();
         let id = self.id.clone();
         let settled_elsewhere = async {
-            store.wait(&id).await.ok()?;
-            let p = store.get(&id).await.ok()??;
-            p.state.is_settled().then(|| outcome(&p))
+            loop {
+                store.wait(&id).await.ok()?;
+                let p = store.get(&id).await.ok()??;
+                if p.state.is_settled() {
+                    return Some(outcome(&p));
+                }
+                // A halted task, or a backend that returned early: look again later.
+                if store.task(&id).await.ok()?.is_some_and(|t| t.state == crate::TaskState::Halted) {
+                    return None;
+                }
+            }
         };
         tokio::select! {
             biased;

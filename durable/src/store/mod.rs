@@ -8,6 +8,8 @@
 mod clock;
 mod engine;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sled;
 pub(crate) mod state;
 mod waiters;
@@ -19,6 +21,8 @@ use async_trait::async_trait;
 
 pub use self::clock::{Clock, SystemClock, VirtualClock};
 pub use self::memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use self::postgres::{PostgresOptions, PostgresStore};
 pub use self::sled::SledStore;
 use crate::promise::{Fence, Millis, Param, Promise, State, Task};
 use crate::{StoreError, Target};
@@ -252,7 +256,8 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// Applies deadlines: times out promises, resolves timers, expires leases.
     async fn tick(&self) -> Result<Tick, StoreError>;
 
-    /// Completes when the promise is settled or its task halted (at once if it is).
+    /// Completes when the promise is settled or its task halted (at once if it is). A
+    /// backend may also return early (a poll interval passed): callers read again.
     async fn wait(&self, id: &str) -> Result<(), StoreError>;
 
     /// A signal bumped whenever a task may have become ready.

@@ -69,7 +69,7 @@ impl SledStore {
         let promises = load::<Promise>(&promises_tree, path)?;
         let tasks = load::<Task>(&tasks_tree, path)?;
         let clock: Arc<dyn Clock> = Arc::new(clock);
-        let mut core = Core::restore(promises, tasks);
+        let mut core = Core::restore(promises, tasks, clock.now());
         core.release_all(clock.now());
         let log = SledLog {
             db,

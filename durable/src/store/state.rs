@@ -44,7 +44,7 @@ pub(crate) struct Dirty {
 
 impl Core {
     /// Rebuilds the state from persisted records.
-    pub(crate) fn restore(promises: Vec<Promise>, tasks: Vec<Task>) -> Core {
+    pub(crate) fn restore(promises: Vec<Promise>, tasks: Vec<Task>, now: Millis) -> Core {
         let mut core = Core::default();
         for p in promises {
             if p.state == State::Pending && p.timeout_at != NEVER {
@@ -54,7 +54,7 @@ impl Core {
         }
         for t in tasks {
             match t.state {
-                TaskState::Pending => core.ready_insert(&t, 0),
+                TaskState::Pending => core.ready_insert(&t, now),
                 TaskState::Acquired => {
                     core.leases.insert((t.lease_until, t.id.clone()));
                 }

@@ -22,6 +22,12 @@ impl Waiters {
         rx
     }
 
+    /// Wakes every waiter, to look again for itself.
+    pub(crate) fn wake_all(&self) {
+        let all: Vec<String> = self.by_id.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        self.wake(all);
+    }
+
     pub(crate) fn wake(&self, ids: impl IntoIterator<Item = String>) {
         let mut by_id = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
         for id in ids {

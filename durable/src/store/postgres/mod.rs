@@ -1,0 +1,638 @@
+//! The PostgreSQL store: workers on many machines, with no server of our own.
+//!
+//! Each step is one transaction: it locks the rows the step reads (tasks first, then
+//! promises, then the tasks suspended on those promises), runs the same state machine
+//! as the in-process stores over them, writes back what changed, and notifies. Claims
+//! pick ready tasks with `FOR UPDATE SKIP LOCKED`; `LISTEN/NOTIFY` wakes waiters and
+//! pollers at once, with a slow poll as the fallback. Time is the database's clock.
+
+mod pool;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tokio_postgres::{Config, GenericClient, Transaction};
+
+use self::pool::{Pool, quote_ident, unreachable};
+use super::state::Core;
+use super::waiters::Waiters;
+use super::{Acquired, Claim, Clock, CreatePromise, Created, Page, Release, Search, SettlePromise, Tick};
+use crate::StoreError;
+use crate::promise::{Fence, Millis, Promise, State, Task, TaskState};
+
+const SCHEMA_VERSION: i32 = 1;
+
+const MIGRATION_1: &str = r#"
+CREATE TABLE IF NOT EXISTS promises (
+    id text COLLATE "C" PRIMARY KEY,
+    state text NOT NULL,
+    timer boolean NOT NULL,
+    timeout_at bigint NOT NULL,
+    tags jsonb NOT NULL,
+    data text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS promises_deadline ON promises (timeout_at) WHERE state = 'pending';
+CREATE TABLE IF NOT EXISTS tasks (
+    id text COLLATE "C" PRIMARY KEY,
+    state text NOT NULL,
+    grp text NOT NULL,
+    pid text,
+    uni boolean NOT NULL,
+    prefer_until bigint NOT NULL,
+    ready_at bigint NOT NULL,
+    lease_until bigint NOT NULL,
+    process text,
+    version bigint NOT NULL,
+    awaiting text[] NOT NULL,
+    data text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (grp, ready_at, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS tasks_leases ON tasks (lease_until) WHERE state = 'acquired';
+CREATE INDEX IF NOT EXISTS tasks_halted ON tasks (grp) WHERE state = 'halted';
+CREATE INDEX IF NOT EXISTS tasks_awaiting ON tasks USING gin (awaiting) WHERE state = 'suspended';
+"#;
+
+/// How long a waiter trusts notifications before it looks for itself.
+const POLL: Duration = Duration::from_secs(5);
+
+/// A store in PostgreSQL, shared by processes on many machines.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), durable::StoreError> {
+/// let store = durable::store::PostgresStore::connect("postgres://postgres@127.0.0.1:5432/test").await?;
+/// # let _ = store; Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct PostgresStore {
+    pool: Pool,
+    channel: String,
+    clock: Option<Arc<dyn Clock>>,
+    waiters: Arc<Waiters>,
+    ready: watch::Sender<u64>,
+    listener: tokio::task::AbortHandle,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// Options for [`PostgresStore`].
+#[derive(Debug)]
+pub struct PostgresOptions {
+    url: String,
+    schema: String,
+    pool_size: usize,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl PostgresOptions {
+    /// The database schema to keep the tables in (default `durable`); created if
+    /// missing. Stores in different schemas are independent.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The most connections to hold (default 8).
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// Measures time on this clock instead of the database's: for tests on virtual
+    /// time. Every process of one store must use the same clock.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Connects, creating or upgrading the schema.
+    pub async fn connect(self) -> Result<PostgresStore, StoreError> {
+        let config: Config =
+            self.url.parse().map_err(|e| StoreError::backend(format!("invalid PostgreSQL URL: {e}")))?;
+        let pool = Pool::new(config, self.schema.clone(), self.pool_size);
+        let mut conn = pool.get().await?;
+        migrate(&mut conn, &self.schema).await?;
+        drop(conn);
+        let channel = format!("durable_{}", self.schema);
+        let waiters = Arc::new(Waiters::default());
+        let ready = watch::Sender::new(0);
+        let listener = tokio::spawn(listen(
+            pool_listener(&self.url, &self.schema)?,
+            channel.clone(),
+            waiters.clone(),
+            ready.clone(),
+        ))
+        .abort_handle();
+        Ok(PostgresStore { pool, channel, clock: self.clock, waiters, ready, listener })
+    }
+}
+
+fn pool_listener(url: &str, schema: &str) -> Result<Pool, StoreError> {
+    let config: Config = url.parse().map_err(|e| StoreError::backend(format!("invalid PostgreSQL URL: {e}")))?;
+    Ok(Pool::new(config, schema.to_owned(), 1))
+}
+
+/// Creates the schema, or upgrades it, under an advisory lock: safe when many
+/// processes start at once.
+async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(StoreError::backend)?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext('durable:' || $1::text))", &[&schema])
+        .await
+        .map_err(StoreError::backend)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {0}; SET LOCAL search_path TO {0};
+         CREATE TABLE IF NOT EXISTS durable_schema (version integer NOT NULL);",
+        quote_ident(schema)
+    ))
+    .await
+    .map_err(StoreError::backend)?;
+    let version: Option<i32> = tx
+        .query_opt("SELECT max(version) FROM durable_schema", &[])
+        .await
+        .map_err(StoreError::backend)?
+        .and_then(|row| row.get(0));
+    match version {
+        Some(v) if v > SCHEMA_VERSION => {
+            return Err(StoreError::backend(format!(
+                "the schema {schema:?} is at version {v}; this build knows up to {SCHEMA_VERSION}: upgrade durable"
+            )));
+        }
+        Some(SCHEMA_VERSION) => {}
+        _ => {
+            tx.batch_execute(MIGRATION_1).await.map_err(StoreError::backend)?;
+            tx.execute("DELETE FROM durable_schema", &[]).await.map_err(StoreError::backend)?;
+            tx.execute("INSERT INTO durable_schema VALUES ($1)", &[&SCHEMA_VERSION])
+                .await
+                .map_err(StoreError::backend)?;
+        }
+    }
+    tx.commit().await.map_err(StoreError::backend)
+}
+
+/// Forwards notifications to local waiters and the ready signal; reconnects when the
+/// connection drops, and then wakes everyone to look for themselves.
+async fn listen(pool: Pool, channel: String, waiters: Arc<Waiters>, ready: watch::Sender<u64>) {
+    use futures::StreamExt;
+    loop {
+        let connected = async {
+            let (client, mut connection) = pool.config().connect(tokio_postgres::NoTls).await.map_err(unreachable)?;
+            let (tx, mut rx) = futures::channel::mpsc::unbounded();
+            let stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx)).map(move |m| {
+                // The receiver only goes when this connection is given up.
+                let _ = tx.unbounded_send(m);
+            });
+            tokio::spawn(stream.for_each(|_| async {}));
+            client.batch_execute(&format!("LISTEN {}", quote_ident(&channel))).await.map_err(StoreError::backend)?;
+            // Anything missed while not listening: look again.
+            waiters.wake_all();
+            ready.send_modify(|n| *n += 1);
+            while let Some(message) = rx.next().await {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => match n.payload().split_once(':') {
+                        Some(("s", id)) => waiters.wake([id.to_owned()]),
+                        _ => ready.send_modify(|n| *n += 1),
+                    },
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            drop(client);
+            Ok::<(), StoreError>(())
+        };
+        let _ = connected.await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The rows one step works on.
+#[derive(Default)]
+struct Rows {
+    promises: Vec<String>,
+    tasks: Vec<String>,
+}
+
+/// How a step finds its rows.
+enum Select<'a> {
+    /// These promises (and their tasks) and tasks.
+    Ids { promises: &'a [String], tasks: &'a [String] },
+    /// Ready tasks for a worker, skipping those another transaction has locked.
+    Ready(&'a Claim),
+    /// The halted tasks of a group.
+    Halted(&'a str),
+    /// Promises past their deadline and leases that ran out.
+    Due,
+}
+
+impl Select<'_> {
+    async fn rows(&self, tx: &Transaction<'_>, now: Millis) -> Result<Rows, StoreError> {
+        let now = now as i64;
+        match self {
+            Select::Ids { promises, tasks } => Ok(Rows { promises: promises.to_vec(), tasks: tasks.to_vec() }),
+            Select::Ready(claim) => {
+                let candidates = tx
+                    .query(
+                        "SELECT t.id FROM tasks t JOIN promises p ON p.id = t.id
+                         WHERE t.state = 'pending' AND t.grp = $1 AND t.ready_at <= $2
+                           AND (t.pid = $3 OR (NOT t.uni AND (t.pid IS NULL OR t.prefer_until <= $2)))
+                           AND p.state = 'pending' AND p.timeout_at > $2
+                         ORDER BY t.ready_at, t.id LIMIT $4 FOR UPDATE OF t SKIP LOCKED",
+                        &[&claim.group, &now, &claim.pid, &(claim.max as i64)],
+                    )
+                    .await
+                    .map_err(db)?;
+                let candidates = ids(candidates);
+                Ok(Rows { promises: candidates.clone(), tasks: candidates })
+            }
+            Select::Halted(group) => {
+                let rows = tx
+                    .query("SELECT id FROM tasks WHERE state = 'halted' AND grp = $1 FOR UPDATE SKIP LOCKED", &[group])
+                    .await
+                    .map_err(db)?;
+                Ok(Rows { promises: Vec::new(), tasks: ids(rows) })
+            }
+            Select::Due => {
+                let due = tx
+                    .query(
+                        "SELECT id FROM promises WHERE state = 'pending' AND timeout_at <= $1
+                         ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED",
+                        &[&now],
+                    )
+                    .await
+                    .map_err(db)?;
+                let expired = tx
+                    .query(
+                        "SELECT id FROM tasks WHERE state = 'acquired' AND lease_until <= $1
+                         ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED",
+                        &[&now],
+                    )
+                    .await
+                    .map_err(db)?;
+                Ok(Rows { promises: ids(due), tasks: ids(expired) })
+            }
+        }
+    }
+}
+
+fn db(e: tokio_postgres::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
+fn retryable(e: &StoreError) -> bool {
+    let StoreError::Backend(source) = e else { return false };
+    source.downcast_ref::<tokio_postgres::Error>().and_then(|e| e.code()).is_some_and(|c| {
+        *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+            || *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::backend(format!("an unreadable record in PostgreSQL: {e}")))
+}
+
+fn state_name(state: State) -> &'static str {
+    match state {
+        State::Pending => "pending",
+        State::Resolved => "resolved",
+        State::Rejected => "rejected",
+        State::RejectedCanceled => "rejected_canceled",
+        State::RejectedTimedout => "rejected_timedout",
+    }
+}
+
+fn task_state_name(state: TaskState) -> &'static str {
+    match state {
+        TaskState::Pending => "pending",
+        TaskState::Acquired => "acquired",
+        TaskState::Suspended => "suspended",
+        TaskState::Fulfilled => "fulfilled",
+        TaskState::Halted => "halted",
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` with the default options, creating or upgrading the schema.
+    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+        PostgresStore::options(url).connect().await
+    }
+
+    /// Options for a connection to `url`.
+    pub fn options(url: &str) -> PostgresOptions {
+        PostgresOptions { url: url.to_owned(), schema: "durable".into(), pool_size: 8, clock: None }
+    }
+
+    async fn now_in(&self, client: &impl GenericClient) -> Result<Millis, StoreError> {
+        match &self.clock {
+            Some(clock) => Ok(clock.now()),
+            None => {
+                let row = client
+                    .query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint", &[])
+                    .await
+                    .map_err(db)?;
+                Ok(row.get::<_, i64>(0) as Millis)
+            }
+        }
+    }
+
+    /// Runs one step in a transaction, retried on a serialization failure or deadlock.
+    async fn step<R>(
+        &self,
+        select: Select<'_>,
+        op: impl Fn(&mut Core, Millis) -> Result<R, StoreError> + Sync,
+    ) -> Result<R, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_step(&select, &op).await {
+                Err(e) if attempt < 8 && retryable(&e) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_step<R>(
+        &self,
+        select: &Select<'_>,
+        op: &(impl Fn(&mut Core, Millis) -> Result<R, StoreError> + Sync),
+    ) -> Result<R, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(db)?;
+        let now = self.now_in(&tx).await?;
+        let rows = select.rows(&tx, now).await?;
+        let (promises, tasks) = load(&tx, &rows).await?;
+        let mut core = Core::restore(promises, tasks, now);
+        let result = op(&mut core, now);
+        let dirty = std::mem::take(&mut core.dirty);
+        for id in dedup(&dirty.promises) {
+            let p = core.promise(&id).expect("a dirty promise exists");
+            let tags = serde_json::to_string(&p.tags).expect("tags encode");
+            tx.execute(
+                "INSERT INTO promises (id, state, timer, timeout_at, tags, data) VALUES ($1, $2, $3, $4, ($5::text)::jsonb, $6)
+                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, timeout_at = EXCLUDED.timeout_at, data = EXCLUDED.data",
+                &[&p.id, &state_name(p.state), &(p.param == crate::Param::Timer), &(p.timeout_at.min(i64::MAX as u64) as i64), &tags, &serde_json::to_string(p).expect("a promise encodes")],
+            )
+            .await
+            .map_err(db)?;
+        }
+        for id in dedup(&dirty.tasks) {
+            let t = core.task_ref(&id).expect("a dirty task exists");
+            tx.execute(
+                "INSERT INTO tasks (id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, awaiting, data)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, ready_at = EXCLUDED.ready_at,
+                   lease_until = EXCLUDED.lease_until, process = EXCLUDED.process, version = EXCLUDED.version,
+                   awaiting = EXCLUDED.awaiting, data = EXCLUDED.data",
+                &[
+                    &t.id,
+                    &task_state_name(t.state),
+                    &t.target.group,
+                    &t.target.pid,
+                    &t.target.uni,
+                    &(t.prefer_until as i64),
+                    &(t.ready_at as i64),
+                    &(t.lease_until as i64),
+                    &t.process,
+                    &(t.version as i64),
+                    &t.awaiting,
+                    &serde_json::to_string(t).expect("a task encodes"),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        }
+        if !dirty.woken.is_empty() {
+            tx.execute(
+                "SELECT pg_notify($1, 's:' || id) FROM unnest($2::text[]) AS id",
+                &[&self.channel, &dirty.woken],
+            )
+            .await
+            .map_err(db)?;
+        }
+        if dirty.ready {
+            tx.execute("SELECT pg_notify($1, 'r')", &[&self.channel]).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        self.waiters.wake(dirty.woken);
+        if dirty.ready {
+            self.ready.send_modify(|n| *n += 1);
+        }
+        result
+    }
+
+    async fn read_promise(&self, id: &str) -> Result<Option<Promise>, StoreError> {
+        let conn = self.pool.get().await?;
+        let now = self.now_in(&*conn).await?;
+        let row = conn.query_opt("SELECT data FROM promises WHERE id = $1", &[&id]).await.map_err(db)?;
+        row.map(|r| parse::<Promise>(r.get(0)).map(|p| p.at(now))).transpose()
+    }
+}
+
+fn dedup(ids: &[String]) -> Vec<String> {
+    let mut ids = ids.to_vec();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Locks and reads the rows of a step: tasks, then promises, then the tasks suspended
+/// on those promises.
+async fn load(tx: &Transaction<'_>, rows: &Rows) -> Result<(Vec<Promise>, Vec<Task>), StoreError> {
+    let mut task_ids = rows.tasks.clone();
+    task_ids.extend(rows.promises.iter().cloned());
+    let task_ids = dedup(&task_ids);
+    let promise_ids = dedup(&rows.promises);
+    let mut tasks = Vec::new();
+    for row in
+        tx.query("SELECT data FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE", &[&task_ids]).await.map_err(db)?
+    {
+        tasks.push(parse::<Task>(row.get(0))?);
+    }
+    let mut promises = Vec::new();
+    for row in tx
+        .query("SELECT data FROM promises WHERE id = ANY($1) ORDER BY id FOR UPDATE", &[&promise_ids])
+        .await
+        .map_err(db)?
+    {
+        promises.push(parse::<Promise>(row.get(0))?);
+    }
+    let waiting = tx
+        .query(
+            "SELECT data FROM tasks WHERE state = 'suspended' AND awaiting && $1 AND NOT (id = ANY($2)) ORDER BY id FOR UPDATE",
+            &[&promise_ids, &task_ids],
+        )
+        .await
+        .map_err(db)?;
+    for row in waiting {
+        tasks.push(parse::<Task>(row.get(0))?);
+    }
+    Ok((promises, tasks))
+}
+
+fn ids(rows: Vec<tokio_postgres::Row>) -> Vec<String> {
+    rows.into_iter().map(|r| r.get(0)).collect()
+}
+
+#[async_trait]
+impl super::Store for PostgresStore {
+    async fn now(&self) -> Result<Millis, StoreError> {
+        let conn = self.pool.get().await?;
+        self.now_in(&*conn).await
+    }
+
+    async fn create(&self, req: CreatePromise) -> Result<Created, StoreError> {
+        let (promises, tasks) = ([req.id.clone()], req.fence.iter().map(|f| f.task.clone()).collect::<Vec<_>>());
+        self.step(Select::Ids { promises: &promises, tasks: &tasks }, |core, now| core.create(req.clone(), now)).await
+    }
+
+    async fn settle(&self, req: SettlePromise) -> Result<Promise, StoreError> {
+        let (promises, tasks) = ([req.id.clone()], req.fence.iter().map(|f| f.task.clone()).collect::<Vec<_>>());
+        self.step(Select::Ids { promises: &promises, tasks: &tasks }, |core, now| core.settle(req.clone(), now)).await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError> {
+        self.read_promise(id).await
+    }
+
+    async fn search(&self, search: Search) -> Result<Page, StoreError> {
+        let conn = self.pool.get().await?;
+        let now = self.now_in(&*conn).await? as i64;
+        let limit = if search.limit == 0 { 100 } else { search.limit };
+        let after = search.cursor.clone().filter(|c| c.as_str() >= search.prefix.as_str()).unwrap_or_default();
+        let state = search.state.map(state_name);
+        let tags = serde_json::to_string(&search.tags).expect("tags encode");
+        let rows = conn
+            .query(
+                "SELECT data FROM promises
+                 WHERE id >= ($1::text COLLATE \"C\") AND id > ($2::text COLLATE \"C\")
+                   AND left(id, length($1)) = $1
+                   AND tags @> ($3::text)::jsonb
+                   AND CASE
+                     WHEN $4::text IS NULL THEN true
+                     WHEN $4 = 'pending' THEN state = 'pending' AND timeout_at > $5
+                     WHEN $4 = 'resolved' THEN state = 'resolved' OR (state = 'pending' AND timeout_at <= $5 AND timer)
+                     WHEN $4 = 'rejected' THEN state LIKE 'rejected%' OR (state = 'pending' AND timeout_at <= $5 AND NOT timer)
+                     WHEN $4 = 'rejected_timedout' THEN state = $4 OR (state = 'pending' AND timeout_at <= $5 AND NOT timer)
+                     ELSE state = $4 END
+                 ORDER BY id LIMIT $6",
+                &[&search.prefix, &after, &tags, &state, &now, &((limit + 1) as i64)],
+            )
+            .await
+            .map_err(db)?;
+        let mut promises = rows
+            .iter()
+            .map(|r| parse::<Promise>(r.get(0)).map(|p| p.at(now as Millis)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cursor = if promises.len() > limit {
+            promises.truncate(limit);
+            promises.last().map(|p| p.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { promises, cursor })
+    }
+
+    async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        let conn = self.pool.get().await?;
+        let row = conn.query_opt("SELECT data FROM tasks WHERE id = $1", &[&id]).await.map_err(db)?;
+        row.map(|r| parse::<Task>(r.get(0))).transpose()
+    }
+
+    async fn claim(&self, claim: Claim) -> Result<Vec<Acquired>, StoreError> {
+        let acquired = self
+            .step(Select::Ready(&claim), |core, now| {
+                // The ready queues hold only the candidates: claim them all.
+                let mut all = claim.clone();
+                all.max = usize::MAX;
+                Ok(core.claim(&all, now))
+            })
+            .await?;
+        if acquired.is_empty() {
+            return Ok(acquired);
+        }
+        // The preload of every claimed task, in one query.
+        let conn = self.pool.get().await?;
+        let now = self.now_in(&*conn).await? as i64;
+        let roots: Vec<String> = acquired.iter().map(|a| a.root.id.clone()).collect();
+        let rows = conn
+            .query(
+                "SELECT r.id, p.data FROM unnest($1::text[]) AS r(id) JOIN promises p
+                   ON p.id >= ((r.id || '.') COLLATE \"C\") AND p.id < ((r.id || '/') COLLATE \"C\")
+                 WHERE p.state <> 'pending' OR p.timeout_at <= $2",
+                &[&roots, &now],
+            )
+            .await
+            .map_err(db)?;
+        let mut acquired = acquired;
+        for row in rows {
+            let root: String = row.get(0);
+            let p = parse::<Promise>(row.get(1))?.at(now as Millis);
+            if let Some(a) = acquired.iter_mut().find(|a| a.root.id == root) {
+                a.preload.push(p);
+            }
+        }
+        Ok(acquired)
+    }
+
+    async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<usize, StoreError> {
+        let tasks: Vec<String> = held.iter().map(|f| f.task.clone()).collect();
+        self.step(Select::Ids { promises: &[], tasks: &tasks }, |core, now| Ok(core.heartbeat(process, held, ttl, now)))
+            .await
+    }
+
+    async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError> {
+        let tasks = [fence.task.clone()];
+        self.step(Select::Ids { promises: &[], tasks: &tasks }, |core, now| core.release(fence, how.clone(), now)).await
+    }
+
+    async fn suspend(&self, fence: &Fence, awaiting: &[String]) -> Result<bool, StoreError> {
+        let tasks = [fence.task.clone()];
+        self.step(Select::Ids { promises: awaiting, tasks: &tasks }, |core, now| core.suspend(fence, awaiting, now))
+            .await
+    }
+
+    async fn resume_halted(&self, group: &str) -> Result<usize, StoreError> {
+        self.step(Select::Halted(group), |core, now| Ok(core.resume_halted(group, now))).await
+    }
+
+    async fn tick(&self) -> Result<Tick, StoreError> {
+        let mut tick = self.step(Select::Due, |core, now| Ok(core.tick(now))).await?;
+        // The next deadline of the whole store, not just of the rows this step saw.
+        let conn = self.pool.get().await?;
+        let now = tick.now as i64;
+        let row = conn
+            .query_one(
+                "SELECT least(
+                   (SELECT min(timeout_at) FROM promises WHERE state = 'pending'),
+                   (SELECT min(lease_until) FROM tasks WHERE state = 'acquired'),
+                   (SELECT min(ready_at) FROM tasks WHERE state = 'pending' AND ready_at > $1),
+                   (SELECT min(prefer_until) FROM tasks WHERE state = 'pending' AND pid IS NOT NULL AND NOT uni AND prefer_until > $1))",
+                &[&now],
+            )
+            .await
+            .map_err(db)?;
+        tick.next = row.get::<_, Option<i64>>(0).map(|n| n as Millis);
+        Ok(tick)
+    }
+
+    async fn wait(&self, id: &str) -> Result<(), StoreError> {
+        let rx = self.waiters.register(id);
+        let done = match self.read_promise(id).await? {
+            None => true,
+            Some(p) if p.state.is_settled() => true,
+            Some(_) => self.task(id).await?.is_some_and(|t| t.state == TaskState::Halted),
+        };
+        if !done {
+            // Notifications wake it; a slow poll covers a listener that was down.
+            let _ = tokio::time::timeout(POLL, rx).await;
+        }
+        Ok(())
+    }
+
+    fn ready(&self) -> watch::Receiver<u64> {
+        self.ready.subscribe()
+    }
+}

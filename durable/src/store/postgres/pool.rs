@@ -1,0 +1,100 @@
+//! A small connection pool: at most `size` connections, made on demand, dropped when
+//! broken.
+
+use std::sync::Mutex;
+
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::StoreError;
+
+pub(crate) struct Pool {
+    config: Config,
+    schema: String,
+    idle: Mutex<Vec<Client>>,
+    slots: Semaphore,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("schema", &self.schema).field("free", &self.slots.available_permits()).finish()
+    }
+}
+
+/// A connection on loan; it goes back to the pool when dropped, unless it broke.
+pub(crate) struct Conn<'a> {
+    pool: &'a Pool,
+    client: Option<Client>,
+    _slot: SemaphorePermit<'a>,
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take()
+            && !client.is_closed()
+        {
+            self.pool.idle.lock().unwrap_or_else(|e| e.into_inner()).push(client);
+        }
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(config: Config, schema: String, size: usize) -> Pool {
+        Pool { config, schema, idle: Mutex::new(Vec::new()), slots: Semaphore::new(size) }
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) async fn get(&self) -> Result<Conn<'_>, StoreError> {
+        let slot = self.slots.acquire().await.map_err(StoreError::backend)?;
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match idle {
+                Some(client) if client.is_closed() => continue,
+                Some(client) => return Ok(Conn { pool: self, client: Some(client), _slot: slot }),
+                None => break,
+            }
+        }
+        let client = self.connect().await?;
+        Ok(Conn { pool: self, client: Some(client), _slot: slot })
+    }
+
+    /// A new connection with the store's schema first on its search path.
+    pub(crate) async fn connect(&self) -> Result<Client, StoreError> {
+        let (client, connection) = self.config.connect(NoTls).await.map_err(unreachable)?;
+        tokio::spawn(async move {
+            // Ends when the connection closes; the client then reports is_closed.
+            let _ = connection.await;
+        });
+        client
+            .batch_execute(&format!("SET search_path TO {}", quote_ident(&self.schema)))
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(client)
+    }
+}
+
+pub(crate) fn unreachable(e: tokio_postgres::Error) -> StoreError {
+    StoreError::backend(format!("cannot connect to PostgreSQL: {e}"))
+}
+
+/// Quotes an SQL identifier.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
