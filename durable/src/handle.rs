@@ -73,26 +73,46 @@ impl<T> Handle<T> {
     }
 }
 
-/// Waits until the promise settles, or its task halts.
+/// Waits until the promise settles, or its task halts. A store that fails (a
+/// connection cut) is asked again with backoff for up to half a minute before its
+/// error is the answer.
 pub(crate) async fn settled(store: &dyn Store, id: &str) -> Outcome {
+    let mut failing_since = None;
     loop {
-        let Some(p) = store.get(id).await? else {
-            return Err(StoreError::NotFound { what: "promise", id: id.to_owned() }.into());
-        };
-        if p.state.is_settled() {
-            return outcome(&p);
+        match poll_settled(store, id).await {
+            Err(Error::Store(StoreError::Backend(e))) => {
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() > std::time::Duration::from_secs(30) {
+                    return Err(Error::Store(StoreError::Backend(e)));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Ok(None) => failing_since = None,
+            Ok(Some(outcome)) => return outcome,
+            Err(e) => return Err(e),
         }
-        if let Some(task) = store.task(id).await?
-            && task.state == TaskState::Halted
-        {
-            let failure = Failure::decode(id, task.error.as_deref());
-            return Err(match failure {
-                Failure::Other { message } => Error::Halted { id: id.to_owned(), reason: message },
-                failure => failure.into_error(),
-            });
-        }
-        store.wait(id).await?;
     }
+}
+
+/// One look: `Some` once settled or halted; `None` after waiting for a change.
+async fn poll_settled(store: &dyn Store, id: &str) -> Result<Option<Outcome>> {
+    let Some(p) = store.get(id).await? else {
+        return Err(StoreError::NotFound { what: "promise", id: id.to_owned() }.into());
+    };
+    if p.state.is_settled() {
+        return Ok(Some(outcome(&p)));
+    }
+    if let Some(task) = store.task(id).await?
+        && task.state == TaskState::Halted
+    {
+        let failure = Failure::decode(id, task.error.as_deref());
+        return Ok(Some(Err(match failure {
+            Failure::Other { message } => Error::Halted { id: id.to_owned(), reason: message },
+            failure => failure.into_error(),
+        })));
+    }
+    store.wait(id).await?;
+    Ok(None)
 }
 
 impl<T: DeserializeOwned> Future for Handle<T> {

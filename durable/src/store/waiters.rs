@@ -23,6 +23,7 @@ impl Waiters {
     }
 
     /// Wakes every waiter, to look again for itself.
+    #[cfg(feature = "postgres")]
     pub(crate) fn wake_all(&self) {
         let all: Vec<String> = self.by_id.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
         self.wake(all);

@@ -1,0 +1,306 @@
+//! Workers in separate processes on one PostgreSQL database: they share the work
+//! without ever running a task at the same version twice, a worker killed with SIGKILL
+//! mid-run is replaced and the results stay right, and a worker whose connections are
+//! cut recovers. SQL triggers audit every settle and every acquisition.
+//!
+//! The worker processes are this test binary run again with `DURABLE_ROLE` set, which
+//! makes `child_process` serve instead of returning at once. Reads
+//! `DURABLE_POSTGRES_URL`; under `CI=true` an unreachable server fails the tests.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use durable::prelude::*;
+use durable::store::PostgresStore;
+use serde::{Deserialize, Serialize};
+
+const LEASE: Duration = Duration::from_secs(2);
+
+fn url() -> String {
+    std::env::var("DURABLE_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+#[durable::function]
+async fn job(_ctx: &mut Context, n: u64) -> durable::Result<u64> {
+    tokio::time::sleep(Duration::from_millis(n % 7)).await;
+    Ok(n * 2)
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Expr {
+    Num(i64),
+    Op(char, Box<Expr>, Box<Expr>),
+}
+
+#[durable::function(name = "=")]
+async fn clc(ctx: &mut Context, expr: Expr) -> durable::Result<i64> {
+    match expr {
+        Expr::Num(n) => Ok(n),
+        Expr::Op(op, lhs, rhs) => {
+            let px = ctx.rfi(clc, *lhs).target("poll://any@exp/lhs").await?;
+            let py = ctx.rfi(clc, *rhs).target("poll://any@exp/rhs").await?;
+            let (x, y) = (px.await?, py.await?);
+            ctx.rfc(Remote::<(i64, i64), i64>::named(op.to_string()), (x, y)).target("poll://any@ops").await
+        }
+    }
+}
+
+/// An operator that takes a while, so that a kill lands mid-run.
+async fn slow(x: i64, y: i64, op: char) -> durable::Result<i64> {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    Ok(match op {
+        '+' => x + y,
+        '-' => x - y,
+        _ => x * y,
+    })
+}
+
+#[durable::function(name = "+")]
+async fn add(_ctx: &mut Context, x: i64, y: i64) -> durable::Result<i64> {
+    slow(x, y, '+').await
+}
+
+#[durable::function(name = "-")]
+async fn sub(_ctx: &mut Context, x: i64, y: i64) -> durable::Result<i64> {
+    slow(x, y, '-').await
+}
+
+#[durable::function(name = "*")]
+async fn mul(_ctx: &mut Context, x: i64, y: i64) -> durable::Result<i64> {
+    slow(x, y, '*').await
+}
+
+async fn store(schema: &str, app: &str) -> Arc<dyn Store> {
+    let url = format!("{}?application_name={app}", url());
+    Arc::new(PostgresStore::options(&url).schema(schema).connect().await.expect("connect to PostgreSQL"))
+}
+
+/// A worker process: `DURABLE_ROLE` is `work`, `exp/lhs`, `exp/rhs` or `ops`.
+#[test]
+fn child_process() {
+    let Ok(role) = std::env::var("DURABLE_ROLE") else { return };
+    let schema = std::env::var("DURABLE_SCHEMA").expect("DURABLE_SCHEMA");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let store = store(&schema, &role.replace('/', "-")).await;
+        let builder = Durable::builder().store(store).lease(LEASE);
+        let builder = match role.as_str() {
+            "work" => builder.group("work").register(job),
+            "exp/lhs" => builder.group("exp").pid("lhs").register(clc),
+            "exp/rhs" => builder.group("exp").pid("rhs").register(clc),
+            "ops" => builder.group("ops").register(add).register(sub).register(mul),
+            other => panic!("unknown role {other}"),
+        };
+        builder.build().expect("build").serve().await.expect("serve");
+    });
+}
+
+fn spawn(role: &str, schema: &str) -> Child {
+    Command::new(std::env::current_exe().expect("this test binary"))
+        .args(["child_process", "--exact", "--nocapture", "--test-threads=1"])
+        .env("DURABLE_ROLE", role)
+        .env("DURABLE_SCHEMA", schema)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn a worker")
+}
+
+/// Kills the children when dropped, so a failing test leaves no process behind.
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A fresh schema with the store's tables and audit triggers; `None` (test skipped)
+/// if the server is unreachable outside CI.
+async fn setup(name: &str) -> Option<(String, tokio_postgres::Client)> {
+    let schema = format!("durable_{name}_{}", std::process::id());
+    let (client, connection) = match tokio_postgres::connect(&url(), tokio_postgres::NoTls).await {
+        Ok(c) => c,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("PostgreSQL at {} is unreachable under CI=true: {e}", url())
+        }
+        Err(e) => {
+            eprintln!("skipped: PostgreSQL at {} is unreachable: {e}", url());
+            return None;
+        }
+    };
+    tokio::spawn(connection);
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.expect("drop");
+    drop(store(&schema, "setup").await);
+    client
+        .batch_execute(&format!(
+            "SET search_path TO {schema};
+             CREATE TABLE settles (id text, state text, data text);
+             CREATE TABLE acquisitions (id text, version bigint, process text);
+             CREATE FUNCTION audit_settle() RETURNS trigger AS $$ BEGIN
+               IF NEW.state <> 'pending' AND (TG_OP = 'INSERT' OR OLD.state = 'pending' OR OLD.data <> NEW.data) THEN
+                 INSERT INTO settles VALUES (NEW.id, NEW.state, NEW.data);
+               END IF;
+               RETURN NEW;
+             END $$ LANGUAGE plpgsql;
+             CREATE TRIGGER audit_settle AFTER INSERT OR UPDATE ON promises FOR EACH ROW EXECUTE FUNCTION audit_settle();
+             CREATE FUNCTION audit_acquire() RETURNS trigger AS $$ BEGIN
+               IF NEW.state = 'acquired' AND (TG_OP = 'INSERT' OR OLD.state <> 'acquired' OR OLD.version <> NEW.version) THEN
+                 INSERT INTO acquisitions VALUES (NEW.id, NEW.version, NEW.process);
+               END IF;
+               RETURN NEW;
+             END $$ LANGUAGE plpgsql;
+             CREATE TRIGGER audit_acquire AFTER INSERT OR UPDATE ON tasks FOR EACH ROW EXECUTE FUNCTION audit_acquire();"
+        ))
+        .await
+        .expect("install the audit triggers");
+    Some((schema, client))
+}
+
+/// What SQL says about the run: no promise settled twice, no task acquired twice at
+/// one version, none left acquired.
+async fn audit(client: &tokio_postgres::Client, schema: &str) {
+    let twice = client
+        .query(&format!("SELECT id, count(*) FROM {schema}.settles GROUP BY id HAVING count(*) > 1"), &[])
+        .await
+        .expect("query");
+    assert!(
+        twice.is_empty(),
+        "promises settled twice: {:?}",
+        twice.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>()
+    );
+    let doubled = client
+        .query(&format!("SELECT id, version FROM {schema}.acquisitions GROUP BY id, version HAVING count(*) > 1"), &[])
+        .await
+        .expect("query");
+    assert!(doubled.is_empty(), "tasks acquired twice at one version: {} of them", doubled.len());
+    let held: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {schema}.tasks WHERE state = 'acquired'"), &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(held, 0, "tasks left acquired");
+    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop the test schema");
+}
+
+#[tokio::test]
+async fn separate_worker_processes_never_run_a_task_at_one_version_twice() {
+    let Some((schema, client)) = setup("claims").await else { return };
+    let _workers = Processes((0..4).map(|_| spawn("work", &schema)).collect());
+    let durable = Durable::builder().store(store(&schema, "client").await).group("client").build().unwrap();
+    let mut handles = Vec::new();
+    for n in 0..200u64 {
+        handles.push((n, durable.rpc(&format!("job-{n}"), job, n).target("poll://any@work").await.unwrap()));
+    }
+    for (n, handle) in handles {
+        assert_eq!(handle.await.unwrap(), 2 * n);
+    }
+    let processes: i64 = client
+        .query_one(&format!("SELECT count(DISTINCT process) FROM {schema}.acquisitions"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(processes >= 2, "the work was shared: {processes} processes took tasks");
+    audit(&client, &schema).await;
+}
+
+fn balanced(ops: usize, next: &mut i64) -> (Expr, i64) {
+    if ops == 0 {
+        *next += 1;
+        return (Expr::Num(*next), *next);
+    }
+    let left = (ops - 1) / 2;
+    let (l, lv) = balanced(left, next);
+    let (r, rv) = balanced(ops - 1 - left, next);
+    let op = ['+', '-', '*'][ops % 3];
+    let value = match op {
+        '+' => lv + rv,
+        '-' => lv - rv,
+        _ => lv * rv,
+    };
+    (Expr::Op(op, Box::new(l), Box::new(r)), value)
+}
+
+#[tokio::test]
+async fn the_calculator_roles_survive_a_worker_killed_mid_run() {
+    let Some((schema, client)) = setup("calc").await else { return };
+    let mut processes = Processes(vec![spawn("exp/lhs", &schema), spawn("exp/rhs", &schema), spawn("ops", &schema)]);
+    let durable = Durable::builder()
+        .store(store(&schema, "client").await)
+        .group("client")
+        .lease(LEASE)
+        .register(clc)
+        .build()
+        .unwrap();
+    let mut handles = Vec::new();
+    for k in 0..8 {
+        let (expr, value) = balanced(7 + k, &mut (k as i64 * 3));
+        handles.push((value, durable.run(&format!("calc-{k}"), clc, expr).await.unwrap()));
+    }
+    // Kill the operator worker once it has done some of the work, then start it again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {schema}.settles WHERE data LIKE '%\"func\":\"*\"%' OR data LIKE '%\"func\":\"+\"%'"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        if done >= 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no operator settled in a minute");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ops = &mut processes.0[2];
+    ops.kill().expect("SIGKILL the ops worker");
+    ops.wait().expect("reap it");
+    processes.0[2] = spawn("ops", &schema);
+    for (value, handle) in handles {
+        assert_eq!(handle.await.unwrap(), value);
+    }
+    drop(durable);
+    drop(processes);
+    audit(&client, &schema).await;
+}
+
+#[durable::function]
+async fn two_steps(ctx: &mut Context, n: u64) -> durable::Result<u64> {
+    let a = ctx.lfc(job, n).await?;
+    // Long enough for the test to cut this worker's connections mid-task.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ctx.lfc(job, a).await
+}
+
+#[tokio::test]
+async fn a_worker_whose_connections_are_cut_recovers() {
+    let Some((schema, client)) = setup("cut").await else { return };
+    let durable =
+        Durable::builder().store(store(&schema, "victim").await).lease(LEASE).register(two_steps).build().unwrap();
+    let handle = durable.run("cut", two_steps, 5).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .query_opt(&format!("SELECT 1 FROM {schema}.promises WHERE id = 'cut.1' AND state = 'resolved'"), &[])
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the first step never settled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let cut: i64 = client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'victim'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cut >= 1, "connections were cut");
+    assert_eq!(handle.await.unwrap(), 20);
+    drop(durable);
+    audit(&client, &schema).await;
+}
