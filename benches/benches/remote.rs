@@ -1,6 +1,6 @@
 //! A remote round trip: a client starts an invocation on another worker group and
-//! awaits its result, through the store's task queue. On memory and on sled (where
-//! each write waits for its flush).
+//! awaits its result, through the store's task queue. On memory, on sled (where each
+//! write waits for its flush) and on PostgreSQL when it is reachable.
 
 use std::sync::Arc;
 
@@ -16,10 +16,13 @@ async fn echo(_ctx: &mut Context, x: u64) -> durable::Result<u64> {
 fn round_trip(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let stores: [(&str, Arc<dyn Store>); 2] = [
+    let mut stores: Vec<(&str, Arc<dyn Store>)> = vec![
         ("memory", Arc::new(MemoryStore::with_clock(SystemClock))),
         ("sled", Arc::new(SledStore::open(dir.path()).expect("open"))),
     ];
+    if let Some(pg) = rt.block_on(durable_benches::postgres("remote")) {
+        stores.push(("postgres", pg));
+    }
     let mut group = c.benchmark_group("remote_round_trip");
     for (name, store) in stores {
         let (client, _worker) = rt.block_on(async {

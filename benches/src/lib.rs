@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use durable::prelude::*;
+use durable::store::PostgresStore;
 use tokio::sync::Notify;
 
 static HOLD: AtomicBool = AtomicBool::new(false);
@@ -52,4 +53,23 @@ pub async fn unfinished(store: &Arc<dyn Store>, id: &str, n: u64) -> Handle<u64>
     durable.shutdown().await.expect("shutdown");
     HOLD.store(false, Ordering::SeqCst);
     handle
+}
+
+/// A PostgresStore in a fresh schema `name`, if `DURABLE_POSTGRES_URL` (default
+/// `postgres://postgres@127.0.0.1:5432/test`) is reachable.
+pub async fn postgres(name: &str) -> Option<Arc<dyn Store>> {
+    let url =
+        std::env::var("DURABLE_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let (client, connection) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("PostgreSQL benchmarks skipped: {url} is unreachable: {e}");
+            return None;
+        }
+    };
+    tokio::spawn(connection);
+    let schema = format!("durable_bench_{name}");
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.ok()?;
+    let store = PostgresStore::options(&url).schema(schema).connect().await.ok()?;
+    Some(Arc::new(store))
 }
