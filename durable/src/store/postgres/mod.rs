@@ -367,54 +367,86 @@ impl PostgresStore {
         let mut core = Core::restore(promises, tasks, now);
         let result = op(&mut core, now);
         let dirty = std::mem::take(&mut core.dirty);
+        // Every write of the step: one statement per table, pipelined.
+        let (mut p_ids, mut p_states, mut p_timers, mut p_timeouts, mut p_tags, mut p_data) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for id in dedup(&dirty.promises) {
             let p = core.promise(&id).expect("a dirty promise exists");
-            let tags = serde_json::to_string(&p.tags).expect("tags encode");
-            tx.execute(
-                "INSERT INTO promises (id, state, timer, timeout_at, tags, data) VALUES ($1, $2, $3, $4, ($5::text)::jsonb, $6)
-                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, timeout_at = EXCLUDED.timeout_at, data = EXCLUDED.data",
-                &[&p.id, &state_name(p.state), &(p.param == crate::Param::Timer), &(p.timeout_at.min(i64::MAX as u64) as i64), &tags, &serde_json::to_string(p).expect("a promise encodes")],
-            )
-            .await
-            .map_err(db)?;
+            p_states.push(state_name(p.state).to_owned());
+            p_timers.push(p.param == crate::Param::Timer);
+            p_timeouts.push(p.timeout_at.min(i64::MAX as u64) as i64);
+            p_tags.push(serde_json::to_string(&p.tags).expect("tags encode"));
+            p_data.push(serde_json::to_string(p).expect("a promise encodes"));
+            p_ids.push(id);
         }
+        let (mut t_ids, mut t_states, mut t_groups, mut t_pids, mut t_unis, mut t_prefer, mut t_ready, mut t_lease) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut t_process, mut t_versions, mut t_data) = (Vec::new(), Vec::new(), Vec::new());
         for id in dedup(&dirty.tasks) {
             let t = core.task_ref(&id).expect("a dirty task exists");
-            tx.execute(
+            t_states.push(task_state_name(t.state).to_owned());
+            t_groups.push(t.target.group.clone());
+            t_pids.push(t.target.pid.clone());
+            t_unis.push(t.target.uni);
+            t_prefer.push(t.prefer_until as i64);
+            t_ready.push(t.ready_at as i64);
+            t_lease.push(t.lease_until as i64);
+            t_process.push(t.process.clone());
+            t_versions.push(t.version as i64);
+            t_data.push(serde_json::to_string(t).expect("a task encodes"));
+            t_ids.push(id);
+        }
+        let promise_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&p_ids, &p_states, &p_timers, &p_timeouts, &p_tags, &p_data];
+        let task_params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+            &t_ids,
+            &t_states,
+            &t_groups,
+            &t_pids,
+            &t_unis,
+            &t_prefer,
+            &t_ready,
+            &t_lease,
+            &t_process,
+            &t_versions,
+            &t_data,
+        ];
+        let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.channel, &dirty.woken];
+        let ready_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&self.channel];
+        let mut writes: Vec<futures::future::BoxFuture<'_, Result<u64, tokio_postgres::Error>>> = Vec::new();
+        if !p_ids.is_empty() {
+            writes.push(Box::pin(tx.execute(
+                "INSERT INTO promises (id, state, timer, timeout_at, tags, data)
+                 SELECT id, state, timer, timeout_at, tags::jsonb, data
+                 FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[], $5::text[], $6::text[])
+                   AS u(id, state, timer, timeout_at, tags, data)
+                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, timeout_at = EXCLUDED.timeout_at, data = EXCLUDED.data",
+                &promise_params,
+            )));
+        }
+        if !t_ids.is_empty() {
+            writes.push(Box::pin(tx.execute(
                 "INSERT INTO tasks (id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, awaiting, data)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                 SELECT id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version,
+                   ARRAY(SELECT jsonb_array_elements_text(data::jsonb -> 'awaiting')), data
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::int8[], $7::int8[], $8::int8[],
+                             $9::text[], $10::int8[], $11::text[])
+                   AS u(id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, data)
                  ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, ready_at = EXCLUDED.ready_at,
                    lease_until = EXCLUDED.lease_until, process = EXCLUDED.process, version = EXCLUDED.version,
                    awaiting = EXCLUDED.awaiting, data = EXCLUDED.data",
-                &[
-                    &t.id,
-                    &task_state_name(t.state),
-                    &t.target.group,
-                    &t.target.pid,
-                    &t.target.uni,
-                    &(t.prefer_until as i64),
-                    &(t.ready_at as i64),
-                    &(t.lease_until as i64),
-                    &t.process,
-                    &(t.version as i64),
-                    &t.awaiting,
-                    &serde_json::to_string(t).expect("a task encodes"),
-                ],
-            )
-            .await
-            .map_err(db)?;
+                &task_params,
+            )));
         }
         if !dirty.woken.is_empty() {
-            tx.execute(
-                "SELECT pg_notify($1, 's:' || id) FROM unnest($2::text[]) AS id",
-                &[&self.channel, &dirty.woken],
-            )
-            .await
-            .map_err(db)?;
+            writes.push(Box::pin(
+                tx.execute("SELECT pg_notify($1, 's:' || id) FROM unnest($2::text[]) AS id", &notify_params),
+            ));
         }
         if dirty.ready {
-            tx.execute("SELECT pg_notify($1, 'r')", &[&self.channel]).await.map_err(db)?;
+            writes.push(Box::pin(tx.execute("SELECT pg_notify($1, 'r')", &ready_params)));
         }
+        futures::future::try_join_all(writes).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
         self.waiters.wake(dirty.woken);
         if dirty.ready {
@@ -445,30 +477,26 @@ async fn load(tx: &Transaction<'_>, rows: &Rows) -> Result<(Vec<Promise>, Vec<Ta
     task_ids.extend(rows.promises.iter().cloned());
     let task_ids = dedup(&task_ids);
     let promise_ids = dedup(&rows.promises);
-    let mut tasks = Vec::new();
-    for row in
-        tx.query("SELECT data FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE", &[&task_ids]).await.map_err(db)?
-    {
-        tasks.push(parse::<Task>(row.get(0))?);
-    }
-    let mut promises = Vec::new();
-    for row in tx
-        .query("SELECT data FROM promises WHERE id = ANY($1) ORDER BY id FOR UPDATE", &[&promise_ids])
-        .await
-        .map_err(db)?
-    {
-        promises.push(parse::<Promise>(row.get(0))?);
-    }
-    let waiting = tx
-        .query(
+    // Sent together (tokio-postgres pipelines them), run by the server in this order.
+    let (task_params, promise_params): (
+        [&(dyn tokio_postgres::types::ToSql + Sync); 1],
+        [&(dyn tokio_postgres::types::ToSql + Sync); 1],
+    ) = ([&task_ids], [&promise_ids]);
+    let tasks = tx.query("SELECT data FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE", &task_params);
+    let promises = tx.query("SELECT data FROM promises WHERE id = ANY($1) ORDER BY id FOR UPDATE", &promise_params);
+    let waiting = async {
+        if promise_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        tx.query(
             "SELECT data FROM tasks WHERE state = 'suspended' AND awaiting && $1 AND NOT (id = ANY($2)) ORDER BY id FOR UPDATE",
             &[&promise_ids, &task_ids],
         )
         .await
-        .map_err(db)?;
-    for row in waiting {
-        tasks.push(parse::<Task>(row.get(0))?);
-    }
+    };
+    let (tasks, promises, waiting) = futures::try_join!(tasks, promises, waiting).map_err(db)?;
+    let tasks = tasks.iter().chain(&waiting).map(|r| parse::<Task>(r.get(0))).collect::<Result<Vec<_>, _>>()?;
+    let promises = promises.iter().map(|r| parse::<Promise>(r.get(0))).collect::<Result<Vec<_>, _>>()?;
     Ok((promises, tasks))
 }
 
