@@ -212,27 +212,65 @@ pub async fn div(_ctx: &mut Context, x: i64, y: i64) -> durable::Result<i64> {
     arithmetic(Op::Div, x, y)
 }
 
-/// Evaluates an expression: both operands as concurrent durable children, then the
-/// operator as a durable call.
+/// Evaluates an expression, as in the seed: the operands go to group `exp` with `rfi`
+/// (the left preferring worker `lhs`, the right `rhs`), and the operator is called by
+/// its symbol with `rfc` on group `ops`, so this process needs no stub of it.
 #[durable::function(name = "=")]
 pub async fn clc(ctx: &mut Context, expr: Expr) -> durable::Result<i64> {
     match expr {
         Expr::Num(n) => Ok(n),
         Expr::Op(op, lhs, rhs) => {
-            let px = ctx.lfi(clc, *lhs).await?;
-            let py = ctx.lfi(clc, *rhs).await?;
+            let px = ctx.rfi(clc, *lhs).target("poll://any@exp/lhs").await?;
+            let py = ctx.rfi(clc, *rhs).target("poll://any@exp/rhs").await?;
             let (x, y) = (px.await?, py.await?);
-            match op {
-                Op::Add => ctx.lfc(add, (x, y)).await,
-                Op::Sub => ctx.lfc(sub, (x, y)).await,
-                Op::Mul => ctx.lfc(mul, (x, y)).await,
-                Op::Div => ctx.lfc(div, (x, y)).await,
-            }
+            ctx.rfc(Remote::<(i64, i64), i64>::named(op.symbol()), (x, y)).target("poll://any@ops").await
         }
     }
 }
 
-/// A runtime builder with every calculator function registered.
-pub fn register(builder: durable::Builder) -> durable::Builder {
-    builder.register(clc).register(add).register(sub).register(mul).register(div)
+/// The roles of the calculator's topology.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Starts evaluations; runs the root `=` of each.
+    Client,
+    /// Group `exp`, worker `lhs`.
+    Lhs,
+    /// Group `exp`, worker `rhs`.
+    Rhs,
+    /// Group `ops`: the operators.
+    Ops,
+}
+
+impl Role {
+    /// The role for `--group G [--pid P]`.
+    pub fn parse(group: &str, pid: Option<&str>) -> Result<Role, String> {
+        match (group, pid) {
+            ("exp", Some("lhs")) => Ok(Role::Lhs),
+            ("exp", Some("rhs")) => Ok(Role::Rhs),
+            ("exp", other) => Err(format!("group exp needs --pid lhs or --pid rhs, not {other:?}")),
+            ("ops", _) => Ok(Role::Ops),
+            ("client", _) => Ok(Role::Client),
+            (other, _) => {
+                Err(format!("unknown group {other:?}: the groups are exp (with --pid lhs or rhs), ops and client"))
+            }
+        }
+    }
+
+    /// A runtime for this role over `store`, holding tasks on leases of `lease`.
+    pub fn runtime(self, store: std::sync::Arc<dyn Store>, lease: std::time::Duration) -> durable::Result<Durable> {
+        let builder = Durable::builder().store(store).lease(lease);
+        match self {
+            Role::Client => builder.group("client").pid("client").register(clc),
+            Role::Lhs => builder.group("exp").pid("lhs").register(clc),
+            Role::Rhs => builder.group("exp").pid("rhs").register(clc),
+            Role::Ops => builder.group("ops").pid("ops").register(add).register(sub).register(mul).register(div),
+        }
+        .build()
+    }
+}
+
+/// Every role in this process, over one store: the client first.
+pub fn all_roles(store: std::sync::Arc<dyn Store>) -> durable::Result<Vec<Durable>> {
+    let lease = std::time::Duration::from_secs(30);
+    [Role::Client, Role::Lhs, Role::Rhs, Role::Ops].into_iter().map(|role| role.runtime(store.clone(), lease)).collect()
 }

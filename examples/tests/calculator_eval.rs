@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use durable::{Durable, Error, MemoryStore, State, Store};
+use durable::{Error, MemoryStore, State, Store};
 use durable_examples::calculator::{self, Expr, Op, clc, parse};
 
 #[test]
@@ -49,12 +49,16 @@ fn balanced(ops: usize, next: &mut i64) -> (String, i64) {
 #[tokio::test(start_paused = true)]
 async fn evaluates_the_seed_and_a_63_operator_expression() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let durable = calculator::register(Durable::builder().store(store.clone())).build().unwrap();
+    let runtimes = calculator::all_roles(store.clone()).unwrap();
+    let durable = &runtimes[0];
     let seed = durable.run("seed", clc, parse("(1 + 2) * (3 - 4)").unwrap()).await.unwrap();
     assert_eq!(seed.await.unwrap(), -3);
-    // "=" ran for the root and both operands, then "*" as a child: seed.1, seed.2, seed.3.
+    // "=" ran for the root and both operands on group exp, then "*" on group ops.
     let mul = store.get("seed.3").await.unwrap().unwrap();
     assert!(matches!(&mul.param, durable::Param::Call { func, .. } if func == "*"));
+    assert_eq!(store.task("seed.1").await.unwrap().unwrap().target.to_string(), "poll://any@exp/lhs");
+    assert_eq!(store.task("seed.2").await.unwrap().unwrap().target.to_string(), "poll://any@exp/rhs");
+    assert_eq!(store.task("seed.3").await.unwrap().unwrap().target.to_string(), "poll://any@ops");
 
     let (text, value) = balanced(63, &mut 0);
     assert_eq!(text.matches(['+', '-', '*']).count(), 63);
@@ -65,7 +69,8 @@ async fn evaluates_the_seed_and_a_63_operator_expression() {
 #[tokio::test(start_paused = true)]
 async fn division_by_zero_rejects_the_operator_once() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let durable = calculator::register(Durable::builder().store(store.clone())).build().unwrap();
+    let runtimes = calculator::all_roles(store.clone()).unwrap();
+    let durable = &runtimes[0];
     let started = tokio::time::Instant::now();
     let error = durable.run("div", clc, parse("7 / (2 - 2)").unwrap()).await.unwrap().await.unwrap_err();
     assert!(

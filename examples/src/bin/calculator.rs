@@ -1,60 +1,139 @@
-//! `calculator "(1 + 2) * (3 - 4)"` prints `-3`; without an expression it prompts.
-//! Every evaluation is a durable invocation on the embedded sled store.
+//! The distributed calculator.
+//!
+//! * `calculator "(1 + 2) * (3 - 4)"` prints `-3`. On the embedded store (the
+//!   default, in `./calculator-data`) every role runs in this process.
+//! * `calculator` alone is a prompt: each line is a new evaluation.
+//! * `calculator --store postgres://… worker --group exp --pid lhs` runs one role (also
+//!   `--pid rhs`, and `--group ops`) as its own process; `calculator --store
+//!   postgres://… EXPR` is then only the client.
+//! * `--trace` prints the durable calls as they unfold.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
-use durable::{Durable, SledStore};
-use durable_examples::calculator::{self, clc};
+use durable::store::Search;
+use durable::{Durable, Param, State, Store};
+use durable_examples::calculator::{self, Role, clc};
+use durable_examples::open_store;
 
-const USAGE: &str = "usage: calculator [--store DIR] [EXPRESSION]\n\
-                     evaluates EXPRESSION (integers, + - * /, parentheses) durably; \
-                     without one, reads expressions from a prompt.\n\
-                     --store DIR  the sled store's directory (default: ./calculator-data)";
+const USAGE: &str = "usage: calculator [--store DIR|postgres://…] [--lease MS] [--trace] [EXPRESSION]
+       calculator [--store …] worker --group exp --pid lhs|rhs
+       calculator [--store …] worker --group ops
+Evaluates EXPRESSION (integers, + - * /, parentheses) durably, or reads expressions
+from a prompt. --store is the sled store's directory (default ./calculator-data) or a
+PostgreSQL URL, where each role can run as its own process. --lease is how long a
+worker's hold on a task outlives the worker (default 30000 ms).";
 
-fn main() -> ExitCode {
-    let mut store_dir = PathBuf::from("calculator-data");
-    let mut expression = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
+struct Args {
+    store: String,
+    lease: Duration,
+    trace: bool,
+    worker: Option<(String, Option<String>)>,
+    expression: Option<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        store: "calculator-data".into(),
+        lease: Duration::from_secs(30),
+        trace: false,
+        worker: None,
+        expression: None,
+    };
+    let mut rest = std::env::args().skip(1);
+    let mut group = None;
+    let mut pid = None;
+    let mut worker = false;
+    while let Some(arg) = rest.next() {
         match arg.as_str() {
-            "--store" => match args.next() {
-                Some(dir) => store_dir = dir.into(),
-                None => return usage("--store needs a directory"),
-            },
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
+            "--store" => args.store = rest.next().ok_or("--store needs a directory or a URL")?,
+            "--trace" => args.trace = true,
+            "--lease" => {
+                let ms = rest.next().ok_or("--lease needs milliseconds")?;
+                let ms: u64 = ms.parse().map_err(|_| format!("--lease takes milliseconds, not {ms:?}"))?;
+                args.lease = Duration::from_millis(ms);
             }
-            flag if flag.starts_with("--") => return usage(&format!("unknown option {flag}")),
-            _ if expression.is_some() => return usage("give one expression (quote it)"),
-            _ => expression = Some(arg),
+            "--group" => group = Some(rest.next().ok_or("--group needs a name")?),
+            "--pid" => pid = Some(rest.next().ok_or("--pid needs a name")?),
+            "worker" if args.expression.is_none() => worker = true,
+            "-h" | "--help" => return Err(String::new()),
+            flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
+            _ if args.expression.is_some() => return Err("give one expression (quote it)".into()),
+            _ => args.expression = Some(arg),
         }
     }
+    if worker {
+        let group = group.ok_or("worker needs --group")?;
+        args.worker = Some((group, pid));
+    } else if group.is_some() || pid.is_some() {
+        return Err("--group and --pid go with worker".into());
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(problem) if problem.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(problem) => {
+            eprintln!("error: {problem}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async {
-        let store = match SledStore::open(&store_dir) {
+        let store = match open_store(&args.store).await {
             Ok(store) => store,
             Err(e) => return fail(&e.to_string()),
         };
-        let durable = match calculator::register(Durable::builder().store(Arc::new(store))).build() {
-            Ok(durable) => durable,
+        if let Some((group, pid)) = &args.worker {
+            let role = match Role::parse(group, pid.as_deref()) {
+                Ok(role) => role,
+                Err(problem) => return fail(&problem),
+            };
+            return match role.runtime(store, args.lease) {
+                Ok(durable) => {
+                    eprintln!(
+                        "calculator worker {group}{} serving",
+                        pid.as_deref().map(|p| format!("/{p}")).unwrap_or_default()
+                    );
+                    match durable.serve().await {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => fail(&e.to_string()),
+                    }
+                }
+                Err(e) => fail(&e.to_string()),
+            };
+        }
+        // On the embedded store every role runs here; on a shared store, only the client.
+        let embedded = !args.store.starts_with("postgres");
+        let runtimes = if embedded {
+            calculator::all_roles(store)
+        } else {
+            Role::Client.runtime(store, args.lease).map(|d| vec![d])
+        };
+        let runtimes = match runtimes {
+            Ok(runtimes) => runtimes,
             Err(e) => return fail(&e.to_string()),
         };
-        match expression {
-            Some(expression) => evaluate(&durable, &expression).await,
-            None => prompt(&durable).await,
+        match args.expression {
+            Some(expression) => evaluate(&runtimes[0], &expression, args.trace).await,
+            None => prompt(&runtimes[0], args.trace).await,
         }
     })
 }
 
 /// Parses and evaluates one expression as a new invocation; prints the result.
-async fn evaluate(durable: &Durable, input: &str) -> ExitCode {
+async fn evaluate(durable: &Durable, input: &str, trace: bool) -> ExitCode {
     let expr = match calculator::parse(input) {
         Ok(expr) => expr,
         Err(e) => {
@@ -64,10 +143,16 @@ async fn evaluate(durable: &Durable, input: &str) -> ExitCode {
     };
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let id = format!("calc-{}-{nanos}", std::process::id());
+    let tracer = trace.then(|| tokio::spawn(follow(durable.store().clone(), id.clone())));
     let result = match durable.run(&id, clc, expr).await {
         Ok(handle) => handle.await,
         Err(e) => Err(e),
     };
+    if let Some(tracer) = tracer {
+        // One last look, so the trace ends with the root's settlement.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        tracer.abort();
+    }
     match result {
         Ok(value) => {
             println!("{value}");
@@ -77,7 +162,43 @@ async fn evaluate(durable: &Durable, input: &str) -> ExitCode {
     }
 }
 
-async fn prompt(durable: &Durable) -> ExitCode {
+/// Prints the tree of durable calls under `root` as it unfolds: a line when a call
+/// starts (its function, arguments and where it runs) and when it settles.
+async fn follow(store: Arc<dyn Store>, root: String) {
+    let mut seen: BTreeMap<String, State> = BTreeMap::new();
+    loop {
+        let mut cursor = None;
+        loop {
+            let search = Search { prefix: root.clone(), cursor, limit: 1000, ..Search::default() };
+            let Ok(page) = store.search(search).await else { break };
+            for p in &page.promises {
+                let depth = p.id.matches('.').count();
+                let indent = "  ".repeat(depth);
+                if !seen.contains_key(&p.id) {
+                    let Param::Call { func, args, .. } = &p.param else { continue };
+                    let target = match store.task(&p.id).await {
+                        Ok(Some(task)) => format!(" on {}", task.target),
+                        _ => String::new(),
+                    };
+                    eprintln!("{indent}→ {} {func}({args}){target}", p.id);
+                    seen.insert(p.id.clone(), State::Pending);
+                }
+                if p.state.is_settled() && seen.get(&p.id) == Some(&State::Pending) {
+                    let value = p.value.as_deref().unwrap_or("");
+                    eprintln!("{indent}← {} {:?} {value}", p.id, p.state);
+                    seen.insert(p.id.clone(), p.state);
+                }
+            }
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn prompt(durable: &Durable, trace: bool) -> ExitCode {
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
@@ -86,7 +207,7 @@ async fn prompt(durable: &Durable) -> ExitCode {
         match lines.next() {
             Some(Ok(line)) if line.trim().is_empty() => continue,
             Some(Ok(line)) => {
-                evaluate(durable, line.trim()).await;
+                evaluate(durable, line.trim(), trace).await;
             }
             Some(Err(e)) => return fail(&format!("cannot read the prompt: {e}")),
             None => {
@@ -95,11 +216,6 @@ async fn prompt(durable: &Durable) -> ExitCode {
             }
         }
     }
-}
-
-fn usage(problem: &str) -> ExitCode {
-    eprintln!("error: {problem}\n{USAGE}");
-    ExitCode::from(2)
 }
 
 fn fail(message: &str) -> ExitCode {

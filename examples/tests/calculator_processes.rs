@@ -1,0 +1,90 @@
+//! The calculator's roles as separate processes on PostgreSQL: the client waits while
+//! the `lhs` worker is killed with SIGKILL mid-run and started again, and the
+//! evaluation finishes with the right value. Reads `DURABLE_POSTGRES_URL`; under
+//! `CI=true` an unreachable server fails the test.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn url() -> String {
+    std::env::var("DURABLE_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn calculator(schema: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_calculator"));
+    command.args(["--store", &url(), "--lease", "1000"]).args(args).env("DURABLE_SCHEMA", schema);
+    command
+}
+
+fn worker(schema: &str, group: &str, pid: Option<&str>) -> Child {
+    let mut args = vec!["worker", "--group", group];
+    if let Some(pid) = pid {
+        args.extend(["--pid", pid]);
+    }
+    calculator(schema, &args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn a worker")
+}
+
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_run_and_restarted_finishes_the_calculation() {
+    let (client, connection) = match tokio_postgres::connect(&url(), tokio_postgres::NoTls).await {
+        Ok(c) => c,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("PostgreSQL at {} is unreachable under CI=true: {e}", url())
+        }
+        Err(e) => return eprintln!("skipped: PostgreSQL at {} is unreachable: {e}", url()),
+    };
+    tokio::spawn(connection);
+    let schema = format!("durable_calculator_{}", std::process::id());
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
+
+    let mut processes = Processes(vec![worker(&schema, "exp", Some("lhs")), worker(&schema, "exp", Some("rhs"))]);
+    // No ops worker yet: the evaluation gets as far as the operators and waits.
+    let expression = "((1 + 2) * (3 - 4)) - ((5 * 6) + (7 - 8)) * (9 + 10)";
+    let evaluation = calculator(&schema, &[expression]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting = client
+            .query_opt(&format!("SELECT 1 FROM {schema}.tasks WHERE grp = 'ops' AND state = 'pending' LIMIT 1"), &[])
+            .await
+            .ok()
+            .flatten();
+        if waiting.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the evaluation never reached the operators");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lhs = &mut processes.0[0];
+    lhs.kill().expect("SIGKILL lhs");
+    lhs.wait().unwrap();
+    processes.0[0] = worker(&schema, "exp", Some("lhs"));
+    processes.0.push(worker(&schema, "ops", None));
+
+    let Output { status, stdout, stderr } =
+        tokio::task::spawn_blocking(move || evaluation.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert!(status.success(), "the client failed: {stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&stdout).trim(),
+        ((1 + 2) * (3 - 4) - ((5 * 6) + (7 - 8)) * (9 + 10)).to_string()
+    );
+    drop(processes);
+    let held: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {schema}.tasks WHERE state = 'acquired'"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0, "no task left acquired");
+    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+}
