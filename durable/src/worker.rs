@@ -13,10 +13,6 @@ use crate::promise::{Fence, Param, Promise, State};
 use crate::store::{Claim, Release, SettlePromise};
 use crate::{Error, Retry};
 
-/// How long an idle runtime sleeps when no deadline is nearer: stores wake it when a
-/// task becomes ready, so this only bounds a missed signal.
-const IDLE_POLL: Duration = Duration::from_secs(300);
-
 /// Platform faults after which a task halts instead of being retried.
 const POISON: u32 = 5;
 
@@ -30,8 +26,9 @@ pub(crate) async fn background(rt: Arc<Shared>) {
     let mut next_beat = tokio::time::Instant::now() + beat;
     loop {
         // With nothing held there is nothing to heartbeat: sleep until the next
-        // deadline, or a readiness signal, with a slow poll as the fallback.
-        let mut sleep = IDLE_POLL;
+        // deadline or a readiness signal, and at most one lease, so that a lease taken
+        // elsewhere since the last tick (its holder may die) is noticed when it ends.
+        let mut sleep = Duration::from_millis(rt.ttl);
         if let Ok(tick) = store.tick().await
             && let Some(next) = tick.next
         {

@@ -7,6 +7,7 @@ use durable::store::PostgresStore;
 use durable::{SledStore, Store, StoreError};
 
 pub mod calculator;
+pub mod faas;
 
 /// Opens the store a `--store` flag names: a `postgres://` URL (in the schema
 /// `DURABLE_SCHEMA`, default `durable`), or a directory for the embedded sled store
