@@ -78,7 +78,11 @@ pub async fn execute(_ctx: &mut Context, script: Script) -> durable::Result<Run>
         .map_err(|e| Error::new(format!("cannot start python3 for {}: {e}", script.name)))?;
     let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Err(_) => {
-            return Err(Error::terminal(format!("{} timed out after {} s on {worker}", script.name, timeout.as_secs())));
+            return Err(Error::terminal(format!(
+                "{} timed out after {} s on {worker}",
+                script.name,
+                timeout.as_secs()
+            )));
         }
         Ok(Err(e)) => return Err(Error::new(format!("cannot wait for {}: {e}", script.name))),
         Ok(Ok(output)) => output,

@@ -81,3 +81,28 @@ async fn division_by_zero_rejects_the_operator_once() {
     assert!(store.get("div.3.r1").await.unwrap().is_none(), "a terminal error is not retried");
     assert!(started.elapsed().as_secs() < 1, "no backoff was waited");
 }
+
+#[test]
+fn the_binary_prints_the_result_and_traces_the_calls() {
+    let dir = std::env::temp_dir().join(format!("durable-calculator-trace-{}", std::process::id()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_calculator"))
+        .args(["--store", &dir.display().to_string(), "--trace", "(1 + 2) * (3 - 4)"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, "-3\n");
+    for expected in ["on poll://any@exp/lhs", "on poll://any@exp/rhs", "on poll://any@ops", "*([3,-1])", "Resolved -3"]
+    {
+        assert!(stderr.contains(expected), "the trace lacks {expected:?}:\n{stderr}");
+    }
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_calculator"))
+        .args(["--store", &dir.display().to_string(), "2 * (3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at column 7"));
+    assert!(!dir.exists(), "a malformed expression opens no store");
+}

@@ -90,6 +90,13 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
+    // A malformed expression is reported before any store is opened.
+    if let Some(expression) = &args.expression
+        && let Err(e) = calculator::parse(expression)
+    {
+        eprintln!("error: {e}\n  {expression}\n  {:>width$}", "^", width = e.column);
+        return ExitCode::from(2);
+    }
     runtime.block_on(async {
         let store = match open_store(&args.store).await {
             Ok(store) => store,
