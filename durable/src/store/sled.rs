@@ -64,17 +64,15 @@ impl SledStore {
                 )));
             }
         }
-        let promises_tree = db.open_tree("promises").map_err(context)?;
-        let tasks_tree = db.open_tree("tasks").map_err(context)?;
-        let promises = load::<Promise>(&promises_tree, path)?;
-        let tasks = load::<Task>(&tasks_tree, path)?;
+        let records = db.open_tree("records").map_err(context)?;
+        let promises = load::<Promise>(&records, PROMISE, path)?;
+        let tasks = load::<Task>(&records, TASK, path)?;
         let clock: Arc<dyn Clock> = Arc::new(clock);
         let mut core = Core::restore(promises, tasks, clock.now());
         core.release_all(clock.now());
         let log = SledLog {
             db,
-            promises: promises_tree,
-            tasks: tasks_tree,
+            records,
             staged: AtomicU64::new(0),
             flushed: tokio::sync::Mutex::new(0),
             flushes: AtomicU64::new(0),
@@ -86,8 +84,19 @@ impl SledStore {
     }
 }
 
-fn load<T: serde::de::DeserializeOwned>(tree: &sled::Tree, path: &Path) -> Result<Vec<T>, StoreError> {
-    tree.iter()
+/// Record keys: `p` or `t`, then the id.
+const PROMISE: u8 = b'p';
+const TASK: u8 = b't';
+
+fn key(kind: u8, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(id.len() + 1);
+    key.push(kind);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn load<T: serde::de::DeserializeOwned>(tree: &sled::Tree, kind: u8, path: &Path) -> Result<Vec<T>, StoreError> {
+    tree.scan_prefix([kind])
         .map(|kv| {
             let (k, v) = kv.map_err(StoreError::backend)?;
             serde_json::from_slice(&v).map_err(|e| {
@@ -104,8 +113,9 @@ fn load<T: serde::de::DeserializeOwned>(tree: &sled::Tree, path: &Path) -> Resul
 #[derive(Debug)]
 struct SledLog {
     db: sled::Db,
-    promises: sled::Tree,
-    tasks: sled::Tree,
+    /// Promises under `p{id}`, tasks under `t{id}`: one tree, so one step is one
+    /// atomic batch.
+    records: sled::Tree,
     /// Steps staged so far.
     staged: AtomicU64,
     /// Steps known durable; the lock is held by the one flush in progress.
@@ -119,24 +129,16 @@ impl Log for SledLog {
         if dirty.promises.is_empty() && dirty.tasks.is_empty() {
             return Ok(0);
         }
-        let mut promises = sled::Batch::default();
+        let mut batch = sled::Batch::default();
         for id in &dirty.promises {
             let p = core.promise(id).expect("a dirty promise exists");
-            promises.insert(id.as_bytes(), serde_json::to_vec(p).map_err(StoreError::backend)?);
+            batch.insert(key(PROMISE, id), serde_json::to_vec(p).map_err(StoreError::backend)?);
         }
-        let mut tasks = sled::Batch::default();
         for id in &dirty.tasks {
             let t = core.task_ref(id).expect("a dirty task exists");
-            tasks.insert(id.as_bytes(), serde_json::to_vec(t).map_err(StoreError::backend)?);
+            batch.insert(key(TASK, id), serde_json::to_vec(t).map_err(StoreError::backend)?);
         }
-        use sled::Transactional;
-        (&self.promises, &self.tasks)
-            .transaction(|(p, t)| {
-                p.apply_batch(&promises)?;
-                t.apply_batch(&tasks)?;
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| StoreError::backend(format!("sled transaction failed: {e:?}")))?;
+        self.records.apply_batch(batch).map_err(StoreError::backend)?;
         Ok(self.staged.fetch_add(1, Ordering::SeqCst) + 1)
     }
 
