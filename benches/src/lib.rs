@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use durable::prelude::*;
 use durable::store::PostgresStore;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 static HOLD: AtomicBool = AtomicBool::new(false);
@@ -72,4 +73,67 @@ pub async fn postgres(name: &str) -> Option<Arc<dyn Store>> {
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.ok()?;
     let store = PostgresStore::options(&url).schema(schema).connect().await.ok()?;
     Some(Arc::new(store))
+}
+
+/// A calculator expression.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Expr {
+    /// An integer.
+    Num(i64),
+    /// An operator and its operands.
+    Op(char, Box<Expr>, Box<Expr>),
+}
+
+/// The calculator's `=`, as in the example: operands by `rfi` to group exp, the
+/// operator by `rfc` to group ops.
+#[durable::function(name = "=")]
+pub async fn clc(ctx: &mut Context, expr: Expr) -> durable::Result<i64> {
+    match expr {
+        Expr::Num(n) => Ok(n),
+        Expr::Op(op, lhs, rhs) => {
+            let px = ctx.rfi(clc, *lhs).target("poll://any@exp/lhs").await?;
+            let py = ctx.rfi(clc, *rhs).target("poll://any@exp/rhs").await?;
+            let (x, y) = (px.await?, py.await?);
+            ctx.rfc(Remote::<(i64, i64), i64>::named(op.to_string()), (x, y)).target("poll://any@ops").await
+        }
+    }
+}
+
+/// `+`
+#[durable::function(name = "+")]
+pub async fn add(_ctx: &mut Context, x: i64, y: i64) -> durable::Result<i64> {
+    Ok(x.wrapping_add(y))
+}
+
+/// `-`
+#[durable::function(name = "-")]
+pub async fn sub(_ctx: &mut Context, x: i64, y: i64) -> durable::Result<i64> {
+    Ok(x.wrapping_sub(y))
+}
+
+/// The calculator's client, exp/lhs, exp/rhs and ops workers over one store.
+pub fn calc_roles(store: &Arc<dyn Store>) -> Vec<Durable> {
+    let base = || Durable::builder().store(store.clone()).concurrency(4096);
+    vec![
+        base().group("client").register(clc).build().expect("client"),
+        base().group("exp").pid("lhs").register(clc).build().expect("lhs"),
+        base().group("exp").pid("rhs").register(clc).build().expect("rhs"),
+        base().group("ops").register(add).register(sub).build().expect("ops"),
+    ]
+}
+
+/// A balanced expression of `ops` operators over 1, 2, 3…, and its value.
+pub fn balanced(ops: usize, next: &mut i64) -> (Expr, i64) {
+    if ops == 0 {
+        *next += 1;
+        return (Expr::Num(*next), *next);
+    }
+    let left = (ops - 1) / 2;
+    let (l, lv) = balanced(left, next);
+    let (r, rv) = balanced(ops - 1 - left, next);
+    if ops % 2 == 0 {
+        (Expr::Op('+', Box::new(l), Box::new(r)), lv.wrapping_add(rv))
+    } else {
+        (Expr::Op('-', Box::new(l), Box::new(r)), lv.wrapping_sub(rv))
+    }
 }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use durable::prelude::*;
 use durable::store::PostgresStore;
-use durable_benches::{chain, runtime, unfinished};
-use serde::{Deserialize, Serialize};
+
+use durable_benches::{balanced, calc_roles, chain, clc, runtime, unfinished};
 
 const USAGE: &str = "usage: durable-bench chain --steps N --store memory|sled|postgres [--concurrency C]
        durable-bench calc --nodes K --store memory|sled|postgres
@@ -210,59 +210,4 @@ async fn run(args: &Args) -> Result<(), String> {
         _ => unreachable!("checked by parse_args"),
     }
     Ok(())
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-enum Expr {
-    Num(i64),
-    Op(char, Box<Expr>, Box<Expr>),
-}
-
-#[durable::function(name = "=")]
-async fn clc(ctx: &mut Context, expr: Expr) -> durable::Result<i64> {
-    match expr {
-        Expr::Num(n) => Ok(n),
-        Expr::Op(op, lhs, rhs) => {
-            let px = ctx.rfi(clc, *lhs).target("poll://any@exp/lhs").await?;
-            let py = ctx.rfi(clc, *rhs).target("poll://any@exp/rhs").await?;
-            let (x, y) = (px.await?, py.await?);
-            ctx.rfc(Remote::<(i64, i64), i64>::named(op.to_string()), (x, y)).target("poll://any@ops").await
-        }
-    }
-}
-
-#[durable::function(name = "+")]
-async fn add(_ctx: &mut Context, x: i64, y: i64) -> durable::Result<i64> {
-    Ok(x.wrapping_add(y))
-}
-
-#[durable::function(name = "-")]
-async fn sub(_ctx: &mut Context, x: i64, y: i64) -> durable::Result<i64> {
-    Ok(x.wrapping_sub(y))
-}
-
-fn calc_roles(store: &Arc<dyn Store>) -> Vec<Durable> {
-    let base = || Durable::builder().store(store.clone()).concurrency(4096);
-    vec![
-        base().group("client").register(clc).build().expect("client"),
-        base().group("exp").pid("lhs").register(clc).build().expect("lhs"),
-        base().group("exp").pid("rhs").register(clc).build().expect("rhs"),
-        base().group("ops").register(add).register(sub).build().expect("ops"),
-    ]
-}
-
-/// A balanced expression of `ops` operators over 1, 2, 3…, and its value.
-fn balanced(ops: usize, next: &mut i64) -> (Expr, i64) {
-    if ops == 0 {
-        *next += 1;
-        return (Expr::Num(*next), *next);
-    }
-    let left = (ops - 1) / 2;
-    let (l, lv) = balanced(left, next);
-    let (r, rv) = balanced(ops - 1 - left, next);
-    if ops % 2 == 0 {
-        (Expr::Op('+', Box::new(l), Box::new(r)), lv.wrapping_add(rv))
-    } else {
-        (Expr::Op('-', Box::new(l), Box::new(r)), lv.wrapping_sub(rv))
-    }
 }
