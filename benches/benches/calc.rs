@@ -1,23 +1,12 @@
 //! The calculator on a balanced 1023-node expression, every role in one process:
 //! each sub-expression an `rfi` to group exp, each operator an `rfc` to group ops.
 
-use std::sync::Arc;
-
 use criterion::criterion_main;
-use durable::prelude::*;
-use durable::store::SystemClock;
 use durable_benches::{balanced, calc_roles, clc};
 
 fn calculator(c: &mut criterion::Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut stores: Vec<(&str, Arc<dyn Store>)> = vec![
-        ("memory", Arc::new(MemoryStore::with_clock(SystemClock))),
-        ("sled", Arc::new(SledStore::open(dir.path()).expect("open"))),
-    ];
-    if let Some(pg) = rt.block_on(durable_benches::postgres("calc")) {
-        stores.push(("postgres", pg));
-    }
+    let (stores, _dir) = durable_benches::stores(&rt, "calc");
     let (expr, value) = balanced(511, &mut 0);
     let mut group = c.benchmark_group("calculator_1023_nodes");
     group.sample_size(10);

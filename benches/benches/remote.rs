@@ -2,11 +2,8 @@
 //! awaits its result, through the store's task queue. On memory, on sled (where each
 //! write waits for its flush) and on PostgreSQL when it is reachable.
 
-use std::sync::Arc;
-
 use criterion::{Criterion, criterion_main};
 use durable::prelude::*;
-use durable::store::SystemClock;
 
 #[durable::function]
 async fn echo(_ctx: &mut Context, x: u64) -> durable::Result<u64> {
@@ -15,14 +12,7 @@ async fn echo(_ctx: &mut Context, x: u64) -> durable::Result<u64> {
 
 fn round_trip(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut stores: Vec<(&str, Arc<dyn Store>)> = vec![
-        ("memory", Arc::new(MemoryStore::with_clock(SystemClock))),
-        ("sled", Arc::new(SledStore::open(dir.path()).expect("open"))),
-    ];
-    if let Some(pg) = rt.block_on(durable_benches::postgres("remote")) {
-        stores.push(("postgres", pg));
-    }
+    let (stores, _dir) = durable_benches::stores(&rt, "remote");
     let mut group = c.benchmark_group("remote_round_trip");
     for (name, store) in stores {
         let (client, _worker) = rt.block_on(async {

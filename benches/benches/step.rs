@@ -1,11 +1,8 @@
 //! A fresh local step: one invocation makes N sequential `lfc` calls, each creating
 //! and settling a promise. Reported per invocation of 100 steps; divide by 100.
 
-use std::sync::Arc;
-
 use criterion::{Criterion, Throughput, criterion_main};
 use durable::prelude::*;
-use durable::store::SystemClock;
 
 #[durable::function]
 async fn step(_ctx: &mut Context, x: u64) -> durable::Result<u64> {
@@ -25,14 +22,7 @@ const STEPS: u64 = 100;
 
 fn fresh_steps(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut stores: Vec<(&str, Arc<dyn Store>)> = vec![
-        ("memory", Arc::new(MemoryStore::with_clock(SystemClock))),
-        ("sled", Arc::new(SledStore::open(dir.path()).expect("open"))),
-    ];
-    if let Some(pg) = rt.block_on(durable_benches::postgres("step")) {
-        stores.push(("postgres", pg));
-    }
+    let (stores, _dir) = durable_benches::stores(&rt, "step");
     let mut group = c.benchmark_group("fresh_local_steps");
     group.throughput(Throughput::Elements(STEPS));
     for (name, store) in stores {

@@ -56,6 +56,21 @@ pub async fn unfinished(store: &Arc<dyn Store>, id: &str, n: u64) -> Handle<u64>
     handle
 }
 
+/// The stores a benchmark runs on: memory, sled (in the returned directory, which
+/// must outlive them) and PostgreSQL in the schema `durable_bench_{name}` when it is
+/// reachable. Each keeps its real durability; memory runs on the system clock.
+pub fn stores(rt: &tokio::runtime::Runtime, name: &str) -> (Vec<(&'static str, Arc<dyn Store>)>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut stores: Vec<(&'static str, Arc<dyn Store>)> = vec![
+        ("memory", Arc::new(MemoryStore::with_clock(durable::store::SystemClock))),
+        ("sled", Arc::new(SledStore::open(dir.path()).expect("open sled"))),
+    ];
+    if let Some(pg) = rt.block_on(postgres(name)) {
+        stores.push(("postgres", pg));
+    }
+    (stores, dir)
+}
+
 /// A PostgresStore in a fresh schema `name`, if `DURABLE_POSTGRES_URL` (default
 /// `postgres://postgres@127.0.0.1:5432/test`) is reachable.
 pub async fn postgres(name: &str) -> Option<Arc<dyn Store>> {
