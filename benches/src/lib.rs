@@ -56,12 +56,15 @@ pub async fn unfinished(store: &Arc<dyn Store>, id: &str, n: u64) -> Handle<u64>
     handle
 }
 
+/// A store and the name it is reported under.
+pub type Named = (&'static str, Arc<dyn Store>);
+
 /// The stores a benchmark runs on: memory, sled (in the returned directory, which
 /// must outlive them) and PostgreSQL in the schema `durable_bench_{name}` when it is
 /// reachable. Each keeps its real durability; memory runs on the system clock.
-pub fn stores(rt: &tokio::runtime::Runtime, name: &str) -> (Vec<(&'static str, Arc<dyn Store>)>, tempfile::TempDir) {
+pub fn stores(rt: &tokio::runtime::Runtime, name: &str) -> (Vec<Named>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut stores: Vec<(&'static str, Arc<dyn Store>)> = vec![
+    let mut stores: Vec<Named> = vec![
         ("memory", Arc::new(MemoryStore::with_clock(durable::store::SystemClock))),
         ("sled", Arc::new(SledStore::open(dir.path()).expect("open sled"))),
     ];
