@@ -120,7 +120,8 @@ pub(crate) fn spawn(
         args: args.clone(),
         fresh,
     };
-    let guard = rt.running.lock().unwrap_or_else(|e| e.into_inner());
+    // Held until the entry is in: the task removes it when done, which must come after.
+    let mut running = rt.running.lock().unwrap_or_else(|e| e.into_inner());
     let shared = rt.clone();
     let handle = tokio::spawn(async move {
         tokio::select! {
@@ -135,8 +136,8 @@ pub(crate) fn spawn(
         shared.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&inv.fence.task);
         shared.wake.notify_one();
     });
-    let mut guard = guard;
-    guard.insert(task_id, (handle.abort_handle(), fence));
+    running.insert(task_id, (handle.abort_handle(), fence));
+    drop(running);
     // The background loop heartbeats only while something is held: tell it.
     rt.wake.notify_one();
 }
