@@ -45,9 +45,17 @@ impl Job {
     pub(crate) async fn run(self) -> Option<Outcome> {
         let store = self.inv.rt.store.clone();
         let id = self.id.clone();
+        // Set once an attempt settles the promise itself: from then on the outcome is
+        // the one its settle returns, after the store made it durable. A store shows a
+        // settle to readers before it is durable, so watching for it here would let
+        // the caller go on with a result a crash could still take back.
+        let settling = std::sync::atomic::AtomicBool::new(false);
         let settled_elsewhere = async {
             loop {
                 store.wait(&id).await.ok()?;
+                if settling.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
                 let p = store.get(&id).await.ok()??;
                 if p.state.is_settled() {
                     return Some(outcome(&p));
@@ -60,12 +68,12 @@ impl Job {
         };
         tokio::select! {
             biased;
-            outcome = self.attempts() => outcome,
+            outcome = self.attempts(&settling) => outcome,
             Some(outcome) = settled_elsewhere => Some(outcome),
         }
     }
 
-    async fn attempts(&self) -> Option<Outcome> {
+    async fn attempts(&self, settling: &std::sync::atomic::AtomicBool) -> Option<Outcome> {
         let inv = &self.inv;
         let mut attempt = if self.fresh { 1 } else { self.resume().await.ok()? };
         loop {
@@ -95,6 +103,7 @@ impl Job {
                 }
             };
             let req = SettlePromise { id: self.id.clone(), state, value, ikey: None, strict: false, fence: None };
+            settling.store(true, std::sync::atomic::Ordering::SeqCst);
             let settled = inv.settle(req).await.ok()?;
             return Some(outcome(&settled));
         }
