@@ -1,0 +1,282 @@
+//! The default store: one directory, one process, on sled.
+//!
+//! The state machine runs in memory (the engine); every step appends the records it
+//! changed to a write-ahead log as one entry and is acknowledged only after an
+//! `fdatasync`. Concurrent steps share one sync (group commit). The log is applied to
+//! sled a segment at a time, in the background, and sled is read when the store opens.
+
+mod wal;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use self::wal::Wal;
+use super::engine::{Engine, Log, engine_store};
+use super::state::{Core, Dirty};
+use super::{Clock, SystemClock};
+use crate::StoreError;
+use crate::promise::{Promise, Task};
+
+const FORMAT_KEY: &[u8] = b"format";
+/// Format 1 had no write-ahead log; its directories read the same.
+const FORMAT: &[u8] = b"2";
+/// A write-ahead log segment this long is applied to sled and a new one begun.
+const SEGMENT_LIMIT: u64 = 64 << 20;
+
+/// A store in a directory on disk: the default for one machine.
+///
+/// sled locks the directory, so one process uses it at a time. Opening it therefore
+/// proves that every earlier holder is gone, and every task they held is released at
+/// once (a new version), to be taken over without waiting for their leases.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let store = durable::SledStore::open(dir.path())?;
+/// # let _ = store;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct SledStore {
+    engine: Engine<SledLog>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `path`, on the system clock.
+    pub fn open(path: impl AsRef<Path>) -> Result<SledStore, StoreError> {
+        SledStore::open_with_clock(path, SystemClock)
+    }
+
+    /// Opens (or creates) the store in `path`, on the given clock.
+    pub fn open_with_clock(path: impl AsRef<Path>, clock: impl Clock) -> Result<SledStore, StoreError> {
+        SledStore::open_with(path.as_ref(), Arc::new(clock), SEGMENT_LIMIT)
+    }
+
+    fn open_with(path: &Path, clock: Arc<dyn Clock>, segment_limit: u64) -> Result<SledStore, StoreError> {
+        let context = |e: sled::Error| {
+            StoreError::backend(format!(
+                "cannot open the sled store in {}: {e} (is another process using it?)",
+                path.display()
+            ))
+        };
+        let db = sled::Config::new().path(path).open().map_err(context)?;
+        match db.get(FORMAT_KEY).map_err(context)? {
+            None => {
+                db.insert(FORMAT_KEY, FORMAT).map_err(context)?;
+            }
+            Some(v) if v == FORMAT => {}
+            Some(v) if v == b"1" => {
+                db.insert(FORMAT_KEY, FORMAT).map_err(context)?;
+            }
+            Some(v) => {
+                return Err(StoreError::backend(format!(
+                    "the sled store in {} has format {:?}; this version reads format {:?}",
+                    path.display(),
+                    String::from_utf8_lossy(&v),
+                    String::from_utf8_lossy(FORMAT)
+                )));
+            }
+        }
+        let records = db.open_tree("records").map_err(context)?;
+        let wal = Wal::open(path, &db, &records, segment_limit)?;
+        let promises = load::<Promise>(&records, PROMISE, path)?;
+        let tasks = load::<Task>(&records, TASK, path)?;
+        let mut core = Core::restore(promises, tasks, clock.now());
+        core.release_all(clock.now());
+        let log = SledLog { wal };
+        let dirty = std::mem::take(&mut core.dirty);
+        log.stage(&core, &dirty)?;
+        log.wal.sync_blocking()?;
+        Ok(SledStore { engine: Engine::new(core, log, clock) })
+    }
+}
+
+/// Record keys: `p` or `t`, then the id.
+const PROMISE: u8 = b'p';
+const TASK: u8 = b't';
+
+fn key(kind: u8, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(id.len() + 1);
+    key.push(kind);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn load<T: serde::de::DeserializeOwned>(tree: &sled::Tree, kind: u8, path: &Path) -> Result<Vec<T>, StoreError> {
+    tree.scan_prefix([kind])
+        .map(|kv| {
+            let (k, v) = kv.map_err(StoreError::backend)?;
+            serde_json::from_slice(&v).map_err(|e| {
+                StoreError::backend(format!(
+                    "the sled store in {} has an unreadable record {:?}: {e}",
+                    path.display(),
+                    String::from_utf8_lossy(&k)
+                ))
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug)]
+struct SledLog {
+    /// Promises under `p{id}`, tasks under `t{id}`, in one tree, so one step is one
+    /// atomic batch when a checkpoint applies it.
+    wal: Wal,
+}
+
+impl Log for SledLog {
+    fn stage(&self, core: &Core, dirty: &Dirty) -> Result<u64, StoreError> {
+        if dirty.promises.is_empty() && dirty.tasks.is_empty() {
+            return Ok(0);
+        }
+        self.wal.stage(|entry| {
+            for id in &dirty.promises {
+                entry.record(&key(PROMISE, id), core.promise(id).expect("a dirty promise exists"))?;
+            }
+            for id in &dirty.tasks {
+                entry.record(&key(TASK, id), core.task_ref(id).expect("a dirty task exists"))?;
+            }
+            Ok(())
+        })
+    }
+
+    async fn commit(&self, token: u64) -> Result<(), StoreError> {
+        if token == 0 {
+            return Ok(());
+        }
+        self.wal.commit(token).await
+    }
+}
+
+engine_store!(SledStore);
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use super::SledStore;
+    use crate::promise::Param;
+    use crate::store::{CreatePromise, SettlePromise, SystemClock};
+    use crate::{State, Store};
+
+    fn open_small(dir: &Path, segment_limit: u64) -> SledStore {
+        SledStore::open_with(dir, Arc::new(SystemClock), segment_limit).unwrap()
+    }
+
+    fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut found: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("wal-"))
+            .collect();
+        found.sort();
+        found
+    }
+
+    fn resolve(id: &str) -> SettlePromise {
+        SettlePromise {
+            id: id.into(),
+            state: State::Resolved,
+            value: "1".into(),
+            ikey: None,
+            strict: false,
+            fence: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_share_syncs_and_all_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let before = store.engine.log.wal.syncs.load(Ordering::Relaxed);
+        let writes: Vec<_> = (0..64)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { store.create(CreatePromise::new(format!("p{i}"), Param::Timer)).await })
+            })
+            .collect();
+        for write in writes {
+            write.await.unwrap().unwrap();
+        }
+        let syncs = store.engine.log.wal.syncs.load(Ordering::Relaxed) - before;
+        assert!((1..=8).contains(&syncs), "64 concurrent writes took {syncs} syncs");
+        drop(store);
+        let reopened = SledStore::open(dir.path()).unwrap();
+        for i in 0..64 {
+            assert!(reopened.get(&format!("p{i}")).await.unwrap().is_some(), "p{i} was acknowledged, so it is there");
+        }
+    }
+
+    #[tokio::test]
+    async fn full_segments_are_applied_to_sled_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_small(dir.path(), 2048);
+        for i in 0..200 {
+            store.create(CreatePromise::new(format!("p{i}"), Param::Timer)).await.unwrap();
+        }
+        drop(store); // waits for the checkpoints in progress
+        // Every sealed segment is gone; only the one being written was left.
+        assert_eq!(segments(dir.path()).len(), 1, "{:?}", segments(dir.path()));
+        let reopened = open_small(dir.path(), 2048);
+        for i in 0..200 {
+            assert!(reopened.get(&format!("p{i}")).await.unwrap().is_some(), "p{i} survives its checkpoint");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_entry_is_ignored_and_what_came_before_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.create(CreatePromise::new("p", Param::Timer)).await.unwrap();
+        drop(store);
+        // Half an entry, as a crash in the middle of a write leaves it.
+        let segment = segments(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, b'{']);
+        std::fs::write(&segment, bytes).unwrap();
+        let reopened = SledStore::open(dir.path()).unwrap();
+        assert!(reopened.get("p").await.unwrap().is_some());
+        reopened.create(CreatePromise::new("q", Param::Timer)).await.unwrap();
+        drop(reopened);
+        let again = SledStore::open(dir.path()).unwrap();
+        assert!(again.get("q").await.unwrap().is_some(), "the log goes on after a torn entry");
+    }
+
+    #[tokio::test]
+    async fn a_segment_already_applied_is_not_applied_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.create(CreatePromise::new("p", Param::Timer)).await.unwrap();
+        drop(store);
+        // A copy of the segment that holds p pending, as a crash between the
+        // checkpoint and the deletion of the segment leaves it.
+        let stale = segments(dir.path()).pop().unwrap();
+        let copy = std::fs::read(&stale).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.settle(resolve("p")).await.unwrap();
+        drop(store);
+        // Opening applies the segment that resolved p, and deletes it.
+        drop(SledStore::open(dir.path()).unwrap());
+        std::fs::write(&stale, copy).unwrap();
+        let reopened = SledStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.get("p").await.unwrap().unwrap().state, State::Resolved);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_segment_before_the_last_is_an_error_that_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.create(CreatePromise::new("p", Param::Timer)).await.unwrap();
+        drop(store);
+        let segment = segments(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&segment, bytes).unwrap();
+        // A later segment: the damaged entry cannot be a torn write at the end.
+        std::fs::write(dir.path().join("wal-00000000000000000009"), b"").unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("damaged") && err.contains(&segment.display().to_string()), "{err}");
+    }
+}

@@ -1,0 +1,336 @@
+//! The write-ahead log in front of sled.
+//!
+//! Every step appends one entry, under the state lock, so entries are in the order
+//! the state changed. A commit writes everything staged so far and makes it durable
+//! with one `fdatasync`, shared by every step waiting (group commit). sled itself is
+//! only written by checkpoints: when a segment is full the log moves to a new one, and
+//! a background thread applies the full segment to sled, flushes sled, records the
+//! segment as applied and deletes it. Opening a store applies whatever segments are
+//! left, so what was acknowledged is in sled before the state is read.
+//!
+//! An entry is `[length: u32][crc32: u32][records]`, a record
+//! `[key length: u32][key][value length: u32][value]`, all little-endian. A crash can
+//! leave the last entry torn; its checksum shows it, and it was never acknowledged.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+
+use crate::StoreError;
+
+/// Where sled records which segments it holds, in its default tree.
+const APPLIED_KEY: &[u8] = b"wal-applied";
+const PREFIX: &str = "wal-";
+const HEADER: usize = 8;
+
+/// The log of one open store.
+#[derive(Debug)]
+pub(super) struct Wal {
+    files: Arc<Files>,
+    /// The last entry known durable. Its lock is held by the one commit in progress,
+    /// so the steps that wait meanwhile share the next.
+    durable: tokio::sync::Mutex<u64>,
+    /// Syncs done, to show that steps share them.
+    pub(super) syncs: AtomicU64,
+    checkpoints: Option<JoinHandle<()>>,
+}
+
+/// What the blocking writes share with the log.
+#[derive(Debug)]
+struct Files {
+    /// Entries staged and not yet written, and the number of the last one staged.
+    pending: Mutex<(Vec<u8>, u64)>,
+    /// The segment being written; its lock puts the writes in staging order.
+    segment: Mutex<Segment>,
+    /// Set when a write or sync failed: what was taken for it is in no file, so no
+    /// later entry may be acknowledged either.
+    failed: AtomicBool,
+    /// Sealed segments go to the checkpoint thread.
+    sealed: Mutex<Option<mpsc::Sender<PathBuf>>>,
+}
+
+/// Writes the records of one entry.
+#[derive(Debug)]
+pub(super) struct Entry<'a> {
+    buf: &'a mut Vec<u8>,
+}
+
+impl Entry<'_> {
+    /// Adds the record `key`, with `value` as JSON.
+    pub(super) fn record(&mut self, key: &[u8], value: &impl serde::Serialize) -> Result<(), StoreError> {
+        self.buf.extend_from_slice(&len32(key.len())?.to_le_bytes());
+        self.buf.extend_from_slice(key);
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        serde_json::to_writer(&mut *self.buf, value).map_err(StoreError::backend)?;
+        let n = len32(self.buf.len() - at - 4)?;
+        self.buf[at..at + 4].copy_from_slice(&n.to_le_bytes());
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct Segment {
+    dir: PathBuf,
+    number: u64,
+    file: File,
+    len: u64,
+    /// A segment this long moves the log to the next one.
+    limit: u64,
+}
+
+impl Wal {
+    /// Applies the segments left in `dir` to sled, makes that durable, deletes them
+    /// and starts a new segment, with segments moving on at `limit` bytes.
+    pub(super) fn open(dir: &Path, db: &sled::Db, records: &sled::Tree, limit: u64) -> Result<Wal, StoreError> {
+        let applied = match db.get(APPLIED_KEY).map_err(StoreError::backend)? {
+            Some(v) => {
+                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt(dir, "the applied segment number"))?)
+            }
+            None => 0,
+        };
+        let mut segments = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+            let entry = entry.map_err(|e| io(dir, e))?;
+            let name = entry.file_name();
+            if let Some(n) = name.to_str().and_then(|s| s.strip_prefix(PREFIX)).and_then(|s| s.parse::<u64>().ok()) {
+                segments.push((n, entry.path()));
+            }
+        }
+        segments.sort();
+        let last = segments.last().map_or(applied, |(n, _)| (*n).max(applied));
+        let count = segments.len();
+        for (i, (n, path)) in segments.iter().enumerate() {
+            // A segment at or below the applied mark is already in sled; applying it
+            // again would put older records over newer ones.
+            if *n > applied && !apply(path, records)? && i + 1 < count {
+                return Err(corrupt(path, "a damaged entry before the end of a sealed segment"));
+            }
+        }
+        db.insert(APPLIED_KEY, &last.to_be_bytes()).map_err(StoreError::backend)?;
+        db.flush().map_err(StoreError::backend)?;
+        for (_, path) in &segments {
+            std::fs::remove_file(path).map_err(|e| io(path, e))?;
+        }
+        let segment = Segment::create(dir, last + 1, limit)?;
+
+        let (tx, rx) = mpsc::channel::<PathBuf>();
+        let (db, records) = (db.clone(), records.clone());
+        let thread = std::thread::Builder::new()
+            .name("durable-checkpoint".into())
+            .spawn(move || {
+                for path in rx {
+                    // A failed checkpoint leaves its segment, and opening applies it.
+                    let _ = checkpoint(&path, &db, &records);
+                }
+            })
+            .map_err(StoreError::backend)?;
+        let files = Files {
+            pending: Mutex::new((Vec::new(), 0)),
+            segment: Mutex::new(segment),
+            failed: AtomicBool::new(false),
+            sealed: Mutex::new(Some(tx)),
+        };
+        Ok(Wal {
+            files: Arc::new(files),
+            durable: tokio::sync::Mutex::new(0),
+            syncs: AtomicU64::new(0),
+            checkpoints: Some(thread),
+        })
+    }
+
+    /// Appends one entry, whose records `write` adds; returns its number for
+    /// [`Wal::commit`].
+    pub(super) fn stage(
+        &self,
+        write: impl FnOnce(&mut Entry<'_>) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        let mut pending = self.files.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let (buf, last) = &mut *pending;
+        let start = buf.len();
+        buf.extend_from_slice(&[0; HEADER]);
+        if let Err(e) = write(&mut Entry { buf }) {
+            buf.truncate(start);
+            return Err(e);
+        }
+        let body = &buf[start + HEADER..];
+        let (n, crc) = (len32(body.len())?, crc32fast::hash(body));
+        buf[start..start + 4].copy_from_slice(&n.to_le_bytes());
+        buf[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+        *last += 1;
+        Ok(*last)
+    }
+
+    /// Writes and syncs what is staged, on this thread: for opening, before the
+    /// runtime uses the store.
+    pub(super) fn sync_blocking(&self) -> Result<(), StoreError> {
+        self.files.write_pending().map(drop)
+    }
+
+    /// Completes once entry `token` and all before it are durable.
+    pub(super) async fn commit(&self, token: u64) -> Result<(), StoreError> {
+        let mut durable = self.durable.lock().await;
+        if *durable >= token {
+            // A sync that started after this entry was staged covered it.
+            return Ok(());
+        }
+        self.files.check()?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        // The write and sync run on tokio's blocking pool: they keep the runtime's
+        // threads free, and paused test time does not advance while they run. If this
+        // future is dropped meanwhile, the next commit's write queues behind this one
+        // on the segment lock, so the file stays in order.
+        let files = self.files.clone();
+        let written =
+            tokio::task::spawn_blocking(move || files.write_pending()).await.map_err(StoreError::backend)??;
+        *durable = (*durable).max(written);
+        if *durable < token {
+            return Err(StoreError::backend("the write-ahead log lost an entry it had staged"));
+        }
+        Ok(())
+    }
+}
+
+impl Files {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(StoreError::backend(
+                "an earlier write to the write-ahead log failed; reopen the store to go on from what is durable",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes and syncs everything staged; returns the number of the last entry
+    /// written.
+    fn write_pending(&self) -> Result<u64, StoreError> {
+        let mut segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
+        self.check()?;
+        let (buf, last) = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            (std::mem::take(&mut pending.0), pending.1)
+        };
+        if buf.is_empty() {
+            return Ok(last);
+        }
+        let result = segment.append(&buf).and_then(|()| {
+            if segment.len >= segment.limit {
+                let sealed = segment.next()?;
+                if let Some(tx) = &*self.sealed.lock().unwrap_or_else(|e| e.into_inner()) {
+                    // The thread only stops when the log is dropped.
+                    let _ = tx.send(sealed);
+                }
+            }
+            Ok(())
+        });
+        if result.is_err() {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        result.map(|()| last)
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        // The checkpoint thread holds sled open; the store is closed only once it
+        // is done.
+        self.files.sealed.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = self.checkpoints.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Segment {
+    fn create(dir: &Path, number: u64, limit: u64) -> Result<Segment, StoreError> {
+        let path = dir.join(format!("{PREFIX}{number:020}"));
+        let file = OpenOptions::new().append(true).create_new(true).open(&path).map_err(|e| io(&path, e))?;
+        // The new name must survive a crash as well as what is written under it.
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io(dir, e))?;
+        Ok(Segment { dir: dir.to_path_buf(), number, file, len: 0, limit })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(format!("{PREFIX}{:020}", self.number))
+    }
+
+    fn append(&mut self, buf: &[u8]) -> Result<(), StoreError> {
+        self.file.write_all(buf).and_then(|()| self.file.sync_data()).map_err(|e| io(&self.path(), e))?;
+        self.len += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Moves to the next segment; returns the path of the sealed one.
+    fn next(&mut self) -> Result<PathBuf, StoreError> {
+        let sealed = self.path();
+        *self = Segment::create(&self.dir, self.number + 1, self.limit)?;
+        Ok(sealed)
+    }
+}
+
+/// Applies a sealed segment to sled, makes it durable there, and deletes it.
+fn checkpoint(path: &Path, db: &sled::Db, records: &sled::Tree) -> Result<(), StoreError> {
+    apply(path, records)?;
+    let number = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix(PREFIX))
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| corrupt(path, "a segment name"))?;
+    db.insert(APPLIED_KEY, &number.to_be_bytes()).map_err(StoreError::backend)?;
+    db.flush().map_err(StoreError::backend)?;
+    std::fs::remove_file(path).map_err(|e| io(path, e))
+}
+
+/// Applies every whole entry of a segment to sled, each as one batch; returns false
+/// if it ended in a damaged entry.
+fn apply(path: &Path, records: &sled::Tree) -> Result<bool, StoreError> {
+    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        let Some((body, after)) = entry(rest) else {
+            return Ok(false);
+        };
+        let mut batch = sled::Batch::default();
+        let mut body = body;
+        while !body.is_empty() {
+            let (key, after) = field(body).ok_or_else(|| corrupt(path, "a record key"))?;
+            let (value, after) = field(after).ok_or_else(|| corrupt(path, "a record value"))?;
+            batch.insert(key, value);
+            body = after;
+        }
+        records.apply_batch(batch).map_err(StoreError::backend)?;
+        rest = after;
+    }
+    Ok(true)
+}
+
+/// Splits one checked entry off the front: its records and what follows.
+fn entry(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let header = bytes.get(..HEADER)?;
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    let body = bytes.get(HEADER..HEADER + len)?;
+    (crc32fast::hash(body) == crc).then(|| (body, &bytes[HEADER + len..]))
+}
+
+/// Splits one length-prefixed field off the front.
+fn field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    Some((bytes.get(4..4 + len)?, &bytes[4 + len..]))
+}
+
+fn len32(n: usize) -> Result<u32, StoreError> {
+    u32::try_from(n).map_err(|_| StoreError::backend(format!("a write-ahead log entry of {n} bytes is too large")))
+}
+
+fn io(path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::backend(format!("the write-ahead log at {}: {e}", path.display()))
+}
+
+fn corrupt(path: &Path, what: &str) -> StoreError {
+    StoreError::backend(format!("the write-ahead log at {} is damaged: cannot read {what}", path.display()))
+}
