@@ -380,6 +380,9 @@ impl<C: Callable, M> Call<C, M> {
         if detached {
             req.tags.insert(DETACHED_TAG.into(), "true".into());
         }
+        // A local child's creation need not be on disk before it runs: replay creates
+        // it again, and the durable settle of its result covers it.
+        req.durable = routed;
         req.task = task;
         let created = self.inv.create(req).await?;
         self.inv.verify(&self.id, &created.promise.param, &param, self.location)?;

@@ -52,6 +52,16 @@ impl<L: Log> Engine<L> {
         &self,
         step: impl FnOnce(&mut Core, Millis) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
+        self.write_when(true, step).await
+    }
+
+    /// A step acknowledged once durable, or at once if `durable` is false (a later
+    /// durable step covers it: the log is written in order).
+    pub(crate) async fn write_when<R>(
+        &self,
+        durable: bool,
+        step: impl FnOnce(&mut Core, Millis) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let now = self.clock.now();
         let (result, dirty, token) = {
             let mut core = self.lock();
@@ -64,7 +74,9 @@ impl<L: Log> Engine<L> {
         // dropped before that: the change is visible to readers either way, and a
         // waiter left asleep would never learn of it.
         let _wake = Wake { engine: self, woken: dirty.woken, ready: dirty.ready };
-        self.log.commit(token).await?;
+        if durable {
+            self.log.commit(token).await?;
+        }
         result
     }
 
@@ -73,7 +85,7 @@ impl<L: Log> Engine<L> {
     }
 
     pub(crate) async fn create(&self, req: CreatePromise) -> Result<Created, StoreError> {
-        self.write(|core, now| core.create(req, now)).await
+        self.write_when(req.durable, |core, now| core.create(req, now)).await
     }
 
     pub(crate) async fn settle(&self, req: SettlePromise) -> Result<Promise, StoreError> {

@@ -51,6 +51,10 @@ pub struct CreatePromise {
     pub task: Option<NewTask>,
     /// The fence of the task this write is made for.
     pub fence: Option<Fence>,
+    /// Acknowledge only once durable (the default). A create whose loss is harmless
+    /// until a later durable write of the same store covers it (a local child, which
+    /// replay creates again) may set false to skip waiting for the disk.
+    pub durable: bool,
 }
 
 impl CreatePromise {
@@ -67,6 +71,7 @@ impl CreatePromise {
             resolved: None,
             task: None,
             fence: None,
+            durable: true,
         }
     }
 }

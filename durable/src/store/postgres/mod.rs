@@ -344,10 +344,21 @@ impl PostgresStore {
         select: Select<'_>,
         op: impl Fn(&mut Core, Millis) -> Result<R, StoreError> + Sync,
     ) -> Result<R, StoreError> {
+        self.step_when(true, select, op).await
+    }
+
+    /// A step whose commit waits for the disk only if `durable`: PostgreSQL writes
+    /// the log in order, so a later durable commit covers it.
+    async fn step_when<R>(
+        &self,
+        durable: bool,
+        select: Select<'_>,
+        op: impl Fn(&mut Core, Millis) -> Result<R, StoreError> + Sync,
+    ) -> Result<R, StoreError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_step(&select, &op).await {
+            match self.try_step(durable, &select, &op).await {
                 Err(e) if attempt < 8 && retryable(&e) => continue,
                 other => return other,
             }
@@ -356,11 +367,15 @@ impl PostgresStore {
 
     async fn try_step<R>(
         &self,
+        durable: bool,
         select: &Select<'_>,
         op: &(impl Fn(&mut Core, Millis) -> Result<R, StoreError> + Sync),
     ) -> Result<R, StoreError> {
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await.map_err(db)?;
+        if !durable {
+            tx.batch_execute("SET LOCAL synchronous_commit TO off").await.map_err(db)?;
+        }
         let now = self.now_in(&tx).await?;
         let rows = select.rows(&tx, now).await?;
         let (promises, tasks) = load(&tx, &rows).await?;
@@ -513,7 +528,10 @@ impl super::Store for PostgresStore {
 
     async fn create(&self, req: CreatePromise) -> Result<Created, StoreError> {
         let (promises, tasks) = ([req.id.clone()], req.fence.iter().map(|f| f.task.clone()).collect::<Vec<_>>());
-        self.step(Select::Ids { promises: &promises, tasks: &tasks }, |core, now| core.create(req.clone(), now)).await
+        self.step_when(req.durable, Select::Ids { promises: &promises, tasks: &tasks }, |core, now| {
+            core.create(req.clone(), now)
+        })
+        .await
     }
 
     async fn settle(&self, req: SettlePromise) -> Result<Promise, StoreError> {
