@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
-use tokio_postgres::{Config, GenericClient, Transaction};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Config};
 
 use self::pool::{Pool, quote_ident, unreachable};
 use super::state::Core;
@@ -229,19 +230,24 @@ enum Select<'a> {
 }
 
 impl Select<'_> {
-    async fn rows(&self, tx: &Transaction<'_>, now: Millis) -> Result<Rows, StoreError> {
+    async fn rows(&self, tx: &Client, now: Millis) -> Result<Rows, StoreError> {
         let now = now as i64;
         match self {
             Select::Ids { promises, tasks } => Ok(Rows { promises: promises.to_vec(), tasks: tasks.to_vec() }),
             Select::Ready(claim) => {
                 let candidates = tx
-                    .query(
+                    .query_typed(
                         "SELECT t.id FROM tasks t JOIN promises p ON p.id = t.id
                          WHERE t.state = 'pending' AND t.grp = $1 AND t.ready_at <= $2
                            AND (t.pid = $3 OR (NOT t.uni AND (t.pid IS NULL OR t.prefer_until <= $2)))
                            AND p.state = 'pending' AND p.timeout_at > $2
                          ORDER BY t.ready_at, t.id LIMIT $4 FOR UPDATE OF t SKIP LOCKED",
-                        &[&claim.group, &now, &claim.pid, &(claim.max as i64)],
+                        &[
+                            (&claim.group, Type::TEXT),
+                            (&now, Type::INT8),
+                            (&claim.pid, Type::TEXT),
+                            (&(claim.max as i64), Type::INT8),
+                        ],
                     )
                     .await
                     .map_err(db)?;
@@ -250,25 +256,28 @@ impl Select<'_> {
             }
             Select::Halted(group) => {
                 let rows = tx
-                    .query("SELECT id FROM tasks WHERE state = 'halted' AND grp = $1 FOR UPDATE SKIP LOCKED", &[group])
+                    .query_typed(
+                        "SELECT id FROM tasks WHERE state = 'halted' AND grp = $1 FOR UPDATE SKIP LOCKED",
+                        &[(group, Type::TEXT)],
+                    )
                     .await
                     .map_err(db)?;
                 Ok(Rows { promises: Vec::new(), tasks: ids(rows) })
             }
             Select::Due => {
                 let due = tx
-                    .query(
+                    .query_typed(
                         "SELECT id FROM promises WHERE state = 'pending' AND timeout_at <= $1
                          ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED",
-                        &[&now],
+                        &[(&now, Type::INT8)],
                     )
                     .await
                     .map_err(db)?;
                 let expired = tx
-                    .query(
+                    .query_typed(
                         "SELECT id FROM tasks WHERE state = 'acquired' AND lease_until <= $1
                          ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED",
-                        &[&now],
+                        &[(&now, Type::INT8)],
                     )
                     .await
                     .map_err(db)?;
@@ -325,12 +334,12 @@ impl PostgresStore {
         PostgresOptions { url: url.to_owned(), schema: "durable".into(), pool_size: 8, clock: None }
     }
 
-    async fn now_in(&self, client: &impl GenericClient) -> Result<Millis, StoreError> {
+    async fn now_in(&self, client: &Client) -> Result<Millis, StoreError> {
         match &self.clock {
             Some(clock) => Ok(clock.now()),
             None => {
                 let row = client
-                    .query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint", &[])
+                    .query_typed_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint", &[])
                     .await
                     .map_err(db)?;
                 Ok(row.get::<_, i64>(0) as Millis)
@@ -372,13 +381,25 @@ impl PostgresStore {
         op: &(impl Fn(&mut Core, Millis) -> Result<R, StoreError> + Sync),
     ) -> Result<R, StoreError> {
         let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await.map_err(db)?;
-        if !durable {
-            tx.batch_execute("SET LOCAL synchronous_commit TO off").await.map_err(db)?;
-        }
-        let now = self.now_in(&tx).await?;
-        let rows = select.rows(&tx, now).await?;
-        let (promises, tasks) = load(&tx, &rows).await?;
+        conn.in_transaction = true;
+        // One round trip to BEGIN, read the clock and lock and read the rows (the
+        // statements are pipelined and run in order), one to write and COMMIT.
+        let begin = async {
+            let sql = if durable { "BEGIN" } else { "BEGIN; SET LOCAL synchronous_commit TO off" };
+            conn.batch_execute(sql).await.map_err(db)
+        };
+        let (now, (promises, tasks)) = match select {
+            Select::Ids { promises, tasks } => {
+                let rows = Rows { promises: promises.to_vec(), tasks: tasks.to_vec() };
+                let ((), now, loaded) = futures::try_join!(begin, self.now_in(&conn), load(&conn, &rows))?;
+                (now, loaded)
+            }
+            _ => {
+                let ((), now) = futures::try_join!(begin, self.now_in(&conn))?;
+                let rows = select.rows(&conn, now).await?;
+                (now, load(&conn, &rows).await?)
+            }
+        };
         let mut core = Core::restore(promises, tasks, now);
         let result = op(&mut core, now);
         let dirty = std::mem::take(&mut core.dirty);
@@ -411,26 +432,33 @@ impl PostgresStore {
             t_data.push(serde_json::to_string(t).expect("a task encodes"));
             t_ids.push(id);
         }
-        let promise_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-            [&p_ids, &p_states, &p_timers, &p_timeouts, &p_tags, &p_data];
-        let task_params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
-            &t_ids,
-            &t_states,
-            &t_groups,
-            &t_pids,
-            &t_unis,
-            &t_prefer,
-            &t_ready,
-            &t_lease,
-            &t_process,
-            &t_versions,
-            &t_data,
+        let promise_params: [(&(dyn ToSql + Sync), Type); 6] = [
+            (&p_ids, Type::TEXT_ARRAY),
+            (&p_states, Type::TEXT_ARRAY),
+            (&p_timers, Type::BOOL_ARRAY),
+            (&p_timeouts, Type::INT8_ARRAY),
+            (&p_tags, Type::TEXT_ARRAY),
+            (&p_data, Type::TEXT_ARRAY),
         ];
-        let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.channel, &dirty.woken];
-        let ready_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&self.channel];
+        let task_params: [(&(dyn ToSql + Sync), Type); 11] = [
+            (&t_ids, Type::TEXT_ARRAY),
+            (&t_states, Type::TEXT_ARRAY),
+            (&t_groups, Type::TEXT_ARRAY),
+            (&t_pids, Type::TEXT_ARRAY),
+            (&t_unis, Type::BOOL_ARRAY),
+            (&t_prefer, Type::INT8_ARRAY),
+            (&t_ready, Type::INT8_ARRAY),
+            (&t_lease, Type::INT8_ARRAY),
+            (&t_process, Type::TEXT_ARRAY),
+            (&t_versions, Type::INT8_ARRAY),
+            (&t_data, Type::TEXT_ARRAY),
+        ];
+        let notify_params: [(&(dyn ToSql + Sync), Type); 2] =
+            [(&self.channel, Type::TEXT), (&dirty.woken, Type::TEXT_ARRAY)];
+        let ready_params: [(&(dyn ToSql + Sync), Type); 1] = [(&self.channel, Type::TEXT)];
         let mut writes: Vec<futures::future::BoxFuture<'_, Result<u64, tokio_postgres::Error>>> = Vec::new();
         if !p_ids.is_empty() {
-            writes.push(Box::pin(tx.execute(
+            writes.push(Box::pin(conn.execute_typed(
                 "INSERT INTO promises (id, state, timer, timeout_at, tags, data)
                  SELECT id, state, timer, timeout_at, tags::jsonb, data
                  FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[], $5::text[], $6::text[])
@@ -440,7 +468,7 @@ impl PostgresStore {
             )));
         }
         if !t_ids.is_empty() {
-            writes.push(Box::pin(tx.execute(
+            writes.push(Box::pin(conn.execute_typed(
                 "INSERT INTO tasks (id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, awaiting, data)
                  SELECT id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version,
                    ARRAY(SELECT jsonb_array_elements_text(data::jsonb -> 'awaiting')), data
@@ -455,14 +483,18 @@ impl PostgresStore {
         }
         if !dirty.woken.is_empty() {
             writes.push(Box::pin(
-                tx.execute("SELECT pg_notify($1, 's:' || id) FROM unnest($2::text[]) AS id", &notify_params),
+                conn.execute_typed("SELECT pg_notify($1, 's:' || id) FROM unnest($2::text[]) AS id", &notify_params),
             ));
         }
         if dirty.ready {
-            writes.push(Box::pin(tx.execute("SELECT pg_notify($1, 'r')", &ready_params)));
+            writes.push(Box::pin(conn.execute_typed("SELECT pg_notify($1, 'r')", &ready_params)));
         }
+        // If a write fails, the server turns this COMMIT into a rollback, and the
+        // write's error is returned.
+        let commit = async { conn.batch_execute("COMMIT").await.map(|()| 0) };
+        writes.push(Box::pin(commit));
         futures::future::try_join_all(writes).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        conn.in_transaction = false;
         self.waiters.wake(dirty.woken);
         if dirty.ready {
             self.ready.send_modify(|n| *n += 1);
@@ -472,8 +504,10 @@ impl PostgresStore {
 
     async fn read_promise(&self, id: &str) -> Result<Option<Promise>, StoreError> {
         let conn = self.pool.get().await?;
-        let now = self.now_in(&*conn).await?;
-        let row = conn.query_opt("SELECT data FROM promises WHERE id = $1", &[&id]).await.map_err(db)?;
+        let read = async {
+            conn.query_typed_opt("SELECT data FROM promises WHERE id = $1", &[(&id, Type::TEXT)]).await.map_err(db)
+        };
+        let (now, row) = futures::try_join!(self.now_in(&conn), read)?;
         row.map(|r| parse::<Promise>(r.get(0)).map(|p| p.at(now))).transpose()
     }
 }
@@ -487,25 +521,26 @@ fn dedup(ids: &[String]) -> Vec<String> {
 
 /// Locks and reads the rows of a step: tasks, then promises, then the tasks suspended
 /// on those promises.
-async fn load(tx: &Transaction<'_>, rows: &Rows) -> Result<(Vec<Promise>, Vec<Task>), StoreError> {
+async fn load(tx: &Client, rows: &Rows) -> Result<(Vec<Promise>, Vec<Task>), StoreError> {
     let mut task_ids = rows.tasks.clone();
     task_ids.extend(rows.promises.iter().cloned());
     let task_ids = dedup(&task_ids);
     let promise_ids = dedup(&rows.promises);
     // Sent together (tokio-postgres pipelines them), run by the server in this order.
-    let (task_params, promise_params): (
-        [&(dyn tokio_postgres::types::ToSql + Sync); 1],
-        [&(dyn tokio_postgres::types::ToSql + Sync); 1],
-    ) = ([&task_ids], [&promise_ids]);
-    let tasks = tx.query("SELECT data FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE", &task_params);
-    let promises = tx.query("SELECT data FROM promises WHERE id = ANY($1) ORDER BY id FOR UPDATE", &promise_params);
+    let task_params: [(&(dyn ToSql + Sync), Type); 1] = [(&task_ids, Type::TEXT_ARRAY)];
+    let promise_params: [(&(dyn ToSql + Sync), Type); 1] = [(&promise_ids, Type::TEXT_ARRAY)];
+    let waiting_params: [(&(dyn ToSql + Sync), Type); 2] =
+        [(&promise_ids, Type::TEXT_ARRAY), (&task_ids, Type::TEXT_ARRAY)];
+    let tasks = tx.query_typed("SELECT data FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE", &task_params);
+    let promises =
+        tx.query_typed("SELECT data FROM promises WHERE id = ANY($1) ORDER BY id FOR UPDATE", &promise_params);
     let waiting = async {
         if promise_ids.is_empty() {
             return Ok(Vec::new());
         }
-        tx.query(
+        tx.query_typed(
             "SELECT data FROM tasks WHERE state = 'suspended' AND awaiting && $1 AND NOT (id = ANY($2)) ORDER BY id FOR UPDATE",
-            &[&promise_ids, &task_ids],
+            &waiting_params,
         )
         .await
     };
@@ -523,7 +558,7 @@ fn ids(rows: Vec<tokio_postgres::Row>) -> Vec<String> {
 impl super::Store for PostgresStore {
     async fn now(&self) -> Result<Millis, StoreError> {
         let conn = self.pool.get().await?;
-        self.now_in(&*conn).await
+        self.now_in(&conn).await
     }
 
     async fn create(&self, req: CreatePromise) -> Result<Created, StoreError> {
@@ -545,13 +580,13 @@ impl super::Store for PostgresStore {
 
     async fn search(&self, search: Search) -> Result<Page, StoreError> {
         let conn = self.pool.get().await?;
-        let now = self.now_in(&*conn).await? as i64;
+        let now = self.now_in(&conn).await? as i64;
         let limit = if search.limit == 0 { 100 } else { search.limit };
         let after = search.cursor.clone().filter(|c| c.as_str() >= search.prefix.as_str()).unwrap_or_default();
         let state = search.state.map(state_name);
         let tags = serde_json::to_string(&search.tags).expect("tags encode");
         let rows = conn
-            .query(
+            .query_typed(
                 "SELECT data FROM promises
                  WHERE id >= ($1::text COLLATE \"C\") AND id > ($2::text COLLATE \"C\")
                    AND left(id, length($1)) = $1
@@ -564,7 +599,14 @@ impl super::Store for PostgresStore {
                      WHEN $4 = 'rejected_timedout' THEN state = $4 OR (state = 'pending' AND timeout_at <= $5 AND NOT timer)
                      ELSE state = $4 END
                  ORDER BY id LIMIT $6",
-                &[&search.prefix, &after, &tags, &state, &now, &((limit + 1) as i64)],
+                &[
+                    (&search.prefix, Type::TEXT),
+                    (&after, Type::TEXT),
+                    (&tags, Type::TEXT),
+                    (&state, Type::TEXT),
+                    (&now, Type::INT8),
+                    (&((limit + 1) as i64), Type::INT8),
+                ],
             )
             .await
             .map_err(db)?;
@@ -583,7 +625,8 @@ impl super::Store for PostgresStore {
 
     async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
         let conn = self.pool.get().await?;
-        let row = conn.query_opt("SELECT data FROM tasks WHERE id = $1", &[&id]).await.map_err(db)?;
+        let row =
+            conn.query_typed_opt("SELECT data FROM tasks WHERE id = $1", &[(&id, Type::TEXT)]).await.map_err(db)?;
         row.map(|r| parse::<Task>(r.get(0))).transpose()
     }
 
@@ -601,14 +644,14 @@ impl super::Store for PostgresStore {
         }
         // The preload of every claimed task, in one query.
         let conn = self.pool.get().await?;
-        let now = self.now_in(&*conn).await? as i64;
+        let now = self.now_in(&conn).await? as i64;
         let roots: Vec<String> = acquired.iter().map(|a| a.root.id.clone()).collect();
         let rows = conn
-            .query(
+            .query_typed(
                 "SELECT r.id, p.data FROM unnest($1::text[]) AS r(id) JOIN promises p
                    ON p.id >= ((r.id || '.') COLLATE \"C\") AND p.id < ((r.id || '/') COLLATE \"C\")
                  WHERE p.state <> 'pending' OR p.timeout_at <= $2",
-                &[&roots, &now],
+                &[(&roots, Type::TEXT_ARRAY), (&now, Type::INT8)],
             )
             .await
             .map_err(db)?;
@@ -650,13 +693,13 @@ impl super::Store for PostgresStore {
         let conn = self.pool.get().await?;
         let now = tick.now as i64;
         let row = conn
-            .query_one(
+            .query_typed_one(
                 "SELECT least(
                    (SELECT min(timeout_at) FROM promises WHERE state = 'pending'),
                    (SELECT min(lease_until) FROM tasks WHERE state = 'acquired'),
                    (SELECT min(ready_at) FROM tasks WHERE state = 'pending' AND ready_at > $1),
                    (SELECT min(prefer_until) FROM tasks WHERE state = 'pending' AND pid IS NOT NULL AND NOT uni AND prefer_until > $1))",
-                &[&now],
+                &[(&now, Type::INT8)],
             )
             .await
             .map_err(db)?;

@@ -21,10 +21,15 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// A connection on loan; it goes back to the pool when dropped, unless it broke.
+/// A connection on loan; it goes back to the pool when dropped, unless it broke or
+/// is inside a transaction it did not finish.
 pub(crate) struct Conn<'a> {
     pool: &'a Pool,
     client: Option<Client>,
+    /// Set from BEGIN until COMMIT completes. A transaction runs on the raw client, so
+    /// that BEGIN and COMMIT travel with the statements beside them; a connection left
+    /// inside one (an error, or a dropped future) is closed, which rolls it back.
+    pub(crate) in_transaction: bool,
     _slot: SemaphorePermit<'a>,
 }
 
@@ -46,6 +51,7 @@ impl Drop for Conn<'_> {
     fn drop(&mut self) {
         if let Some(client) = self.client.take()
             && !client.is_closed()
+            && !self.in_transaction
         {
             self.pool.idle.lock().unwrap_or_else(|e| e.into_inner()).push(client);
         }
@@ -67,12 +73,14 @@ impl Pool {
             let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match idle {
                 Some(client) if client.is_closed() => continue,
-                Some(client) => return Ok(Conn { pool: self, client: Some(client), _slot: slot }),
+                Some(client) => {
+                    return Ok(Conn { pool: self, client: Some(client), in_transaction: false, _slot: slot });
+                }
                 None => break,
             }
         }
         let client = self.connect().await?;
-        Ok(Conn { pool: self, client: Some(client), _slot: slot })
+        Ok(Conn { pool: self, client: Some(client), in_transaction: false, _slot: slot })
     }
 
     /// A new connection with the store's schema first on its search path.
