@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
-use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Config};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Config, Statement};
 
-use self::pool::{Pool, quote_ident, unreachable};
+use self::pool::{Conn, Pool, quote_ident, unreachable};
 use super::state::Core;
 use super::waiters::Waiters;
 use super::{Acquired, Claim, Clock, CreatePromise, Created, Page, Release, Search, SettlePromise, Tick};
@@ -24,6 +24,61 @@ use crate::StoreError;
 use crate::promise::{Fence, Millis, Promise, State, Task, TaskState};
 
 const SCHEMA_VERSION: i32 = 1;
+
+// The statements of the hot paths, prepared once per connection.
+const CLOCK: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+const LOCK_TASKS: &str = "SELECT data FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+const LOCK_PROMISES: &str = "SELECT data FROM promises WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+const LOCK_WAITING: &str = "SELECT data FROM tasks WHERE state = 'suspended' AND awaiting && $1 AND NOT (id = ANY($2))
+     ORDER BY id FOR UPDATE";
+const READY: &str = "SELECT t.id FROM tasks t JOIN promises p ON p.id = t.id
+     WHERE t.state = 'pending' AND t.grp = $1 AND t.ready_at <= $2
+       AND (t.pid = $3 OR (NOT t.uni AND (t.pid IS NULL OR t.prefer_until <= $2)))
+       AND p.state = 'pending' AND p.timeout_at > $2
+     ORDER BY t.ready_at, t.id LIMIT $4 FOR UPDATE OF t SKIP LOCKED";
+const HALTED: &str = "SELECT id FROM tasks WHERE state = 'halted' AND grp = $1 FOR UPDATE SKIP LOCKED";
+const DUE_PROMISES: &str = "SELECT id FROM promises WHERE state = 'pending' AND timeout_at <= $1
+     ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED";
+const DUE_TASKS: &str = "SELECT id FROM tasks WHERE state = 'acquired' AND lease_until <= $1
+     ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED";
+const UPSERT_PROMISES: &str = "INSERT INTO promises (id, state, timer, timeout_at, tags, data)
+     SELECT id, state, timer, timeout_at, tags::jsonb, data
+     FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[], $5::text[], $6::text[])
+       AS u(id, state, timer, timeout_at, tags, data)
+     ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, timeout_at = EXCLUDED.timeout_at, data = EXCLUDED.data";
+const UPSERT_TASKS: &str = "INSERT INTO tasks (id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, awaiting, data)
+     SELECT id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version,
+       ARRAY(SELECT jsonb_array_elements_text(data::jsonb -> 'awaiting')), data
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::int8[], $7::int8[], $8::int8[],
+                 $9::text[], $10::int8[], $11::text[])
+       AS u(id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, data)
+     ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, ready_at = EXCLUDED.ready_at,
+       lease_until = EXCLUDED.lease_until, process = EXCLUDED.process, version = EXCLUDED.version,
+       awaiting = EXCLUDED.awaiting, data = EXCLUDED.data";
+const NOTIFY_SETTLED: &str = "SELECT pg_notify($1, 's:' || id) FROM unnest($2::text[]) AS id";
+const NOTIFY_READY: &str = "SELECT pg_notify($1, 'r')";
+const GET_PROMISE: &str = "SELECT data FROM promises WHERE id = $1";
+const GET_TASK: &str = "SELECT data FROM tasks WHERE id = $1";
+const SEARCH: &str = "SELECT data FROM promises
+     WHERE id >= ($1::text COLLATE \"C\") AND id > ($2::text COLLATE \"C\")
+     AND left(id, length($1)) = $1
+     AND tags @> ($3::text)::jsonb
+     AND CASE
+     WHEN $4::text IS NULL THEN true
+     WHEN $4 = 'pending' THEN state = 'pending' AND timeout_at > $5
+     WHEN $4 = 'resolved' THEN state = 'resolved' OR (state = 'pending' AND timeout_at <= $5 AND timer)
+     WHEN $4 = 'rejected' THEN state LIKE 'rejected%' OR (state = 'pending' AND timeout_at <= $5 AND NOT timer)
+     WHEN $4 = 'rejected_timedout' THEN state = $4 OR (state = 'pending' AND timeout_at <= $5 AND NOT timer)
+     ELSE state = $4 END
+     ORDER BY id LIMIT $6";
+const PRELOAD: &str = "SELECT r.id, p.data FROM unnest($1::text[]) AS r(id) JOIN promises p
+     ON p.id >= ((r.id || '.') COLLATE \"C\") AND p.id < ((r.id || '/') COLLATE \"C\")
+     WHERE p.state <> 'pending' OR p.timeout_at <= $2";
+const NEXT_DEADLINE: &str = "SELECT least(
+     (SELECT min(timeout_at) FROM promises WHERE state = 'pending'),
+     (SELECT min(lease_until) FROM tasks WHERE state = 'acquired'),
+     (SELECT min(ready_at) FROM tasks WHERE state = 'pending' AND ready_at > $1),
+     (SELECT min(prefer_until) FROM tasks WHERE state = 'pending' AND pid IS NOT NULL AND NOT uni AND prefer_until > $1))";
 
 const MIGRATION_1: &str = r#"
 CREATE TABLE IF NOT EXISTS promises (
@@ -230,57 +285,27 @@ enum Select<'a> {
 }
 
 impl Select<'_> {
-    async fn rows(&self, tx: &Client, now: Millis) -> Result<Rows, StoreError> {
+    async fn rows(&self, conn: &mut Conn<'_>, now: Millis) -> Result<Rows, StoreError> {
         let now = now as i64;
         match self {
             Select::Ids { promises, tasks } => Ok(Rows { promises: promises.to_vec(), tasks: tasks.to_vec() }),
             Select::Ready(claim) => {
-                let candidates = tx
-                    .query_typed(
-                        "SELECT t.id FROM tasks t JOIN promises p ON p.id = t.id
-                         WHERE t.state = 'pending' AND t.grp = $1 AND t.ready_at <= $2
-                           AND (t.pid = $3 OR (NOT t.uni AND (t.pid IS NULL OR t.prefer_until <= $2)))
-                           AND p.state = 'pending' AND p.timeout_at > $2
-                         ORDER BY t.ready_at, t.id LIMIT $4 FOR UPDATE OF t SKIP LOCKED",
-                        &[
-                            (&claim.group, Type::TEXT),
-                            (&now, Type::INT8),
-                            (&claim.pid, Type::TEXT),
-                            (&(claim.max as i64), Type::INT8),
-                        ],
-                    )
-                    .await
-                    .map_err(db)?;
+                let [ready] = conn.statements([READY]).await.map_err(db)?;
+                let candidates =
+                    conn.query(&ready, &[&claim.group, &now, &claim.pid, &(claim.max as i64)]).await.map_err(db)?;
                 let candidates = ids(candidates);
                 Ok(Rows { promises: candidates.clone(), tasks: candidates })
             }
             Select::Halted(group) => {
-                let rows = tx
-                    .query_typed(
-                        "SELECT id FROM tasks WHERE state = 'halted' AND grp = $1 FOR UPDATE SKIP LOCKED",
-                        &[(group, Type::TEXT)],
-                    )
-                    .await
-                    .map_err(db)?;
+                let [halted] = conn.statements([HALTED]).await.map_err(db)?;
+                let rows = conn.query(&halted, &[group]).await.map_err(db)?;
                 Ok(Rows { promises: Vec::new(), tasks: ids(rows) })
             }
             Select::Due => {
-                let due = tx
-                    .query_typed(
-                        "SELECT id FROM promises WHERE state = 'pending' AND timeout_at <= $1
-                         ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED",
-                        &[(&now, Type::INT8)],
-                    )
-                    .await
-                    .map_err(db)?;
-                let expired = tx
-                    .query_typed(
-                        "SELECT id FROM tasks WHERE state = 'acquired' AND lease_until <= $1
-                         ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED",
-                        &[(&now, Type::INT8)],
-                    )
-                    .await
-                    .map_err(db)?;
+                let [due, expired] = conn.statements([DUE_PROMISES, DUE_TASKS]).await.map_err(db)?;
+                let params: [&(dyn ToSql + Sync); 1] = [&now];
+                let (due, expired) =
+                    futures::try_join!(conn.query(&due, &params), conn.query(&expired, &params)).map_err(db)?;
                 Ok(Rows { promises: ids(due), tasks: ids(expired) })
             }
         }
@@ -334,14 +359,13 @@ impl PostgresStore {
         PostgresOptions { url: url.to_owned(), schema: "durable".into(), pool_size: 8, clock: None }
     }
 
-    async fn now_in(&self, client: &Client) -> Result<Millis, StoreError> {
+    /// The time, from the injected clock or else the database's (`clock` is the
+    /// prepared [`CLOCK`]).
+    async fn now_in(&self, client: &Client, clock: &Statement) -> Result<Millis, StoreError> {
         match &self.clock {
             Some(clock) => Ok(clock.now()),
             None => {
-                let row = client
-                    .query_typed_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint", &[])
-                    .await
-                    .map_err(db)?;
+                let row = client.query_one(clock, &[]).await.map_err(db)?;
                 Ok(row.get::<_, i64>(0) as Millis)
             }
         }
@@ -381,23 +405,50 @@ impl PostgresStore {
         op: &(impl Fn(&mut Core, Millis) -> Result<R, StoreError> + Sync),
     ) -> Result<R, StoreError> {
         let mut conn = self.pool.get().await?;
+        let [
+            clock,
+            lock_tasks,
+            lock_promises,
+            lock_waiting,
+            upsert_promises,
+            upsert_tasks,
+            notify_settled,
+            notify_ready,
+        ] = conn
+            .statements([
+                CLOCK,
+                LOCK_TASKS,
+                LOCK_PROMISES,
+                LOCK_WAITING,
+                UPSERT_PROMISES,
+                UPSERT_TASKS,
+                NOTIFY_SETTLED,
+                NOTIFY_READY,
+            ])
+            .await
+            .map_err(db)?;
+        let locks = [lock_tasks, lock_promises, lock_waiting];
         conn.in_transaction = true;
         // One round trip to BEGIN, read the clock and lock and read the rows (the
         // statements are pipelined and run in order), one to write and COMMIT.
-        let begin = async {
-            let sql = if durable { "BEGIN" } else { "BEGIN; SET LOCAL synchronous_commit TO off" };
-            conn.batch_execute(sql).await.map_err(db)
-        };
+        let begin = if durable { "BEGIN" } else { "BEGIN; SET LOCAL synchronous_commit TO off" };
         let (now, (promises, tasks)) = match select {
             Select::Ids { promises, tasks } => {
                 let rows = Rows { promises: promises.to_vec(), tasks: tasks.to_vec() };
-                let ((), now, loaded) = futures::try_join!(begin, self.now_in(&conn), load(&conn, &rows))?;
+                let ((), now, loaded) = futures::try_join!(
+                    async { conn.batch_execute(begin).await.map_err(db) },
+                    self.now_in(&conn, &clock),
+                    load(&conn, &locks, &rows)
+                )?;
                 (now, loaded)
             }
             _ => {
-                let ((), now) = futures::try_join!(begin, self.now_in(&conn))?;
-                let rows = select.rows(&conn, now).await?;
-                (now, load(&conn, &rows).await?)
+                let ((), now) = futures::try_join!(
+                    async { conn.batch_execute(begin).await.map_err(db) },
+                    self.now_in(&conn, &clock)
+                )?;
+                let rows = select.rows(&mut conn, now).await?;
+                (now, load(&conn, &locks, &rows).await?)
             }
         };
         let mut core = Core::restore(promises, tasks, now);
@@ -432,62 +483,34 @@ impl PostgresStore {
             t_data.push(serde_json::to_string(t).expect("a task encodes"));
             t_ids.push(id);
         }
-        let promise_params: [(&(dyn ToSql + Sync), Type); 6] = [
-            (&p_ids, Type::TEXT_ARRAY),
-            (&p_states, Type::TEXT_ARRAY),
-            (&p_timers, Type::BOOL_ARRAY),
-            (&p_timeouts, Type::INT8_ARRAY),
-            (&p_tags, Type::TEXT_ARRAY),
-            (&p_data, Type::TEXT_ARRAY),
+        let promise_params: [&(dyn ToSql + Sync); 6] = [&p_ids, &p_states, &p_timers, &p_timeouts, &p_tags, &p_data];
+        let task_params: [&(dyn ToSql + Sync); 11] = [
+            &t_ids,
+            &t_states,
+            &t_groups,
+            &t_pids,
+            &t_unis,
+            &t_prefer,
+            &t_ready,
+            &t_lease,
+            &t_process,
+            &t_versions,
+            &t_data,
         ];
-        let task_params: [(&(dyn ToSql + Sync), Type); 11] = [
-            (&t_ids, Type::TEXT_ARRAY),
-            (&t_states, Type::TEXT_ARRAY),
-            (&t_groups, Type::TEXT_ARRAY),
-            (&t_pids, Type::TEXT_ARRAY),
-            (&t_unis, Type::BOOL_ARRAY),
-            (&t_prefer, Type::INT8_ARRAY),
-            (&t_ready, Type::INT8_ARRAY),
-            (&t_lease, Type::INT8_ARRAY),
-            (&t_process, Type::TEXT_ARRAY),
-            (&t_versions, Type::INT8_ARRAY),
-            (&t_data, Type::TEXT_ARRAY),
-        ];
-        let notify_params: [(&(dyn ToSql + Sync), Type); 2] =
-            [(&self.channel, Type::TEXT), (&dirty.woken, Type::TEXT_ARRAY)];
-        let ready_params: [(&(dyn ToSql + Sync), Type); 1] = [(&self.channel, Type::TEXT)];
+        let notify_params: [&(dyn ToSql + Sync); 2] = [&self.channel, &dirty.woken];
+        let ready_params: [&(dyn ToSql + Sync); 1] = [&self.channel];
         let mut writes: Vec<futures::future::BoxFuture<'_, Result<u64, tokio_postgres::Error>>> = Vec::new();
         if !p_ids.is_empty() {
-            writes.push(Box::pin(conn.execute_typed(
-                "INSERT INTO promises (id, state, timer, timeout_at, tags, data)
-                 SELECT id, state, timer, timeout_at, tags::jsonb, data
-                 FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[], $5::text[], $6::text[])
-                   AS u(id, state, timer, timeout_at, tags, data)
-                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, timeout_at = EXCLUDED.timeout_at, data = EXCLUDED.data",
-                &promise_params,
-            )));
+            writes.push(Box::pin(conn.execute(&upsert_promises, &promise_params)));
         }
         if !t_ids.is_empty() {
-            writes.push(Box::pin(conn.execute_typed(
-                "INSERT INTO tasks (id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, awaiting, data)
-                 SELECT id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version,
-                   ARRAY(SELECT jsonb_array_elements_text(data::jsonb -> 'awaiting')), data
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::int8[], $7::int8[], $8::int8[],
-                             $9::text[], $10::int8[], $11::text[])
-                   AS u(id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, data)
-                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, ready_at = EXCLUDED.ready_at,
-                   lease_until = EXCLUDED.lease_until, process = EXCLUDED.process, version = EXCLUDED.version,
-                   awaiting = EXCLUDED.awaiting, data = EXCLUDED.data",
-                &task_params,
-            )));
+            writes.push(Box::pin(conn.execute(&upsert_tasks, &task_params)));
         }
         if !dirty.woken.is_empty() {
-            writes.push(Box::pin(
-                conn.execute_typed("SELECT pg_notify($1, 's:' || id) FROM unnest($2::text[]) AS id", &notify_params),
-            ));
+            writes.push(Box::pin(conn.execute(&notify_settled, &notify_params)));
         }
         if dirty.ready {
-            writes.push(Box::pin(conn.execute_typed("SELECT pg_notify($1, 'r')", &ready_params)));
+            writes.push(Box::pin(conn.execute(&notify_ready, &ready_params)));
         }
         // If a write fails, the server turns this COMMIT into a rollback, and the
         // write's error is returned.
@@ -503,11 +526,10 @@ impl PostgresStore {
     }
 
     async fn read_promise(&self, id: &str) -> Result<Option<Promise>, StoreError> {
-        let conn = self.pool.get().await?;
-        let read = async {
-            conn.query_typed_opt("SELECT data FROM promises WHERE id = $1", &[(&id, Type::TEXT)]).await.map_err(db)
-        };
-        let (now, row) = futures::try_join!(self.now_in(&conn), read)?;
+        let mut conn = self.pool.get().await?;
+        let [clock, get] = conn.statements([CLOCK, GET_PROMISE]).await.map_err(db)?;
+        let read = async { conn.query_opt(&get, &[&id]).await.map_err(db) };
+        let (now, row) = futures::try_join!(self.now_in(&conn, &clock), read)?;
         row.map(|r| parse::<Promise>(r.get(0)).map(|p| p.at(now))).transpose()
     }
 }
@@ -521,28 +543,23 @@ fn dedup(ids: &[String]) -> Vec<String> {
 
 /// Locks and reads the rows of a step: tasks, then promises, then the tasks suspended
 /// on those promises.
-async fn load(tx: &Client, rows: &Rows) -> Result<(Vec<Promise>, Vec<Task>), StoreError> {
+/// `locks` are the prepared [`LOCK_TASKS`], [`LOCK_PROMISES`] and [`LOCK_WAITING`].
+async fn load(tx: &Client, locks: &[Statement; 3], rows: &Rows) -> Result<(Vec<Promise>, Vec<Task>), StoreError> {
     let mut task_ids = rows.tasks.clone();
     task_ids.extend(rows.promises.iter().cloned());
     let task_ids = dedup(&task_ids);
     let promise_ids = dedup(&rows.promises);
     // Sent together (tokio-postgres pipelines them), run by the server in this order.
-    let task_params: [(&(dyn ToSql + Sync), Type); 1] = [(&task_ids, Type::TEXT_ARRAY)];
-    let promise_params: [(&(dyn ToSql + Sync), Type); 1] = [(&promise_ids, Type::TEXT_ARRAY)];
-    let waiting_params: [(&(dyn ToSql + Sync), Type); 2] =
-        [(&promise_ids, Type::TEXT_ARRAY), (&task_ids, Type::TEXT_ARRAY)];
-    let tasks = tx.query_typed("SELECT data FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE", &task_params);
-    let promises =
-        tx.query_typed("SELECT data FROM promises WHERE id = ANY($1) ORDER BY id FOR UPDATE", &promise_params);
+    let [lock_tasks, lock_promises, lock_waiting] = locks;
+    let (task_params, promise_params): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
+        ([&task_ids], [&promise_ids]);
+    let tasks = tx.query(lock_tasks, &task_params);
+    let promises = tx.query(lock_promises, &promise_params);
     let waiting = async {
         if promise_ids.is_empty() {
             return Ok(Vec::new());
         }
-        tx.query_typed(
-            "SELECT data FROM tasks WHERE state = 'suspended' AND awaiting && $1 AND NOT (id = ANY($2)) ORDER BY id FOR UPDATE",
-            &waiting_params,
-        )
-        .await
+        tx.query(lock_waiting, &[&promise_ids, &task_ids]).await
     };
     let (tasks, promises, waiting) = futures::try_join!(tasks, promises, waiting).map_err(db)?;
     let tasks = tasks.iter().chain(&waiting).map(|r| parse::<Task>(r.get(0))).collect::<Result<Vec<_>, _>>()?;
@@ -557,8 +574,9 @@ fn ids(rows: Vec<tokio_postgres::Row>) -> Vec<String> {
 #[async_trait]
 impl super::Store for PostgresStore {
     async fn now(&self) -> Result<Millis, StoreError> {
-        let conn = self.pool.get().await?;
-        self.now_in(&conn).await
+        let mut conn = self.pool.get().await?;
+        let [clock] = conn.statements([CLOCK]).await.map_err(db)?;
+        self.now_in(&conn, &clock).await
     }
 
     async fn create(&self, req: CreatePromise) -> Result<Created, StoreError> {
@@ -579,35 +597,15 @@ impl super::Store for PostgresStore {
     }
 
     async fn search(&self, search: Search) -> Result<Page, StoreError> {
-        let conn = self.pool.get().await?;
-        let now = self.now_in(&conn).await? as i64;
+        let mut conn = self.pool.get().await?;
+        let [clock, find] = conn.statements([CLOCK, SEARCH]).await.map_err(db)?;
+        let now = self.now_in(&conn, &clock).await? as i64;
         let limit = if search.limit == 0 { 100 } else { search.limit };
         let after = search.cursor.clone().filter(|c| c.as_str() >= search.prefix.as_str()).unwrap_or_default();
         let state = search.state.map(state_name);
         let tags = serde_json::to_string(&search.tags).expect("tags encode");
         let rows = conn
-            .query_typed(
-                "SELECT data FROM promises
-                 WHERE id >= ($1::text COLLATE \"C\") AND id > ($2::text COLLATE \"C\")
-                   AND left(id, length($1)) = $1
-                   AND tags @> ($3::text)::jsonb
-                   AND CASE
-                     WHEN $4::text IS NULL THEN true
-                     WHEN $4 = 'pending' THEN state = 'pending' AND timeout_at > $5
-                     WHEN $4 = 'resolved' THEN state = 'resolved' OR (state = 'pending' AND timeout_at <= $5 AND timer)
-                     WHEN $4 = 'rejected' THEN state LIKE 'rejected%' OR (state = 'pending' AND timeout_at <= $5 AND NOT timer)
-                     WHEN $4 = 'rejected_timedout' THEN state = $4 OR (state = 'pending' AND timeout_at <= $5 AND NOT timer)
-                     ELSE state = $4 END
-                 ORDER BY id LIMIT $6",
-                &[
-                    (&search.prefix, Type::TEXT),
-                    (&after, Type::TEXT),
-                    (&tags, Type::TEXT),
-                    (&state, Type::TEXT),
-                    (&now, Type::INT8),
-                    (&((limit + 1) as i64), Type::INT8),
-                ],
-            )
+            .query(&find, &[&search.prefix, &after, &tags, &state, &now, &((limit + 1) as i64)])
             .await
             .map_err(db)?;
         let mut promises = rows
@@ -624,9 +622,9 @@ impl super::Store for PostgresStore {
     }
 
     async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
-        let conn = self.pool.get().await?;
-        let row =
-            conn.query_typed_opt("SELECT data FROM tasks WHERE id = $1", &[(&id, Type::TEXT)]).await.map_err(db)?;
+        let mut conn = self.pool.get().await?;
+        let [get] = conn.statements([GET_TASK]).await.map_err(db)?;
+        let row = conn.query_opt(&get, &[&id]).await.map_err(db)?;
         row.map(|r| parse::<Task>(r.get(0))).transpose()
     }
 
@@ -643,18 +641,11 @@ impl super::Store for PostgresStore {
             return Ok(acquired);
         }
         // The preload of every claimed task, in one query.
-        let conn = self.pool.get().await?;
-        let now = self.now_in(&conn).await? as i64;
+        let mut conn = self.pool.get().await?;
+        let [clock, preload] = conn.statements([CLOCK, PRELOAD]).await.map_err(db)?;
+        let now = self.now_in(&conn, &clock).await? as i64;
         let roots: Vec<String> = acquired.iter().map(|a| a.root.id.clone()).collect();
-        let rows = conn
-            .query_typed(
-                "SELECT r.id, p.data FROM unnest($1::text[]) AS r(id) JOIN promises p
-                   ON p.id >= ((r.id || '.') COLLATE \"C\") AND p.id < ((r.id || '/') COLLATE \"C\")
-                 WHERE p.state <> 'pending' OR p.timeout_at <= $2",
-                &[(&roots, Type::TEXT_ARRAY), (&now, Type::INT8)],
-            )
-            .await
-            .map_err(db)?;
+        let rows = conn.query(&preload, &[&roots, &now]).await.map_err(db)?;
         let mut acquired = acquired;
         for row in rows {
             let root: String = row.get(0);
@@ -690,19 +681,10 @@ impl super::Store for PostgresStore {
     async fn tick(&self) -> Result<Tick, StoreError> {
         let mut tick = self.step(Select::Due, |core, now| Ok(core.tick(now))).await?;
         // The next deadline of the whole store, not just of the rows this step saw.
-        let conn = self.pool.get().await?;
+        let mut conn = self.pool.get().await?;
+        let [next] = conn.statements([NEXT_DEADLINE]).await.map_err(db)?;
         let now = tick.now as i64;
-        let row = conn
-            .query_typed_one(
-                "SELECT least(
-                   (SELECT min(timeout_at) FROM promises WHERE state = 'pending'),
-                   (SELECT min(lease_until) FROM tasks WHERE state = 'acquired'),
-                   (SELECT min(ready_at) FROM tasks WHERE state = 'pending' AND ready_at > $1),
-                   (SELECT min(prefer_until) FROM tasks WHERE state = 'pending' AND pid IS NOT NULL AND NOT uni AND prefer_until > $1))",
-                &[(&now, Type::INT8)],
-            )
-            .await
-            .map_err(db)?;
+        let row = conn.query_one(&next, &[&now]).await.map_err(db)?;
         tick.next = row.get::<_, Option<i64>>(0).map(|n| n as Millis);
         Ok(tick)
     }

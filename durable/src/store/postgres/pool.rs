@@ -1,17 +1,18 @@
 //! A small connection pool: at most `size` connections, made on demand, dropped when
 //! broken.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use crate::StoreError;
 
 pub(crate) struct Pool {
     config: Config,
     schema: String,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Pooled>>,
     slots: Semaphore,
 }
 
@@ -25,7 +26,7 @@ impl std::fmt::Debug for Pool {
 /// is inside a transaction it did not finish.
 pub(crate) struct Conn<'a> {
     pool: &'a Pool,
-    client: Option<Client>,
+    client: Option<Pooled>,
     /// Set from BEGIN until COMMIT completes. A transaction runs on the raw client, so
     /// that BEGIN and COMMIT travel with the statements beside them; a connection left
     /// inside one (an error, or a dropped future) is closed, which rolls it back.
@@ -33,24 +34,55 @@ pub(crate) struct Conn<'a> {
     _slot: SemaphorePermit<'a>,
 }
 
+/// A connection and the statements prepared on it.
+struct Pooled {
+    client: Client,
+    prepared: HashMap<&'static str, Statement>,
+}
+
 impl std::ops::Deref for Conn<'_> {
     type Target = Client;
 
     fn deref(&self) -> &Client {
-        self.client.as_ref().expect("present until dropped")
+        &self.client.as_ref().expect("present until dropped").client
     }
 }
 
 impl std::ops::DerefMut for Conn<'_> {
     fn deref_mut(&mut self) -> &mut Client {
-        self.client.as_mut().expect("present until dropped")
+        &mut self.client.as_mut().expect("present until dropped").client
+    }
+}
+
+impl Conn<'_> {
+    /// The statements for `sql`, each prepared once per connection and kept: the
+    /// server plans it once, and running it needs no round trip of its own, so the
+    /// statements of a step can be pipelined.
+    pub(crate) async fn statements<const N: usize>(
+        &mut self,
+        sql: [&'static str; N],
+    ) -> Result<[Statement; N], tokio_postgres::Error> {
+        let pooled = self.client.as_mut().expect("present until dropped");
+        let mut out = Vec::with_capacity(N);
+        for sql in sql {
+            let statement = match pooled.prepared.get(sql) {
+                Some(statement) => statement.clone(),
+                None => {
+                    let statement = pooled.client.prepare(sql).await?;
+                    pooled.prepared.insert(sql, statement.clone());
+                    statement
+                }
+            };
+            out.push(statement);
+        }
+        Ok(out.try_into().unwrap_or_else(|_| unreachable!("one statement per query")))
     }
 }
 
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
         if let Some(client) = self.client.take()
-            && !client.is_closed()
+            && !client.client.is_closed()
             && !self.in_transaction
         {
             self.pool.idle.lock().unwrap_or_else(|e| e.into_inner()).push(client);
@@ -72,14 +104,14 @@ impl Pool {
         loop {
             let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match idle {
-                Some(client) if client.is_closed() => continue,
+                Some(client) if client.client.is_closed() => continue,
                 Some(client) => {
                     return Ok(Conn { pool: self, client: Some(client), in_transaction: false, _slot: slot });
                 }
                 None => break,
             }
         }
-        let client = self.connect().await?;
+        let client = Pooled { client: self.connect().await?, prepared: HashMap::new() };
         Ok(Conn { pool: self, client: Some(client), in_transaction: false, _slot: slot })
     }
 
