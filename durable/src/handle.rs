@@ -94,8 +94,10 @@ pub(crate) async fn settled(store: &dyn Store, id: &str) -> Outcome {
     }
 }
 
-/// One look: `Some` once settled or halted; `None` after waiting for a change.
+/// One look: waits for a change (at once if settled or halted already), then reads;
+/// `Some` once settled or halted, `None` if the wait ended early.
 async fn poll_settled(store: &dyn Store, id: &str) -> Result<Option<Outcome>> {
+    store.wait(id).await?;
     let Some(p) = store.get(id).await? else {
         return Err(StoreError::NotFound { what: "promise", id: id.to_owned() }.into());
     };
@@ -111,7 +113,6 @@ async fn poll_settled(store: &dyn Store, id: &str) -> Result<Option<Outcome>> {
             failure => failure.into_error(),
         })));
     }
-    store.wait(id).await?;
     Ok(None)
 }
 

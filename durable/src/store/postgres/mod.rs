@@ -59,6 +59,7 @@ const NOTIFY_SETTLED: &str = "SELECT pg_notify($1, 's:' || id) FROM unnest($2::t
 const NOTIFY_READY: &str = "SELECT pg_notify($1, 'r')";
 const GET_PROMISE: &str = "SELECT data FROM promises WHERE id = $1";
 const GET_TASK: &str = "SELECT data FROM tasks WHERE id = $1";
+const WAIT_STATE: &str = "SELECT p.data, t.state FROM promises p LEFT JOIN tasks t ON t.id = p.id WHERE p.id = $1";
 const SEARCH: &str = "SELECT data FROM promises
      WHERE id >= ($1::text COLLATE \"C\") AND id > ($2::text COLLATE \"C\")
      AND left(id, length($1)) = $1
@@ -691,10 +692,18 @@ impl super::Store for PostgresStore {
 
     async fn wait(&self, id: &str) -> Result<(), StoreError> {
         let rx = self.waiters.register(id);
-        let done = match self.read_promise(id).await? {
-            None => true,
-            Some(p) if p.state.is_settled() => true,
-            Some(_) => self.task(id).await?.is_some_and(|t| t.state == TaskState::Halted),
+        let done = {
+            let mut conn = self.pool.get().await?;
+            let [clock, state] = conn.statements([CLOCK, WAIT_STATE]).await.map_err(db)?;
+            let read = async { conn.query_opt(&state, &[&id]).await.map_err(db) };
+            let (now, row) = futures::try_join!(self.now_in(&conn, &clock), read)?;
+            match row {
+                None => true,
+                Some(row) => {
+                    parse::<Promise>(row.get(0))?.at(now).state.is_settled()
+                        || row.get::<_, Option<&str>>(1) == Some(task_state_name(TaskState::Halted))
+                }
+            }
         };
         if !done {
             // Notifications wake it; a slow poll covers a listener that was down.
