@@ -3,14 +3,15 @@
 //! The state machine runs in memory (the engine); every step appends the records it
 //! changed to a write-ahead log as one entry and is acknowledged only after an
 //! `fdatasync`. Concurrent steps share one sync (group commit). The log is applied to
-//! sled a segment at a time, in the background, and sled is read when the store opens.
+//! sled a segment at a time, in the background; opening reads sled and the rest of the
+//! log.
 
 mod wal;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use self::wal::Wal;
+use self::wal::{Records, Wal};
 use super::engine::{Engine, Log, engine_store};
 use super::state::{Core, Dirty};
 use super::{Clock, SystemClock};
@@ -77,9 +78,15 @@ impl SledStore {
             }
         }
         let records = db.open_tree("records").map_err(context)?;
-        let wal = Wal::open(path, &db, &records, segment_limit)?;
-        let promises = load::<Promise>(&records, PROMISE, path)?;
-        let tasks = load::<Task>(&records, TASK, path)?;
+        let (wal, overlay) = Wal::open(path, &db, &records, segment_limit)?;
+        let mut raw = Records::new();
+        for kv in records.iter() {
+            let (k, v) = kv.map_err(StoreError::backend)?;
+            raw.insert(k.to_vec(), v.to_vec());
+        }
+        raw.extend(overlay);
+        let promises = load::<Promise>(&raw, PROMISE, path)?;
+        let tasks = load::<Task>(&raw, TASK, path)?;
         let mut core = Core::restore(promises, tasks, clock.now());
         core.release_all(clock.now());
         let log = SledLog { wal };
@@ -101,15 +108,14 @@ fn key(kind: u8, id: &str) -> Vec<u8> {
     key
 }
 
-fn load<T: serde::de::DeserializeOwned>(tree: &sled::Tree, kind: u8, path: &Path) -> Result<Vec<T>, StoreError> {
-    tree.scan_prefix([kind])
-        .map(|kv| {
-            let (k, v) = kv.map_err(StoreError::backend)?;
-            serde_json::from_slice(&v).map_err(|e| {
+fn load<T: serde::de::DeserializeOwned>(raw: &Records, kind: u8, path: &Path) -> Result<Vec<T>, StoreError> {
+    raw.range(vec![kind]..vec![kind + 1])
+        .map(|(k, v)| {
+            serde_json::from_slice(v).map_err(|e| {
                 StoreError::backend(format!(
                     "the sled store in {} has an unreadable record {:?}: {e}",
                     path.display(),
-                    String::from_utf8_lossy(&k)
+                    String::from_utf8_lossy(k)
                 ))
             })
         })

@@ -5,13 +5,14 @@
 //! with one `fdatasync`, shared by every step waiting (group commit). sled itself is
 //! only written by checkpoints: when a segment is full the log moves to a new one, and
 //! a background thread applies the full segment to sled, flushes sled, records the
-//! segment as applied and deletes it. Opening a store applies whatever segments are
-//! left, so what was acknowledged is in sled before the state is read.
+//! segment as applied and deletes it. Opening a store reads sled, then the segments not
+//! yet applied over it, and hands those segments to the same thread.
 //!
 //! An entry is `[length: u32][crc32: u32][records]`, a record
 //! `[key length: u32][key][value length: u32][value]`, all little-endian. A crash can
 //! leave the last entry torn; its checksum shows it, and it was never acknowledged.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,9 @@ use crate::StoreError;
 const APPLIED_KEY: &[u8] = b"wal-applied";
 const PREFIX: &str = "wal-";
 const HEADER: usize = 8;
+
+/// Records by key: what a log holds for sled.
+pub(super) type Records = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// The log of one open store.
 #[derive(Debug)]
@@ -83,9 +87,15 @@ struct Segment {
 }
 
 impl Wal {
-    /// Applies the segments left in `dir` to sled, makes that durable, deletes them
-    /// and starts a new segment, with segments moving on at `limit` bytes.
-    pub(super) fn open(dir: &Path, db: &sled::Db, records: &sled::Tree, limit: u64) -> Result<Wal, StoreError> {
+    /// Opens the log in `dir`, with segments moving on at `limit` bytes. Returns it
+    /// and the records of the segments not yet applied to sled, to be read over sled's
+    /// (the latest of each key); those segments are applied in the background.
+    pub(super) fn open(
+        dir: &Path,
+        db: &sled::Db,
+        records: &sled::Tree,
+        limit: u64,
+    ) -> Result<(Wal, Records), StoreError> {
         let applied = match db.get(APPLIED_KEY).map_err(StoreError::backend)? {
             Some(v) => {
                 u64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt(dir, "the applied segment number"))?)
@@ -103,17 +113,29 @@ impl Wal {
         segments.sort();
         let last = segments.last().map_or(applied, |(n, _)| (*n).max(applied));
         let count = segments.len();
-        for (i, (n, path)) in segments.iter().enumerate() {
+        let (mut unapplied, mut overlay) = (Vec::new(), BTreeMap::new());
+        for (i, (n, path)) in segments.into_iter().enumerate() {
             // A segment at or below the applied mark is already in sled; applying it
             // again would put older records over newer ones.
-            if *n > applied && !apply(path, records)? && i + 1 < count {
-                return Err(corrupt(path, "a damaged entry before the end of a sealed segment"));
+            if n <= applied {
+                std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+                continue;
             }
-        }
-        db.insert(APPLIED_KEY, &last.to_be_bytes()).map_err(StoreError::backend)?;
-        db.flush().map_err(StoreError::backend)?;
-        for (_, path) in &segments {
-            std::fs::remove_file(path).map_err(|e| io(path, e))?;
+            let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
+            let whole = read(&bytes, &path, |entry| {
+                overlay.extend(entry.into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())));
+                Ok(())
+            })?;
+            if whole < bytes.len() {
+                if i + 1 < count {
+                    return Err(corrupt(&path, "a damaged entry before the end of a sealed segment"));
+                }
+                // A write torn by a crash, never acknowledged: cut it off, so that this
+                // segment reads whole once later ones follow it.
+                let file = OpenOptions::new().write(true).open(&path).map_err(|e| io(&path, e))?;
+                file.set_len(whole as u64).and_then(|()| file.sync_all()).map_err(|e| io(&path, e))?;
+            }
+            unapplied.push(path);
         }
         let segment = Segment::create(dir, last + 1, limit)?;
 
@@ -128,18 +150,23 @@ impl Wal {
                 }
             })
             .map_err(StoreError::backend)?;
+        for path in unapplied {
+            // The thread runs until the log is dropped.
+            let _ = tx.send(path);
+        }
         let files = Files {
             pending: Mutex::new((Vec::new(), 0)),
             segment: Mutex::new(segment),
             failed: AtomicBool::new(false),
             sealed: Mutex::new(Some(tx)),
         };
-        Ok(Wal {
+        let wal = Wal {
             files: Arc::new(files),
             durable: tokio::sync::Mutex::new(0),
             syncs: AtomicU64::new(0),
             checkpoints: Some(thread),
-        })
+        };
+        Ok((wal, overlay))
     }
 
     /// Appends one entry, whose records `write` adds; returns its number for
@@ -285,27 +312,40 @@ fn checkpoint(path: &Path, db: &sled::Db, records: &sled::Tree) -> Result<(), St
     std::fs::remove_file(path).map_err(|e| io(path, e))
 }
 
-/// Applies every whole entry of a segment to sled, each as one batch; returns false
-/// if it ended in a damaged entry.
-fn apply(path: &Path, records: &sled::Tree) -> Result<bool, StoreError> {
+/// Applies every whole entry of a segment to sled, each as one batch.
+fn apply(path: &Path, records: &sled::Tree) -> Result<(), StoreError> {
     let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
-    let mut rest = &bytes[..];
-    while !rest.is_empty() {
-        let Some((body, after)) = entry(rest) else {
-            return Ok(false);
-        };
+    read(&bytes, path, |entry| {
         let mut batch = sled::Batch::default();
-        let mut body = body;
+        for (key, value) in entry {
+            batch.insert(key, value);
+        }
+        records.apply_batch(batch).map_err(StoreError::backend)
+    })
+    .map(drop)
+}
+
+/// Calls `each` with the records of every whole entry of a segment, in order; returns
+/// the length of the whole entries (shorter than the segment if it ends in a damaged
+/// one).
+fn read<'a>(
+    bytes: &'a [u8],
+    path: &Path,
+    mut each: impl FnMut(Vec<(&'a [u8], &'a [u8])>) -> Result<(), StoreError>,
+) -> Result<usize, StoreError> {
+    let mut rest = bytes;
+    while let Some((mut body, after)) = entry(rest) {
+        let mut records = Vec::new();
         while !body.is_empty() {
             let (key, after) = field(body).ok_or_else(|| corrupt(path, "a record key"))?;
             let (value, after) = field(after).ok_or_else(|| corrupt(path, "a record value"))?;
-            batch.insert(key, value);
+            records.push((key, value));
             body = after;
         }
-        records.apply_batch(batch).map_err(StoreError::backend)?;
+        each(records)?;
         rest = after;
     }
-    Ok(true)
+    Ok(bytes.len() - rest.len())
 }
 
 /// Splits one checked entry off the front: its records and what follows.
