@@ -10,9 +10,10 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
 use crate::error::Failure;
-use crate::function::Erased;
 use crate::promise::State;
 use crate::promise::{Fence, Millis, Param, Promise};
+use crate::runtime::function::Erased;
+use crate::runtime::shared::Shared;
 use crate::store::{CreatePromise, NewTask, Page, Release, Search, SettlePromise};
 use crate::{Callable, Error, Function, Handle, Result, Store, Target, codec};
 
@@ -56,45 +57,6 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 4 << 20;
 pub struct Durable {
     shared: Arc<Shared>,
     life: Arc<Life>,
-}
-
-/// What the runtime's parts share.
-pub(crate) struct Shared {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) group: String,
-    pub(crate) pid: String,
-    pub(crate) process: String,
-    pub(crate) registry: HashMap<String, Arc<dyn Erased>>,
-    pub(crate) ttl: Millis,
-    pub(crate) max_payload: usize,
-    pub(crate) concurrency: usize,
-    /// How long a preferred pid has a task to itself.
-    pub(crate) window: Millis,
-    /// How long an invocation waits in memory before it suspends.
-    pub(crate) suspend_after: Duration,
-    /// Wakes the background loop: a deadline was added or a slot freed.
-    pub(crate) wake: Notify,
-    /// Function bodies run so far, by function name.
-    runs: Mutex<BTreeMap<String, u64>>,
-    /// Executing tasks.
-    pub(crate) running: Mutex<HashMap<String, (AbortHandle, Fence)>>,
-    stopped: watch::Sender<bool>,
-}
-
-impl Shared {
-    pub(crate) fn count_run(&self, function: &str) {
-        *self.runs.lock().unwrap_or_else(|e| e.into_inner()).entry(function.to_owned()).or_default() += 1;
-    }
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Durable")
-            .field("group", &self.group)
-            .field("process", &self.process)
-            .field("functions", &self.registry.keys().collect::<Vec<_>>())
-            .finish()
-    }
 }
 
 /// Stops the background loop and every execution when the last [`Durable`] goes.
@@ -169,7 +131,7 @@ impl Durable {
         check_same_function(id, &created.promise, f.name())?;
         if let Some(task) = created.acquired {
             let fence = Fence { task: task.id.clone(), version: task.version };
-            crate::worker::spawn(shared.clone(), fence, created.promise, Vec::new(), func.clone(), true);
+            crate::runtime::worker::spawn(shared.clone(), fence, created.promise, Vec::new(), func.clone(), true);
         }
         Ok(Handle::stored(id.to_owned(), shared.store.clone()))
     }
@@ -362,8 +324,8 @@ impl Builder {
         if !self.errors.is_empty() {
             return Err(Error::Runtime(format!("cannot build the runtime: {}", self.errors.join("; "))));
         }
-        let pid = self.pid.unwrap_or_else(|| format!("{:08x}", crate::context::random() as u32));
-        let process = format!("{pid}:{:016x}", crate::context::random());
+        let pid = self.pid.unwrap_or_else(|| format!("{:08x}", crate::promise::random() as u32));
+        let process = format!("{pid}:{:016x}", crate::promise::random());
         let shared = Arc::new(Shared {
             store: self.store.expect("checked above"),
             group: self.group,
@@ -380,7 +342,7 @@ impl Builder {
             running: Mutex::new(HashMap::new()),
             stopped: watch::Sender::new(false),
         });
-        let background = tokio::spawn(crate::worker::background(shared.clone())).abort_handle();
+        let background = tokio::spawn(crate::runtime::worker::background(shared.clone())).abort_handle();
         Ok(Durable { life: Arc::new(Life { shared: shared.clone(), background }), shared })
     }
 }
@@ -525,7 +487,7 @@ impl Promises<'_> {
                     if detached.iter().any(|d| p.id.starts_with(&format!("{d}."))) {
                         continue;
                     }
-                    if p.tags.contains_key(crate::context::DETACHED_TAG) {
+                    if p.tags.contains_key(crate::runtime::context::DETACHED_TAG) {
                         detached.push(p.id.clone());
                         continue;
                     }

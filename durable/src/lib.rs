@@ -8,26 +8,21 @@
 //!   [`Error`].
 
 mod codec;
-mod context;
 mod durable;
 mod error;
-mod execute;
-mod function;
-mod handle;
-mod invocation;
 mod promise;
 mod retry;
+mod runtime;
 pub mod store;
 mod target;
-mod worker;
 
-pub use crate::context::{Call, Context, Detach, Lfc, Lfi, Promised, Rfc, Rfi};
 pub use crate::durable::{Builder, DEFAULT_MAX_PAYLOAD, Durable, Promises, Rpc};
 pub use crate::error::{Error, Nondeterminism, Result, StoreError};
-pub use crate::function::{Callable, Function, Remote};
-pub use crate::handle::Handle;
 pub use crate::promise::{Fence, Millis, NEVER, Param, Promise, State, Task, TaskState};
 pub use crate::retry::Retry;
+pub use crate::runtime::context::{Call, Context, Detach, Lfc, Lfi, Promised, Rfc, Rfi};
+pub use crate::runtime::function::{Callable, Function, Remote};
+pub use crate::runtime::handle::Handle;
 pub use crate::store::{MemoryStore, SledStore, Store};
 pub use crate::target::Target;
 
@@ -49,7 +44,7 @@ pub mod prelude {
 /// any release.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::function::Returns;
+    pub use crate::runtime::function::Returns;
     pub use crate::{Callable, Context, Function, Result, Retry};
     pub use futures::future::BoxFuture;
     pub use serde::Serialize;

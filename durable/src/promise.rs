@@ -85,6 +85,15 @@ pub(crate) fn digest(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// A fresh random number: a counter hashed with the standard library's randomly
+/// keyed hasher (no clock is read, and no dependency is needed).
+pub(crate) fn random() -> u64 {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::hash::BuildHasher::build_hasher(&std::collections::hash_map::RandomState::new());
+    std::hash::Hasher::write_u64(&mut h, COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    std::hash::Hasher::finish(&h)
+}
+
 /// A durable promise.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Promise {

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::durable::Shared;
 use crate::error::Failure;
-use crate::execute::Job;
-use crate::function::Erased;
-use crate::invocation::{Fault, Invocation};
+use crate::runtime::execute::Job;
+use crate::runtime::function::Erased;
+use crate::runtime::invocation::{Fault, Invocation};
+use crate::runtime::shared::Shared;
 
 use crate::promise::{Fence, Param, Promise, State};
 use crate::store::{Claim, Release, SettlePromise};

@@ -11,9 +11,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use crate::error::Failure;
-use crate::execute::{Outcome, outcome};
-use crate::invocation::Invocation;
 use crate::promise::TaskState;
+use crate::runtime::execute::{Outcome, outcome};
+use crate::runtime::invocation::Invocation;
 use crate::{Error, Result, Store, StoreError, codec};
 
 /// The result of a durable invocation, to await when it is needed.

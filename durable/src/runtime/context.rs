@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::future::{Future, IntoFuture};
-use std::hash::{BuildHasher, Hasher};
 use std::marker::PhantomData;
 use std::panic::Location;
 use std::sync::Arc;
@@ -11,9 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 use serde::Serialize;
 
-use crate::execute::{Job, Outcome, Scope, outcome};
-use crate::invocation::Invocation;
 use crate::promise::{Millis, Param};
+use crate::runtime::execute::{Job, Outcome, Scope, outcome};
+use crate::runtime::invocation::Invocation;
 use crate::store::{CreatePromise, NewTask};
 use crate::{Callable, Function, Handle, Result, Retry, Target, codec};
 
@@ -63,9 +62,12 @@ impl Context {
 
     pub(crate) fn encode_result<T: Serialize>(&self, value: &T) -> Result<String> {
         match codec::encode(&self.id, "the result", value, self.inv.rt.max_payload) {
-            Err(crate::Error::Codec { message, .. }) => Err(self.inv.fail(crate::invocation::Fault::Platform(
-                format!("the result of {} does not encode: {message}", self.id),
-            ))),
+            Err(crate::Error::Codec { message, .. }) => {
+                Err(self.inv.fail(crate::runtime::invocation::Fault::Platform(format!(
+                    "the result of {} does not encode: {message}",
+                    self.id
+                ))))
+            }
             other => other,
         }
     }
@@ -174,7 +176,7 @@ impl Context {
     #[track_caller]
     pub fn random(&mut self) -> impl Future<Output = Result<u64>> + Send + 'static {
         let record = self.record("random");
-        async move { record.run(|_| async { Ok(random()) }).await }
+        async move { record.run(|_| async { Ok(crate::promise::random()) }).await }
     }
 
     /// A random (version 4) UUID, recorded once and replayed.
@@ -184,7 +186,7 @@ impl Context {
         async move {
             record
                 .run(|_| async {
-                    let (hi, lo) = (random(), random());
+                    let (hi, lo) = (crate::promise::random(), crate::promise::random());
                     let hi = (hi & !0xf000) | 0x4000; // version 4
                     let lo = (lo & !(0xc << 60)) | (0x8 << 60); // RFC 4122 variant
                     Ok(format!(
@@ -204,15 +206,6 @@ impl Context {
     fn record(&mut self, what: &'static str) -> Record {
         Record { inv: self.inv.clone(), id: self.mint(), what, location: Location::caller() }
     }
-}
-
-/// A fresh random number: a counter hashed with the standard library's randomly
-/// keyed hasher (no clock is read, and no dependency is needed).
-pub(crate) fn random() -> u64 {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    h.finish()
 }
 
 /// A value recorded once: `now`, `random`, `uuid`.

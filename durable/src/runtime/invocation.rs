@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::durable::Shared;
 use crate::error::Failure;
 use crate::promise::{Fence, Param, Promise};
+use crate::runtime::shared::Shared;
 use crate::store::{CreatePromise, Created, SettlePromise};
 use crate::{Error, Nondeterminism, Result, StoreError};
 

@@ -8,9 +8,9 @@ use futures::FutureExt;
 use tokio::task::JoinHandle;
 
 use crate::error::Failure;
-use crate::function::Erased;
-use crate::invocation::{Fault, Invocation};
 use crate::promise::{Millis, Param, Promise, State};
+use crate::runtime::function::Erased;
+use crate::runtime::invocation::{Fault, Invocation};
 use crate::store::{CreatePromise, SettlePromise};
 use crate::{Context, Error, Result, Retry};
 

@@ -1,0 +1,51 @@
+//! What every part of one runtime shares: the store, the registry, the running tasks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::AbortHandle;
+
+use crate::Store;
+use crate::promise::{Fence, Millis};
+use crate::runtime::function::Erased;
+
+/// What the runtime's parts share.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) group: String,
+    pub(crate) pid: String,
+    pub(crate) process: String,
+    pub(crate) registry: HashMap<String, Arc<dyn Erased>>,
+    pub(crate) ttl: Millis,
+    pub(crate) max_payload: usize,
+    pub(crate) concurrency: usize,
+    /// How long a preferred pid has a task to itself.
+    pub(crate) window: Millis,
+    /// How long an invocation waits in memory before it suspends.
+    pub(crate) suspend_after: Duration,
+    /// Wakes the background loop: a deadline was added or a slot freed.
+    pub(crate) wake: Notify,
+    /// Function bodies run so far, by function name.
+    pub(crate) runs: Mutex<BTreeMap<String, u64>>,
+    /// Executing tasks.
+    pub(crate) running: Mutex<HashMap<String, (AbortHandle, Fence)>>,
+    pub(crate) stopped: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub(crate) fn count_run(&self, function: &str) {
+        *self.runs.lock().unwrap_or_else(|e| e.into_inner()).entry(function.to_owned()).or_default() += 1;
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durable")
+            .field("group", &self.group)
+            .field("process", &self.process)
+            .field("functions", &self.registry.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
