@@ -38,7 +38,7 @@ where
     claim_returns_the_preload(&*make().await).await;
     writes_are_fenced_on_the_task_version(&*make().await).await;
     heartbeats_keep_leases(&*make().await).await;
-    release_halt_and_resume(&*make().await).await;
+    release_halt_and_resume(make().await).await;
     settle_fulfils_the_task_and_wakes_waiters(make().await).await;
     tasks_route_to_a_preferred_or_required_pid(&*make().await).await;
     suspended_tasks_resume_when_an_awaited_promise_settles(&*make().await).await;
@@ -325,22 +325,29 @@ pub async fn heartbeats_keep_leases(store: &dyn Store) {
 }
 
 /// Release with a delay, halt, and resume.
-pub async fn release_halt_and_resume(store: &dyn Store) {
+pub async fn release_halt_and_resume(store: Arc<dyn Store>) {
     store.create(with_task("r", "g")).await.expect("create");
-    let a = claim_one(store, "g", "p1", 10_000).await.expect("claim");
+    let a = claim_one(&*store, "g", "p1", 10_000).await.expect("claim");
     store.release(&a.fence(), Release::Retry { delay: 5_000, error: Some("boom".into()) }).await.expect("release");
     let task = store.task("r").await.expect("task").expect("exists");
     assert_eq!((task.faults, task.error.as_deref()), (1, Some("boom")));
-    assert!(claim_one(store, "g", "p1", 10_000).await.is_none(), "not delivered before its delay");
-    advance(store, 5_000).await;
-    let b = claim_one(store, "g", "p1", 10_000).await.expect("delivered after its delay");
+    assert!(claim_one(&*store, "g", "p1", 10_000).await.is_none(), "not delivered before its delay");
+    advance(&*store, 5_000).await;
+    let b = claim_one(&*store, "g", "p1", 10_000).await.expect("delivered after its delay");
     store.release(&b.fence(), Release::Halt { error: "bad".into() }).await.expect("halt");
-    store.wait("r").await.expect("a halted task ends a wait");
+    store.wait("r", true).await.expect("a halted task ends a wait that asks for halts");
     assert_eq!(store.task("r").await.expect("task").expect("exists").state, TaskState::Halted);
-    assert!(claim_one(store, "g", "p1", 10_000).await.is_none(), "a halted task is not delivered");
+    let waiter = tokio::spawn({
+        let store = store.clone();
+        async move { store.wait("r", false).await }
+    });
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished(), "a halted task is no settlement for a wait that does not ask for halts");
+    waiter.abort();
+    assert!(claim_one(&*store, "g", "p1", 10_000).await.is_none(), "a halted task is not delivered");
     assert_eq!(store.resume_halted("other").await.expect("resume"), 0);
     assert_eq!(store.resume_halted("g").await.expect("resume"), 1);
-    let c = claim_one(store, "g", "p1", 10_000).await.expect("a resumed task is delivered");
+    let c = claim_one(&*store, "g", "p1", 10_000).await.expect("a resumed task is delivered");
     assert!(c.task.version > b.task.version);
 }
 
@@ -353,7 +360,7 @@ pub async fn settle_fulfils_the_task_and_wakes_waiters(store: Arc<dyn Store>) {
     assert!(ready.has_changed().expect("ready signal"), "a new task bumps the ready signal");
     let waiter = tokio::spawn({
         let store = store.clone();
-        async move { store.wait("f").await }
+        async move { store.wait("f", false).await }
     });
     tokio::task::yield_now().await;
     assert!(!waiter.is_finished(), "a wait on a pending promise waits");

@@ -137,8 +137,8 @@ impl Store for FaultyStore {
         self.op("tick", self.inner.tick()).await
     }
 
-    async fn wait(&self, id: &str) -> Result<(), StoreError> {
-        self.op("wait", self.inner.wait(id)).await
+    async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {
+        self.op("wait", self.inner.wait(id, halted)).await
     }
 
     fn ready(&self) -> watch::Receiver<u64> {

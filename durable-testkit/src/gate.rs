@@ -176,8 +176,8 @@ impl Store for Gate {
         self.read(self.inner.tick()).await
     }
 
-    async fn wait(&self, id: &str) -> Result<(), StoreError> {
-        self.read(self.inner.wait(id)).await
+    async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {
+        self.read(self.inner.wait(id, halted)).await
     }
 
     fn ready(&self) -> watch::Receiver<u64> {

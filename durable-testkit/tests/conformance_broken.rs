@@ -72,8 +72,8 @@ impl Store for Broken {
     async fn tick(&self) -> Result<Tick, StoreError> {
         self.inner.tick().await
     }
-    async fn wait(&self, id: &str) -> Result<(), StoreError> {
-        self.inner.wait(id).await
+    async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {
+        self.inner.wait(id, halted).await
     }
     fn ready(&self) -> watch::Receiver<u64> {
         self.inner.ready()

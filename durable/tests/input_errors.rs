@@ -48,7 +48,7 @@ async fn a_task_for_a_function_this_group_lacks_is_rejected_by_name() {
     let mut req = CreatePromise::new("nobody", durable::Param::call("nobody-has-me", 1, "1".into()));
     req.task = Some(NewTask::new(Target::any("default")));
     store.create(req).await.unwrap();
-    store.wait("nobody").await.unwrap();
+    store.wait("nobody", false).await.unwrap();
     let p = store.get("nobody").await.unwrap().unwrap();
     let error = p.value::<i64>().unwrap().unwrap_err();
     assert!(matches!(&error, Error::NotRegistered { name, .. } if name == "nobody-has-me"), "{error:?}");
@@ -62,7 +62,7 @@ async fn arguments_that_do_not_decode_reject_with_the_function_and_type() {
     let mut req = CreatePromise::new("bad-args", durable::Param::call("double", 1, "\"seven\"".into()));
     req.task = Some(NewTask::new(Target::any("default")));
     store.create(req).await.unwrap();
-    store.wait("bad-args").await.unwrap();
+    store.wait("bad-args", false).await.unwrap();
     let p = store.get("bad-args").await.unwrap().unwrap();
     assert_eq!(p.state, State::Rejected, "a deterministic decode failure rejects, it is not retried");
     let error = p.value::<i64>().unwrap().unwrap_err();

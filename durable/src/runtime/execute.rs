@@ -11,6 +11,7 @@ use crate::error::Failure;
 use crate::promise::{Millis, Param, Promise, State};
 use crate::runtime::function::Erased;
 use crate::runtime::invocation::{Fault, Invocation};
+use crate::runtime::wait::{self, Done};
 use crate::store::{CreatePromise, SettlePromise};
 use crate::{Context, Error, Result, Retry};
 
@@ -51,20 +52,11 @@ impl Job {
         // the caller go on with a result a crash could still take back.
         let settling = std::sync::atomic::AtomicBool::new(false);
         let settled_elsewhere = async {
-            loop {
-                store.wait(&id).await.ok()?;
-                if settling.load(std::sync::atomic::Ordering::SeqCst) {
-                    std::future::pending::<()>().await;
-                }
-                let p = store.get(&id).await.ok()??;
-                if p.state.is_settled() {
-                    return Some(outcome(&p));
-                }
-                // A halted task, or a backend that returned early: look again later.
-                if store.task(&id).await.ok()?.is_some_and(|t| t.state == crate::TaskState::Halted) {
-                    return None;
-                }
+            let Done::Settled(p) = wait::settled(&*store, &id, false).await.ok()? else { return None };
+            if settling.load(std::sync::atomic::Ordering::SeqCst) {
+                std::future::pending::<()>().await;
             }
+            Some(outcome(&p))
         };
         tokio::select! {
             biased;

@@ -11,9 +11,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use crate::error::Failure;
-use crate::promise::TaskState;
 use crate::runtime::execute::{Outcome, outcome};
 use crate::runtime::invocation::Invocation;
+use crate::runtime::wait::{self, Done};
 use crate::{Error, Result, Store, StoreError, codec};
 
 /// The result of a durable invocation, to await when it is needed.
@@ -73,47 +73,30 @@ impl<T> Handle<T> {
     }
 }
 
-/// Waits until the promise settles, or its task halts. A store that fails (a
-/// connection cut) is asked again with backoff for up to half a minute before its
-/// error is the answer.
+/// Waits until the promise settles, or its task halts: a caller outside every
+/// invocation is told of a halt. A store that fails (a connection cut) is asked again
+/// with backoff for up to half a minute before its error is the answer.
 pub(crate) async fn settled(store: &dyn Store, id: &str) -> Outcome {
     let mut failing_since = None;
     loop {
-        match poll_settled(store, id).await {
-            Err(Error::Store(StoreError::Backend(e))) => {
+        match wait::settled(store, id, true).await {
+            Ok(Done::Settled(p)) => return outcome(&p),
+            Ok(Done::Halted(task)) => {
+                return Err(match Failure::decode(id, task.error.as_deref()) {
+                    Failure::Other { message } => Error::Halted { id: id.to_owned(), reason: message },
+                    failure => failure.into_error(),
+                });
+            }
+            Err(StoreError::Backend(e)) => {
                 let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() > std::time::Duration::from_secs(30) {
                     return Err(Error::Store(StoreError::Backend(e)));
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            Ok(None) => failing_since = None,
-            Ok(Some(outcome)) => return outcome,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// One look: waits for a change (at once if settled or halted already), then reads;
-/// `Some` once settled or halted, `None` if the wait ended early.
-async fn poll_settled(store: &dyn Store, id: &str) -> Result<Option<Outcome>> {
-    store.wait(id).await?;
-    let Some(p) = store.get(id).await? else {
-        return Err(StoreError::NotFound { what: "promise", id: id.to_owned() }.into());
-    };
-    if p.state.is_settled() {
-        return Ok(Some(outcome(&p)));
-    }
-    if let Some(task) = store.task(id).await?
-        && task.state == TaskState::Halted
-    {
-        let failure = Failure::decode(id, task.error.as_deref());
-        return Ok(Some(Err(match failure {
-            Failure::Other { message } => Error::Halted { id: id.to_owned(), reason: message },
-            failure => failure.into_error(),
-        })));
-    }
-    Ok(None)
 }
 
 impl<T: DeserializeOwned> Future for Handle<T> {

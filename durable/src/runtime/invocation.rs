@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::error::Failure;
 use crate::promise::{Fence, Param, Promise};
 use crate::runtime::shared::Shared;
+use crate::runtime::wait::{self, Done};
 use crate::store::{CreatePromise, Created, SettlePromise};
 use crate::{Error, Nondeterminism, Result, StoreError};
 
@@ -205,17 +206,13 @@ impl Invocation {
         self.rt.store.settle(req).await.map_err(|e| self.store_fault(e))
     }
 
-    /// Waits for a promise to settle.
+    /// Waits for a promise settled elsewhere. A halted child is not a settlement: the
+    /// wait goes on (and the task may suspend) until a fixed deploy settles it.
     pub(crate) async fn settled(&self, id: &str) -> Result<Promise> {
-        loop {
-            self.check()?;
-            match self.rt.store.get(id).await.map_err(|e| self.store_fault(e))? {
-                Some(p) if p.state.is_settled() => return Ok(p),
-                Some(_) => self.rt.store.wait(id).await.map_err(|e| self.store_fault(e))?,
-                None => {
-                    return Err(self.store_fault(StoreError::NotFound { what: "promise", id: id.to_owned() }));
-                }
-            }
+        self.check()?;
+        match wait::settled(&*self.rt.store, id, false).await.map_err(|e| self.store_fault(e))? {
+            Done::Settled(p) => Ok(p),
+            Done::Halted(_) => unreachable!("halts are reported only when asked for"),
         }
     }
 

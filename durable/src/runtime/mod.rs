@@ -9,4 +9,5 @@ pub(crate) mod function;
 pub(crate) mod handle;
 pub(crate) mod invocation;
 pub(crate) mod shared;
+pub(crate) mod wait;
 pub(crate) mod worker;

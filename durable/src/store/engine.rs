@@ -128,10 +128,10 @@ impl<L: Log> Engine<L> {
         self.write(|core, now| Ok(core.tick(now))).await
     }
 
-    pub(crate) async fn wait(&self, id: &str) -> Result<(), StoreError> {
+    pub(crate) async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {
         let rx = {
             let core = self.lock();
-            if core.is_done(id, self.clock.now()) {
+            if core.is_done(id, halted, self.clock.now()) {
                 return Ok(());
             }
             self.waiters.register(id)
@@ -218,8 +218,8 @@ macro_rules! engine_store {
             async fn tick(&self) -> Result<$crate::store::Tick, $crate::StoreError> {
                 self.engine.tick().await
             }
-            async fn wait(&self, id: &str) -> Result<(), $crate::StoreError> {
-                self.engine.wait(id).await
+            async fn wait(&self, id: &str, halted: bool) -> Result<(), $crate::StoreError> {
+                self.engine.wait(id, halted).await
             }
             fn ready(&self) -> tokio::sync::watch::Receiver<u64> {
                 self.engine.ready()

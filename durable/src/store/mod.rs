@@ -261,9 +261,10 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// Applies deadlines: times out promises, resolves timers, expires leases.
     async fn tick(&self) -> Result<Tick, StoreError>;
 
-    /// Completes when the promise is settled or its task halted (at once if it is). A
-    /// backend may also return early (a poll interval passed): callers read again.
-    async fn wait(&self, id: &str) -> Result<(), StoreError>;
+    /// Completes when the promise is settled (at once if it is), or, if `halted`, when
+    /// its task is halted (at once if it is). A backend may also return early (a poll
+    /// interval passed, the task halted while `halted` is false): callers read again.
+    async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError>;
 
     /// A signal bumped whenever a task may have become ready.
     fn ready(&self) -> tokio::sync::watch::Receiver<u64>;

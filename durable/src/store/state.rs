@@ -226,10 +226,10 @@ impl Core {
         self.promises.get(id).map(|p| p.at(now))
     }
 
-    /// True once the promise is settled or its task halted.
-    pub(crate) fn is_done(&self, id: &str, now: Millis) -> bool {
+    /// True once the promise is settled, or, if `halted`, its task halted.
+    pub(crate) fn is_done(&self, id: &str, halted: bool, now: Millis) -> bool {
         let settled = self.promises.get(id).is_none_or(|p| p.at(now).state.is_settled());
-        settled || self.tasks.get(id).is_some_and(|t| t.state == TaskState::Halted)
+        settled || (halted && self.tasks.get(id).is_some_and(|t| t.state == TaskState::Halted))
     }
 
     pub(crate) fn search(&self, q: &Search, now: Millis) -> Page {

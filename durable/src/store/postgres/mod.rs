@@ -690,7 +690,7 @@ impl super::Store for PostgresStore {
         Ok(tick)
     }
 
-    async fn wait(&self, id: &str) -> Result<(), StoreError> {
+    async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {
         let rx = self.waiters.register(id);
         let done = {
             let mut conn = self.pool.get().await?;
@@ -701,7 +701,7 @@ impl super::Store for PostgresStore {
                 None => true,
                 Some(row) => {
                     parse::<Promise>(row.get(0))?.at(now).state.is_settled()
-                        || row.get::<_, Option<&str>>(1) == Some(task_state_name(TaskState::Halted))
+                        || (halted && row.get::<_, Option<&str>>(1) == Some(task_state_name(TaskState::Halted)))
                 }
             }
         };

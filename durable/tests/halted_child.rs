@@ -1,0 +1,54 @@
+//! A halted child is not a settlement: its parent waits without burning CPU (and
+//! suspends), and finishes once a fixed deploy resumes the child and it settles.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{builder, memory};
+use durable::TaskState;
+use durable::prelude::*;
+
+static FIXED: AtomicBool = AtomicBool::new(false);
+
+#[durable::function(name = "render")]
+async fn render(_ctx: &mut Context, frame: u32) -> durable::Result<String> {
+    if !FIXED.load(Ordering::SeqCst) {
+        panic!("the renderer of this build is broken");
+    }
+    Ok(format!("frame-{frame}"))
+}
+
+#[durable::function]
+async fn movie(ctx: &mut Context) -> durable::Result<String> {
+    ctx.rfc(render, 7).target("poll://any@gpu").await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parent_of_a_halted_child_suspends_and_finishes_once_the_child_is_resumed() {
+    let store = memory();
+    let _gpu = builder(&store).group("gpu").register(render).build().unwrap();
+    let studio = builder(&store).group("studio").register(movie).build().unwrap();
+    let handle = studio.run("movie", movie, ()).await.unwrap();
+
+    // The child panics on every attempt until its task halts.
+    while store.get("movie.1").await.unwrap().is_none() {
+        tokio::task::yield_now().await;
+    }
+    loop {
+        store.wait("movie.1", true).await.unwrap();
+        if store.task("movie.1").await.unwrap().is_some_and(|t| t.state == TaskState::Halted) {
+            break;
+        }
+    }
+    // The parent neither settles nor spins: time passes, and it suspends on the child.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(store.get("movie").await.unwrap().unwrap().state, durable::State::Pending);
+    assert_eq!(store.task("movie").await.unwrap().unwrap().state, TaskState::Suspended);
+
+    // A fixed deploy starts: it resumes the child, which settles and wakes the parent.
+    FIXED.store(true, Ordering::SeqCst);
+    let _fixed = builder(&store).group("gpu").register(render).build().unwrap();
+    assert_eq!(handle.await.unwrap(), "frame-7");
+}
