@@ -27,6 +27,9 @@ use crate::{Callable, Function, Handle, Result, Retry, Target, codec};
 pub struct Context {
     inv: Arc<Invocation>,
     id: String,
+    /// What child ids start with: the id on the first attempt, the timer that waited
+    /// before it (`{id}.r{k}`) on attempt `k + 1`, so that each attempt runs afresh.
+    prefix: String,
     deadline: Millis,
     next: u32,
     attempt: u32,
@@ -41,7 +44,8 @@ impl std::fmt::Debug for Context {
 
 impl Context {
     pub(crate) fn new(inv: Arc<Invocation>, id: String, deadline: Millis, attempt: u32) -> Context {
-        Context { inv, id, deadline, next: 0, attempt, scope: Arc::default() }
+        let prefix = if attempt > 1 { retry_timer_id(&id, attempt - 1) } else { id.clone() };
+        Context { inv, id, prefix, deadline, next: 0, attempt, scope: Arc::default() }
     }
 
     /// Which attempt of the body this is, from 1: retries count up, replays of the
@@ -57,7 +61,7 @@ impl Context {
 
     fn mint(&mut self) -> String {
         self.next += 1;
-        format!("{}.{}", self.id, self.next)
+        format!("{}.{}", self.prefix, self.next)
     }
 
     pub(crate) fn encode_result<T: Serialize>(&self, value: &T) -> Result<String> {
@@ -206,6 +210,12 @@ impl Context {
     fn record(&mut self, what: &'static str) -> Record {
         Record { inv: self.inv.clone(), id: self.mint(), what, location: Location::caller() }
     }
+}
+
+/// The id of the durable wait after failed attempt `attempt` of promise `id`; the
+/// children of the next attempt live under it.
+pub(crate) fn retry_timer_id(id: &str, attempt: u32) -> String {
+    format!("{id}.r{attempt}")
 }
 
 /// A value recorded once: `now`, `random`, `uuid`.

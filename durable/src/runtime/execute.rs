@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::Failure;
 use crate::promise::{Millis, Param, Promise, State};
+use crate::runtime::context::retry_timer_id;
 use crate::runtime::function::Erased;
 use crate::runtime::invocation::{Fault, Invocation};
 use crate::runtime::wait::{self, Done};
@@ -103,7 +104,7 @@ impl Job {
 
     /// The id of the timer that waits after failed attempt `attempt`.
     fn timer_id(&self, attempt: u32) -> String {
-        format!("{}.r{attempt}", self.id)
+        retry_timer_id(&self.id, attempt)
     }
 
     /// Waits durably before the next attempt.
