@@ -92,11 +92,12 @@ fn generate(f: &DurableFn<'_>, options: &Options) -> TokenStream {
             fn version(&self) -> u32 {
                 #version
             }
+
+            #timeout
         }
 
         impl #p::Function for #ident {
             #retry
-            #timeout
 
             fn call<'a>(
                 &self,

@@ -375,7 +375,7 @@ impl<C: Callable, M> Call<C, M> {
             return Ok((self.id.clone(), Begun::Settled(outcome(p))));
         }
         let mut req = CreatePromise::new(self.id.clone(), param.clone());
-        req.timeout = self.timeout.map(|t| t.as_millis() as Millis);
+        req.timeout = self.timeout.or_else(|| self.f.timeout()).map(|t| t.as_millis() as Millis);
         if !detached {
             req.deadline_cap = self.deadline;
         }

@@ -30,6 +30,13 @@ pub trait Callable: Send + Sync + 'static {
     fn version(&self) -> u32 {
         1
     }
+
+    /// The timeout of its calls, unless a call sets its own (`#[durable::function(timeout
+    /// = …)]`). Every kind of call reads it: `run`, `rpc`, `lfi`, `lfc`, `rfi`, `rfc` and
+    /// `detached`.
+    fn timeout(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A durable function with a body this process can run.
@@ -44,11 +51,6 @@ pub trait Function: Callable + Clone {
     /// The retry policy of its calls, unless a call sets its own.
     fn retry(&self) -> Retry {
         Retry::default()
-    }
-
-    /// The timeout of its calls, unless a call sets its own.
-    fn timeout(&self) -> Option<Duration> {
-        None
     }
 
     /// Runs the body.
