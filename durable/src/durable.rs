@@ -55,7 +55,7 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 4 << 20;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Durable {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     life: Arc<Life>,
 }
 
@@ -69,7 +69,7 @@ struct Life {
 impl Drop for Life {
     fn drop(&mut self) {
         self.background.abort();
-        for (task, _) in self.shared.running.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        for task in self.shared.running.lock().unwrap_or_else(|e| e.into_inner()).values() {
             task.abort();
         }
         self.shared.stopped.send_replace(true);
@@ -197,7 +197,7 @@ impl Durable {
     pub async fn shutdown(&self) -> Result<()> {
         self.life.background.abort();
         let running: Vec<_> = self.shared.running.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
-        for (_, (task, fence)) in running {
+        for (fence, task) in running {
             task.abort();
             // A release refused by the fence means it was no longer ours anyway.
             let _ = self.shared.store.release(&fence, Release::Retry { delay: 0, error: None }).await;
@@ -397,7 +397,7 @@ impl<C: Callable> IntoFuture for Rpc<C> {
                 None => Target::any(self.shared.group.clone()),
             };
             let mut req = CreatePromise::new(self.id.clone(), Param::call(self.f.name(), self.f.version(), args));
-            req.timeout = self.timeout.map(|t| t.as_millis() as Millis);
+            req.timeout = self.timeout.or_else(|| self.f.timeout()).map(|t| t.as_millis() as Millis);
             req.tags = self.tags;
             req.task = Some(NewTask { target, window: self.shared.window, acquire: None });
             let created = self.shared.store.create(req).await?;

@@ -211,7 +211,7 @@ pub struct Task {
 }
 
 /// The proof that a write is made by the current holder of a task.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Fence {
     /// The task id.
     pub task: String,

@@ -29,8 +29,9 @@ pub(crate) struct Shared {
     pub(crate) wake: Notify,
     /// Function bodies run so far, by function name.
     pub(crate) runs: Mutex<BTreeMap<String, u64>>,
-    /// Executing tasks.
-    pub(crate) running: Mutex<HashMap<String, (AbortHandle, Fence)>>,
+    /// Executing tasks, by the fence they hold: one process may hold a task again (a
+    /// lost lease, a suspension) while its old execution is still winding down.
+    pub(crate) running: Mutex<HashMap<Fence, AbortHandle>>,
     pub(crate) stopped: watch::Sender<bool>,
 }
 

@@ -36,8 +36,7 @@ pub(crate) async fn background(rt: Arc<Shared>) {
         }
         let holding = !rt.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
         if holding && tokio::time::Instant::now() >= next_beat {
-            let held: Vec<Fence> =
-                rt.running.lock().unwrap_or_else(|e| e.into_inner()).values().map(|(_, f)| f.clone()).collect();
+            let held: Vec<Fence> = rt.running.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
             let _ = store.heartbeat(&rt.process, &held, rt.ttl).await;
             next_beat = tokio::time::Instant::now() + beat;
         }
@@ -106,7 +105,6 @@ pub(crate) fn spawn(
     func: Arc<dyn Erased>,
     fresh: bool,
 ) {
-    let task_id = fence.task.clone();
     let inv = Arc::new(Invocation::new(rt.clone(), fence.clone(), preload));
     let Param::Call { args, .. } = &root.param else {
         return;
@@ -133,10 +131,10 @@ pub(crate) fn spawn(
         if let Some(fault) = inv.fault() {
             after_fault(&shared, &inv.fence, fault).await;
         }
-        shared.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&inv.fence.task);
+        shared.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&inv.fence);
         shared.wake.notify_one();
     });
-    running.insert(task_id, (handle.abort_handle(), fence));
+    running.insert(fence, handle.abort_handle());
     drop(running);
     // The background loop heartbeats only while something is held: tell it.
     rt.wake.notify_one();
@@ -167,4 +165,77 @@ async fn after_fault(rt: &Shared, fence: &Fence, fault: Fault) {
         }
     };
     let _ = rt.store.release(fence, how).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use futures::future::BoxFuture;
+    use tokio::sync::Notify;
+
+    use crate::store::{Claim, Release};
+    use crate::{Callable, Context, Durable, Function, MemoryStore, Result, Store};
+
+    static RUNS: AtomicU32 = AtomicU32::new(0);
+    static FIRST_MAY_GO: Notify = Notify::const_new();
+
+    /// The first run waits to be let go; later runs hang.
+    #[derive(Clone, Copy, Debug)]
+    struct Hold;
+
+    impl Callable for Hold {
+        type Args = ();
+        type Output = u32;
+        fn name(&self) -> &str {
+            "hold"
+        }
+    }
+
+    impl Function for Hold {
+        fn call<'a>(&self, _: &'a mut Context, (): ()) -> BoxFuture<'a, Result<u32>> {
+            Box::pin(async {
+                if RUNS.fetch_add(1, Ordering::SeqCst) == 0 {
+                    FIRST_MAY_GO.notified().await;
+                    Ok(1)
+                } else {
+                    std::future::pending().await
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_old_execution_ending_leaves_the_new_one_of_the_same_task_running() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let durable = Durable::builder().store(store.clone()).register(Hold).build().unwrap();
+        let _handle = durable.run("t", Hold, ()).await.unwrap();
+        tokio::task::yield_now().await;
+        let shared = durable.shared.clone();
+        let old = shared.running.lock().unwrap().keys().next().cloned().expect("the first execution runs");
+
+        // Its lease is lost, and this same process claims the task again.
+        store.release(&old, Release::Retry { delay: 0, error: None }).await.unwrap();
+        let claim = Claim {
+            group: "default".into(),
+            pid: shared.pid.clone(),
+            process: shared.process.clone(),
+            ttl: shared.ttl,
+            max: 1,
+        };
+        let again = store.claim(claim).await.unwrap().pop().expect("claimed again");
+        let new = again.fence();
+        super::spawn(shared.clone(), new.clone(), again.root, again.preload, Arc::new(Hold), false);
+        tokio::task::yield_now().await;
+
+        // The old execution goes on to its settle, is refused by the fence, and ends.
+        FIRST_MAY_GO.notify_one();
+        while shared.running.lock().unwrap().contains_key(&old) {
+            tokio::task::yield_now().await;
+        }
+        let running: Vec<_> = shared.running.lock().unwrap().keys().cloned().collect();
+        assert_eq!(running, [new.clone()], "the new execution is still known, so it is heartbeaten and counted");
+        assert_eq!(store.heartbeat(&shared.process, &running, shared.ttl).await.unwrap(), 1);
+    }
 }
