@@ -193,6 +193,7 @@ impl Invocation {
         self.check()?;
         req.fence = Some(self.fence.clone());
         let created = self.rt.store.create(req).await.map_err(|e| self.store_fault(e))?;
+        self.progress.fetch_add(1, Ordering::SeqCst);
         if created.new && created.promise.timeout_at != crate::NEVER {
             // The background loop applies deadlines: tell it about a new one.
             self.rt.wake.notify_one();
@@ -203,7 +204,9 @@ impl Invocation {
     pub(crate) async fn settle(&self, mut req: SettlePromise) -> Result<Promise> {
         self.check()?;
         req.fence = Some(self.fence.clone());
-        self.rt.store.settle(req).await.map_err(|e| self.store_fault(e))
+        let settled = self.rt.store.settle(req).await.map_err(|e| self.store_fault(e))?;
+        self.progress.fetch_add(1, Ordering::SeqCst);
+        Ok(settled)
     }
 
     /// Waits for a promise settled elsewhere. A halted child is not a settlement: the
