@@ -33,6 +33,7 @@ where
     idempotency_keys_and_strict_mode(&*make().await).await;
     first_settle_wins(&*make().await).await;
     racing_settlers_settle_once(make().await).await;
+    racing_creators_create_once(make().await).await;
     deadlines_time_out_promises_and_resolve_timers(&*make().await).await;
     search_pages_with_a_cursor(&*make().await).await;
     claim_returns_the_preload(&*make().await).await;
@@ -66,6 +67,34 @@ async fn claim_one(store: &dyn Store, group: &str, process: &str, ttl: u64) -> O
 async fn advance(store: &dyn Store, ms: u64) {
     tokio::time::advance(Duration::from_millis(ms)).await;
     store.tick().await.expect("tick");
+}
+
+/// Concurrent creates of one id: exactly one is new, the other gets the stored promise,
+/// and only the new one acquires the task. A create never overwrites.
+pub async fn racing_creators_create_once(store: Arc<dyn Store>) {
+    let create = |id: String, value: &'static str, process: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut req = CreatePromise::new(id, Param::call("f", 1, "1".into()));
+            req.resolved = Some(value.into());
+            let mut racing = CreatePromise::new(format!("{}-task", req.id), Param::call("f", 1, "1".into()));
+            racing.task = Some(NewTask { acquire: Some((process.into(), 10_000)), ..NewTask::new(Target::any("g")) });
+            let recorded = store.create(req).await.expect("create a recorded value");
+            let task = store.create(racing).await.expect("create with a task");
+            (recorded, task)
+        })
+    };
+    for n in 0..50 {
+        let (a, b) = (create(format!("race{n}"), "1", "p1"), create(format!("race{n}"), "2", "p2"));
+        let ((a, a_task), (b, b_task)) = (a.await.expect("join"), b.await.expect("join"));
+        assert!(a.new != b.new, "race{n}: exactly one of two racing creates is new");
+        assert_eq!(a.promise, b.promise, "race{n}: both creators are told the one stored value");
+        assert!(a_task.new != b_task.new, "race{n}-task: exactly one of two racing creates is new");
+        let acquired: Vec<_> = [a_task, b_task].into_iter().filter_map(|c| c.acquired).collect();
+        assert_eq!(acquired.len(), 1, "race{n}-task: the task is acquired once, by the creator that made it");
+        let stored = store.task(&format!("race{n}-task")).await.expect("task").expect("exists");
+        assert_eq!((stored.version, stored.process), (acquired[0].version, acquired[0].process.clone()));
+    }
 }
 
 /// Creating an existing id returns it, unchanged, and says it was not new.

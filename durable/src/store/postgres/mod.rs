@@ -27,6 +27,10 @@ const SCHEMA_VERSION: i32 = 1;
 
 // The statements of the hot paths, prepared once per connection.
 const CLOCK: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+// A create cannot lock a row that does not exist yet: it locks the id instead, so that
+// of two racing creates the second waits, then reads the row the first committed.
+const LOCK_NEW: &str =
+    "SELECT pg_advisory_xact_lock(hashtext($1), hashtext(id)) FROM unnest($2::text[]) AS u(id) ORDER BY id";
 const LOCK_TASKS: &str = "SELECT data FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 const LOCK_PROMISES: &str = "SELECT data FROM promises WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 const LOCK_WAITING: &str = "SELECT data FROM tasks WHERE state = 'suspended' AND awaiting && $1 AND NOT (id = ANY($2))
@@ -275,8 +279,9 @@ struct Rows {
 
 /// How a step finds its rows.
 enum Select<'a> {
-    /// These promises (and their tasks) and tasks.
-    Ids { promises: &'a [String], tasks: &'a [String] },
+    /// These promises (and their tasks) and tasks; `create`: the promises may not
+    /// exist yet.
+    Ids { promises: &'a [String], tasks: &'a [String], create: bool },
     /// Ready tasks for a worker, skipping those another transaction has locked.
     Ready(&'a Claim),
     /// The halted tasks of a group.
@@ -289,7 +294,7 @@ impl Select<'_> {
     async fn rows(&self, conn: &mut Conn<'_>, now: Millis) -> Result<Rows, StoreError> {
         let now = now as i64;
         match self {
-            Select::Ids { promises, tasks } => Ok(Rows { promises: promises.to_vec(), tasks: tasks.to_vec() }),
+            Select::Ids { promises, tasks, .. } => Ok(Rows { promises: promises.to_vec(), tasks: tasks.to_vec() }),
             Select::Ready(claim) => {
                 let [ready] = conn.statements([READY]).await.map_err(db)?;
                 let candidates =
@@ -408,6 +413,7 @@ impl PostgresStore {
         let mut conn = self.pool.get().await?;
         let [
             clock,
+            lock_new,
             lock_tasks,
             lock_promises,
             lock_waiting,
@@ -418,6 +424,7 @@ impl PostgresStore {
         ] = conn
             .statements([
                 CLOCK,
+                LOCK_NEW,
                 LOCK_TASKS,
                 LOCK_PROMISES,
                 LOCK_WAITING,
@@ -434,11 +441,18 @@ impl PostgresStore {
         // statements are pipelined and run in order), one to write and COMMIT.
         let begin = if durable { "BEGIN" } else { "BEGIN; SET LOCAL synchronous_commit TO off" };
         let (now, (promises, tasks)) = match select {
-            Select::Ids { promises, tasks } => {
+            Select::Ids { promises, tasks, create } => {
                 let rows = Rows { promises: promises.to_vec(), tasks: tasks.to_vec() };
-                let ((), now, loaded) = futures::try_join!(
+                // Sent in this order (each future sends when first polled), run in order.
+                let ((), now, (), loaded) = futures::try_join!(
                     async { conn.batch_execute(begin).await.map_err(db) },
                     self.now_in(&conn, &clock),
+                    async {
+                        if *create {
+                            conn.execute(&lock_new, &[&self.channel, &rows.promises]).await.map_err(db)?;
+                        }
+                        Ok(())
+                    },
                     load(&conn, &locks, &rows)
                 )?;
                 (now, loaded)
@@ -582,7 +596,7 @@ impl super::Store for PostgresStore {
 
     async fn create(&self, req: CreatePromise) -> Result<Created, StoreError> {
         let (promises, tasks) = ([req.id.clone()], req.fence.iter().map(|f| f.task.clone()).collect::<Vec<_>>());
-        self.step_when(req.durable, Select::Ids { promises: &promises, tasks: &tasks }, |core, now| {
+        self.step_when(req.durable, Select::Ids { promises: &promises, tasks: &tasks, create: true }, |core, now| {
             core.create(req.clone(), now)
         })
         .await
@@ -590,7 +604,10 @@ impl super::Store for PostgresStore {
 
     async fn settle(&self, req: SettlePromise) -> Result<Promise, StoreError> {
         let (promises, tasks) = ([req.id.clone()], req.fence.iter().map(|f| f.task.clone()).collect::<Vec<_>>());
-        self.step(Select::Ids { promises: &promises, tasks: &tasks }, |core, now| core.settle(req.clone(), now)).await
+        self.step(Select::Ids { promises: &promises, tasks: &tasks, create: false }, |core, now| {
+            core.settle(req.clone(), now)
+        })
+        .await
     }
 
     async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError> {
@@ -660,19 +677,26 @@ impl super::Store for PostgresStore {
 
     async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<usize, StoreError> {
         let tasks: Vec<String> = held.iter().map(|f| f.task.clone()).collect();
-        self.step(Select::Ids { promises: &[], tasks: &tasks }, |core, now| Ok(core.heartbeat(process, held, ttl, now)))
-            .await
+        self.step(Select::Ids { promises: &[], tasks: &tasks, create: false }, |core, now| {
+            Ok(core.heartbeat(process, held, ttl, now))
+        })
+        .await
     }
 
     async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError> {
         let tasks = [fence.task.clone()];
-        self.step(Select::Ids { promises: &[], tasks: &tasks }, |core, now| core.release(fence, how.clone(), now)).await
+        self.step(Select::Ids { promises: &[], tasks: &tasks, create: false }, |core, now| {
+            core.release(fence, how.clone(), now)
+        })
+        .await
     }
 
     async fn suspend(&self, fence: &Fence, awaiting: &[String]) -> Result<bool, StoreError> {
         let tasks = [fence.task.clone()];
-        self.step(Select::Ids { promises: awaiting, tasks: &tasks }, |core, now| core.suspend(fence, awaiting, now))
-            .await
+        self.step(Select::Ids { promises: awaiting, tasks: &tasks, create: false }, |core, now| {
+            core.suspend(fence, awaiting, now)
+        })
+        .await
     }
 
     async fn resume_halted(&self, group: &str) -> Result<usize, StoreError> {
