@@ -18,5 +18,5 @@ fn main() {
     assert_eq!(with_options.name(), "opts");
     assert_eq!(with_options.version(), 3);
     assert_eq!(Function::retry(&with_options), Retry::Constant { delay: Duration::from_millis(5), max_attempts: 2 });
-    assert_eq!(Function::timeout(&with_options), Some(Duration::from_secs(9)));
+    assert_eq!(Callable::timeout(&with_options), Some(Duration::from_secs(9)));
 }
