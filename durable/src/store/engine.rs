@@ -19,6 +19,10 @@ pub(crate) trait Log: Send + Sync + 'static {
     /// in the order the state changed. Returns a token for [`Log::commit`].
     fn stage(&self, core: &Core, dirty: &Dirty) -> Result<u64, StoreError>;
 
+    /// The token of the last step staged. Called under the state lock, it covers
+    /// every change a reader under that lock can see.
+    fn staged(&self) -> u64;
+
     /// Completes once everything staged up to `token` is durable.
     fn commit(&self, token: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
@@ -55,8 +59,9 @@ impl<L: Log> Engine<L> {
         self.write_when(true, step).await
     }
 
-    /// A step acknowledged once durable, or at once if `durable` is false (a later
-    /// durable step covers it: the log is written in order).
+    /// A step acknowledged once durable, or, if `durable` is false, once what it read
+    /// is durable (a later durable step covers its own change: the log is written in
+    /// order). Either way its answer never shows a state a crash can take back.
     pub(crate) async fn write_when<R>(
         &self,
         durable: bool,
@@ -65,23 +70,30 @@ impl<L: Log> Engine<L> {
         let now = self.clock.now();
         let (result, dirty, token) = {
             let mut core = self.lock();
+            let seen = self.log.staged();
             let result = step(&mut core, now);
             let dirty = std::mem::take(&mut core.dirty);
-            let token = self.log.stage(&core, &dirty)?;
+            let token =
+                if durable { self.log.stage(&core, &dirty)? } else { self.log.stage(&core, &dirty).map(|_| seen)? };
             (result, dirty, token)
         };
         // Wake whoever waits once the step is durable, or at once if this future is
         // dropped before that: the change is visible to readers either way, and a
         // waiter left asleep would never learn of it.
         let _wake = Wake { engine: self, woken: dirty.woken, ready: dirty.ready };
-        if durable {
-            self.log.commit(token).await?;
-        }
+        self.log.commit(token).await?;
         result
     }
 
-    pub(crate) fn read<R>(&self, f: impl FnOnce(&Core, Millis) -> R) -> R {
-        f(&self.lock(), self.clock.now())
+    /// Reads the state, answering once every change it can see is durable: a reader
+    /// never learns of a settle that a crash could still take back.
+    pub(crate) async fn read<R>(&self, f: impl FnOnce(&Core, Millis) -> R) -> Result<R, StoreError> {
+        let (result, token) = {
+            let core = self.lock();
+            (f(&core, self.clock.now()), self.log.staged())
+        };
+        self.log.commit(token).await?;
+        Ok(result)
     }
 
     pub(crate) async fn create(&self, req: CreatePromise) -> Result<Created, StoreError> {
@@ -92,16 +104,16 @@ impl<L: Log> Engine<L> {
         self.write(|core, now| core.settle(req, now)).await
     }
 
-    pub(crate) fn get(&self, id: &str) -> Option<Promise> {
-        self.read(|core, now| core.get(id, now))
+    pub(crate) async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError> {
+        self.read(|core, now| core.get(id, now)).await
     }
 
-    pub(crate) fn search(&self, search: &Search) -> Page {
-        self.read(|core, now| core.search(search, now))
+    pub(crate) async fn search(&self, search: &Search) -> Result<Page, StoreError> {
+        self.read(|core, now| core.search(search, now)).await
     }
 
-    pub(crate) fn task(&self, id: &str) -> Option<Task> {
-        self.read(|core, _| core.task_ref(id).cloned())
+    pub(crate) async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        self.read(|core, _| core.task_ref(id).cloned()).await
     }
 
     pub(crate) async fn claim(&self, claim: Claim) -> Result<Vec<Acquired>, StoreError> {
@@ -180,13 +192,13 @@ macro_rules! engine_store {
                 self.engine.settle(req).await
             }
             async fn get(&self, id: &str) -> Result<Option<$crate::Promise>, $crate::StoreError> {
-                Ok(self.engine.get(id))
+                self.engine.get(id).await
             }
             async fn search(&self, search: $crate::store::Search) -> Result<$crate::store::Page, $crate::StoreError> {
-                Ok(self.engine.search(&search))
+                self.engine.search(&search).await
             }
             async fn task(&self, id: &str) -> Result<Option<$crate::Task>, $crate::StoreError> {
-                Ok(self.engine.task(id))
+                self.engine.task(id).await
             }
             async fn claim(
                 &self,
@@ -228,3 +240,93 @@ macro_rules! engine_store {
     };
 }
 pub(crate) use engine_store;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use tokio::sync::watch;
+
+    use super::{Engine, Log};
+    use crate::promise::Param;
+    use crate::store::state::{Core, Dirty};
+    use crate::store::{CreatePromise, SettlePromise, VirtualClock};
+    use crate::{State, StoreError};
+
+    /// A log whose syncs reach only as far as the test lets them.
+    #[derive(Debug)]
+    struct Held {
+        staged: AtomicU64,
+        synced: watch::Sender<u64>,
+    }
+
+    impl Log for Held {
+        fn stage(&self, _: &Core, dirty: &Dirty) -> Result<u64, StoreError> {
+            if dirty.promises.is_empty() && dirty.tasks.is_empty() {
+                return Ok(self.staged.load(Ordering::SeqCst));
+            }
+            Ok(self.staged.fetch_add(1, Ordering::SeqCst) + 1)
+        }
+
+        fn staged(&self) -> u64 {
+            self.staged.load(Ordering::SeqCst)
+        }
+
+        async fn commit(&self, token: u64) -> Result<(), StoreError> {
+            let _ = self.synced.subscribe().wait_for(|synced| *synced >= token).await;
+            Ok(())
+        }
+    }
+
+    fn engine() -> Arc<Engine<Held>> {
+        let log = Held { staged: AtomicU64::new(0), synced: watch::Sender::new(u64::MAX) };
+        Arc::new(Engine::new(Core::default(), log, Arc::new(VirtualClock::new())))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_reader_sees_a_settle_before_it_is_durable() {
+        let engine = engine();
+        engine.create(CreatePromise::new("p", Param::External)).await.unwrap();
+        // From here on, syncs hang: the settle is staged, not durable.
+        engine.log.synced.send_replace(engine.log.staged());
+        let settle = tokio::spawn({
+            let engine = engine.clone();
+            async move {
+                let req = SettlePromise {
+                    id: "p".into(),
+                    state: State::Resolved,
+                    value: "1".into(),
+                    ikey: None,
+                    strict: false,
+                    fence: None,
+                };
+                engine.settle(req).await
+            }
+        });
+        tokio::task::yield_now().await;
+        let get = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.get("p").await }
+        });
+        // A local child's create of the same id does not wait for its own sync, but
+        // does wait for the sync of what it found.
+        let create = tokio::spawn({
+            let engine = engine.clone();
+            async move {
+                let mut req = CreatePromise::new("p", Param::External);
+                req.durable = false;
+                engine.create(req).await
+            }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!get.is_finished(), "a read of a settle waits until it is durable");
+        assert!(!create.is_finished(), "a create that finds a settle waits until it is durable");
+        engine.log.synced.send_replace(u64::MAX);
+        settle.await.unwrap().unwrap();
+        assert_eq!(get.await.unwrap().unwrap().unwrap().state, State::Resolved);
+        assert_eq!(create.await.unwrap().unwrap().promise.state, State::Resolved);
+    }
+}

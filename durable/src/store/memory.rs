@@ -47,6 +47,10 @@ impl Log for Volatile {
         Ok(0)
     }
 
+    fn staged(&self) -> u64 {
+        0
+    }
+
     async fn commit(&self, _: u64) -> Result<(), StoreError> {
         Ok(())
     }

@@ -11,7 +11,7 @@ mod wal;
 use std::path::Path;
 use std::sync::Arc;
 
-use self::wal::{Records, Wal};
+use self::wal::{Faults, Records, Wal};
 use super::engine::{Engine, Log, engine_store};
 use super::state::{Core, Dirty};
 use super::{Clock, SystemClock};
@@ -49,10 +49,15 @@ impl SledStore {
 
     /// Opens (or creates) the store in `path`, on the given clock.
     pub fn open_with_clock(path: impl AsRef<Path>, clock: impl Clock) -> Result<SledStore, StoreError> {
-        SledStore::open_with(path.as_ref(), Arc::new(clock), SEGMENT_LIMIT)
+        SledStore::open_with(path.as_ref(), Arc::new(clock), SEGMENT_LIMIT, Faults::none())
     }
 
-    fn open_with(path: &Path, clock: Arc<dyn Clock>, segment_limit: u64) -> Result<SledStore, StoreError> {
+    fn open_with(
+        path: &Path,
+        clock: Arc<dyn Clock>,
+        segment_limit: u64,
+        faults: Faults,
+    ) -> Result<SledStore, StoreError> {
         let context = |e: sled::Error| {
             StoreError::backend(format!(
                 "cannot open the sled store in {}: {e} (is another process using it?)",
@@ -78,7 +83,7 @@ impl SledStore {
             }
         }
         let records = db.open_tree("records").map_err(context)?;
-        let (wal, overlay) = Wal::open(path, &db, &records, segment_limit)?;
+        let (wal, overlay) = Wal::open(path, &db, &records, segment_limit, faults)?;
         let mut raw = Records::new();
         for kv in records.iter() {
             let (k, v) = kv.map_err(StoreError::backend)?;
@@ -145,6 +150,10 @@ impl Log for SledLog {
         })
     }
 
+    fn staged(&self) -> u64 {
+        self.wal.staged()
+    }
+
     async fn commit(&self, token: u64) -> Result<(), StoreError> {
         if token == 0 {
             return Ok(());
@@ -162,12 +171,13 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::SledStore;
+    use super::wal::Faults;
     use crate::promise::Param;
     use crate::store::{CreatePromise, SettlePromise, SystemClock};
     use crate::{State, Store};
 
     fn open_small(dir: &Path, segment_limit: u64) -> SledStore {
-        SledStore::open_with(dir, Arc::new(SystemClock), segment_limit).unwrap()
+        SledStore::open_with(dir, Arc::new(SystemClock), segment_limit, Faults::none()).unwrap()
     }
 
     fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -228,6 +238,57 @@ mod tests {
         for i in 0..200 {
             assert!(reopened.get(&format!("p{i}")).await.unwrap().is_some(), "p{i} survives its checkpoint");
         }
+    }
+
+    fn open_faulty(dir: &Path, failures: u64) -> SledStore {
+        let faults = Faults { checkpoints: Arc::new(failures.into()), backoff: std::time::Duration::from_millis(1) };
+        SledStore::open_with(dir, Arc::new(SystemClock), 2048, faults).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_that_fails_is_tried_again_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // The first two tries apply half a segment each, then fail.
+        let store = open_faulty(dir.path(), 2);
+        for i in 0..200 {
+            store.create(CreatePromise::new(format!("p{i}"), Param::Timer)).await.unwrap();
+        }
+        drop(store);
+        let reopened = open_small(dir.path(), 2048);
+        for i in 0..200 {
+            assert!(reopened.get(&format!("p{i}")).await.unwrap().is_some(), "p{i} was acknowledged, so it is there");
+        }
+        drop(reopened);
+        assert_eq!(segments(dir.path()).len(), 1, "every sealed segment was applied in the end");
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_that_keeps_failing_stops_the_store_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_faulty(dir.path(), u64::MAX);
+        let mut acknowledged = Vec::new();
+        let error = loop {
+            let id = format!("p{}", acknowledged.len());
+            match store.create(CreatePromise::new(id.clone(), Param::Timer)).await {
+                Ok(_) => acknowledged.push(id),
+                Err(e) => break e.to_string(),
+            }
+            // Once the checkpoint thread gave up, the next write must be refused.
+            let checkpoints = store.engine.log.wal.checkpoints.as_ref().unwrap();
+            if checkpoints.is_finished() {
+                let refused = store.create(CreatePromise::new("after", Param::Timer)).await;
+                break refused.expect_err("a store whose checkpoint failed refuses writes").to_string();
+            }
+        };
+        assert!(error.contains("applying") && error.contains("wal-"), "the error names the segment: {error}");
+        assert!(store.get("p0").await.is_err(), "reads are refused too: the store stopped");
+        drop(store);
+        let reopened = open_small(dir.path(), 2048);
+        for id in &acknowledged {
+            assert!(reopened.get(id).await.unwrap().is_some(), "{id} was acknowledged, so it is there");
+        }
+        drop(reopened);
+        assert_eq!(segments(dir.path()).len(), 1, "a later open applies what the failed checkpoint left");
     }
 
     #[tokio::test]

@@ -16,9 +16,10 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::StoreError;
 
@@ -37,9 +38,12 @@ pub(super) struct Wal {
     /// The last entry known durable. Its lock is held by the one commit in progress,
     /// so the steps that wait meanwhile share the next.
     durable: tokio::sync::Mutex<u64>,
+    /// The last entry known durable, readable without waiting for a commit in
+    /// progress.
+    durable_hint: AtomicU64,
     /// Syncs done, to show that steps share them.
     pub(super) syncs: AtomicU64,
-    checkpoints: Option<JoinHandle<()>>,
+    pub(super) checkpoints: Option<JoinHandle<()>>,
 }
 
 /// What the blocking writes share with the log.
@@ -49,9 +53,10 @@ struct Files {
     pending: Mutex<(Vec<u8>, u64)>,
     /// The segment being written; its lock puts the writes in staging order.
     segment: Mutex<Segment>,
-    /// Set when a write or sync failed: what was taken for it is in no file, so no
-    /// later entry may be acknowledged either.
-    failed: AtomicBool,
+    /// Why the log stopped, once a write, a sync or a checkpoint failed: what was
+    /// taken for a failed write is in no file, so no later entry may be acknowledged
+    /// either, and a segment that cannot be applied to sled may never be deleted.
+    failed: Mutex<Option<String>>,
     /// Sealed segments go to the checkpoint thread.
     sealed: Mutex<Option<mpsc::Sender<PathBuf>>>,
 }
@@ -95,6 +100,7 @@ impl Wal {
         db: &sled::Db,
         records: &sled::Tree,
         limit: u64,
+        faults: Faults,
     ) -> Result<(Wal, Records), StoreError> {
         let applied = match db.get(APPLIED_KEY).map_err(StoreError::backend)? {
             Some(v) => {
@@ -140,29 +146,25 @@ impl Wal {
         let segment = Segment::create(dir, last + 1, limit)?;
 
         let (tx, rx) = mpsc::channel::<PathBuf>();
-        let (db, records) = (db.clone(), records.clone());
+        let files = Arc::new(Files {
+            pending: Mutex::new((Vec::new(), 0)),
+            segment: Mutex::new(segment),
+            failed: Mutex::new(None),
+            sealed: Mutex::new(Some(tx.clone())),
+        });
+        let (db, records, shared) = (db.clone(), records.clone(), files.clone());
         let thread = std::thread::Builder::new()
             .name("durable-checkpoint".into())
-            .spawn(move || {
-                for path in rx {
-                    // A failed checkpoint leaves its segment, and opening applies it.
-                    let _ = checkpoint(&path, &db, &records);
-                }
-            })
+            .spawn(move || checkpoints(&rx, &db, &records, &shared, faults))
             .map_err(StoreError::backend)?;
         for path in unapplied {
             // The thread runs until the log is dropped.
             let _ = tx.send(path);
         }
-        let files = Files {
-            pending: Mutex::new((Vec::new(), 0)),
-            segment: Mutex::new(segment),
-            failed: AtomicBool::new(false),
-            sealed: Mutex::new(Some(tx)),
-        };
         let wal = Wal {
-            files: Arc::new(files),
+            files,
             durable: tokio::sync::Mutex::new(0),
+            durable_hint: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             checkpoints: Some(thread),
         };
@@ -191,6 +193,12 @@ impl Wal {
         Ok(*last)
     }
 
+    /// The number of the last entry staged: a read that saw the state up to it waits
+    /// for `commit` of it.
+    pub(super) fn staged(&self) -> u64 {
+        self.files.pending.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
     /// Writes and syncs what is staged, on this thread: for opening, before the
     /// runtime uses the store.
     pub(super) fn sync_blocking(&self) -> Result<(), StoreError> {
@@ -199,6 +207,9 @@ impl Wal {
 
     /// Completes once entry `token` and all before it are durable.
     pub(super) async fn commit(&self, token: u64) -> Result<(), StoreError> {
+        if self.durable_hint.load(Ordering::SeqCst) >= token {
+            return self.files.check();
+        }
         let mut durable = self.durable.lock().await;
         if *durable >= token {
             // A sync that started after this entry was staged covered it.
@@ -214,6 +225,7 @@ impl Wal {
         let written =
             tokio::task::spawn_blocking(move || files.write_pending()).await.map_err(StoreError::backend)??;
         *durable = (*durable).max(written);
+        self.durable_hint.store(*durable, Ordering::SeqCst);
         if *durable < token {
             return Err(StoreError::backend("the write-ahead log lost an entry it had staged"));
         }
@@ -223,12 +235,16 @@ impl Wal {
 
 impl Files {
     fn check(&self) -> Result<(), StoreError> {
-        if self.failed.load(Ordering::SeqCst) {
-            return Err(StoreError::backend(
-                "an earlier write to the write-ahead log failed; reopen the store to go on from what is durable",
-            ));
+        match &*self.failed.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(reason) => Err(StoreError::backend(format!(
+                "the store stopped: {reason}; reopen it to go on from what is durable"
+            ))),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    fn fail(&self, reason: String) {
+        self.failed.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(reason);
     }
 
     /// Writes and syncs everything staged; returns the number of the last entry
@@ -253,8 +269,8 @@ impl Files {
             }
             Ok(())
         });
-        if result.is_err() {
-            self.failed.store(true, Ordering::SeqCst);
+        if let Err(e) = &result {
+            self.fail(format!("a write to the write-ahead log failed: {e}"));
         }
         result.map(|()| last)
     }
@@ -298,9 +314,48 @@ impl Segment {
     }
 }
 
+/// How often a failed checkpoint is tried again before the store stops.
+const CHECKPOINT_TRIES: u32 = 6;
+
+/// Failures to inject into checkpoints, for tests.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Faults {
+    /// How many checkpoint attempts fail (after applying half of their segment).
+    pub(super) checkpoints: Arc<AtomicU64>,
+    /// The wait before the first retry; it doubles with each.
+    pub(super) backoff: Duration,
+}
+
+impl Faults {
+    pub(super) fn none() -> Faults {
+        Faults { checkpoints: Arc::default(), backoff: Duration::from_millis(100) }
+    }
+}
+
+/// The checkpoint thread: applies sealed segments strictly in the order they were
+/// written. A failure is tried again with backoff, never skipped (a later segment
+/// applied and marked would make opening delete the earlier one unapplied); one that
+/// persists stops the store with its error, leaving the segment for the next open.
+fn checkpoints(rx: &mpsc::Receiver<PathBuf>, db: &sled::Db, records: &sled::Tree, files: &Files, faults: Faults) {
+    for path in rx {
+        let mut delay = faults.backoff;
+        let mut tries = 0;
+        while let Err(e) = checkpoint(&path, db, records, &faults) {
+            tries += 1;
+            if tries == CHECKPOINT_TRIES {
+                files.fail(format!("applying {} to sled failed {tries} times: {e}", path.display()));
+                return;
+            }
+            std::thread::sleep(delay);
+            delay *= 2;
+        }
+    }
+}
+
 /// Applies a sealed segment to sled, makes it durable there, and deletes it.
-fn checkpoint(path: &Path, db: &sled::Db, records: &sled::Tree) -> Result<(), StoreError> {
-    apply(path, records)?;
+fn checkpoint(path: &Path, db: &sled::Db, records: &sled::Tree, faults: &Faults) -> Result<(), StoreError> {
+    let fail = faults.checkpoints.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+    apply(path, records, fail)?;
     let number = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -312,17 +367,22 @@ fn checkpoint(path: &Path, db: &sled::Db, records: &sled::Tree) -> Result<(), St
     std::fs::remove_file(path).map_err(|e| io(path, e))
 }
 
-/// Applies every whole entry of a segment to sled, each as one batch.
-fn apply(path: &Path, records: &sled::Tree) -> Result<(), StoreError> {
+/// Applies every whole entry of a segment to sled, each as one batch; with `fail`,
+/// only the first half of them, then fails (an injected fault).
+fn apply(path: &Path, records: &sled::Tree, fail: bool) -> Result<(), StoreError> {
     let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
-    read(&bytes, path, |entry| {
+    let stop = if fail { bytes.len() / 2 } else { bytes.len() };
+    read(&bytes[..stop], path, |entry| {
         let mut batch = sled::Batch::default();
         for (key, value) in entry {
             batch.insert(key, value);
         }
         records.apply_batch(batch).map_err(StoreError::backend)
-    })
-    .map(drop)
+    })?;
+    if fail {
+        return Err(StoreError::backend(format!("an injected failure after applying half of {}", path.display())));
+    }
+    Ok(())
 }
 
 /// Calls `each` with the records of every whole entry of a segment, in order; returns
