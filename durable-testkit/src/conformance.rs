@@ -40,6 +40,7 @@ where
     writes_are_fenced_on_the_task_version(&*make().await).await;
     heartbeats_keep_leases(&*make().await).await;
     release_halt_and_resume(make().await).await;
+    a_restarted_worker_takes_back_what_its_predecessor_held(&*make().await).await;
     settle_fulfils_the_task_and_wakes_waiters(make().await).await;
     tasks_route_to_a_preferred_or_required_pid(&*make().await).await;
     suspended_tasks_resume_when_an_awaited_promise_settles(&*make().await).await;
@@ -378,6 +379,31 @@ pub async fn release_halt_and_resume(store: Arc<dyn Store>) {
     assert_eq!(store.resume_halted("g").await.expect("resume"), 1);
     let c = claim_one(&*store, "g", "p1", 10_000).await.expect("a resumed task is delivered");
     assert!(c.task.version > b.task.version);
+}
+
+/// A worker that starts again releases the tasks its pid's earlier processes held in
+/// its group, and nothing else: not another pid's, another group's, or its own.
+pub async fn a_restarted_worker_takes_back_what_its_predecessor_held(store: &dyn Store) {
+    for (id, group) in [("w1", "g"), ("w2", "g"), ("x1", "g"), ("h1", "h"), ("own", "g")] {
+        store.create(with_task(id, group)).await.expect("create");
+    }
+    let mut held = std::collections::BTreeMap::new();
+    for (group, process) in [("g", "w:dead"), ("g", "w:dead"), ("g", "wx:other"), ("h", "w:dead"), ("g", "w:new")] {
+        let a = claim_one(store, group, process, 60_000).await.expect("claim");
+        held.insert(a.task.id.clone(), a);
+    }
+    assert_eq!(store.release_predecessors("g", "w", "w:new").await.expect("release"), 2);
+    for (id, a) in &held {
+        let task = store.task(id).await.expect("task").expect("exists");
+        let released = a.task.process.as_deref() == Some("w:dead") && a.task.target.group == "g";
+        let expected = if released { TaskState::Pending } else { TaskState::Acquired };
+        assert_eq!(task.state, expected, "{id} held by {:?}", a.task.process);
+        if released {
+            let write =
+                store.settle(SettlePromise { fence: Some(a.fence()), ..settle(id, State::Resolved, "1") }).await;
+            assert!(matches!(write, Err(StoreError::Fenced { .. })), "the dead holder's fence is void: {write:?}");
+        }
+    }
 }
 
 /// Settling a promise fulfils its task and wakes waiters, in one step.

@@ -133,6 +133,10 @@ impl Store for FaultyStore {
         self.op("resume_halted", self.inner.resume_halted(group)).await
     }
 
+    async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError> {
+        self.op("release_predecessors", self.inner.release_predecessors(group, pid, process)).await
+    }
+
     async fn tick(&self) -> Result<Tick, StoreError> {
         self.op("tick", self.inner.tick()).await
     }

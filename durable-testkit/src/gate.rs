@@ -172,6 +172,10 @@ impl Store for Gate {
         self.read(self.inner.resume_halted(group)).await
     }
 
+    async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError> {
+        self.read(self.inner.release_predecessors(group, pid, process)).await
+    }
+
     async fn tick(&self) -> Result<Tick, StoreError> {
         self.read(self.inner.tick()).await
     }

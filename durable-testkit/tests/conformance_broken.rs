@@ -69,6 +69,10 @@ impl Store for Broken {
     async fn resume_halted(&self, group: &str) -> Result<usize, StoreError> {
         self.inner.resume_halted(group).await
     }
+    async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError> {
+        self.inner.release_predecessors(group, pid, process).await
+    }
+
     async fn tick(&self) -> Result<Tick, StoreError> {
         self.inner.tick().await
     }

@@ -88,3 +88,74 @@ async fn a_worker_killed_mid_run_and_restarted_finishes_the_calculation() {
     assert_eq!(held, 0, "no task left acquired");
     client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
 }
+
+/// A balanced expression over `leaves` numbers, with its value.
+fn balanced(leaves: &[i64], ops: &mut impl Iterator<Item = char>) -> (String, i64) {
+    if let [n] = leaves {
+        return (n.to_string(), *n);
+    }
+    let (left, right) = leaves.split_at(leaves.len() / 2);
+    let ((l, x), (r, y)) = (balanced(left, ops), balanced(right, ops));
+    let op = ops.next().expect("ops cycle");
+    let value = match op {
+        '+' => x + y,
+        '-' => x - y,
+        _ => x * y,
+    };
+    (format!("({l} {op} {r})"), value)
+}
+
+#[tokio::test]
+async fn a_sigkill_and_restart_loop_never_waits_for_a_lease() {
+    let (client, connection) = match tokio_postgres::connect(&url(), tokio_postgres::NoTls).await {
+        Ok(c) => c,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("PostgreSQL at {} is unreachable under CI=true: {e}", url())
+        }
+        Err(e) => return eprintln!("skipped: PostgreSQL at {} is unreachable: {e}", url()),
+    };
+    tokio::spawn(connection);
+    let schema = format!("durable_calculator_loop_{}", std::process::id());
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
+    // A minute's lease: waiting out even one would take longer than this whole test.
+    let lease = Duration::from_secs(60);
+    let with_lease = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_calculator"));
+        command.args(["--store", &url(), "--lease", "60000"]).args(args).env("DURABLE_SCHEMA", &schema);
+        command
+    };
+    let role = |pid: &str| {
+        with_lease(&["worker", "--group", "exp", "--pid", pid])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn a worker")
+    };
+    let mut processes = Processes(vec![role("lhs"), role("rhs")]);
+    processes
+        .0
+        .push(with_lease(&["worker", "--group", "ops"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let leaves: Vec<i64> = (1..=64).collect();
+    let (expression, value) = balanced(&leaves, &mut ['+', '-', '+', '*'].into_iter().cycle());
+    let started = Instant::now();
+    let mut evaluation = with_lease(&[&expression]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Kill lhs and rhs in turn, each time mid-run, and start them again at once.
+    let mut kills = 0;
+    while evaluation.try_wait().unwrap().is_none() && kills < 20 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let victim = kills % 2;
+        processes.0[victim].kill().expect("SIGKILL");
+        processes.0[victim].wait().unwrap();
+        processes.0[victim] = role(["lhs", "rhs"][victim]);
+        kills += 1;
+    }
+    let Output { status, stdout, stderr } =
+        tokio::task::spawn_blocking(move || evaluation.wait_with_output()).await.unwrap().unwrap();
+    let elapsed = started.elapsed();
+    assert!(status.success(), "the client failed: {}", String::from_utf8_lossy(&stderr));
+    assert_eq!(String::from_utf8_lossy(&stdout).trim(), value.to_string());
+    assert!(kills > 0, "the evaluation finished before any kill");
+    assert!(elapsed < lease / 2, "{kills} kills; a restarted worker took its tasks back at once: {elapsed:?}");
+    drop(processes);
+    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+}

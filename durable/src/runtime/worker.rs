@@ -21,8 +21,10 @@ pub(crate) async fn background(rt: Arc<Shared>) {
     let store = &rt.store;
     let beat = Duration::from_millis((rt.ttl / 3).max(1));
     let mut ready = store.ready();
-    // A worker that starts may be the fixed deploy that halted tasks wait for.
+    // A worker that starts may be the fixed deploy that halted tasks wait for, and
+    // the successor of a process of its pid that died holding tasks.
     let _ = store.resume_halted(&rt.group).await;
+    let _ = store.release_predecessors(&rt.group, &rt.pid, &rt.process).await;
     let mut next_beat = tokio::time::Instant::now() + beat;
     loop {
         // With nothing held there is nothing to heartbeat: sleep until the next

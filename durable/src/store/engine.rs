@@ -136,6 +136,15 @@ impl<L: Log> Engine<L> {
         self.write(|core, now| Ok(core.resume_halted(group, now))).await
     }
 
+    pub(crate) async fn release_predecessors(
+        &self,
+        group: &str,
+        pid: &str,
+        process: &str,
+    ) -> Result<usize, StoreError> {
+        self.write(|core, now| Ok(core.release_predecessors(group, pid, process, now))).await
+    }
+
     pub(crate) async fn tick(&self) -> Result<Tick, StoreError> {
         self.write(|core, now| Ok(core.tick(now))).await
     }
@@ -226,6 +235,14 @@ macro_rules! engine_store {
             }
             async fn resume_halted(&self, group: &str) -> Result<usize, $crate::StoreError> {
                 self.engine.resume_halted(group).await
+            }
+            async fn release_predecessors(
+                &self,
+                group: &str,
+                pid: &str,
+                process: &str,
+            ) -> Result<usize, $crate::StoreError> {
+                self.engine.release_predecessors(group, pid, process).await
             }
             async fn tick(&self) -> Result<$crate::store::Tick, $crate::StoreError> {
                 self.engine.tick().await

@@ -258,6 +258,12 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// Makes the halted tasks of a group pending again; returns how many.
     async fn resume_halted(&self, group: &str) -> Result<usize, StoreError>;
 
+    /// Gives back, at once, the tasks of `group` held by earlier processes of worker
+    /// `pid` (process ids `{pid}:…` other than `process`): a worker that starts again
+    /// knows its predecessor is gone, and need not wait for its leases. Returns how
+    /// many. Fencing makes it safe even if that predecessor still runs.
+    async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError>;
+
     /// Applies deadlines: times out promises, resolves timers, expires leases.
     async fn tick(&self) -> Result<Tick, StoreError>;
 

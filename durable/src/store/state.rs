@@ -387,6 +387,22 @@ impl Core {
         halted.len()
     }
 
+    pub(crate) fn release_predecessors(&mut self, group: &str, pid: &str, process: &str, now: Millis) -> usize {
+        let prefix = format!("{pid}:");
+        let stale: Vec<String> = self
+            .leases
+            .iter()
+            .map(|(_, id)| &self.tasks[id])
+            .filter(|t| t.target.group == group)
+            .filter(|t| t.process.as_deref().is_some_and(|p| p.starts_with(&prefix) && p != process))
+            .map(|t| t.id.clone())
+            .collect();
+        for id in &stale {
+            self.make_pending(id, now);
+        }
+        stale.len()
+    }
+
     pub(crate) fn tick(&mut self, now: Millis) -> Tick {
         let mut tick = Tick { now, ..Tick::default() };
         while let Some((at, id)) = self.deadlines.first().cloned() {

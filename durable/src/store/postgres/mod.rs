@@ -41,6 +41,8 @@ const READY: &str = "SELECT t.id FROM tasks t JOIN promises p ON p.id = t.id
        AND p.state = 'pending' AND p.timeout_at > $2
      ORDER BY t.ready_at, t.id LIMIT $4 FOR UPDATE OF t SKIP LOCKED";
 const HALTED: &str = "SELECT id FROM tasks WHERE state = 'halted' AND grp = $1 FOR UPDATE SKIP LOCKED";
+const PREDECESSORS: &str = "SELECT id FROM tasks WHERE state = 'acquired' AND grp = $1
+       AND left(process, length($2) + 1) = $2 || ':' AND process <> $3 FOR UPDATE SKIP LOCKED";
 const DUE_PROMISES: &str = "SELECT id FROM promises WHERE state = 'pending' AND timeout_at <= $1
      ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED";
 const DUE_TASKS: &str = "SELECT id FROM tasks WHERE state = 'acquired' AND lease_until <= $1
@@ -286,6 +288,8 @@ enum Select<'a> {
     Ready(&'a Claim),
     /// The halted tasks of a group.
     Halted(&'a str),
+    /// Tasks held by earlier processes of a worker: group, pid, process.
+    Predecessors(&'a str, &'a str, &'a str),
     /// Promises past their deadline and leases that ran out.
     Due,
 }
@@ -305,6 +309,11 @@ impl Select<'_> {
             Select::Halted(group) => {
                 let [halted] = conn.statements([HALTED]).await.map_err(db)?;
                 let rows = conn.query(&halted, &[group]).await.map_err(db)?;
+                Ok(Rows { promises: Vec::new(), tasks: ids(rows) })
+            }
+            Select::Predecessors(group, pid, process) => {
+                let [stale] = conn.statements([PREDECESSORS]).await.map_err(db)?;
+                let rows = conn.query(&stale, &[group, pid, process]).await.map_err(db)?;
                 Ok(Rows { promises: Vec::new(), tasks: ids(rows) })
             }
             Select::Due => {
@@ -701,6 +710,13 @@ impl super::Store for PostgresStore {
 
     async fn resume_halted(&self, group: &str) -> Result<usize, StoreError> {
         self.step(Select::Halted(group), |core, now| Ok(core.resume_halted(group, now))).await
+    }
+
+    async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError> {
+        self.step(Select::Predecessors(group, pid, process), |core, now| {
+            Ok(core.release_predecessors(group, pid, process, now))
+        })
+        .await
     }
 
     async fn tick(&self) -> Result<Tick, StoreError> {
