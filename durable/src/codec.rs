@@ -31,3 +31,12 @@ pub(crate) fn decode<T: DeserializeOwned>(id: &str, json: &str) -> Result<T, Err
         message: e.to_string(),
     })
 }
+
+/// A JSON payload for a message: whole if short, else its first 120 characters.
+pub(crate) fn truncated(json: &str) -> String {
+    const SHOWN: usize = 120;
+    match json.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}… ({} bytes)", &json[..end], json.len()),
+        None => json.to_owned(),
+    }
+}

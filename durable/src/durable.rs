@@ -11,7 +11,8 @@ use tokio::task::AbortHandle;
 
 use crate::error::Failure;
 use crate::promise::State;
-use crate::promise::{Fence, Millis, Param, Promise};
+use crate::promise::{Fence, Millis, Param, Promise, validate_id};
+use crate::runtime::context::DETACHED_TAG;
 use crate::runtime::function::Erased;
 use crate::runtime::shared::Shared;
 use crate::store::{CreatePromise, NewTask, Page, Release, Search, SettlePromise};
@@ -106,10 +107,18 @@ impl Durable {
     /// Starts the invocation `id` of `f`, or attaches to it if it exists: the same id
     /// never runs twice. Returns a handle to its result.
     ///
-    /// Ids may not be empty or contain `.`, which child ids use.
+    /// Ids may not be empty or contain `.`, which child ids use. Attaching to an id
+    /// that holds a call of another function, or of this one with other arguments, is
+    /// an [`Error::Conflict`]. After [`Durable::shutdown`] it is an error: nothing here
+    /// would keep the invocation's lease.
     pub async fn run<F: Function>(&self, id: &str, f: F, args: F::Args) -> Result<Handle<F::Output>> {
         validate_id(id)?;
         let shared = &self.shared;
+        if *shared.stopped.borrow() {
+            return Err(Error::Runtime(format!(
+                "cannot run {id}: this Durable was shut down; build a new one (or use rpc, which any worker runs)"
+            )));
+        }
         let Some(func) = shared.registry.get(f.name()) else {
             return Err(Error::NotRegistered {
                 name: f.name().to_owned(),
@@ -117,7 +126,8 @@ impl Durable {
             });
         };
         let args = codec::encode(id, "the arguments", &args, shared.max_payload)?;
-        let mut req = CreatePromise::new(id, Param::call(f.name(), f.version(), args.clone()));
+        let param = Param::call(f.name(), f.version(), args);
+        let mut req = CreatePromise::new(id, param.clone());
         req.timeout = f.timeout().map(|t| t.as_millis() as Millis);
         req.task = Some(NewTask {
             target: Target::any(shared.group.clone()),
@@ -128,7 +138,7 @@ impl Durable {
         if created.new && created.promise.timeout_at != crate::NEVER {
             shared.wake.notify_one();
         }
-        check_same_function(id, &created.promise, f.name())?;
+        check_same_call(id, &created.promise, &param)?;
         if let Some(task) = created.acquired {
             let fence = Fence { task: task.id.clone(), version: task.version };
             crate::runtime::worker::spawn(shared.clone(), fence, created.promise, Vec::new(), func.clone(), true);
@@ -205,20 +215,6 @@ impl Durable {
         self.shared.stopped.send_replace(true);
         Ok(())
     }
-}
-
-/// Ids of top-level invocations: not empty, and without `.` (child ids use it).
-fn validate_id(id: &str) -> Result<()> {
-    let reason = if id.is_empty() {
-        "an id may not be empty"
-    } else if id.contains('.') {
-        "a top-level id may not contain '.', which separates child ids"
-    } else if id.chars().any(char::is_control) {
-        "an id may not contain control characters"
-    } else {
-        return Ok(());
-    };
-    Err(Error::InvalidId { id: id.to_owned(), reason })
 }
 
 /// Configures a [`Durable`].
@@ -396,25 +392,37 @@ impl<C: Callable> IntoFuture for Rpc<C> {
                 Some(target) => target?,
                 None => Target::any(self.shared.group.clone()),
             };
-            let mut req = CreatePromise::new(self.id.clone(), Param::call(self.f.name(), self.f.version(), args));
+            let param = Param::call(self.f.name(), self.f.version(), args);
+            let mut req = CreatePromise::new(self.id.clone(), param.clone());
             req.timeout = self.timeout.or_else(|| self.f.timeout()).map(|t| t.as_millis() as Millis);
             req.tags = self.tags;
             req.task = Some(NewTask { target, window: self.shared.window, acquire: None });
             let created = self.shared.store.create(req).await?;
-            check_same_function(&self.id, &created.promise, self.f.name())?;
+            check_same_call(&self.id, &created.promise, &param)?;
             Ok(Handle::stored(self.id, self.shared.store.clone()))
         })
     }
 }
 
 /// An existing invocation must be of the function asked for.
-fn check_same_function(id: &str, existing: &Promise, name: &str) -> Result<()> {
-    match &existing.param {
-        Param::Call { func, .. } if func != name => {
-            Err(Error::Runtime(format!("invocation {id} exists as a call of {func:?}, not of {name:?}")))
-        }
-        _ => Ok(()),
-    }
+fn check_same_call(id: &str, existing: &Promise, asked: &Param) -> Result<()> {
+    let (Param::Call { func, digest, args, .. }, Param::Call { func: name, digest: now, args: now_args, .. }) =
+        (&existing.param, asked)
+    else {
+        return Err(Error::Conflict { id: id.to_owned(), reason: "and is not an invocation".into() });
+    };
+    let reason = if func != name {
+        format!("as a call of {func:?}, not of {name:?}")
+    } else if digest != now {
+        format!(
+            "with other arguments: {} then, {} now",
+            crate::codec::truncated(args),
+            crate::codec::truncated(now_args)
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::Conflict { id: id.to_owned(), reason })
 }
 
 /// Promises from outside any invocation: see [`Durable::promises`].
@@ -475,20 +483,16 @@ impl Promises<'_> {
         let root = self.settle(id, State::RejectedCanceled, value).await?;
         // Children can still appear while a worker learns its task was canceled (its
         // next write is refused): sweep until none is pending.
+        let mut detached = HashMap::new();
         loop {
             let mut canceled = 0;
-            let mut detached: Vec<String> = Vec::new();
             let mut cursor = None;
             loop {
                 let search =
                     Search { prefix: format!("{id}."), state: Some(State::Pending), cursor, ..Search::default() };
                 let page = self.store.search(search).await?;
                 for p in &page.promises {
-                    if detached.iter().any(|d| p.id.starts_with(&format!("{d}."))) {
-                        continue;
-                    }
-                    if p.tags.contains_key(crate::runtime::context::DETACHED_TAG) {
-                        detached.push(p.id.clone());
+                    if self.under_detached(id, p, &mut detached).await? {
                         continue;
                     }
                     let value = Failure::Canceled { id: p.id.clone() }.encode();
@@ -504,6 +508,32 @@ impl Promises<'_> {
                 return Ok(root);
             }
         }
+    }
+
+    /// Whether `p`, or a promise between `root` and it, is a detached invocation
+    /// (settled or not: its pending descendants are its own); `known` remembers the
+    /// answer for each ancestor read.
+    async fn under_detached(&self, root: &str, p: &Promise, known: &mut HashMap<String, bool>) -> Result<bool> {
+        if p.tags.contains_key(DETACHED_TAG) {
+            return Ok(true);
+        }
+        let mut end = root.len();
+        while let Some(dot) = p.id[end + 1..].find('.') {
+            end += 1 + dot;
+            let ancestor = &p.id[..end];
+            let is = match known.get(ancestor) {
+                Some(is) => *is,
+                None => {
+                    let is = self.store.get(ancestor).await?.is_some_and(|a| a.tags.contains_key(DETACHED_TAG));
+                    known.insert(ancestor.to_owned(), is);
+                    is
+                }
+            };
+            if is {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     async fn settle(&self, id: &str, state: State, value: String) -> Result<Promise> {

@@ -88,6 +88,15 @@ pub enum Error {
         /// The fault that halted it.
         reason: String,
     },
+    /// An id already names an invocation that differs from this call (another function,
+    /// or other arguments): the same id never runs twice.
+    #[error("invocation {id} exists {reason}; an id names one invocation: choose another id for another call")]
+    Conflict {
+        /// The invocation.
+        id: String,
+        /// How it differs.
+        reason: String,
+    },
     /// The runtime is misconfigured or shut down.
     #[error("{0}")]
     Runtime(String),

@@ -85,6 +85,27 @@ pub(crate) fn digest(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// The longest id, in bytes: far below what an index or a notification can carry.
+pub const MAX_ID_LEN: usize = 1024;
+
+/// A name chosen by a caller (a top-level id, or one set with `.id(…)`): not empty,
+/// without `.` (which separates child ids) or control characters, at most
+/// [`MAX_ID_LEN`] bytes.
+pub(crate) fn validate_id(id: &str) -> Result<(), Error> {
+    let reason = if id.is_empty() {
+        "an id may not be empty"
+    } else if id.contains('.') {
+        "a chosen id may not contain '.', which separates child ids"
+    } else if id.chars().any(char::is_control) {
+        "an id may not contain control characters"
+    } else if id.len() > MAX_ID_LEN {
+        "an id may be at most 1024 bytes"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidId { id: id.to_owned(), reason })
+}
+
 /// A fresh random number: a counter hashed with the standard library's randomly
 /// keyed hasher (no clock is read, and no dependency is needed).
 pub(crate) fn random() -> u64 {

@@ -90,7 +90,40 @@ async fn a_detached_invocation_outlives_its_caller(store: Arc<dyn Store>) {
     assert_eq!(handle.await.unwrap(), 7, "it finished after its caller did");
 }
 
+/// A detached invocation that starts remote work and returns without awaiting it.
+#[durable::function]
+async fn spawner(ctx: &mut Context) -> durable::Result<String> {
+    let started = ctx.rfi(never, ()).target("poll://any@nobody").await?;
+    Ok(started.id().to_owned())
+}
+
+#[durable::function]
+async fn starts_a_spawner(ctx: &mut Context) -> durable::Result<u32> {
+    ctx.detached(spawner, ()).await?;
+    ctx.promise::<u32>().await?.await
+}
+
+async fn cancelling_spares_what_a_finished_detached_invocation_started(store: Arc<dyn Store>) {
+    let durable = Durable::builder().store(store.clone()).register(starts_a_spawner).register(spawner).build().unwrap();
+    let handle = durable.run("d", starts_a_spawner, ()).await.unwrap();
+    while store.get("d.2").await.unwrap().is_none()
+        || store.get("d.1").await.unwrap().is_none_or(|p| p.state == State::Pending)
+    {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(store.get("d.1.1").await.unwrap().unwrap().state, State::Pending, "the spawner's work is pending");
+    durable.promises().cancel("d").await.unwrap();
+    assert!(matches!(handle.await, Err(Error::Canceled { .. })));
+    assert_eq!(store.get("d.2").await.unwrap().unwrap().state, State::RejectedCanceled, "d's own child");
+    assert_eq!(
+        store.get("d.1.1").await.unwrap().unwrap().state,
+        State::Pending,
+        "the detached invocation is settled, and what it started is still its own"
+    );
+}
+
 on_every_store!(
+    cancelling_spares_what_a_finished_detached_invocation_started,
     cancelling_an_invocation_cancels_its_children,
     an_awaiter_of_a_canceled_child_gets_canceled,
     a_detached_invocation_outlives_its_caller,

@@ -52,3 +52,29 @@ async fn a_task_that_keeps_panicking_halts_with_its_error() {
     assert_eq!(store.get("poison").await.unwrap().unwrap().state, State::Pending, "nothing settled with garbage");
     assert_eq!(store.get("poison.1").await.unwrap().unwrap().state, State::Pending);
 }
+
+/// Panics on its first six runs: five halt it, and one more after it is resumed.
+#[durable::function]
+async fn stubborn(_ctx: &mut Context, key: String) -> durable::Result<u32> {
+    if ran(&key) <= 6 {
+        panic!("run {} of stubborn panics", runs(&key));
+    }
+    Ok(9)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resumed_task_gets_a_fresh_budget_of_faults() {
+    let store = memory();
+    let durable = builder(&store).register(stubborn).build().unwrap();
+    let error = durable.run("stubborn", stubborn, "stubborn".into()).await.unwrap().await.unwrap_err();
+    assert!(matches!(error, Error::Halted { .. }), "{error:?}");
+    // A deploy: a new worker of the group resumes it; one more panic is a fault, not a halt.
+    let halted = store.task("stubborn").await.unwrap().unwrap().version;
+    let _deploy = builder(&store).register(stubborn).build().unwrap();
+    while store.task("stubborn").await.unwrap().unwrap().version == halted {
+        tokio::task::yield_now().await;
+    }
+    let handle = durable.rpc("stubborn", stubborn, "stubborn".into()).await.unwrap();
+    assert_eq!(handle.await.unwrap(), 9);
+    assert_eq!(runs("stubborn"), 7);
+}

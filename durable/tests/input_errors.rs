@@ -94,17 +94,68 @@ async fn payloads_over_the_limit_are_refused_before_they_are_written() {
 async fn bad_ids_and_builders_are_clear_errors() {
     let store = memory();
     let durable = builder(&store).register(echo).build().unwrap();
-    for (id, reason) in [("a.b", "may not contain '.'"), ("", "may not be empty")] {
+    let long = "x".repeat(durable::MAX_ID_LEN + 1);
+    for (id, reason) in [
+        ("a.b", "may not contain '.'"),
+        ("", "may not be empty"),
+        ("a\nb", "control characters"),
+        (long.as_str(), "at most 1024 bytes"),
+    ] {
         let error = durable.run(id, echo, String::new()).await.unwrap_err();
         assert!(matches!(error, Error::InvalidId { .. }) && error.to_string().contains(reason), "{error}");
     }
     durable.run("taken", echo, "x".into()).await.unwrap().await.unwrap();
     let other = builder(&store).register(double).build().unwrap();
     let error = other.run("taken", double, 1).await.unwrap_err();
+    assert!(matches!(error, Error::Conflict { .. }), "{error:?}");
     assert!(error.to_string().contains("exists as a call of \"echo\""), "{error}");
+    let error = durable.run("taken", echo, "y".into()).await.unwrap_err();
+    assert!(matches!(error, Error::Conflict { .. }), "{error:?}");
+    assert!(error.to_string().contains("with other arguments: \"x\" then, \"y\" now"), "{error}");
+    assert_eq!(durable.run("taken", echo, "x".into()).await.unwrap().await.unwrap(), "x", "the same call attaches");
 
     let error = Durable::builder().register(echo).register(echo).build().unwrap_err();
     let message = error.to_string();
     assert!(message.contains("no store") && message.contains("\"echo\" is registered twice"), "{message}");
     let _ = Arc::clone(&store);
+}
+
+#[durable::function]
+async fn chosen(ctx: &mut Context, id: String) -> durable::Result<String> {
+    match ctx.lfc(echo, "x".into()).id(id).await {
+        Err(Error::InvalidId { id, reason }) => Ok(format!("{id:?}: {reason}")),
+        other => Err(Error::terminal(format!("expected an invalid id, got {other:?}"))),
+    }
+}
+
+#[durable::function]
+async fn deep(ctx: &mut Context, depth: u32) -> durable::Result<u32> {
+    match ctx.lfc(deep, depth + 1).await {
+        Err(Error::InvalidId { reason, .. }) if reason.contains("nested") => Ok(depth),
+        other => other,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn chosen_and_minted_ids_are_checked_before_anything_is_written() {
+    let store = memory();
+    let durable = builder(&store).register(chosen).register(deep).build().unwrap();
+    for (id, reason) in [("a.b", "'.'"), ("", "empty")] {
+        let said = durable.run(&format!("c{}", id.len()), chosen, id.into()).await.unwrap().await.unwrap();
+        assert!(said.contains(reason), "{said}");
+    }
+    assert_eq!(common::tree(&*store, "c").await.len(), 2, "no child was written, only the two roots");
+    // Each level adds two bytes to a 1000-byte root id: the 13th would be too long.
+    let root = "r".repeat(1000);
+    assert_eq!(durable.run(&root, deep, 0).await.unwrap().await.unwrap(), 12);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_durable_that_was_shut_down_runs_nothing() {
+    let store = memory();
+    let durable = builder(&store).register(echo).build().unwrap();
+    durable.shutdown().await.unwrap();
+    let error = durable.run("late", echo, "x".into()).await.unwrap_err();
+    assert!(error.to_string().contains("shut down"), "{error}");
+    assert!(store.get("late").await.unwrap().is_none(), "nothing was written");
 }

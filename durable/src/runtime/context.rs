@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 use serde::Serialize;
 
-use crate::promise::{Millis, Param};
+use crate::promise::{Millis, Param, validate_id};
 use crate::runtime::execute::{Job, Outcome, Scope, outcome};
 use crate::runtime::invocation::Invocation;
 use crate::store::{CreatePromise, NewTask};
@@ -127,6 +127,7 @@ impl Context {
             version: None,
             tags: BTreeMap::new(),
             target: None,
+            chosen: false,
             location: Location::caller(),
             mode: PhantomData,
         }
@@ -157,6 +158,7 @@ impl Context {
         Promised {
             inv: self.inv.clone(),
             id: self.mint(),
+            chosen: false,
             deadline: self.deadline,
             timeout: None,
             tags: BTreeMap::new(),
@@ -290,6 +292,8 @@ pub struct Call<C: Callable, M> {
     version: Option<u32>,
     tags: BTreeMap<String, String>,
     target: Option<Result<Target>>,
+    /// Set by [`Call::id`]: the id was chosen, not minted, and is checked when awaited.
+    chosen: bool,
     location: &'static Location<'static>,
     mode: PhantomData<M>,
 }
@@ -301,9 +305,12 @@ impl<C: Callable, M> std::fmt::Debug for Call<C, M> {
 }
 
 impl<C: Callable, M> Call<C, M> {
-    /// Uses this id instead of the minted one (the count still advances).
+    /// Uses this id instead of the minted one (the count still advances). It follows
+    /// the rules of a top-level id; a malformed one is an error when the call is
+    /// awaited, before anything is written.
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = id.into();
+        self.chosen = true;
         self
     }
 
@@ -356,6 +363,9 @@ enum Begun {
 impl<C: Callable, M> Call<C, M> {
     /// Creates the child promise (and its task, for a routed call), or finds it.
     async fn begin(&mut self, routed: bool, detached: bool) -> Result<(String, Begun)> {
+        if self.chosen {
+            validate_id(&self.id)?;
+        }
         let args = match &self.args {
             Ok(args) => args.clone(),
             Err(e) => return Err(clone_error(e)),
@@ -520,6 +530,7 @@ impl<C: Callable> IntoFuture for Call<C, Detach> {
 pub struct Promised<T> {
     inv: Arc<Invocation>,
     id: String,
+    chosen: bool,
     deadline: Millis,
     timeout: Option<Duration>,
     tags: BTreeMap<String, String>,
@@ -534,9 +545,11 @@ impl<T> std::fmt::Debug for Promised<T> {
 }
 
 impl<T> Promised<T> {
-    /// Uses this id instead of the minted one, e.g. one a person can type.
+    /// Uses this id instead of the minted one, e.g. one a person can type. It follows
+    /// the rules of a top-level id; a malformed one is an error when awaited.
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = id.into();
+        self.chosen = true;
         self
     }
 
@@ -559,6 +572,9 @@ impl<T: serde::de::DeserializeOwned + Send + 'static> IntoFuture for Promised<T>
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
+            if self.chosen {
+                validate_id(&self.id)?;
+            }
             let param = Param::External;
             if let Some(p) = self.inv.replayed(&self.id, &param, self.location)? {
                 return Ok(Handle::ready(self.id.clone(), outcome(p)));

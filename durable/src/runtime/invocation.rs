@@ -191,6 +191,11 @@ impl Invocation {
 
     pub(crate) async fn create(&self, mut req: CreatePromise) -> Result<Created> {
         self.check()?;
+        if req.id.len() > crate::MAX_ID_LEN {
+            // A deterministic error the body sees, not a fault: replay makes it again.
+            let reason = "an id may be at most 1024 bytes: calls nested this deep need a shorter root id";
+            return Err(Error::InvalidId { id: req.id, reason });
+        }
         req.fence = Some(self.fence.clone());
         let created = self.rt.store.create(req).await.map_err(|e| self.store_fault(e))?;
         self.progress.fetch_add(1, Ordering::SeqCst);

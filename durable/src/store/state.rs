@@ -383,6 +383,8 @@ impl Core {
             .collect();
         for id in &halted {
             self.make_pending(id, now);
+            // A fixed deploy gets a fresh budget of faults.
+            self.tasks.get_mut(id).expect("a halted task exists").faults = 0;
         }
         halted.len()
     }
