@@ -237,7 +237,11 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let running: Vec<_> = shared.running.lock().unwrap().keys().cloned().collect();
-        assert_eq!(running, std::slice::from_ref(&new), "the new execution is still known, so it is heartbeaten and counted");
+        assert_eq!(
+            running,
+            std::slice::from_ref(&new),
+            "the new execution is still known, so it is heartbeaten and counted"
+        );
         assert_eq!(store.heartbeat(&shared.process, &running, shared.ttl).await.unwrap(), 1);
     }
 }
