@@ -46,6 +46,20 @@ async fn clc(ctx: &mut Context, expr: Expr) -> durable::Result<i64> {
     }
 }
 
+/// Runs once per id: says so on stdout, and its value holds a recorded uuid, so two
+/// runs would give two values.
+#[durable::function]
+async fn minted(ctx: &mut Context, n: u64) -> durable::Result<String> {
+    println!("ran {}", ctx.id());
+    let token = ctx.uuid().await?;
+    Ok(format!("{n}:{token}"))
+}
+
+/// How many ids each client process runs, all at once.
+const CLIENT_IDS: u64 = 100;
+/// The advisory lock the test holds until every client process is ready.
+const START_LOCK: i64 = 0x6475_7261_626c_65;
+
 /// An operator that takes a while, so that a kill lands mid-run.
 async fn slow(x: i64, y: i64, op: char) -> durable::Result<i64> {
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -82,6 +96,9 @@ fn child_process() {
     let Ok(role) = std::env::var("DURABLE_ROLE") else { return };
     let schema = std::env::var("DURABLE_SCHEMA").expect("DURABLE_SCHEMA");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    if role == "client" {
+        return runtime.block_on(client_process(&schema));
+    }
     runtime.block_on(async {
         let store = store(&schema, &role.replace('/', "-")).await;
         let builder = Durable::builder().store(store).lease(LEASE);
@@ -94,6 +111,25 @@ fn child_process() {
         };
         builder.build().expect("build").serve().await.expect("serve");
     });
+}
+
+/// A client process: waits for the start, runs every id at once, prints what it got.
+async fn client_process(schema: &str) {
+    let durable =
+        Durable::builder().store(store(schema, "client").await).group("clients").register(minted).build().unwrap();
+    let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client.execute("SELECT pg_advisory_lock_shared($1)", &[&START_LOCK]).await.expect("wait for the start");
+    let calls: Vec<_> = (0..CLIENT_IDS)
+        .map(|n| {
+            let durable = durable.clone();
+            tokio::spawn(async move { (n, durable.run(&format!("id-{n}"), minted, n).await.unwrap().await.unwrap()) })
+        })
+        .collect();
+    for call in calls {
+        let (n, value) = call.await.expect("a call");
+        println!("got id-{n} {value}");
+    }
 }
 
 fn spawn(role: &str, schema: &str) -> Child {
@@ -302,5 +338,64 @@ async fn a_worker_whose_connections_are_cut_recovers() {
     assert!(cut >= 1, "connections were cut");
     assert_eq!(handle.await.unwrap(), 20);
     drop(durable);
+    audit(&client, &schema).await;
+}
+
+#[tokio::test]
+async fn client_processes_running_the_same_ids_at_once_run_each_body_once() {
+    let Some((schema, client)) = setup("clients").await else { return };
+    client.execute("SELECT pg_advisory_lock($1)", &[&START_LOCK]).await.unwrap();
+    let clients: Vec<Child> = (0..3)
+        .map(|_| {
+            Command::new(std::env::current_exe().expect("this test binary"))
+                .args(["child_process", "--exact", "--nocapture", "--test-threads=1"])
+                .env("DURABLE_ROLE", "client")
+                .env("DURABLE_SCHEMA", &schema)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn a client")
+        })
+        .collect();
+    // Start them together: once all three wait on the lock, let it go.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = client
+            .query_one("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if waiting >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the clients never got ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client.execute("SELECT pg_advisory_unlock($1)", &[&START_LOCK]).await.unwrap();
+    let outputs = tokio::task::spawn_blocking(move || {
+        clients.into_iter().map(|c| c.wait_with_output().expect("a client")).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let mut ran = std::collections::BTreeMap::<String, usize>::new();
+    let mut got = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for output in outputs {
+        assert!(output.status.success(), "a client failed");
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            // The test harness starts the first line with its own words.
+            let line = line.trim_start_matches("test child_process ... ");
+            match line.split(' ').collect::<Vec<_>>().as_slice() {
+                ["ran", id] => *ran.entry((*id).to_owned()).or_default() += 1,
+                ["got", id, value] => got.entry((*id).to_owned()).or_default().push((*value).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(got.len() as u64, CLIENT_IDS);
+    for (id, values) in &got {
+        assert_eq!(values.len(), 3, "{id}: every client got an answer");
+        assert!(values.iter().all(|v| *v == values[0]), "{id}: every client got the one value: {values:?}");
+        assert_eq!(ran.get(id), Some(&1), "{id}: the body ran once across the three processes");
+    }
     audit(&client, &schema).await;
 }
