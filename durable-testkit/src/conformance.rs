@@ -364,7 +364,7 @@ pub async fn release_halt_and_resume(store: Arc<dyn Store>) {
     assert!(claim_one(&*store, "g", "p1", 10_000).await.is_none(), "not delivered before its delay");
     advance(&*store, 5_000).await;
     let b = claim_one(&*store, "g", "p1", 10_000).await.expect("delivered after its delay");
-    store.release(&b.fence(), Release::Halt { error: "bad".into() }).await.expect("halt");
+    store.release(&b.fence(), Release::Halt { error: "bad".into(), code: None }).await.expect("halt");
     store.wait("r", true).await.expect("a halted task ends a wait that asks for halts");
     assert_eq!(store.task("r").await.expect("task").expect("exists").state, TaskState::Halted);
     let waiter = tokio::spawn({
@@ -375,10 +375,23 @@ pub async fn release_halt_and_resume(store: Arc<dyn Store>) {
     assert!(!waiter.is_finished(), "a halted task is no settlement for a wait that does not ask for halts");
     waiter.abort();
     assert!(claim_one(&*store, "g", "p1", 10_000).await.is_none(), "a halted task is not delivered");
-    assert_eq!(store.resume_halted("other").await.expect("resume"), 0);
-    assert_eq!(store.resume_halted("g").await.expect("resume"), 1);
+    let code = |digest: u64| std::collections::BTreeMap::from([("f".to_owned(), digest)]);
+    assert_eq!(store.resume_halted("other", &code(1)).await.expect("resume"), 0);
+    assert_eq!(store.resume_halted("g", &code(1)).await.expect("resume"), 1, "a platform halt resumes on any start");
     let c = claim_one(&*store, "g", "p1", 10_000).await.expect("a resumed task is delivered");
     assert!(c.task.version > b.task.version);
+    assert_eq!(store.task("r").await.expect("task").expect("exists").faults, 0, "a fresh budget of faults");
+
+    // A nondeterminism halt records the code that halted; only other code resumes it.
+    store.release(&c.fence(), Release::Halt { error: "diverged".into(), code: Some(7) }).await.expect("halt");
+    assert_eq!(store.resume_halted("g", &code(7)).await.expect("resume"), 0, "the same code would diverge again");
+    assert_eq!(store.resume_halted("g", &std::collections::BTreeMap::new()).await.expect("resume"), 0);
+    assert_eq!(store.resume_halted("g", &code(8)).await.expect("resume"), 1, "other code for f resumes it");
+    let d = claim_one(&*store, "g", "p1", 10_000).await.expect("delivered");
+    store.release(&d.fence(), Release::Halt { error: "diverged".into(), code: Some(8) }).await.expect("halt");
+    assert!(store.resume("r").await.expect("resume"), "an explicit resume resumes whatever halted it");
+    assert!(!store.resume("r").await.expect("resume"), "a task that is not halted is not resumed");
+    assert!(claim_one(&*store, "g", "p1", 10_000).await.is_some());
 }
 
 /// A worker that starts again releases the tasks its pid's earlier processes held in

@@ -129,8 +129,16 @@ impl Store for FaultyStore {
         self.op("suspend", self.inner.suspend(fence, awaiting)).await
     }
 
-    async fn resume_halted(&self, group: &str) -> Result<usize, StoreError> {
-        self.op("resume_halted", self.inner.resume_halted(group)).await
+    async fn resume_halted(
+        &self,
+        group: &str,
+        code: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<usize, StoreError> {
+        self.op("resume_halted", self.inner.resume_halted(group, code)).await
+    }
+
+    async fn resume(&self, id: &str) -> Result<bool, StoreError> {
+        self.op("resume", self.inner.resume(id)).await
     }
 
     async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError> {

@@ -168,8 +168,16 @@ impl Store for Gate {
         self.write(format!("suspend {}", fence.task), self.inner.suspend(fence, awaiting)).await
     }
 
-    async fn resume_halted(&self, group: &str) -> Result<usize, StoreError> {
-        self.read(self.inner.resume_halted(group)).await
+    async fn resume_halted(
+        &self,
+        group: &str,
+        code: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<usize, StoreError> {
+        self.read(self.inner.resume_halted(group, code)).await
+    }
+
+    async fn resume(&self, id: &str) -> Result<bool, StoreError> {
+        self.write(format!("resume {id}"), self.inner.resume(id)).await
     }
 
     async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError> {

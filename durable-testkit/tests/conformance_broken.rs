@@ -66,9 +66,17 @@ impl Store for Broken {
     async fn suspend(&self, fence: &Fence, awaiting: &[String]) -> Result<bool, StoreError> {
         self.inner.suspend(fence, awaiting).await
     }
-    async fn resume_halted(&self, group: &str) -> Result<usize, StoreError> {
-        self.inner.resume_halted(group).await
+    async fn resume_halted(
+        &self,
+        group: &str,
+        code: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<usize, StoreError> {
+        self.inner.resume_halted(group, code).await
     }
+    async fn resume(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.resume(id).await
+    }
+
     async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError> {
         self.inner.release_predecessors(group, pid, process).await
     }

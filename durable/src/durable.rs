@@ -536,6 +536,17 @@ impl Promises<'_> {
         Ok(false)
     }
 
+    /// Resumes a halted invocation, whatever halted it: its task is delivered again,
+    /// with a fresh budget of faults. Returns false if it was not halted.
+    ///
+    /// A worker that starts resumes its group's halted tasks by itself, except those
+    /// halted by nondeterminism, which it resumes only if its code for the task's
+    /// function differs from the code that halted (a fixed deploy). This resumes one
+    /// regardless: after a fix in a function the task calls, say.
+    pub async fn resume(&self, id: &str) -> Result<bool> {
+        Ok(self.store.resume(id).await?)
+    }
+
     async fn settle(&self, id: &str, state: State, value: String) -> Result<Promise> {
         let req = SettlePromise { id: id.to_owned(), state, value, ikey: None, strict: false, fence: None };
         Ok(self.store.settle(req).await?)

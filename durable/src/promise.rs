@@ -229,6 +229,10 @@ pub struct Task {
     /// While suspended: the promises whose settlement makes it pending again.
     #[serde(default)]
     pub awaiting: Vec<String>,
+    /// While halted by nondeterminism: the digest of the code that halted it. A worker
+    /// resumes the task when it starts with other code for the task's function.
+    #[serde(default)]
+    pub halted_code: Option<u64>,
 }
 
 /// The proof that a write is made by the current holder of a task.

@@ -106,3 +106,21 @@ async fn changed_arguments_are_nondeterminism_too() {
     assert_eq!(tree(&*store, "nd-args").await, before);
     assert_eq!(store.get("nd-args").await.unwrap().unwrap().state, State::Pending);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_with_the_same_code_leaves_a_nondeterminism_halt_and_resume_retries_it() {
+    let (store, _, _) = diverge("nd-same", wf_renamed).await;
+    let halted = store.task("nd-same").await.unwrap().unwrap();
+    assert_eq!(halted.state, TaskState::Halted);
+
+    // The same diverging code starts again: replaying would diverge again.
+    let same = builder(&store).register(wf_renamed).build().unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    assert_eq!(store.task("nd-same").await.unwrap().unwrap(), halted, "left halted, untouched");
+
+    // An explicit resume replays it anyway, and it halts again the same way.
+    assert!(same.promises().resume("nd-same").await.unwrap());
+    let error = same.rpc("nd-same", wf_renamed, "nd-same".into()).await.unwrap().await.unwrap_err();
+    assert!(matches!(error, durable::Error::Nondeterminism(_)), "{error:?}");
+    assert!(store.task("nd-same").await.unwrap().unwrap().version > halted.version, "it was replayed");
+}

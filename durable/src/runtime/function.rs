@@ -55,6 +55,14 @@ pub trait Function: Callable + Clone {
 
     /// Runs the body.
     fn call<'a>(&self, ctx: &'a mut Context, args: Self::Args) -> BoxFuture<'a, Result<Self::Output>>;
+
+    /// A digest of the function's code, which `#[durable::function]` computes: a task
+    /// halted by nondeterminism is resumed when a worker starts with other code for
+    /// its function (0, the default, is never other code).
+    #[doc(hidden)]
+    fn code_digest(&self) -> u64 {
+        0
+    }
 }
 
 /// A function of another process, called by name with no stub on this side.
@@ -116,6 +124,7 @@ where
 /// A function with its types erased: JSON in, JSON out. The registry holds these.
 pub(crate) trait Erased: Send + Sync + 'static {
     fn name(&self) -> &str;
+    fn code_digest(&self) -> u64;
     fn retry(&self) -> Retry;
     /// Decodes the arguments, runs the body, encodes the result.
     fn call<'a>(&'a self, ctx: &'a mut Context, args: &'a str) -> BoxFuture<'a, Result<String>>;
@@ -128,6 +137,10 @@ impl<F: Function> Erased for F {
 
     fn retry(&self) -> Retry {
         Function::retry(self)
+    }
+
+    fn code_digest(&self) -> u64 {
+        Function::code_digest(self)
     }
 
     fn call<'a>(&'a self, ctx: &'a mut Context, args: &'a str) -> BoxFuture<'a, Result<String>> {

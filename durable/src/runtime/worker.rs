@@ -23,7 +23,8 @@ pub(crate) async fn background(rt: Arc<Shared>) {
     let mut ready = store.ready();
     // A worker that starts may be the fixed deploy that halted tasks wait for, and
     // the successor of a process of its pid that died holding tasks.
-    let _ = store.resume_halted(&rt.group).await;
+    let code = rt.registry.iter().map(|(name, f)| (name.clone(), f.code_digest())).collect();
+    let _ = store.resume_halted(&rt.group, &code).await;
     let _ = store.release_predecessors(&rt.group, &rt.pid, &rt.process).await;
     let mut next_beat = tokio::time::Instant::now() + beat;
     loop {
@@ -108,6 +109,7 @@ pub(crate) fn spawn(
     fresh: bool,
 ) {
     let inv = Arc::new(Invocation::new(rt.clone(), fence.clone(), preload));
+    let code = func.code_digest();
     let Param::Call { args, .. } = &root.param else {
         return;
     };
@@ -131,7 +133,7 @@ pub(crate) fn spawn(
             () = inv.suspend_when_idle(shared.suspend_after) => {}
         }
         if let Some(fault) = inv.fault() {
-            after_fault(&shared, &inv.fence, fault).await;
+            after_fault(&shared, &inv.fence, fault, code).await;
         }
         shared.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&inv.fence);
         shared.wake.notify_one();
@@ -142,18 +144,20 @@ pub(crate) fn spawn(
     rt.wake.notify_one();
 }
 
-/// Releases or halts a task whose execution stopped on a fault.
-async fn after_fault(rt: &Shared, fence: &Fence, fault: Fault) {
+/// Releases or halts a task whose execution stopped on a fault; `code` is the digest
+/// of its function's code in this build.
+async fn after_fault(rt: &Shared, fence: &Fence, fault: Fault, code: u64) {
     let how = match &fault {
         Fault::Fenced => return,
-        Fault::Nondeterminism(_) => Release::Halt { error: fault.record() },
+        // Replay would diverge again: only other code, or an explicit resume, helps.
+        Fault::Nondeterminism(_) => Release::Halt { error: fault.record(), code: Some(code) },
         Fault::Platform(_) => {
             let faults = match rt.store.task(&fence.task).await {
                 Ok(Some(task)) => task.faults + 1,
                 _ => 1,
             };
             if faults >= POISON {
-                Release::Halt { error: fault.record() }
+                Release::Halt { error: fault.record(), code: None }
             } else {
                 let backoff = Retry::Exponential {
                     initial: Duration::from_secs(1),

@@ -132,8 +132,16 @@ impl<L: Log> Engine<L> {
         self.write(|core, now| core.suspend(fence, awaiting, now)).await
     }
 
-    pub(crate) async fn resume_halted(&self, group: &str) -> Result<usize, StoreError> {
-        self.write(|core, now| Ok(core.resume_halted(group, now))).await
+    pub(crate) async fn resume_halted(
+        &self,
+        group: &str,
+        code: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<usize, StoreError> {
+        self.write(|core, now| Ok(core.resume_halted(group, code, now))).await
+    }
+
+    pub(crate) async fn resume(&self, id: &str) -> Result<bool, StoreError> {
+        self.write(|core, now| Ok(core.resume(id, now))).await
     }
 
     pub(crate) async fn release_predecessors(
@@ -233,8 +241,15 @@ macro_rules! engine_store {
             async fn suspend(&self, fence: &$crate::Fence, awaiting: &[String]) -> Result<bool, $crate::StoreError> {
                 self.engine.suspend(fence, awaiting).await
             }
-            async fn resume_halted(&self, group: &str) -> Result<usize, $crate::StoreError> {
-                self.engine.resume_halted(group).await
+            async fn resume_halted(
+                &self,
+                group: &str,
+                code: &std::collections::BTreeMap<String, u64>,
+            ) -> Result<usize, $crate::StoreError> {
+                self.engine.resume_halted(group, code).await
+            }
+            async fn resume(&self, id: &str) -> Result<bool, $crate::StoreError> {
+                self.engine.resume(id).await
             }
             async fn release_predecessors(
                 &self,

@@ -189,10 +189,14 @@ pub enum Release {
         /// The fault, if one caused the release.
         error: Option<String>,
     },
-    /// Halted with this error until a worker of its group starts and resumes it.
+    /// Halted with this error until resumed: by a worker of its group that starts (if
+    /// `code` is set, only by one whose code for the task's function differs), or
+    /// explicitly ([`Store::resume`]).
     Halt {
         /// Why.
         error: String,
+        /// For a nondeterminism halt: the digest of the code that halted it.
+        code: Option<u64>,
     },
 }
 
@@ -255,8 +259,15 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// now).
     async fn suspend(&self, fence: &Fence, awaiting: &[String]) -> Result<bool, StoreError>;
 
-    /// Makes the halted tasks of a group pending again; returns how many.
-    async fn resume_halted(&self, group: &str) -> Result<usize, StoreError>;
+    /// Makes the halted tasks of a group pending again, as a worker of the group starts
+    /// with `code`, the digests of its functions by name: a task halted with a code
+    /// digest is resumed only if `code` has another digest for the task's function.
+    /// Returns how many.
+    async fn resume_halted(&self, group: &str, code: &BTreeMap<String, u64>) -> Result<usize, StoreError>;
+
+    /// Makes one halted task pending again, whatever halted it; false if it was not
+    /// halted.
+    async fn resume(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Gives back, at once, the tasks of `group` held by earlier processes of worker
     /// `pid` (process ids `{pid}:…` other than `process`): a worker that starts again

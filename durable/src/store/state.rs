@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{Acquired, Claim, CreatePromise, Created, Page, Release, Search, SettlePromise, Tick};
 use crate::StoreError;
-use crate::promise::{Fence, Millis, NEVER, Promise, State, Task, TaskState};
+use crate::promise::{Fence, Millis, NEVER, Param, Promise, State, Task, TaskState};
 
 #[derive(Debug, Default)]
 pub(crate) struct Core {
@@ -142,6 +142,7 @@ impl Core {
                 faults: 0,
                 error: None,
                 awaiting: Vec::new(),
+                halted_code: None,
             };
             if state.is_settled() {
                 task.state = TaskState::Fulfilled;
@@ -342,9 +343,10 @@ impl Core {
                 self.ready_insert(&t, now);
                 self.dirty.ready = true;
             }
-            Release::Halt { error } => {
+            Release::Halt { error, code } => {
                 t.state = TaskState::Halted;
                 t.error = Some(error);
+                t.halted_code = code;
                 self.dirty.woken.push(fence.task.clone());
             }
         }
@@ -374,19 +376,38 @@ impl Core {
         Ok(true)
     }
 
-    pub(crate) fn resume_halted(&mut self, group: &str, now: Millis) -> usize {
+    pub(crate) fn resume_halted(&mut self, group: &str, code: &BTreeMap<String, u64>, now: Millis) -> usize {
         let halted: Vec<String> = self
             .tasks
             .values()
             .filter(|t| t.state == TaskState::Halted && t.target.group == group)
+            .filter(|t| match t.halted_code {
+                None => true,
+                // Nondeterminism: resumed only by other code for its function.
+                Some(halted) => match self.promises.get(&t.id).map(|p| &p.param) {
+                    Some(Param::Call { func, .. }) => code.get(func).is_some_and(|now| *now != halted),
+                    _ => false,
+                },
+            })
             .map(|t| t.id.clone())
             .collect();
         for id in &halted {
-            self.make_pending(id, now);
-            // A fixed deploy gets a fresh budget of faults.
-            self.tasks.get_mut(id).expect("a halted task exists").faults = 0;
+            self.resume(id, now);
         }
         halted.len()
+    }
+
+    /// Makes a halted task pending, with a fresh budget of faults; false if it was not
+    /// halted.
+    pub(crate) fn resume(&mut self, id: &str, now: Millis) -> bool {
+        if self.tasks.get(id).is_none_or(|t| t.state != TaskState::Halted) {
+            return false;
+        }
+        self.make_pending(id, now);
+        let t = self.tasks.get_mut(id).expect("a halted task exists");
+        t.faults = 0;
+        t.halted_code = None;
+        true
     }
 
     pub(crate) fn release_predecessors(&mut self, group: &str, pid: &str, process: &str, now: Millis) -> usize {

@@ -8,6 +8,7 @@
 
 mod pool;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -309,7 +310,9 @@ impl Select<'_> {
             Select::Halted(group) => {
                 let [halted] = conn.statements([HALTED]).await.map_err(db)?;
                 let rows = conn.query(&halted, &[group]).await.map_err(db)?;
-                Ok(Rows { promises: Vec::new(), tasks: ids(rows) })
+                // Their promises too: which function each is of decides its resume.
+                let tasks = ids(rows);
+                Ok(Rows { promises: tasks.clone(), tasks })
             }
             Select::Predecessors(group, pid, process) => {
                 let [stale] = conn.statements([PREDECESSORS]).await.map_err(db)?;
@@ -708,8 +711,14 @@ impl super::Store for PostgresStore {
         .await
     }
 
-    async fn resume_halted(&self, group: &str) -> Result<usize, StoreError> {
-        self.step(Select::Halted(group), |core, now| Ok(core.resume_halted(group, now))).await
+    async fn resume_halted(&self, group: &str, code: &BTreeMap<String, u64>) -> Result<usize, StoreError> {
+        self.step(Select::Halted(group), |core, now| Ok(core.resume_halted(group, code, now))).await
+    }
+
+    async fn resume(&self, id: &str) -> Result<bool, StoreError> {
+        let tasks = [id.to_owned()];
+        self.step(Select::Ids { promises: &[], tasks: &tasks, create: false }, |core, now| Ok(core.resume(id, now)))
+            .await
     }
 
     async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError> {
