@@ -58,7 +58,7 @@ async fn minted(ctx: &mut Context, n: u64) -> durable::Result<String> {
 /// How many ids each client process runs, all at once.
 const CLIENT_IDS: u64 = 100;
 /// The advisory lock the test holds until every client process is ready.
-const START_LOCK: i64 = 0x6475_7261_626c_65;
+const START_LOCK: i64 = 0x0064_7572_6162_6c65;
 
 /// An operator that takes a while, so that a kill lands mid-run.
 async fn slow(x: i64, y: i64, op: char) -> durable::Result<i64> {
