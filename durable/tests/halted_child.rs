@@ -29,7 +29,9 @@ async fn movie(ctx: &mut Context) -> durable::Result<String> {
 async fn a_parent_of_a_halted_child_suspends_and_finishes_once_the_child_is_resumed() {
     let store = memory();
     let _gpu = builder(&store).group("gpu").register(render).build().unwrap();
-    let studio = builder(&store).group("studio").register(movie).build().unwrap();
+    // The parent stays in memory while the child halts (its five faults take 15 s).
+    let studio =
+        builder(&store).group("studio").suspend_after(Duration::from_secs(60)).register(movie).build().unwrap();
     let handle = studio.run("movie", movie, ()).await.unwrap();
 
     // The child panics on every attempt until its task halts.
@@ -42,8 +44,9 @@ async fn a_parent_of_a_halted_child_suspends_and_finishes_once_the_child_is_resu
             break;
         }
     }
+    assert_eq!(store.task("movie").await.unwrap().unwrap().state, TaskState::Acquired, "in memory");
     // The parent neither settles nor spins: time passes, and it suspends on the child.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
     assert_eq!(store.get("movie").await.unwrap().unwrap().state, durable::State::Pending);
     assert_eq!(store.task("movie").await.unwrap().unwrap().state, TaskState::Suspended);
 

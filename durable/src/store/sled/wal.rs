@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -59,6 +59,9 @@ struct Files {
     failed: Mutex<Option<String>>,
     /// Sealed segments go to the checkpoint thread.
     sealed: Mutex<Option<mpsc::Sender<PathBuf>>>,
+    /// Set when the store closes: the checkpoint stops at its next entry, leaving the
+    /// rest of its segment to the next open (applying a segment again is harmless).
+    closing: AtomicBool,
 }
 
 /// Writes the records of one entry.
@@ -151,6 +154,7 @@ impl Wal {
             segment: Mutex::new(segment),
             failed: Mutex::new(None),
             sealed: Mutex::new(Some(tx.clone())),
+            closing: AtomicBool::new(false),
         });
         let (db, records, shared) = (db.clone(), records.clone(), files.clone());
         let thread = std::thread::Builder::new()
@@ -278,8 +282,10 @@ impl Files {
 
 impl Drop for Wal {
     fn drop(&mut self) {
-        // The checkpoint thread holds sled open; the store is closed only once it
-        // is done.
+        // The checkpoint thread holds sled open, so the store is closed only once it
+        // is done; told to stop, it ends within one entry, so this join is brief even
+        // on a runtime's thread.
+        self.files.closing.store(true, Ordering::SeqCst);
         self.files.sealed.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = self.checkpoints.take() {
             let _ = thread.join();
@@ -340,7 +346,10 @@ fn checkpoints(rx: &mpsc::Receiver<PathBuf>, db: &sled::Db, records: &sled::Tree
     for path in rx {
         let mut delay = faults.backoff;
         let mut tries = 0;
-        while let Err(e) = checkpoint(&path, db, records, &faults) {
+        while let Err(e) = checkpoint(&path, db, records, &files.closing, &faults) {
+            if files.closing.load(Ordering::SeqCst) {
+                return;
+            }
             tries += 1;
             if tries == CHECKPOINT_TRIES {
                 files.fail(format!("applying {} to sled failed {tries} times: {e}", path.display()));
@@ -353,9 +362,15 @@ fn checkpoints(rx: &mpsc::Receiver<PathBuf>, db: &sled::Db, records: &sled::Tree
 }
 
 /// Applies a sealed segment to sled, makes it durable there, and deletes it.
-fn checkpoint(path: &Path, db: &sled::Db, records: &sled::Tree, faults: &Faults) -> Result<(), StoreError> {
+fn checkpoint(
+    path: &Path,
+    db: &sled::Db,
+    records: &sled::Tree,
+    closing: &AtomicBool,
+    faults: &Faults,
+) -> Result<(), StoreError> {
     let fail = faults.checkpoints.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
-    apply(path, records, fail)?;
+    apply(path, records, closing, fail)?;
     let number = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -367,12 +382,16 @@ fn checkpoint(path: &Path, db: &sled::Db, records: &sled::Tree, faults: &Faults)
     std::fs::remove_file(path).map_err(|e| io(path, e))
 }
 
-/// Applies every whole entry of a segment to sled, each as one batch; with `fail`,
-/// only the first half of them, then fails (an injected fault).
-fn apply(path: &Path, records: &sled::Tree, fail: bool) -> Result<(), StoreError> {
+/// Applies every whole entry of a segment to sled, each as one batch, unless the store
+/// closes meanwhile; with `fail`, only the first half of them, then fails (an
+/// injected fault).
+fn apply(path: &Path, records: &sled::Tree, closing: &AtomicBool, fail: bool) -> Result<(), StoreError> {
     let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
     let stop = if fail { bytes.len() / 2 } else { bytes.len() };
     read(&bytes[..stop], path, |entry| {
+        if closing.load(Ordering::SeqCst) {
+            return Err(StoreError::backend("the store closed"));
+        }
         let mut batch = sled::Batch::default();
         for (key, value) in entry {
             batch.insert(key, value);
