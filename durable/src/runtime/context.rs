@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::promise::{Millis, Param, validate_id};
 use crate::runtime::execute::{Job, Outcome, Scope, outcome};
-use crate::runtime::invocation::Invocation;
+use crate::runtime::invocation::{Found, Invocation};
 use crate::store::{CreatePromise, NewTask};
 use crate::{Callable, Function, Handle, Result, Retry, Target, codec};
 
@@ -139,13 +139,9 @@ impl Context {
     pub fn sleep(&mut self, duration: Duration) -> impl Future<Output = Result<()>> + Send + 'static {
         let (inv, id, location) = (self.inv.clone(), self.mint(), Location::caller());
         async move {
-            let param = Param::Timer;
-            if inv.replayed(&id, &param, location)?.is_none() {
-                let mut req = CreatePromise::new(id.clone(), param.clone());
-                req.timeout = Some(duration.as_millis() as Millis);
-                let created = inv.create(req).await?;
-                inv.verify(&id, &created.promise.param, &param, location)?;
-            }
+            let mut req = CreatePromise::new(id.clone(), Param::Timer);
+            req.timeout = Some(duration.as_millis() as Millis);
+            inv.find_or_create(req, location).await?;
             Handle::<()>::remote(id, inv).await
         }
     }
@@ -235,15 +231,15 @@ impl Record {
         Fut: Future<Output = Result<T>>,
     {
         let param = Param::Record { what: self.what.to_owned() };
+        // Replayed, the value is the recorded one; else it is made once, now.
         if let Some(p) = self.inv.replayed(&self.id, &param, self.location)? {
             return codec::decode(&self.id, &outcome(p)?);
         }
         let value = make(self.inv.clone()).await?;
-        let mut req = CreatePromise::new(self.id.clone(), param.clone());
+        let mut req = CreatePromise::new(self.id.clone(), param);
         req.resolved = Some(codec::encode(&self.id, "the value", &value, usize::MAX)?);
-        let created = self.inv.create(req).await?;
-        self.inv.verify(&self.id, &created.promise.param, &param, self.location)?;
-        codec::decode(&self.id, &outcome(&created.promise)?)
+        let found = self.inv.find_or_create(req, self.location).await?;
+        codec::decode(&self.id, &outcome(found.promise())?)
     }
 }
 
@@ -380,11 +376,7 @@ impl<C: Callable, M> Call<C, M> {
             None
         };
         let version = self.version.unwrap_or_else(|| self.f.version());
-        let param = Param::call(self.f.name(), version, args);
-        if let Some(p) = self.inv.replayed(&self.id, &param, self.location)? {
-            return Ok((self.id.clone(), Begun::Settled(outcome(p))));
-        }
-        let mut req = CreatePromise::new(self.id.clone(), param.clone());
+        let mut req = CreatePromise::new(self.id.clone(), Param::call(self.f.name(), version, args));
         req.timeout = self.timeout.or_else(|| self.f.timeout()).map(|t| t.as_millis() as Millis);
         if !detached {
             req.deadline_cap = self.deadline;
@@ -397,12 +389,11 @@ impl<C: Callable, M> Call<C, M> {
         // it again, and the durable settle of its result covers it.
         req.durable = routed;
         req.task = task;
-        let created = self.inv.create(req).await?;
-        self.inv.verify(&self.id, &created.promise.param, &param, self.location)?;
-        let begun = if created.promise.state.is_settled() {
-            Begun::Settled(outcome(&created.promise))
-        } else {
-            Begun::Pending { timeout_at: created.promise.timeout_at, new: created.new }
+        let begun = match self.inv.find_or_create(req, self.location).await? {
+            Found::Stored { promise, new } if !promise.state.is_settled() => {
+                Begun::Pending { timeout_at: promise.timeout_at, new }
+            }
+            found => Begun::Settled(outcome(found.promise())),
         };
         Ok((self.id.clone(), begun))
     }
@@ -575,16 +566,13 @@ impl<T: serde::de::DeserializeOwned + Send + 'static> IntoFuture for Promised<T>
             if self.chosen {
                 validate_id(&self.id)?;
             }
-            let param = Param::External;
-            if let Some(p) = self.inv.replayed(&self.id, &param, self.location)? {
-                return Ok(Handle::ready(self.id.clone(), outcome(p)));
-            }
-            let mut req = CreatePromise::new(self.id.clone(), param.clone());
+            let mut req = CreatePromise::new(self.id.clone(), Param::External);
             req.timeout = self.timeout.map(|t| t.as_millis() as Millis);
             req.deadline_cap = self.deadline;
             req.tags = self.tags;
-            let created = self.inv.create(req).await?;
-            self.inv.verify(&self.id, &created.promise.param, &param, self.location)?;
+            if let Found::Recorded(p) = self.inv.find_or_create(req, self.location).await? {
+                return Ok(Handle::ready(self.id.clone(), outcome(p)));
+            }
             Ok(Handle::remote(self.id, self.inv))
         })
     }

@@ -50,6 +50,26 @@ impl Fault {
     }
 }
 
+/// What [`Invocation::find_or_create`] found.
+// Lives for one call on the stack; boxing the promise would cost every create an
+// allocation.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Found<'a> {
+    /// Settled, in the preload: a replay.
+    Recorded(&'a Promise),
+    /// In the store: created by this call if `new`.
+    Stored { promise: Promise, new: bool },
+}
+
+impl Found<'_> {
+    pub(crate) fn promise(&self) -> &Promise {
+        match self {
+            Found::Recorded(p) => p,
+            Found::Stored { promise, .. } => promise,
+        }
+    }
+}
+
 pub(crate) struct Invocation {
     pub(crate) rt: Arc<Shared>,
     pub(crate) fence: Fence,
@@ -183,6 +203,19 @@ impl Invocation {
             now: describe(now),
             location: format!("{}:{}:{}", location.file(), location.line(), location.column()),
         })))
+    }
+
+    /// The promise of `req`: recorded in the preload, or else created now (or found in
+    /// the store, `new` false). Either way what is stored must be what the code asks
+    /// for now, or the invocation halts with the nondeterminism.
+    pub(crate) async fn find_or_create(&self, req: CreatePromise, location: &Location<'_>) -> Result<Found<'_>> {
+        if let Some(p) = self.replayed(&req.id, &req.param, location)? {
+            return Ok(Found::Recorded(p));
+        }
+        let (id, param) = (req.id.clone(), req.param.clone());
+        let created = self.create(req).await?;
+        self.verify(&id, &created.promise.param, &param, location)?;
+        Ok(Found::Stored { promise: created.promise, new: created.new })
     }
 
     pub(crate) fn is_preloaded(&self, id: &str) -> bool {
