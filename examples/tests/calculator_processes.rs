@@ -24,6 +24,24 @@ fn worker(schema: &str, group: &str, pid: Option<&str>) -> Child {
     calculator(schema, &args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn a worker")
 }
 
+/// A connection to the test database; `None` (the test is skipped) if the server is
+/// unreachable outside CI.
+async fn connect() -> Option<tokio_postgres::Client> {
+    match tokio_postgres::connect(&url(), tokio_postgres::NoTls).await {
+        Ok((client, connection)) => {
+            tokio::spawn(connection);
+            Some(client)
+        }
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("PostgreSQL at {} is unreachable under CI=true: {e}", url())
+        }
+        Err(e) => {
+            eprintln!("skipped: PostgreSQL at {} is unreachable: {e}", url());
+            None
+        }
+    }
+}
+
 struct Processes(Vec<Child>);
 
 impl Drop for Processes {
@@ -37,14 +55,7 @@ impl Drop for Processes {
 
 #[tokio::test]
 async fn a_worker_killed_mid_run_and_restarted_finishes_the_calculation() {
-    let (client, connection) = match tokio_postgres::connect(&url(), tokio_postgres::NoTls).await {
-        Ok(c) => c,
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("PostgreSQL at {} is unreachable under CI=true: {e}", url())
-        }
-        Err(e) => return eprintln!("skipped: PostgreSQL at {} is unreachable: {e}", url()),
-    };
-    tokio::spawn(connection);
+    let Some(client) = connect().await else { return };
     let schema = format!("durable_calculator_{}", std::process::id());
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
 
@@ -107,14 +118,7 @@ fn balanced(leaves: &[i64], ops: &mut impl Iterator<Item = char>) -> (String, i6
 
 #[tokio::test]
 async fn a_sigkill_and_restart_loop_never_waits_for_a_lease() {
-    let (client, connection) = match tokio_postgres::connect(&url(), tokio_postgres::NoTls).await {
-        Ok(c) => c,
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("PostgreSQL at {} is unreachable under CI=true: {e}", url())
-        }
-        Err(e) => return eprintln!("skipped: PostgreSQL at {} is unreachable: {e}", url()),
-    };
-    tokio::spawn(connection);
+    let Some(client) = connect().await else { return };
     let schema = format!("durable_calculator_loop_{}", std::process::id());
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
     // A minute's lease: waiting out even one would take longer than this whole test.

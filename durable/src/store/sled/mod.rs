@@ -233,20 +233,24 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn full_segments_are_applied_to_sled_and_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_small(dir.path(), 2048);
+    /// Writes 200 promises over many small segments, waits until every sealed one is
+    /// applied and deleted, and checks that a reopened store has them all.
+    async fn checkpoint_200_and_reopen(store: SledStore, dir: &Path) {
         for i in 0..200 {
             store.create(CreatePromise::new(format!("p{i}"), Param::Timer)).await.unwrap();
         }
-        // Every sealed segment is applied and deleted; only the one being written is left.
-        wait_for_checkpoints(dir.path());
+        wait_for_checkpoints(dir);
         drop(store);
-        let reopened = open_small(dir.path(), 2048);
+        let reopened = open_small(dir, 2048);
         for i in 0..200 {
-            assert!(reopened.get(&format!("p{i}")).await.unwrap().is_some(), "p{i} survives its checkpoint");
+            assert!(reopened.get(&format!("p{i}")).await.unwrap().is_some(), "p{i} was acknowledged, so it is there");
         }
+    }
+
+    #[tokio::test]
+    async fn full_segments_are_applied_to_sled_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        checkpoint_200_and_reopen(open_small(dir.path(), 2048), dir.path()).await;
     }
 
     fn open_faulty(dir: &Path, failures: u64) -> SledStore {
@@ -258,16 +262,7 @@ mod tests {
     async fn a_checkpoint_that_fails_is_tried_again_and_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
         // The first two tries apply half a segment each, then fail.
-        let store = open_faulty(dir.path(), 2);
-        for i in 0..200 {
-            store.create(CreatePromise::new(format!("p{i}"), Param::Timer)).await.unwrap();
-        }
-        wait_for_checkpoints(dir.path());
-        drop(store);
-        let reopened = open_small(dir.path(), 2048);
-        for i in 0..200 {
-            assert!(reopened.get(&format!("p{i}")).await.unwrap().is_some(), "p{i} was acknowledged, so it is there");
-        }
+        checkpoint_200_and_reopen(open_faulty(dir.path(), 2), dir.path()).await;
     }
 
     #[tokio::test]
