@@ -56,16 +56,18 @@ impl<L: Log> Engine<L> {
         &self,
         step: impl FnOnce(&mut Core, Millis) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        self.write_when(true, step).await
+        self.write_when(true, step, |_| true).await
     }
 
-    /// A step acknowledged once durable, or, if `durable` is false, once what it read
-    /// is durable (a later durable step covers its own change: the log is written in
-    /// order). Either way its answer never shows a state a crash can take back.
+    /// A step acknowledged once durable, or, if `durable` is false, at once, unless
+    /// its answer shows state it found (`found`), which must be durable first. Its own
+    /// change may wait: the log is written in order, so a later durable step covers
+    /// it. Either way the answer never shows a state a crash can take back.
     pub(crate) async fn write_when<R>(
         &self,
         durable: bool,
         step: impl FnOnce(&mut Core, Millis) -> Result<R, StoreError>,
+        found: impl FnOnce(&R) -> bool,
     ) -> Result<R, StoreError> {
         let now = self.clock.now();
         let (result, dirty, token) = {
@@ -73,8 +75,12 @@ impl<L: Log> Engine<L> {
             let seen = self.log.staged();
             let result = step(&mut core, now);
             let dirty = std::mem::take(&mut core.dirty);
-            let token =
-                if durable { self.log.stage(&core, &dirty)? } else { self.log.stage(&core, &dirty).map(|_| seen)? };
+            let own = self.log.stage(&core, &dirty)?;
+            let token = match &result {
+                _ if durable => own,
+                Ok(answer) if !found(answer) => 0,
+                _ => seen,
+            };
             (result, dirty, token)
         };
         // Wake whoever waits once the step is durable, or at once if this future is
@@ -97,7 +103,8 @@ impl<L: Log> Engine<L> {
     }
 
     pub(crate) async fn create(&self, req: CreatePromise) -> Result<Created, StoreError> {
-        self.write_when(req.durable, |core, now| core.create(req, now)).await
+        // A promise that was there already is state found, not made.
+        self.write_when(req.durable, |core, now| core.create(req, now), |created| !created.new).await
     }
 
     pub(crate) async fn settle(&self, req: SettlePromise) -> Result<Promise, StoreError> {
