@@ -28,7 +28,9 @@ const SEGMENT_LIMIT: u64 = 64 << 20;
 ///
 /// sled locks the directory, so one process uses it at a time. Opening it therefore
 /// proves that every earlier holder is gone, and every task they held is released at
-/// once (a new version), to be taken over without waiting for their leases.
+/// once (a new version), to be taken over without waiting for their leases. Opening a
+/// directory that is locked waits up to 2 s (a store of this process that was just
+/// dropped lets go of it a moment later), then fails naming the directory.
 ///
 /// ```
 /// let dir = tempfile::tempdir()?;
@@ -64,7 +66,7 @@ impl SledStore {
                 path.display()
             ))
         };
-        let db = sled::Config::new().path(path).open().map_err(context)?;
+        let db = open_locked(path).map_err(context)?;
         match db.get(FORMAT_KEY).map_err(context)? {
             None => {
                 db.insert(FORMAT_KEY, FORMAT).map_err(context)?;
@@ -99,6 +101,26 @@ impl SledStore {
         log.stage(&core, &dirty)?;
         log.wal.sync_blocking()?;
         Ok(SledStore { engine: Engine::new(core, log, clock) })
+    }
+}
+
+/// How long opening waits for the directory's lock: a store of this process that was
+/// just dropped lets go of it once sled's own threads finish with it.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens sled, waiting up to [`LOCK_WAIT`] while its directory is locked.
+fn open_locked(path: &Path) -> Result<sled::Db, sled::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(path).open() {
+            // sled 0.34 says so only in the message of an `Other` error.
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock") && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }
 
