@@ -165,20 +165,25 @@ impl<L: Log> Engine<L> {
     }
 
     pub(crate) async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {
-        let rx = {
+        let waiter = {
             let core = self.lock();
             if core.is_done(id, halted, self.clock.now()) {
                 return Ok(());
             }
             self.waiters.register(id)
         };
-        // A dropped sender means the store itself is gone; the caller re-reads.
-        let _ = rx.await;
+        waiter.await;
         Ok(())
     }
 
     pub(crate) fn ready(&self) -> watch::Receiver<u64> {
         self.ready.subscribe()
+    }
+
+    /// The sizes of the state's indexes, and how many ids have waiters.
+    #[cfg(test)]
+    pub(crate) fn footprint(&self) -> ([usize; 6], usize) {
+        (self.lock().index_sizes(), self.waiters.len())
     }
 }
 

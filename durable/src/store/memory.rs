@@ -57,3 +57,85 @@ impl Log for Volatile {
 }
 
 engine_store!(MemoryStore);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use futures::future::BoxFuture;
+
+    use super::MemoryStore;
+    use crate::{Callable, Context, Durable, Function, Result};
+
+    /// Doubles its argument, on the worker group `kids`.
+    #[derive(Clone, Copy, Debug)]
+    struct Double;
+
+    impl Callable for Double {
+        type Args = u64;
+        type Output = u64;
+        fn name(&self) -> &str {
+            "double"
+        }
+    }
+
+    impl Function for Double {
+        fn call<'a>(&self, _: &'a mut Context, n: u64) -> BoxFuture<'a, Result<u64>> {
+            Box::pin(async move { Ok(2 * n) })
+        }
+    }
+
+    /// A remote call routed by pid, a sleep, and for some an external promise that
+    /// times out: every kind of index entry and waiter comes and goes.
+    #[derive(Clone, Copy, Debug)]
+    struct Parent;
+
+    impl Callable for Parent {
+        type Args = u64;
+        type Output = u64;
+        fn name(&self) -> &str {
+            "parent"
+        }
+    }
+
+    impl Function for Parent {
+        fn call<'a>(&self, ctx: &'a mut Context, n: u64) -> BoxFuture<'a, Result<u64>> {
+            Box::pin(async move {
+                let pid = if n % 2 == 0 { "k1" } else { "k2" };
+                let doubled = ctx.rfc(Double, n).target(&format!("poll://any@kids/{pid}")).await?;
+                ctx.sleep(Duration::from_millis(n % 5)).await?;
+                if n % 10 == 0 {
+                    let approval = ctx.promise::<u64>().timeout(Duration::from_millis(3)).await?;
+                    let _ = approval.await;
+                }
+                Ok(doubled)
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_100_000_invocations_the_indexes_and_waiters_are_idle_again() {
+        let store = Arc::new(MemoryStore::new());
+        let kids: Vec<Durable> = ["k1", "k2"]
+            .map(|pid| Durable::builder().store(store.clone()).group("kids").pid(pid).register(Double).build().unwrap())
+            .into();
+        let parents = Durable::builder().store(store.clone()).register(Parent).build().unwrap();
+        let idle = store.engine.footprint();
+        for batch in 0..100_000 / 100 {
+            let runs = (0..100).map(|i| {
+                let parents = parents.clone();
+                let n = batch * 100 + i;
+                async move { parents.run(&format!("p{n}"), Parent, n).await.unwrap().await.unwrap() }
+            });
+            let results = futures::future::join_all(runs).await;
+            assert_eq!(results[1], 2 * (batch * 100 + 1));
+        }
+        // Preference windows and leases run out; every worker goes idle.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(store.engine.footprint(), idle, "index entries and waiters are back where they started");
+        for durable in kids.iter().chain([&parents]) {
+            assert!(durable.shared.running.lock().unwrap().is_empty(), "nothing is running");
+        }
+    }
+}

@@ -279,7 +279,8 @@ impl Core {
             if ready_at > now {
                 break;
             }
-            self.ready.get_mut(route).expect("a non-empty queue").remove(&(ready_at, id.clone()));
+            let route = route.clone();
+            self.unqueue(&route, &(ready_at, id.clone()));
             if self.expire(&id, now) {
                 continue;
             }
@@ -499,14 +500,31 @@ impl Core {
         self.ready.entry((t.target.group.clone(), pid)).or_default().insert((t.ready_at, t.id.clone()));
     }
 
+    /// Takes an entry off a ready queue, and the queue away once empty: routes come
+    /// and go with the pids that tasks name.
+    fn unqueue(&mut self, route: &Route, entry: &(Millis, String)) {
+        if let Some(q) = self.ready.get_mut(route) {
+            q.remove(entry);
+            if q.is_empty() {
+                self.ready.remove(route);
+            }
+        }
+    }
+
+    /// How many entries each index holds: the memory a store keeps besides the records.
+    #[cfg(test)]
+    pub(crate) fn index_sizes(&self) -> [usize; 6] {
+        let queued = self.ready.values().map(BTreeSet::len).sum();
+        let callbacks = self.callbacks.values().map(BTreeSet::len).sum::<usize>() + self.callbacks.len();
+        [self.deadlines.len(), self.leases.len(), self.ready.len(), queued, self.preferences.len(), callbacks]
+    }
+
     /// Removes a task from the index its state puts it in.
     fn unindex(&mut self, t: &Task) {
         match t.state {
             TaskState::Pending => {
                 for pid in [None, t.target.pid.clone()] {
-                    if let Some(q) = self.ready.get_mut(&(t.target.group.clone(), pid)) {
-                        q.remove(&(t.ready_at, t.id.clone()));
-                    }
+                    self.unqueue(&(t.target.group.clone(), pid), &(t.ready_at, t.id.clone()));
                 }
             }
             TaskState::Acquired => {
@@ -516,6 +534,9 @@ impl Core {
                 for id in &t.awaiting {
                     if let Some(tasks) = self.callbacks.get_mut(id) {
                         tasks.remove(&t.id);
+                        if tasks.is_empty() {
+                            self.callbacks.remove(id);
+                        }
                     }
                 }
             }

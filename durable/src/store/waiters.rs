@@ -1,7 +1,10 @@
 //! In-process waiters on promises, woken when one settles or its task halts.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 
 use tokio::sync::oneshot;
 
@@ -11,15 +14,19 @@ pub(crate) struct Waiters {
 }
 
 impl Waiters {
-    /// Registers interest in `id`. Call it while holding the lock that orders the check
-    /// of the promise's state against its settlement, so no wake-up is lost.
-    pub(crate) fn register(&self, id: &str) -> oneshot::Receiver<()> {
+    /// Registers interest in `id`: the future completes when `id` is woken. Call it
+    /// while holding the lock that orders the check of the promise's state against its
+    /// settlement, so no wake-up is lost. Dropped unwoken, it takes its entry with it.
+    pub(crate) fn register(&self, id: &str) -> Waiter<'_> {
         let (tx, rx) = oneshot::channel();
-        let mut by_id = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
-        let list = by_id.entry(id.to_owned()).or_default();
-        list.retain(|tx| !tx.is_closed());
-        list.push(tx);
-        rx
+        self.by_id.lock().unwrap_or_else(|e| e.into_inner()).entry(id.to_owned()).or_default().push(tx);
+        Waiter { waiters: self, id: id.to_owned(), rx: Some(rx) }
+    }
+
+    /// How many ids have waiters.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Wakes every waiter, to look again for itself.
@@ -34,6 +41,39 @@ impl Waiters {
         for id in ids {
             for tx in by_id.remove(&id).unwrap_or_default() {
                 let _ = tx.send(());
+            }
+        }
+    }
+}
+
+/// One registered wait; see [`Waiters::register`].
+#[derive(Debug)]
+pub(crate) struct Waiter<'a> {
+    waiters: &'a Waiters,
+    id: String,
+    rx: Option<oneshot::Receiver<()>>,
+}
+
+impl Future for Waiter<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.rx.as_mut() {
+            // A dropped sender means the store itself is gone; the caller reads again.
+            Some(rx) => Pin::new(rx).poll(cx).map(drop),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        let mut by_id = self.waiters.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = by_id.get_mut(&self.id) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                by_id.remove(&self.id);
             }
         }
     }

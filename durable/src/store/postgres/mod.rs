@@ -740,7 +740,9 @@ impl super::Store for PostgresStore {
     }
 
     async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {
-        let rx = self.waiters.register(id);
+        // Registered before the read, so a settle between the two is not missed; it
+        // leaves the waiters however this ends.
+        let waiter = self.waiters.register(id);
         let done = {
             let mut conn = self.pool.get().await?;
             let [clock, state] = conn.statements([CLOCK, WAIT_STATE]).await.map_err(db)?;
@@ -756,12 +758,53 @@ impl super::Store for PostgresStore {
         };
         if !done {
             // Notifications wake it; a slow poll covers a listener that was down.
-            let _ = tokio::time::timeout(POLL, rx).await;
+            let _ = tokio::time::timeout(POLL, waiter).await;
         }
         Ok(())
     }
 
     fn ready(&self) -> watch::Receiver<u64> {
         self.ready.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PostgresStore;
+    use crate::store::{CreatePromise, SettlePromise};
+    use crate::{Param, State, Store};
+
+    fn url() -> String {
+        std::env::var("DURABLE_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    }
+
+    #[tokio::test]
+    async fn waiting_on_settled_promises_leaves_no_waiter_behind() {
+        let schema = format!("durable_waiters_{}", std::process::id());
+        let store = match PostgresStore::options(&url()).schema(&schema).connect().await {
+            Ok(store) => store,
+            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("PostgreSQL at {} is unreachable under CI=true: {e}", url())
+            }
+            Err(e) => return eprintln!("skipped: PostgreSQL at {} is unreachable: {e}", url()),
+        };
+        for i in 0..200 {
+            let id = format!("p{i}");
+            store.create(CreatePromise::new(id.clone(), Param::External)).await.unwrap();
+            let settle = SettlePromise {
+                id: id.clone(),
+                state: State::Resolved,
+                value: "1".into(),
+                ikey: None,
+                strict: false,
+                fence: None,
+            };
+            store.settle(settle).await.unwrap();
+            store.wait(&id, false).await.unwrap();
+        }
+        assert_eq!(store.waiters.len(), 0, "a wait that found its promise settled registered nothing for good");
+        let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
     }
 }
