@@ -27,9 +27,9 @@ use crate::{Callable, Function, Handle, Result, Retry, Target, codec};
 pub struct Context {
     inv: Arc<Invocation>,
     id: String,
-    /// What child ids start with: the id on the first attempt, the timer that waited
-    /// before it (`{id}.r{k}`) on attempt `k + 1`, so that each attempt runs afresh.
-    prefix: String,
+    /// What child ids start with, if not the id: on attempt `k + 1`, the timer that
+    /// waited before it (`{id}.r{k}`), so that each attempt runs afresh.
+    prefix: Option<String>,
     deadline: Millis,
     next: u32,
     attempt: u32,
@@ -44,7 +44,7 @@ impl std::fmt::Debug for Context {
 
 impl Context {
     pub(crate) fn new(inv: Arc<Invocation>, id: String, deadline: Millis, attempt: u32) -> Context {
-        let prefix = if attempt > 1 { retry_timer_id(&id, attempt - 1) } else { id.clone() };
+        let prefix = (attempt > 1).then(|| retry_timer_id(&id, attempt - 1));
         Context { inv, id, prefix, deadline, next: 0, attempt, scope: Arc::default() }
     }
 
@@ -61,7 +61,7 @@ impl Context {
 
     fn mint(&mut self) -> String {
         self.next += 1;
-        format!("{}.{}", self.prefix, self.next)
+        format!("{}.{}", self.prefix.as_deref().unwrap_or(&self.id), self.next)
     }
 
     pub(crate) fn encode_result<T: Serialize>(&self, value: &T) -> Result<String> {
