@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use durable::store::{Acquired, Claim, CreatePromise, Created, Page, Release, Search, SettlePromise, Tick};
+use durable::store::{Acquired, Claim, CreatePromise, Created, Page, Purge, Release, Search, SettlePromise, Tick};
 use durable::{Fence, Millis, Promise, Store, StoreError, Task};
 use tokio::sync::watch;
 
@@ -143,6 +143,10 @@ impl Store for FaultyStore {
 
     async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError> {
         self.op("release_predecessors", self.inner.release_predecessors(group, pid, process)).await
+    }
+
+    async fn purge(&self, purge: Purge) -> Result<usize, StoreError> {
+        self.op("purge", self.inner.purge(purge)).await
     }
 
     async fn tick(&self) -> Result<Tick, StoreError> {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use durable::store::{Acquired, Claim, CreatePromise, Created, Page, Release, Search, SettlePromise, Tick};
+use durable::store::{Acquired, Claim, CreatePromise, Created, Page, Purge, Release, Search, SettlePromise, Tick};
 use durable::{Fence, Millis, Promise, State, Store, StoreError, Task};
 use tokio::sync::watch;
 
@@ -182,6 +182,12 @@ impl Store for Gate {
 
     async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError> {
         self.read(self.inner.release_predecessors(group, pid, process)).await
+    }
+
+    async fn purge(&self, purge: Purge) -> Result<usize, StoreError> {
+        // Not a crash point: it deletes only finished work, which no execution reads
+        // again, and it runs on the retention's timer, not the schedule's.
+        self.read(self.inner.purge(purge)).await
     }
 
     async fn tick(&self) -> Result<Tick, StoreError> {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use durable::store::{Acquired, Claim, CreatePromise, Created, Page, Release, Search, SettlePromise, Tick};
+use durable::store::{Acquired, Claim, CreatePromise, Created, Page, Purge, Release, Search, SettlePromise, Tick};
 use durable::{Fence, MemoryStore, Millis, Promise, Store, StoreError, Task};
 use tokio::sync::watch;
 
@@ -81,6 +81,9 @@ impl Store for Broken {
         self.inner.release_predecessors(group, pid, process).await
     }
 
+    async fn purge(&self, purge: Purge) -> Result<usize, StoreError> {
+        self.inner.purge(purge).await
+    }
     async fn tick(&self) -> Result<Tick, StoreError> {
         self.inner.tick().await
     }

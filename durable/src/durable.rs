@@ -12,14 +12,21 @@ use tokio::task::AbortHandle;
 use crate::error::Failure;
 use crate::promise::State;
 use crate::promise::{Fence, Millis, Param, Promise, validate_id};
-use crate::runtime::context::DETACHED_TAG;
+use crate::promise::DETACHED_TAG;
 use crate::runtime::function::Erased;
 use crate::runtime::shared::Shared;
-use crate::store::{CreatePromise, NewTask, Page, Release, Search, SettlePromise};
+use crate::runtime::worker::PURGE_BATCH;
+use crate::store::{CreatePromise, NewTask, Page, Purge, Release, Search, SettlePromise};
 use crate::{Callable, Error, Function, Handle, Result, Store, Target, codec};
 
 /// The default limit on an encoded payload: 4 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 4 << 20;
+
+/// How long a finished invocation is kept by default: a week. Long enough that a
+/// client retrying after a weekend's outage still finds its first try's result, and
+/// that a person can look into what went wrong last week; short enough that the store
+/// holds days of work, not all of it.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The durable runtime of one process: it starts invocations, executes the tasks of its
 /// group, keeps their leases, and applies deadlines.
@@ -65,11 +72,21 @@ pub struct Durable {
 struct Life {
     shared: Arc<Shared>,
     background: AbortHandle,
+    retention: Option<AbortHandle>,
+}
+
+impl Life {
+    fn stop_background(&self) {
+        self.background.abort();
+        if let Some(retention) = &self.retention {
+            retention.abort();
+        }
+    }
 }
 
 impl Drop for Life {
     fn drop(&mut self) {
-        self.background.abort();
+        self.stop_background();
         for task in self.shared.running.lock().unwrap_or_else(|e| e.into_inner()).values() {
             task.abort();
         }
@@ -90,6 +107,7 @@ impl Durable {
             concurrency: 64,
             window: Duration::from_secs(1),
             suspend_after: Duration::from_secs(1),
+            retention: Some(DEFAULT_RETENTION),
             errors: Vec::new(),
         }
     }
@@ -205,7 +223,7 @@ impl Durable {
     /// Stops taking tasks and gives back the ones held, so that another worker takes
     /// them over at once.
     pub async fn shutdown(&self) -> Result<()> {
-        self.life.background.abort();
+        self.life.stop_background();
         let running: Vec<_> = self.shared.running.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
         for (fence, task) in running {
             task.abort();
@@ -229,6 +247,7 @@ pub struct Builder {
     concurrency: usize,
     window: Duration,
     suspend_after: Duration,
+    retention: Option<Duration>,
     errors: Vec<String>,
 }
 
@@ -300,6 +319,19 @@ impl Builder {
         self
     }
 
+    /// How long a finished invocation is kept, counted from when it settled (default
+    /// [`DEFAULT_RETENTION`], a week); `None` keeps everything. Once it is over, the
+    /// runtime deletes the invocation with everything under it: its id may then run
+    /// again, afresh. So "the same id never runs twice" holds within the retention.
+    ///
+    /// Every runtime of a store takes part in deleting (the shortest retention among
+    /// them wins); a root is deleted only when nothing under it is pending, and a
+    /// detached invocation is kept as long as its own retention says.
+    pub fn retention(mut self, keep: Option<Duration>) -> Builder {
+        self.retention = keep;
+        self
+    }
+
     /// Builds the runtime and starts it. Must be called within a tokio runtime.
     pub fn build(mut self) -> Result<Durable> {
         if self.store.is_none() {
@@ -310,6 +342,11 @@ impl Builder {
         }
         if self.concurrency == 0 {
             self.errors.push("a concurrency of 0 would never run anything".into());
+        }
+        if let Some(keep) = self.retention.filter(|keep| *keep < Duration::from_secs(1)) {
+            self.errors.push(format!(
+                "a retention of {keep:?} could delete a result before its caller reads it: keep at least 1 s, or None"
+            ));
         }
         if tokio::runtime::Handle::try_current().is_err() {
             self.errors.push("Builder::build must be called within a tokio runtime".into());
@@ -339,7 +376,10 @@ impl Builder {
             stopped: watch::Sender::new(false),
         });
         let background = tokio::spawn(crate::runtime::worker::background(shared.clone())).abort_handle();
-        Ok(Durable { life: Arc::new(Life { shared: shared.clone(), background }), shared })
+        let retention = self
+            .retention
+            .map(|keep| tokio::spawn(crate::runtime::worker::retention(shared.store.clone(), keep)).abort_handle());
+        Ok(Durable { life: Arc::new(Life { shared: shared.clone(), background, retention }), shared })
     }
 }
 
@@ -545,6 +585,48 @@ impl Promises<'_> {
     /// regardless: after a fix in a function the task calls, say.
     pub async fn resume(&self, id: &str) -> Result<bool> {
         Ok(self.store.resume(id).await?)
+    }
+
+    /// Deletes a finished root at once, whatever the retention, with everything under
+    /// it: its children, their tasks, and the detached invocations it started. Its id
+    /// may then be used again, afresh. Returns false if there was no such promise.
+    ///
+    /// A root is an invocation run by id, a promise created with a chosen id, or a
+    /// detached invocation. Purging one that is pending, or has something pending
+    /// under it, or a promise that is not a root, is a conflict, and deletes nothing.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use durable::{Durable, MemoryStore};
+    /// #[durable::function(name = "greet")]
+    /// async fn greet(_ctx: &mut durable::Context, name: String) -> durable::Result<String> {
+    ///     Ok(format!("hello, {name}"))
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> durable::Result<()> {
+    /// let durable = Durable::builder().store(Arc::new(MemoryStore::new())).register(greet).build()?;
+    /// durable.run("greet-1", greet, "ada".to_string()).await?.await?;
+    /// assert!(durable.promises().purge("greet-1").await?);
+    /// assert!(durable.get("greet-1").await?.is_none());
+    /// # Ok(()) }
+    /// ```
+    pub async fn purge(&self, id: &str) -> Result<bool> {
+        Ok(self.store.purge(Purge::Root(id.to_owned())).await? == 1)
+    }
+
+    /// Deletes every root that settled before `before` (store time, in ms since the
+    /// epoch, as [`Promise::settled_at`] gives it), each as [`Promises::purge`] would,
+    /// except that a root with something pending under it is left for later. Returns
+    /// how many roots it deleted.
+    pub async fn purge_finished_before(&self, before: Millis) -> Result<usize> {
+        let mut purged = 0;
+        loop {
+            let n = self.store.purge(Purge::Before { before, limit: PURGE_BATCH }).await?;
+            purged += n;
+            if n < PURGE_BATCH {
+                return Ok(purged);
+            }
+        }
     }
 
     async fn settle(&self, id: &str, state: State, value: String) -> Result<Promise> {

@@ -85,6 +85,18 @@ pub(crate) fn digest(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// The tag that marks a detached invocation: cancelling its creator leaves it alone,
+/// and it is a root of its own.
+pub(crate) const DETACHED_TAG: &str = "durable:detached";
+
+/// Whether a promise is a root: the top of an invocation tree, deleted with its
+/// subtree once retention is over. A root is a promise whose id was chosen (an
+/// invocation run by id, or a promise created with `.id(…)`: no `.` in it), or a
+/// detached invocation.
+pub(crate) fn is_root(p: &Promise) -> bool {
+    !p.id.contains('.') || p.tags.contains_key(DETACHED_TAG)
+}
+
 /// The longest id, in bytes: far below what an index or a notification can carry.
 pub const MAX_ID_LEN: usize = 1024;
 

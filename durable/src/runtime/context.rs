@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 use serde::Serialize;
 
-use crate::promise::{Millis, Param, validate_id};
+use crate::promise::{DETACHED_TAG, Millis, Param, validate_id};
 use crate::runtime::execute::{Job, Outcome, Scope, outcome};
 use crate::runtime::invocation::{Found, Invocation};
 use crate::store::{CreatePromise, NewTask};
@@ -399,8 +399,6 @@ impl<C: Callable, M> Call<C, M> {
     }
 }
 
-/// The tag that marks a detached invocation, which cancelling its creator leaves alone.
-pub(crate) const DETACHED_TAG: &str = "durable:detached";
 
 /// Errors are not `Clone`; an encoding error is reported as what it says.
 fn clone_error(e: &crate::Error) -> crate::Error {

@@ -9,9 +9,9 @@ use crate::runtime::function::Erased;
 use crate::runtime::invocation::{Fault, Invocation};
 use crate::runtime::shared::Shared;
 
-use crate::promise::{Fence, Param, Promise, State};
-use crate::store::{Claim, Release, SettlePromise};
-use crate::{Error, Retry};
+use crate::promise::{Fence, Millis, Param, Promise, State};
+use crate::store::{Claim, Purge, Release, SettlePromise};
+use crate::{Error, Retry, Store};
 
 /// Platform faults after which a task halts instead of being retried.
 const POISON: u32 = 5;
@@ -70,6 +70,27 @@ pub(crate) async fn background(rt: Arc<Shared>) {
             _ = ready.changed() => {}
             _ = rt.wake.notified() => {}
         }
+    }
+}
+
+/// How many roots one purge deletes at most.
+pub(crate) const PURGE_BATCH: usize = 100;
+
+/// Deletes the roots that finished longer than `keep` ago, every tenth of `keep` (at
+/// most a minute apart), until aborted. A failed pass is tried again at the next.
+pub(crate) async fn retention(store: Arc<dyn Store>, keep: Duration) {
+    let every = (keep / 10).min(Duration::from_secs(60));
+    loop {
+        if let Ok(now) = store.now().await {
+            let before = now.saturating_sub(keep.as_millis() as Millis);
+            while let Ok(n) = store.purge(Purge::Before { before, limit: PURGE_BATCH }).await
+                && n == PURGE_BATCH
+            {
+                // Let the work that creates promises go on between batches.
+                tokio::task::yield_now().await;
+            }
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -7,17 +7,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-use super::state::{Core, Dirty};
+use super::state::{Changes, Core};
 use super::waiters::Waiters;
-use super::{Acquired, Claim, Clock, CreatePromise, Created, Page, Release, Search, SettlePromise, Tick};
+use super::{Acquired, Claim, Clock, CreatePromise, Created, Page, Purge, Release, Search, SettlePromise, Tick};
 use crate::StoreError;
 use crate::promise::{Fence, Millis, Promise, Task};
 
 /// Where an engine's changes go.
 pub(crate) trait Log: Send + Sync + 'static {
     /// Writes the changed records atomically, under the state lock so that logs apply
-    /// in the order the state changed. Returns a token for [`Log::commit`].
-    fn stage(&self, core: &Core, dirty: &Dirty) -> Result<u64, StoreError>;
+    /// in the order the state changed, and from then on answers the state's reads of
+    /// the finished ones. Returns a token for [`Log::commit`].
+    fn stage(&self, changes: &Changes) -> Result<u64, StoreError>;
 
     /// The token of the last step staged. Called under the state lock, it covers
     /// every change a reader under that lock can see.
@@ -70,36 +71,39 @@ impl<L: Log> Engine<L> {
         found: impl FnOnce(&R) -> bool,
     ) -> Result<R, StoreError> {
         let now = self.clock.now();
-        let (result, dirty, token) = {
+        let (result, changes, token) = {
             let mut core = self.lock();
             let seen = self.log.staged();
             let result = step(&mut core, now);
-            let dirty = std::mem::take(&mut core.dirty);
-            let own = self.log.stage(&core, &dirty)?;
+            let changes = core.take_changes();
+            let own = self.log.stage(&changes)?;
             let token = match &result {
                 _ if durable => own,
                 Ok(answer) if !found(answer) => 0,
                 _ => seen,
             };
-            (result, dirty, token)
+            (result, changes, token)
         };
         // Wake whoever waits once the step is durable, or at once if this future is
         // dropped before that: the change is visible to readers either way, and a
         // waiter left asleep would never learn of it.
-        let _wake = Wake { engine: self, woken: dirty.woken, ready: dirty.ready };
+        let _wake = Wake { engine: self, woken: changes.woken, ready: changes.ready };
         self.log.commit(token).await?;
         result
     }
 
     /// Reads the state, answering once every change it can see is durable: a reader
     /// never learns of a settle that a crash could still take back.
-    pub(crate) async fn read<R>(&self, f: impl FnOnce(&Core, Millis) -> R) -> Result<R, StoreError> {
+    pub(crate) async fn read<R>(
+        &self,
+        f: impl FnOnce(&Core, Millis) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let (result, token) = {
             let core = self.lock();
             (f(&core, self.clock.now()), self.log.staged())
         };
         self.log.commit(token).await?;
-        Ok(result)
+        result
     }
 
     pub(crate) async fn create(&self, req: CreatePromise) -> Result<Created, StoreError> {
@@ -120,11 +124,11 @@ impl<L: Log> Engine<L> {
     }
 
     pub(crate) async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
-        self.read(|core, _| core.task_ref(id).cloned()).await
+        self.read(|core, _| core.task(id)).await
     }
 
     pub(crate) async fn claim(&self, claim: Claim) -> Result<Vec<Acquired>, StoreError> {
-        self.write(|core, now| Ok(core.claim(&claim, now))).await
+        self.write(|core, now| core.claim(&claim, now)).await
     }
 
     pub(crate) async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<usize, StoreError> {
@@ -160,6 +164,10 @@ impl<L: Log> Engine<L> {
         self.write(|core, now| Ok(core.release_predecessors(group, pid, process, now))).await
     }
 
+    pub(crate) async fn purge(&self, purge: &Purge) -> Result<usize, StoreError> {
+        self.write(|core, _| core.purge(purge)).await
+    }
+
     pub(crate) async fn tick(&self) -> Result<Tick, StoreError> {
         self.write(|core, now| Ok(core.tick(now))).await
     }
@@ -180,9 +188,9 @@ impl<L: Log> Engine<L> {
         self.ready.subscribe()
     }
 
-    /// The sizes of the state's indexes, and how many ids have waiters.
+    /// The state's live records and index entries, and how many ids have waiters.
     #[cfg(test)]
-    pub(crate) fn footprint(&self) -> ([usize; 6], usize) {
+    pub(crate) fn footprint(&self) -> ([usize; 8], usize) {
         (self.lock().index_sizes(), self.waiters.len())
     }
 }
@@ -271,6 +279,9 @@ macro_rules! engine_store {
             ) -> Result<usize, $crate::StoreError> {
                 self.engine.release_predecessors(group, pid, process).await
             }
+            async fn purge(&self, purge: $crate::store::Purge) -> Result<usize, $crate::StoreError> {
+                self.engine.purge(&purge).await
+            }
             async fn tick(&self) -> Result<$crate::store::Tick, $crate::StoreError> {
                 self.engine.tick().await
             }
@@ -294,7 +305,8 @@ mod tests {
 
     use super::{Engine, Log};
     use crate::promise::Param;
-    use crate::store::state::{Core, Dirty};
+    use crate::store::cold::MemoryCold;
+    use crate::store::state::{Changes, Core};
     use crate::store::{CreatePromise, SettlePromise, VirtualClock};
     use crate::{State, StoreError};
 
@@ -303,11 +315,13 @@ mod tests {
     struct Held {
         staged: AtomicU64,
         synced: watch::Sender<u64>,
+        cold: Arc<MemoryCold>,
     }
 
     impl Log for Held {
-        fn stage(&self, _: &Core, dirty: &Dirty) -> Result<u64, StoreError> {
-            if dirty.promises.is_empty() && dirty.tasks.is_empty() {
+        fn stage(&self, changes: &Changes) -> Result<u64, StoreError> {
+            self.cold.apply(changes);
+            if changes.is_empty() {
                 return Ok(self.staged.load(Ordering::SeqCst));
             }
             Ok(self.staged.fetch_add(1, Ordering::SeqCst) + 1)
@@ -324,8 +338,9 @@ mod tests {
     }
 
     fn engine() -> Arc<Engine<Held>> {
-        let log = Held { staged: AtomicU64::new(0), synced: watch::Sender::new(u64::MAX) };
-        Arc::new(Engine::new(Core::default(), log, Arc::new(VirtualClock::new())))
+        let cold = Arc::new(MemoryCold::default());
+        let log = Held { staged: AtomicU64::new(0), synced: watch::Sender::new(u64::MAX), cold: cold.clone() };
+        Arc::new(Engine::new(Core::new(cold), log, Arc::new(VirtualClock::new())))
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
+use super::cold::MemoryCold;
 use super::engine::{Engine, Log, engine_store};
-use super::state::{Core, Dirty};
+use super::state::{Changes, Core};
 use super::{Clock, VirtualClock};
 use crate::StoreError;
 
@@ -29,7 +30,8 @@ impl MemoryStore {
 
     /// An empty store on the given clock.
     pub fn with_clock(clock: impl Clock) -> MemoryStore {
-        MemoryStore { engine: Engine::new(Core::default(), Volatile, Arc::new(clock)) }
+        let cold = Arc::new(MemoryCold::default());
+        MemoryStore { engine: Engine::new(Core::new(cold.clone()), Volatile { cold }, Arc::new(clock)) }
     }
 }
 
@@ -39,11 +41,15 @@ impl Default for MemoryStore {
     }
 }
 
+/// A log that keeps the finished records in memory.
 #[derive(Debug)]
-struct Volatile;
+struct Volatile {
+    cold: Arc<MemoryCold>,
+}
 
 impl Log for Volatile {
-    fn stage(&self, _: &Core, _: &Dirty) -> Result<u64, StoreError> {
+    fn stage(&self, changes: &Changes) -> Result<u64, StoreError> {
+        self.cold.apply(changes);
         Ok(0)
     }
 

@@ -6,6 +6,7 @@
 //! version. Time is the store's own clock, never the caller's.
 
 mod clock;
+mod cold;
 mod engine;
 mod memory;
 #[cfg(feature = "postgres")]
@@ -200,6 +201,27 @@ pub enum Release {
     },
 }
 
+/// Which finished roots [`Store::purge`] deletes, each with its whole subtree of
+/// promises and tasks.
+///
+/// A root is an invocation run by id, a promise created with a chosen id, or a
+/// detached invocation. A root is purged only once it is settled and nothing under it
+/// is pending; a detached invocation under it is a root of its own, and holds its
+/// creator back until it may be purged too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Purge {
+    /// This root, however recently it finished: an error if it or anything under it
+    /// is pending, or if it is not a root.
+    Root(String),
+    /// Roots settled before `before` (store time, ms), at most `limit` of them.
+    Before {
+        /// Settled before this.
+        before: Millis,
+        /// At most this many roots.
+        limit: usize,
+    },
+}
+
 /// What [`Store::tick`] did.
 #[derive(Clone, Debug, Default)]
 pub struct Tick {
@@ -274,6 +296,13 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// knows its predecessor is gone, and need not wait for its leases. Returns how
     /// many. Fencing makes it safe even if that predecessor still runs.
     async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError>;
+
+    /// Deletes finished roots, each with its subtree; returns how many roots. A root
+    /// goes as one unit, even if a crash interrupts the purge: until it is gone its id
+    /// finds the finished root, and once it is gone a create of that id starts afresh,
+    /// with no children left over. (A store may delete a large subtree over several
+    /// transactions, children first and the root last.)
+    async fn purge(&self, purge: Purge) -> Result<usize, StoreError>;
 
     /// Applies deadlines: times out promises, resolves timers, expires leases.
     async fn tick(&self) -> Result<Tick, StoreError>;

@@ -1,19 +1,28 @@
-//! The promise and task state machine, shared by the in-process backends.
+//! The promise and task state machine, shared by every backend.
 //!
-//! `State` is pure: every operation takes the store's `now` and changes only memory.
-//! `MemoryStore` wraps it in a lock; `SledStore` also writes the records an operation
-//! changed (`dirty`) in one atomic batch and acknowledges after the flush.
+//! `Core` is pure: every operation takes the store's `now` and changes only memory.
+//! It holds the live records (pending promises, unfulfilled tasks) and the indexes
+//! over them; finished records are the backend's ([`Cold`]), read when needed. After
+//! each step the backend takes its [`Changes`] and writes them: `MemoryStore` keeps
+//! them in memory, `SledStore` appends them to its log, PostgreSQL upserts the rows.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::ControlFlow;
+use std::sync::Arc;
 
-use super::{Acquired, Claim, CreatePromise, Created, Page, Release, Search, SettlePromise, Tick};
+use super::cold::Cold;
+use super::{Acquired, Claim, CreatePromise, Created, Page, Purge, Release, Search, SettlePromise, Tick};
 use crate::StoreError;
-use crate::promise::{Fence, Millis, NEVER, Param, Promise, State, Task, TaskState};
+use crate::promise::{Fence, Millis, NEVER, Param, Promise, State, Task, TaskState, is_root};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Core {
+    /// Live promises: pending ones, and within a step those it settled.
     promises: BTreeMap<String, Promise>,
+    /// Live tasks: every one not fulfilled, and within a step those it fulfilled.
     tasks: HashMap<String, Task>,
+    /// Finished records.
+    cold: Arc<dyn Cold>,
     /// Pending promises with a deadline.
     deadlines: BTreeSet<(Millis, String)>,
     /// Acquired tasks by lease end.
@@ -25,27 +34,83 @@ pub(crate) struct Core {
     preferences: BTreeSet<(Millis, String)>,
     /// Suspended tasks by the promises they await.
     callbacks: HashMap<String, BTreeSet<String>>,
-    /// What the last operations changed, for a backend that persists.
-    pub(crate) dirty: Dirty,
+    /// What the step in progress changed.
+    dirty: Dirty,
 }
 
 /// A ready queue: a group, and the pid a task is routed to (none: any worker).
 type Route = (String, Option<String>);
 
 #[derive(Debug, Default)]
-pub(crate) struct Dirty {
-    pub(crate) promises: Vec<String>,
-    pub(crate) tasks: Vec<String>,
+struct Dirty {
+    promises: Vec<String>,
+    tasks: Vec<String>,
+    finished: Vec<(Millis, String)>,
+    purged: Purged,
+    woken: Vec<String>,
+    ready: bool,
+}
+
+/// What one step changed: the records to write, and whom to wake.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    /// Each promise the step changed, as it is now: pending (live) or settled
+    /// (finished, no longer in the state's memory).
+    pub(crate) promises: Vec<Promise>,
+    /// Each task the step changed, as it is now; a fulfilled one is finished.
+    pub(crate) tasks: Vec<Task>,
+    /// Roots the step finished, by settle time: the index retention reads.
+    pub(crate) finished: Vec<(Millis, String)>,
+    /// What the step purged.
+    pub(crate) purged: Purged,
     /// Promises settled or tasks halted: their waiters are to be woken.
     pub(crate) woken: Vec<String>,
     /// A task became ready.
     pub(crate) ready: bool,
 }
 
+impl Changes {
+    /// True if nothing is to be written.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.promises.is_empty() && self.tasks.is_empty() && self.finished.is_empty() && self.purged.is_empty()
+    }
+}
+
+/// Finished records a purge deletes.
+#[derive(Debug, Default)]
+pub(crate) struct Purged {
+    pub(crate) promises: Vec<String>,
+    pub(crate) tasks: Vec<String>,
+    /// Entries of the finished-roots index.
+    pub(crate) finished: Vec<(Millis, String)>,
+}
+
+impl Purged {
+    fn is_empty(&self) -> bool {
+        self.promises.is_empty() && self.tasks.is_empty() && self.finished.is_empty()
+    }
+}
+
 impl Core {
-    /// Rebuilds the state from persisted records.
-    pub(crate) fn restore(promises: Vec<Promise>, tasks: Vec<Task>, now: Millis) -> Core {
-        let mut core = Core::default();
+    /// An empty state over finished records kept in `cold`.
+    pub(crate) fn new(cold: Arc<dyn Cold>) -> Core {
+        Core {
+            promises: BTreeMap::new(),
+            tasks: HashMap::new(),
+            cold,
+            deadlines: BTreeSet::new(),
+            leases: BTreeSet::new(),
+            ready: HashMap::new(),
+            preferences: BTreeSet::new(),
+            callbacks: HashMap::new(),
+            dirty: Dirty::default(),
+        }
+    }
+
+    /// Rebuilds the state from persisted live records (a PostgreSQL step passes
+    /// finished ones too: it reads every record it needs).
+    pub(crate) fn restore(cold: Arc<dyn Cold>, promises: Vec<Promise>, tasks: Vec<Task>, now: Millis) -> Core {
+        let mut core = Core::new(cold);
         for p in promises {
             if p.state == State::Pending && p.timeout_at != NEVER {
                 core.deadlines.insert((p.timeout_at, p.id.clone()));
@@ -79,13 +144,50 @@ impl Core {
         held.len()
     }
 
-    pub(crate) fn promise(&self, id: &str) -> Option<&Promise> {
-        self.promises.get(id)
+    /// Ends a step: hands over what it changed, and lets go of the records it
+    /// finished (they are the backend's now).
+    pub(crate) fn take_changes(&mut self) -> Changes {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut changes = Changes {
+            finished: dirty.finished,
+            purged: dirty.purged,
+            woken: dirty.woken,
+            ready: dirty.ready,
+            ..Changes::default()
+        };
+        for id in dedup(dirty.promises) {
+            match self.promises.get(&id) {
+                Some(p) if p.state.is_settled() => changes.promises.extend(self.promises.remove(&id)),
+                Some(p) => changes.promises.push(p.clone()),
+                None => {}
+            }
+        }
+        for id in dedup(dirty.tasks) {
+            match self.tasks.get(&id) {
+                Some(t) if t.state == TaskState::Fulfilled => changes.tasks.extend(self.tasks.remove(&id)),
+                Some(t) => changes.tasks.push(t.clone()),
+                None => {}
+            }
+        }
+        changes
     }
 
-    pub(crate) fn task_ref(&self, id: &str) -> Option<&Task> {
-        self.tasks.get(id)
+    /// A promise, live or finished, as stored.
+    fn stored(&self, id: &str) -> Result<Option<Promise>, StoreError> {
+        match self.promises.get(id) {
+            Some(p) => Ok(Some(p.clone())),
+            None => self.cold.promise(id),
+        }
     }
+
+    /// A task, live or finished.
+    pub(crate) fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        match self.tasks.get(id) {
+            Some(t) => Ok(Some(t.clone())),
+            None => self.cold.task(id),
+        }
+    }
+
 
     fn check_fence(&self, fence: Option<&Fence>, now: Millis) -> Result<(), StoreError> {
         let Some(fence) = fence else { return Ok(()) };
@@ -97,16 +199,15 @@ impl Core {
 
     pub(crate) fn create(&mut self, req: CreatePromise, now: Millis) -> Result<Created, StoreError> {
         self.check_fence(req.fence.as_ref(), now)?;
-        if self.promises.contains_key(&req.id) {
-            self.expire(&req.id, now);
-            let p = &self.promises[&req.id];
+        self.expire(&req.id, now);
+        if let Some(p) = self.stored(&req.id)? {
             if req.ikey.is_some() && req.ikey != p.ikey_create {
                 return Err(conflict(&req.id, "it exists with another idempotency key"));
             }
             if req.strict && (req.ikey != p.ikey_create || p.state != State::Pending) {
                 return Err(conflict(&req.id, "it exists and strict mode requires it pending with the same key"));
             }
-            return Ok(Created { promise: p.clone(), new: false, acquired: None });
+            return Ok(Created { promise: p, new: false, acquired: None });
         }
         let timeout_at = req.timeout.map_or(NEVER, |t| now.saturating_add(t)).min(req.deadline_cap);
         let (state, settled_at) =
@@ -173,7 +274,11 @@ impl Core {
         }
         self.expire(&req.id, now);
         let Some(p) = self.promises.get_mut(&req.id) else {
-            return Err(StoreError::NotFound { what: "promise", id: req.id });
+            // Not live: settled already, or never created.
+            let Some(p) = self.cold.promise(&req.id)? else {
+                return Err(StoreError::NotFound { what: "promise", id: req.id });
+            };
+            return settled_again(&req, p);
         };
         if p.state == State::Pending {
             p.state = req.state;
@@ -184,11 +289,8 @@ impl Core {
             self.on_settled(&p);
             return Ok(p);
         }
-        let same = req.ikey.is_some() && req.ikey == p.ikey_settle && req.state == p.state;
-        if req.strict && !same {
-            return Err(conflict(&req.id, &format!("it is already settled as {:?}", p.state)));
-        }
-        Ok(p.clone())
+        let p = p.clone();
+        settled_again(&req, p)
     }
 
     /// Settles a pending promise whose deadline passed; true if it did.
@@ -208,6 +310,9 @@ impl Core {
         self.deadlines.remove(&(p.timeout_at, p.id.clone()));
         self.dirty.promises.push(p.id.clone());
         self.dirty.woken.push(p.id.clone());
+        if is_root(p) {
+            self.dirty.finished.push((p.settled_at.unwrap_or_default(), p.id.clone()));
+        }
         if let Some(t) = self.tasks.get(&p.id).cloned() {
             self.unindex(&t);
             let t = self.tasks.get_mut(&p.id).expect("task exists");
@@ -223,48 +328,59 @@ impl Core {
         }
     }
 
-    pub(crate) fn get(&self, id: &str, now: Millis) -> Option<Promise> {
-        self.promises.get(id).map(|p| p.at(now))
+    pub(crate) fn get(&self, id: &str, now: Millis) -> Result<Option<Promise>, StoreError> {
+        Ok(self.stored(id)?.map(|p| p.at(now)))
     }
 
-    /// True once the promise is settled, or, if `halted`, its task halted.
+    /// True once the promise is settled, or, if `halted`, its task halted. A promise
+    /// that is not live is settled (or was never created).
     pub(crate) fn is_done(&self, id: &str, halted: bool, now: Millis) -> bool {
         let settled = self.promises.get(id).is_none_or(|p| p.at(now).state.is_settled());
         settled || (halted && self.tasks.get(id).is_some_and(|t| t.state == TaskState::Halted))
     }
 
-    pub(crate) fn search(&self, q: &Search, now: Millis) -> Page {
+    pub(crate) fn search(&self, q: &Search, now: Millis) -> Result<Page, StoreError> {
         let limit = if q.limit == 0 { 100 } else { q.limit };
-        let start = match &q.cursor {
-            Some(c) if c.as_str() >= q.prefix.as_str() => std::ops::Bound::Excluded(c.clone()),
-            _ => std::ops::Bound::Included(q.prefix.clone()),
-        };
-        let mut promises = Vec::new();
-        let mut more = false;
-        for (id, p) in self.promises.range((start, std::ops::Bound::Unbounded)) {
-            if !id.starts_with(&q.prefix) {
-                break;
-            }
-            let p = p.at(now);
+        let matches = |p: &Promise| {
             let state_ok = match q.state {
                 None => true,
                 Some(State::Rejected) => p.state.is_settled() && p.state != State::Resolved,
                 Some(s) => p.state == s,
             };
-            if !state_ok || !q.tags.iter().all(|(k, v)| p.tags.get(k) == Some(v)) {
-                continue;
-            }
-            if promises.len() == limit {
-                more = true;
-                break;
-            }
-            promises.push(p);
+            state_ok && q.tags.iter().all(|(k, v)| p.tags.get(k) == Some(v))
+        };
+        // The first `limit + 1` matches of each side, merged in id order.
+        let start = match &q.cursor {
+            Some(c) if c.as_str() >= q.prefix.as_str() => std::ops::Bound::Excluded(c.clone()),
+            _ => std::ops::Bound::Included(q.prefix.clone()),
+        };
+        let mut found: Vec<Promise> = self
+            .promises
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(|(id, _)| id.starts_with(&q.prefix))
+            .map(|(_, p)| p.at(now))
+            .filter(matches)
+            .take(limit + 1)
+            .collect();
+        let mut cold = Vec::new();
+        // Finished records are never pending.
+        if q.state != Some(State::Pending) {
+            self.cold.promises(&q.prefix, q.cursor.as_deref(), &mut |p| {
+                if matches(&p) {
+                    cold.push(p);
+                }
+                if cold.len() > limit { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            })?;
         }
-        let cursor = if more { promises.last().map(|p: &Promise| p.id.clone()) } else { None };
-        Page { promises, cursor }
+        found.extend(cold);
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        let more = found.len() > limit;
+        found.truncate(limit);
+        let cursor = if more { found.last().map(|p| p.id.clone()) } else { None };
+        Ok(Page { promises: found, cursor })
     }
 
-    pub(crate) fn claim(&mut self, c: &Claim, now: Millis) -> Vec<Acquired> {
+    pub(crate) fn claim(&mut self, c: &Claim, now: Millis) -> Result<Vec<Acquired>, StoreError> {
         let mut out = Vec::new();
         let mine = (c.group.clone(), Some(c.pid.clone()));
         let anyone = (c.group.clone(), None);
@@ -292,20 +408,28 @@ impl Core {
             let task = t.clone();
             self.leases.insert((task.lease_until, id.clone()));
             self.dirty.tasks.push(id.clone());
-            out.push(Acquired { root: self.promises[&id].clone(), preload: self.preload(&id, now), task });
+            out.push(Acquired { root: self.promises[&id].clone(), preload: self.preload(&id, now)?, task });
         }
-        out
+        Ok(out)
     }
 
-    /// The settled promises under `id`: everything a replay of it reads.
-    pub(crate) fn preload(&self, id: &str, now: Millis) -> Vec<Promise> {
+    /// The settled promises under `id`: everything a replay of it reads. The live
+    /// ones past their deadline read as timed out; the finished ones are one range
+    /// of the backend's.
+    fn preload(&self, id: &str, now: Millis) -> Result<Vec<Promise>, StoreError> {
         let prefix = format!("{id}.");
-        self.promises
+        let mut preload: Vec<Promise> = self
+            .promises
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
             .filter(|(_, p)| p.state.is_settled() || now >= p.timeout_at)
             .map(|(_, p)| p.at(now))
-            .collect()
+            .collect();
+        self.cold.promises(&prefix, None, &mut |p| {
+            preload.push(p);
+            ControlFlow::Continue(())
+        })?;
+        Ok(preload)
     }
 
     pub(crate) fn heartbeat(&mut self, process: &str, held: &[Fence], ttl: Millis, now: Millis) -> usize {
@@ -396,6 +520,77 @@ impl Core {
             self.resume(id, now);
         }
         halted.len()
+    }
+
+    /// Deletes finished roots, each with its subtree, in this one step.
+    pub(crate) fn purge(&mut self, which: &Purge) -> Result<usize, StoreError> {
+        match which {
+            Purge::Root(id) => {
+                if self.promises.contains_key(id) {
+                    return Err(conflict(id, "it is pending: only a finished root is purged"));
+                }
+                let Some(p) = self.cold.promise(id)? else { return Ok(0) };
+                if !is_root(&p) {
+                    return Err(conflict(id, "it is part of an invocation: purge the root it belongs to"));
+                }
+                match self.purge_root(&p, NEVER)? {
+                    Ok(()) => Ok(1),
+                    Err(held) => Err(conflict(id, &format!("{held} under it is pending"))),
+                }
+            }
+            Purge::Before { before, limit } => {
+                let mut purged = 0;
+                // A root held up by a pending descendant stays in the index: look past
+                // some of those.
+                for (_, id) in self.cold.finished(*before, limit.saturating_mul(4).max(16))? {
+                    if purged == *limit {
+                        break;
+                    }
+                    // A detached root under a root this step purged is gone already.
+                    if self.dirty.purged.promises.contains(&id) {
+                        continue;
+                    }
+                    let Some(p) = self.cold.promise(&id)? else { continue };
+                    if self.purge_root(&p, *before)?.is_ok() {
+                        purged += 1;
+                    }
+                }
+                Ok(purged)
+            }
+        }
+    }
+
+    /// Deletes a finished root and its subtree, unless a promise under it is pending,
+    /// or a detached invocation under it (a root of its own) finished at or after
+    /// `before`: then it returns that promise's id and deletes nothing.
+    fn purge_root(&mut self, root: &Promise, before: Millis) -> Result<Result<(), String>, StoreError> {
+        let prefix = format!("{}.", root.id);
+        if let Some((id, _)) = self.promises.range(prefix.clone()..).next().filter(|(id, _)| id.starts_with(&prefix)) {
+            return Ok(Err(id.clone()));
+        }
+        let (mut subtree, mut held) = (Vec::new(), None);
+        self.cold.promises(&prefix, None, &mut |p| {
+            if is_root(&p) && p.settled_at.unwrap_or_default() >= before {
+                held = Some(p.id);
+                return ControlFlow::Break(());
+            }
+            subtree.push(p);
+            ControlFlow::Continue(())
+        })?;
+        if let Some(held) = held {
+            return Ok(Err(held));
+        }
+        let tasks = self.cold.task_ids(&prefix)?;
+        let root_task = self.cold.task(&root.id)?.map(|t| t.id);
+        let purged = &mut self.dirty.purged;
+        for p in subtree.iter().chain([root]) {
+            if is_root(p) {
+                purged.finished.push((p.settled_at.unwrap_or_default(), p.id.clone()));
+            }
+            purged.promises.push(p.id.clone());
+        }
+        purged.tasks.extend(tasks.into_iter().chain(root_task));
+        Ok(Ok(()))
     }
 
     /// Makes a halted task pending, with a fresh budget of faults; false if it was not
@@ -511,12 +706,14 @@ impl Core {
         }
     }
 
-    /// How many entries each index holds: the memory a store keeps besides the records.
+    /// How many live records and index entries it holds: its memory.
     #[cfg(test)]
-    pub(crate) fn index_sizes(&self) -> [usize; 6] {
+    pub(crate) fn index_sizes(&self) -> [usize; 8] {
         let queued = self.ready.values().map(BTreeSet::len).sum();
         let callbacks = self.callbacks.values().map(BTreeSet::len).sum::<usize>() + self.callbacks.len();
-        [self.deadlines.len(), self.leases.len(), self.ready.len(), queued, self.preferences.len(), callbacks]
+        let (deadlines, leases, routes, preferences) =
+            (self.deadlines.len(), self.leases.len(), self.ready.len(), self.preferences.len());
+        [self.promises.len(), self.tasks.len(), deadlines, leases, routes, queued, preferences, callbacks]
     }
 
     /// Removes a task from the index its state puts it in.
@@ -543,6 +740,22 @@ impl Core {
             TaskState::Fulfilled | TaskState::Halted => {}
         }
     }
+}
+
+/// The answer to a settle of a promise that is settled already: the first settle
+/// won; in strict mode, only the same settle again is not a conflict.
+fn settled_again(req: &SettlePromise, p: Promise) -> Result<Promise, StoreError> {
+    let same = req.ikey.is_some() && req.ikey == p.ikey_settle && req.state == p.state;
+    if req.strict && !same {
+        return Err(conflict(&req.id, &format!("it is already settled as {:?}", p.state)));
+    }
+    Ok(p)
+}
+
+fn dedup(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 fn conflict(id: &str, reason: &str) -> StoreError {

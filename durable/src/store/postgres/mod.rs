@@ -18,13 +18,14 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, Statement};
 
 use self::pool::{Conn, Pool, quote_ident, unreachable};
+use super::cold::MemoryCold;
 use super::state::Core;
 use super::waiters::Waiters;
-use super::{Acquired, Claim, Clock, CreatePromise, Created, Page, Release, Search, SettlePromise, Tick};
+use super::{Acquired, Claim, Clock, CreatePromise, Created, Page, Purge, Release, Search, SettlePromise, Tick};
 use crate::StoreError;
-use crate::promise::{Fence, Millis, Promise, State, Task, TaskState};
+use crate::promise::{Fence, Millis, NEVER, Promise, State, Task, TaskState, is_root};
 
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
 // The statements of the hot paths, prepared once per connection.
 const CLOCK: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
@@ -48,11 +49,12 @@ const DUE_PROMISES: &str = "SELECT id FROM promises WHERE state = 'pending' AND 
      ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED";
 const DUE_TASKS: &str = "SELECT id FROM tasks WHERE state = 'acquired' AND lease_until <= $1
      ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED";
-const UPSERT_PROMISES: &str = "INSERT INTO promises (id, state, timer, timeout_at, tags, data)
-     SELECT id, state, timer, timeout_at, tags::jsonb, data
-     FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[], $5::text[], $6::text[])
-       AS u(id, state, timer, timeout_at, tags, data)
-     ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, timeout_at = EXCLUDED.timeout_at, data = EXCLUDED.data";
+const UPSERT_PROMISES: &str = "INSERT INTO promises (id, state, timer, timeout_at, tags, data, settled_at)
+     SELECT id, state, timer, timeout_at, tags::jsonb, data, settled_at
+     FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[], $5::text[], $6::text[], $7::int8[])
+       AS u(id, state, timer, timeout_at, tags, data, settled_at)
+     ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, timeout_at = EXCLUDED.timeout_at, data = EXCLUDED.data,
+       settled_at = EXCLUDED.settled_at";
 const UPSERT_TASKS: &str = "INSERT INTO tasks (id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, awaiting, data)
      SELECT id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version,
        ARRAY(SELECT jsonb_array_elements_text(data::jsonb -> 'awaiting')), data
@@ -117,6 +119,36 @@ CREATE INDEX IF NOT EXISTS tasks_leases ON tasks (lease_until) WHERE state = 'ac
 CREATE INDEX IF NOT EXISTS tasks_halted ON tasks (grp) WHERE state = 'halted';
 CREATE INDEX IF NOT EXISTS tasks_awaiting ON tasks USING gin (awaiting) WHERE state = 'suspended';
 "#;
+
+/// Version 2: the settle time, and an index of finished roots by it, for retention.
+const MIGRATION_2: &str = r#"
+ALTER TABLE promises ADD COLUMN IF NOT EXISTS settled_at bigint;
+UPDATE promises SET settled_at = (data::jsonb ->> 'settled_at')::bigint WHERE state <> 'pending';
+CREATE INDEX IF NOT EXISTS promises_finished ON promises (settled_at)
+    WHERE settled_at IS NOT NULL AND (strpos(id, '.') = 0 OR tags ? 'durable:detached');
+"#;
+
+// Purging: finished roots (the predicate of `promises_finished`), what holds one back,
+// and its subtree, children first, a bounded batch at a time.
+const PURGE_ROOTS: &str = "SELECT id FROM promises
+     WHERE settled_at IS NOT NULL AND (strpos(id, '.') = 0 OR tags ? 'durable:detached')
+       AND settled_at < $1 AND NOT (id = ANY($2))
+     ORDER BY settled_at LIMIT $3 FOR UPDATE SKIP LOCKED";
+const PURGE_ROOT: &str = "SELECT data FROM promises WHERE id = $1 FOR UPDATE";
+const PURGE_HELD: &str = "SELECT r.id FROM unnest($1::text[]) AS r(id) WHERE EXISTS (
+       SELECT 1 FROM promises p WHERE p.id >= ((r.id || '.') COLLATE \"C\") AND p.id < ((r.id || '/') COLLATE \"C\")
+         AND (p.state = 'pending' OR (p.settled_at >= $2 AND p.tags ? 'durable:detached')))";
+const PURGE_CHILDREN: &str = "WITH doomed AS (
+       SELECT p.id FROM unnest($1::text[]) AS r(id) JOIN promises p
+         ON p.id >= ((r.id || '.') COLLATE \"C\") AND p.id < ((r.id || '/') COLLATE \"C\")
+       ORDER BY p.id LIMIT $2 FOR UPDATE OF p),
+     gone AS (DELETE FROM promises p USING doomed d WHERE p.id = d.id RETURNING p.id),
+     tasks_gone AS (DELETE FROM tasks t USING gone g WHERE t.id = g.id)
+     SELECT count(*) FROM gone";
+const PURGE_TOPS: &str = "WITH gone AS (DELETE FROM promises WHERE id = ANY($1) RETURNING id)
+     DELETE FROM tasks WHERE id IN (SELECT id FROM gone)";
+/// The most rows one purge transaction deletes.
+const PURGE_BATCH: i64 = 1000;
 
 /// How long a waiter trusts notifications before it looks for itself.
 const POLL: Duration = Duration::from_secs(5);
@@ -227,8 +259,13 @@ async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<()
             )));
         }
         Some(SCHEMA_VERSION) => {}
-        _ => {
-            tx.batch_execute(MIGRATION_1).await.map_err(StoreError::backend)?;
+        version => {
+            let version = version.unwrap_or(0);
+            for (to, migration) in [(1, MIGRATION_1), (2, MIGRATION_2)] {
+                if version < to {
+                    tx.batch_execute(migration).await.map_err(StoreError::backend)?;
+                }
+            }
             tx.execute("DELETE FROM durable_schema", &[]).await.map_err(StoreError::backend)?;
             tx.execute("INSERT INTO durable_schema VALUES ($1)", &[&SCHEMA_VERSION])
                 .await
@@ -478,26 +515,27 @@ impl PostgresStore {
                 (now, load(&conn, &locks, &rows).await?)
             }
         };
-        let mut core = Core::restore(promises, tasks, now);
+        // The step reads only the rows it loaded, finished or not.
+        let mut core = Core::restore(Arc::new(MemoryCold::default()), promises, tasks, now);
         let result = op(&mut core, now);
-        let dirty = std::mem::take(&mut core.dirty);
+        let dirty = core.take_changes();
         // Every write of the step: one statement per table, pipelined.
         let (mut p_ids, mut p_states, mut p_timers, mut p_timeouts, mut p_tags, mut p_data) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for id in dedup(&dirty.promises) {
-            let p = core.promise(&id).expect("a dirty promise exists");
+        let mut p_settled = Vec::new();
+        for p in &dirty.promises {
+            p_settled.push(p.settled_at.map(|at| at as i64));
             p_states.push(state_name(p.state).to_owned());
             p_timers.push(p.param == crate::Param::Timer);
             p_timeouts.push(p.timeout_at.min(i64::MAX as u64) as i64);
             p_tags.push(serde_json::to_string(&p.tags).expect("tags encode"));
             p_data.push(serde_json::to_string(p).expect("a promise encodes"));
-            p_ids.push(id);
+            p_ids.push(p.id.clone());
         }
         let (mut t_ids, mut t_states, mut t_groups, mut t_pids, mut t_unis, mut t_prefer, mut t_ready, mut t_lease) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut t_process, mut t_versions, mut t_data) = (Vec::new(), Vec::new(), Vec::new());
-        for id in dedup(&dirty.tasks) {
-            let t = core.task_ref(&id).expect("a dirty task exists");
+        for t in &dirty.tasks {
             t_states.push(task_state_name(t.state).to_owned());
             t_groups.push(t.target.group.clone());
             t_pids.push(t.target.pid.clone());
@@ -508,9 +546,10 @@ impl PostgresStore {
             t_process.push(t.process.clone());
             t_versions.push(t.version as i64);
             t_data.push(serde_json::to_string(t).expect("a task encodes"));
-            t_ids.push(id);
+            t_ids.push(t.id.clone());
         }
-        let promise_params: [&(dyn ToSql + Sync); 6] = [&p_ids, &p_states, &p_timers, &p_timeouts, &p_tags, &p_data];
+        let promise_params: [&(dyn ToSql + Sync); 7] =
+            [&p_ids, &p_states, &p_timers, &p_timeouts, &p_tags, &p_data, &p_settled];
         let task_params: [&(dyn ToSql + Sync); 11] = [
             &t_ids,
             &t_states,
@@ -552,6 +591,95 @@ impl PostgresStore {
         result
     }
 
+    /// Purges in transactions of at most [`PURGE_BATCH`] deleted rows each: a root's
+    /// children first, the root last. Roots are locked with `SKIP LOCKED`, so every
+    /// worker can purge at once without two taking the same root.
+    async fn purge_batched(&self, purge: &Purge) -> Result<usize, StoreError> {
+        let (before, limit) = match purge {
+            Purge::Root(_) => (NEVER, 1),
+            Purge::Before { before, limit } => (*before, *limit),
+        };
+        let (mut purged, mut held) = (0, Vec::<String>::new());
+        while purged < limit {
+            let mut attempt = 0;
+            let step = loop {
+                attempt += 1;
+                match self.purge_step(purge, before, (limit - purged).min(100), &mut held).await {
+                    Err(e) if attempt < 8 && retryable(&e) => continue,
+                    other => break other?,
+                }
+            };
+            match step {
+                PurgeStep::Done => break,
+                PurgeStep::Deleted(roots) => purged += roots,
+            }
+        }
+        Ok(purged)
+    }
+
+    /// One transaction of a purge.
+    async fn purge_step(
+        &self,
+        purge: &Purge,
+        before: Millis,
+        limit: usize,
+        held: &mut Vec<String>,
+    ) -> Result<PurgeStep, StoreError> {
+        let before_i = before.min(i64::MAX as u64) as i64;
+        let mut conn = self.pool.get().await?;
+        let [roots_q, root_q, held_q, children_q, tops_q] =
+            conn.statements([PURGE_ROOTS, PURGE_ROOT, PURGE_HELD, PURGE_CHILDREN, PURGE_TOPS]).await.map_err(db)?;
+        conn.in_transaction = true;
+        conn.batch_execute("BEGIN").await.map_err(db)?;
+        let mut roots = match purge {
+            Purge::Root(id) => {
+                let Some(row) = conn.query_opt(&root_q, &[id]).await.map_err(db)? else {
+                    conn.batch_execute("COMMIT").await.map_err(db)?;
+                    conn.in_transaction = false;
+                    return Ok(PurgeStep::Done);
+                };
+                let p = parse::<Promise>(row.get(0))?;
+                let refused = if !p.state.is_settled() {
+                    Some("it is pending: only a finished root is purged".to_owned())
+                } else if !is_root(&p) {
+                    Some("it is part of an invocation: purge the root it belongs to".to_owned())
+                } else {
+                    None
+                };
+                if let Some(reason) = refused {
+                    return Err(StoreError::Conflict { id: id.clone(), reason });
+                }
+                vec![id.clone()]
+            }
+            Purge::Before { .. } => {
+                let rows = conn.query(&roots_q, &[&before_i, &*held, &(limit as i64)]).await.map_err(db)?;
+                ids(rows)
+            }
+        };
+        if roots.is_empty() {
+            conn.batch_execute("COMMIT").await.map_err(db)?;
+            conn.in_transaction = false;
+            return Ok(PurgeStep::Done);
+        }
+        let stuck = ids(conn.query(&held_q, &[&roots, &before_i]).await.map_err(db)?);
+        if let (Purge::Root(id), Some(_)) = (purge, stuck.first()) {
+            let reason = "a promise under it is pending".to_owned();
+            return Err(StoreError::Conflict { id: id.clone(), reason });
+        }
+        roots.retain(|r| !stuck.contains(r));
+        held.extend(stuck);
+        let deleted: i64 = conn.query_one(&children_q, &[&roots, &PURGE_BATCH]).await.map_err(db)?.get(0);
+        let done = if deleted < PURGE_BATCH {
+            conn.execute(&tops_q, &[&roots]).await.map_err(db)?;
+            roots.len()
+        } else {
+            0
+        };
+        conn.batch_execute("COMMIT").await.map_err(db)?;
+        conn.in_transaction = false;
+        Ok(PurgeStep::Deleted(done))
+    }
+
     async fn read_promise(&self, id: &str) -> Result<Option<Promise>, StoreError> {
         let mut conn = self.pool.get().await?;
         let [clock, get] = conn.statements([CLOCK, GET_PROMISE]).await.map_err(db)?;
@@ -559,6 +687,14 @@ impl PostgresStore {
         let (now, row) = futures::try_join!(self.now_in(&conn, &clock), read)?;
         row.map(|r| parse::<Promise>(r.get(0)).map(|p| p.at(now))).transpose()
     }
+}
+
+/// What one purge transaction did.
+enum PurgeStep {
+    /// Nothing left to purge.
+    Done,
+    /// Deleted this many roots whole (none if it deleted only children).
+    Deleted(usize),
 }
 
 fn dedup(ids: &[String]) -> Vec<String> {
@@ -664,7 +800,7 @@ impl super::Store for PostgresStore {
                 // The ready queues hold only the candidates: claim them all.
                 let mut all = claim.clone();
                 all.max = usize::MAX;
-                Ok(core.claim(&all, now))
+                core.claim(&all, now)
             })
             .await?;
         if acquired.is_empty() {
@@ -726,6 +862,10 @@ impl super::Store for PostgresStore {
             Ok(core.release_predecessors(group, pid, process, now))
         })
         .await
+    }
+
+    async fn purge(&self, purge: Purge) -> Result<usize, StoreError> {
+        self.purge_batched(&purge).await
     }
 
     async fn tick(&self) -> Result<Tick, StoreError> {

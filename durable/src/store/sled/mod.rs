@@ -1,28 +1,38 @@
 //! The default store: one directory, one process, on sled.
 //!
-//! The state machine runs in memory (the engine); every step appends the records it
-//! changed to a write-ahead log as one entry and is acknowledged only after an
-//! `fdatasync`. Concurrent steps share one sync (group commit). The log is applied to
-//! sled a segment at a time, in the background; opening reads sled and the rest of the
-//! log.
+//! The state machine runs in memory (the engine) over the live records only; every
+//! step appends the records it changed to a write-ahead log as one entry and is
+//! acknowledged only after an `fdatasync`. Concurrent steps share one sync (group
+//! commit). The log is applied to sled a segment at a time, in the background.
+//!
+//! Live and finished records have their own keys: `P{id}` and `T{id}` for pending
+//! promises and unfulfilled tasks, `p{id}` and `t{id}` for settled promises and
+//! fulfilled tasks, and `f{settled_at}{id}` (the time as 8 big-endian bytes) for each
+//! finished root. Opening reads the live keys and the log, never the finished records;
+//! those are read when a step needs them, through the log's overlay, then sled.
 
 mod wal;
 
-use std::path::Path;
-use std::sync::Arc;
+use std::ops::{Bound, ControlFlow};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use self::wal::{Faults, Records, Wal};
+use self::wal::{Faults, Overlay, Records, Wal};
+use super::cold::Cold;
 use super::engine::{Engine, Log, engine_store};
-use super::state::{Core, Dirty};
+use super::state::{Changes, Core};
 use super::{Clock, SystemClock};
 use crate::StoreError;
-use crate::promise::{Promise, Task};
+use crate::promise::{Millis, Promise, Task, TaskState, is_root};
 
 const FORMAT_KEY: &[u8] = b"format";
-/// Format 1 had no write-ahead log; its directories read the same.
-const FORMAT: &[u8] = b"2";
-/// A write-ahead log segment this long is applied to sled and a new one begun.
-const SEGMENT_LIMIT: u64 = 64 << 20;
+/// Formats 1 and 2 kept every record under `p` and `t`; opening one rewrites it.
+const FORMAT: &[u8] = b"3";
+/// A write-ahead log segment this long is applied to sled and a new one begun. It
+/// bounds the memory the overlay of finished records not yet in sled takes.
+const SEGMENT_LIMIT: u64 = 8 << 20;
+/// sled's page cache: finished records are read from it.
+const CACHE: u64 = 32 << 20;
 
 /// A store in a directory on disk: the default for one machine.
 ///
@@ -31,6 +41,11 @@ const SEGMENT_LIMIT: u64 = 64 << 20;
 /// once (a new version), to be taken over without waiting for their leases. Opening a
 /// directory that is locked waits up to 2 s (a store of this process that was just
 /// dropped lets go of it a moment later), then fails naming the directory.
+///
+/// Memory holds the live state (pending promises, unfulfilled tasks and their
+/// indexes), finished records written since the last checkpoint (a few MB at most),
+/// and sled's cache (32 MB); settled promises live on disk. Opening reads only the
+/// live records.
 ///
 /// ```
 /// let dir = tempfile::tempdir()?;
@@ -67,14 +82,13 @@ impl SledStore {
             ))
         };
         let db = open_locked(path).map_err(context)?;
+        let records = db.open_tree("records").map_err(context)?;
         match db.get(FORMAT_KEY).map_err(context)? {
             None => {
                 db.insert(FORMAT_KEY, FORMAT).map_err(context)?;
             }
             Some(v) if v == FORMAT => {}
-            Some(v) if v == b"1" => {
-                db.insert(FORMAT_KEY, FORMAT).map_err(context)?;
-            }
+            Some(v) if v == b"1" || v == b"2" => upgrade(path, &db, &records)?,
             Some(v) => {
                 return Err(StoreError::backend(format!(
                     "the sled store in {} has format {:?}; this version reads format {:?}",
@@ -84,23 +98,40 @@ impl SledStore {
                 )));
             }
         }
-        let records = db.open_tree("records").map_err(context)?;
-        let (wal, overlay) = Wal::open(path, &db, &records, segment_limit, faults)?;
-        let mut raw = Records::new();
-        for kv in records.iter() {
-            let (k, v) = kv.map_err(StoreError::backend)?;
-            raw.insert(k.to_vec(), v.to_vec());
+        let (wal, replayed, last) = Wal::open(path, &db, &records, segment_limit, faults)?;
+        // The live records: sled's, with the log's over them.
+        let mut live = Records::new();
+        for kind in [LIVE_PROMISE, LIVE_TASK] {
+            for kv in records.scan_prefix([kind]) {
+                let (k, v) = kv.map_err(StoreError::backend)?;
+                live.insert(k.to_vec(), Some(v.to_vec()));
+            }
         }
-        raw.extend(overlay);
-        let promises = load::<Promise>(&raw, PROMISE, path)?;
-        let tasks = load::<Task>(&raw, TASK, path)?;
-        let mut core = Core::restore(promises, tasks, clock.now());
+        let mut overlay = Overlay::default();
+        for (k, v) in replayed {
+            match k.first() {
+                Some(&LIVE_PROMISE | &LIVE_TASK) => {
+                    live.insert(k, v);
+                }
+                _ => overlay.insert(last, k, v),
+            }
+        }
+        *wal.overlay.lock().unwrap_or_else(|e| e.into_inner()) = overlay;
+        let promises = load::<Promise>(&live, LIVE_PROMISE, path)?;
+        let tasks = load::<Task>(&live, LIVE_TASK, path)?;
+        let cold = Arc::new(SledCold { overlay: wal.overlay.clone(), records, path: path.to_path_buf() });
+        let mut core = Core::restore(cold, promises, tasks, clock.now());
         core.release_all(clock.now());
         let log = SledLog { wal };
-        let dirty = std::mem::take(&mut core.dirty);
-        log.stage(&core, &dirty)?;
+        log.stage(&core.take_changes())?;
         log.wal.sync_blocking()?;
         Ok(SledStore { engine: Engine::new(core, log, clock) })
+    }
+
+    /// How many finished records not yet applied to sled the log holds in memory.
+    #[cfg(test)]
+    fn overlay_len(&self) -> usize {
+        self.engine.log.wal.overlay.lock().unwrap().len()
     }
 }
 
@@ -112,7 +143,7 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 fn open_locked(path: &Path) -> Result<sled::Db, sled::Error> {
     let started = std::time::Instant::now();
     loop {
-        match sled::Config::new().path(path).open() {
+        match sled::Config::new().path(path).cache_capacity(CACHE).open() {
             // sled 0.34 says so only in the message of an `Other` error.
             Err(sled::Error::Io(e))
                 if e.to_string().starts_with("could not acquire lock") && started.elapsed() < LOCK_WAIT =>
@@ -124,9 +155,13 @@ fn open_locked(path: &Path) -> Result<sled::Db, sled::Error> {
     }
 }
 
-/// Record keys: `p` or `t`, then the id.
+/// Record keys: a kind, then the id.
+const LIVE_PROMISE: u8 = b'P';
+const LIVE_TASK: u8 = b'T';
 const PROMISE: u8 = b'p';
 const TASK: u8 = b't';
+/// The finished-roots index: `f`, the settle time (8 bytes, big-endian), the id.
+const FINISHED: u8 = b'f';
 
 fn key(kind: u8, id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(id.len() + 1);
@@ -135,41 +170,130 @@ fn key(kind: u8, id: &str) -> Vec<u8> {
     key
 }
 
+fn finished_key(at: Millis, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(id.len() + 9);
+    key.push(FINISHED);
+    key.extend_from_slice(&at.to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn parse<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8], path: &Path) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|e| {
+        StoreError::backend(format!(
+            "the sled store in {} has an unreadable record {:?}: {e}",
+            path.display(),
+            String::from_utf8_lossy(key)
+        ))
+    })
+}
+
 fn load<T: serde::de::DeserializeOwned>(raw: &Records, kind: u8, path: &Path) -> Result<Vec<T>, StoreError> {
     raw.range(vec![kind]..vec![kind + 1])
-        .map(|(k, v)| {
-            serde_json::from_slice(v).map_err(|e| {
-                StoreError::backend(format!(
-                    "the sled store in {} has an unreadable record {:?}: {e}",
-                    path.display(),
-                    String::from_utf8_lossy(k)
-                ))
-            })
-        })
+        .filter_map(|(k, v)| v.as_ref().map(|v| parse(k, v, path)))
         .collect()
 }
 
+/// Rewrites a store of format 1 or 2, which kept every record under `p` and `t`, in
+/// this format, once: its log is applied first, so that no old record is applied over
+/// a new one later.
+fn upgrade(path: &Path, db: &sled::Db, records: &sled::Tree) -> Result<(), StoreError> {
+    let replay = wal::replay(path, db)?;
+    let mut all = Records::new();
+    for kv in records.iter() {
+        let (k, v) = kv.map_err(StoreError::backend)?;
+        all.insert(k.to_vec(), Some(v.to_vec()));
+    }
+    all.extend(replay.records);
+    let mut batch = sled::Batch::default();
+    for (k, v) in &all {
+        let Some(v) = v else {
+            batch.remove(k.as_slice());
+            continue;
+        };
+        match k.first() {
+            Some(&PROMISE) => {
+                let p: Promise = parse(k, v, path)?;
+                if p.state.is_settled() {
+                    if is_root(&p) {
+                        batch.insert(finished_key(p.settled_at.unwrap_or_default(), &p.id), FINISHED_VALUE);
+                    }
+                } else {
+                    batch.remove(k.as_slice());
+                    batch.insert(key(LIVE_PROMISE, &p.id), v.as_slice());
+                }
+            }
+            Some(&TASK) => {
+                let t: Task = parse(k, v, path)?;
+                if t.state != TaskState::Fulfilled {
+                    batch.remove(k.as_slice());
+                    batch.insert(key(LIVE_TASK, &t.id), v.as_slice());
+                }
+            }
+            _ => {}
+        }
+    }
+    records.apply_batch(batch).map_err(StoreError::backend)?;
+    wal::mark_applied(db, replay.last)?;
+    db.insert(FORMAT_KEY, FORMAT).map_err(StoreError::backend)?;
+    db.flush().map_err(StoreError::backend)?;
+    Ok(())
+}
+
+/// The value of a finished-roots index entry (an empty value would be a deletion).
+const FINISHED_VALUE: &[u8] = b"1";
+
 #[derive(Debug)]
 struct SledLog {
-    /// Promises under `p{id}`, tasks under `t{id}`, in one tree, so one step is one
-    /// atomic batch when a checkpoint applies it.
+    /// Every record in one tree, so one step is one atomic batch when a checkpoint
+    /// applies it.
     wal: Wal,
 }
 
 impl Log for SledLog {
-    fn stage(&self, core: &Core, dirty: &Dirty) -> Result<u64, StoreError> {
-        if dirty.promises.is_empty() && dirty.tasks.is_empty() {
+    fn stage(&self, changes: &Changes) -> Result<u64, StoreError> {
+        if changes.is_empty() {
             return Ok(0);
         }
-        self.wal.stage(|entry| {
-            for id in &dirty.promises {
-                entry.record(&key(PROMISE, id), core.promise(id).expect("a dirty promise exists"))?;
+        let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        for p in &changes.promises {
+            if p.state.is_settled() {
+                records.push((key(LIVE_PROMISE, &p.id), None));
+                records.push((key(PROMISE, &p.id), Some(json(p)?)));
+            } else {
+                records.push((key(LIVE_PROMISE, &p.id), Some(json(p)?)));
             }
-            for id in &dirty.tasks {
-                entry.record(&key(TASK, id), core.task_ref(id).expect("a dirty task exists"))?;
+        }
+        for t in &changes.tasks {
+            if t.state == TaskState::Fulfilled {
+                records.push((key(LIVE_TASK, &t.id), None));
+                records.push((key(TASK, &t.id), Some(json(t)?)));
+            } else {
+                records.push((key(LIVE_TASK, &t.id), Some(json(t)?)));
+            }
+        }
+        for (at, id) in &changes.finished {
+            records.push((finished_key(*at, id), Some(FINISHED_VALUE.to_vec())));
+        }
+        let purged = &changes.purged;
+        records.extend(purged.promises.iter().map(|id| (key(PROMISE, id), None)));
+        records.extend(purged.tasks.iter().map(|id| (key(TASK, id), None)));
+        records.extend(purged.finished.iter().map(|(at, id)| (finished_key(*at, id), None)));
+        let entry = self.wal.stage(|entry| {
+            for (k, v) in &records {
+                entry.record(k, v.as_deref())?;
             }
             Ok(())
-        })
+        })?;
+        // Finished records are read from sled: until a checkpoint puts them there,
+        // from the overlay.
+        let mut overlay = self.wal.overlay.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in records {
+            if matches!(k.first(), Some(&PROMISE | &TASK | &FINISHED)) {
+                overlay.insert(entry, k, v);
+            }
+        }
+        Ok(entry)
     }
 
     fn staged(&self) -> u64 {
@@ -181,6 +305,126 @@ impl Log for SledLog {
             return Ok(());
         }
         self.wal.commit(token).await
+    }
+}
+
+fn json(record: &impl serde::Serialize) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(record).map_err(StoreError::backend)
+}
+
+/// The finished records: the log's overlay over sled's tree.
+#[derive(Debug)]
+struct SledCold {
+    overlay: Arc<Mutex<Overlay>>,
+    records: sled::Tree,
+    path: PathBuf,
+}
+
+impl SledCold {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(value) = self.overlay.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return Ok(value.map(<[u8]>::to_vec));
+        }
+        Ok(self.records.get(key).map_err(StoreError::backend)?.map(|v| v.to_vec()))
+    }
+
+    /// The records from `start` on whose keys start with `prefix`, in key order: the
+    /// overlay's over sled's.
+    fn scan(
+        &self,
+        start: Bound<&[u8]>,
+        prefix: &[u8],
+        each: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(), StoreError> {
+        // The overlay first: a record a checkpoint moves from it to sled meanwhile is
+        // then in sled.
+        let overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner()).range(start, prefix);
+        let mut overlay = overlay.into_iter().peekable();
+        let mut sled = self
+            .records
+            .range::<&[u8], _>((start, Bound::Unbounded))
+            .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+            .peekable();
+        loop {
+            let next_sled = match sled.peek() {
+                Some(Ok((k, _))) => Some(k.to_vec()),
+                Some(Err(_)) => return Err(StoreError::backend(sled.next().expect("peeked").unwrap_err())),
+                None => None,
+            };
+            let from_overlay = match (overlay.peek(), &next_sled) {
+                (Some((ok, _)), Some(sk)) => ok <= sk,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => return Ok(()),
+            };
+            let flow = if from_overlay {
+                let (k, v) = overlay.next().expect("peeked");
+                if next_sled.as_deref() == Some(k.as_slice()) {
+                    sled.next();
+                }
+                match v {
+                    Some(v) => each(&k, &v)?,
+                    None => ControlFlow::Continue(()),
+                }
+            } else {
+                let (k, v) = sled.next().expect("peeked").map_err(StoreError::backend)?;
+                each(&k, &v)?
+            };
+            if flow.is_break() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Cold for SledCold {
+    fn promise(&self, id: &str) -> Result<Option<Promise>, StoreError> {
+        let k = key(PROMISE, id);
+        self.get(&k)?.map(|v| parse(&k, &v, &self.path)).transpose()
+    }
+
+    fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        let k = key(TASK, id);
+        self.get(&k)?.map(|v| parse(&k, &v, &self.path)).transpose()
+    }
+
+    fn promises(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        each: &mut dyn FnMut(Promise) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let prefix = key(PROMISE, prefix);
+        let after = after.map(|a| key(PROMISE, a)).filter(|a| *a >= prefix);
+        let start = match &after {
+            Some(a) => Bound::Excluded(a.as_slice()),
+            None => Bound::Included(prefix.as_slice()),
+        };
+        self.scan(start, &prefix, &mut |k, v| Ok(each(parse(k, v, &self.path)?)))
+    }
+
+    fn task_ids(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = key(TASK, prefix);
+        let mut ids = Vec::new();
+        self.scan(Bound::Included(&prefix), &prefix, &mut |k, _| {
+            ids.push(String::from_utf8_lossy(&k[1..]).into_owned());
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(ids)
+    }
+
+    fn finished(&self, before: Millis, limit: usize) -> Result<Vec<(Millis, String)>, StoreError> {
+        let mut found = Vec::new();
+        if limit == 0 {
+            return Ok(found);
+        }
+        self.scan(Bound::Included(&[FINISHED]), &[FINISHED], &mut |k, _| {
+            let at = k.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+            let Some(at) = at.filter(|at| *at < before) else { return Ok(ControlFlow::Break(())) };
+            found.push((at, String::from_utf8_lossy(&k[9..]).into_owned()));
+            Ok(if found.len() == limit { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+        })?;
+        Ok(found)
     }
 }
 

@@ -9,11 +9,17 @@
 //! yet applied over it, and hands those segments to the same thread.
 //!
 //! An entry is `[length: u32][crc32: u32][records]`, a record
-//! `[key length: u32][key][value length: u32][value]`, all little-endian. A crash can
-//! leave the last entry torn; its checksum shows it, and it was never acknowledged.
+//! `[key length: u32][key][value length: u32][value]`, all little-endian; an empty
+//! value deletes the key. A crash can leave the last entry torn; its checksum shows
+//! it, and it was never acknowledged.
+//!
+//! Until a checkpoint has applied an entry, sled does not have its records: the log
+//! keeps those the store reads from sled (finished records) in an overlay, read over
+//! sled, and drops them once their segment is applied.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
+use std::ops::Bound;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,8 +34,46 @@ const APPLIED_KEY: &[u8] = b"wal-applied";
 const PREFIX: &str = "wal-";
 const HEADER: usize = 8;
 
-/// Records by key: what a log holds for sled.
-pub(super) type Records = BTreeMap<Vec<u8>, Vec<u8>>;
+/// Records by key, `None` for a deleted one: what a log holds for sled.
+pub(super) type Records = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// The records of entries not yet applied to sled that readers look for there, each
+/// with the number of the entry that wrote it last.
+#[derive(Debug, Default)]
+pub(super) struct Overlay {
+    records: BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
+}
+
+impl Overlay {
+    /// What the log holds for `key`: `Some(None)` if it deleted it, `None` if it holds
+    /// nothing (read sled).
+    pub(super) fn get(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.records.get(key).map(|(_, v)| v.as_deref())
+    }
+
+    /// The records from `start` on whose keys start with `prefix`, in key order.
+    pub(super) fn range(&self, start: Bound<&[u8]>, prefix: &[u8]) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.records
+            .range::<[u8], _>((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    pub(super) fn insert(&mut self, entry: u64, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.records.insert(key, (entry, value));
+    }
+
+    /// Drops the records last written by entries up to `entry`: sled has them now.
+    fn applied(&mut self, entry: u64) {
+        self.records.retain(|_, (n, _)| *n > entry);
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.records.len()
+    }
+}
 
 /// The log of one open store.
 #[derive(Debug)]
@@ -44,6 +88,8 @@ pub(super) struct Wal {
     /// Syncs done, to show that steps share them.
     pub(super) syncs: AtomicU64,
     pub(super) checkpoints: Option<JoinHandle<()>>,
+    /// Finished records not yet in sled.
+    pub(super) overlay: Arc<Mutex<Overlay>>,
 }
 
 /// What the blocking writes share with the log.
@@ -57,8 +103,9 @@ struct Files {
     /// taken for a failed write is in no file, so no later entry may be acknowledged
     /// either, and a segment that cannot be applied to sled may never be deleted.
     failed: Mutex<Option<String>>,
-    /// Sealed segments go to the checkpoint thread.
-    sealed: Mutex<Option<mpsc::Sender<PathBuf>>>,
+    /// Sealed segments go to the checkpoint thread, each with the number of its last
+    /// entry.
+    sealed: Mutex<Option<mpsc::Sender<(PathBuf, u64)>>>,
     /// Set when the store closes: the checkpoint stops at its next entry, leaving the
     /// rest of its segment to the next open (applying a segment again is harmless).
     closing: AtomicBool,
@@ -71,15 +118,13 @@ pub(super) struct Entry<'a> {
 }
 
 impl Entry<'_> {
-    /// Adds the record `key`, with `value` as JSON.
-    pub(super) fn record(&mut self, key: &[u8], value: &impl serde::Serialize) -> Result<(), StoreError> {
-        self.buf.extend_from_slice(&len32(key.len())?.to_le_bytes());
-        self.buf.extend_from_slice(key);
-        let at = self.buf.len();
-        self.buf.extend_from_slice(&[0; 4]);
-        serde_json::to_writer(&mut *self.buf, value).map_err(StoreError::backend)?;
-        let n = len32(self.buf.len() - at - 4)?;
-        self.buf[at..at + 4].copy_from_slice(&n.to_le_bytes());
+    /// Adds the record `key` with `value` (never empty), or its deletion.
+    pub(super) fn record(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+        let value = value.unwrap_or_default();
+        for field in [key, value] {
+            self.buf.extend_from_slice(&len32(field.len())?.to_le_bytes());
+            self.buf.extend_from_slice(field);
+        }
         Ok(())
     }
 }
@@ -92,91 +137,57 @@ struct Segment {
     len: u64,
     /// A segment this long moves the log to the next one.
     limit: u64,
+    /// The number of the last entry written to it.
+    last: u64,
 }
 
 impl Wal {
-    /// Opens the log in `dir`, with segments moving on at `limit` bytes. Returns it
-    /// and the records of the segments not yet applied to sled, to be read over sled's
-    /// (the latest of each key); those segments are applied in the background.
+    /// Opens the log in `dir`, with segments moving on at `limit` bytes. Returns it,
+    /// the records of the segments not yet applied to sled, to be read over sled's
+    /// (the latest of each key), and the number of the last entry among them. Those
+    /// segments are applied in the background; the records the store reads from sled
+    /// go in the log's overlay under that number.
     pub(super) fn open(
         dir: &Path,
         db: &sled::Db,
         records: &sled::Tree,
         limit: u64,
         faults: Faults,
-    ) -> Result<(Wal, Records), StoreError> {
-        let applied = match db.get(APPLIED_KEY).map_err(StoreError::backend)? {
-            Some(v) => {
-                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt(dir, "the applied segment number"))?)
-            }
-            None => 0,
-        };
-        let mut segments = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
-            let entry = entry.map_err(|e| io(dir, e))?;
-            let name = entry.file_name();
-            if let Some(n) = name.to_str().and_then(|s| s.strip_prefix(PREFIX)).and_then(|s| s.parse::<u64>().ok()) {
-                segments.push((n, entry.path()));
-            }
-        }
-        segments.sort();
-        let last = segments.last().map_or(applied, |(n, _)| (*n).max(applied));
-        let count = segments.len();
-        let (mut unapplied, mut overlay) = (Vec::new(), BTreeMap::new());
-        for (i, (n, path)) in segments.into_iter().enumerate() {
-            // A segment at or below the applied mark is already in sled; applying it
-            // again would put older records over newer ones.
-            if n <= applied {
-                std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
-                continue;
-            }
-            let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
-            let whole = read(&bytes, &path, |entry| {
-                overlay.extend(entry.into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())));
-                Ok(())
-            })?;
-            if whole < bytes.len() {
-                if i + 1 < count {
-                    return Err(corrupt(&path, "a damaged entry before the end of a sealed segment"));
-                }
-                // A write torn by a crash, never acknowledged: cut it off, so that this
-                // segment reads whole once later ones follow it.
-                let file = OpenOptions::new().write(true).open(&path).map_err(|e| io(&path, e))?;
-                file.set_len(whole as u64).and_then(|()| file.sync_all()).map_err(|e| io(&path, e))?;
-            }
-            unapplied.push(path);
-        }
-        let segment = Segment::create(dir, last + 1, limit)?;
+    ) -> Result<(Wal, Records, u64), StoreError> {
+        let Replay { last, unapplied, records: replayed, entries } = replay(dir, db)?;
+        let segment = Segment::create(dir, last + 1, limit, entries)?;
 
-        let (tx, rx) = mpsc::channel::<PathBuf>();
+        let (tx, rx) = mpsc::channel::<(PathBuf, u64)>();
         let files = Arc::new(Files {
-            pending: Mutex::new((Vec::new(), 0)),
+            pending: Mutex::new((Vec::new(), entries)),
             segment: Mutex::new(segment),
             failed: Mutex::new(None),
             sealed: Mutex::new(Some(tx.clone())),
             closing: AtomicBool::new(false),
         });
-        let (db, records, shared) = (db.clone(), records.clone(), files.clone());
+        let overlay = Arc::new(Mutex::new(Overlay::default()));
+        let (db, records, shared, applied) = (db.clone(), records.clone(), files.clone(), overlay.clone());
         let thread = std::thread::Builder::new()
             .name("durable-checkpoint".into())
-            .spawn(move || checkpoints(&rx, &db, &records, &shared, faults))
+            .spawn(move || checkpoints(&rx, &db, &records, &shared, &applied, faults))
             .map_err(StoreError::backend)?;
-        for path in unapplied {
+        for sealed in unapplied {
             // The thread runs until the log is dropped.
-            let _ = tx.send(path);
+            let _ = tx.send(sealed);
         }
         let wal = Wal {
             files,
-            durable: tokio::sync::Mutex::new(0),
-            durable_hint: AtomicU64::new(0),
+            durable: tokio::sync::Mutex::new(entries),
+            durable_hint: AtomicU64::new(entries),
             syncs: AtomicU64::new(0),
             checkpoints: Some(thread),
+            overlay,
         };
-        Ok((wal, overlay))
+        Ok((wal, replayed, entries))
     }
 
     /// Appends one entry, whose records `write` adds; returns its number for
-    /// [`Wal::commit`].
+    /// [`Wal::commit`] (and the overlay).
     pub(super) fn stage(
         &self,
         write: impl FnOnce(&mut Entry<'_>) -> Result<(), StoreError>,
@@ -263,7 +274,7 @@ impl Files {
         if buf.is_empty() {
             return Ok(last);
         }
-        let result = segment.append(&buf).and_then(|()| {
+        let result = segment.append(&buf, last).and_then(|()| {
             if segment.len >= segment.limit {
                 let sealed = segment.next()?;
                 if let Some(tx) = &*self.sealed.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -294,30 +305,99 @@ impl Drop for Wal {
 }
 
 impl Segment {
-    fn create(dir: &Path, number: u64, limit: u64) -> Result<Segment, StoreError> {
+    /// A new segment, after the entry numbered `last`.
+    fn create(dir: &Path, number: u64, limit: u64, last: u64) -> Result<Segment, StoreError> {
         let path = dir.join(format!("{PREFIX}{number:020}"));
         let file = OpenOptions::new().append(true).create_new(true).open(&path).map_err(|e| io(&path, e))?;
         // The new name must survive a crash as well as what is written under it.
         File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io(dir, e))?;
-        Ok(Segment { dir: dir.to_path_buf(), number, file, len: 0, limit })
+        Ok(Segment { dir: dir.to_path_buf(), number, file, len: 0, limit, last })
     }
 
     fn path(&self) -> PathBuf {
         self.dir.join(format!("{PREFIX}{:020}", self.number))
     }
 
-    fn append(&mut self, buf: &[u8]) -> Result<(), StoreError> {
+    /// Appends entries up to the one numbered `last`, and syncs.
+    fn append(&mut self, buf: &[u8], last: u64) -> Result<(), StoreError> {
         self.file.write_all(buf).and_then(|()| self.file.sync_data()).map_err(|e| io(&self.path(), e))?;
         self.len += buf.len() as u64;
+        self.last = last;
         Ok(())
     }
 
-    /// Moves to the next segment; returns the path of the sealed one.
-    fn next(&mut self) -> Result<PathBuf, StoreError> {
-        let sealed = self.path();
-        *self = Segment::create(&self.dir, self.number + 1, self.limit)?;
+    /// Moves to the next segment; returns the path of the sealed one and the number
+    /// of its last entry.
+    fn next(&mut self) -> Result<(PathBuf, u64), StoreError> {
+        let sealed = (self.path(), self.last);
+        *self = Segment::create(&self.dir, self.number + 1, self.limit, self.last)?;
         Ok(sealed)
     }
+}
+
+/// What the segments not yet applied to sled hold.
+pub(super) struct Replay {
+    /// The number of the last segment.
+    pub(super) last: u64,
+    /// The segments, each with the number of its last entry (entries are numbered
+    /// from 1 across them).
+    unapplied: Vec<(PathBuf, u64)>,
+    /// Their records, the latest of each key.
+    pub(super) records: Records,
+    /// How many entries they hold.
+    entries: u64,
+}
+
+/// Reads the segments not yet applied to sled, deleting those that are and cutting off
+/// a torn last entry.
+pub(super) fn replay(dir: &Path, db: &sled::Db) -> Result<Replay, StoreError> {
+    let applied = match db.get(APPLIED_KEY).map_err(StoreError::backend)? {
+        Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt(dir, "the applied segment number"))?),
+        None => 0,
+    };
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let entry = entry.map_err(|e| io(dir, e))?;
+        let name = entry.file_name();
+        if let Some(n) = name.to_str().and_then(|s| s.strip_prefix(PREFIX)).and_then(|s| s.parse::<u64>().ok()) {
+            segments.push((n, entry.path()));
+        }
+    }
+    segments.sort();
+    let last = segments.last().map_or(applied, |(n, _)| (*n).max(applied));
+    let count = segments.len();
+    let (mut unapplied, mut records, mut entries) = (Vec::new(), BTreeMap::new(), 0);
+    for (i, (n, path)) in segments.into_iter().enumerate() {
+        // A segment at or below the applied mark is already in sled; applying it
+        // again would put older records over newer ones.
+        if n <= applied {
+            std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
+        let whole = read(&bytes, &path, |entry| {
+            entries += 1;
+            records.extend(entry.into_iter().map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))));
+            Ok(())
+        })?;
+        if whole < bytes.len() {
+            if i + 1 < count {
+                return Err(corrupt(&path, "a damaged entry before the end of a sealed segment"));
+            }
+            // A write torn by a crash, never acknowledged: cut it off, so that this
+            // segment reads whole once later ones follow it.
+            let file = OpenOptions::new().write(true).open(&path).map_err(|e| io(&path, e))?;
+            file.set_len(whole as u64).and_then(|()| file.sync_all()).map_err(|e| io(&path, e))?;
+        }
+        unapplied.push((path, entries));
+    }
+    Ok(Replay { last, unapplied, records, entries })
+}
+
+/// Records that sled holds every segment up to `last`: opening deletes them.
+pub(super) fn mark_applied(db: &sled::Db, last: u64) -> Result<(), StoreError> {
+    db.insert(APPLIED_KEY, &last.to_be_bytes()).map_err(StoreError::backend)?;
+    Ok(())
 }
 
 /// How often a failed checkpoint is tried again before the store stops.
@@ -342,8 +422,15 @@ impl Faults {
 /// written. A failure is tried again with backoff, never skipped (a later segment
 /// applied and marked would make opening delete the earlier one unapplied); one that
 /// persists stops the store with its error, leaving the segment for the next open.
-fn checkpoints(rx: &mpsc::Receiver<PathBuf>, db: &sled::Db, records: &sled::Tree, files: &Files, faults: Faults) {
-    for path in rx {
+fn checkpoints(
+    rx: &mpsc::Receiver<(PathBuf, u64)>,
+    db: &sled::Db,
+    records: &sled::Tree,
+    files: &Files,
+    overlay: &Mutex<Overlay>,
+    faults: Faults,
+) {
+    for (path, last) in rx {
         let mut delay = faults.backoff;
         let mut tries = 0;
         while let Err(e) = checkpoint(&path, db, records, &files.closing, &faults) {
@@ -358,6 +445,7 @@ fn checkpoints(rx: &mpsc::Receiver<PathBuf>, db: &sled::Db, records: &sled::Tree
             std::thread::sleep(delay);
             delay *= 2;
         }
+        overlay.lock().unwrap_or_else(|e| e.into_inner()).applied(last);
     }
 }
 
@@ -377,7 +465,7 @@ fn checkpoint(
         .and_then(|n| n.strip_prefix(PREFIX))
         .and_then(|n| n.parse::<u64>().ok())
         .ok_or_else(|| corrupt(path, "a segment name"))?;
-    db.insert(APPLIED_KEY, &number.to_be_bytes()).map_err(StoreError::backend)?;
+    mark_applied(db, number)?;
     db.flush().map_err(StoreError::backend)?;
     std::fs::remove_file(path).map_err(|e| io(path, e))
 }
@@ -394,7 +482,10 @@ fn apply(path: &Path, records: &sled::Tree, closing: &AtomicBool, fail: bool) ->
         }
         let mut batch = sled::Batch::default();
         for (key, value) in entry {
-            batch.insert(key, value);
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
         }
         records.apply_batch(batch).map_err(StoreError::backend)
     })?;
@@ -404,13 +495,13 @@ fn apply(path: &Path, records: &sled::Tree, closing: &AtomicBool, fail: bool) ->
     Ok(())
 }
 
-/// Calls `each` with the records of every whole entry of a segment, in order; returns
-/// the length of the whole entries (shorter than the segment if it ends in a damaged
-/// one).
+/// Calls `each` with the records of every whole entry of a segment, in order (`None`
+/// for a deletion); returns the length of the whole entries (shorter than the segment
+/// if it ends in a damaged one).
 fn read<'a>(
     bytes: &'a [u8],
     path: &Path,
-    mut each: impl FnMut(Vec<(&'a [u8], &'a [u8])>) -> Result<(), StoreError>,
+    mut each: impl FnMut(Vec<(&'a [u8], Option<&'a [u8]>)>) -> Result<(), StoreError>,
 ) -> Result<usize, StoreError> {
     let mut rest = bytes;
     while let Some((mut body, after)) = entry(rest) {
@@ -418,7 +509,7 @@ fn read<'a>(
         while !body.is_empty() {
             let (key, after) = field(body).ok_or_else(|| corrupt(path, "a record key"))?;
             let (value, after) = field(after).ok_or_else(|| corrupt(path, "a record value"))?;
-            records.push((key, value));
+            records.push((key, (!value.is_empty()).then_some(value)));
             body = after;
         }
         each(records)?;

@@ -1,0 +1,125 @@
+//! Finished records: settled promises, fulfilled tasks, and the index of finished
+//! roots by settle time. The state machine keeps only live records in memory and reads
+//! these from the backend when it needs them: a claim's preload, a create or settle
+//! that finds its promise settled, a read, a search, a purge.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::ops::{Bound, ControlFlow};
+use std::sync::Mutex;
+
+use super::state::Changes;
+use crate::StoreError;
+use crate::promise::{Millis, Promise, Task, TaskState};
+
+/// Where a backend keeps finished records.
+pub(crate) trait Cold: Debug + Send + Sync {
+    /// A settled promise.
+    fn promise(&self, id: &str) -> Result<Option<Promise>, StoreError>;
+
+    /// A fulfilled task.
+    fn task(&self, id: &str) -> Result<Option<Task>, StoreError>;
+
+    /// The settled promises whose ids start with `prefix` (and come after `after`),
+    /// in id order, each passed to `each` until it breaks.
+    fn promises(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        each: &mut dyn FnMut(Promise) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
+
+    /// The ids of the fulfilled tasks whose ids start with `prefix`.
+    fn task_ids(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Finished roots settled before `before`, oldest first, at most `limit`.
+    fn finished(&self, before: Millis, limit: usize) -> Result<Vec<(Millis, String)>, StoreError>;
+}
+
+/// Finished records in memory: the memory store's, and an empty one for a state that
+/// holds every record it reads (a PostgreSQL step).
+#[derive(Debug, Default)]
+pub(crate) struct MemoryCold {
+    maps: Mutex<Maps>,
+}
+
+#[derive(Debug, Default)]
+struct Maps {
+    promises: BTreeMap<String, Promise>,
+    tasks: BTreeMap<String, Task>,
+    finished: BTreeSet<(Millis, String)>,
+}
+
+impl MemoryCold {
+    fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {
+        self.maps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes in the finished records of a step, and drops what it purged.
+    pub(crate) fn apply(&self, changes: &Changes) {
+        let mut maps = self.maps();
+        for p in changes.promises.iter().filter(|p| p.state.is_settled()) {
+            maps.promises.insert(p.id.clone(), p.clone());
+        }
+        for t in changes.tasks.iter().filter(|t| t.state == TaskState::Fulfilled) {
+            maps.tasks.insert(t.id.clone(), t.clone());
+        }
+        maps.finished.extend(changes.finished.iter().cloned());
+        for id in &changes.purged.promises {
+            maps.promises.remove(id);
+        }
+        for id in &changes.purged.tasks {
+            maps.tasks.remove(id);
+        }
+        for entry in &changes.purged.finished {
+            maps.finished.remove(entry);
+        }
+    }
+
+    /// How many records it holds.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        let maps = self.maps();
+        maps.promises.len() + maps.tasks.len() + maps.finished.len()
+    }
+}
+
+impl Cold for MemoryCold {
+    fn promise(&self, id: &str) -> Result<Option<Promise>, StoreError> {
+        Ok(self.maps().promises.get(id).cloned())
+    }
+
+    fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        Ok(self.maps().tasks.get(id).cloned())
+    }
+
+    fn promises(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        each: &mut dyn FnMut(Promise) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let maps = self.maps();
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        for (id, p) in maps.promises.range::<str, _>((start, Bound::Unbounded)) {
+            if !id.starts_with(prefix) || each(p.clone()).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn task_ids(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let maps = self.maps();
+        let range = maps.tasks.range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
+        Ok(range.map(|(id, _)| id).take_while(|id| id.starts_with(prefix)).cloned().collect())
+    }
+
+    fn finished(&self, before: Millis, limit: usize) -> Result<Vec<(Millis, String)>, StoreError> {
+        let maps = self.maps();
+        Ok(maps.finished.iter().take_while(|(at, _)| *at < before).take(limit).cloned().collect())
+    }
+}
