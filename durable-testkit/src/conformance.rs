@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use durable::Target;
-use durable::store::{Claim, CreatePromise, NewTask, Release, Search, SettlePromise};
+use durable::store::{Claim, CreatePromise, NewTask, Purge, Release, Search, SettlePromise};
 use durable::{Fence, Param, State, Store, StoreError, TaskState};
 
 /// Runs every check, each on a fresh store from `make`. Panics on the first failure,
@@ -44,6 +44,9 @@ where
     settle_fulfils_the_task_and_wakes_waiters(make().await).await;
     tasks_route_to_a_preferred_or_required_pid(&*make().await).await;
     suspended_tasks_resume_when_an_awaited_promise_settles(&*make().await).await;
+    purge_deletes_finished_roots_with_their_subtrees(&*make().await).await;
+    purge_counts_from_the_settle_time_and_waits_for_detached_roots(&*make().await).await;
+    an_interrupted_purge_leaves_a_root_whole_or_gone(make().await).await;
 }
 
 fn call(id: &str) -> CreatePromise {
@@ -530,4 +533,174 @@ pub async fn suspended_tasks_resume_when_an_awaited_promise_settles(store: &dyn 
     store.settle(settle("t", State::RejectedCanceled, "null")).await.expect("cancel");
     store.settle(settle("t.1", State::Resolved, "1")).await.expect("settle");
     assert_eq!(store.task("t").await.expect("task").expect("exists").state, TaskState::Fulfilled);
+}
+
+/// A promise created already resolved, with these tags.
+fn recorded(id: &str, tags: &[(&str, &str)]) -> CreatePromise {
+    let mut req = call(id);
+    req.resolved = Some("1".into());
+    req.tags = tags.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    req
+}
+
+/// The ids of every promise under `prefix`, settled or not.
+async fn ids_under(store: &dyn Store, prefix: &str) -> Vec<String> {
+    let (mut ids, mut cursor) = (Vec::new(), None);
+    loop {
+        let search = Search { prefix: prefix.into(), limit: 1000, cursor, ..Search::default() };
+        let page = store.search(search).await.expect("search");
+        ids.extend(page.promises.into_iter().map(|p| p.id));
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => return ids,
+        }
+    }
+}
+
+fn is_conflict(result: Result<usize, StoreError>) -> bool {
+    matches!(result, Err(StoreError::Conflict { .. }))
+}
+
+/// A finished root goes with its whole subtree (children, grandchildren, their tasks,
+/// detached invocations under it); a pending root, or one with anything pending under
+/// it, stays. A purged id starts afresh when created again.
+pub async fn purge_deletes_finished_roots_with_their_subtrees(store: &dyn Store) {
+    store.create(with_task("r", "g")).await.expect("create");
+    let fence = claim_one(store, "g", "p1", 60_000).await.expect("the root's task").fence();
+    for child in ["r.1", "r.2", "r.2.1"] {
+        let mut req = recorded(child, &[]);
+        req.fence = Some(fence.clone());
+        store.create(req).await.expect("a child");
+    }
+    let mut routed = with_task("r.3", "g");
+    routed.fence = Some(fence.clone());
+    store.create(routed).await.expect("a routed child");
+    store.settle(settle("r.3", State::Resolved, "3")).await.expect("settle the routed child");
+    store.create(recorded("r.4", &[("durable:detached", "true")])).await.expect("a detached child");
+    let mut done = settle("r", State::Resolved, "1");
+    done.fence = Some(fence);
+    store.settle(done).await.expect("settle the root");
+    // A pending root with a settled child, and a settled root with a pending child.
+    store.create(call("s")).await.expect("create");
+    store.create(recorded("s.1", &[])).await.expect("create");
+    store.create(recorded("q", &[])).await.expect("create");
+    store.create(call("q.1")).await.expect("create");
+    advance(store, 1000).await;
+    let now = store.now().await.expect("now");
+
+    let purged = store.purge(Purge::Before { before: now, limit: 100 }).await.expect("purge");
+    assert_eq!(purged, 1, "only r is finished with nothing pending under it");
+    for id in ["r", "r.1", "r.2", "r.2.1", "r.3", "r.4"] {
+        assert!(store.get(id).await.expect("get").is_none(), "{id} went with its root");
+    }
+    for id in ["r", "r.3"] {
+        assert!(store.task(id).await.expect("task").is_none(), "the task of {id} went with its root");
+    }
+    for id in ["s", "s.1", "q", "q.1"] {
+        assert!(store.get(id).await.expect("get").is_some(), "{id} stays: its tree has something pending");
+    }
+    assert!(is_conflict(store.purge(Purge::Root("s".into())).await), "purging a pending root is refused");
+    assert!(is_conflict(store.purge(Purge::Root("q".into())).await), "purging a root with a pending child is refused");
+    store.settle(settle("q.1", State::Resolved, "1")).await.expect("settle");
+    assert!(is_conflict(store.purge(Purge::Root("q.1".into())).await), "a child is purged only with its root");
+    assert_eq!(store.purge(Purge::Root("q".into())).await.expect("purge q"), 1, "an explicit purge ignores the time");
+    assert!(ids_under(store, "q").await.is_empty(), "q went whole");
+    assert_eq!(store.purge(Purge::Root("q".into())).await.expect("purge q again"), 0, "a purged root is not found");
+
+    // The id again: a new root, with nothing left under it.
+    let again = store.create(with_task("r", "g")).await.expect("create r again");
+    assert!(again.new, "a purged id is created afresh");
+    let a = claim_one(store, "g", "p1", 60_000).await.expect("the new root's task");
+    assert!(a.preload.is_empty(), "nothing under the new root: {:?}", a.preload);
+    assert_eq!(ids_under(store, "r").await, ["r"]);
+
+    // A bounded batch at a time.
+    for n in 0..5 {
+        store.create(recorded(&format!("b{n}"), &[])).await.expect("create");
+    }
+    advance(store, 1000).await;
+    let before = store.now().await.expect("now");
+    let batches: Vec<usize> = [
+        store.purge(Purge::Before { before, limit: 2 }).await.expect("purge"),
+        store.purge(Purge::Before { before, limit: 2 }).await.expect("purge"),
+        store.purge(Purge::Before { before, limit: 2 }).await.expect("purge"),
+        store.purge(Purge::Before { before, limit: 2 }).await.expect("purge"),
+    ]
+    .into();
+    assert_eq!(batches, [2, 2, 1, 0], "at most `limit` roots a call");
+}
+
+/// Retention counts from the settle time, never the creation; a detached invocation
+/// under a root is a root of its own, and holds its creator back until it may go too.
+pub async fn purge_counts_from_the_settle_time_and_waits_for_detached_roots(store: &dyn Store) {
+    let created = store.now().await.expect("now");
+    store.create(call("slow")).await.expect("create");
+    store.create(call("d")).await.expect("create");
+    store.create(call("d.1").clone()).await.expect("create");
+    advance(store, 10_000).await;
+    store.settle(settle("slow", State::Resolved, "1")).await.expect("settle");
+    store.settle(settle("d", State::Resolved, "1")).await.expect("settle");
+    let d_settled = store.now().await.expect("now");
+    // d.1 is a detached invocation, settled later than its creator.
+    store.settle(settle("d.1", State::Resolved, "1")).await.expect("settle");
+    let mut detached = recorded("d.2", &[("durable:detached", "true")]);
+    detached.resolved = None;
+    store.create(detached).await.expect("create");
+    advance(store, 10_000).await;
+    store.settle(settle("d.2", State::Resolved, "1")).await.expect("settle");
+    let d2_settled = store.now().await.expect("now");
+
+    let purged = store.purge(Purge::Before { before: created + 5_000, limit: 100 }).await.expect("purge");
+    assert_eq!(purged, 0, "a root created long ago but settled since is kept");
+    assert!(store.get("slow").await.expect("get").is_some());
+    store.purge(Purge::Before { before: d_settled + 1, limit: 100 }).await.expect("purge");
+    assert!(store.get("slow").await.expect("get").is_none(), "slow settled before the time, so it went");
+    assert_eq!(
+        ids_under(store, "d").await,
+        ["d", "d.1", "d.2"],
+        "d waits for the detached d.2 under it, which settled later"
+    );
+    advance(store, 1000).await;
+    let purged = store.purge(Purge::Before { before: d2_settled + 1, limit: 100 }).await.expect("purge");
+    assert!(purged >= 1, "d goes once d.2 may go too");
+    assert!(ids_under(store, "d").await.is_empty(), "d went with everything under it");
+}
+
+/// A purge interrupted at any point (its caller gone, as a crashed process) leaves the
+/// root either there, still finished, so that its id finds it and runs nothing, or gone
+/// with everything under it. A store that deletes a large subtree in several
+/// transactions deletes the root last.
+pub async fn an_interrupted_purge_leaves_a_root_whole_or_gone(store: Arc<dyn Store>) {
+    let children = 1200;
+    store.create(recorded("big", &[])).await.expect("create");
+    let creates = (0..children).map(|n| {
+        let store = store.clone();
+        async move { store.create(recorded(&format!("big.{n}"), &[])).await.expect("create") }
+    });
+    futures::future::join_all(creates).await;
+    let purge = tokio::spawn({
+        let store = store.clone();
+        async move { store.purge(Purge::Root("big".into())).await }
+    });
+    // Interrupt it once the first children are gone (or it is done).
+    while store.get("big.0").await.expect("get").is_some() && !purge.is_finished() {
+        tokio::task::yield_now().await;
+    }
+    purge.abort();
+    let _ = purge.await;
+    let root = store.get("big").await.expect("get");
+    let left = ids_under(store.as_ref(), "big.").await.len();
+    match root {
+        Some(root) => {
+            assert!(root.state.is_settled(), "a root being purged is still finished");
+            let found = store.create(recorded("big", &[])).await.expect("create");
+            assert!(!found.new, "its id finds it: nothing runs again");
+        }
+        None => assert_eq!(left, 0, "a root that is gone left nothing under it"),
+    }
+    // Purging again finishes the job.
+    store.purge(Purge::Root("big".into())).await.expect("purge again");
+    assert!(store.get("big").await.expect("get").is_none());
+    assert!(ids_under(store.as_ref(), "big").await.is_empty(), "nothing of big is left");
+    assert!(store.create(recorded("big", &[])).await.expect("create").new, "the id starts afresh");
 }

@@ -10,9 +10,9 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
 use crate::error::Failure;
+use crate::promise::DETACHED_TAG;
 use crate::promise::State;
 use crate::promise::{Fence, Millis, Param, Promise, validate_id};
-use crate::promise::DETACHED_TAG;
 use crate::runtime::function::Erased;
 use crate::runtime::shared::Shared;
 use crate::runtime::worker::PURGE_BATCH;

@@ -399,7 +399,6 @@ impl<C: Callable, M> Call<C, M> {
     }
 }
 
-
 /// Errors are not `Clone`; an encoding error is reported as what it says.
 fn clone_error(e: &crate::Error) -> crate::Error {
     match e {

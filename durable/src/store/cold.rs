@@ -75,13 +75,6 @@ impl MemoryCold {
             maps.finished.remove(entry);
         }
     }
-
-    /// How many records it holds.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        let maps = self.maps();
-        maps.promises.len() + maps.tasks.len() + maps.finished.len()
-    }
 }
 
 impl Cold for MemoryCold {

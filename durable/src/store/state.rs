@@ -188,7 +188,6 @@ impl Core {
         }
     }
 
-
     fn check_fence(&self, fence: Option<&Fence>, now: Millis) -> Result<(), StoreError> {
         let Some(fence) = fence else { return Ok(()) };
         match self.tasks.get(&fence.task) {
@@ -226,6 +225,9 @@ impl Core {
         };
         if state == State::Pending && timeout_at != NEVER {
             self.deadlines.insert((timeout_at, req.id.clone()));
+        }
+        if state.is_settled() && is_root(&promise) {
+            self.dirty.finished.push((now, req.id.clone()));
         }
         self.promises.insert(req.id.clone(), promise);
         self.dirty.promises.push(req.id.clone());

@@ -145,8 +145,9 @@ const PURGE_CHILDREN: &str = "WITH doomed AS (
      gone AS (DELETE FROM promises p USING doomed d WHERE p.id = d.id RETURNING p.id),
      tasks_gone AS (DELETE FROM tasks t USING gone g WHERE t.id = g.id)
      SELECT count(*) FROM gone";
-const PURGE_TOPS: &str = "WITH gone AS (DELETE FROM promises WHERE id = ANY($1) RETURNING id)
-     DELETE FROM tasks WHERE id IN (SELECT id FROM gone)";
+const PURGE_TOPS: &str = "WITH gone AS (DELETE FROM promises WHERE id = ANY($1) RETURNING id),
+     tasks_gone AS (DELETE FROM tasks t USING gone g WHERE t.id = g.id)
+     SELECT count(*) FROM gone";
 /// The most rows one purge transaction deletes.
 const PURGE_BATCH: i64 = 1000;
 
@@ -669,9 +670,10 @@ impl PostgresStore {
         roots.retain(|r| !stuck.contains(r));
         held.extend(stuck);
         let deleted: i64 = conn.query_one(&children_q, &[&roots, &PURGE_BATCH]).await.map_err(db)?.get(0);
+        // A root inside another one (a detached invocation) went with it, uncounted.
         let done = if deleted < PURGE_BATCH {
-            conn.execute(&tops_q, &[&roots]).await.map_err(db)?;
-            roots.len()
+            let tops: i64 = conn.query_one(&tops_q, &[&roots]).await.map_err(db)?.get(0);
+            tops as usize
         } else {
             0
         };

@@ -98,7 +98,7 @@ impl SledStore {
                 )));
             }
         }
-        let (wal, replayed, last) = Wal::open(path, &db, &records, segment_limit, faults)?;
+        let (wal, replayed) = Wal::open(path, &db, &records, segment_limit, faults, is_finished)?;
         // The live records: sled's, with the log's over them.
         let mut live = Records::new();
         for kind in [LIVE_PROMISE, LIVE_TASK] {
@@ -107,16 +107,7 @@ impl SledStore {
                 live.insert(k.to_vec(), Some(v.to_vec()));
             }
         }
-        let mut overlay = Overlay::default();
-        for (k, v) in replayed {
-            match k.first() {
-                Some(&LIVE_PROMISE | &LIVE_TASK) => {
-                    live.insert(k, v);
-                }
-                _ => overlay.insert(last, k, v),
-            }
-        }
-        *wal.overlay.lock().unwrap_or_else(|e| e.into_inner()) = overlay;
+        live.extend(replayed.into_iter().filter(|(k, _)| !is_finished(k)));
         let promises = load::<Promise>(&live, LIVE_PROMISE, path)?;
         let tasks = load::<Task>(&live, LIVE_TASK, path)?;
         let cold = Arc::new(SledCold { overlay: wal.overlay.clone(), records, path: path.to_path_buf() });
@@ -163,6 +154,12 @@ const TASK: u8 = b't';
 /// The finished-roots index: `f`, the settle time (8 bytes, big-endian), the id.
 const FINISHED: u8 = b'f';
 
+/// Whether a key is of a finished record (or the index of them): one the store reads
+/// from sled, not from memory.
+fn is_finished(key: &[u8]) -> bool {
+    matches!(key.first(), Some(&PROMISE | &TASK | &FINISHED))
+}
+
 fn key(kind: u8, id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(id.len() + 1);
     key.push(kind);
@@ -189,9 +186,7 @@ fn parse<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8], path: &Path) 
 }
 
 fn load<T: serde::de::DeserializeOwned>(raw: &Records, kind: u8, path: &Path) -> Result<Vec<T>, StoreError> {
-    raw.range(vec![kind]..vec![kind + 1])
-        .filter_map(|(k, v)| v.as_ref().map(|v| parse(k, v, path)))
-        .collect()
+    raw.range(vec![kind]..vec![kind + 1]).filter_map(|(k, v)| v.as_ref().map(|v| parse(k, v, path))).collect()
 }
 
 /// Rewrites a store of format 1 or 2, which kept every record under `p` and `t`, in
@@ -289,7 +284,7 @@ impl Log for SledLog {
         // from the overlay.
         let mut overlay = self.wal.overlay.lock().unwrap_or_else(|e| e.into_inner());
         for (k, v) in records {
-            if matches!(k.first(), Some(&PROMISE | &TASK | &FINISHED)) {
+            if is_finished(&k) {
                 overlay.insert(entry, k, v);
             }
         }
@@ -312,6 +307,9 @@ fn json(record: &impl serde::Serialize) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(record).map_err(StoreError::backend)
 }
 
+/// Called with each record of a scan, key and value, until it breaks.
+type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError> + 'a;
+
 /// The finished records: the log's overlay over sled's tree.
 #[derive(Debug)]
 struct SledCold {
@@ -330,12 +328,7 @@ impl SledCold {
 
     /// The records from `start` on whose keys start with `prefix`, in key order: the
     /// overlay's over sled's.
-    fn scan(
-        &self,
-        start: Bound<&[u8]>,
-        prefix: &[u8],
-        each: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
-    ) -> Result<(), StoreError> {
+    fn scan(&self, start: Bound<&[u8]>, prefix: &[u8], each: &mut Visit<'_>) -> Result<(), StoreError> {
         // The overlay first: a record a checkpoint moves from it to sled meanwhile is
         // then in sled.
         let overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner()).range(start, prefix);
@@ -436,10 +429,10 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
 
-    use super::SledStore;
     use super::wal::Faults;
+    use super::{FORMAT_KEY, PROMISE, SledStore, TASK, key};
     use crate::promise::Param;
-    use crate::store::{CreatePromise, SettlePromise, SystemClock};
+    use crate::store::{CreatePromise, Purge, Search, SettlePromise, SystemClock};
     use crate::{State, Store};
 
     fn open_small(dir: &Path, segment_limit: u64) -> SledStore {
@@ -511,6 +504,120 @@ mod tests {
         for i in 0..200 {
             assert!(reopened.get(&format!("p{i}")).await.unwrap().is_some(), "p{i} was acknowledged, so it is there");
         }
+    }
+
+    /// The live records and index entries the store's state holds in memory.
+    fn live(store: &SledStore) -> usize {
+        store.engine.footprint().0[..2].iter().sum()
+    }
+
+    /// Waits until the overlay holds at most `n` records: checkpoints moved the rest
+    /// to sled.
+    fn wait_for_overlay(store: &SledStore, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while store.overlay_len() > n {
+            assert!(std::time::Instant::now() < deadline, "the overlay kept {} records", store.overlay_len());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// 100 finished roots with three children each, and five pending ones.
+    async fn finished_and_pending(store: &SledStore) {
+        for i in 0..100 {
+            for id in [format!("done{i}"), format!("done{i}.1"), format!("done{i}.2"), format!("done{i}.2.1")] {
+                let mut req = CreatePromise::new(id, Param::External);
+                req.resolved = Some(i.to_string());
+                store.create(req).await.unwrap();
+            }
+        }
+        for i in 0..5 {
+            store.create(CreatePromise::new(format!("open{i}"), Param::External)).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn finished_records_live_on_disk_and_opening_reads_only_the_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_small(dir.path(), 4096);
+        finished_and_pending(&store).await;
+        assert_eq!(live(&store), 5, "memory holds the pending promises only");
+        wait_for_checkpoints(dir.path());
+        // What the current segment holds; everything before it is in sled.
+        wait_for_overlay(&store, 60);
+        let (promise, page) = (store.get("done42.2.1").await.unwrap(), store.search(Search::default()).await.unwrap());
+        assert_eq!(promise.unwrap().value.as_deref(), Some("42"), "a finished record is read from sled");
+        assert_eq!(page.promises.len(), 100, "a search pages over sled's records and the live ones");
+        drop(store);
+
+        let store = open_small(dir.path(), 4096);
+        assert_eq!(live(&store), 5, "opening reads the live records, not the finished ones");
+        wait_for_overlay(&store, 0);
+        let (mut all, mut cursor) = (Vec::new(), None);
+        loop {
+            let page = store.search(Search { cursor, ..Search::default() }).await.unwrap();
+            all.extend(page.promises.into_iter().map(|p| p.id));
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(all.len(), 405, "every promise is found, live or finished");
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "in id order");
+        let now = store.now().await.unwrap();
+        assert_eq!(store.purge(Purge::Before { before: now + 1, limit: 1000 }).await.unwrap(), 100);
+        assert!(store.get("done42.2.1").await.unwrap().is_none(), "purged from sled as well");
+        drop(store);
+        let store = open_small(dir.path(), 4096);
+        let left = store.search(Search::default()).await.unwrap().promises;
+        assert_eq!(
+            left.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+            ["open0", "open1", "open2", "open3", "open4"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_store_of_format_2_is_rewritten_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // Format 2 kept every record under `p` and `t`.
+            let db = sled::open(dir.path()).unwrap();
+            let records = db.open_tree("records").unwrap();
+            let clock = SystemClock;
+            let mut core = crate::store::state::Core::restore(
+                Arc::new(crate::store::cold::MemoryCold::default()),
+                Vec::new(),
+                Vec::new(),
+                crate::store::Clock::now(&clock),
+            );
+            let mut req = CreatePromise::new("old-done", Param::External);
+            req.resolved = Some("7".into());
+            core.create(req, 1).unwrap();
+            let mut req = CreatePromise::new("old-open", Param::call("f", 1, "1".into()));
+            req.task = Some(crate::store::NewTask::new(crate::Target::any("g")));
+            core.create(req, 1).unwrap();
+            let changes = core.take_changes();
+            for p in &changes.promises {
+                records.insert(key(PROMISE, &p.id), serde_json::to_vec(p).unwrap()).unwrap();
+            }
+            for t in &changes.tasks {
+                records.insert(key(TASK, &t.id), serde_json::to_vec(t).unwrap()).unwrap();
+            }
+            db.insert(FORMAT_KEY, b"2").unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(live(&store), 2, "the pending promise and its task are live");
+        assert_eq!(store.get("old-done").await.unwrap().unwrap().value.as_deref(), Some("7"));
+        let claim =
+            crate::store::Claim { group: "g".into(), pid: "w".into(), process: "w:1".into(), ttl: 10_000, max: 10 };
+        assert_eq!(store.claim(claim).await.unwrap().len(), 1, "the pending task is delivered");
+        let now = store.now().await.unwrap();
+        let purged = store.purge(Purge::Before { before: now + 1, limit: 10 }).await.unwrap();
+        assert_eq!(purged, 1, "the finished root is in the index retention reads");
+        drop(store);
+        let reopened = SledStore::open(dir.path()).unwrap();
+        assert!(reopened.get("old-open").await.unwrap().is_some());
+        assert!(reopened.get("old-done").await.unwrap().is_none());
     }
 
     #[tokio::test]

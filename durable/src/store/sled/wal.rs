@@ -19,8 +19,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::ops::Bound;
 use std::io::Write;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -142,19 +142,24 @@ struct Segment {
 }
 
 impl Wal {
-    /// Opens the log in `dir`, with segments moving on at `limit` bytes. Returns it,
-    /// the records of the segments not yet applied to sled, to be read over sled's
-    /// (the latest of each key), and the number of the last entry among them. Those
-    /// segments are applied in the background; the records the store reads from sled
-    /// go in the log's overlay under that number.
+    /// Opens the log in `dir`, with segments moving on at `limit` bytes. Returns it
+    /// and the records of the segments not yet applied to sled, to be read over sled's
+    /// (the latest of each key). Those segments are applied in the background; until
+    /// then the overlay holds their records whose keys `read` says the store reads
+    /// from sled.
     pub(super) fn open(
         dir: &Path,
         db: &sled::Db,
         records: &sled::Tree,
         limit: u64,
         faults: Faults,
-    ) -> Result<(Wal, Records, u64), StoreError> {
+        read: impl Fn(&[u8]) -> bool,
+    ) -> Result<(Wal, Records), StoreError> {
         let Replay { last, unapplied, records: replayed, entries } = replay(dir, db)?;
+        let mut overlay = Overlay::default();
+        for (k, v) in replayed.iter().filter(|(k, _)| read(k)) {
+            overlay.insert(entries, k.clone(), v.clone());
+        }
         let segment = Segment::create(dir, last + 1, limit, entries)?;
 
         let (tx, rx) = mpsc::channel::<(PathBuf, u64)>();
@@ -165,7 +170,7 @@ impl Wal {
             sealed: Mutex::new(Some(tx.clone())),
             closing: AtomicBool::new(false),
         });
-        let overlay = Arc::new(Mutex::new(Overlay::default()));
+        let overlay = Arc::new(Mutex::new(overlay));
         let (db, records, shared, applied) = (db.clone(), records.clone(), files.clone(), overlay.clone());
         let thread = std::thread::Builder::new()
             .name("durable-checkpoint".into())
@@ -183,7 +188,7 @@ impl Wal {
             checkpoints: Some(thread),
             overlay,
         };
-        Ok((wal, replayed, entries))
+        Ok((wal, replayed))
     }
 
     /// Appends one entry, whose records `write` adds; returns its number for
