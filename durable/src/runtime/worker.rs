@@ -76,10 +76,11 @@ pub(crate) async fn background(rt: Arc<Shared>) {
 /// How many roots one purge deletes at most.
 pub(crate) const PURGE_BATCH: usize = 100;
 
-/// Deletes the roots that finished longer than `keep` ago, every tenth of `keep` (at
-/// most a minute apart), until aborted. A failed pass is tried again at the next.
+/// Deletes the roots that finished longer than `keep` ago, every tenth of `keep`, until
+/// aborted: a root goes at most a tenth of the retention late. A failed pass is tried
+/// again at the next.
 pub(crate) async fn retention(store: Arc<dyn Store>, keep: Duration) {
-    let every = (keep / 10).min(Duration::from_secs(60));
+    let every = keep / 10;
     loop {
         if let Ok(now) = store.now().await {
             let before = now.saturating_sub(keep.as_millis() as Millis);

@@ -32,7 +32,7 @@ const FORMAT: &[u8] = b"3";
 /// bounds the memory the overlay of finished records not yet in sled takes.
 const SEGMENT_LIMIT: u64 = 8 << 20;
 /// sled's page cache: finished records are read from it.
-const CACHE: u64 = 32 << 20;
+const CACHE: u64 = 64 << 20;
 
 /// A store in a directory on disk: the default for one machine.
 ///
@@ -240,8 +240,7 @@ const FINISHED_VALUE: &[u8] = b"1";
 
 #[derive(Debug)]
 struct SledLog {
-    /// Every record in one tree, so one step is one atomic batch when a checkpoint
-    /// applies it.
+    /// The log in front of sled's one tree of records.
     wal: Wal,
 }
 

@@ -475,8 +475,7 @@ fn checkpoint(
     std::fs::remove_file(path).map_err(|e| io(path, e))
 }
 
-/// Applies every whole entry of a segment to sled, each as one batch, unless the store
-/// closes meanwhile; with `fail`, only the first half of them, then fails (an
+/// Applies every whole entry of a segment to sled, unless the store closes meanwhile; with `fail`, only the first half of them, then fails (an
 /// injected fault).
 fn apply(path: &Path, records: &sled::Tree, closing: &AtomicBool, fail: bool) -> Result<(), StoreError> {
     let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
@@ -485,14 +484,17 @@ fn apply(path: &Path, records: &sled::Tree, closing: &AtomicBool, fail: bool) ->
         if closing.load(Ordering::SeqCst) {
             return Err(StoreError::backend("the store closed"));
         }
-        let mut batch = sled::Batch::default();
+        // Record by record, not as one batch: a batch locks sled against every reader
+        // while it applies, and atomicity is not needed here, as a segment is applied
+        // again in full, over whatever part of it sled holds, until it is marked.
         for (key, value) in entry {
             match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
+                Some(value) => records.insert(key, value).map(drop),
+                None => records.remove(key).map(drop),
             }
+            .map_err(StoreError::backend)?;
         }
-        records.apply_batch(batch).map_err(StoreError::backend)
+        Ok(())
     })?;
     if fail {
         return Err(StoreError::backend(format!("an injected failure after applying half of {}", path.display())));
