@@ -5,6 +5,12 @@
 //! * `durable-bench chain --steps N --store memory|sled|postgres [--concurrency C]`
 //! * `durable-bench calc --nodes K --store …`
 //! * `durable-bench recover --steps N --store sled|postgres`
+//! * `durable-bench soak --invocations N --store … [--retention SECONDS] [--plot PATH]`:
+//!   N ten-step invocations, 64 at a time, with one JSON line every 10% of the way
+//!   (invocations done, throughput over the interval, RSS, the store's size on disk,
+//!   pending promises), then, on sled, how long reopening the store takes; and a PNG
+//!   of RSS (top) and throughput (bottom) against invocations done. Retention is
+//!   off unless given.
 //!
 //! Each store keeps its real durability: sled acknowledges after a flush, PostgreSQL
 //! after a commit. PostgreSQL is `$DURABLE_POSTGRES_URL` (default
@@ -17,41 +23,57 @@ use std::time::{Duration, Instant};
 use durable::prelude::*;
 use durable::store::PostgresStore;
 
-use durable_benches::{balanced, calc_roles, chain, clc, runtime, unfinished};
+use durable_benches::{balanced, calc_roles, chain, clc, runtime, step, unfinished};
+
+/// Ten steps: the invocation the soak runs.
+#[durable::function(name = "soak")]
+async fn soak(ctx: &mut Context, x: u64) -> durable::Result<u64> {
+    let mut x = x;
+    for _ in 0..10 {
+        x = ctx.lfc(step, x).await?;
+    }
+    Ok(x)
+}
 
 const USAGE: &str = "usage: durable-bench chain --steps N --store memory|sled|postgres [--concurrency C]
        durable-bench calc --nodes K --store memory|sled|postgres
-       durable-bench recover --steps N --store sled|postgres";
+       durable-bench recover --steps N --store sled|postgres
+       durable-bench soak --invocations N --store memory|sled|postgres [--retention SECONDS] [--plot PATH]";
 
 struct Args {
     workload: String,
     store: String,
     n: u64,
     concurrency: u64,
+    retention: Option<u64>,
+    plot: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut argv = std::env::args().skip(1);
     let workload = argv.next().ok_or("say chain, calc or recover")?;
-    let mut args = Args { workload, store: "memory".into(), n: 0, concurrency: 1 };
+    let mut args = Args { workload, store: "memory".into(), n: 0, concurrency: 1, retention: None, plot: None };
     while let Some(flag) = argv.next() {
         let value = argv.next().ok_or(format!("{flag} needs a value"))?;
         let number = || value.parse::<u64>().map_err(|_| format!("{flag} takes a number, not {value:?}"));
         match flag.as_str() {
             "--store" => args.store = value.clone(),
-            "--steps" | "--nodes" => args.n = number()?,
+            "--steps" | "--nodes" | "--invocations" => args.n = number()?,
+            "--retention" => args.retention = Some(number()?),
+            "--plot" => args.plot = Some(value.clone()),
             "--concurrency" => args.concurrency = number()?.max(1),
             other => return Err(format!("unknown option {other}")),
         }
     }
     match (args.workload.as_str(), args.store.as_str()) {
-        ("chain" | "calc" | "recover-prepare", "memory" | "sled" | "postgres") | ("recover", "sled" | "postgres") => {}
+        ("chain" | "calc" | "soak" | "recover-prepare", "memory" | "sled" | "postgres")
+        | ("recover", "sled" | "postgres") => {}
         ("recover", other) => return Err(format!("recover needs a store that outlives a process, not {other}")),
         (_, "memory" | "sled" | "postgres") => return Err(format!("unknown workload {}", args.workload)),
         (_, other) => return Err(format!("unknown store {other}: memory, sled or postgres")),
     }
     if args.n == 0 {
-        return Err("give --steps N or --nodes K (at least 1)".into());
+        return Err("give --steps N, --nodes K or --invocations N (at least 1)".into());
     }
     Ok(args)
 }
@@ -199,6 +221,7 @@ async fn run(args: &Args) -> Result<(), String> {
             drop(store);
             cleanup(&args.store, &location).await;
         }
+        "soak" => run_soak(args, &location).await?,
         "recover-prepare" => {
             let store = open(&args.store, &location, true).await?;
             // Runs the chain to the gate, then releases it (PostgreSQL); sled's next
@@ -210,4 +233,151 @@ async fn run(args: &Args) -> Result<(), String> {
         _ => unreachable!("checked by parse_args"),
     }
     Ok(())
+}
+
+/// One sample of a soak.
+struct Sample {
+    done: u64,
+    per_second: f64,
+    rss_mb: f64,
+}
+
+async fn run_soak(args: &Args, location: &str) -> Result<(), String> {
+    let store = open(&args.store, location, true).await?;
+    let durable = Durable::builder()
+        .store(store.clone())
+        .register(soak)
+        .register(step)
+        .concurrency(64)
+        .retention(args.retention.map(Duration::from_secs))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (n, every) = (args.n, (args.n / 10).max(1));
+    let mut running = tokio::task::JoinSet::new();
+    let (mut started, mut done, mut samples) = (0, 0, Vec::new());
+    let mut interval = (Instant::now(), 0);
+    while done < n {
+        while started < n && running.len() < 64 {
+            let handle = durable.run(&format!("soak-{started}"), soak, started).await.map_err(|e| e.to_string())?;
+            running.spawn(handle);
+            started += 1;
+        }
+        let result = running.join_next().await.expect("invocations are running");
+        result.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        done += 1;
+        if done % every == 0 || done == n {
+            let per_second = (done - interval.1) as f64 / interval.0.elapsed().as_secs_f64();
+            let sample = Sample { done, per_second, rss_mb: rss_mb() };
+            let pending = pending(&*store).await?;
+            let disk_mb = disk_mb(&args.store, location).await;
+            println!(
+                "{{\"workload\":\"soak\",\"store\":\"{}\",\"done\":{done},\"invocations_per_second\":{per_second:.0},\
+                 \"steps_per_second\":{:.0},\"rss_mb\":{:.1},\"disk_mb\":{disk_mb:.1},\"pending\":{pending}}}",
+                args.store,
+                per_second * 10.0,
+                sample.rss_mb
+            );
+            samples.push(sample);
+            interval = (Instant::now(), done);
+        }
+    }
+    let path = args.plot.clone().unwrap_or_else(|| format!("soak-{}.png", args.store));
+    plot(&path, &samples)?;
+    drop(durable);
+    // The runtime's tasks let go of the store once this runtime drops them.
+    while Arc::strong_count(&store) > 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(store);
+    if args.store == "sled" {
+        // Opening the store afterwards: it reads the live records only.
+        let opened = Instant::now();
+        let store = open(&args.store, location, false).await?;
+        println!(
+            "{{\"workload\":\"soak-reopen\",\"store\":\"sled\",\"seconds\":{:.6}}}",
+            opened.elapsed().as_secs_f64()
+        );
+        drop(store);
+    }
+    cleanup(&args.store, location).await;
+    Ok(())
+}
+
+/// This process's resident memory, in MB.
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    kb.unwrap_or(0.0) / 1024.0
+}
+
+/// How many promises are pending: the live state.
+async fn pending(store: &dyn Store) -> Result<usize, String> {
+    let (mut count, mut cursor) = (0, None);
+    loop {
+        let search =
+            durable::store::Search { state: Some(durable::State::Pending), limit: 1000, cursor, ..Default::default() };
+        let page = store.search(search).await.map_err(|e| e.to_string())?;
+        count += page.promises.len();
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => return Ok(count),
+        }
+    }
+}
+
+/// The store's size on disk, in MB: sled's directory, or PostgreSQL's tables.
+async fn disk_mb(store: &str, location: &str) -> f64 {
+    let bytes = match store {
+        "sled" => dir_size(std::path::Path::new(location)),
+        "postgres" => {
+            let url = std::env::var("DURABLE_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let Ok((client, connection)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else {
+                return 0.0;
+            };
+            tokio::spawn(connection);
+            let query = "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'";
+            client.query_one(query, &[&location]).await.map_or(0, |row| row.get::<_, i64>(0) as u64)
+        }
+        _ => 0,
+    };
+    bytes as f64 / (1 << 20) as f64
+}
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Draws RSS (top, red) and throughput (bottom, blue) against invocations done, each
+/// from zero to a fifth above its largest value.
+fn plot(path: &str, samples: &[Sample]) -> Result<(), String> {
+    use plotters::prelude::*;
+    let fail = |e: &dyn std::fmt::Display| format!("cannot draw {path}: {e}");
+    let root = BitMapBackend::new(path, (800, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    let (top, bottom) = root.split_vertically(300);
+    let max_x = samples.last().map_or(1, |s| s.done) as f64;
+    let rss: Vec<(f64, f64)> = samples.iter().map(|s| (s.done as f64, s.rss_mb)).collect();
+    let rate: Vec<(f64, f64)> = samples.iter().map(|s| (s.done as f64, s.per_second)).collect();
+    for (area, points, color) in [(top, rss, RED), (bottom, rate, BLUE)] {
+        let max_y = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.2;
+        let mut chart =
+            ChartBuilder::on(&area).margin(20).build_cartesian_2d(0.0..max_x, 0.0..max_y).map_err(|e| fail(&e))?;
+        let axes = [vec![(0.0, max_y), (0.0, 0.0), (max_x, 0.0)]];
+        chart.draw_series(axes.map(|a| PathElement::new(a, BLACK))).map_err(|e| fail(&e))?;
+        chart.draw_series(LineSeries::new(points, color.stroke_width(2))).map_err(|e| fail(&e))?;
+    }
+    root.present().map_err(|e| fail(&e))
 }
