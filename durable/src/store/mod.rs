@@ -54,7 +54,10 @@ pub struct CreatePromise {
     pub fence: Option<Fence>,
     /// Acknowledge only once durable (the default). A create whose loss is harmless
     /// until a later durable write of the same store covers it (a local child, which
-    /// replay creates again) may set false to skip waiting for the disk.
+    /// replay creates again) may set false to skip waiting for the disk. A fenced
+    /// create that sets false, of an id under the fenced task, also tells the store
+    /// that the id is not among the task's settled promises unless it is live: the
+    /// caller creates only ids its claim did not preload.
     pub durable: bool,
 }
 

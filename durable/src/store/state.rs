@@ -199,7 +199,18 @@ impl Core {
     pub(crate) fn create(&mut self, req: CreatePromise, now: Millis) -> Result<Created, StoreError> {
         self.check_fence(req.fence.as_ref(), now)?;
         self.expire(&req.id, now);
-        if let Some(p) = self.stored(&req.id)? {
+        // A local child (a create under the fenced task that skips its sync) that is
+        // not live is new: had it settled before the task was claimed, the claim's
+        // preload held it and the runtime replays it instead of creating it, and
+        // since then only the holder of the fence writes under the task. So it skips
+        // the read of the finished records.
+        let local = !req.durable
+            && req
+                .fence
+                .as_ref()
+                .is_some_and(|f| req.id.strip_prefix(f.task.as_str()).is_some_and(|r| r.starts_with('.')));
+        let existing = if local { self.promises.get(&req.id).cloned() } else { self.stored(&req.id)? };
+        if let Some(p) = existing {
             if req.ikey.is_some() && req.ikey != p.ikey_create {
                 return Err(conflict(&req.id, "it exists with another idempotency key"));
             }
