@@ -26,8 +26,17 @@ pub(crate) async fn background(rt: Arc<Shared>) {
     let code = rt.registry.iter().map(|(name, f)| (name.clone(), f.code_digest())).collect();
     let _ = store.resume_halted(&rt.group, &code).await;
     let _ = store.release_predecessors(&rt.group, &rt.pid, &rt.process).await;
+    // A claim the killed predecessor sent just before it died can still commit after
+    // that: look once more a moment later.
+    let mut recheck = Some(tokio::time::Instant::now() + PREDECESSOR_RECHECK);
     let mut next_beat = tokio::time::Instant::now() + beat;
     loop {
+        if let Some(at) = recheck
+            && tokio::time::Instant::now() >= at
+        {
+            let _ = store.release_predecessors(&rt.group, &rt.pid, &rt.process).await;
+            recheck = None;
+        }
         // With nothing held there is nothing to heartbeat: sleep until the next
         // deadline or a readiness signal, and at most one lease, so that a lease taken
         // elsewhere since the last tick (its holder may die) is noticed when it ends.
@@ -60,6 +69,9 @@ pub(crate) async fn background(rt: Arc<Shared>) {
                 }
             }
         }
+        if let Some(at) = recheck {
+            sleep = sleep.min(at.saturating_duration_since(tokio::time::Instant::now()));
+        }
         if rt.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
             next_beat = tokio::time::Instant::now() + beat;
         } else {
@@ -72,6 +84,9 @@ pub(crate) async fn background(rt: Arc<Shared>) {
         }
     }
 }
+
+/// When a starting worker looks again for tasks its predecessor held.
+const PREDECESSOR_RECHECK: Duration = Duration::from_secs(1);
 
 /// How many roots one purge deletes at most.
 pub(crate) const PURGE_BATCH: usize = 100;
