@@ -360,23 +360,69 @@ fn dir_size(path: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// Fonts the plot's labels are drawn in, the first found: `$DURABLE_BENCH_FONT`, then
+/// DejaVu Sans or Liberation Sans where Debian puts them.
+const FONTS: [&str; 2] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+/// Registers the first font found as plotters' `sans-serif`; false if there is none.
+fn register_font() -> bool {
+    let paths = std::env::var("DURABLE_BENCH_FONT").into_iter().chain(FONTS.iter().map(|p| p.to_string()));
+    for path in paths {
+        if let Ok(bytes) = std::fs::read(&path) {
+            // plotters keeps fonts for the life of the process.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            if plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes).is_ok() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// Draws RSS (top, red) and throughput (bottom, blue) against invocations done, each
-/// from zero to a fifth above its largest value.
+/// from zero to a fifth above its largest value, with titled and labelled axes when a
+/// font is found (see [`FONTS`]), bare axes otherwise.
 fn plot(path: &str, samples: &[Sample]) -> Result<(), String> {
     use plotters::prelude::*;
     let fail = |e: &dyn std::fmt::Display| format!("cannot draw {path}: {e}");
+    let labelled = register_font();
+    if !labelled {
+        eprintln!("no font found (set DURABLE_BENCH_FONT to a .ttf): {path} has no labels");
+    }
     let root = BitMapBackend::new(path, (800, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(&e))?;
     let (top, bottom) = root.split_vertically(300);
     let max_x = samples.last().map_or(1, |s| s.done) as f64;
     let rss: Vec<(f64, f64)> = samples.iter().map(|s| (s.done as f64, s.rss_mb)).collect();
     let rate: Vec<(f64, f64)> = samples.iter().map(|s| (s.done as f64, s.per_second)).collect();
-    for (area, points, color) in [(top, rss, RED), (bottom, rate, BLUE)] {
+    let panels = [
+        (top, rss, RED, "resident memory", "RSS (MB)"),
+        (bottom, rate, BLUE, "throughput over each tenth", "invocations/s"),
+    ];
+    for (area, points, color, title, unit) in panels {
         let max_y = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.2;
-        let mut chart =
-            ChartBuilder::on(&area).margin(20).build_cartesian_2d(0.0..max_x, 0.0..max_y).map_err(|e| fail(&e))?;
-        let axes = [vec![(0.0, max_y), (0.0, 0.0), (max_x, 0.0)]];
-        chart.draw_series(axes.map(|a| PathElement::new(a, BLACK))).map_err(|e| fail(&e))?;
+        let mut builder = ChartBuilder::on(&area);
+        builder.margin(20);
+        if labelled {
+            builder.caption(title, ("sans-serif", 20)).x_label_area_size(40).y_label_area_size(70);
+        }
+        let mut chart = builder.build_cartesian_2d(0.0..max_x, 0.0..max_y).map_err(|e| fail(&e))?;
+        if labelled {
+            chart
+                .configure_mesh()
+                .x_desc("invocations done")
+                .y_desc(unit)
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| format!("{y:.0}"))
+                .draw()
+                .map_err(|e| fail(&e))?;
+        } else {
+            let axes = [vec![(0.0, max_y), (0.0, 0.0), (max_x, 0.0)]];
+            chart.draw_series(axes.map(|a| PathElement::new(a, BLACK))).map_err(|e| fail(&e))?;
+        }
         chart.draw_series(LineSeries::new(points, color.stroke_width(2))).map_err(|e| fail(&e))?;
     }
     root.present().map_err(|e| fail(&e))

@@ -575,6 +575,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_checkpoint_leaves_each_key_as_the_last_write_of_its_segment_left_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_small(dir.path(), 4096);
+        // Each promise is written live, then deleted there and written finished,
+        // within one segment or across two.
+        for i in 0..100 {
+            store.create(CreatePromise::new(format!("p{i}"), Param::External)).await.unwrap();
+            store.settle(resolve(&format!("p{i}"))).await.unwrap();
+        }
+        wait_for_checkpoints(dir.path());
+        drop(store);
+        let store = open_small(dir.path(), 4096);
+        assert_eq!(live(&store), 0, "no live record of a settled promise comes back");
+        for i in 0..100 {
+            let p = store.get(&format!("p{i}")).await.unwrap().unwrap();
+            assert_eq!((p.state, p.value.as_deref()), (State::Resolved, Some("1")), "p{i}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_store_of_format_2_is_rewritten_and_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
         {

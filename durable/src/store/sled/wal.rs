@@ -475,27 +475,34 @@ fn checkpoint(
     std::fs::remove_file(path).map_err(|e| io(path, e))
 }
 
-/// Applies every whole entry of a segment to sled, unless the store closes meanwhile; with `fail`, only the first half of them, then fails (an
-/// injected fault).
+/// Applies a segment to sled: for each key the last value the segment gives it, in key
+/// order, unless the store closes meanwhile; with `fail`, only the first half of them,
+/// then fails (an injected fault).
+///
+/// Only each key's last value matters, as the segment is applied again in full, over
+/// whatever part of it sled holds, until it is marked applied. Most records of a
+/// segment are overwritten within it (a local step's live record is written and
+/// deleted before its finished one), so this writes sled about a third as often as
+/// applying entry by entry. Record by record, not as one batch: a batch locks sled
+/// against every reader while it applies.
 fn apply(path: &Path, records: &sled::Tree, closing: &AtomicBool, fail: bool) -> Result<(), StoreError> {
     let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
-    let stop = if fail { bytes.len() / 2 } else { bytes.len() };
-    read(&bytes[..stop], path, |entry| {
+    let mut last = BTreeMap::new();
+    read(&bytes, path, |entry| {
+        last.extend(entry);
+        Ok(())
+    })?;
+    let stop = if fail { last.len() / 2 } else { last.len() };
+    for (key, value) in last.into_iter().take(stop) {
         if closing.load(Ordering::SeqCst) {
             return Err(StoreError::backend("the store closed"));
         }
-        // Record by record, not as one batch: a batch locks sled against every reader
-        // while it applies, and atomicity is not needed here, as a segment is applied
-        // again in full, over whatever part of it sled holds, until it is marked.
-        for (key, value) in entry {
-            match value {
-                Some(value) => records.insert(key, value).map(drop),
-                None => records.remove(key).map(drop),
-            }
-            .map_err(StoreError::backend)?;
+        match value {
+            Some(value) => records.insert(key, value).map(drop),
+            None => records.remove(key).map(drop),
         }
-        Ok(())
-    })?;
+        .map_err(StoreError::backend)?;
+    }
     if fail {
         return Err(StoreError::backend(format!("an injected failure after applying half of {}", path.display())));
     }
