@@ -8,15 +8,19 @@
 //!   synced length, or end in garbage. Every acknowledged write survives; of the
 //!   others, a prefix of whole writes may show, and nothing else.
 //!
+//! * A child process finishes invocations (a root and three descendants) and purges
+//!   them, one root at a time and by age; it is killed at random moments. Every root
+//!   is whole or wholly gone, and every purge it printed took its subtree.
+//!
 //! The child is this test binary run again with `DURABLE_CRASH_DIR` set, which makes
-//! `child_process` write instead of returning at once.
+//! `child_process` (or `purging_child_process`) write instead of returning at once.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use durable::store::{CreatePromise, SettlePromise, VirtualClock};
+use durable::store::{CreatePromise, Purge, SettlePromise, VirtualClock};
 use durable::{Param, SledStore, State, Store};
 use proptest::prelude::*;
 
@@ -62,18 +66,88 @@ fn child_process() {
     });
 }
 
-/// What the child said was acknowledged: ids created, and ids settled with values.
+/// The descendants of each root the purging child creates.
+const DESCENDANTS: [&str; 3] = [".1", ".2", ".2.1"];
+
+/// Finishes invocations until killed: each of 16 writers creates three resolved
+/// descendants and then their resolved root and prints `c root`, then purges its previous root
+/// and prints `g root`; a 17th purges whatever finished a moment ago, 5 roots at a time.
+#[test]
+fn purging_child_process() {
+    let Some(dir) = std::env::var_os(DIR_VAR).map(PathBuf::from) else { return };
+    let round: u32 = std::env::var(ROUND_VAR).expect(ROUND_VAR).parse().expect("a round");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let store = Arc::new(SledStore::open(&dir).expect("open the store"));
+        let resolved = |id: String| {
+            let mut req = CreatePromise::new(id, Param::External);
+            req.resolved = Some("1".into());
+            req
+        };
+        let mut writers: Vec<_> = (0..16)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for i in 0u64.. {
+                        let root = format!("r{round}-w{w}-{i}");
+                        // Descendants first, the root last, as an invocation settles: a
+                        // finished root is whole, and only then may it be purged.
+                        for d in DESCENDANTS.iter().rev() {
+                            store.create(resolved(format!("{root}{d}"))).await.expect("create a descendant");
+                        }
+                        store.create(resolved(root.clone())).await.expect("create a root");
+                        println!("c {root}");
+                        if i > 0 {
+                            let previous = format!("r{round}-w{w}-{}", i - 1);
+                            store.purge(Purge::Root(previous.clone())).await.expect("purge a root");
+                            println!("g {previous}");
+                        }
+                    }
+                })
+            })
+            .collect();
+        let sweeper = store.clone();
+        writers.push(tokio::spawn(async move {
+            loop {
+                let now = sweeper.now().await.expect("now");
+                sweeper.purge(Purge::Before { before: now, limit: 5 }).await.expect("purge by age");
+                tokio::task::yield_now().await;
+            }
+        }));
+        for writer in writers {
+            writer.await.expect("a writer");
+        }
+    });
+}
+
+/// What the child said was acknowledged: ids created, ids settled with values, and
+/// roots purged.
 #[derive(Default)]
 struct Acknowledged {
     created: Vec<String>,
     settled: Vec<(String, String)>,
+    purged: Vec<String>,
 }
 
-/// Runs the child for round `round` until it has acknowledged `writes` writes, then
-/// kills it; returns what it printed.
-fn run_and_kill(dir: &Path, round: u32, writes: usize, acked: &mut Acknowledged) {
+impl Acknowledged {
+    /// Takes in one line the child printed; false if it was not about a write.
+    fn read(&mut self, line: &str) -> bool {
+        let mut words = line.split(' ');
+        match (words.next(), words.next(), words.next()) {
+            (Some("c"), Some(id), None) => self.created.push(id.to_owned()),
+            (Some("s"), Some(id), Some(value)) => self.settled.push((id.to_owned(), value.to_owned())),
+            (Some("g"), Some(id), None) => self.purged.push(id.to_owned()),
+            _ => return false, // the test harness's own output
+        }
+        true
+    }
+}
+
+/// Runs `child` (a test of this binary) for round `round` until it has acknowledged
+/// `writes` writes, then kills it; returns what it printed.
+fn run_and_kill(dir: &Path, child: &str, round: u32, writes: usize, acked: &mut Acknowledged) {
     let mut child = Command::new(std::env::current_exe().expect("this test binary"))
-        .args(["child_process", "--exact", "--nocapture", "--test-threads=1"])
+        .args([child, "--exact", "--nocapture", "--test-threads=1"])
         .env(DIR_VAR, dir)
         .env(ROUND_VAR, round.to_string())
         .stdout(Stdio::piped())
@@ -84,24 +158,14 @@ fn run_and_kill(dir: &Path, round: u32, writes: usize, acked: &mut Acknowledged)
     let mut seen = 0;
     while seen < writes {
         let Some(line) = lines.next() else { panic!("the child stopped after {seen} writes") };
-        let line = line.expect("a line");
-        let mut words = line.split(' ');
-        match (words.next(), words.next(), words.next()) {
-            (Some("c"), Some(id), None) => acked.created.push(id.to_owned()),
-            (Some("s"), Some(id), Some(value)) => acked.settled.push((id.to_owned(), value.to_owned())),
-            _ => continue, // the test harness's own output
+        if acked.read(&line.expect("a line")) {
+            seen += 1;
         }
-        seen += 1;
     }
     child.kill().expect("SIGKILL");
     // Whatever it printed before it died was acknowledged too.
     for line in lines.map_while(Result::ok) {
-        let mut words = line.split(' ');
-        match (words.next(), words.next(), words.next()) {
-            (Some("c"), Some(id), None) => acked.created.push(id.to_owned()),
-            (Some("s"), Some(id), Some(value)) => acked.settled.push((id.to_owned(), value.to_owned())),
-            _ => {}
-        }
+        acked.read(&line);
     }
     child.wait().expect("reap the child");
 }
@@ -113,7 +177,7 @@ fn a_writer_killed_mid_group_commit_loses_no_acknowledged_write() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     // Kill points spread over the run: after a few hundred to a few thousand writes.
     for (round, writes) in [300, 1_700, 90, 2_500, 640, 1_200, 40, 3_100].into_iter().enumerate() {
-        run_and_kill(dir.path(), round as u32, writes, &mut acked);
+        run_and_kill(dir.path(), "child_process", round as u32, writes, &mut acked);
         let store = SledStore::open(dir.path()).expect("reopen after the kill");
         runtime.block_on(async {
             for id in &acked.created {
@@ -130,6 +194,39 @@ fn a_writer_killed_mid_group_commit_loses_no_acknowledged_write() {
         });
     }
     assert!(acked.settled.len() > 3_000, "{} settles were acknowledged", acked.settled.len());
+}
+
+#[test]
+fn a_purge_killed_midway_leaves_every_root_whole_or_wholly_gone() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut acked = Acknowledged::default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    for (round, writes) in [700, 150, 2_300, 40, 1_100, 3_000].into_iter().enumerate() {
+        run_and_kill(dir.path(), "purging_child_process", round as u32, writes, &mut acked);
+        let store = SledStore::open(dir.path()).expect("reopen after the kill");
+        runtime.block_on(async {
+            for root in &acked.created {
+                let mut present = vec![store.get(root).await.expect("get").is_some()];
+                for d in DESCENDANTS {
+                    present.push(store.get(&format!("{root}{d}")).await.expect("get").is_some());
+                }
+                assert!(
+                    present.iter().all(|p| *p) || present.iter().all(|p| !p),
+                    "round {round}: {root} is half purged: root and descendants present {present:?}"
+                );
+            }
+            for root in &acked.purged {
+                assert!(store.get(root).await.expect("get").is_none(), "round {round}: {root} was purged");
+                for d in DESCENDANTS {
+                    assert!(
+                        store.get(&format!("{root}{d}")).await.expect("get").is_none(),
+                        "round {round}: {root}{d} was purged with its root"
+                    );
+                }
+            }
+        });
+    }
+    assert!(acked.purged.len() > 1_000, "{} purges were acknowledged", acked.purged.len());
 }
 
 /// The log segment being written: the newest `wal-…` file.

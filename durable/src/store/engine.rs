@@ -77,9 +77,11 @@ impl<L: Log> Engine<L> {
             let result = step(&mut core, now);
             let changes = core.take_changes();
             let own = self.log.stage(&changes)?;
+            // A step that changed nothing answers from what it found (a promise
+            // already settled, a root already purged): that must be durable too.
             let token = match &result {
-                _ if durable => own,
-                Ok(answer) if !found(answer) => 0,
+                _ if durable && own != 0 => own,
+                Ok(answer) if !durable && !found(answer) => 0,
                 _ => seen,
             };
             (result, changes, token)
