@@ -13,14 +13,31 @@ use tokio::sync::watch;
 use crate::CrashPoint;
 
 /// What every generation of one run saw: the settled state of each promise, which
-/// must never change once observed.
+/// must never change once observed, and the first task that halted.
 #[derive(Debug, Default)]
 pub(crate) struct History {
     settled: Mutex<HashMap<String, (State, Option<String>)>>,
     violations: Mutex<Vec<String>>,
+    halt: watch::Sender<Option<String>>,
 }
 
 impl History {
+    /// Completes with what the first halted task reported, once one has halted.
+    pub(crate) async fn halted(&self) -> String {
+        let mut rx = self.halt.subscribe();
+        let halt = rx.wait_for(Option::is_some).await.expect("the sender lives in self");
+        halt.clone().unwrap_or_default()
+    }
+
+    fn halt(&self, task: &Task) {
+        let error = match task.fault() {
+            Some(e @ durable::Error::Halted { .. }) => e.to_string(),
+            Some(e) => format!("task {} halted: {e}", task.id),
+            None => format!("task {} halted with no reason recorded", task.id),
+        };
+        self.halt.send_if_modified(|halt| halt.is_none() && halt.replace(error).is_none());
+    }
+
     fn observe(&self, p: &Promise) {
         if !p.state.is_settled() {
             return;
@@ -161,7 +178,12 @@ impl Store for Gate {
     }
 
     async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError> {
-        self.write(format!("release {}", fence.task), self.inner.release(fence, how)).await
+        let halts = matches!(how, Release::Halt { .. });
+        self.write(format!("release {}", fence.task), self.inner.release(fence, how)).await?;
+        if halts && let Some(task) = self.inner.task(&fence.task).await? {
+            self.history.halt(&task);
+        }
+        Ok(())
     }
 
     async fn suspend(&self, fence: &Fence, awaiting: &[String]) -> Result<bool, StoreError> {

@@ -68,10 +68,14 @@ pub struct Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let points: Vec<String> = self.schedule.iter().map(ToString::to_string).collect();
-        write!(f, "crash {}", if points.is_empty() { "never".to_owned() } else { points.join(", then ") })?;
-        if let Some(write) = &self.write {
-            write!(f, " ({write})")?;
+        if self.schedule.is_empty() {
+            write!(f, "in the crash-free run")?;
+        } else {
+            let points: Vec<String> = self.schedule.iter().map(ToString::to_string).collect();
+            write!(f, "after a crash {}", points.join(", then "))?;
+            if let Some(write) = &self.write {
+                write!(f, " ({write})")?;
+            }
         }
         let schedule: Vec<String> = self
             .schedule
@@ -100,6 +104,11 @@ type Stores = Arc<dyn Fn() -> Arc<dyn Store> + Send + Sync>;
 /// recorded by `now`, `random` and `uuid` excepted), no promise settled twice, and no
 /// task or promise left unfinished.
 ///
+/// A task that halts (a nondeterminism, or a task that faulted too often) ends the
+/// run at once: the failure is the halt's own error, with the call, both sides and
+/// file:line for a nondeterminism, and says whether the crash-free run or which
+/// crash brought it.
+///
 /// Runs need tokio's paused time: call [`Sweep::run`] from
 /// `#[tokio::test(start_paused = true)]`, or through [`block_on`](crate::block_on).
 pub struct Sweep<F: Function> {
@@ -118,8 +127,55 @@ impl<F: Function> fmt::Debug for Sweep<F> {
     }
 }
 
-/// Every promise of a finished run: its state and value.
-type Tree = BTreeMap<String, (State, Option<String>)>;
+/// Every promise of a finished run, by id.
+type Tree = BTreeMap<String, Node>;
+
+/// A promise of a finished run: what it is, its state and its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Node {
+    /// The function called, or `sleep`, `promise`, `now`, `random`, `uuid`.
+    what: String,
+    state: State,
+    value: Option<String>,
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.state)?;
+        match &self.value {
+            Some(value) => write!(f, " {}", shortened(value)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A value for a message: whole if short, else its first 120 characters.
+fn shortened(value: &str) -> String {
+    match value.char_indices().nth(120) {
+        Some((end, _)) => format!("{}… ({} bytes)", &value[..end], value.len()),
+        None => value.to_owned(),
+    }
+}
+
+/// How a run's promises differ from the crash-free run's, one line per promise.
+fn differences(expected: &Tree, found: &Tree) -> String {
+    let mut lines = Vec::new();
+    for (id, want) in expected {
+        match found.get(id) {
+            None => lines.push(format!("{id} ({}) is missing: the crash-free run has it {want}", want.what)),
+            Some(got) if got != want => {
+                lines.push(format!("{id} ({}): the crash-free run has it {want}, this run {got}", want.what));
+            }
+            Some(_) => {}
+        }
+    }
+    for (id, got) in found {
+        if !expected.contains_key(id) {
+            lines.push(format!("{id} ({}) is new: {got}", got.what));
+        }
+    }
+    lines.iter().map(|l| format!("\n    {l}")).collect()
+}
 
 /// One finished run.
 struct Finished<T> {
@@ -240,11 +296,8 @@ where
             other => return Err(fail(format!("expected the result {:?}, got {other:?}", expected.0))),
         }
         if finished.tree != expected.1 {
-            let missing: Vec<_> = expected.1.iter().filter(|(k, v)| finished.tree.get(*k) != Some(v)).collect();
-            let extra: Vec<_> = finished.tree.iter().filter(|(k, v)| expected.1.get(*k) != Some(v)).collect();
-            return Err(fail(format!(
-                "the promise tree differs from the crash-free run's: expected {missing:?}, found {extra:?}"
-            )));
+            let lines = differences(&expected.1, &finished.tree);
+            return Err(fail(format!("the promise tree differs from the crash-free run's:{lines}")));
         }
         Ok(finished)
     }
@@ -274,8 +327,9 @@ where
             };
             let outcome = tokio::select! {
                 biased;
+                halt = history.halted() => Some(Err(halt)),
                 () = gate.died() => None,
-                outcome = tokio::time::timeout(self.patience, run) => Some(outcome),
+                outcome = tokio::time::timeout(self.patience, run) => Some(Ok(outcome)),
             };
             for w in &workers {
                 for (f, n) in w.body_runs() {
@@ -289,7 +343,11 @@ where
                 outside.abort();
             }
             drop(workers);
-            let Some(outcome) = outcome else { continue };
+            let outcome = match outcome {
+                None => continue,
+                Some(Err(halt)) => return Err(fail(halt)),
+                Some(Ok(outcome)) => outcome,
+            };
             let Ok(result) = outcome else {
                 return Err(fail(format!("no result within {:?} of virtual time: the run hung", self.patience)));
             };
@@ -332,11 +390,13 @@ async fn leftovers(store: &dyn Store) -> Result<Tree, String> {
             {
                 return Err(format!("the task of {} was left {:?}", p.id, task.state));
             }
-            let value = match p.param {
-                Param::Record { what } => Some(format!("<recorded {what}>")),
-                _ => p.value,
+            let (what, value) = match p.param {
+                Param::Record { what } => (what.clone(), Some(format!("<recorded {what}>"))),
+                Param::Call { func, .. } => (func, p.value),
+                Param::Timer => ("sleep".to_owned(), p.value),
+                Param::External => ("promise".to_owned(), p.value),
             };
-            tree.insert(p.id, (p.state, value));
+            tree.insert(p.id, Node { what, state: p.state, value });
         }
         match page.cursor {
             Some(c) => cursor = Some(c),

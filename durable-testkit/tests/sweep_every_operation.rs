@@ -78,7 +78,7 @@ async fn approver(durable: Durable) {
     }
 }
 
-fn sweep() -> Sweep<everything> {
+fn sweep() -> Sweep<impl Function<Args = i64, Output = (i64, String)>> {
     Sweep::new("all", everything, 1).workers(workers).outside(approver)
 }
 

@@ -247,6 +247,19 @@ pub struct Task {
     pub halted_code: Option<u64>,
 }
 
+impl Task {
+    /// The fault recorded on the task (why it halted, or why it was last released),
+    /// as the error it reports: a nondeterminism with its call, both sides and
+    /// file:line, or [`Error::Halted`] with the reason.
+    pub fn fault(&self) -> Option<Error> {
+        let error = self.error.as_deref()?;
+        Some(match Failure::decode(&self.id, Some(error)) {
+            Failure::Other { message } => Error::Halted { id: self.id.clone(), reason: message },
+            failure => failure.into_error(),
+        })
+    }
+}
+
 /// The proof that a write is made by the current holder of a task.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Fence {

@@ -45,6 +45,25 @@ async fn wf_new_args(ctx: &mut Context, key: String) -> durable::Result<u32> {
     Ok(x)
 }
 
+#[durable::function]
+async fn echo(_ctx: &mut Context, text: String) -> durable::Result<String> {
+    Ok(text)
+}
+
+#[durable::function(name = "wf")]
+async fn wf_long_v1(ctx: &mut Context, key: String) -> durable::Result<u32> {
+    ctx.lfc(echo, "x".repeat(500)).await?;
+    ctx.lfc(blocker, key).await?;
+    Ok(0)
+}
+
+#[durable::function(name = "wf")]
+async fn wf_long_changed(ctx: &mut Context, key: String) -> durable::Result<u32> {
+    ctx.lfc(echo, "y".repeat(500)).await?;
+    ctx.lfc(blocker, key).await?;
+    Ok(0)
+}
+
 /// Runs v1 until it blocks, crashes it, and replays with `changed`.
 async fn diverge<F>(
     id: &str,
@@ -53,9 +72,22 @@ async fn diverge<F>(
 where
     F: Function<Args = String, Output = u32>,
 {
+    diverge_from(id, wf_v1, changed).await
+}
+
+/// Runs `v1` until it blocks, crashes it, and replays with `changed`.
+async fn diverge_from<F, G>(
+    id: &str,
+    v1: G,
+    changed: F,
+) -> (std::sync::Arc<dyn Store>, durable::Error, Vec<(String, State, Option<String>)>)
+where
+    F: Function<Args = String, Output = u32>,
+    G: Function<Args = String, Output = u32>,
+{
     let store = memory();
-    let first = builder(&store).register(wf_v1).build().unwrap();
-    let handle = first.run(id, wf_v1, id.into()).await.unwrap();
+    let first = builder(&store).register(v1.clone()).build().unwrap();
+    let handle = first.run(id, v1, id.into()).await.unwrap();
     arrived(id).await;
     drop(first);
     let before = tree(&*store, id).await;
@@ -101,10 +133,24 @@ async fn changed_arguments_are_nondeterminism_too() {
     let (store, error, before) = diverge("nd-args", wf_new_args).await;
     let durable::Error::Nondeterminism(n) = &error else { panic!("expected nondeterminism, got {error}") };
     assert_eq!(n.id, "nd-args.1");
-    assert!(n.recorded.contains("\"step\"") && n.now.contains("\"step\""));
-    assert_ne!(n.recorded, n.now, "the digests differ");
+    assert_eq!(n.recorded, "a call of \"step\" (version 1) with arguments 1", "the recorded arguments, as JSON");
+    assert_eq!(n.now, "a call of \"step\" (version 1) with arguments 2", "the current arguments, as JSON");
+    let message = error.to_string();
+    assert!(
+        message.contains("the history recorded a call of \"step\" (version 1) with arguments 1, but the code now makes a call of \"step\" (version 1) with arguments 2"),
+        "{message}"
+    );
     assert_eq!(tree(&*store, "nd-args").await, before);
     assert_eq!(store.get("nd-args").await.unwrap().unwrap().state, State::Pending);
+}
+
+#[tokio::test(start_paused = true)]
+async fn long_arguments_are_shown_truncated() {
+    let (_, error, _) = diverge_from("nd-long", wf_long_v1, wf_long_changed).await;
+    let durable::Error::Nondeterminism(n) = &error else { panic!("expected nondeterminism, got {error}") };
+    assert!(n.now.starts_with("a call of \"echo\" (version 1) with arguments \"yyyy"), "now: {}", n.now);
+    assert!(n.now.ends_with("… (502 bytes)"), "a long argument is cut, with its size: {}", n.now);
+    assert!(n.now.len() < 200, "now: {}", n.now);
 }
 
 #[tokio::test(start_paused = true)]

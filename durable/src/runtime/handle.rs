@@ -10,7 +10,6 @@ use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
-use crate::error::Failure;
 use crate::runtime::execute::{Outcome, outcome};
 use crate::runtime::invocation::Invocation;
 use crate::runtime::wait::{self, Done};
@@ -82,10 +81,9 @@ pub(crate) async fn settled(store: &dyn Store, id: &str) -> Outcome {
         match wait::settled(store, id, true).await {
             Ok(Done::Settled(p)) => return outcome(&p),
             Ok(Done::Halted(task)) => {
-                return Err(match Failure::decode(id, task.error.as_deref()) {
-                    Failure::Other { message } => Error::Halted { id: id.to_owned(), reason: message },
-                    failure => failure.into_error(),
-                });
+                return Err(task
+                    .fault()
+                    .unwrap_or_else(|| Error::Halted { id: id.to_owned(), reason: "no reason was recorded".into() }));
             }
             Err(StoreError::Backend(e)) => {
                 let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);

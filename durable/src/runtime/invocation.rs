@@ -26,7 +26,7 @@ pub(crate) enum Fault {
     Fenced,
     /// Replay diverged: the task halts until a fixed deploy resumes it.
     Nondeterminism(Nondeterminism),
-    /// The store failed, a result did not encode, user code panicked: retried.
+    /// The store failed, or a result did not encode: released, retried with backoff.
     Platform(String),
 }
 
@@ -265,13 +265,15 @@ impl Invocation {
     }
 }
 
+/// What an operation is, for a nondeterminism message: a noun phrase with the call's
+/// arguments as JSON (truncated when long).
 fn describe(param: &Param) -> String {
     match param {
-        Param::Call { func, version, digest, .. } => {
-            format!("a call of {func:?} (version {version}, arguments digest {digest:016x})")
+        Param::Call { func, version, args, .. } => {
+            format!("a call of {func:?} (version {version}) with arguments {}", crate::codec::truncated(args))
         }
-        Param::Timer => "ctx.sleep()".into(),
-        Param::External => "ctx.promise()".into(),
-        Param::Record { what } => format!("ctx.{what}()"),
+        Param::Timer => "a sleep (ctx.sleep)".into(),
+        Param::External => "an external promise (ctx.promise)".into(),
+        Param::Record { what } => format!("a recorded value (ctx.{what})"),
     }
 }
