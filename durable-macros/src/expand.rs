@@ -1,4 +1,5 @@
-//! Generating the unit struct and its `Callable` and `Function` impls.
+//! Generating the function item that names a durable function, and the hidden type
+//! behind it that carries its body and options.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
@@ -58,12 +59,12 @@ fn generate(f: &DurableFn<'_>, options: &Options) -> TokenStream {
     let ret_assert = quote_spanned!(ret.span()=> #p::assert_payload::<<#ret as #p::Returns>::Ok>(););
     let retry = options.retry.as_ref().map(|r| {
         quote! {
-            fn retry(&self) -> #p::Retry { #r }
+            fn retry() -> #p::Retry { #r }
         }
     });
     let timeout = options.timeout.as_ref().map(|t| {
         quote! {
-            fn timeout(&self) -> ::core::option::Option<#p::Duration> { ::core::option::Option::Some(#t) }
+            fn timeout() -> ::core::option::Option<#p::Duration> { ::core::option::Option::Some(#t) }
         }
     });
     // What a deploy changed: a digest of the function as written.
@@ -72,44 +73,40 @@ fn generate(f: &DurableFn<'_>, options: &Options) -> TokenStream {
     body_fn.attrs.clear();
     body_fn.vis = syn::Visibility::Inherited;
     body_fn.sig.ident = format_ident!("__durable_body");
+    // The durable function is a function item: a `let` binding or a pattern may reuse
+    // its name, which a unit struct or a const would forbid. The type it returns
+    // carries the body and the options.
+    let descriptor = format_ident!("__durable_fn_{}", ident);
     quote! {
-        #(#attrs)*
-        #[allow(non_camel_case_types)]
+        #[doc(hidden)]
+        #[allow(non_camel_case_types, dead_code)]
         #[derive(Clone, Copy, Debug, Default)]
-        #vis struct #ident;
+        #vis struct #descriptor;
+
+        #(#attrs)*
+        #vis fn #ident() -> #descriptor {
+            #descriptor
+        }
 
         const _: () = {
             #(#asserts)*
             #ret_assert
         };
 
-        impl #p::Callable for #ident {
+        impl #p::Descriptor for #descriptor {
             type Args = #args_ty;
             type Output = <#ret as #p::Returns>::Ok;
-
-            fn name(&self) -> &str {
-                #name
-            }
-
-            fn version(&self) -> u32 {
-                #version
-            }
+            const NAME: &'static str = #name;
+            const VERSION: u32 = #version;
+            const CODE: u64 = #code;
 
             #timeout
-        }
-
-        impl #p::Function for #ident {
             #retry
 
-            fn code_digest(&self) -> u64 {
-                #code
-            }
-
             fn call<'a>(
-                &self,
                 ctx: &'a mut #p::Context,
-                args: <Self as #p::Callable>::Args,
-            ) -> #p::BoxFuture<'a, #p::Result<<Self as #p::Callable>::Output>> {
+                args: Self::Args,
+            ) -> #p::BoxFuture<'a, #p::Result<Self::Output>> {
                 #[allow(clippy::too_many_arguments)]
                 #body_fn
                 #bind

@@ -402,9 +402,15 @@ impl<C: Callable> std::fmt::Debug for Rpc<C> {
 }
 
 impl<C: Callable> Rpc<C> {
-    /// Routes the task to this target (see [`Target`]).
-    pub fn target(mut self, target: &str) -> Self {
-        self.target = Some(target.parse());
+    /// Routes the task to this target: a URL such as `"poll://any@gpu"` (see
+    /// [`Target`]), or a `Target`. A malformed URL is an [`Error::InvalidTarget`]
+    /// when awaited, before anything is written.
+    pub fn target<T>(mut self, target: T) -> Self
+    where
+        T: TryInto<Target>,
+        T::Error: Into<Error>,
+    {
+        self.target = Some(target.try_into().map_err(Into::into));
         self
     }
 

@@ -8,11 +8,38 @@ use serde::{Deserialize, Serialize};
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in a durable call.
-#[derive(Debug, thiserror::Error)]
+///
+/// Inside a durable function `?` takes any `std::error::Error + Send + Sync`, as
+/// anyhow and restate's `HandlerError` do: it becomes a retryable
+/// [`Error::Application`] with the error's message and its sources (a
+/// [`StoreError`] stays [`Error::Store`]). [`Error::terminal`] is the explicit way
+/// to fail for good. For the same reason `Error` itself is not a `std::error::Error`;
+/// `?` turns it into a `Box<dyn std::error::Error + Send + Sync>`, and
+/// [`Error::into_std`] gives one for anything else (`anyhow::Error::from_boxed`).
+///
+/// ```
+/// use durable::prelude::*;
+///
+/// #[durable::function]
+/// async fn parse(_ctx: &mut Context, text: String) -> durable::Result<u64> {
+///     Ok(text.trim().parse::<u64>()?) // a ParseIntError, retried like any failure
+/// }
+///
+/// fn reserve() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+///     Err(Error::terminal("out of stock"))?; // a durable::Error through `?`
+///     Ok(())
+/// }
+///
+/// fn main() {
+///     let e: Error = "x".parse::<u64>().unwrap_err().into();
+///     assert!(e.is_retryable());
+///     assert_eq!(reserve().unwrap_err().to_string(), "out of stock");
+/// }
+/// ```
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
     /// User code failed. Retried by the retry policy unless `terminal`.
-    #[error("{message}")]
     Application {
         /// What the code said.
         message: String,
@@ -20,22 +47,18 @@ pub enum Error {
         terminal: bool,
     },
     /// The promise's deadline passed before it settled.
-    #[error("promise {id} timed out")]
     Timeout {
         /// The promise.
         id: String,
     },
     /// The promise was canceled.
-    #[error("promise {id} was canceled")]
     Canceled {
         /// The promise.
         id: String,
     },
     /// Replay took a different path than the recorded run.
-    #[error(transparent)]
     Nondeterminism(Box<Nondeterminism>),
     /// No function of this name is registered here.
-    #[error("function {name:?} is not registered{}", where_.as_deref().map(|w| format!(" in {w}")).unwrap_or_default())]
     NotRegistered {
         /// The name asked for.
         name: String,
@@ -43,7 +66,6 @@ pub enum Error {
         where_: Option<String>,
     },
     /// A payload did not encode or decode as the function's types.
-    #[error("cannot {what} for {id}: {message}")]
     Codec {
         /// The promise.
         id: String,
@@ -53,7 +75,6 @@ pub enum Error {
         message: String,
     },
     /// A payload is bigger than the configured limit; nothing was written.
-    #[error("{what} of {id} is {size} bytes, over the limit of {limit} bytes (raise it with Builder::max_payload)")]
     PayloadTooLarge {
         /// The promise.
         id: String,
@@ -65,7 +86,6 @@ pub enum Error {
         limit: usize,
     },
     /// An id that cannot be used.
-    #[error("invalid id {id:?}: {reason}")]
     InvalidId {
         /// The id.
         id: String,
@@ -73,7 +93,6 @@ pub enum Error {
         reason: &'static str,
     },
     /// A target URL that cannot be routed.
-    #[error("invalid target {target:?}: {reason}")]
     InvalidTarget {
         /// The URL as given.
         target: String,
@@ -81,7 +100,6 @@ pub enum Error {
         reason: String,
     },
     /// The invocation's task was halted; a fixed deploy resumes it.
-    #[error("invocation {id} halted: {reason}")]
     Halted {
         /// The invocation.
         id: String,
@@ -90,7 +108,6 @@ pub enum Error {
     },
     /// An id already names an invocation that differs from this call (another function,
     /// or other arguments): the same id never runs twice.
-    #[error("invocation {id} exists {reason}; an id names one invocation: choose another id for another call")]
     Conflict {
         /// The invocation.
         id: String,
@@ -98,14 +115,104 @@ pub enum Error {
         reason: String,
     },
     /// The runtime is misconfigured or shut down.
-    #[error("{0}")]
     Runtime(String),
     /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Application { message, .. } => write!(f, "{message}"),
+            Error::Timeout { id } => write!(f, "promise {id} timed out"),
+            Error::Canceled { id } => write!(f, "promise {id} was canceled"),
+            Error::Nondeterminism(n) => fmt::Display::fmt(n, f),
+            Error::NotRegistered { name, where_ } => {
+                write!(f, "function {name:?} is not registered")?;
+                match where_ {
+                    Some(w) => write!(f, " in {w}"),
+                    None => Ok(()),
+                }
+            }
+            Error::Codec { id, what, message } => write!(f, "cannot {what} for {id}: {message}"),
+            Error::PayloadTooLarge { id, what, size, limit } => write!(
+                f,
+                "{what} of {id} is {size} bytes, over the limit of {limit} bytes (raise it with Builder::max_payload)"
+            ),
+            Error::InvalidId { id, reason } => write!(f, "invalid id {id:?}: {reason}"),
+            Error::InvalidTarget { target, reason } => write!(f, "invalid target {target:?}: {reason}"),
+            Error::Halted { id, reason } => write!(f, "invocation {id} halted: {reason}"),
+            Error::Conflict { id, reason } => write!(
+                f,
+                "invocation {id} exists {reason}; an id names one invocation: choose another id for another call"
+            ),
+            Error::Runtime(message) => write!(f, "{message}"),
+            Error::Store(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+/// `?` on any error: a retryable application error with the error's message and its
+/// sources, except that a [`StoreError`] stays one.
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for Error {
+    fn from(e: E) -> Error {
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(e);
+        match boxed.downcast::<StoreError>() {
+            Ok(store) => Error::Store(*store),
+            Err(other) => {
+                let mut message = other.to_string();
+                let mut source = other.source();
+                while let Some(s) = source {
+                    message.push_str(": ");
+                    message.push_str(&s.to_string());
+                    source = s.source();
+                }
+                Error::Application { message, terminal: false }
+            }
+        }
+    }
+}
+
+/// An [`Error`] as a `std::error::Error`: see [`Error::into_std`].
+#[derive(Debug)]
+struct StdError(Error);
+
+impl fmt::Display for StdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for StdError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0 {
+            Error::Store(e) => Some(e),
+            Error::Nondeterminism(n) => Some(&**n),
+            _ => None,
+        }
+    }
+}
+
+impl From<Error> for Box<dyn std::error::Error + Send + Sync + 'static> {
+    fn from(e: Error) -> Self {
+        e.into_std()
+    }
+}
+
+impl From<Error> for Box<dyn std::error::Error + 'static> {
+    fn from(e: Error) -> Self {
+        e.into_std()
+    }
 }
 
 impl Error {
+    /// This error as a `std::error::Error`, for error types that take one (anyhow's
+    /// `Error::from_boxed`, say); its source is the store's error or the
+    /// nondeterminism.
+    pub fn into_std(self) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        Box::new(StdError(self))
+    }
+
     /// An application error; the retry policy may retry it.
     pub fn new(message: impl fmt::Display) -> Error {
         Error::Application { message: message.to_string(), terminal: false }
@@ -125,7 +232,7 @@ impl Error {
 /// A replay that does not match what was recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error(
-    "nondeterminism at {id} ({location}): recorded {recorded}, but the code now calls {now}; \
+    "nondeterminism at {id} ({location}): the history recorded {recorded}, but the code now makes {now}; \
      the task is halted and nothing was settled: deploy code that replays the recorded \
      history (or give the changed call a new version and id) to resume it"
 )]
@@ -191,6 +298,7 @@ pub(crate) enum Failure {
     NotRegistered { name: String, where_: Option<String> },
     Codec { id: String, what: String, message: String },
     PayloadTooLarge { id: String, what: String, size: usize, limit: usize },
+    InvalidTarget { target: String, reason: String },
     Other { message: String },
 }
 
@@ -219,6 +327,7 @@ impl Failure {
                 size,
                 limit,
             },
+            Failure::InvalidTarget { target, reason } => Error::InvalidTarget { target, reason },
             Failure::Other { message } => Error::Application { message, terminal: true },
         }
     }
@@ -241,6 +350,9 @@ impl From<&Error> for Failure {
             }
             Error::PayloadTooLarge { id, what, size, limit } => {
                 Failure::PayloadTooLarge { id: id.clone(), what: (*what).to_owned(), size: *size, limit: *limit }
+            }
+            Error::InvalidTarget { target, reason } => {
+                Failure::InvalidTarget { target: target.clone(), reason: reason.clone() }
             }
             other => Failure::Other { message: other.to_string() },
         }

@@ -44,7 +44,7 @@ pub mod prelude {
 /// any release.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::runtime::function::Returns;
+    pub use crate::runtime::function::{Descriptor, Returns};
     pub use crate::{Callable, Context, Function, Result, Retry};
     pub use futures::future::BoxFuture;
     pub use serde::Serialize;

@@ -80,6 +80,30 @@ impl FromStr for Target {
     }
 }
 
+impl TryFrom<&str> for Target {
+    type Error = Error;
+
+    fn try_from(url: &str) -> Result<Target, Error> {
+        url.parse()
+    }
+}
+
+impl TryFrom<&String> for Target {
+    type Error = Error;
+
+    fn try_from(url: &String) -> Result<Target, Error> {
+        url.parse()
+    }
+}
+
+impl TryFrom<String> for Target {
+    type Error = Error;
+
+    fn try_from(url: String) -> Result<Target, Error> {
+        url.parse()
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mode = if self.uni { "uni" } else { "any" };

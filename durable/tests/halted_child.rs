@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -12,17 +13,19 @@ use durable::prelude::*;
 
 static FIXED: AtomicBool = AtomicBool::new(false);
 
+/// Until fixed, its result is one JSON cannot hold (a map whose keys are not
+/// strings): a platform fault on every attempt.
 #[durable::function(name = "render")]
-async fn render(_ctx: &mut Context, frame: u32) -> durable::Result<String> {
+async fn render(_ctx: &mut Context, frame: u32) -> durable::Result<BTreeMap<(u32, u32), String>> {
     if !FIXED.load(Ordering::SeqCst) {
-        panic!("the renderer of this build is broken");
+        return Ok(BTreeMap::from([((frame, 0), "broken".to_owned())]));
     }
-    Ok(format!("frame-{frame}"))
+    Ok(BTreeMap::new())
 }
 
 #[durable::function]
-async fn movie(ctx: &mut Context) -> durable::Result<String> {
-    ctx.rfc(render, 7).target("poll://any@gpu").await
+async fn movie(ctx: &mut Context) -> durable::Result<usize> {
+    Ok(ctx.rfc(render, 7).target("poll://any@gpu").await?.len())
 }
 
 #[tokio::test(start_paused = true)]
@@ -34,7 +37,7 @@ async fn a_parent_of_a_halted_child_suspends_and_finishes_once_the_child_is_resu
         builder(&store).group("studio").suspend_after(Duration::from_secs(60)).register(movie).build().unwrap();
     let handle = studio.run("movie", movie, ()).await.unwrap();
 
-    // The child panics on every attempt until its task halts.
+    // The child faults on every attempt until its task halts.
     while store.get("movie.1").await.unwrap().is_none() {
         tokio::task::yield_now().await;
     }
@@ -53,5 +56,5 @@ async fn a_parent_of_a_halted_child_suspends_and_finishes_once_the_child_is_resu
     // A fixed deploy starts: it resumes the child, which settles and wakes the parent.
     FIXED.store(true, Ordering::SeqCst);
     let _fixed = builder(&store).group("gpu").register(render).build().unwrap();
-    assert_eq!(handle.await.unwrap(), "frame-7");
+    assert_eq!(handle.await.unwrap(), 0);
 }

@@ -41,18 +41,57 @@ async fn an_unregistered_function_is_refused_before_anything_is_written() {
     assert!(store.get("u").await.unwrap().is_none());
 }
 
+#[durable::function(retry = Retry::Never)]
+async fn parse(_ctx: &mut Context, text: String) -> durable::Result<u64> {
+    Ok(text.trim().parse::<u64>()?)
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_task_for_a_function_this_group_lacks_is_rejected_by_name() {
+async fn question_mark_takes_any_error_as_a_retryable_failure_with_its_message() {
     let store = memory();
-    let _worker = builder(&store).register(echo).build().unwrap();
+    let durable = builder(&store).register(parse).build().unwrap();
+    assert_eq!(durable.run("ok", parse, " 42 ".into()).await.unwrap().await.unwrap(), 42);
+    let error = durable.run("bad", parse, "4x2".into()).await.unwrap().await.unwrap_err();
+    assert!(
+        matches!(&error, Error::Application { message, terminal: false } if message == "invalid digit found in string"),
+        "{error:?}"
+    );
+    // And back: a durable::Error goes through `?` into a boxed std error.
+    let boxed = || -> Result<(), Box<dyn std::error::Error + Send + Sync>> { Err(error)? };
+    assert_eq!(boxed().unwrap_err().to_string(), "invalid digit found in string");
+}
+
+/// Registered only by the worker a rolling deploy reaches last.
+#[durable::function(name = "nobody-has-me")]
+async fn late(_ctx: &mut Context, x: i64) -> durable::Result<i64> {
+    Ok(x + 1)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_for_a_function_this_worker_lacks_waits_for_one_that_has_it() {
+    let store = memory();
+    let _old = builder(&store).pid("old").register(echo).build().unwrap();
     let mut req = CreatePromise::new("nobody", durable::Param::call("nobody-has-me", 1, "1".into()));
     req.task = Some(NewTask::new(Target::any("default")));
     store.create(req).await.unwrap();
-    store.wait("nobody", false).await.unwrap();
-    let p = store.get("nobody").await.unwrap().unwrap();
-    let error = p.value::<i64>().unwrap().unwrap_err();
+    // The old worker claims it and gives it back, saying why.
+    let task = loop {
+        match store.task("nobody").await.unwrap() {
+            Some(task) if task.error.is_some() => break task,
+            _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    };
+    assert_eq!(task.state, durable::TaskState::Pending, "released, not rejected");
+    let error = task.fault().unwrap();
     assert!(matches!(&error, Error::NotRegistered { name, .. } if name == "nobody-has-me"), "{error:?}");
-    assert!(error.to_string().contains("group \"default\""), "{error}");
+    assert!(error.to_string().contains("group \"default\" (worker \"old\")"), "{error}");
+    // An hour on, it still waits: nothing rejects it.
+    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    assert_eq!(store.get("nobody").await.unwrap().unwrap().state, durable::State::Pending);
+    // The deploy reaches a worker that has it.
+    let _new = builder(&store).pid("new").register(late).build().unwrap();
+    store.wait("nobody", false).await.unwrap();
+    assert_eq!(store.get("nobody").await.unwrap().unwrap().value::<i64>().unwrap().unwrap(), 2);
 }
 
 #[tokio::test(start_paused = true)]

@@ -81,6 +81,7 @@ async fn a_malformed_target_fails_at_the_call(store: Arc<dyn Store>) {
         let error = client.run(&id, call_with_target, target.into()).await.unwrap().await.unwrap_err();
         let message = error.to_string();
         assert!(message.contains(target) && message.contains(reason), "{target}: {message}");
+        assert!(matches!(&error, Error::InvalidTarget { target: t, .. } if t == target), "its own kind: {error:?}");
         assert!(store.get(&format!("{id}.1")).await.unwrap().is_none(), "nothing was written for {target}");
     }
     let error = client.rpc("bad-rpc", whoami(), ()).target("poll:/exp").await.unwrap_err();

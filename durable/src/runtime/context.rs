@@ -244,7 +244,17 @@ impl Record {
 }
 
 mod sealed {
+    #[diagnostic::on_unimplemented(
+        message = "`.retry(…)` applies to local calls (`lfc`, `lfi`) only",
+        label = "a remote call",
+        note = "a remote call (`rfc`, `rfi`, `detached`) is retried by the remote function's own policy, the one its worker registers with `#[durable::function(retry = …)]`"
+    )]
     pub trait Local {}
+    #[diagnostic::on_unimplemented(
+        message = "`.target(…)` applies to remote calls (`rfc`, `rfi`, `detached`) only",
+        label = "a local call",
+        note = "a local call (`lfc`, `lfi`) runs in this process; call `rfc` or `rfi` to route it to a group"
+    )]
     pub trait Routed {}
 }
 
@@ -330,20 +340,31 @@ impl<C: Callable, M> Call<C, M> {
     }
 }
 
-impl<C: Callable, M: sealed::Local> Call<C, M> {
-    /// Retries with this policy instead of the function's.
-    pub fn retry(mut self, retry: Retry) -> Self {
+impl<C: Callable, M> Call<C, M> {
+    /// Retries with this policy instead of the function's. Local calls only: a remote
+    /// call is retried by the policy its worker registers.
+    pub fn retry(mut self, retry: Retry) -> Self
+    where
+        M: sealed::Local,
+    {
         self.retry = Some(retry);
         self
     }
 }
 
-impl<C: Callable, M: sealed::Routed> Call<C, M> {
-    /// Routes the task to this target, e.g. `poll://any@exp/lhs` (see [`Target`]).
-    /// A malformed target is an error when the call is awaited, before anything is
-    /// written.
-    pub fn target(mut self, target: &str) -> Self {
-        self.target = Some(target.parse());
+impl<C: Callable, M> Call<C, M> {
+    /// Routes the task to this target: a URL such as `"poll://any@exp/lhs"` (see
+    /// [`Target`]), or a `Target`. A malformed URL is an [`Error::InvalidTarget`]
+    /// when the call is awaited, before anything is written.
+    ///
+    /// [`Error::InvalidTarget`]: crate::Error::InvalidTarget
+    pub fn target<T>(mut self, target: T) -> Self
+    where
+        M: sealed::Routed,
+        T: TryInto<Target>,
+        T::Error: Into<crate::Error>,
+    {
+        self.target = Some(target.try_into().map_err(Into::into));
         self
     }
 }

@@ -11,7 +11,7 @@ use crate::error::Failure;
 use crate::promise::{Millis, Param, Promise, State};
 use crate::runtime::context::retry_timer_id;
 use crate::runtime::function::Erased;
-use crate::runtime::invocation::{Fault, Invocation};
+use crate::runtime::invocation::Invocation;
 use crate::runtime::wait::{self, Done};
 use crate::store::{CreatePromise, SettlePromise};
 use crate::{Context, Error, Result, Retry};
@@ -74,13 +74,10 @@ impl Job {
             let mut ctx = Context::new(inv.clone(), self.id.clone(), self.deadline, attempt);
             let result = AssertUnwindSafe(self.func.call(&mut ctx, &self.args)).catch_unwind().await;
             ctx.scope.join().await;
-            let result = match result {
-                Ok(result) => result,
-                Err(panic) => {
-                    inv.fail(Fault::Platform(format!("{} panicked: {}", self.id, panic_message(&*panic))));
-                    return None;
-                }
-            };
+            // A panic fails the attempt, as an `Err` would: the retry policy decides
+            // whether another runs, and then the caller gets the error to handle.
+            let result = result
+                .unwrap_or_else(|panic| Err(Error::new(format!("{} panicked: {}", self.id, panic_message(&*panic)))));
             inv.check().ok()?;
             let (state, value) = match result {
                 Ok(json) => (State::Resolved, json),

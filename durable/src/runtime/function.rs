@@ -41,11 +41,14 @@ pub trait Callable: Send + Sync + 'static {
 
 /// A durable function with a body this process can run.
 ///
-/// `#[durable::function]` implements it for a unit struct named after the annotated
-/// `async fn`; implementing it by hand is possible but rarely needed.
+/// `#[durable::function] async fn ship(…)` defines `ship`, a function item that is a
+/// `Function`: pass it by name, `ctx.lfc(ship, order)`. Being a function item, not a
+/// unit struct, its name may be reused by a `let` binding or a pattern
+/// (`let ship = ctx.lfc(ship, order).await?`). Implementing the trait by hand is
+/// possible but rarely needed.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a durable function with a body in this process",
-    note = "annotate an `async fn` with `#[durable::function]`; a `Remote` function has no body here"
+    note = "annotate an `async fn` with `#[durable::function]`; a `Remote` function has no body here: call it with `ctx.rfc` or `ctx.rfi`"
 )]
 pub trait Function: Callable + Clone {
     /// The retry policy of its calls, unless a call sets its own.
@@ -160,8 +163,74 @@ impl<F: Function> Erased for F {
     }
 }
 
+/// What `#[durable::function]` implements for the type its function item returns:
+/// the body and options, with no `self`, so that the function item is the durable
+/// function.
+#[doc(hidden)]
+pub trait Descriptor: Send + Sync + 'static {
+    type Args: Serialize + DeserializeOwned + Send + 'static;
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    const NAME: &'static str;
+    const VERSION: u32;
+    const CODE: u64;
+
+    fn timeout() -> Option<Duration> {
+        None
+    }
+
+    fn retry() -> Retry {
+        Retry::default()
+    }
+
+    fn call<'a>(ctx: &'a mut Context, args: Self::Args) -> BoxFuture<'a, Result<Self::Output>>;
+}
+
+impl<G, D> Callable for G
+where
+    G: Fn() -> D + Clone + Send + Sync + 'static,
+    D: Descriptor,
+{
+    type Args = D::Args;
+    type Output = D::Output;
+
+    fn name(&self) -> &str {
+        D::NAME
+    }
+
+    fn version(&self) -> u32 {
+        D::VERSION
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        D::timeout()
+    }
+}
+
+impl<G, D> Function for G
+where
+    G: Fn() -> D + Clone + Send + Sync + 'static,
+    D: Descriptor,
+{
+    fn retry(&self) -> Retry {
+        D::retry()
+    }
+
+    fn call<'a>(&self, ctx: &'a mut Context, args: D::Args) -> BoxFuture<'a, Result<D::Output>> {
+        D::call(ctx, args)
+    }
+
+    fn code_digest(&self) -> u64 {
+        D::CODE
+    }
+}
+
 #[doc(hidden)]
 /// Used by `#[durable::function]` to name the `T` of a `Result<T, E>` return type.
+#[diagnostic::on_unimplemented(
+    message = "a durable function returns `durable::Result<T>`, not `{Self}`",
+    label = "not `durable::Result<T>`",
+    note = "return `durable::Result<T>` (`Result<T, durable::Error>`) for a serde type `T`; inside the body `?` takes any `std::error::Error`, and `Error::terminal(…)` fails for good"
+)]
 pub trait Returns {
     type Ok;
 }

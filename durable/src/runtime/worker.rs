@@ -9,8 +9,8 @@ use crate::runtime::function::Erased;
 use crate::runtime::invocation::{Fault, Invocation};
 use crate::runtime::shared::Shared;
 
-use crate::promise::{Fence, Millis, Param, Promise, State};
-use crate::store::{Claim, Purge, Release, SettlePromise};
+use crate::promise::{Fence, Millis, Param, Promise};
+use crate::store::{Claim, Purge, Release};
 use crate::{Error, Retry, Store};
 
 /// Platform faults after which a task halts instead of being retried.
@@ -65,7 +65,7 @@ pub(crate) async fn background(rt: Arc<Shared>) {
             if let Ok(acquired) = store.claim(claim).await {
                 for a in acquired {
                     let fence = a.fence();
-                    start(rt.clone(), fence, a.root, a.preload);
+                    start(rt.clone(), fence, a.task.faults, a.root, a.preload);
                 }
             }
         }
@@ -111,7 +111,10 @@ pub(crate) async fn retention(store: Arc<dyn Store>, keep: Duration) {
 }
 
 /// Starts executing a claimed task.
-fn start(rt: Arc<Shared>, fence: Fence, root: Promise, preload: Vec<Promise>) {
+/// Runs a claimed task. One for a function this runtime lacks is released for a worker
+/// that has it (a rolling deploy may not have reached this one yet): never rejected,
+/// it waits with backoff (1 s doubling to a minute) and the error on the task says why.
+fn start(rt: Arc<Shared>, fence: Fence, faults: u32, root: Promise, preload: Vec<Promise>) {
     let Param::Call { func, .. } = &root.param else {
         // Only calls have tasks.
         return;
@@ -119,18 +122,14 @@ fn start(rt: Arc<Shared>, fence: Fence, root: Promise, preload: Vec<Promise>) {
     match rt.registry.get(func).cloned() {
         Some(f) => spawn(rt, fence, root, preload, f, false),
         None => {
-            let error = Error::NotRegistered { name: func.clone(), where_: Some(format!("group {:?}", rt.group)) };
+            let error = Error::NotRegistered {
+                name: func.clone(),
+                where_: Some(format!("group {:?} (worker {:?})", rt.group, rt.pid)),
+            };
+            let delay = backoff().delay(faults + 1).unwrap_or_default().as_millis() as Millis;
+            let how = Release::Retry { delay, error: Some(Failure::from(&error).encode()) };
             tokio::spawn(async move {
-                let value = Failure::from(&error).encode();
-                let req = SettlePromise {
-                    id: root.id,
-                    state: State::Rejected,
-                    value,
-                    ikey: None,
-                    strict: false,
-                    fence: Some(fence),
-                };
-                let _ = rt.store.settle(req).await;
+                let _ = rt.store.release(&fence, how).await;
             });
         }
     }
@@ -181,6 +180,16 @@ pub(crate) fn spawn(
     rt.wake.notify_one();
 }
 
+/// The wait before a released task is delivered again: 1 s doubling to a minute.
+fn backoff() -> Retry {
+    Retry::Exponential {
+        initial: Duration::from_secs(1),
+        factor: 2,
+        max_delay: Duration::from_secs(60),
+        max_attempts: u32::MAX,
+    }
+}
+
 /// Releases or halts a task whose execution stopped on a fault; `code` is the digest
 /// of its function's code in this build.
 async fn after_fault(rt: &Shared, fence: &Fence, fault: Fault, code: u64) {
@@ -196,13 +205,7 @@ async fn after_fault(rt: &Shared, fence: &Fence, fault: Fault, code: u64) {
             if faults >= POISON {
                 Release::Halt { error: fault.record(), code: None }
             } else {
-                let backoff = Retry::Exponential {
-                    initial: Duration::from_secs(1),
-                    factor: 2,
-                    max_delay: Duration::from_secs(60),
-                    max_attempts: u32::MAX,
-                };
-                let delay = backoff.delay(faults).unwrap_or_default().as_millis() as u64;
+                let delay = backoff().delay(faults).unwrap_or_default().as_millis() as u64;
                 Release::Retry { delay, error: Some(fault.record()) }
             }
         }

@@ -109,7 +109,7 @@ mod tests {
         fn call<'a>(&self, ctx: &'a mut Context, n: u64) -> BoxFuture<'a, Result<u64>> {
             Box::pin(async move {
                 let pid = if n % 2 == 0 { "k1" } else { "k2" };
-                let doubled = ctx.rfc(Double, n).target(&format!("poll://any@kids/{pid}")).await?;
+                let doubled = ctx.rfc(Double, n).target(format!("poll://any@kids/{pid}")).await?;
                 ctx.sleep(Duration::from_millis(n % 5)).await?;
                 if n % 10 == 0 {
                     let approval = ctx.promise::<u64>().timeout(Duration::from_millis(3)).await?;

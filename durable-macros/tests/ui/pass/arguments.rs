@@ -25,12 +25,13 @@ async fn all(ctx: &mut Context) -> durable::Result<String> {
     ctx.lfc(three, (z + o, "-".to_owned(), vec![1, 2])).await
 }
 
+/// Takes a function whose arguments are `A`.
+fn with_args<A, F: Callable<Args = A>>(_: F) {}
+
 fn main() {
-    let _: fn() = || {
-        let _: <zero as Callable>::Args = ();
-        let _: <one as Callable>::Args = 1u32;
-        let _: <three as Callable>::Args = (1u32, String::new(), Vec::<u32>::new());
-    };
+    with_args::<(), _>(zero);
+    with_args::<u32, _>(one);
+    with_args::<(u32, String, Vec<u32>), _>(three);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let durable = Durable::builder().store(Arc::new(MemoryStore::new())).register(all).build().unwrap();
