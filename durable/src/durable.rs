@@ -10,8 +10,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
 use crate::error::Failure;
-use crate::promise::DETACHED_TAG;
 use crate::promise::State;
+use crate::promise::{DETACHED_TAG, PARENT_TAG};
 use crate::promise::{Fence, Millis, Param, Promise, validate_id};
 use crate::runtime::function::Erased;
 use crate::runtime::shared::Shared;
@@ -521,17 +521,48 @@ impl Promises<'_> {
         self.settle(id, State::Rejected, failure.encode()).await
     }
 
-    /// Cancels a promise and, if it is an invocation, its pending children (not the
-    /// detached invocations it started): they are rejected as canceled, their tasks are
+    /// Cancels a promise and, if it is an invocation, its pending children, including
+    /// those created with a chosen id (found by their [`PARENT_TAG`]), but not the
+    /// detached invocations it started: they are rejected as canceled, their tasks are
     /// no longer delivered, and whoever awaits them gets [`Error::Canceled`].
     pub async fn cancel(&self, id: &str) -> Result<Promise> {
         let value = Failure::Canceled { id: id.to_owned() }.encode();
         let root = self.settle(id, State::RejectedCanceled, value).await?;
+        let mut tops = vec![id.to_owned()];
+        while let Some(top) = tops.pop() {
+            let mut creators = self.cancel_under(&top).await?;
+            creators.push(top);
+            // Promises with a chosen id are not under their creator's prefix: each
+            // names it in a tag.
+            for creator in creators {
+                let mut cursor = None;
+                loop {
+                    let tags = [(PARENT_TAG.to_owned(), creator.clone())].into();
+                    let search = Search { tags, state: Some(State::Pending), cursor, ..Search::default() };
+                    let page = self.store.search(search).await?;
+                    for p in page.promises.iter().filter(|p| !p.tags.contains_key(DETACHED_TAG)) {
+                        let value = Failure::Canceled { id: p.id.clone() }.encode();
+                        self.settle(&p.id, State::RejectedCanceled, value).await?;
+                        tops.push(p.id.clone());
+                    }
+                    match page.cursor {
+                        Some(c) => cursor = Some(c),
+                        None => break,
+                    }
+                }
+            }
+        }
+        Ok(root)
+    }
+
+    /// Cancels every pending promise under `id.` that no detached invocation holds;
+    /// returns their ids.
+    async fn cancel_under(&self, id: &str) -> Result<Vec<String>> {
         // Children can still appear while a worker learns its task was canceled (its
         // next write is refused): sweep until none is pending.
-        let mut detached = HashMap::new();
+        let (mut detached, mut canceled) = (HashMap::new(), Vec::new());
         loop {
-            let mut canceled = 0;
+            let before = canceled.len();
             let mut cursor = None;
             loop {
                 let search =
@@ -543,15 +574,15 @@ impl Promises<'_> {
                     }
                     let value = Failure::Canceled { id: p.id.clone() }.encode();
                     self.settle(&p.id, State::RejectedCanceled, value).await?;
-                    canceled += 1;
+                    canceled.push(p.id.clone());
                 }
                 match page.cursor {
                     Some(c) => cursor = Some(c),
                     None => break,
                 }
             }
-            if canceled == 0 {
-                return Ok(root);
+            if canceled.len() == before {
+                return Ok(canceled);
             }
         }
     }

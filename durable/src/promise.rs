@@ -85,6 +85,28 @@ pub(crate) fn digest(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// The tag a promise created with a chosen id (`.id(…)` on a call or on
+/// `ctx.promise()`) carries inside an invocation: the id of the promise whose body
+/// created it. A chosen id is not under its creator's prefix, so this is how it is
+/// found: `Search { tags: [(PARENT_TAG.into(), creator)].into(), .. }`, and by
+/// `Promises::cancel` of the creator.
+pub const PARENT_TAG: &str = "durable:parent";
+
+/// The parent to record for a chosen id that replaces `minted`: the creating body's
+/// promise id, `minted` without its count and, for a retry's child
+/// (`{id}.r{k}.{n}`), without the retry's segment.
+pub(crate) fn creator_of(minted: &str) -> Option<&str> {
+    let (parent, _) = minted.rsplit_once('.')?;
+    match parent.rsplit_once('.') {
+        Some((body, retry))
+            if retry.strip_prefix('r').is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            Some(body)
+        }
+        _ => Some(parent),
+    }
+}
+
 /// The tag that marks a detached invocation: cancelling its creator leaves it alone,
 /// and it is a root of its own.
 pub(crate) const DETACHED_TAG: &str = "durable:detached";
@@ -267,4 +289,19 @@ pub struct Fence {
     pub task: String,
     /// The version it was acquired at.
     pub version: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::creator_of;
+
+    #[test]
+    fn the_creator_of_a_chosen_id_is_the_body_that_minted_it() {
+        assert_eq!(creator_of("order.3"), Some("order"));
+        assert_eq!(creator_of("order.2.7"), Some("order.2"));
+        assert_eq!(creator_of("order.r1.3"), Some("order"), "a retry's child belongs to the body");
+        assert_eq!(creator_of("order.2.r12.1"), Some("order.2"));
+        assert_eq!(creator_of("r1.4"), Some("r1"), "a root may be called r1");
+        assert_eq!(creator_of("order"), None);
+    }
 }

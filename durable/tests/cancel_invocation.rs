@@ -122,7 +122,46 @@ async fn cancelling_spares_what_a_finished_detached_invocation_started(store: Ar
     );
 }
 
+/// Asks a person for approval under a chosen id, from its second attempt (its
+/// children live under `{id}.r1.`), and starts a chosen-id remote call and a
+/// chosen-id detached job.
+#[durable::function(retry = Retry::Constant { delay: Duration::from_secs(1), max_attempts: 2 })]
+async fn approval(ctx: &mut Context, order: u32) -> durable::Result<bool> {
+    if ctx.attempt() == 1 {
+        return Err(Error::new("the first attempt fails"));
+    }
+    let label = ctx.rfi(never, ()).id(format!("label-{order}")).target("poll://any@nobody").await?;
+    ctx.detached(never, ()).id(format!("audit-{order}")).target("poll://any@nobody").await?;
+    let approved = ctx.promise::<bool>().id(format!("approval-{order}")).await?;
+    label.await?;
+    approved.await
+}
+
+async fn chosen_ids_are_found_by_their_creator_and_canceled_with_it(store: Arc<dyn Store>) {
+    let durable = Durable::builder().store(store.clone()).register(approval).build().unwrap();
+    let handle = durable.run("order-5", approval, 5).await.unwrap();
+    // Virtual time passes while this waits: the first attempt's backoff is a second.
+    while store.get("approval-5").await.unwrap().is_none() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let search = durable::store::Search {
+        tags: [(durable::PARENT_TAG.to_owned(), "order-5".to_owned())].into(),
+        ..Default::default()
+    };
+    let found: Vec<String> =
+        durable.promises().search(search).await.unwrap().promises.into_iter().map(|p| p.id).collect();
+    assert_eq!(found, ["approval-5", "audit-5", "label-5"], "a search by the creator's id finds every chosen id");
+
+    durable.promises().cancel("order-5").await.unwrap();
+    assert!(matches!(handle.await, Err(Error::Canceled { .. })));
+    for id in ["approval-5", "label-5"] {
+        assert_eq!(store.get(id).await.unwrap().unwrap().state, State::RejectedCanceled, "{id}");
+    }
+    assert_eq!(store.get("audit-5").await.unwrap().unwrap().state, State::Pending, "a detached job lives on");
+}
+
 on_every_store!(
+    chosen_ids_are_found_by_their_creator_and_canceled_with_it,
     cancelling_spares_what_a_finished_detached_invocation_started,
     cancelling_an_invocation_cancels_its_children,
     an_awaiter_of_a_canceled_child_gets_canceled,

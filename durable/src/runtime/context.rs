@@ -313,9 +313,17 @@ impl<C: Callable, M> std::fmt::Debug for Call<C, M> {
 impl<C: Callable, M> Call<C, M> {
     /// Uses this id instead of the minted one (the count still advances). It follows
     /// the rules of a top-level id; a malformed one is an error when the call is
-    /// awaited, before anything is written.
+    /// awaited, before anything is written. The promise is then a root of its own,
+    /// not under this invocation's prefix; its [`PARENT_TAG`](crate::PARENT_TAG) names
+    /// the body that created it, and cancelling that body cancels it too (unless it
+    /// is detached).
     pub fn id(mut self, id: impl Into<String>) -> Self {
-        self.id = id.into();
+        let minted = std::mem::replace(&mut self.id, id.into());
+        if !self.chosen
+            && let Some(creator) = crate::promise::creator_of(&minted)
+        {
+            self.tags.insert(crate::PARENT_TAG.into(), creator.into());
+        }
         self.chosen = true;
         self
     }
@@ -555,9 +563,17 @@ impl<T> std::fmt::Debug for Promised<T> {
 
 impl<T> Promised<T> {
     /// Uses this id instead of the minted one, e.g. one a person can type. It follows
-    /// the rules of a top-level id; a malformed one is an error when awaited.
+    /// the rules of a top-level id; a malformed one is an error when awaited. The
+    /// promise is then a root of its own, not under this invocation's prefix: its
+    /// [`PARENT_TAG`](crate::PARENT_TAG) names the body that created it, which is how a
+    /// search finds it by invocation and how cancelling that body cancels it too.
     pub fn id(mut self, id: impl Into<String>) -> Self {
-        self.id = id.into();
+        let minted = std::mem::replace(&mut self.id, id.into());
+        if !self.chosen
+            && let Some(creator) = crate::promise::creator_of(&minted)
+        {
+            self.tags.insert(crate::PARENT_TAG.into(), creator.into());
+        }
         self.chosen = true;
         self
     }
