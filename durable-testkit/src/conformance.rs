@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use durable::Target;
-use durable::store::{Claim, CreatePromise, NewTask, Purge, Release, Search, SettlePromise};
+use durable::store::{Claim, CreatePromise, FORGET_WORKERS, NewTask, Purge, Release, Search, SettlePromise, Worker};
 use durable::{Fence, Param, State, Store, StoreError, TaskState};
 
 /// Runs every check, each on a fresh store from `make`. Panics on the first failure,
@@ -47,6 +47,7 @@ where
     purge_deletes_finished_roots_with_their_subtrees(&*make().await).await;
     purge_counts_from_the_settle_time_and_waits_for_detached_roots(&*make().await).await;
     an_interrupted_purge_leaves_a_root_whole_or_gone(make().await).await;
+    workers_announce_themselves_and_are_forgotten_a_day_on(&*make().await).await;
 }
 
 fn call(id: &str) -> CreatePromise {
@@ -703,4 +704,40 @@ pub async fn an_interrupted_purge_leaves_a_root_whole_or_gone(store: Arc<dyn Sto
     assert!(store.get("big").await.expect("get").is_none());
     assert!(ids_under(store.as_ref(), "big").await.is_empty(), "nothing of big is left");
     assert!(store.create(recorded("big", &[])).await.expect("create").new, "the id starts afresh");
+}
+
+/// Announced workers are listed by group and pid, live for the time announced; an
+/// announcement again moves that on and names the latest process; a worker that went
+/// quiet is still listed, not live; one quiet for [`FORGET_WORKERS`] is gone.
+pub async fn workers_announce_themselves_and_are_forgotten_a_day_on(store: &dyn Store) {
+    let listed = |workers: &[Worker]| {
+        let mut seen: Vec<(String, String, String)> =
+            workers.iter().map(|w| (w.group.clone(), w.pid.clone(), w.process.clone())).collect();
+        seen.sort();
+        seen
+    };
+    let start = store.now().await.expect("now");
+    store.announce("gpu", "g1", "g1:a", 1000).await.expect("announce");
+    store.announce("cpu", "c1", "c1:a", 1000).await.expect("announce");
+    let workers = store.workers().await.expect("workers");
+    assert_eq!(
+        listed(&workers),
+        [("cpu".into(), "c1".into(), "c1:a".into()), ("gpu".into(), "g1".into(), "g1:a".into())],
+        "both workers are listed"
+    );
+    assert!(workers.iter().all(|w| w.live_until >= start + 1000), "live for the time announced: {workers:?}");
+
+    advance(store, 2000).await;
+    store.announce("gpu", "g1", "g1:b", 1000).await.expect("announce again");
+    let now = store.now().await.expect("now");
+    let workers = store.workers().await.expect("workers");
+    let gpu = workers.iter().find(|w| w.group == "gpu").expect("gpu is listed");
+    let cpu = workers.iter().find(|w| w.group == "cpu").expect("a quiet worker is still listed");
+    assert!(gpu.live_until > now && gpu.process == "g1:b", "announcing again moves its time on: {gpu:?}");
+    assert!(cpu.live_until <= now, "a worker that went quiet is not live: {cpu:?}");
+
+    advance(store, FORGET_WORKERS).await;
+    store.announce("gpu", "g1", "g1:c", 1000).await.expect("announce after a day");
+    let workers = store.workers().await.expect("workers");
+    assert_eq!(listed(&workers), [("gpu".into(), "g1".into(), "g1:c".into())], "a worker quiet for a day is forgotten");
 }

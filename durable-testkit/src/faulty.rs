@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use durable::store::{Acquired, Claim, CreatePromise, Created, Page, Purge, Release, Search, SettlePromise, Tick};
+use durable::store::{
+    Acquired, Claim, CreatePromise, Created, Page, Purge, Release, Search, SettlePromise, Tick, Worker,
+};
 use durable::{Fence, Millis, Promise, Store, StoreError, Task};
 use tokio::sync::watch;
 
@@ -151,6 +153,14 @@ impl Store for FaultyStore {
 
     async fn tick(&self) -> Result<Tick, StoreError> {
         self.op("tick", self.inner.tick()).await
+    }
+
+    async fn announce(&self, group: &str, pid: &str, process: &str, ttl: Millis) -> Result<(), StoreError> {
+        self.op("announce", self.inner.announce(group, pid, process, ttl)).await
+    }
+
+    async fn workers(&self) -> Result<Vec<Worker>, StoreError> {
+        self.op("workers", self.inner.workers()).await
     }
 
     async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use durable::store::{Acquired, Claim, CreatePromise, Created, Page, Purge, Release, Search, SettlePromise, Tick};
+use durable::store::{
+    Acquired, Claim, CreatePromise, Created, Page, Purge, Release, Search, SettlePromise, Tick, Worker,
+};
 use durable::{Fence, Millis, Promise, State, Store, StoreError, Task};
 use tokio::sync::watch;
 
@@ -214,6 +216,14 @@ impl Store for Gate {
 
     async fn tick(&self) -> Result<Tick, StoreError> {
         self.read(self.inner.tick()).await
+    }
+
+    async fn announce(&self, group: &str, pid: &str, process: &str, ttl: Millis) -> Result<(), StoreError> {
+        self.read(self.inner.announce(group, pid, process, ttl)).await
+    }
+
+    async fn workers(&self) -> Result<Vec<Worker>, StoreError> {
+        self.read(self.inner.workers()).await
     }
 
     async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use durable::store::{Acquired, Claim, CreatePromise, Created, Page, Purge, Release, Search, SettlePromise, Tick};
+use durable::store::{
+    Acquired, Claim, CreatePromise, Created, Page, Purge, Release, Search, SettlePromise, Tick, Worker,
+};
 use durable::{Fence, MemoryStore, Millis, Promise, Store, StoreError, Task};
 use tokio::sync::watch;
 
@@ -86,6 +88,12 @@ impl Store for Broken {
     }
     async fn tick(&self) -> Result<Tick, StoreError> {
         self.inner.tick().await
+    }
+    async fn announce(&self, group: &str, pid: &str, process: &str, ttl: Millis) -> Result<(), StoreError> {
+        self.inner.announce(group, pid, process, ttl).await
+    }
+    async fn workers(&self) -> Result<Vec<Worker>, StoreError> {
+        self.inner.workers().await
     }
     async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {
         self.inner.wait(id, halted).await

@@ -10,9 +10,9 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
 use crate::error::Failure;
-use crate::promise::State;
 use crate::promise::{DETACHED_TAG, PARENT_TAG};
 use crate::promise::{Fence, Millis, Param, Promise, validate_id};
+use crate::promise::{State, Task, TaskState};
 use crate::runtime::function::Erased;
 use crate::runtime::shared::Shared;
 use crate::runtime::worker::PURGE_BATCH;
@@ -193,6 +193,7 @@ impl Durable {
             target: None,
             timeout: None,
             tags: BTreeMap::new(),
+            unserved_after: None,
         }
     }
 
@@ -393,6 +394,7 @@ pub struct Rpc<C: Callable> {
     target: Option<Result<Target>>,
     timeout: Option<Duration>,
     tags: BTreeMap<String, String>,
+    unserved_after: Option<Duration>,
 }
 
 impl<C: Callable> std::fmt::Debug for Rpc<C> {
@@ -425,6 +427,15 @@ impl<C: Callable> Rpc<C> {
         self.tags.extend(tags.into_iter().map(|(k, v)| (k.into(), v.into())));
         self
     }
+
+    /// Makes the handle fail with [`Error::Unserved`] once the task has waited this
+    /// long, still undelivered, for a group that no live worker serves (a misspelt
+    /// group, or workers not started). The task itself stays: a worker that starts
+    /// later still runs it. Without this a handle waits for as long as the task does.
+    pub fn unserved_after(mut self, after: Duration) -> Self {
+        self.unserved_after = Some(after);
+        self
+    }
 }
 
 impl<C: Callable> IntoFuture for Rpc<C> {
@@ -442,10 +453,14 @@ impl<C: Callable> IntoFuture for Rpc<C> {
             let mut req = CreatePromise::new(self.id.clone(), param.clone());
             req.timeout = self.timeout.or_else(|| self.f.timeout()).map(|t| t.as_millis() as Millis);
             req.tags = self.tags;
+            let group = target.group.clone();
             req.task = Some(NewTask { target, window: self.shared.window, acquire: None });
             let created = self.shared.store.create(req).await?;
             check_same_call(&self.id, &created.promise, &param)?;
-            Ok(Handle::stored(self.id, self.shared.store.clone()))
+            Ok(match self.unserved_after {
+                Some(after) => Handle::watched(self.id, group, after, self.shared.store.clone()),
+                None => Handle::stored(self.id, self.shared.store.clone()),
+            })
         })
     }
 }
@@ -622,6 +637,36 @@ impl Promises<'_> {
     /// regardless: after a fix in a function the task calls, say.
     pub async fn resume(&self, id: &str) -> Result<bool> {
         Ok(self.store.resume(id).await?)
+    }
+
+    /// The tasks that have waited at least `waited` since their promise was created,
+    /// still pending, for a group that no live worker serves ([`Store::workers`]): a
+    /// misspelt target, or a group whose workers are not running. Reads every pending
+    /// promise: an operator's question, not a hot path.
+    pub async fn unserved(&self, waited: Duration) -> Result<Vec<Task>> {
+        let now = self.store.now().await?;
+        let live: std::collections::BTreeSet<String> =
+            self.store.workers().await?.into_iter().filter(|w| w.live_until > now).map(|w| w.group).collect();
+        let (mut unserved, mut cursor) = (Vec::new(), None);
+        loop {
+            let search = Search { state: Some(State::Pending), limit: 1000, cursor, ..Search::default() };
+            let page = self.store.search(search).await?;
+            for p in &page.promises {
+                if now.saturating_sub(p.created_at) < waited.as_millis() as Millis {
+                    continue;
+                }
+                if let Some(task) = self.store.task(&p.id).await?
+                    && task.state == TaskState::Pending
+                    && !live.contains(&task.target.group)
+                {
+                    unserved.push(task);
+                }
+            }
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(unserved),
+            }
+        }
     }
 
     /// Deletes a finished root at once, whatever the retention, with everything under

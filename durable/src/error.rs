@@ -114,6 +114,16 @@ pub enum Error {
         /// How it differs.
         reason: String,
     },
+    /// A task waited longer than its caller allows (`Rpc::unserved_after`) for a group
+    /// that no live worker serves.
+    Unserved {
+        /// The task.
+        id: String,
+        /// The group it is routed to.
+        group: String,
+        /// How long it had waited, in seconds.
+        waited: u64,
+    },
     /// The runtime is misconfigured or shut down.
     Runtime(String),
     /// The store failed.
@@ -145,6 +155,11 @@ impl fmt::Display for Error {
             Error::Conflict { id, reason } => write!(
                 f,
                 "invocation {id} exists {reason}; an id names one invocation: choose another id for another call"
+            ),
+            Error::Unserved { id, group, waited } => write!(
+                f,
+                "task {id} has waited {waited} s for group {group:?}, which no live worker serves: \
+                 start a worker of that group, or check the target's spelling"
             ),
             Error::Runtime(message) => write!(f, "{message}"),
             Error::Store(e) => fmt::Display::fmt(e, f),

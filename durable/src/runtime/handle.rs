@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
@@ -13,7 +14,7 @@ use tokio::sync::oneshot;
 use crate::runtime::execute::{Outcome, outcome};
 use crate::runtime::invocation::Invocation;
 use crate::runtime::wait::{self, Done};
-use crate::{Error, Result, Store, StoreError, codec};
+use crate::{Error, Result, Store, StoreError, TaskState, codec};
 
 /// The result of a durable invocation, to await when it is needed.
 ///
@@ -65,6 +66,19 @@ impl<T> Handle<T> {
         Handle { id, outcome: Box::pin(outcome), output: PhantomData }
     }
 
+    /// Like [`Handle::stored`], but failing with [`Error::Unserved`] once the task has
+    /// waited `after`, still pending, for a `group` no live worker serves.
+    pub(crate) fn watched(id: String, group: String, after: Duration, store: Arc<dyn Store>) -> Handle<T> {
+        let key = id.clone();
+        let outcome = async move {
+            tokio::select! {
+                outcome = settled(&*store, &key) => outcome,
+                unserved = unserved(&*store, &key, &group, after) => Err(unserved),
+            }
+        };
+        Handle { id, outcome: Box::pin(outcome), output: PhantomData }
+    }
+
     /// A promise settled by whoever executes it, anywhere.
     pub(crate) fn stored(id: String, store: Arc<dyn Store>) -> Handle<T> {
         let key = id.clone();
@@ -94,6 +108,26 @@ pub(crate) async fn settled(store: &dyn Store, id: &str) -> Outcome {
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// Completes once task `id` has waited `after` and is still pending with no live
+/// worker of `group`; looks again every quarter of `after` (at least a second).
+async fn unserved(store: &dyn Store, id: &str, group: &str, after: Duration) -> Error {
+    let started = tokio::time::Instant::now();
+    tokio::time::sleep(after).await;
+    loop {
+        let pending = matches!(store.task(id).await, Ok(Some(t)) if t.state == TaskState::Pending);
+        let served = match (store.now().await, store.workers().await) {
+            (Ok(now), Ok(workers)) => workers.iter().any(|w| w.group == group && w.live_until > now),
+            // A store that cannot answer is no evidence against the group.
+            _ => true,
+        };
+        if pending && !served {
+            let waited = started.elapsed().as_secs();
+            return Error::Unserved { id: id.to_owned(), group: group.to_owned(), waited };
+        }
+        tokio::time::sleep((after / 4).max(Duration::from_secs(1))).await;
     }
 }
 

@@ -30,7 +30,13 @@ pub(crate) async fn background(rt: Arc<Shared>) {
     // that: look once more a moment later.
     let mut recheck = Some(tokio::time::Instant::now() + PREDECESSOR_RECHECK);
     let mut next_beat = tokio::time::Instant::now() + beat;
+    // This worker serves its group: say so every beat, whether it holds work or not.
+    let mut next_announce = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= next_announce {
+            let _ = store.announce(&rt.group, &rt.pid, &rt.process, rt.ttl).await;
+            next_announce = tokio::time::Instant::now() + beat;
+        }
         if let Some(at) = recheck
             && tokio::time::Instant::now() >= at
         {
@@ -72,6 +78,7 @@ pub(crate) async fn background(rt: Arc<Shared>) {
         if let Some(at) = recheck {
             sleep = sleep.min(at.saturating_duration_since(tokio::time::Instant::now()));
         }
+        sleep = sleep.min(next_announce.saturating_duration_since(tokio::time::Instant::now()));
         if rt.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
             next_beat = tokio::time::Instant::now() + beat;
         } else {

@@ -2,6 +2,7 @@
 //! changes durable, waiters and the ready signal. MemoryStore and SledStore are this
 //! engine with two logs.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -9,7 +10,10 @@ use tokio::sync::watch;
 
 use super::state::{Changes, Core};
 use super::waiters::Waiters;
-use super::{Acquired, Claim, Clock, CreatePromise, Created, Page, Purge, Release, Search, SettlePromise, Tick};
+use super::{
+    Acquired, Claim, Clock, CreatePromise, Created, FORGET_WORKERS, Page, Purge, Release, Search, SettlePromise, Tick,
+    Worker,
+};
 use crate::StoreError;
 use crate::promise::{Fence, Millis, Promise, Task};
 
@@ -35,11 +39,21 @@ pub(crate) struct Engine<L> {
     clock: Arc<dyn Clock>,
     waiters: Waiters,
     ready: watch::Sender<u64>,
+    /// The workers that announced themselves, by group and pid: not durable, as every
+    /// worker of an in-process store runs in this process and announces itself again.
+    workers: Mutex<BTreeMap<(String, String), Worker>>,
 }
 
 impl<L: Log> Engine<L> {
     pub(crate) fn new(core: Core, log: L, clock: Arc<dyn Clock>) -> Engine<L> {
-        Engine { core: Mutex::new(core), log, clock, waiters: Waiters::default(), ready: watch::Sender::new(0) }
+        Engine {
+            core: Mutex::new(core),
+            log,
+            clock,
+            waiters: Waiters::default(),
+            ready: watch::Sender::new(0),
+            workers: Mutex::default(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Core> {
@@ -174,6 +188,25 @@ impl<L: Log> Engine<L> {
         self.write(|core, now| Ok(core.tick(now))).await
     }
 
+    pub(crate) fn announce(&self, group: &str, pid: &str, process: &str, ttl: Millis) {
+        let now = self.clock.now();
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        workers.retain(|_, w| w.live_until.saturating_add(FORGET_WORKERS) > now);
+        let worker = Worker {
+            group: group.into(),
+            pid: pid.into(),
+            process: process.into(),
+            live_until: now.saturating_add(ttl),
+        };
+        workers.insert((worker.group.clone(), worker.pid.clone()), worker);
+    }
+
+    pub(crate) fn workers(&self) -> Vec<Worker> {
+        let now = self.clock.now();
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        workers.values().filter(|w| w.live_until.saturating_add(FORGET_WORKERS) > now).cloned().collect()
+    }
+
     pub(crate) async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {
         let waiter = {
             let core = self.lock();
@@ -286,6 +319,19 @@ macro_rules! engine_store {
             }
             async fn tick(&self) -> Result<$crate::store::Tick, $crate::StoreError> {
                 self.engine.tick().await
+            }
+            async fn announce(
+                &self,
+                group: &str,
+                pid: &str,
+                process: &str,
+                ttl: $crate::Millis,
+            ) -> Result<(), $crate::StoreError> {
+                self.engine.announce(group, pid, process, ttl);
+                Ok(())
+            }
+            async fn workers(&self) -> Result<Vec<$crate::store::Worker>, $crate::StoreError> {
+                Ok(self.engine.workers())
             }
             async fn wait(&self, id: &str, halted: bool) -> Result<(), $crate::StoreError> {
                 self.engine.wait(id, halted).await

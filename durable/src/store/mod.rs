@@ -225,6 +225,23 @@ pub enum Purge {
     },
 }
 
+/// A worker as it last announced itself ([`Store::announce`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Worker {
+    /// Its group.
+    pub group: String,
+    /// Its pid.
+    pub pid: String,
+    /// The process it runs in.
+    pub process: String,
+    /// Live until then (store time, ms), unless it announces itself again.
+    pub live_until: Millis,
+}
+
+/// How long a store remembers a worker that stopped announcing itself: a day, so a
+/// group served yesterday is still known, and pids that come and go do not pile up.
+pub const FORGET_WORKERS: Millis = 24 * 3600 * 1000;
+
 /// What [`Store::tick`] did.
 #[derive(Clone, Debug, Default)]
 pub struct Tick {
@@ -309,6 +326,16 @@ pub trait Store: Debug + Send + Sync + 'static {
 
     /// Applies deadlines: times out promises, resolves timers, expires leases.
     async fn tick(&self) -> Result<Tick, StoreError>;
+
+    /// Records that worker `pid` of `group`, in `process`, is alive for `ttl` ms from
+    /// now. Workers announce themselves while they run, so that a task waiting for a
+    /// group nobody serves can be told apart from one waiting its turn.
+    async fn announce(&self, group: &str, pid: &str, process: &str, ttl: Millis) -> Result<(), StoreError>;
+
+    /// The workers that announced themselves, by group and pid, live or not: a worker
+    /// is live while its `live_until` is ahead of the store's now. One gone for
+    /// [`FORGET_WORKERS`] is forgotten.
+    async fn workers(&self) -> Result<Vec<Worker>, StoreError>;
 
     /// Completes when the promise is settled (at once if it is), or, if `halted`, when
     /// its task is halted (at once if it is). A backend may also return early (a poll

@@ -21,11 +21,14 @@ use self::pool::{Conn, Pool, quote_ident, unreachable};
 use super::cold::MemoryCold;
 use super::state::Core;
 use super::waiters::Waiters;
-use super::{Acquired, Claim, Clock, CreatePromise, Created, Page, Purge, Release, Search, SettlePromise, Tick};
+use super::{
+    Acquired, Claim, Clock, CreatePromise, Created, FORGET_WORKERS, Page, Purge, Release, Search, SettlePromise, Tick,
+    Worker,
+};
 use crate::StoreError;
 use crate::promise::{Fence, Millis, NEVER, Promise, State, Task, TaskState, is_root};
 
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 // The statements of the hot paths, prepared once per connection.
 const CLOCK: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
@@ -127,6 +130,22 @@ UPDATE promises SET settled_at = (data::jsonb ->> 'settled_at')::bigint WHERE st
 CREATE INDEX IF NOT EXISTS promises_finished ON promises (settled_at)
     WHERE settled_at IS NOT NULL AND (strpos(id, '.') = 0 OR tags ? 'durable:detached');
 "#;
+
+/// Version 3: the workers that announced themselves.
+const MIGRATION_3: &str = r#"
+CREATE TABLE IF NOT EXISTS workers (
+    grp text NOT NULL,
+    pid text NOT NULL,
+    process text NOT NULL,
+    live_until bigint NOT NULL,
+    PRIMARY KEY (grp, pid)
+);
+"#;
+
+const ANNOUNCE: &str = "INSERT INTO workers (grp, pid, process, live_until) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (grp, pid) DO UPDATE SET process = excluded.process, live_until = excluded.live_until";
+const FORGET: &str = "DELETE FROM workers WHERE live_until < $1";
+const WORKERS: &str = "SELECT grp, pid, process, live_until FROM workers WHERE live_until >= $1 ORDER BY grp, pid";
 
 // Purging: finished roots (the predicate of `promises_finished`), what holds one back,
 // and its subtree, children first, a bounded batch at a time.
@@ -262,7 +281,7 @@ async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<()
         Some(SCHEMA_VERSION) => {}
         version => {
             let version = version.unwrap_or(0);
-            for (to, migration) in [(1, MIGRATION_1), (2, MIGRATION_2)] {
+            for (to, migration) in [(1, MIGRATION_1), (2, MIGRATION_2), (3, MIGRATION_3)] {
                 if version < to {
                     tx.batch_execute(migration).await.map_err(StoreError::backend)?;
                 }
@@ -879,6 +898,34 @@ impl super::Store for PostgresStore {
         let row = conn.query_one(&next, &[&now]).await.map_err(db)?;
         tick.next = row.get::<_, Option<i64>>(0).map(|n| n as Millis);
         Ok(tick)
+    }
+
+    async fn announce(&self, group: &str, pid: &str, process: &str, ttl: Millis) -> Result<(), StoreError> {
+        let mut conn = self.pool.get().await?;
+        let [clock, announce, forget] = conn.statements([CLOCK, ANNOUNCE, FORGET]).await.map_err(db)?;
+        let now = self.now_in(&conn, &clock).await?;
+        let until = now.saturating_add(ttl) as i64;
+        conn.execute(&announce, &[&group, &pid, &process, &until]).await.map_err(db)?;
+        let forgotten = now.saturating_sub(FORGET_WORKERS) as i64;
+        conn.execute(&forget, &[&forgotten]).await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<Worker>, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let [clock, workers] = conn.statements([CLOCK, WORKERS]).await.map_err(db)?;
+        let now = self.now_in(&conn, &clock).await?;
+        let since = now.saturating_sub(FORGET_WORKERS) as i64;
+        let rows = conn.query(&workers, &[&since]).await.map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|row| Worker {
+                group: row.get(0),
+                pid: row.get(1),
+                process: row.get(2),
+                live_until: row.get::<_, i64>(3) as Millis,
+            })
+            .collect())
     }
 
     async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {
