@@ -121,3 +121,32 @@ async fn a_tree_that_differs_names_each_promise_with_its_function_and_values() {
         "the function and both values: {message}"
     );
 }
+
+/// Under proptest, the failure proptest reports after shrinking is the halt itself,
+/// not only the smallest schedule that brings it.
+#[test]
+fn proptest_reports_the_nondeterminism_of_the_case_it_shrank_to() {
+    use durable_testkit::block_on;
+    use durable_testkit::strategy::crash_schedule;
+    use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+
+    let line = line_of("// planted: after a crash");
+    let mut runner = TestRunner::new(Config { cases: 64, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&crash_schedule(3, 8), |schedule| {
+        let sweep = Sweep::new("ac", after_crash, 1)
+            .store(|| {
+                GENERATION.store(0, Ordering::SeqCst);
+                Arc::new(MemoryStore::new())
+            })
+            .workers(|store| {
+                GENERATION.fetch_add(1, Ordering::SeqCst);
+                vec![Durable::builder().store(store).register(after_crash).register(constant).build().unwrap()]
+            });
+        block_on(sweep.run_schedule(&schedule)).map_err(|failure| TestCaseError::fail(failure.to_string()))
+    });
+    let Err(TestError::Fail(reason, schedule)) = result else { panic!("the planted bug is found: {result:?}") };
+    let reason = reason.to_string();
+    assert!(!schedule.is_empty(), "a crash brings it");
+    assert!(reason.contains("task ac halted: nondeterminism at ac.1 ("), "{reason}");
+    assert!(reason.contains(&format!("sweep_nondeterminism.rs:{line}:")), "{reason}");
+}
