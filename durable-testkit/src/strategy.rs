@@ -12,6 +12,11 @@ pub fn crash_point(max_write: usize) -> impl Strategy<Value = CrashPoint> {
 /// Up to `max_crashes` crashes in one run, each counted in its own generation's
 /// writes. Shrinks toward fewer and earlier crashes.
 ///
+/// `max_write` bounds where a crash falls: just before or just after one of the first
+/// `max_write` writes of its generation (the workers started after the previous
+/// crash). A point past the writes a generation makes never fires, and that run has
+/// fewer crashes; about the crash-free run's writes (`Report::writes`) is a good value.
+///
 /// ```
 /// use proptest::prelude::*;
 /// use durable_testkit::strategy::crash_schedule;
