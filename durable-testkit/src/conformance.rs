@@ -48,6 +48,7 @@ where
     purge_counts_from_the_settle_time_and_waits_for_detached_roots(&*make().await).await;
     an_interrupted_purge_leaves_a_root_whole_or_gone(make().await).await;
     workers_announce_themselves_and_are_forgotten_a_day_on(&*make().await).await;
+    a_claim_takes_only_tasks_of_its_functions(&*make().await).await;
 }
 
 fn call(id: &str) -> CreatePromise {
@@ -65,7 +66,14 @@ fn with_task(id: &str, group: &str) -> CreatePromise {
 }
 
 async fn claim_one(store: &dyn Store, group: &str, process: &str, ttl: u64) -> Option<durable::store::Acquired> {
-    let claim = Claim { pid: "worker".into(), group: group.into(), process: process.into(), ttl, max: 1 };
+    let claim = Claim {
+        pid: "worker".into(),
+        group: group.into(),
+        process: process.into(),
+        ttl,
+        max: 1,
+        functions: Vec::new(),
+    };
     store.claim(claim).await.expect("claim").pop()
 }
 
@@ -330,7 +338,14 @@ pub async fn heartbeats_keep_leases(store: &dyn Store) {
     for id in ["h1", "h2", "h3"] {
         store.create(with_task(id, "g")).await.expect("create");
     }
-    let claim = Claim { pid: "worker".into(), group: "g".into(), process: "p1".into(), ttl: 1_000, max: 3 };
+    let claim = Claim {
+        pid: "worker".into(),
+        group: "g".into(),
+        process: "p1".into(),
+        ttl: 1_000,
+        max: 3,
+        functions: Vec::new(),
+    };
     let held = store.claim(claim).await.expect("claim");
     assert_eq!(held.len(), 3);
     // h3's claim answer was lost: its holder does not know it has it.
@@ -453,8 +468,14 @@ fn routed(id: &str, target: &str, window: u64) -> CreatePromise {
 }
 
 async fn claim_as(store: &dyn Store, group: &str, pid: &str) -> Vec<String> {
-    let claim =
-        Claim { group: group.into(), pid: pid.into(), process: format!("{pid}-process"), ttl: 1 << 40, max: 10 };
+    let claim = Claim {
+        group: group.into(),
+        pid: pid.into(),
+        process: format!("{pid}-process"),
+        ttl: 1 << 40,
+        max: 10,
+        functions: Vec::new(),
+    };
     store.claim(claim).await.expect("claim").into_iter().map(|a| a.root.id).collect()
 }
 
@@ -710,6 +731,13 @@ pub async fn an_interrupted_purge_leaves_a_root_whole_or_gone(store: Arc<dyn Sto
 /// announcement again moves that on and names the latest process; a worker that went
 /// quiet is still listed, not live; one quiet for [`FORGET_WORKERS`] is gone.
 pub async fn workers_announce_themselves_and_are_forgotten_a_day_on(store: &dyn Store) {
+    let worker = |group: &str, pid: &str, process: &str| Worker {
+        group: group.into(),
+        pid: pid.into(),
+        process: process.into(),
+        functions: vec![format!("{group}-work")],
+        live_until: 0,
+    };
     let listed = |workers: &[Worker]| {
         let mut seen: Vec<(String, String, String)> =
             workers.iter().map(|w| (w.group.clone(), w.pid.clone(), w.process.clone())).collect();
@@ -717,8 +745,8 @@ pub async fn workers_announce_themselves_and_are_forgotten_a_day_on(store: &dyn 
         seen
     };
     let start = store.now().await.expect("now");
-    store.announce("gpu", "g1", "g1:a", 1000).await.expect("announce");
-    store.announce("cpu", "c1", "c1:a", 1000).await.expect("announce");
+    store.announce(&worker("gpu", "g1", "g1:a"), 1000).await.expect("announce");
+    store.announce(&worker("cpu", "c1", "c1:a"), 1000).await.expect("announce");
     let workers = store.workers().await.expect("workers");
     assert_eq!(
         listed(&workers),
@@ -726,9 +754,11 @@ pub async fn workers_announce_themselves_and_are_forgotten_a_day_on(store: &dyn 
         "both workers are listed"
     );
     assert!(workers.iter().all(|w| w.live_until >= start + 1000), "live for the time announced: {workers:?}");
+    let gpu = workers.iter().find(|w| w.group == "gpu").expect("gpu");
+    assert!(gpu.serves("gpu", "gpu-work", start) && !gpu.serves("gpu", "cpu-work", start), "with its functions");
 
     advance(store, 2000).await;
-    store.announce("gpu", "g1", "g1:b", 1000).await.expect("announce again");
+    store.announce(&worker("gpu", "g1", "g1:b"), 1000).await.expect("announce again");
     let now = store.now().await.expect("now");
     let workers = store.workers().await.expect("workers");
     let gpu = workers.iter().find(|w| w.group == "gpu").expect("gpu is listed");
@@ -737,7 +767,29 @@ pub async fn workers_announce_themselves_and_are_forgotten_a_day_on(store: &dyn 
     assert!(cpu.live_until <= now, "a worker that went quiet is not live: {cpu:?}");
 
     advance(store, FORGET_WORKERS).await;
-    store.announce("gpu", "g1", "g1:c", 1000).await.expect("announce after a day");
+    store.announce(&worker("gpu", "g1", "g1:c"), 1000).await.expect("announce after a day");
     let workers = store.workers().await.expect("workers");
     assert_eq!(listed(&workers), [("gpu".into(), "g1".into(), "g1:c".into())], "a worker quiet for a day is forgotten");
+}
+
+/// A claim that names its functions takes only tasks of calls of those, in ready
+/// order past the others, which wait for a worker that has them.
+pub async fn a_claim_takes_only_tasks_of_its_functions(store: &dyn Store) {
+    for (id, func) in [("a", "other"), ("b", "mine"), ("c", "other"), ("d", "mine")] {
+        let mut req = CreatePromise::new(id, Param::call(func, 1, "1".into()));
+        req.task = Some(NewTask::new(Target::any("g")));
+        store.create(req).await.expect("create");
+    }
+    let claim = |functions: &[&str]| Claim {
+        pid: "worker".into(),
+        group: "g".into(),
+        process: "p1".into(),
+        ttl: 60_000,
+        max: 10,
+        functions: functions.iter().map(|f| (*f).to_owned()).collect(),
+    };
+    let ids = |acquired: Vec<durable::store::Acquired>| acquired.into_iter().map(|a| a.root.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.claim(claim(&["mine"])).await.expect("claim")), ["b", "d"], "only its functions");
+    assert_eq!(ids(store.claim(claim(&["mine"])).await.expect("claim")), Vec::<String>::new(), "the rest wait");
+    assert_eq!(ids(store.claim(claim(&[])).await.expect("claim")), ["a", "c"], "no list: any function");
 }

@@ -155,8 +155,8 @@ impl Store for FaultyStore {
         self.op("tick", self.inner.tick()).await
     }
 
-    async fn announce(&self, group: &str, pid: &str, process: &str, ttl: Millis) -> Result<(), StoreError> {
-        self.op("announce", self.inner.announce(group, pid, process, ttl)).await
+    async fn announce(&self, worker: &Worker, ttl: Millis) -> Result<(), StoreError> {
+        self.op("announce", self.inner.announce(worker, ttl)).await
     }
 
     async fn workers(&self) -> Result<Vec<Worker>, StoreError> {

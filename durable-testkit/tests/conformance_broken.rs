@@ -89,8 +89,8 @@ impl Store for Broken {
     async fn tick(&self) -> Result<Tick, StoreError> {
         self.inner.tick().await
     }
-    async fn announce(&self, group: &str, pid: &str, process: &str, ttl: Millis) -> Result<(), StoreError> {
-        self.inner.announce(group, pid, process, ttl).await
+    async fn announce(&self, worker: &Worker, ttl: Millis) -> Result<(), StoreError> {
+        self.inner.announce(worker, ttl).await
     }
     async fn workers(&self) -> Result<Vec<Worker>, StoreError> {
         self.inner.workers().await

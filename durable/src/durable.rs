@@ -458,7 +458,9 @@ impl<C: Callable> IntoFuture for Rpc<C> {
             let created = self.shared.store.create(req).await?;
             check_same_call(&self.id, &created.promise, &param)?;
             Ok(match self.unserved_after {
-                Some(after) => Handle::watched(self.id, group, after, self.shared.store.clone()),
+                Some(after) => {
+                    Handle::watched(self.id, group, self.f.name().to_owned(), after, self.shared.store.clone())
+                }
                 None => Handle::stored(self.id, self.shared.store.clone()),
             })
         })
@@ -543,6 +545,7 @@ impl Promises<'_> {
     pub async fn cancel(&self, id: &str) -> Result<Promise> {
         let value = Failure::Canceled { id: id.to_owned() }.encode();
         let root = self.settle(id, State::RejectedCanceled, value).await?;
+        tracing::info!(%id, "canceled, with what it started");
         let mut tops = vec![id.to_owned()];
         while let Some(top) = tops.pop() {
             let mut creators = self.cancel_under(&top).await?;
@@ -636,17 +639,21 @@ impl Promises<'_> {
     /// function differs from the code that halted (a fixed deploy). This resumes one
     /// regardless: after a fix in a function the task calls, say.
     pub async fn resume(&self, id: &str) -> Result<bool> {
-        Ok(self.store.resume(id).await?)
+        let resumed = self.store.resume(id).await?;
+        if resumed {
+            tracing::info!(%id, "resumed: its task is delivered again");
+        }
+        Ok(resumed)
     }
 
     /// The tasks that have waited at least `waited` since their promise was created,
-    /// still pending, for a group that no live worker serves ([`Store::workers`]): a
-    /// misspelt target, or a group whose workers are not running. Reads every pending
-    /// promise: an operator's question, not a hot path.
+    /// still pending, with no live worker of their group that runs their function
+    /// ([`Store::workers`]): a misspelt target or function, workers not running, or a
+    /// deploy that has not reached any worker yet. Reads every pending promise: an
+    /// operator's question, not a hot path.
     pub async fn unserved(&self, waited: Duration) -> Result<Vec<Task>> {
         let now = self.store.now().await?;
-        let live: std::collections::BTreeSet<String> =
-            self.store.workers().await?.into_iter().filter(|w| w.live_until > now).map(|w| w.group).collect();
+        let workers = self.store.workers().await?;
         let (mut unserved, mut cursor) = (Vec::new(), None);
         loop {
             let search = Search { state: Some(State::Pending), limit: 1000, cursor, ..Search::default() };
@@ -655,10 +662,12 @@ impl Promises<'_> {
                 if now.saturating_sub(p.created_at) < waited.as_millis() as Millis {
                     continue;
                 }
+                let Param::Call { func, .. } = &p.param else { continue };
                 if let Some(task) = self.store.task(&p.id).await?
                     && task.state == TaskState::Pending
-                    && !live.contains(&task.target.group)
+                    && !workers.iter().any(|w| w.serves(&task.target.group, func, now))
                 {
+                    tracing::warn!(task = %task.id, group = %task.target.group, function = %func, "no live worker of the group runs the function this task calls");
                     unserved.push(task);
                 }
             }

@@ -114,13 +114,15 @@ pub enum Error {
         /// How it differs.
         reason: String,
     },
-    /// A task waited longer than its caller allows (`Rpc::unserved_after`) for a group
-    /// that no live worker serves.
+    /// A task waited longer than its caller allows (`Rpc::unserved_after`) for a live
+    /// worker of its group that runs its function, and there is none.
     Unserved {
         /// The task.
         id: String,
         /// The group it is routed to.
         group: String,
+        /// The function it calls.
+        function: String,
         /// How long it had waited, in seconds.
         waited: u64,
     },
@@ -156,10 +158,10 @@ impl fmt::Display for Error {
                 f,
                 "invocation {id} exists {reason}; an id names one invocation: choose another id for another call"
             ),
-            Error::Unserved { id, group, waited } => write!(
+            Error::Unserved { id, group, function, waited } => write!(
                 f,
-                "task {id} has waited {waited} s for group {group:?}, which no live worker serves: \
-                 start a worker of that group, or check the target's spelling"
+                "task {id} has waited {waited} s for a worker of group {group:?} that runs {function:?}, \
+                 and no live worker does: start one, or check the target's and the function's spelling"
             ),
             Error::Runtime(message) => write!(f, "{message}"),
             Error::Store(e) => fmt::Display::fmt(e, f),

@@ -71,8 +71,14 @@ async fn check(store: Arc<dyn Store>, tasks: usize, ops: Vec<Op>) {
         let now = store.now().await.unwrap();
         match op {
             Op::Claim { worker, max } => {
-                let claim =
-                    Claim { group: "g".into(), pid: format!("w{worker}"), process: process(worker), ttl: TTL, max };
+                let claim = Claim {
+                    group: "g".into(),
+                    pid: format!("w{worker}"),
+                    process: process(worker),
+                    ttl: TTL,
+                    max,
+                    functions: Vec::new(),
+                };
                 for a in store.claim(claim).await.unwrap() {
                     let m = model.get_mut(&a.task.id).unwrap();
                     assert!(!m.done, "{} was handed out after it was done", a.task.id);

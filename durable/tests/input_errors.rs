@@ -74,20 +74,14 @@ async fn a_task_for_a_function_this_worker_lacks_waits_for_one_that_has_it() {
     let mut req = CreatePromise::new("nobody", durable::Param::call("nobody-has-me", 1, "1".into()));
     req.task = Some(NewTask::new(Target::any("default")));
     store.create(req).await.unwrap();
-    // The old worker claims it and gives it back, saying why.
-    let task = loop {
-        match store.task("nobody").await.unwrap() {
-            Some(task) if task.error.is_some() => break task,
-            _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-        }
-    };
-    assert_eq!(task.state, durable::TaskState::Pending, "released, not rejected");
-    let error = task.fault().unwrap();
-    assert!(matches!(&error, Error::NotRegistered { name, .. } if name == "nobody-has-me"), "{error:?}");
-    assert!(error.to_string().contains("group \"default\" (worker \"old\")"), "{error}");
-    // An hour on, it still waits: nothing rejects it.
+    // An hour on, it still waits: the old worker does not take it, and nothing rejects
+    // it; it is listed as waiting for a worker that runs its function.
     tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    let task = store.task("nobody").await.unwrap().unwrap();
+    assert_eq!((task.state, task.version), (durable::TaskState::Pending, 0), "never claimed: {task:?}");
     assert_eq!(store.get("nobody").await.unwrap().unwrap().state, durable::State::Pending);
+    let unserved = _old.promises().unserved(std::time::Duration::from_secs(60)).await.unwrap();
+    assert_eq!(unserved.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["nobody"]);
     // The deploy reaches a worker that has it.
     let _new = builder(&store).pid("new").register(late).build().unwrap();
     store.wait("nobody", false).await.unwrap();

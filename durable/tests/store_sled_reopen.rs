@@ -13,7 +13,14 @@ async fn acknowledged_writes_survive_a_reopen_and_held_tasks_are_released() {
         let mut req = CreatePromise::new("root", Param::call("f", 1, "[1,2]".into()));
         req.task = Some(NewTask::new(Target::any("g")));
         store.create(req).await.unwrap();
-        let claim = Claim { pid: "worker".into(), group: "g".into(), process: "p".into(), ttl: 60_000, max: 1 };
+        let claim = Claim {
+            pid: "worker".into(),
+            group: "g".into(),
+            process: "p".into(),
+            ttl: 60_000,
+            max: 1,
+            functions: Vec::new(),
+        };
         let held = store.claim(claim).await.unwrap().pop().unwrap();
         let mut child = CreatePromise::new("root.1", Param::call("g", 1, "3".into()));
         child.fence = Some(held.fence());
@@ -36,7 +43,14 @@ async fn acknowledged_writes_survive_a_reopen_and_held_tasks_are_released() {
     let task = store.task("root").await.unwrap().unwrap();
     assert_eq!(task.state, TaskState::Pending, "the dead holder's task is released on open");
     assert!(task.version > version);
-    let claim = Claim { pid: "worker".into(), group: "g".into(), process: "q".into(), ttl: 60_000, max: 1 };
+    let claim = Claim {
+        pid: "worker".into(),
+        group: "g".into(),
+        process: "q".into(),
+        ttl: 60_000,
+        max: 1,
+        functions: Vec::new(),
+    };
     let again = store.claim(claim).await.unwrap().pop().unwrap();
     assert_eq!(again.preload.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["root.1"]);
 }

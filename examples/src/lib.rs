@@ -9,6 +9,14 @@ use durable::{SledStore, Store, StoreError};
 pub mod calculator;
 pub mod faas;
 
+/// Prints the library's `tracing` events and spans on stderr as `RUST_LOG` selects
+/// (`RUST_LOG=durable=debug`, say); nothing when it is unset.
+pub fn trace_from_env() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
 /// Opens the store a `--store` flag names: a `postgres://` URL (in the schema
 /// `DURABLE_SCHEMA`, default `durable`), or a directory for the embedded sled store
 /// (created if missing).

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::promise::{DETACHED_TAG, Millis, Param, validate_id};
 use crate::runtime::execute::{Job, Outcome, Scope, outcome};
@@ -138,12 +139,21 @@ impl Context {
     #[track_caller]
     pub fn sleep(&mut self, duration: Duration) -> impl Future<Output = Result<()>> + Send + 'static {
         let (inv, id, location) = (self.inv.clone(), self.mint(), Location::caller());
+        let span = tracing::debug_span!(
+            "call",
+            id = %id,
+            kind = "sleep",
+            duration_ms = duration.as_millis() as u64,
+            replayed = tracing::field::Empty,
+        );
         async move {
             let mut req = CreatePromise::new(id.clone(), Param::Timer);
             req.timeout = Some(duration.as_millis() as Millis);
-            inv.find_or_create(req, location).await?;
+            let found = inv.find_or_create(req, location).await?;
+            tracing::Span::current().record("replayed", !matches!(found, Found::Stored { new: true, .. }));
             Handle::<()>::remote(id, inv).await
         }
+        .instrument(span)
     }
 
     /// A promise that someone outside settles, through
@@ -230,11 +240,22 @@ impl Record {
         T: Serialize + serde::de::DeserializeOwned,
         Fut: Future<Output = Result<T>>,
     {
+        let span = tracing::debug_span!("call", id = %self.id, kind = self.what, replayed = tracing::field::Empty);
+        self.record(make).instrument(span).await
+    }
+
+    async fn record<T, Fut>(self, make: impl FnOnce(Arc<Invocation>) -> Fut) -> Result<T>
+    where
+        T: Serialize + serde::de::DeserializeOwned,
+        Fut: Future<Output = Result<T>>,
+    {
         let param = Param::Record { what: self.what.to_owned() };
         // Replayed, the value is the recorded one; else it is made once, now.
         if let Some(p) = self.inv.replayed(&self.id, &param, self.location)? {
+            tracing::Span::current().record("replayed", true);
             return codec::decode(&self.id, &outcome(p)?);
         }
+        tracing::Span::current().record("replayed", false);
         let value = make(self.inv.clone()).await?;
         let mut req = CreatePromise::new(self.id.clone(), param);
         req.resolved = Some(codec::encode(&self.id, "the value", &value, usize::MAX)?);
@@ -386,6 +407,19 @@ enum Begun {
 }
 
 impl<C: Callable, M> Call<C, M> {
+    /// The span of this call: its id, kind, function, and, once known, its target and
+    /// whether it was replayed.
+    fn span(&self, kind: &'static str) -> tracing::Span {
+        tracing::debug_span!(
+            "call",
+            id = %self.id,
+            kind,
+            function = self.f.name(),
+            target = tracing::field::Empty,
+            replayed = tracing::field::Empty,
+        )
+    }
+
     /// Creates the child promise (and its task, for a routed call), or finds it.
     async fn begin(&mut self, routed: bool, detached: bool) -> Result<(String, Begun)> {
         if self.chosen {
@@ -418,7 +452,16 @@ impl<C: Callable, M> Call<C, M> {
         // it again, and the durable settle of its result covers it.
         req.durable = routed;
         req.task = task;
-        let begun = match self.inv.find_or_create(req, self.location).await? {
+        if let Some(task) = &req.task {
+            tracing::Span::current().record("target", tracing::field::display(&task.target));
+        }
+        let found = self.inv.find_or_create(req, self.location).await?;
+        let replayed = !matches!(found, Found::Stored { new: true, .. });
+        tracing::Span::current().record("replayed", replayed);
+        if replayed {
+            tracing::trace!("replayed: the history has it");
+        }
+        let begun = match found {
             Found::Stored { promise, new } if !promise.state.is_settled() => {
                 Begun::Pending { timeout_at: promise.timeout_at, new }
             }
@@ -460,24 +503,32 @@ impl<F: Function> IntoFuture for Call<F, Lfi> {
     type IntoFuture = BoxFuture<'static, Self::Output>;
 
     fn into_future(mut self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let (id, begun) = self.begin(false, false).await?;
-            Ok(match begun {
-                Begun::Settled(outcome) => Handle::ready(id, outcome),
-                Begun::Pending { timeout_at, new } => {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    let scope = self.scope.clone();
-                    let job = self.job(timeout_at, new);
-                    let inv = job.inv.clone();
-                    scope.spawn(async move {
-                        if let Some(outcome) = job.run().await {
-                            let _ = tx.send(outcome);
-                        }
-                    });
-                    Handle::local(id, rx, inv)
-                }
-            })
-        })
+        let span = self.span("lfi");
+        Box::pin(
+            async move {
+                let (id, begun) = self.begin(false, false).await?;
+                Ok(match begun {
+                    Begun::Settled(outcome) => Handle::ready(id, outcome),
+                    Begun::Pending { timeout_at, new } => {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        let scope = self.scope.clone();
+                        let job = self.job(timeout_at, new);
+                        let inv = job.inv.clone();
+                        let call = tracing::Span::current();
+                        scope.spawn(
+                            async move {
+                                if let Some(outcome) = job.run().await {
+                                    let _ = tx.send(outcome);
+                                }
+                            }
+                            .instrument(call),
+                        );
+                        Handle::local(id, rx, inv)
+                    }
+                })
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -486,21 +537,25 @@ impl<F: Function> IntoFuture for Call<F, Lfc> {
     type IntoFuture = BoxFuture<'static, Self::Output>;
 
     fn into_future(mut self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let (id, begun) = self.begin(false, false).await?;
-            let outcome = match begun {
-                Begun::Settled(outcome) => outcome,
-                Begun::Pending { timeout_at, new } => {
-                    let job = self.job(timeout_at, new);
-                    let inv = job.inv.clone();
-                    match job.run().await {
-                        Some(outcome) => outcome,
-                        None => Err(inv.check().err().unwrap_or_else(|| crate::Error::Runtime("stopped".into()))),
+        let span = self.span("lfc");
+        Box::pin(
+            async move {
+                let (id, begun) = self.begin(false, false).await?;
+                let outcome = match begun {
+                    Begun::Settled(outcome) => outcome,
+                    Begun::Pending { timeout_at, new } => {
+                        let job = self.job(timeout_at, new);
+                        let inv = job.inv.clone();
+                        match job.run().await {
+                            Some(outcome) => outcome,
+                            None => Err(inv.check().err().unwrap_or_else(|| crate::Error::Runtime("stopped".into()))),
+                        }
                     }
-                }
-            };
-            codec::decode(&id, &outcome?)
-        })
+                };
+                codec::decode(&id, &outcome?)
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -509,12 +564,16 @@ impl<C: Callable> IntoFuture for Call<C, Rfi> {
     type IntoFuture = BoxFuture<'static, Self::Output>;
 
     fn into_future(mut self) -> Self::IntoFuture {
-        Box::pin(async move {
-            Ok(match self.begin(true, false).await? {
-                (id, Begun::Settled(outcome)) => Handle::ready(id, outcome),
-                (id, Begun::Pending { .. }) => Handle::remote(id, self.inv),
-            })
-        })
+        let span = self.span("rfi");
+        Box::pin(
+            async move {
+                Ok(match self.begin(true, false).await? {
+                    (id, Begun::Settled(outcome)) => Handle::ready(id, outcome),
+                    (id, Begun::Pending { .. }) => Handle::remote(id, self.inv),
+                })
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -523,12 +582,16 @@ impl<C: Callable> IntoFuture for Call<C, Rfc> {
     type IntoFuture = BoxFuture<'static, Self::Output>;
 
     fn into_future(mut self) -> Self::IntoFuture {
-        Box::pin(async move {
-            match self.begin(true, false).await? {
-                (id, Begun::Settled(outcome)) => codec::decode(&id, &outcome?),
-                (id, Begun::Pending { .. }) => Handle::remote(id, self.inv).await,
+        let span = self.span("rfc");
+        Box::pin(
+            async move {
+                match self.begin(true, false).await? {
+                    (id, Begun::Settled(outcome)) => codec::decode(&id, &outcome?),
+                    (id, Begun::Pending { .. }) => Handle::remote(id, self.inv).await,
+                }
             }
-        })
+            .instrument(span),
+        )
     }
 }
 
@@ -537,7 +600,8 @@ impl<C: Callable> IntoFuture for Call<C, Detach> {
     type IntoFuture = BoxFuture<'static, Self::Output>;
 
     fn into_future(mut self) -> Self::IntoFuture {
-        Box::pin(async move { self.begin(true, true).await.map(|(id, _)| id) })
+        let span = self.span("detached");
+        Box::pin(async move { self.begin(true, true).await.map(|(id, _)| id) }.instrument(span))
     }
 }
 
@@ -596,18 +660,24 @@ impl<T: serde::de::DeserializeOwned + Send + 'static> IntoFuture for Promised<T>
     type IntoFuture = BoxFuture<'static, Self::Output>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            if self.chosen {
-                validate_id(&self.id)?;
+        let span = tracing::debug_span!("call", id = %self.id, kind = "promise", replayed = tracing::field::Empty);
+        Box::pin(
+            async move {
+                if self.chosen {
+                    validate_id(&self.id)?;
+                }
+                let mut req = CreatePromise::new(self.id.clone(), Param::External);
+                req.timeout = self.timeout.map(|t| t.as_millis() as Millis);
+                req.deadline_cap = self.deadline;
+                req.tags = self.tags;
+                let found = self.inv.find_or_create(req, self.location).await?;
+                tracing::Span::current().record("replayed", !matches!(found, Found::Stored { new: true, .. }));
+                if let Found::Recorded(p) = found {
+                    return Ok(Handle::ready(self.id.clone(), outcome(p)));
+                }
+                Ok(Handle::remote(self.id, self.inv))
             }
-            let mut req = CreatePromise::new(self.id.clone(), Param::External);
-            req.timeout = self.timeout.map(|t| t.as_millis() as Millis);
-            req.deadline_cap = self.deadline;
-            req.tags = self.tags;
-            if let Found::Recorded(p) = self.inv.find_or_create(req, self.location).await? {
-                return Ok(Handle::ready(self.id.clone(), outcome(p)));
-            }
-            Ok(Handle::remote(self.id, self.inv))
-        })
+            .instrument(span),
+        )
     }
 }

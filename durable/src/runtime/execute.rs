@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::error::Failure;
 use crate::promise::{Millis, Param, Promise, State};
@@ -62,7 +63,14 @@ impl Job {
         tokio::select! {
             biased;
             outcome = self.attempts(&settling) => outcome,
-            Some(outcome) = settled_elsewhere => Some(outcome),
+            Some(outcome) = settled_elsewhere => {
+                match &outcome {
+                    Err(Error::Timeout { .. }) => tracing::info!(id = %self.id, "timed out: its deadline passed"),
+                    Err(Error::Canceled { .. }) => tracing::info!(id = %self.id, "canceled"),
+                    _ => {}
+                }
+                Some(outcome)
+            }
         }
     }
 
@@ -72,7 +80,8 @@ impl Job {
         loop {
             inv.rt.count_run(self.func.name());
             let mut ctx = Context::new(inv.clone(), self.id.clone(), self.deadline, attempt);
-            let result = AssertUnwindSafe(self.func.call(&mut ctx, &self.args)).catch_unwind().await;
+            let span = tracing::debug_span!("attempt", id = %self.id, function = self.func.name(), attempt);
+            let result = AssertUnwindSafe(self.func.call(&mut ctx, &self.args)).catch_unwind().instrument(span).await;
             ctx.scope.join().await;
             // A panic fails the attempt, as an `Err` would: the retry policy decides
             // whether another runs, and then the caller gets the error to handle.
@@ -85,6 +94,7 @@ impl Job {
                     if e.is_retryable()
                         && let Some(delay) = self.retry.delay(attempt)
                     {
+                        tracing::warn!(id = %self.id, attempt, delay_ms = delay.as_millis() as u64, error = %e, "the attempt failed; the next runs after the delay");
                         self.backoff(attempt, delay).await.ok()?;
                         attempt += 1;
                         continue;

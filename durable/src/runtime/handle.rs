@@ -67,13 +67,20 @@ impl<T> Handle<T> {
     }
 
     /// Like [`Handle::stored`], but failing with [`Error::Unserved`] once the task has
-    /// waited `after`, still pending, for a `group` no live worker serves.
-    pub(crate) fn watched(id: String, group: String, after: Duration, store: Arc<dyn Store>) -> Handle<T> {
+    /// waited `after`, still pending, with no live worker of `group` that runs
+    /// `function`.
+    pub(crate) fn watched(
+        id: String,
+        group: String,
+        function: String,
+        after: Duration,
+        store: Arc<dyn Store>,
+    ) -> Handle<T> {
         let key = id.clone();
         let outcome = async move {
             tokio::select! {
                 outcome = settled(&*store, &key) => outcome,
-                unserved = unserved(&*store, &key, &group, after) => Err(unserved),
+                unserved = unserved(&*store, &key, &group, &function, after) => Err(unserved),
             }
         };
         Handle { id, outcome: Box::pin(outcome), output: PhantomData }
@@ -112,20 +119,27 @@ pub(crate) async fn settled(store: &dyn Store, id: &str) -> Outcome {
 }
 
 /// Completes once task `id` has waited `after` and is still pending with no live
-/// worker of `group`; looks again every quarter of `after` (at least a second).
-async fn unserved(store: &dyn Store, id: &str, group: &str, after: Duration) -> Error {
+/// worker of `group` that runs `function`; looks again every quarter of `after` (at
+/// least a second).
+async fn unserved(store: &dyn Store, id: &str, group: &str, function: &str, after: Duration) -> Error {
     let started = tokio::time::Instant::now();
     tokio::time::sleep(after).await;
     loop {
         let pending = matches!(store.task(id).await, Ok(Some(t)) if t.state == TaskState::Pending);
         let served = match (store.now().await, store.workers().await) {
-            (Ok(now), Ok(workers)) => workers.iter().any(|w| w.group == group && w.live_until > now),
+            (Ok(now), Ok(workers)) => workers.iter().any(|w| w.serves(group, function, now)),
             // A store that cannot answer is no evidence against the group.
             _ => true,
         };
         if pending && !served {
             let waited = started.elapsed().as_secs();
-            return Error::Unserved { id: id.to_owned(), group: group.to_owned(), waited };
+            tracing::warn!(task = %id, %group, %function, waited_s = waited, "no live worker of the group runs the function this task calls");
+            return Error::Unserved {
+                id: id.to_owned(),
+                group: group.to_owned(),
+                function: function.to_owned(),
+                waited,
+            };
         }
         tokio::time::sleep((after / 4).max(Duration::from_secs(1))).await;
     }

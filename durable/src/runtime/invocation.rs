@@ -32,7 +32,7 @@ pub(crate) enum Fault {
 
 impl Fault {
     /// The error user code sees for it.
-    fn error(&self, task: &str) -> Error {
+    pub(crate) fn error(&self, task: &str) -> Error {
         match self {
             Fault::Nondeterminism(n) => Error::Nondeterminism(Box::new(n.clone())),
             Fault::Fenced => Error::Halted { id: task.to_owned(), reason: "the lease was lost".into() },
@@ -144,7 +144,10 @@ impl Invocation {
                 continue;
             }
             match self.rt.store.suspend(&self.fence, &awaiting).await {
-                Ok(true) => return,
+                Ok(true) => {
+                    tracing::debug!(task = %self.fence.task, ?awaiting, "suspended until one of these settles");
+                    return;
+                }
                 // One settled already: resume now, in memory.
                 Ok(false) => {}
                 Err(e) => {

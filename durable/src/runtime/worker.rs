@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use crate::error::Failure;
 use crate::runtime::execute::Job;
 use crate::runtime::function::Erased;
@@ -10,7 +12,7 @@ use crate::runtime::invocation::{Fault, Invocation};
 use crate::runtime::shared::Shared;
 
 use crate::promise::{Fence, Millis, Param, Promise};
-use crate::store::{Claim, Purge, Release};
+use crate::store::{Claim, Purge, Release, Worker};
 use crate::{Error, Retry, Store};
 
 /// Platform faults after which a task halts instead of being retried.
@@ -24,7 +26,9 @@ pub(crate) async fn background(rt: Arc<Shared>) {
     // A worker that starts may be the fixed deploy that halted tasks wait for, and
     // the successor of a process of its pid that died holding tasks.
     let code = rt.registry.iter().map(|(name, f)| (name.clone(), f.code_digest())).collect();
-    let _ = store.resume_halted(&rt.group, &code).await;
+    if let Ok(resumed @ 1..) = store.resume_halted(&rt.group, &code).await {
+        tracing::info!(group = %rt.group, resumed, "resumed halted tasks of this group");
+    }
     let _ = store.release_predecessors(&rt.group, &rt.pid, &rt.process).await;
     // A claim the killed predecessor sent just before it died can still commit after
     // that: look once more a moment later.
@@ -32,9 +36,16 @@ pub(crate) async fn background(rt: Arc<Shared>) {
     let mut next_beat = tokio::time::Instant::now() + beat;
     // This worker serves its group: say so every beat, whether it holds work or not.
     let mut next_announce = tokio::time::Instant::now();
+    let me = Worker {
+        group: rt.group.clone(),
+        pid: rt.pid.clone(),
+        process: rt.process.clone(),
+        functions: rt.registry.keys().cloned().collect(),
+        live_until: 0,
+    };
     loop {
         if tokio::time::Instant::now() >= next_announce {
-            let _ = store.announce(&rt.group, &rt.pid, &rt.process, rt.ttl).await;
+            let _ = store.announce(&me, rt.ttl).await;
             next_announce = tokio::time::Instant::now() + beat;
         }
         if let Some(at) = recheck
@@ -67,9 +78,11 @@ pub(crate) async fn background(rt: Arc<Shared>) {
                 process: rt.process.clone(),
                 ttl: rt.ttl,
                 max: free,
+                functions: me.functions.clone(),
             };
             if let Ok(acquired) = store.claim(claim).await {
                 for a in acquired {
+                    tracing::debug!(task = %a.task.id, group = %rt.group, version = a.task.version, "claimed");
                     let fence = a.fence();
                     start(rt.clone(), fence, a.task.faults, a.root, a.preload);
                 }
@@ -117,7 +130,6 @@ pub(crate) async fn retention(store: Arc<dyn Store>, keep: Duration) {
     }
 }
 
-/// Starts executing a claimed task.
 /// Runs a claimed task. One for a function this runtime lacks is released for a worker
 /// that has it (a rolling deploy may not have reached this one yet): never rejected,
 /// it waits with backoff (1 s doubling to a minute) and the error on the task says why.
@@ -134,6 +146,10 @@ fn start(rt: Arc<Shared>, fence: Fence, faults: u32, root: Promise, preload: Vec
                 where_: Some(format!("group {:?} (worker {:?})", rt.group, rt.pid)),
             };
             let delay = backoff().delay(faults + 1).unwrap_or_default().as_millis() as Millis;
+            tracing::warn!(
+                task = %fence.task, function = %func, group = %rt.group, pid = %rt.pid, delay_ms = delay,
+                "the function is not registered here: the task is given back for a worker that has it"
+            );
             let how = Release::Retry { delay, error: Some(Failure::from(&error).encode()) };
             tokio::spawn(async move {
                 let _ = rt.store.release(&fence, how).await;
@@ -151,6 +167,7 @@ pub(crate) fn spawn(
     func: Arc<dyn Erased>,
     fresh: bool,
 ) {
+    let span = tracing::info_span!("invocation", id = %root.id, function = func.name(), task_version = fence.version);
     let inv = Arc::new(Invocation::new(rt.clone(), fence.clone(), preload));
     let code = func.code_digest();
     let Param::Call { args, .. } = &root.param else {
@@ -168,19 +185,22 @@ pub(crate) fn spawn(
     // Held until the entry is in: the task removes it when done, which must come after.
     let mut running = rt.running.lock().unwrap_or_else(|e| e.into_inner());
     let shared = rt.clone();
-    let handle = tokio::spawn(async move {
-        tokio::select! {
-            _ = job.run() => {}
-            () = inv.faulted() => {}
-            // Suspended: the store holds the task for the promises it awaits.
-            () = inv.suspend_when_idle(shared.suspend_after) => {}
+    let handle = tokio::spawn(
+        async move {
+            tokio::select! {
+                _ = job.run() => {}
+                () = inv.faulted() => {}
+                // Suspended: the store holds the task for the promises it awaits.
+                () = inv.suspend_when_idle(shared.suspend_after) => {}
+            }
+            if let Some(fault) = inv.fault() {
+                after_fault(&shared, &inv.fence, fault, code).await;
+            }
+            shared.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&inv.fence);
+            shared.wake.notify_one();
         }
-        if let Some(fault) = inv.fault() {
-            after_fault(&shared, &inv.fence, fault, code).await;
-        }
-        shared.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&inv.fence);
-        shared.wake.notify_one();
-    });
+        .instrument(span),
+    );
     running.insert(fence, handle.abort_handle());
     drop(running);
     // The background loop heartbeats only while something is held: tell it.
@@ -201,7 +221,10 @@ fn backoff() -> Retry {
 /// of its function's code in this build.
 async fn after_fault(rt: &Shared, fence: &Fence, fault: Fault, code: u64) {
     let how = match &fault {
-        Fault::Fenced => return,
+        Fault::Fenced => {
+            tracing::warn!(task = %fence.task, "the lease was lost: another worker holds the task now; this execution stops");
+            return;
+        }
         // Replay would diverge again: only other code, or an explicit resume, helps.
         Fault::Nondeterminism(_) => Release::Halt { error: fault.record(), code: Some(code) },
         Fault::Platform(_) => {
@@ -217,6 +240,15 @@ async fn after_fault(rt: &Shared, fence: &Fence, fault: Fault, code: u64) {
             }
         }
     };
+    match &how {
+        Release::Halt { error, .. } => {
+            let error = Failure::decode(&fence.task, Some(error)).into_error();
+            tracing::error!(task = %fence.task, %error, "halted until a deploy or an operator resumes it");
+        }
+        Release::Retry { delay, .. } => {
+            tracing::warn!(task = %fence.task, error = %fault.error(&fence.task), delay_ms = delay, "a platform fault: released, to run again");
+        }
+    }
     let _ = rt.store.release(fence, how).await;
 }
 
@@ -276,6 +308,7 @@ mod tests {
             process: shared.process.clone(),
             ttl: shared.ttl,
             max: 1,
+            functions: Vec::new(),
         };
         let again = store.claim(claim).await.unwrap().pop().expect("claimed again");
         let new = again.fence();

@@ -188,16 +188,11 @@ impl<L: Log> Engine<L> {
         self.write(|core, now| Ok(core.tick(now))).await
     }
 
-    pub(crate) fn announce(&self, group: &str, pid: &str, process: &str, ttl: Millis) {
+    pub(crate) fn announce(&self, worker: &Worker, ttl: Millis) {
         let now = self.clock.now();
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         workers.retain(|_, w| w.live_until.saturating_add(FORGET_WORKERS) > now);
-        let worker = Worker {
-            group: group.into(),
-            pid: pid.into(),
-            process: process.into(),
-            live_until: now.saturating_add(ttl),
-        };
+        let worker = Worker { live_until: now.saturating_add(ttl), ..worker.clone() };
         workers.insert((worker.group.clone(), worker.pid.clone()), worker);
     }
 
@@ -322,12 +317,10 @@ macro_rules! engine_store {
             }
             async fn announce(
                 &self,
-                group: &str,
-                pid: &str,
-                process: &str,
+                worker: &$crate::store::Worker,
                 ttl: $crate::Millis,
             ) -> Result<(), $crate::StoreError> {
-                self.engine.announce(group, pid, process, ttl);
+                self.engine.announce(worker, ttl);
                 Ok(())
             }
             async fn workers(&self) -> Result<Vec<$crate::store::Worker>, $crate::StoreError> {

@@ -163,6 +163,9 @@ pub struct Claim {
     pub ttl: Millis,
     /// At most this many.
     pub max: usize,
+    /// Only tasks of calls of these functions (by registered name), so that a task
+    /// waits for a worker that can run it; empty: any.
+    pub functions: Vec<String>,
 }
 
 /// A task handed to a worker, with everything a replay reads.
@@ -234,8 +237,17 @@ pub struct Worker {
     pub pid: String,
     /// The process it runs in.
     pub process: String,
+    /// The functions it runs, by registered name.
+    pub functions: Vec<String>,
     /// Live until then (store time, ms), unless it announces itself again.
     pub live_until: Millis,
+}
+
+impl Worker {
+    /// Whether it is live at `now`, in `group`, and runs `function`.
+    pub fn serves(&self, group: &str, function: &str, now: Millis) -> bool {
+        self.live_until > now && self.group == group && self.functions.iter().any(|f| f == function)
+    }
 }
 
 /// How long a store remembers a worker that stopped announcing itself: a day, so a
@@ -327,10 +339,11 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// Applies deadlines: times out promises, resolves timers, expires leases.
     async fn tick(&self) -> Result<Tick, StoreError>;
 
-    /// Records that worker `pid` of `group`, in `process`, is alive for `ttl` ms from
-    /// now. Workers announce themselves while they run, so that a task waiting for a
-    /// group nobody serves can be told apart from one waiting its turn.
-    async fn announce(&self, group: &str, pid: &str, process: &str, ttl: Millis) -> Result<(), StoreError>;
+    /// Records `worker` (its group, pid, process and functions) as alive for `ttl` ms
+    /// from now; its `live_until` is ignored. Workers announce themselves while they
+    /// run, so that a task waiting for a group or function nobody serves can be told
+    /// apart from one waiting its turn.
+    async fn announce(&self, worker: &Worker, ttl: Millis) -> Result<(), StoreError>;
 
     /// The workers that announced themselves, by group and pid, live or not: a worker
     /// is live while its `live_until` is ahead of the store's now. One gone for

@@ -397,8 +397,18 @@ impl Core {
         let mut out = Vec::new();
         let mine = (c.group.clone(), Some(c.pid.clone()));
         let anyone = (c.group.clone(), None);
+        // A task of a function the worker lacks is left for one that has it.
+        let runs = |p: Option<&Promise>| match p.map(|p| &p.param) {
+            _ if c.functions.is_empty() => true,
+            Some(Param::Call { func, .. }) => c.functions.contains(func),
+            _ => false,
+        };
         while out.len() < c.max {
-            let first = |route: &Route| self.ready.get(route).and_then(|q| q.first().cloned());
+            let first = |route: &Route| {
+                self.ready.get(route).and_then(|q| {
+                    q.iter().take_while(|(at, _)| *at <= now).find(|(_, id)| runs(self.promises.get(id))).cloned()
+                })
+            };
             let (route, (ready_at, id)) = match (first(&mine), first(&anyone)) {
                 (Some(a), Some(b)) if b < a => (&anyone, b),
                 (Some(a), _) => (&mine, a),

@@ -79,6 +79,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    durable_examples::trace_from_env();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),

@@ -44,6 +44,7 @@ const READY: &str = "SELECT t.id FROM tasks t JOIN promises p ON p.id = t.id
      WHERE t.state = 'pending' AND t.grp = $1 AND t.ready_at <= $2
        AND (t.pid = $3 OR (NOT t.uni AND (t.pid IS NULL OR t.prefer_until <= $2)))
        AND p.state = 'pending' AND p.timeout_at > $2
+       AND (cardinality($5::text[]) = 0 OR (p.data::jsonb #>> '{param,func}') = ANY($5::text[]))
      ORDER BY t.ready_at, t.id LIMIT $4 FOR UPDATE OF t SKIP LOCKED";
 const HALTED: &str = "SELECT id FROM tasks WHERE state = 'halted' AND grp = $1 FOR UPDATE SKIP LOCKED";
 const PREDECESSORS: &str = "SELECT id FROM tasks WHERE state = 'acquired' AND grp = $1
@@ -137,15 +138,18 @@ CREATE TABLE IF NOT EXISTS workers (
     grp text NOT NULL,
     pid text NOT NULL,
     process text NOT NULL,
+    functions text[] NOT NULL,
     live_until bigint NOT NULL,
     PRIMARY KEY (grp, pid)
 );
 "#;
 
-const ANNOUNCE: &str = "INSERT INTO workers (grp, pid, process, live_until) VALUES ($1, $2, $3, $4)
-     ON CONFLICT (grp, pid) DO UPDATE SET process = excluded.process, live_until = excluded.live_until";
+const ANNOUNCE: &str = "INSERT INTO workers (grp, pid, process, functions, live_until) VALUES ($1, $2, $3, $4, $5)
+     ON CONFLICT (grp, pid) DO UPDATE
+     SET process = excluded.process, functions = excluded.functions, live_until = excluded.live_until";
 const FORGET: &str = "DELETE FROM workers WHERE live_until < $1";
-const WORKERS: &str = "SELECT grp, pid, process, live_until FROM workers WHERE live_until >= $1 ORDER BY grp, pid";
+const WORKERS: &str =
+    "SELECT grp, pid, process, functions, live_until FROM workers WHERE live_until >= $1 ORDER BY grp, pid";
 
 // Purging: finished roots (the predicate of `promises_finished`), what holds one back,
 // and its subtree, children first, a bounded batch at a time.
@@ -359,8 +363,10 @@ impl Select<'_> {
             Select::Ids { promises, tasks, .. } => Ok(Rows { promises: promises.to_vec(), tasks: tasks.to_vec() }),
             Select::Ready(claim) => {
                 let [ready] = conn.statements([READY]).await.map_err(db)?;
-                let candidates =
-                    conn.query(&ready, &[&claim.group, &now, &claim.pid, &(claim.max as i64)]).await.map_err(db)?;
+                let candidates = conn
+                    .query(&ready, &[&claim.group, &now, &claim.pid, &(claim.max as i64), &claim.functions])
+                    .await
+                    .map_err(db)?;
                 let candidates = ids(candidates);
                 Ok(Rows { promises: candidates.clone(), tasks: candidates })
             }
@@ -900,12 +906,13 @@ impl super::Store for PostgresStore {
         Ok(tick)
     }
 
-    async fn announce(&self, group: &str, pid: &str, process: &str, ttl: Millis) -> Result<(), StoreError> {
+    async fn announce(&self, worker: &Worker, ttl: Millis) -> Result<(), StoreError> {
         let mut conn = self.pool.get().await?;
         let [clock, announce, forget] = conn.statements([CLOCK, ANNOUNCE, FORGET]).await.map_err(db)?;
         let now = self.now_in(&conn, &clock).await?;
         let until = now.saturating_add(ttl) as i64;
-        conn.execute(&announce, &[&group, &pid, &process, &until]).await.map_err(db)?;
+        let w = worker;
+        conn.execute(&announce, &[&w.group, &w.pid, &w.process, &w.functions, &until]).await.map_err(db)?;
         let forgotten = now.saturating_sub(FORGET_WORKERS) as i64;
         conn.execute(&forget, &[&forgotten]).await.map_err(db)?;
         Ok(())
@@ -923,7 +930,8 @@ impl super::Store for PostgresStore {
                 group: row.get(0),
                 pid: row.get(1),
                 process: row.get(2),
-                live_until: row.get::<_, i64>(3) as Millis,
+                functions: row.get(3),
+                live_until: row.get::<_, i64>(4) as Millis,
             })
             .collect())
     }

@@ -627,8 +627,14 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(live(&store), 2, "the pending promise and its task are live");
         assert_eq!(store.get("old-done").await.unwrap().unwrap().value.as_deref(), Some("7"));
-        let claim =
-            crate::store::Claim { group: "g".into(), pid: "w".into(), process: "w:1".into(), ttl: 10_000, max: 10 };
+        let claim = crate::store::Claim {
+            group: "g".into(),
+            pid: "w".into(),
+            process: "w:1".into(),
+            ttl: 10_000,
+            max: 10,
+            functions: Vec::new(),
+        };
         assert_eq!(store.claim(claim).await.unwrap().len(), 1, "the pending task is delivered");
         let now = store.now().await.unwrap();
         let purged = store.purge(Purge::Before { before: now + 1, limit: 10 }).await.unwrap();
