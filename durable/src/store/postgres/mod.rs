@@ -44,7 +44,7 @@ const READY: &str = "SELECT t.id FROM tasks t JOIN promises p ON p.id = t.id
      WHERE t.state = 'pending' AND t.grp = $1 AND t.ready_at <= $2
        AND (t.pid = $3 OR (NOT t.uni AND (t.pid IS NULL OR t.prefer_until <= $2)))
        AND p.state = 'pending' AND p.timeout_at > $2
-       AND (cardinality($5::text[]) = 0 OR (p.data::jsonb #>> '{param,func}') = ANY($5::text[]))
+       AND (cardinality($5::text[]) = 0 OR t.func = ANY($5::text[]))
      ORDER BY t.ready_at, t.id LIMIT $4 FOR UPDATE OF t SKIP LOCKED";
 const HALTED: &str = "SELECT id FROM tasks WHERE state = 'halted' AND grp = $1 FOR UPDATE SKIP LOCKED";
 const PREDECESSORS: &str = "SELECT id FROM tasks WHERE state = 'acquired' AND grp = $1
@@ -59,9 +59,10 @@ const UPSERT_PROMISES: &str = "INSERT INTO promises (id, state, timer, timeout_a
        AS u(id, state, timer, timeout_at, tags, data, settled_at)
      ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, timeout_at = EXCLUDED.timeout_at, data = EXCLUDED.data,
        settled_at = EXCLUDED.settled_at";
-const UPSERT_TASKS: &str = "INSERT INTO tasks (id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, awaiting, data)
+const UPSERT_TASKS: &str = "INSERT INTO tasks (id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, awaiting, data, func)
      SELECT id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version,
-       ARRAY(SELECT jsonb_array_elements_text(data::jsonb -> 'awaiting')), data
+       ARRAY(SELECT jsonb_array_elements_text(data::jsonb -> 'awaiting')), data,
+       (SELECT p.data::jsonb #>> '{param,func}' FROM promises p WHERE p.id = u.id)
      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::int8[], $7::int8[], $8::int8[],
                  $9::text[], $10::int8[], $11::text[])
        AS u(id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, data)
@@ -132,8 +133,11 @@ CREATE INDEX IF NOT EXISTS promises_finished ON promises (settled_at)
     WHERE settled_at IS NOT NULL AND (strpos(id, '.') = 0 OR tags ? 'durable:detached');
 "#;
 
-/// Version 3: the workers that announced themselves.
+/// Version 3: the workers that announced themselves, and each task's function (a
+/// claim takes only tasks of the worker's functions).
 const MIGRATION_3: &str = r#"
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS func text;
+UPDATE tasks t SET func = p.data::jsonb #>> '{param,func}' FROM promises p WHERE p.id = t.id AND t.func IS NULL;
 CREATE TABLE IF NOT EXISTS workers (
     grp text NOT NULL,
     pid text NOT NULL,
