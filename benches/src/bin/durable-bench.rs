@@ -35,57 +35,39 @@ async fn soak(ctx: &mut Context, x: u64) -> durable::Result<u64> {
     Ok(x)
 }
 
-const USAGE: &str = "usage: durable-bench chain --steps N --store memory|sled|postgres [--concurrency C]
-       durable-bench calc --nodes K --store memory|sled|postgres
-       durable-bench recover --steps N --store sled|postgres
-       durable-bench soak --invocations N --store memory|sled|postgres [--retention SECONDS] [--plot PATH]";
-
+/// The workloads other durable-execution systems are measured on, one JSON line per run.
+#[derive(Debug, clap::Parser)]
+#[command(name = "durable-bench")]
 struct Args {
+    /// chain: N local steps (C chains at once); calc: the calculator over K nodes, all
+    /// workers in this process; recover: a new process replays N settled steps; soak: N
+    /// ten-step invocations, 64 at a time.
+    #[arg(value_parser = ["chain", "calc", "recover", "soak", "recover-prepare"], hide_possible_values = true)]
     workload: String,
+    /// The store: memory, sled or postgres (`$DURABLE_POSTGRES_URL`).
+    #[arg(long, default_value = "memory", value_parser = ["memory", "sled", "postgres"])]
     store: String,
+    /// Steps (chain, recover), nodes (calc) or invocations (soak).
+    #[arg(long = "steps", visible_aliases = ["nodes", "invocations"], value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
     n: u64,
+    /// Chains at once (chain).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     concurrency: u64,
+    /// Seconds a finished invocation is kept (soak; off unless given).
+    #[arg(long, value_name = "SECONDS")]
     retention: Option<u64>,
+    /// Where the soak's PNG goes (default `soak-{store}.png`).
+    #[arg(long, value_name = "PATH")]
     plot: Option<String>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut argv = std::env::args().skip(1);
-    let workload = argv.next().ok_or("say chain, calc or recover")?;
-    let mut args = Args { workload, store: "memory".into(), n: 0, concurrency: 1, retention: None, plot: None };
-    while let Some(flag) = argv.next() {
-        let value = argv.next().ok_or(format!("{flag} needs a value"))?;
-        let number = || value.parse::<u64>().map_err(|_| format!("{flag} takes a number, not {value:?}"));
-        match flag.as_str() {
-            "--store" => args.store = value.clone(),
-            "--steps" | "--nodes" | "--invocations" => args.n = number()?,
-            "--retention" => args.retention = Some(number()?),
-            "--plot" => args.plot = Some(value.clone()),
-            "--concurrency" => args.concurrency = number()?.max(1),
-            other => return Err(format!("unknown option {other}")),
-        }
-    }
-    match (args.workload.as_str(), args.store.as_str()) {
-        ("chain" | "calc" | "soak" | "recover-prepare", "memory" | "sled" | "postgres")
-        | ("recover", "sled" | "postgres") => {}
-        ("recover", other) => return Err(format!("recover needs a store that outlives a process, not {other}")),
-        (_, "memory" | "sled" | "postgres") => return Err(format!("unknown workload {}", args.workload)),
-        (_, other) => return Err(format!("unknown store {other}: memory, sled or postgres")),
-    }
-    if args.n == 0 {
-        return Err("give --steps N, --nodes K or --invocations N (at least 1)".into());
-    }
-    Ok(args)
-}
-
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(problem) => {
-            eprintln!("error: {problem}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
+    if args.workload == "recover" && args.store == "memory" {
+        eprintln!("error: recover needs a store that outlives a process: sled or postgres");
+        return ExitCode::from(2);
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     match rt.block_on(run(&args)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,73 +19,43 @@ use durable::{Durable, Param, State, Store};
 use durable_examples::calculator::{self, Role, clc};
 use durable_examples::open_store;
 
-const USAGE: &str = "usage: calculator [--store DIR|postgres://…] [--lease MS] [--trace] [EXPRESSION]
-       calculator [--store …] worker --group exp --pid lhs|rhs
-       calculator [--store …] worker --group ops
-Evaluates EXPRESSION (integers, + - * /, parentheses) durably, or reads expressions
-from a prompt. --store is the sled store's directory (default ./calculator-data) or a
-PostgreSQL URL, where each role can run as its own process. --lease is how long a
-worker's hold on a task outlives the worker (default 30000 ms).";
-
+/// Evaluates arithmetic durably: integers, + - * /, parentheses.
+#[derive(Debug, clap::Parser)]
+#[command(name = "calculator")]
 struct Args {
+    /// The sled store's directory, or a PostgreSQL URL (where each role can run as its
+    /// own process).
+    #[arg(long, global = true, default_value = "calculator-data", value_name = "DIR|postgres://…")]
     store: String,
-    lease: Duration,
+    /// How long a worker's hold on a task outlives the worker, in milliseconds.
+    #[arg(long, global = true, default_value_t = 30_000, value_name = "MS")]
+    lease: u64,
+    /// Print the durable calls as they unfold.
+    #[arg(long)]
     trace: bool,
-    worker: Option<(String, Option<String>)>,
+    /// The expression; without one, a prompt reads one per line. Put `--` before one
+    /// that starts with `-`.
     expression: Option<String>,
+    #[command(subcommand)]
+    worker: Option<Worker>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        store: "calculator-data".into(),
-        lease: Duration::from_secs(30),
-        trace: false,
-        worker: None,
-        expression: None,
-    };
-    let mut rest = std::env::args().skip(1);
-    let mut group = None;
-    let mut pid = None;
-    let mut worker = false;
-    while let Some(arg) = rest.next() {
-        match arg.as_str() {
-            "--store" => args.store = rest.next().ok_or("--store needs a directory or a URL")?,
-            "--trace" => args.trace = true,
-            "--lease" => {
-                let ms = rest.next().ok_or("--lease needs milliseconds")?;
-                let ms: u64 = ms.parse().map_err(|_| format!("--lease takes milliseconds, not {ms:?}"))?;
-                args.lease = Duration::from_millis(ms);
-            }
-            "--group" => group = Some(rest.next().ok_or("--group needs a name")?),
-            "--pid" => pid = Some(rest.next().ok_or("--pid needs a name")?),
-            "worker" if args.expression.is_none() => worker = true,
-            "-h" | "--help" => return Err(String::new()),
-            flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
-            _ if args.expression.is_some() => return Err("give one expression (quote it)".into()),
-            _ => args.expression = Some(arg),
-        }
-    }
-    if worker {
-        let group = group.ok_or("worker needs --group")?;
-        args.worker = Some((group, pid));
-    } else if group.is_some() || pid.is_some() {
-        return Err("--group and --pid go with worker".into());
-    }
-    Ok(args)
+#[derive(Debug, clap::Subcommand)]
+enum Worker {
+    /// Runs one role as its own process, over a shared store: `--group exp --pid lhs`
+    /// (or `rhs`), or `--group ops`.
+    Worker {
+        /// The role's group: exp or ops.
+        #[arg(long)]
+        group: String,
+        /// The role's pid within exp: lhs or rhs.
+        #[arg(long)]
+        pid: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(problem) if problem.is_empty() => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(problem) => {
-            eprintln!("error: {problem}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
     durable_examples::trace_from_env();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -103,12 +73,13 @@ fn main() -> ExitCode {
             Ok(store) => store,
             Err(e) => return fail(&e.to_string()),
         };
-        if let Some((group, pid)) = &args.worker {
+        let lease = Duration::from_millis(args.lease);
+        if let Some(Worker::Worker { group, pid }) = &args.worker {
             let role = match Role::parse(group, pid.as_deref()) {
                 Ok(role) => role,
                 Err(problem) => return fail(&problem),
             };
-            return match role.runtime(store, args.lease) {
+            return match role.runtime(store, lease) {
                 Ok(durable) => {
                     eprintln!(
                         "calculator worker {group}{} serving",
@@ -124,11 +95,8 @@ fn main() -> ExitCode {
         }
         // On the embedded store every role runs here; on a shared store, only the client.
         let embedded = !args.store.starts_with("postgres");
-        let runtimes = if embedded {
-            calculator::all_roles(store)
-        } else {
-            Role::Client.runtime(store, args.lease).map(|d| vec![d])
-        };
+        let runtimes =
+            if embedded { calculator::all_roles(store) } else { Role::Client.runtime(store, lease).map(|d| vec![d]) };
         let runtimes = match runtimes {
             Ok(runtimes) => runtimes,
             Err(e) => return fail(&e.to_string()),

@@ -16,69 +16,57 @@ use durable::{Durable, State};
 use durable_examples::faas::{self, Job, Script, Submitted, execute, submit};
 use durable_examples::open_store;
 
-const USAGE: &str = "usage: faas [--store URL] worker --group NAME [--pid NAME] [--timeout SECONDS] [--lease MS]
-       faas [--store URL] submit --script FILE --machine GROUP [--detach]
-       faas [--store URL] get --id JOB";
-
-#[derive(Default)]
+/// Function as a service on durable: workers by group, a router, and job lookups.
+#[derive(Debug, clap::Parser)]
+#[command(name = "faas")]
 struct Args {
+    /// The PostgreSQL URL (default `$DURABLE_POSTGRES_URL`, else
+    /// `postgres://postgres@127.0.0.1:5432/test`).
+    #[arg(long, global = true, value_name = "URL")]
     store: Option<String>,
-    command: String,
-    group: Option<String>,
-    pid: Option<String>,
-    timeout: Option<u64>,
-    lease: Option<u64>,
-    script: Option<String>,
-    machine: Option<String>,
-    detach: bool,
-    id: Option<String>,
+    /// How long a hold on a task outlives its worker, in milliseconds.
+    #[arg(long, global = true, default_value_t = 30_000, value_name = "MS")]
+    lease: u64,
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args::default();
-    let mut rest = std::env::args().skip(1);
-    let value =
-        |rest: &mut std::iter::Skip<std::env::Args>, flag: &str| rest.next().ok_or(format!("{flag} needs a value"));
-    while let Some(arg) = rest.next() {
-        match arg.as_str() {
-            "--store" => args.store = Some(value(&mut rest, "--store")?),
-            "--group" => args.group = Some(value(&mut rest, "--group")?),
-            "--pid" => args.pid = Some(value(&mut rest, "--pid")?),
-            "--script" => args.script = Some(value(&mut rest, "--script")?),
-            "--machine" => args.machine = Some(value(&mut rest, "--machine")?),
-            "--id" => args.id = Some(value(&mut rest, "--id")?),
-            "--detach" => args.detach = true,
-            "--timeout" => {
-                let v = value(&mut rest, "--timeout")?;
-                args.timeout = Some(v.parse().map_err(|_| format!("--timeout takes seconds, not {v:?}"))?);
-            }
-            "--lease" => {
-                let v = value(&mut rest, "--lease")?;
-                args.lease = Some(v.parse().map_err(|_| format!("--lease takes milliseconds, not {v:?}"))?);
-            }
-            "-h" | "--help" => return Err(String::new()),
-            "worker" | "submit" | "get" if args.command.is_empty() => args.command = arg,
-            other => return Err(format!("unexpected argument {other:?}")),
-        }
-    }
-    if args.command.is_empty() {
-        return Err("say worker, submit or get".into());
-    }
-    Ok(args)
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Runs the scripts sent to a group.
+    Worker {
+        /// The group it serves (any name, e.g. gpu).
+        #[arg(long, value_name = "NAME")]
+        group: String,
+        /// Its pid, so that jobs can be routed to it.
+        #[arg(long, value_name = "NAME")]
+        pid: Option<String>,
+        /// How long one script may run, in seconds.
+        #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+        timeout: u64,
+    },
+    /// Runs a script on a worker of a group and prints its output.
+    Submit {
+        /// The script.
+        #[arg(long, value_name = "FILE")]
+        script: String,
+        /// The group to run it on.
+        #[arg(long, value_name = "GROUP")]
+        machine: String,
+        /// Print the job's id at once instead of waiting for its output.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Prints a job's state and result.
+    Get {
+        /// The job's id.
+        #[arg(long, value_name = "JOB")]
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(problem) if problem.is_empty() => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(problem) => {
-            eprintln!("error: {problem}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
     durable_examples::trace_from_env();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -89,15 +77,14 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> ExitCode {
     // A missing script is the caller's mistake: refused before anything is written.
-    let script = match (&args.command[..], &args.script) {
-        ("submit", Some(path)) => match std::fs::read_to_string(path) {
+    let script = match &args.command {
+        Command::Submit { script: path, .. } => match std::fs::read_to_string(path) {
             Ok(source) => Some(Script { name: path.clone(), source }),
             Err(e) => {
                 eprintln!("error: cannot read the script {path}: {e}");
                 return ExitCode::from(2);
             }
         },
-        ("submit", None) => return usage("submit needs --script FILE"),
         _ => None,
     };
     let url = args.store.clone().unwrap_or_else(|| {
@@ -107,16 +94,15 @@ async fn run(args: Args) -> ExitCode {
         Ok(store) => store,
         Err(e) => return fail(&e.to_string()),
     };
-    let lease = Duration::from_millis(args.lease.unwrap_or(30_000));
-    match &args.command[..] {
-        "worker" => {
-            let Some(group) = args.group else { return usage("worker needs --group NAME") };
+    let lease = Duration::from_millis(args.lease);
+    match args.command {
+        Command::Worker { group, pid, timeout } => {
             let mut builder = Durable::builder().store(store).group(&group).lease(lease).register(execute);
-            if let Some(pid) = &args.pid {
+            if let Some(pid) = &pid {
                 builder = builder.pid(pid);
             }
-            let name = format!("{group}/{}", args.pid.as_deref().unwrap_or("any"));
-            faas::set_worker(name.clone(), Duration::from_secs(args.timeout.unwrap_or(120)));
+            let name = format!("{group}/{}", pid.as_deref().unwrap_or("any"));
+            faas::set_worker(name.clone(), Duration::from_secs(timeout));
             match builder.build() {
                 Ok(durable) => {
                     eprintln!("faas worker {name} serving");
@@ -128,15 +114,14 @@ async fn run(args: Args) -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             }
         }
-        "submit" => {
-            let Some(machine) = args.machine else { return usage("submit needs --machine GROUP") };
+        Command::Submit { machine, detach, .. } => {
             let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
             let id = format!("job-{}-{nanos}", std::process::id());
             let router = match Durable::builder().store(store).group("router").lease(lease).register(submit).build() {
                 Ok(router) => router,
                 Err(e) => return fail(&e.to_string()),
             };
-            let job = Job { id: id.clone(), script: script.expect("read above"), machine, detach: args.detach };
+            let job = Job { id: id.clone(), script: script.expect("read above"), machine, detach };
             let result = match router.run(&format!("submit-{id}"), submit, job).await {
                 Ok(handle) => handle.await,
                 Err(e) => Err(e),
@@ -154,8 +139,7 @@ async fn run(args: Args) -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             }
         }
-        "get" => {
-            let Some(id) = args.id else { return usage("get needs --id JOB") };
+        Command::Get { id } => {
             let promise = match store.get(&id).await {
                 Ok(Some(promise)) => promise,
                 Ok(None) => return fail(&format!("no job {id}")),
@@ -178,13 +162,7 @@ async fn run(args: Args) -> ExitCode {
                 }
             }
         }
-        _ => usage("say worker, submit or get"),
     }
-}
-
-fn usage(problem: &str) -> ExitCode {
-    eprintln!("error: {problem}\n{USAGE}");
-    ExitCode::from(2)
 }
 
 fn fail(message: &str) -> ExitCode {
