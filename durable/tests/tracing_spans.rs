@@ -162,3 +162,30 @@ async fn an_invocation_traces_its_executions_attempts_and_calls_as_a_tree() {
         "{warnings:?}"
     );
 }
+
+/// A result JSON cannot hold (its map keys are not strings): a platform fault.
+#[durable::function]
+async fn unencodable(_ctx: &mut Context) -> durable::Result<BTreeMap<(u32, u32), u32>> {
+    Ok(BTreeMap::from([((1, 2), 3)]))
+}
+
+#[tokio::test(start_paused = true)]
+async fn platform_faults_are_warnings_and_a_halt_is_an_error() {
+    let recorder = Recorder::default();
+    let subscriber = tracing_subscriber::registry().with(recorder.clone());
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let store = memory();
+    let durable = builder(&store).register(unencodable).build().unwrap();
+    let error = durable.run("u", unencodable, ()).await.unwrap().await.unwrap_err();
+    assert!(matches!(error, Error::Halted { .. }), "{error:?}");
+
+    let warnings = recorder.warnings.lock().unwrap().clone();
+    let faults: Vec<_> =
+        warnings.iter().filter(|w| w.get("message").is_some_and(|m| m.starts_with("a platform fault"))).collect();
+    assert_eq!(faults.len(), 4, "four faults released before the fifth halts: {warnings:?}");
+    assert!(faults.iter().all(|w| w["task"] == "u" && w["error"].contains("does not encode")), "{faults:?}");
+    let halts: Vec<_> = warnings.iter().filter(|w| w.get("message").is_some_and(|m| m.starts_with("halted"))).collect();
+    assert_eq!(halts.len(), 1, "{warnings:?}");
+    assert!(halts[0]["error"].contains("does not encode"), "{halts:?}");
+}
