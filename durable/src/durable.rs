@@ -17,7 +17,7 @@ use crate::runtime::function::Erased;
 use crate::runtime::shared::Shared;
 use crate::runtime::worker::PURGE_BATCH;
 use crate::store::{CreatePromise, NewTask, Page, Purge, Release, Search, SettlePromise};
-use crate::{Callable, Error, Function, Handle, Result, Store, Target, codec};
+use crate::{Callable, Error, Function, Handle, Result, Store, StoreError, Target, codec};
 
 /// The default limit on an encoded payload: 4 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 4 << 20;
@@ -488,6 +488,38 @@ fn check_same_call(id: &str, existing: &Promise, asked: &Param) -> Result<()> {
     Err(Error::Conflict { id: id.to_owned(), reason })
 }
 
+/// One promise of an invocation's tree ([`Promises::tree`]): the promise, its task if
+/// it has one (a remote call, an invocation, a detached one), and the promises its
+/// body created.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// The promise: its id, what it is (`param`), state, value or error, and times.
+    pub promise: Promise,
+    /// Its task: where it was routed, its state, attempts at delivery, last fault.
+    pub task: Option<Task>,
+    /// The promises it created, in call order.
+    pub children: Vec<Node>,
+}
+
+impl Node {
+    fn find_mut(&mut self, id: &str) -> Option<&mut Node> {
+        if self.promise.id == id {
+            return Some(self);
+        }
+        self.children.iter_mut().find_map(|c| c.find_mut(id))
+    }
+
+    /// Children in call order: by their last id segment, numbers as numbers.
+    fn sort(&mut self) {
+        self.children.sort_by_cached_key(|c| {
+            let last = c.promise.id.rsplit('.').next().unwrap_or_default().to_owned();
+            let number = last.trim_start_matches('r').parse::<u64>().ok();
+            (number.is_none(), last.starts_with('r'), number, last)
+        });
+        self.children.iter_mut().for_each(Node::sort);
+    }
+}
+
 /// Promises from outside any invocation: see [`Durable::promises`].
 ///
 /// ```
@@ -718,6 +750,119 @@ impl Promises<'_> {
                 return Ok(purged);
             }
         }
+    }
+
+    /// Invocation `id` as a tree: its promise and task, and under each promise the
+    /// promises its body created (the calls under its prefix, in call order, and those
+    /// with a chosen id, found by their [`PARENT_TAG`]), each with its task if it has
+    /// one. A retry's children sit under the wait that preceded the attempt
+    /// (`{id}.r{k}`). `None` if there is no such promise. Reads the whole tree: an
+    /// operator's question, not a hot path.
+    pub async fn tree(&self, id: &str) -> Result<Option<Node>> {
+        let Some(root) = self.store.get(id).await? else { return Ok(None) };
+        let mut under = Vec::new();
+        let mut cursor = None;
+        loop {
+            let search = Search { prefix: format!("{id}."), limit: 1000, cursor, ..Search::default() };
+            let page = self.store.search(search).await?;
+            under.extend(page.promises);
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        // The promises created with a chosen id, by their creator, at any depth.
+        let mut creators: Vec<String> =
+            std::iter::once(id.to_owned()).chain(under.iter().map(|p| p.id.clone())).collect();
+        let mut chosen: Vec<(String, Promise)> = Vec::new();
+        while let Some(creator) = creators.pop() {
+            let search =
+                Search { tags: [(PARENT_TAG.to_owned(), creator.clone())].into(), limit: 1000, ..Search::default() };
+            for p in self.store.search(search).await?.promises {
+                creators.push(p.id.clone());
+                chosen.push((creator.clone(), p));
+            }
+        }
+        let mut nodes: HashMap<String, Node> = HashMap::new();
+        let mut parent_of: Vec<(String, String)> = Vec::new();
+        for p in under {
+            let parent = p.id.rsplit_once('.').map(|(parent, _)| parent.to_owned()).unwrap_or_default();
+            parent_of.push((p.id.clone(), parent));
+            nodes.insert(p.id.clone(), self.node(p).await?);
+        }
+        for (creator, p) in chosen {
+            parent_of.push((p.id.clone(), creator));
+            nodes.insert(p.id.clone(), self.node(p).await?);
+        }
+        // Deepest first, so that every child is whole before it moves to its parent.
+        parent_of.sort_by_key(|(child, _)| std::cmp::Reverse(child.matches('.').count()));
+        let mut root = self.node(root).await?;
+        for (child, parent) in parent_of {
+            let Some(node) = nodes.remove(&child) else { continue };
+            match nodes.get_mut(&parent) {
+                Some(p) => p.children.push(node),
+                None if parent == id => root.children.push(node),
+                // A chosen id's creator at a depth already moved: find it under the root.
+                None => match root.find_mut(&parent) {
+                    Some(p) => p.children.push(node),
+                    None => root.children.push(node),
+                },
+            }
+        }
+        root.sort();
+        Ok(Some(root))
+    }
+
+    async fn node(&self, promise: Promise) -> Result<Node> {
+        let task = self.store.task(&promise.id).await?;
+        Ok(Node { promise, task, children: Vec::new() })
+    }
+
+    /// The promises that wait for someone outside (`ctx.promise()`, or created by
+    /// hand with `Param::External`), pending, in id order.
+    pub async fn external(&self) -> Result<Vec<Promise>> {
+        let (mut external, mut cursor) = (Vec::new(), None);
+        loop {
+            let search = Search { state: Some(State::Pending), limit: 1000, cursor, ..Search::default() };
+            let page = self.store.search(search).await?;
+            external.extend(page.promises.into_iter().filter(|p| p.param == Param::External));
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(external),
+            }
+        }
+    }
+
+    /// Runs invocation `id` again from the top as a new invocation `new_id`: the same
+    /// function, version and arguments, routed as the original was. Only a finished
+    /// or halted invocation restarts (a running one would run twice); the original is
+    /// left as it is. Returns the new invocation's promise; await it with
+    /// [`Durable::get`] or a [`Store::wait`].
+    pub async fn restart(&self, id: &str, new_id: &str) -> Result<Promise> {
+        validate_id(new_id)?;
+        let Some(old) = self.store.get(id).await? else {
+            return Err(StoreError::NotFound { what: "promise", id: id.to_owned() }.into());
+        };
+        let task = self.store.task(id).await?;
+        let halted = task.as_ref().is_some_and(|t| t.state == TaskState::Halted);
+        if !(old.state.is_settled() || halted) {
+            return Err(Error::Conflict {
+                id: id.to_owned(),
+                reason: "and is still running: only a finished or halted invocation restarts".into(),
+            });
+        }
+        let (Param::Call { .. }, Some(task)) = (&old.param, task) else {
+            return Err(Error::Conflict { id: id.to_owned(), reason: "and is not an invocation".into() });
+        };
+        let mut req = CreatePromise::new(new_id, old.param.clone());
+        req.tags = old.tags.clone();
+        req.task = Some(NewTask::new(task.target));
+        let created = self.store.create(req).await?;
+        if !created.new {
+            return Err(Error::Conflict { id: new_id.to_owned(), reason: "already: a restart needs a new id".into() });
+        }
+        tracing::info!(%id, %new_id, "restarted from the top as a new invocation");
+        Ok(created.promise)
     }
 
     async fn settle(&self, id: &str, state: State, value: String) -> Result<Promise> {

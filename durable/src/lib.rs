@@ -16,7 +16,7 @@ mod runtime;
 pub mod store;
 mod target;
 
-pub use crate::durable::{Builder, DEFAULT_MAX_PAYLOAD, DEFAULT_RETENTION, Durable, Promises, Rpc};
+pub use crate::durable::{Builder, DEFAULT_MAX_PAYLOAD, DEFAULT_RETENTION, Durable, Node, Promises, Rpc};
 pub use crate::error::{Error, Nondeterminism, Result, StoreError};
 pub use crate::promise::{Fence, MAX_ID_LEN, Millis, NEVER, PARENT_TAG, Param, Promise, State, Task, TaskState};
 pub use crate::retry::Retry;
