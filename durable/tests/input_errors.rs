@@ -61,6 +61,20 @@ async fn question_mark_takes_any_error_as_a_retryable_failure_with_its_message()
     assert_eq!(boxed().unwrap_err().to_string(), "invalid digit found in string");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_runtime_with_no_functions_takes_no_tasks() {
+    let store = memory();
+    // A client and a worker in one group: the client has nothing to run.
+    let client = builder(&store).pid("client").build().unwrap();
+    let _worker = builder(&store).pid("worker").register(echo).build().unwrap();
+    for i in 0..5 {
+        let handle = client.rpc(&format!("e{i}"), echo, format!("x{i}")).await.unwrap();
+        assert_eq!(handle.await.unwrap(), format!("x{i}"));
+        let task = store.task(&format!("e{i}")).await.unwrap().unwrap();
+        assert_eq!((task.faults, &task.error), (0, &None), "never claimed by the client and given back: {task:?}");
+    }
+}
+
 /// Registered only by the worker a rolling deploy reaches last.
 #[durable::function(name = "nobody-has-me")]
 async fn late(_ctx: &mut Context, x: i64) -> durable::Result<i64> {

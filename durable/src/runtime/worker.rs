@@ -70,7 +70,8 @@ pub(crate) async fn background(rt: Arc<Shared>) {
             next_beat = tokio::time::Instant::now() + beat;
         }
         let free = rt.concurrency.saturating_sub(rt.running.lock().unwrap_or_else(|e| e.into_inner()).len());
-        if free > 0 {
+        // A runtime with no functions (a client) runs nothing: it claims nothing.
+        if free > 0 && !me.functions.is_empty() {
             ready.borrow_and_update();
             let claim = Claim {
                 group: rt.group.clone(),
