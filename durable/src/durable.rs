@@ -491,7 +491,7 @@ fn check_same_call(id: &str, existing: &Promise, asked: &Param) -> Result<()> {
 /// One promise of an invocation's tree ([`Promises::tree`]): the promise, its task if
 /// it has one (a remote call, an invocation, a detached one), and the promises its
 /// body created.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Node {
     /// The promise: its id, what it is (`param`), state, value or error, and times.
     pub promise: Promise,
@@ -546,7 +546,13 @@ pub struct Promises<'a> {
     max_payload: usize,
 }
 
-impl Promises<'_> {
+impl<'a> Promises<'a> {
+    /// The promises of `store`, for a program that runs no worker (an operator's tool);
+    /// payloads up to [`DEFAULT_MAX_PAYLOAD`].
+    pub fn new(store: &'a dyn Store) -> Promises<'a> {
+        Promises { store, max_payload: DEFAULT_MAX_PAYLOAD }
+    }
+
     /// Reads a promise.
     pub async fn get(&self, id: &str) -> Result<Option<Promise>> {
         Ok(self.store.get(id).await?)

@@ -3,8 +3,7 @@
 
 use std::sync::Arc;
 
-use durable::store::PostgresStore;
-use durable::{SledStore, Store, StoreError};
+use durable::{Store, StoreError};
 
 pub mod calculator;
 pub mod faas;
@@ -21,10 +20,6 @@ pub fn trace_from_env() {
 /// `DURABLE_SCHEMA`, default `durable`), or a directory for the embedded sled store
 /// (created if missing).
 pub async fn open_store(spec: &str) -> Result<Arc<dyn Store>, StoreError> {
-    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-        let schema = std::env::var("DURABLE_SCHEMA").unwrap_or_else(|_| "durable".into());
-        Ok(Arc::new(PostgresStore::options(spec).schema(schema).connect().await?))
-    } else {
-        Ok(Arc::new(SledStore::open(spec)?))
-    }
+    let schema = std::env::var("DURABLE_SCHEMA").unwrap_or_else(|_| "durable".into());
+    durable::store::open(spec, &schema).await
 }

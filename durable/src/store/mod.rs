@@ -28,6 +28,21 @@ pub use self::sled::SledStore;
 use crate::promise::{Fence, Millis, Param, Promise, State, Task};
 use crate::{StoreError, Target};
 
+/// Opens the store `spec` names: a `postgres://` (or `postgresql://`) URL, in `schema`
+/// (with the `postgres` feature), or else a directory for a [`SledStore`] (created if
+/// missing).
+pub async fn open(spec: &str, schema: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        return Ok(std::sync::Arc::new(PostgresStore::options(spec).schema(schema).connect().await?));
+        #[cfg(not(feature = "postgres"))]
+        return Err(StoreError::backend(format!(
+            "{spec} is a PostgreSQL URL, and this build has no PostgreSQL (feature `postgres`); schema {schema:?} unused"
+        )));
+    }
+    Ok(std::sync::Arc::new(SledStore::open(spec)?))
+}
+
 /// A request to create a promise, and with it, optionally, its task.
 #[derive(Clone, Debug)]
 pub struct CreatePromise {
