@@ -390,11 +390,10 @@ async fn leftovers(store: &dyn Store) -> Result<Tree, String> {
             {
                 return Err(format!("the task of {} was left {:?}", p.id, task.state));
             }
-            let (what, value) = match p.param {
-                Param::Record { what } => (what.clone(), Some(format!("<recorded {what}>"))),
-                Param::Call { func, .. } => (func, p.value),
-                Param::Timer => ("sleep".to_owned(), p.value),
-                Param::External => ("promise".to_owned(), p.value),
+            let what = p.param.what().to_owned();
+            let value = match p.param {
+                Param::Record { .. } => Some(format!("<recorded {what}>")),
+                _ => p.value,
             };
             tree.insert(p.id, Node { what, state: p.state, value });
         }

@@ -76,10 +76,10 @@ async fn after_crash(ctx: &mut Context, _x: u64) -> durable::Result<u64> {
     Ok(7)
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_nondeterminism_that_only_a_crash_brings_names_the_crash() {
-    let line = line_of("// planted: after a crash");
-    let sweep = Sweep::new("ac", after_crash, 1)
+/// A sweep of `after_crash` whose every run starts at generation 0 and whose every
+/// generation of workers counts one more.
+fn after_crash_sweep() -> Sweep<impl Function<Args = u64, Output = u64>> {
+    Sweep::new("ac", after_crash, 1)
         .store(|| {
             GENERATION.store(0, Ordering::SeqCst);
             Arc::new(MemoryStore::new())
@@ -87,7 +87,13 @@ async fn a_nondeterminism_that_only_a_crash_brings_names_the_crash() {
         .workers(|store| {
             GENERATION.fetch_add(1, Ordering::SeqCst);
             vec![Durable::builder().store(store).register(after_crash).register(constant).build().unwrap()]
-        });
+        })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_nondeterminism_that_only_a_crash_brings_names_the_crash() {
+    let line = line_of("// planted: after a crash");
+    let sweep = after_crash_sweep();
     for _ in 0..3 {
         let failure = sweep.run().await.expect_err("the planted bug is found");
         let message = failure.to_string();
@@ -133,15 +139,7 @@ fn proptest_reports_the_nondeterminism_of_the_case_it_shrank_to() {
     let line = line_of("// planted: after a crash");
     let mut runner = TestRunner::new(Config { cases: 64, failure_persistence: None, ..Config::default() });
     let result = runner.run(&crash_schedule(3, 8), |schedule| {
-        let sweep = Sweep::new("ac", after_crash, 1)
-            .store(|| {
-                GENERATION.store(0, Ordering::SeqCst);
-                Arc::new(MemoryStore::new())
-            })
-            .workers(|store| {
-                GENERATION.fetch_add(1, Ordering::SeqCst);
-                vec![Durable::builder().store(store).register(after_crash).register(constant).build().unwrap()]
-            });
+        let sweep = after_crash_sweep();
         block_on(sweep.run_schedule(&schedule)).map_err(|failure| TestCaseError::fail(failure.to_string()))
     });
     let Err(TestError::Fail(reason, schedule)) = result else { panic!("the planted bug is found: {result:?}") };

@@ -488,6 +488,11 @@ fn check_same_call(id: &str, existing: &Promise, asked: &Param) -> Result<()> {
     Err(Error::Conflict { id: id.to_owned(), reason })
 }
 
+/// A search for the promises created with a chosen id by the body of `creator`.
+fn created_by(creator: String) -> Search {
+    Search { tags: [(PARENT_TAG.to_owned(), creator)].into(), ..Search::default() }
+}
+
 /// One promise of an invocation's tree ([`Promises::tree`]): the promise, its task if
 /// it has one (a remote call, an invocation, a detached one), and the promises its
 /// body created.
@@ -591,20 +596,11 @@ impl<'a> Promises<'a> {
             // Promises with a chosen id are not under their creator's prefix: each
             // names it in a tag.
             for creator in creators {
-                let mut cursor = None;
-                loop {
-                    let tags = [(PARENT_TAG.to_owned(), creator.clone())].into();
-                    let search = Search { tags, state: Some(State::Pending), cursor, ..Search::default() };
-                    let page = self.store.search(search).await?;
-                    for p in page.promises.iter().filter(|p| !p.tags.contains_key(DETACHED_TAG)) {
-                        let value = Failure::Canceled { id: p.id.clone() }.encode();
-                        self.settle(&p.id, State::RejectedCanceled, value).await?;
-                        tops.push(p.id.clone());
-                    }
-                    match page.cursor {
-                        Some(c) => cursor = Some(c),
-                        None => break,
-                    }
+                let search = Search { state: Some(State::Pending), ..created_by(creator) };
+                for p in self.search_all(search).await?.into_iter().filter(|p| !p.tags.contains_key(DETACHED_TAG)) {
+                    let value = Failure::Canceled { id: p.id.clone() }.encode();
+                    self.settle(&p.id, State::RejectedCanceled, value).await?;
+                    tops.push(p.id);
                 }
             }
         }
@@ -692,28 +688,21 @@ impl<'a> Promises<'a> {
     pub async fn unserved(&self, waited: Duration) -> Result<Vec<Task>> {
         let now = self.store.now().await?;
         let workers = self.store.workers().await?;
-        let (mut unserved, mut cursor) = (Vec::new(), None);
-        loop {
-            let search = Search { state: Some(State::Pending), limit: 1000, cursor, ..Search::default() };
-            let page = self.store.search(search).await?;
-            for p in &page.promises {
-                if now.saturating_sub(p.created_at) < waited.as_millis() as Millis {
-                    continue;
-                }
-                let Param::Call { func, .. } = &p.param else { continue };
-                if let Some(task) = self.store.task(&p.id).await?
-                    && task.state == TaskState::Pending
-                    && !workers.iter().any(|w| w.serves(&task.target.group, func, now))
-                {
-                    tracing::warn!(task = %task.id, group = %task.target.group, function = %func, "no live worker of the group runs the function this task calls");
-                    unserved.push(task);
-                }
+        let mut unserved = Vec::new();
+        for p in self.search_all(Search { state: Some(State::Pending), ..Search::default() }).await? {
+            if now.saturating_sub(p.created_at) < waited.as_millis() as Millis {
+                continue;
             }
-            match page.cursor {
-                Some(c) => cursor = Some(c),
-                None => return Ok(unserved),
+            let Param::Call { func, .. } = &p.param else { continue };
+            if let Some(task) = self.store.task(&p.id).await?
+                && task.state == TaskState::Pending
+                && !workers.iter().any(|w| w.serves(&task.target.group, func, now))
+            {
+                tracing::warn!(task = %task.id, group = %task.target.group, function = %func, "no live worker of the group runs the function this task calls");
+                unserved.push(task);
             }
         }
+        Ok(unserved)
     }
 
     /// Deletes a finished root at once, whatever the retention, with everything under
@@ -766,25 +755,13 @@ impl<'a> Promises<'a> {
     /// operator's question, not a hot path.
     pub async fn tree(&self, id: &str) -> Result<Option<Node>> {
         let Some(root) = self.store.get(id).await? else { return Ok(None) };
-        let mut under = Vec::new();
-        let mut cursor = None;
-        loop {
-            let search = Search { prefix: format!("{id}."), limit: 1000, cursor, ..Search::default() };
-            let page = self.store.search(search).await?;
-            under.extend(page.promises);
-            match page.cursor {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
-        }
+        let under = self.search_all(Search { prefix: format!("{id}."), ..Search::default() }).await?;
         // The promises created with a chosen id, by their creator, at any depth.
         let mut creators: Vec<String> =
             std::iter::once(id.to_owned()).chain(under.iter().map(|p| p.id.clone())).collect();
         let mut chosen: Vec<(String, Promise)> = Vec::new();
         while let Some(creator) = creators.pop() {
-            let search =
-                Search { tags: [(PARENT_TAG.to_owned(), creator.clone())].into(), limit: 1000, ..Search::default() };
-            for p in self.store.search(search).await?.promises {
+            for p in self.search_all(created_by(creator.clone())).await? {
                 creators.push(p.id.clone());
                 chosen.push((creator.clone(), p));
             }
@@ -827,14 +804,20 @@ impl<'a> Promises<'a> {
     /// The promises that wait for someone outside (`ctx.promise()`, or created by
     /// hand with `Param::External`), pending, in id order.
     pub async fn external(&self) -> Result<Vec<Promise>> {
-        let (mut external, mut cursor) = (Vec::new(), None);
+        let pending = self.search_all(Search { state: Some(State::Pending), ..Search::default() }).await?;
+        Ok(pending.into_iter().filter(|p| p.param == Param::External).collect())
+    }
+
+    /// Every promise `search` finds, page after page.
+    async fn search_all(&self, mut search: Search) -> Result<Vec<Promise>> {
+        search.limit = 1000;
+        let mut all = Vec::new();
         loop {
-            let search = Search { state: Some(State::Pending), limit: 1000, cursor, ..Search::default() };
-            let page = self.store.search(search).await?;
-            external.extend(page.promises.into_iter().filter(|p| p.param == Param::External));
+            let page = self.store.search(search.clone()).await?;
+            all.extend(page.promises);
             match page.cursor {
-                Some(c) => cursor = Some(c),
-                None => return Ok(external),
+                Some(c) => search.cursor = Some(c),
+                None => return Ok(all),
             }
         }
     }

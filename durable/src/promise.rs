@@ -63,6 +63,17 @@ pub enum Param {
 }
 
 impl Param {
+    /// What the promise is, in a word: the function called, or `sleep`, `promise`,
+    /// `now`, `random`, `uuid`.
+    pub fn what(&self) -> &str {
+        match self {
+            Param::Call { func, .. } => func,
+            Param::Timer => "sleep",
+            Param::External => "promise",
+            Param::Record { what } => what,
+        }
+    }
+
     /// A call of `func` with JSON `args`.
     pub fn call(func: &str, version: u32, args: String) -> Param {
         let digest = digest(args.as_bytes());

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{builder, memory};
 use durable::prelude::*;
-use durable::{Node, Param, State, TaskState};
+use durable::{Node, State, TaskState};
 
 #[durable::function]
 async fn step(_ctx: &mut Context, x: u64) -> durable::Result<u64> {
@@ -31,13 +31,7 @@ async fn order(ctx: &mut Context, x: u64) -> durable::Result<u64> {
 
 /// The tree as (depth, id, what, state) lines.
 fn lines(node: &Node, depth: usize, out: &mut Vec<(usize, String, String, State)>) {
-    let what = match &node.promise.param {
-        Param::Call { func, .. } => func.clone(),
-        Param::Timer => "sleep".into(),
-        Param::External => "promise".into(),
-        Param::Record { what } => what.clone(),
-    };
-    out.push((depth, node.promise.id.clone(), what, node.promise.state));
+    out.push((depth, node.promise.id.clone(), node.promise.param.what().to_owned(), node.promise.state));
     node.children.iter().for_each(|c| lines(c, depth + 1, out));
 }
 

@@ -71,6 +71,13 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<
 }
 
 impl Recorder {
+    /// A recorder, as this thread's subscriber until the guard drops.
+    fn install() -> (Recorder, tracing::subscriber::DefaultGuard) {
+        let recorder = Recorder::default();
+        let guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(recorder.clone()));
+        (recorder, guard)
+    }
+
     fn spans(&self) -> Vec<Recorded> {
         self.spans.lock().unwrap().clone()
     }
@@ -103,9 +110,7 @@ fn find<'a>(spans: &'a [Recorded], name: &str, key: &str, value: &str) -> Vec<(u
 
 #[tokio::test(start_paused = true)]
 async fn an_invocation_traces_its_executions_attempts_and_calls_as_a_tree() {
-    let recorder = Recorder::default();
-    let subscriber = tracing_subscriber::registry().with(recorder.clone());
-    let _default = tracing::subscriber::set_default(subscriber);
+    let (recorder, _default) = Recorder::install();
 
     let store = memory();
     let _remote = builder(&store).group("remote").register(step).build().unwrap();
@@ -171,9 +176,7 @@ async fn unencodable(_ctx: &mut Context) -> durable::Result<BTreeMap<(u32, u32),
 
 #[tokio::test(start_paused = true)]
 async fn platform_faults_are_warnings_and_a_halt_is_an_error() {
-    let recorder = Recorder::default();
-    let subscriber = tracing_subscriber::registry().with(recorder.clone());
-    let _default = tracing::subscriber::set_default(subscriber);
+    let (recorder, _default) = Recorder::install();
 
     let store = memory();
     let durable = builder(&store).register(unencodable).build().unwrap();

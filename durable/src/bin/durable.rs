@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use durable::{Millis, Node, Param, Promise, Promises, State, Task};
+use durable::{Millis, Node, Promise, Promises, State, Task};
 
 /// Look inside a durable store and steer its work.
 #[derive(Debug, Parser)]
@@ -139,7 +139,7 @@ impl Output {
         if self.json {
             return self.print_json(p);
         }
-        println!("{}  {}  {}{}", p.id, what(&p.param), self.state(p, None), self.outcome(p));
+        println!("{}  {}  {}{}", p.id, p.param.what(), self.state(p, None), self.outcome(p));
         Ok(())
     }
 
@@ -162,7 +162,7 @@ impl Output {
         let target = node.task.as_ref().map(|t| format!(" → {}", t.target)).unwrap_or_default();
         println!(
             "{prefix}{branch}{name}  {}{target}  {}  {}{}",
-            what(&p.param),
+            p.param.what(),
             self.state(p, node.task.as_ref()),
             duration(p, self.now),
             self.outcome(p)
@@ -192,16 +192,6 @@ impl Output {
             Some(Ok(json)) => format!("  = {}", cut(json)),
             Some(Err(e)) => format!("  ! {}", cut(&e.to_string())),
         }
-    }
-}
-
-/// What a promise is: the function called, or the kind.
-fn what(param: &Param) -> String {
-    match param {
-        Param::Call { func, .. } => func.clone(),
-        Param::Timer => "sleep".into(),
-        Param::External => "promise".into(),
-        Param::Record { what } => what.clone(),
     }
 }
 

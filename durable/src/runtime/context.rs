@@ -150,7 +150,7 @@ impl Context {
             let mut req = CreatePromise::new(id.clone(), Param::Timer);
             req.timeout = Some(duration.as_millis() as Millis);
             let found = inv.find_or_create(req, location).await?;
-            tracing::Span::current().record("replayed", !matches!(found, Found::Stored { new: true, .. }));
+            tracing::Span::current().record("replayed", found.replayed());
             Handle::<()>::remote(id, inv).await
         }
         .instrument(span)
@@ -218,6 +218,16 @@ impl Context {
     fn record(&mut self, what: &'static str) -> Record {
         Record { inv: self.inv.clone(), id: self.mint(), what, location: Location::caller() }
     }
+}
+
+/// Puts the chosen `id` in place of the minted one and, the first time, tags the
+/// promise with the body that created it: it is no longer under that body's prefix.
+fn choose(current: &mut String, chosen: &mut bool, tags: &mut BTreeMap<String, String>, id: String) {
+    let minted = std::mem::replace(current, id);
+    if !*chosen && let Some(creator) = crate::promise::creator_of(&minted) {
+        tags.insert(crate::PARENT_TAG.into(), creator.into());
+    }
+    *chosen = true;
 }
 
 /// The id of the durable wait after failed attempt `attempt` of promise `id`; the
@@ -339,13 +349,7 @@ impl<C: Callable, M> Call<C, M> {
     /// the body that created it, and cancelling that body cancels it too (unless it
     /// is detached).
     pub fn id(mut self, id: impl Into<String>) -> Self {
-        let minted = std::mem::replace(&mut self.id, id.into());
-        if !self.chosen
-            && let Some(creator) = crate::promise::creator_of(&minted)
-        {
-            self.tags.insert(crate::PARENT_TAG.into(), creator.into());
-        }
-        self.chosen = true;
+        choose(&mut self.id, &mut self.chosen, &mut self.tags, id.into());
         self
     }
 
@@ -456,7 +460,7 @@ impl<C: Callable, M> Call<C, M> {
             tracing::Span::current().record("target", tracing::field::display(&task.target));
         }
         let found = self.inv.find_or_create(req, self.location).await?;
-        let replayed = !matches!(found, Found::Stored { new: true, .. });
+        let replayed = found.replayed();
         tracing::Span::current().record("replayed", replayed);
         if replayed {
             tracing::trace!("replayed: the history has it");
@@ -632,13 +636,7 @@ impl<T> Promised<T> {
     /// [`PARENT_TAG`](crate::PARENT_TAG) names the body that created it, which is how a
     /// search finds it by invocation and how cancelling that body cancels it too.
     pub fn id(mut self, id: impl Into<String>) -> Self {
-        let minted = std::mem::replace(&mut self.id, id.into());
-        if !self.chosen
-            && let Some(creator) = crate::promise::creator_of(&minted)
-        {
-            self.tags.insert(crate::PARENT_TAG.into(), creator.into());
-        }
-        self.chosen = true;
+        choose(&mut self.id, &mut self.chosen, &mut self.tags, id.into());
         self
     }
 
@@ -671,7 +669,7 @@ impl<T: serde::de::DeserializeOwned + Send + 'static> IntoFuture for Promised<T>
                 req.deadline_cap = self.deadline;
                 req.tags = self.tags;
                 let found = self.inv.find_or_create(req, self.location).await?;
-                tracing::Span::current().record("replayed", !matches!(found, Found::Stored { new: true, .. }));
+                tracing::Span::current().record("replayed", found.replayed());
                 if let Found::Recorded(p) = found {
                     return Ok(Handle::ready(self.id.clone(), outcome(p)));
                 }

@@ -62,6 +62,11 @@ pub(crate) enum Found<'a> {
 }
 
 impl Found<'_> {
+    /// Whether the history had it: recorded, or in the store already.
+    pub(crate) fn replayed(&self) -> bool {
+        !matches!(self, Found::Stored { new: true, .. })
+    }
+
     pub(crate) fn promise(&self) -> &Promise {
         match self {
             Found::Recorded(p) => p,
