@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use durable::Target;
-use durable::store::{Claim, CreatePromise, FORGET_WORKERS, NewTask, Purge, Release, Search, SettlePromise, Worker};
+use durable::store::{
+    Claim, CreatePromise, Cursor, FORGET_WORKERS, Invocations, NewTask, Purge, Release, Search, SettlePromise, Worker,
+};
 use durable::{Fence, Param, State, Store, StoreError, TaskState};
 
 /// Runs every check, each on a fresh store from `make`. Panics on the first failure,
@@ -36,6 +38,7 @@ where
     racing_creators_create_once(make().await).await;
     deadlines_time_out_promises_and_resolve_timers(&*make().await).await;
     search_pages_with_a_cursor(&*make().await).await;
+    invocations_list_newest_first_by_state_function_tags_and_time(&*make().await).await;
     claim_returns_the_preload(&*make().await).await;
     writes_are_fenced_on_the_task_version(&*make().await).await;
     heartbeats_keep_leases(&*make().await).await;
@@ -262,6 +265,79 @@ pub async fn search_pages_with_a_cursor(store: &dyn Store) {
         ["p04"],
         "a rejected filter matches every rejection"
     );
+}
+
+/// Listing invocations: only roots that call a function (not children, not promises
+/// waiting for a person), newest first then by id, each with its task, a page at a
+/// time with a cursor, filtered by state, function, tags and creation time; a purged
+/// one is gone from the listing.
+pub async fn invocations_list_newest_first_by_state_function_tags_and_time(store: &dyn Store) {
+    let listed = |query: Invocations| async move {
+        let mut ids = Vec::new();
+        let mut query = Invocations { limit: 2, ..query };
+        loop {
+            let page = store.invocations(query.clone()).await.expect("list invocations");
+            assert!(page.invocations.len() <= 2, "a page holds at most its limit");
+            ids.extend(page.invocations.into_iter().map(|i| i.promise.id));
+            match page.cursor {
+                Some(c) => query.cursor = Some(c),
+                None => return ids,
+            }
+        }
+    };
+    let start = store.now().await.expect("now");
+    // At each time step, in this order: a; b and c together (their ids order them);
+    // d, of another function, tagged; e, with a child and a detached child; then
+    // a promise that waits for a person, which is no invocation.
+    store.create(with_task("a", "g")).await.expect("create");
+    advance(store, 10).await;
+    store.create(call("c")).await.expect("create");
+    store.create(with_task("b", "g")).await.expect("create");
+    advance(store, 10).await;
+    let mut d = CreatePromise::new("d", Param::call("other", 1, "2".into()));
+    d.tags.insert("team".into(), "blue".into());
+    store.create(d).await.expect("create");
+    advance(store, 10).await;
+    store.create(call("e")).await.expect("create");
+    store.create(call("e.1")).await.expect("create a child");
+    let mut detached = call("e.2");
+    detached.tags.insert("durable:detached".into(), "true".into());
+    store.create(detached).await.expect("create a detached child");
+    advance(store, 10).await;
+    store.create(CreatePromise::new("approval", Param::External)).await.expect("create");
+    store.settle(settle("b", State::Resolved, "1")).await.expect("settle");
+    store.settle(settle("c", State::Rejected, "\"no\"")).await.expect("settle");
+    store.settle(settle("e.1", State::Resolved, "1")).await.expect("settle");
+
+    let all = listed(Invocations::default()).await;
+    assert_eq!(all, ["e", "e.2", "d", "b", "c", "a"], "newest first, then by id; live and finished merged");
+    let page = store.invocations(Invocations::default()).await.expect("list");
+    let task = |id: &str| page.invocations.iter().find(|i| i.promise.id == id).map(|i| i.task.is_some());
+    assert_eq!((task("a"), task("b"), task("e")), (Some(true), Some(true), Some(false)), "each with its task, if any");
+    assert_eq!(page.invocations[3].promise.state, State::Resolved, "as stored: b resolved");
+
+    let pending = listed(Invocations { state: Some(State::Pending), ..Invocations::default() }).await;
+    assert_eq!(pending, ["e", "e.2", "d", "a"]);
+    let resolved = listed(Invocations { state: Some(State::Resolved), ..Invocations::default() }).await;
+    assert_eq!(resolved, ["b"]);
+    let rejected = listed(Invocations { state: Some(State::Rejected), ..Invocations::default() }).await;
+    assert_eq!(rejected, ["c"], "a rejected filter matches every rejection");
+    let other = listed(Invocations { function: Some("other".into()), ..Invocations::default() }).await;
+    assert_eq!(other, ["d"], "by function");
+    let blue = listed(Invocations { tags: [("team".into(), "blue".into())].into(), ..Invocations::default() }).await;
+    assert_eq!(blue, ["d"], "by tags");
+    let window = Invocations { since: Some(start + 10), before: Some(start + 30), ..Invocations::default() };
+    assert_eq!(listed(window.clone()).await, ["d", "b", "c"], "created in [since, before)");
+    let after_b = Cursor { created_at: start + 10, id: "b".into() };
+    let resumed = Invocations { cursor: Some(after_b.clone()), ..window };
+    assert_eq!(listed(resumed).await, ["c"], "a cursor and a time window together");
+    assert_eq!(after_b.to_string().parse::<Cursor>(), Ok(after_b), "a cursor reads back from its text");
+
+    store.settle(settle("a", State::Resolved, "1")).await.expect("settle");
+    assert_eq!(store.purge(Purge::Root("b".into())).await.expect("purge"), 1);
+    assert_eq!(listed(Invocations::default()).await, ["e", "e.2", "d", "c", "a"], "a purged invocation is gone");
+    let finished = listed(Invocations { state: Some(State::Resolved), ..Invocations::default() }).await;
+    assert_eq!(finished, ["a"], "a settled invocation moves to the finished side, in its place");
 }
 
 /// Claiming hands out the task with its promise and every settled promise under it.

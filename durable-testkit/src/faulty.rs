@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use durable::store::{
-    Acquired, Claim, CreatePromise, Created, Page, Purge, Release, Search, SettlePromise, Tick, Worker,
+    Acquired, Claim, CreatePromise, Created, Invocations, Listing, Page, Purge, Release, Search, SettlePromise, Tick,
+    Worker,
 };
 use durable::{Fence, Millis, Promise, Store, StoreError, Task};
 use tokio::sync::watch;
@@ -109,6 +110,10 @@ impl Store for FaultyStore {
 
     async fn search(&self, search: Search) -> Result<Page, StoreError> {
         self.op("search", self.inner.search(search)).await
+    }
+
+    async fn invocations(&self, query: Invocations) -> Result<Listing, StoreError> {
+        self.op("invocations", self.inner.invocations(query)).await
     }
 
     async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {

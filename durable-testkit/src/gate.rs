@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use durable::store::{
-    Acquired, Claim, CreatePromise, Created, Page, Purge, Release, Search, SettlePromise, Tick, Worker,
+    Acquired, Claim, CreatePromise, Created, Invocations, Listing, Page, Purge, Release, Search, SettlePromise, Tick,
+    Worker,
 };
 use durable::{Fence, Millis, Promise, State, Store, StoreError, Task};
 use tokio::sync::watch;
@@ -161,6 +162,10 @@ impl Store for Gate {
 
     async fn search(&self, search: Search) -> Result<Page, StoreError> {
         self.read(self.inner.search(search)).await
+    }
+
+    async fn invocations(&self, query: Invocations) -> Result<Listing, StoreError> {
+        self.read(self.inner.invocations(query)).await
     }
 
     async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {

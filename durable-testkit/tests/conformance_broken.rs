@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use durable::store::{
-    Acquired, Claim, CreatePromise, Created, Page, Purge, Release, Search, SettlePromise, Tick, Worker,
+    Acquired, Claim, CreatePromise, Created, Invocations, Listing, Page, Purge, Release, Search, SettlePromise, Tick,
+    Worker,
 };
 use durable::{Fence, MemoryStore, Millis, Promise, Store, StoreError, Task};
 use tokio::sync::watch;
@@ -52,6 +53,9 @@ impl Store for Broken {
     }
     async fn search(&self, search: Search) -> Result<Page, StoreError> {
         self.inner.search(search).await
+    }
+    async fn invocations(&self, query: Invocations) -> Result<Listing, StoreError> {
+        self.inner.invocations(query).await
     }
     async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
         self.inner.task(id).await

@@ -130,6 +130,12 @@ pub(crate) fn is_root(p: &Promise) -> bool {
     !p.id.contains('.') || p.tags.contains_key(DETACHED_TAG)
 }
 
+/// Whether a promise is an invocation: a root that calls a function, as
+/// `Store::invocations` lists them.
+pub(crate) fn is_invocation(p: &Promise) -> bool {
+    is_root(p) && matches!(p.param, Param::Call { .. })
+}
+
 /// The longest id, in bytes: far below what an index or a notification can carry.
 pub const MAX_ID_LEN: usize = 1024;
 

@@ -3,12 +3,13 @@
 //! these from the backend when it needs them: a claim's preload, a create or settle
 //! that finds its promise settled, a read, a search, a purge.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::ops::{Bound, ControlFlow};
 use std::sync::Mutex;
 
-use super::state::Changes;
+use super::state::{Changes, Start};
 use crate::StoreError;
 use crate::promise::{Millis, Promise, Task, TaskState};
 
@@ -34,6 +35,10 @@ pub(crate) trait Cold: Debug + Send + Sync {
 
     /// Finished roots settled before `before`, oldest first, at most `limit`.
     fn finished(&self, before: Millis, limit: usize) -> Result<Vec<(Millis, String)>, StoreError>;
+
+    /// The finished invocations from `start` on, newest first (then by id), each
+    /// passed to `each` until it breaks.
+    fn invoked(&self, start: &Start, each: &mut dyn FnMut(Promise) -> ControlFlow<()>) -> Result<(), StoreError>;
 }
 
 /// Finished records in memory: the memory store's, and an empty one for a state that
@@ -48,6 +53,7 @@ struct Maps {
     promises: BTreeMap<String, Promise>,
     tasks: BTreeMap<String, Task>,
     finished: BTreeSet<(Millis, String)>,
+    invoked: BTreeSet<(Reverse<Millis>, String)>,
 }
 
 impl MemoryCold {
@@ -65,6 +71,7 @@ impl MemoryCold {
             maps.tasks.insert(t.id.clone(), t.clone());
         }
         maps.finished.extend(changes.finished.iter().cloned());
+        maps.invoked.extend(changes.invoked.iter().map(|(at, id)| (Reverse(*at), id.clone())));
         for id in &changes.purged.promises {
             maps.promises.remove(id);
         }
@@ -73,6 +80,9 @@ impl MemoryCold {
         }
         for entry in &changes.purged.finished {
             maps.finished.remove(entry);
+        }
+        for (at, id) in &changes.purged.invoked {
+            maps.invoked.remove(&(Reverse(*at), id.clone()));
         }
     }
 }
@@ -114,5 +124,17 @@ impl Cold for MemoryCold {
     fn finished(&self, before: Millis, limit: usize) -> Result<Vec<(Millis, String)>, StoreError> {
         let maps = self.maps();
         Ok(maps.finished.iter().take_while(|(at, _)| *at < before).take(limit).cloned().collect())
+    }
+
+    fn invoked(&self, start: &Start, each: &mut dyn FnMut(Promise) -> ControlFlow<()>) -> Result<(), StoreError> {
+        let maps = self.maps();
+        for (_, id) in maps.invoked.range((start.live(), Bound::Unbounded)) {
+            if let Some(p) = maps.promises.get(id)
+                && each(p.clone()).is_break()
+            {
+                break;
+            }
+        }
+        Ok(())
     }
 }

@@ -139,6 +139,10 @@ impl<L: Log> Engine<L> {
         self.read(|core, now| core.search(search, now)).await
     }
 
+    pub(crate) async fn invocations(&self, query: &super::Invocations) -> Result<super::Listing, StoreError> {
+        self.read(|core, now| core.invocations(query, now)).await
+    }
+
     pub(crate) async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
         self.read(|core, _| core.task(id)).await
     }
@@ -220,7 +224,7 @@ impl<L: Log> Engine<L> {
 
     /// The state's live records and index entries, and how many ids have waiters.
     #[cfg(test)]
-    pub(crate) fn footprint(&self) -> ([usize; 8], usize) {
+    pub(crate) fn footprint(&self) -> ([usize; 9], usize) {
         (self.lock().index_sizes(), self.waiters.len())
     }
 }
@@ -263,6 +267,12 @@ macro_rules! engine_store {
             }
             async fn search(&self, search: $crate::store::Search) -> Result<$crate::store::Page, $crate::StoreError> {
                 self.engine.search(&search).await
+            }
+            async fn invocations(
+                &self,
+                query: $crate::store::Invocations,
+            ) -> Result<$crate::store::Listing, $crate::StoreError> {
+                self.engine.invocations(&query).await
             }
             async fn task(&self, id: &str) -> Result<Option<$crate::Task>, $crate::StoreError> {
                 self.engine.task(id).await

@@ -72,7 +72,8 @@ mod tests {
     use futures::future::BoxFuture;
 
     use super::MemoryStore;
-    use crate::{Callable, Context, Durable, Function, Result};
+    use crate::store::{CreatePromise, Invocations};
+    use crate::{Callable, Context, Durable, Function, Param, Result, Store};
 
     /// Doubles its argument, on the worker group `kids`.
     #[derive(Clone, Copy, Debug)]
@@ -118,6 +119,36 @@ mod tests {
                 Ok(doubled)
             })
         }
+    }
+
+    /// A listing reads a bounded number of finished invocations per call, so that it
+    /// holds the state's lock only briefly: past that it answers with what it found, even
+    /// nothing, and a cursor to go on from.
+    #[tokio::test]
+    async fn a_listing_reads_a_bounded_number_of_finished_invocations_per_page() {
+        let store = MemoryStore::new();
+        for i in 0..5000 {
+            let mut req = CreatePromise::new(format!("f{i:04}"), Param::call("f", 1, "1".into()));
+            req.resolved = Some("1".into());
+            store.create(req).await.unwrap();
+        }
+        let mut rare = CreatePromise::new("g", Param::call("g", 1, "1".into()));
+        rare.resolved = Some("1".into());
+        store.create(rare).await.unwrap();
+        // Wherever g falls in the listing, one call cannot read all 5001 to answer.
+        let mut query = Invocations { function: Some("g".into()), limit: 10, ..Invocations::default() };
+        let (mut pages, mut found) = (Vec::new(), Vec::new());
+        loop {
+            let page = store.invocations(query.clone()).await.unwrap();
+            pages.push(page.invocations.len());
+            found.extend(page.invocations.into_iter().map(|i| i.promise.id));
+            match page.cursor {
+                Some(c) => query.cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(found, ["g"], "paging on finds what one page could not reach");
+        assert!(pages.len() >= 2, "5001 finished invocations take more than one call: {pages:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -165,6 +165,89 @@ pub struct Page {
     pub cursor: Option<String>,
 }
 
+/// Which invocations [`Store::invocations`] lists: roots that are calls of a function
+/// (an invocation run by id, a call with a chosen id, a detached invocation), newest
+/// first.
+#[derive(Clone, Debug, Default)]
+pub struct Invocations {
+    /// In this state (a rejected filter matches every rejected state).
+    pub state: Option<State>,
+    /// Calls of this function (its registered name).
+    pub function: Option<String>,
+    /// With all these tags.
+    pub tags: BTreeMap<String, String>,
+    /// Created at or after this (store time, ms).
+    pub since: Option<Millis>,
+    /// Created before this (store time, ms).
+    pub before: Option<Millis>,
+    /// At most this many (0 means 100).
+    pub limit: usize,
+    /// Only invocations after this one in the listing: the cursor of the previous page.
+    pub cursor: Option<Cursor>,
+}
+
+/// A place in a listing of invocations: the creation time and id of the last one
+/// listed. Its text form, `{created_at}:{id}`, is what the command line prints and
+/// reads.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Cursor {
+    /// When the invocation was created (store time, ms).
+    pub created_at: Millis,
+    /// Its id.
+    pub id: String,
+}
+
+impl Cursor {
+    /// The cursor just past `p` in a listing.
+    pub fn after(p: &Promise) -> Cursor {
+        Cursor { created_at: p.created_at, id: p.id.clone() }
+    }
+
+    /// Where it sorts in a listing: newest first, then by id.
+    pub(crate) fn key(&self) -> (std::cmp::Reverse<Millis>, &str) {
+        (std::cmp::Reverse(self.created_at), &self.id)
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.created_at, self.id)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cursor, String> {
+        let parsed = s.split_once(':').and_then(|(at, id)| Some((at.parse().ok()?, id)));
+        match parsed {
+            Some((created_at, id)) if !id.is_empty() => Ok(Cursor { created_at, id: id.to_owned() }),
+            _ => Err(format!("{s:?} is not a cursor: one reads {{created_at}}:{{id}}, as a listing prints it")),
+        }
+    }
+}
+
+/// An invocation as listed: its promise, and its task if it has one (a local call
+/// with a chosen id has none).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Invocation {
+    /// Its promise: what it calls, its state, value or error, and times.
+    pub promise: Promise,
+    /// Its task: where it was routed, whether it runs, waits, or halted.
+    pub task: Option<Task>,
+}
+
+/// One page of a listing of invocations.
+#[derive(Clone, Debug)]
+pub struct Listing {
+    /// The invocations, newest first.
+    pub invocations: Vec<Invocation>,
+    /// Pass this as [`Invocations::cursor`] for the next page; `None` on the last page.
+    /// A page may hold fewer than asked for, even none, and still have a next one: a
+    /// backend may bound the work one call does.
+    pub cursor: Option<Cursor>,
+}
+
 /// A request for ready tasks of a group.
 #[derive(Clone, Debug)]
 pub struct Claim {
@@ -307,6 +390,10 @@ pub trait Store: Debug + Send + Sync + 'static {
 
     /// Searches promises by id prefix, state and tags, in id order, a page at a time.
     async fn search(&self, search: Search) -> Result<Page, StoreError>;
+
+    /// Lists invocations by state, function, tags and creation time, newest first, a
+    /// page at a time, without reading their children.
+    async fn invocations(&self, query: Invocations) -> Result<Listing, StoreError>;
 
     /// Reads a task.
     async fn task(&self, id: &str) -> Result<Option<Task>, StoreError>;

@@ -6,19 +6,29 @@
 //! each step the backend takes its [`Changes`] and writes them: `MemoryStore` keeps
 //! them in memory, `SledStore` appends them to its log, PostgreSQL upserts the rows.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ops::ControlFlow;
+use std::ops::{Bound, ControlFlow};
 use std::sync::Arc;
 
 use super::cold::Cold;
-use super::{Acquired, Claim, CreatePromise, Created, Page, Purge, Release, Search, SettlePromise, Tick};
+use super::{
+    Acquired, Claim, CreatePromise, Created, Cursor, Invocation, Invocations, Listing, Page, Purge, Release, Search,
+    SettlePromise, Tick,
+};
 use crate::StoreError;
-use crate::promise::{Fence, Millis, NEVER, Param, Promise, State, Task, TaskState, is_root};
+use crate::promise::{Fence, Millis, NEVER, Param, Promise, State, Task, TaskState, is_invocation, is_root};
+
+/// The most finished invocations one listing reads before it answers with what it
+/// found and a cursor: it holds the state's lock meanwhile.
+const LIST_SCAN: usize = 4096;
 
 #[derive(Debug)]
 pub(crate) struct Core {
     /// Live promises: pending ones, and within a step those it settled.
     promises: BTreeMap<String, Promise>,
+    /// Live invocations (pending roots that call a function), newest first.
+    invocations: BTreeSet<(Reverse<Millis>, String)>,
     /// Live tasks: every one not fulfilled, and within a step those it fulfilled.
     tasks: HashMap<String, Task>,
     /// Finished records.
@@ -46,6 +56,7 @@ struct Dirty {
     promises: Vec<String>,
     tasks: Vec<String>,
     finished: Vec<(Millis, String)>,
+    invoked: Vec<(Millis, String)>,
     purged: Purged,
     woken: Vec<String>,
     ready: bool,
@@ -61,6 +72,8 @@ pub(crate) struct Changes {
     pub(crate) tasks: Vec<Task>,
     /// Roots the step finished, by settle time: the index retention reads.
     pub(crate) finished: Vec<(Millis, String)>,
+    /// Invocations the step finished, by creation time: the index listings read.
+    pub(crate) invoked: Vec<(Millis, String)>,
     /// What the step purged.
     pub(crate) purged: Purged,
     /// Promises settled or tasks halted: their waiters are to be woken.
@@ -72,7 +85,11 @@ pub(crate) struct Changes {
 impl Changes {
     /// True if nothing is to be written.
     pub(crate) fn is_empty(&self) -> bool {
-        self.promises.is_empty() && self.tasks.is_empty() && self.finished.is_empty() && self.purged.is_empty()
+        self.promises.is_empty()
+            && self.tasks.is_empty()
+            && self.finished.is_empty()
+            && self.invoked.is_empty()
+            && self.purged.is_empty()
     }
 }
 
@@ -83,11 +100,24 @@ pub(crate) struct Purged {
     pub(crate) tasks: Vec<String>,
     /// Entries of the finished-roots index.
     pub(crate) finished: Vec<(Millis, String)>,
+    /// Entries of the finished-invocations index.
+    pub(crate) invoked: Vec<(Millis, String)>,
 }
 
 impl Purged {
     fn is_empty(&self) -> bool {
-        self.promises.is_empty() && self.tasks.is_empty() && self.finished.is_empty()
+        self.promises.is_empty() && self.tasks.is_empty() && self.finished.is_empty() && self.invoked.is_empty()
+    }
+
+    /// Takes `p`, a promise of a subtree being purged, with its index entries.
+    fn push(&mut self, p: &Promise) {
+        if is_root(p) {
+            self.finished.push((p.settled_at.unwrap_or_default(), p.id.clone()));
+        }
+        if is_invocation(p) {
+            self.invoked.push((p.created_at, p.id.clone()));
+        }
+        self.promises.push(p.id.clone());
     }
 }
 
@@ -96,6 +126,7 @@ impl Core {
     pub(crate) fn new(cold: Arc<dyn Cold>) -> Core {
         Core {
             promises: BTreeMap::new(),
+            invocations: BTreeSet::new(),
             tasks: HashMap::new(),
             cold,
             deadlines: BTreeSet::new(),
@@ -114,6 +145,9 @@ impl Core {
         for p in promises {
             if p.state == State::Pending && p.timeout_at != NEVER {
                 core.deadlines.insert((p.timeout_at, p.id.clone()));
+            }
+            if p.state == State::Pending && is_invocation(&p) {
+                core.invocations.insert((Reverse(p.created_at), p.id.clone()));
             }
             core.promises.insert(p.id.clone(), p);
         }
@@ -150,6 +184,7 @@ impl Core {
         let dirty = std::mem::take(&mut self.dirty);
         let mut changes = Changes {
             finished: dirty.finished,
+            invoked: dirty.invoked,
             purged: dirty.purged,
             woken: dirty.woken,
             ready: dirty.ready,
@@ -237,8 +272,10 @@ impl Core {
         if state == State::Pending && timeout_at != NEVER {
             self.deadlines.insert((timeout_at, req.id.clone()));
         }
-        if state.is_settled() && is_root(&promise) {
-            self.dirty.finished.push((now, req.id.clone()));
+        if state.is_settled() {
+            self.finish(&promise);
+        } else if is_invocation(&promise) {
+            self.invocations.insert((Reverse(now), req.id.clone()));
         }
         self.promises.insert(req.id.clone(), promise);
         self.dirty.promises.push(req.id.clone());
@@ -323,9 +360,8 @@ impl Core {
         self.deadlines.remove(&(p.timeout_at, p.id.clone()));
         self.dirty.promises.push(p.id.clone());
         self.dirty.woken.push(p.id.clone());
-        if is_root(p) {
-            self.dirty.finished.push((p.settled_at.unwrap_or_default(), p.id.clone()));
-        }
+        self.invocations.remove(&(Reverse(p.created_at), p.id.clone()));
+        self.finish(p);
         if let Some(t) = self.tasks.get(&p.id).cloned() {
             self.unindex(&t);
             let t = self.tasks.get_mut(&p.id).expect("task exists");
@@ -338,6 +374,16 @@ impl Core {
             if self.tasks.get(&task).is_some_and(|t| t.state == TaskState::Suspended) {
                 self.make_pending(&task, p.settled_at.unwrap_or_default());
             }
+        }
+    }
+
+    /// Enters a settled promise in the indexes of finished roots and invocations.
+    fn finish(&mut self, p: &Promise) {
+        if is_root(p) {
+            self.dirty.finished.push((p.settled_at.unwrap_or_default(), p.id.clone()));
+        }
+        if is_invocation(p) {
+            self.dirty.invoked.push((p.created_at, p.id.clone()));
         }
     }
 
@@ -391,6 +437,67 @@ impl Core {
         found.truncate(limit);
         let cursor = if more { found.last().map(|p| p.id.clone()) } else { None };
         Ok(Page { promises: found, cursor })
+    }
+
+    /// Lists invocations newest first: the live ones from memory, the finished ones
+    /// from their index, merged; reads at most [`LIST_SCAN`] finished ones.
+    pub(crate) fn invocations(&self, q: &Invocations, now: Millis) -> Result<Listing, StoreError> {
+        let limit = if q.limit == 0 { 100 } else { q.limit };
+        let Some(start) = Start::of(q) else { return Ok(Listing { invocations: Vec::new(), cursor: None }) };
+        let since = q.since.unwrap_or(0);
+        let matches = |p: &Promise| {
+            let state_ok = match q.state {
+                None => true,
+                Some(State::Rejected) => p.state.is_settled() && p.state != State::Resolved,
+                Some(s) => p.state == s,
+            };
+            state_ok
+                && q.function.as_deref().is_none_or(|f| p.param.what() == f)
+                && q.tags.iter().all(|(k, v)| p.tags.get(k) == Some(v))
+        };
+        let mut found: Vec<Promise> = self
+            .invocations
+            .range((start.live(), Bound::Unbounded))
+            .take_while(|(Reverse(at), _)| *at >= since)
+            .filter_map(|(_, id)| self.promises.get(id).map(|p| p.at(now)))
+            .filter(matches)
+            .take(limit + 1)
+            .collect();
+        // Finished invocations are never pending.
+        let mut stopped = None;
+        if q.state != Some(State::Pending) {
+            let (mut cold, mut read) = (Vec::new(), 0);
+            self.cold.invoked(&start, &mut |p| {
+                if p.created_at < since {
+                    return ControlFlow::Break(());
+                }
+                read += 1;
+                if read == LIST_SCAN {
+                    stopped = Some(Cursor::after(&p));
+                }
+                if matches(&p) {
+                    cold.push(p);
+                }
+                if stopped.is_some() || cold.len() > limit { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            })?;
+            found.extend(cold);
+        }
+        found.sort_by(|a, b| Cursor::after(a).key().cmp(&Cursor::after(b).key()));
+        // Past where the finished side stopped, the live side is not complete either.
+        if let Some(stop) = &stopped {
+            found.retain(|p| Cursor::after(p).key() <= stop.key());
+        }
+        let cursor = if found.len() > limit {
+            found.truncate(limit);
+            found.last().map(Cursor::after)
+        } else {
+            stopped
+        };
+        let invocations = found
+            .into_iter()
+            .map(|promise| Ok(Invocation { task: self.task(&promise.id)?, promise }))
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Listing { invocations, cursor })
     }
 
     pub(crate) fn claim(&mut self, c: &Claim, now: Millis) -> Result<Vec<Acquired>, StoreError> {
@@ -607,10 +714,7 @@ impl Core {
         let root_task = self.cold.task(&root.id)?.map(|t| t.id);
         let purged = &mut self.dirty.purged;
         for p in subtree.iter().chain([root]) {
-            if is_root(p) {
-                purged.finished.push((p.settled_at.unwrap_or_default(), p.id.clone()));
-            }
-            purged.promises.push(p.id.clone());
+            purged.push(p);
         }
         purged.tasks.extend(tasks.into_iter().chain(root_task));
         Ok(Ok(()))
@@ -731,12 +835,13 @@ impl Core {
 
     /// How many live records and index entries it holds: its memory.
     #[cfg(test)]
-    pub(crate) fn index_sizes(&self) -> [usize; 8] {
+    pub(crate) fn index_sizes(&self) -> [usize; 9] {
         let queued = self.ready.values().map(BTreeSet::len).sum();
         let callbacks = self.callbacks.values().map(BTreeSet::len).sum::<usize>() + self.callbacks.len();
         let (deadlines, leases, routes, preferences) =
             (self.deadlines.len(), self.leases.len(), self.ready.len(), self.preferences.len());
-        [self.promises.len(), self.tasks.len(), deadlines, leases, routes, queued, preferences, callbacks]
+        let invocations = self.invocations.len();
+        [self.promises.len(), self.tasks.len(), deadlines, leases, routes, queued, preferences, callbacks, invocations]
     }
 
     /// Removes a task from the index its state puts it in.
@@ -767,6 +872,44 @@ impl Core {
 
 /// The answer to a settle of a promise that is settled already: the first settle
 /// won; in strict mode, only the same settle again is not a conflict.
+/// Where a listing of invocations starts: at those created at or before `at`, and
+/// if `after` is set, at that time only those with ids after it.
+#[derive(Debug)]
+pub(crate) struct Start {
+    pub(crate) at: Millis,
+    pub(crate) after: Option<String>,
+}
+
+impl Start {
+    /// The later of the query's cursor and its `before`; `None` if nothing can match.
+    fn of(q: &Invocations) -> Option<Start> {
+        let from_before = match q.before {
+            Some(0) => return None,
+            Some(before) => Some(Start { at: before - 1, after: None }),
+            None => None,
+        };
+        let from_cursor = q.cursor.as_ref().map(|c| Start { at: c.created_at, after: Some(c.id.clone()) });
+        Some(match (from_before, from_cursor) {
+            (Some(b), Some(c)) => {
+                if (Reverse(c.at), c.after.as_deref().unwrap_or("")) >= (Reverse(b.at), "") {
+                    c
+                } else {
+                    b
+                }
+            }
+            (b, c) => b.or(c).unwrap_or(Start { at: Millis::MAX, after: None }),
+        })
+    }
+
+    /// The bound in a set ordered as listings are.
+    pub(crate) fn live(&self) -> Bound<(Reverse<Millis>, String)> {
+        match &self.after {
+            Some(id) => Bound::Excluded((Reverse(self.at), id.clone())),
+            None => Bound::Included((Reverse(self.at), String::new())),
+        }
+    }
+}
+
 fn settled_again(req: &SettlePromise, p: Promise) -> Result<Promise, StoreError> {
     let same = req.ikey.is_some() && req.ikey == p.ikey_settle && req.state == p.state;
     if req.strict && !same {

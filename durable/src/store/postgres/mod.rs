@@ -22,13 +22,13 @@ use super::cold::MemoryCold;
 use super::state::Core;
 use super::waiters::Waiters;
 use super::{
-    Acquired, Claim, Clock, CreatePromise, Created, FORGET_WORKERS, Page, Purge, Release, Search, SettlePromise, Tick,
-    Worker,
+    Acquired, Claim, Clock, CreatePromise, Created, Cursor, FORGET_WORKERS, Invocation, Invocations, Listing, Page,
+    Purge, Release, Search, SettlePromise, Tick, Worker,
 };
 use crate::StoreError;
-use crate::promise::{Fence, Millis, NEVER, Promise, State, Task, TaskState, is_root};
+use crate::promise::{Fence, Millis, NEVER, Promise, State, Task, TaskState, is_invocation, is_root};
 
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 // The statements of the hot paths, prepared once per connection.
 const CLOCK: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
@@ -53,10 +53,10 @@ const DUE_PROMISES: &str = "SELECT id FROM promises WHERE state = 'pending' AND 
      ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED";
 const DUE_TASKS: &str = "SELECT id FROM tasks WHERE state = 'acquired' AND lease_until <= $1
      ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED";
-const UPSERT_PROMISES: &str = "INSERT INTO promises (id, state, timer, timeout_at, tags, data, settled_at)
-     SELECT id, state, timer, timeout_at, tags::jsonb, data, settled_at
-     FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[], $5::text[], $6::text[], $7::int8[])
-       AS u(id, state, timer, timeout_at, tags, data, settled_at)
+const UPSERT_PROMISES: &str = "INSERT INTO promises (id, state, timer, timeout_at, tags, data, settled_at, invoked_at)
+     SELECT id, state, timer, timeout_at, tags::jsonb, data, settled_at, invoked_at
+     FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[], $5::text[], $6::text[], $7::int8[], $8::int8[])
+       AS u(id, state, timer, timeout_at, tags, data, settled_at, invoked_at)
      ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, timeout_at = EXCLUDED.timeout_at, data = EXCLUDED.data,
        settled_at = EXCLUDED.settled_at";
 const UPSERT_TASKS: &str = "INSERT INTO tasks (id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, awaiting, data, func)
@@ -74,18 +74,41 @@ const NOTIFY_READY: &str = "SELECT pg_notify($1, 'r')";
 const GET_PROMISE: &str = "SELECT data FROM promises WHERE id = $1";
 const GET_TASK: &str = "SELECT data FROM tasks WHERE id = $1";
 const WAIT_STATE: &str = "SELECT p.data, t.state FROM promises p LEFT JOIN tasks t ON t.id = p.id WHERE p.id = $1";
-const SEARCH: &str = "SELECT data FROM promises
-     WHERE id >= ($1::text COLLATE \"C\") AND id > ($2::text COLLATE \"C\")
-     AND left(id, length($1)) = $1
-     AND tags @> ($3::text)::jsonb
-     AND CASE
+/// The state filter of a search or listing: `$4` a state's name or null, `$5` now (a
+/// pending promise past its deadline reads as timed out, a timer as resolved).
+macro_rules! state_filter {
+    () => {
+        "CASE
      WHEN $4::text IS NULL THEN true
      WHEN $4 = 'pending' THEN state = 'pending' AND timeout_at > $5
      WHEN $4 = 'resolved' THEN state = 'resolved' OR (state = 'pending' AND timeout_at <= $5 AND timer)
      WHEN $4 = 'rejected' THEN state LIKE 'rejected%' OR (state = 'pending' AND timeout_at <= $5 AND NOT timer)
      WHEN $4 = 'rejected_timedout' THEN state = $4 OR (state = 'pending' AND timeout_at <= $5 AND NOT timer)
-     ELSE state = $4 END
-     ORDER BY id LIMIT $6";
+     ELSE state = $4 END"
+    };
+}
+const SEARCH: &str = concat!(
+    "SELECT data FROM promises
+     WHERE id >= ($1::text COLLATE \"C\") AND id > ($2::text COLLATE \"C\")
+     AND left(id, length($1)) = $1
+     AND tags @> ($3::text)::jsonb
+     AND ",
+    state_filter!(),
+    " ORDER BY id LIMIT $6"
+);
+/// Invocations newest first, from those created at or before `$1` (at `$1`, with ids
+/// after `$2`), back to `$7`, of function `$8` (or any).
+const INVOCATIONS: &str = concat!(
+    "SELECT data, (SELECT t.data FROM tasks t WHERE t.id = p.id) FROM promises p
+     WHERE invoked_at IS NOT NULL AND invoked_at <= $1
+     AND (invoked_at < $1 OR id > ($2::text COLLATE \"C\"))
+     AND invoked_at >= $7
+     AND ($8::text IS NULL OR data::jsonb #>> '{param,func}' = $8)
+     AND tags @> ($3::text)::jsonb
+     AND ",
+    state_filter!(),
+    " ORDER BY invoked_at DESC, id LIMIT $6"
+);
 const PRELOAD: &str = "SELECT r.id, p.data FROM unnest($1::text[]) AS r(id) JOIN promises p
      ON p.id >= ((r.id || '.') COLLATE \"C\") AND p.id < ((r.id || '/') COLLATE \"C\")
      WHERE p.state <> 'pending' OR p.timeout_at <= $2";
@@ -146,6 +169,15 @@ CREATE TABLE IF NOT EXISTS workers (
     live_until bigint NOT NULL,
     PRIMARY KEY (grp, pid)
 );
+"#;
+
+/// Version 4: the creation time of each invocation (a root that calls a function), and
+/// an index of invocations by it, newest first, for listings.
+const MIGRATION_4: &str = r#"
+ALTER TABLE promises ADD COLUMN IF NOT EXISTS invoked_at bigint;
+UPDATE promises SET invoked_at = (data::jsonb ->> 'created_at')::bigint
+    WHERE (strpos(id, '.') = 0 OR tags ? 'durable:detached') AND data::jsonb #>> '{param,kind}' = 'call';
+CREATE INDEX IF NOT EXISTS promises_invocations ON promises (invoked_at DESC, id) WHERE invoked_at IS NOT NULL;
 "#;
 
 const ANNOUNCE: &str = "INSERT INTO workers (grp, pid, process, functions, live_until) VALUES ($1, $2, $3, $4, $5)
@@ -289,7 +321,7 @@ async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<()
         Some(SCHEMA_VERSION) => {}
         version => {
             let version = version.unwrap_or(0);
-            for (to, migration) in [(1, MIGRATION_1), (2, MIGRATION_2), (3, MIGRATION_3)] {
+            for (to, migration) in [(1, MIGRATION_1), (2, MIGRATION_2), (3, MIGRATION_3), (4, MIGRATION_4)] {
                 if version < to {
                     tx.batch_execute(migration).await.map_err(StoreError::backend)?;
                 }
@@ -552,9 +584,10 @@ impl PostgresStore {
         // Every write of the step: one statement per table, pipelined.
         let (mut p_ids, mut p_states, mut p_timers, mut p_timeouts, mut p_tags, mut p_data) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut p_settled = Vec::new();
+        let (mut p_settled, mut p_invoked) = (Vec::new(), Vec::new());
         for p in &dirty.promises {
             p_settled.push(p.settled_at.map(|at| at as i64));
+            p_invoked.push(is_invocation(p).then_some(p.created_at as i64));
             p_states.push(state_name(p.state).to_owned());
             p_timers.push(p.param == crate::Param::Timer);
             p_timeouts.push(p.timeout_at.min(i64::MAX as u64) as i64);
@@ -578,8 +611,8 @@ impl PostgresStore {
             t_data.push(serde_json::to_string(t).expect("a task encodes"));
             t_ids.push(t.id.clone());
         }
-        let promise_params: [&(dyn ToSql + Sync); 7] =
-            [&p_ids, &p_states, &p_timers, &p_timeouts, &p_tags, &p_data, &p_settled];
+        let promise_params: [&(dyn ToSql + Sync); 8] =
+            [&p_ids, &p_states, &p_timers, &p_timeouts, &p_tags, &p_data, &p_settled, &p_invoked];
         let task_params: [&(dyn ToSql + Sync); 11] = [
             &t_ids,
             &t_states,
@@ -816,6 +849,47 @@ impl super::Store for PostgresStore {
             None
         };
         Ok(Page { promises, cursor })
+    }
+
+    async fn invocations(&self, query: Invocations) -> Result<Listing, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let [clock, list] = conn.statements([CLOCK, INVOCATIONS]).await.map_err(db)?;
+        let now = self.now_in(&conn, &clock).await? as i64;
+        let limit = if query.limit == 0 { 100 } else { query.limit };
+        let (mut at, mut after) = (i64::MAX, String::new());
+        if let Some(before) = query.before {
+            if before == 0 {
+                return Ok(Listing { invocations: Vec::new(), cursor: None });
+            }
+            at = (before - 1).min(i64::MAX as u64) as i64;
+        }
+        if let Some(c) = &query.cursor {
+            let c_at = c.created_at.min(i64::MAX as u64) as i64;
+            if c_at < at || (c_at == at && c.id > after) {
+                (at, after) = (c_at, c.id.clone());
+            }
+        }
+        let since = query.since.unwrap_or(0).min(i64::MAX as u64) as i64;
+        let state = query.state.map(state_name);
+        let tags = serde_json::to_string(&query.tags).expect("tags encode");
+        let params: [&(dyn ToSql + Sync); 8] =
+            [&at, &after, &tags, &state, &now, &((limit + 1) as i64), &since, &query.function];
+        let rows = conn.query(&list, &params).await.map_err(db)?;
+        let mut invocations = rows
+            .iter()
+            .map(|r| {
+                let promise = parse::<Promise>(r.get(0))?.at(now as Millis);
+                let task = r.get::<_, Option<&str>>(1).map(parse::<Task>).transpose()?;
+                Ok(Invocation { promise, task })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let cursor = if invocations.len() > limit {
+            invocations.truncate(limit);
+            invocations.last().map(|i| Cursor::after(&i.promise))
+        } else {
+            None
+        };
+        Ok(Listing { invocations, cursor })
     }
 
     async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {

@@ -7,8 +7,9 @@
 //!
 //! Live and finished records have their own keys: `P{id}` and `T{id}` for pending
 //! promises and unfulfilled tasks, `p{id}` and `t{id}` for settled promises and
-//! fulfilled tasks, and `f{settled_at}{id}` (the time as 8 big-endian bytes) for each
-//! finished root. Opening reads the live keys and the log, never the finished records;
+//! fulfilled tasks, `f{settled_at}{id}` (the time as 8 big-endian bytes) for each
+//! finished root, and `i{!created_at}{id}` (the time's complement, so that the newest
+//! sorts first) for each finished invocation. Opening reads the live keys and the log, never the finished records;
 //! those are read when a step needs them, through the log's overlay, then sled.
 
 mod wal;
@@ -20,14 +21,16 @@ use std::sync::{Arc, Mutex};
 use self::wal::{Faults, Overlay, Records, Wal};
 use super::cold::Cold;
 use super::engine::{Engine, Log, engine_store};
+use super::state::Start;
 use super::state::{Changes, Core};
 use super::{Clock, SystemClock};
 use crate::StoreError;
-use crate::promise::{Millis, Promise, Task, TaskState, is_root};
+use crate::promise::{Millis, Promise, Task, TaskState, is_invocation, is_root};
 
 const FORMAT_KEY: &[u8] = b"format";
-/// Formats 1 and 2 kept every record under `p` and `t`; opening one rewrites it.
-const FORMAT: &[u8] = b"3";
+/// Formats 1 and 2 kept every record under `p` and `t`, and format 3 had no index of
+/// finished invocations; opening one brings it up to date.
+const FORMAT: &[u8] = b"4";
 /// A write-ahead log segment this long is applied to sled and a new one begun. It
 /// bounds the memory the overlay of finished records not yet in sled takes.
 const SEGMENT_LIMIT: u64 = 8 << 20;
@@ -89,6 +92,7 @@ impl SledStore {
             }
             Some(v) if v == FORMAT => {}
             Some(v) if v == b"1" || v == b"2" => upgrade(path, &db, &records)?,
+            Some(v) if v == b"3" => index_invocations(path, &db, &records)?,
             Some(v) => {
                 return Err(StoreError::backend(format!(
                     "the sled store in {} has format {:?}; this version reads format {:?}",
@@ -153,11 +157,14 @@ const PROMISE: u8 = b'p';
 const TASK: u8 = b't';
 /// The finished-roots index: `f`, the settle time (8 bytes, big-endian), the id.
 const FINISHED: u8 = b'f';
+/// The finished-invocations index: `i`, the creation time's complement (8 bytes,
+/// big-endian: newest first), the id.
+const INVOKED: u8 = b'i';
 
-/// Whether a key is of a finished record (or the index of them): one the store reads
+/// Whether a key is of a finished record (or an index of them): one the store reads
 /// from sled, not from memory.
 fn is_finished(key: &[u8]) -> bool {
-    matches!(key.first(), Some(&PROMISE | &TASK | &FINISHED))
+    matches!(key.first(), Some(&PROMISE | &TASK | &FINISHED | &INVOKED))
 }
 
 fn key(kind: u8, id: &str) -> Vec<u8> {
@@ -168,8 +175,16 @@ fn key(kind: u8, id: &str) -> Vec<u8> {
 }
 
 fn finished_key(at: Millis, id: &str) -> Vec<u8> {
+    timed_key(FINISHED, at, id)
+}
+
+fn invoked_key(created_at: Millis, id: &str) -> Vec<u8> {
+    timed_key(INVOKED, !created_at, id)
+}
+
+fn timed_key(kind: u8, at: u64, id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(id.len() + 9);
-    key.push(FINISHED);
+    key.push(kind);
     key.extend_from_slice(&at.to_be_bytes());
     key.extend_from_slice(id.as_bytes());
     key
@@ -213,6 +228,9 @@ fn upgrade(path: &Path, db: &sled::Db, records: &sled::Tree) -> Result<(), Store
                     if is_root(&p) {
                         batch.insert(finished_key(p.settled_at.unwrap_or_default(), &p.id), FINISHED_VALUE);
                     }
+                    if is_invocation(&p) {
+                        batch.insert(invoked_key(p.created_at, &p.id), FINISHED_VALUE);
+                    }
                 } else {
                     batch.remove(k.as_slice());
                     batch.insert(key(LIVE_PROMISE, &p.id), v.as_slice());
@@ -235,7 +253,34 @@ fn upgrade(path: &Path, db: &sled::Db, records: &sled::Tree) -> Result<(), Store
     Ok(())
 }
 
-/// The value of a finished-roots index entry (an empty value would be a deletion).
+/// Adds the index of finished invocations to a store of format 3, once: its log is
+/// applied first, so that every finished invocation is in sled.
+fn index_invocations(path: &Path, db: &sled::Db, records: &sled::Tree) -> Result<(), StoreError> {
+    let replay = wal::replay(path, db)?;
+    let mut batch = sled::Batch::default();
+    for (k, v) in &replay.records {
+        match v {
+            Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+            None => batch.remove(k.as_slice()),
+        }
+    }
+    records.apply_batch(batch).map_err(StoreError::backend)?;
+    wal::mark_applied(db, replay.last)?;
+    let mut batch = sled::Batch::default();
+    for kv in records.scan_prefix([PROMISE]) {
+        let (k, v) = kv.map_err(StoreError::backend)?;
+        let p: Promise = parse(&k, &v, path)?;
+        if is_invocation(&p) {
+            batch.insert(invoked_key(p.created_at, &p.id), FINISHED_VALUE);
+        }
+    }
+    records.apply_batch(batch).map_err(StoreError::backend)?;
+    db.insert(FORMAT_KEY, FORMAT).map_err(StoreError::backend)?;
+    db.flush().map_err(StoreError::backend)?;
+    Ok(())
+}
+
+/// The value of an index entry (an empty value would be a deletion).
 const FINISHED_VALUE: &[u8] = b"1";
 
 #[derive(Debug)]
@@ -269,10 +314,14 @@ impl Log for SledLog {
         for (at, id) in &changes.finished {
             records.push((finished_key(*at, id), Some(FINISHED_VALUE.to_vec())));
         }
+        for (at, id) in &changes.invoked {
+            records.push((invoked_key(*at, id), Some(FINISHED_VALUE.to_vec())));
+        }
         let purged = &changes.purged;
         records.extend(purged.promises.iter().map(|id| (key(PROMISE, id), None)));
         records.extend(purged.tasks.iter().map(|id| (key(TASK, id), None)));
         records.extend(purged.finished.iter().map(|(at, id)| (finished_key(*at, id), None)));
+        records.extend(purged.invoked.iter().map(|(at, id)| (invoked_key(*at, id), None)));
         let entry = self.wal.stage(|entry| {
             for (k, v) in &records {
                 entry.record(k, v.as_deref())?;
@@ -418,6 +467,19 @@ impl Cold for SledCold {
         })?;
         Ok(found)
     }
+
+    fn invoked(&self, start: &Start, each: &mut dyn FnMut(Promise) -> ControlFlow<()>) -> Result<(), StoreError> {
+        let from = invoked_key(start.at, start.after.as_deref().unwrap_or(""));
+        let start =
+            if start.after.is_some() { Bound::Excluded(from.as_slice()) } else { Bound::Included(from.as_slice()) };
+        self.scan(start, &[INVOKED], &mut |k, _| {
+            let id = String::from_utf8_lossy(k.get(9..).unwrap_or_default());
+            Ok(match self.promise(&id)? {
+                Some(p) => each(p),
+                None => ControlFlow::Continue(()),
+            })
+        })
+    }
 }
 
 engine_store!(SledStore);
@@ -429,9 +491,9 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::wal::Faults;
-    use super::{FORMAT_KEY, PROMISE, SledStore, TASK, key};
+    use super::{FINISHED_VALUE, FORMAT, FORMAT_KEY, LIVE_PROMISE, PROMISE, SledStore, TASK, finished_key, key};
     use crate::promise::Param;
-    use crate::store::{CreatePromise, Purge, Search, SettlePromise, SystemClock};
+    use crate::store::{CreatePromise, Invocations, Purge, Search, SettlePromise, SystemClock};
     use crate::{State, Store};
 
     fn open_small(dir: &Path, segment_limit: u64) -> SledStore {
@@ -520,17 +582,31 @@ mod tests {
         }
     }
 
-    /// 100 finished roots with three children each, and five pending ones.
+    /// 100 finished invocations with three children each, and five pending ones.
     async fn finished_and_pending(store: &SledStore) {
         for i in 0..100 {
             for id in [format!("done{i}"), format!("done{i}.1"), format!("done{i}.2"), format!("done{i}.2.1")] {
-                let mut req = CreatePromise::new(id, Param::External);
+                let param = if id.contains('.') { Param::External } else { Param::call("f", 1, i.to_string()) };
+                let mut req = CreatePromise::new(id, param);
                 req.resolved = Some(i.to_string());
                 store.create(req).await.unwrap();
             }
         }
         for i in 0..5 {
-            store.create(CreatePromise::new(format!("open{i}"), Param::External)).await.unwrap();
+            store.create(CreatePromise::new(format!("open{i}"), Param::call("f", 1, "1".into()))).await.unwrap();
+        }
+    }
+
+    /// Every invocation a listing finds, page after page.
+    async fn invocations(store: &SledStore) -> Vec<String> {
+        let (mut ids, mut cursor) = (Vec::new(), None);
+        loop {
+            let page = store.invocations(Invocations { cursor, limit: 30, ..Invocations::default() }).await.unwrap();
+            ids.extend(page.invocations.into_iter().map(|i| i.promise.id));
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => return ids,
+            }
         }
     }
 
@@ -562,6 +638,7 @@ mod tests {
         }
         assert_eq!(all.len(), 405, "every promise is found, live or finished");
         assert!(all.windows(2).all(|w| w[0] < w[1]), "in id order");
+        assert_eq!(invocations(&store).await.len(), 105, "every invocation is listed, from sled and from memory");
         let now = store.now().await.unwrap();
         assert_eq!(store.purge(Purge::Before { before: now + 1, limit: 1000 }).await.unwrap(), 100);
         assert!(store.get("done42.2.1").await.unwrap().is_none(), "purged from sled as well");
@@ -572,6 +649,46 @@ mod tests {
             left.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
             ["open0", "open1", "open2", "open3", "open4"]
         );
+        let mut listed = invocations(&store).await;
+        listed.sort();
+        assert_eq!(listed, ["open0", "open1", "open2", "open3", "open4"], "the purged left the listing too");
+    }
+
+    #[tokio::test]
+    async fn a_store_of_format_3_gets_its_index_of_finished_invocations() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // Format 3 had every key of format 4 but the `i` index.
+            let db = sled::open(dir.path()).unwrap();
+            let records = db.open_tree("records").unwrap();
+            let mut core = crate::store::state::Core::restore(
+                Arc::new(crate::store::cold::MemoryCold::default()),
+                Vec::new(),
+                Vec::new(),
+                1,
+            );
+            for (id, param) in [("old-done", Param::call("f", 1, "1".into())), ("old-wait", Param::External)] {
+                let mut req = CreatePromise::new(id, param);
+                req.resolved = Some("7".into());
+                core.create(req, 1).unwrap();
+            }
+            core.create(CreatePromise::new("old-open", Param::call("f", 1, "2".into())), 2).unwrap();
+            let changes = core.take_changes();
+            for p in &changes.promises {
+                let kind = if p.state.is_settled() { PROMISE } else { LIVE_PROMISE };
+                records.insert(key(kind, &p.id), serde_json::to_vec(p).unwrap()).unwrap();
+            }
+            for (at, id) in &changes.finished {
+                records.insert(finished_key(*at, id), FINISHED_VALUE).unwrap();
+            }
+            db.insert(FORMAT_KEY, b"3").unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(invocations(&store).await, ["old-open", "old-done"], "the finished invocation is indexed");
+        drop(store);
+        let db = sled::open(dir.path()).unwrap();
+        assert_eq!(db.get(FORMAT_KEY).unwrap().as_deref(), Some(FORMAT), "upgraded once, for good");
     }
 
     #[tokio::test]
@@ -643,6 +760,7 @@ mod tests {
         let reopened = SledStore::open(dir.path()).unwrap();
         assert!(reopened.get("old-open").await.unwrap().is_some());
         assert!(reopened.get("old-done").await.unwrap().is_none());
+        assert_eq!(invocations(&reopened).await, ["old-open"]);
     }
 
     #[tokio::test]
