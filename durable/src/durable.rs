@@ -16,7 +16,7 @@ use crate::promise::{State, Task, TaskState};
 use crate::runtime::function::Erased;
 use crate::runtime::shared::Shared;
 use crate::runtime::worker::PURGE_BATCH;
-use crate::store::{CreatePromise, NewTask, Page, Purge, Release, Search, SettlePromise};
+use crate::store::{CreatePromise, Invocations, Listing, NewTask, Page, Purge, Release, Search, SettlePromise};
 use crate::{Callable, Error, Function, Handle, Result, Store, StoreError, Target, codec};
 
 /// The default limit on an encoded payload: 4 MiB.
@@ -665,19 +665,59 @@ impl<'a> Promises<'a> {
         Ok(false)
     }
 
-    /// Resumes a halted invocation, whatever halted it: its task is delivered again,
-    /// with a fresh budget of faults. Returns false if it was not halted.
+    /// Resumes a halted invocation, whatever halted it: every halted task in its tree
+    /// (its own, and those of the remote calls under it) is delivered again, with a
+    /// fresh budget of faults. Returns how many; 0 if none was halted.
     ///
     /// A worker that starts resumes its group's halted tasks by itself, except those
     /// halted by nondeterminism, which it resumes only if its code for the task's
-    /// function differs from the code that halted (a fixed deploy). This resumes one
-    /// regardless: after a fix in a function the task calls, say.
-    pub async fn resume(&self, id: &str) -> Result<bool> {
-        let resumed = self.store.resume(id).await?;
-        if resumed {
-            tracing::info!(%id, "resumed: its task is delivered again");
+    /// function differs from the code that halted (a fixed deploy). This resumes them
+    /// regardless: after a fix outside the function's code (a setting it reads, a
+    /// function it calls), say.
+    pub async fn resume(&self, id: &str) -> Result<usize> {
+        let Some(tree) = self.tree(id).await? else {
+            return Err(StoreError::NotFound { what: "promise", id: id.to_owned() }.into());
+        };
+        let (mut nodes, mut resumed) = (vec![&tree], 0);
+        while let Some(node) = nodes.pop() {
+            nodes.extend(&node.children);
+            let Some(task) = node.task.as_ref().filter(|t| t.state == TaskState::Halted) else { continue };
+            if self.store.resume(&task.id).await? {
+                tracing::info!(id = %task.id, "resumed: its task is delivered again");
+                resumed += 1;
+            }
         }
         Ok(resumed)
+    }
+
+    /// Lists invocations (roots that call a function: those run by id, calls with a
+    /// chosen id, detached ones) by state, function, tags and creation time, newest
+    /// first, each with its task, a page at a time ([`Store::invocations`]).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use durable::prelude::*;
+    /// use durable::store::Invocations;
+    ///
+    /// #[durable::function(name = "greet")]
+    /// async fn greet(_ctx: &mut Context, name: String) -> durable::Result<String> {
+    ///     Ok(format!("hello, {name}"))
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> durable::Result<()> {
+    /// let durable = Durable::builder().store(Arc::new(MemoryStore::new())).register(greet).build()?;
+    /// for name in ["ada", "alan"] {
+    ///     durable.run(&format!("greet-{name}"), greet, name.to_owned()).await?.await?;
+    /// }
+    /// let query = Invocations { function: Some("greet".into()), limit: 1, ..Invocations::default() };
+    /// let first = durable.promises().invocations(query.clone()).await?;
+    /// let next = durable.promises().invocations(Invocations { cursor: first.cursor, ..query }).await?;
+    /// let ids: Vec<_> = first.invocations.iter().chain(&next.invocations).map(|i| i.promise.id.as_str()).collect();
+    /// assert_eq!(ids.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn invocations(&self, query: Invocations) -> Result<Listing> {
+        Ok(self.store.invocations(query).await?)
     }
 
     /// The tasks that have waited at least `waited` since their promise was created,

@@ -165,7 +165,7 @@ async fn a_restart_with_the_same_code_leaves_a_nondeterminism_halt_and_resume_re
     assert_eq!(store.task("nd-same").await.unwrap().unwrap(), halted, "left halted, untouched");
 
     // An explicit resume replays it anyway, and it halts again the same way.
-    assert!(same.promises().resume("nd-same").await.unwrap());
+    assert_eq!(same.promises().resume("nd-same").await.unwrap(), 1);
     let error = same.rpc("nd-same", wf_renamed, "nd-same".into()).await.unwrap().await.unwrap_err();
     assert!(matches!(error, durable::Error::Nondeterminism(_)), "{error:?}");
     assert!(store.task("nd-same").await.unwrap().unwrap().version > halted.version, "it was replayed");

@@ -1,20 +1,27 @@
 //! `durable`: look inside a store and steer its work, from the command line.
 //!
 //! ```sh
+//! durable --store ./calculator-data ls --since 1h    # the invocations of the last hour, newest first
 //! durable --store ./calculator-data tree calc-7      # the call tree, with states and times
 //! durable --store postgres://… --json get order-7    # one promise, as JSON
 //! durable --store … resolve approval-7 true          # the value is JSON
 //! ```
 //!
-//! A sled directory is locked by the process that has it open: while a service runs
-//! on it, ask that service (its `Durable::promises()`). PostgreSQL works beside running
-//! workers.
+//! On PostgreSQL it works beside running workers: every command is a step of the
+//! store, as a worker's are. A sled directory is locked by the one process that has it
+//! open, so on sled the command reads and steers a store no service is running on,
+//! and says so when one is. It does not reach into a running service through an admin
+//! endpoint of its own: that would be a network service in every process that embeds
+//! the library, with its own port, authentication and attack surface, for a store that
+//! is one machine's by design. A service on sled steers itself through
+//! `Durable::promises()`, the same calls this command makes.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use durable::store::{Cursor, Invocations, Listing};
 use durable::{Millis, Node, Promise, Promises, State, Task};
 
 /// Look inside a durable store and steer its work.
@@ -36,6 +43,30 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The invocations, newest first, a page at a time.
+    Ls {
+        /// Only those in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        /// Only calls of this function.
+        #[arg(long)]
+        function: Option<String>,
+        /// Only those with this tag (KEY=VALUE); repeat for several.
+        #[arg(long, value_name = "KEY=VALUE", value_parser = parse_tag)]
+        tag: Vec<(String, String)>,
+        /// Only those created within this long ago (`90s`, `15m`, `2h`, `7days`).
+        #[arg(long, value_name = "AGO", value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// Only those created more than this long ago.
+        #[arg(long, value_name = "AGO", value_parser = humantime::parse_duration)]
+        before: Option<Duration>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Go on after this cursor, as the previous page printed it.
+        #[arg(long, value_name = "CURSOR")]
+        after: Option<Cursor>,
+    },
     /// One promise.
     Get { id: String },
     /// An invocation's promises as a tree, with states, durations and errors.
@@ -54,10 +85,40 @@ enum Command {
     Reject { id: String, message: String },
     /// Cancels a promise and what it started.
     Cancel { id: String },
-    /// Resumes a halted invocation.
+    /// Resumes a halted invocation: every halted task in its tree.
     Resume { id: String },
     /// Runs a finished or halted invocation again from the top under a new id.
     Restart { id: String, new_id: String },
+}
+
+/// The states `ls --state` takes.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum StateArg {
+    Pending,
+    Resolved,
+    /// Every rejection: failed, canceled or timed out.
+    Rejected,
+    Canceled,
+    Timedout,
+}
+
+impl From<StateArg> for State {
+    fn from(state: StateArg) -> State {
+        match state {
+            StateArg::Pending => State::Pending,
+            StateArg::Resolved => State::Resolved,
+            StateArg::Rejected => State::Rejected,
+            StateArg::Canceled => State::RejectedCanceled,
+            StateArg::Timedout => State::RejectedTimedout,
+        }
+    }
+}
+
+fn parse_tag(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not a tag: write KEY=VALUE")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -84,6 +145,19 @@ async fn run(cli: &Cli) -> Result<(), String> {
     let out = Output { json: cli.json, colour: !cli.json && std::io::stdout().is_terminal(), now };
     let e = |e: durable::Error| e.to_string();
     match &cli.command {
+        Command::Ls { state, function, tag, since, before, limit, after } => {
+            let ago = |d: &Duration| now.saturating_sub(d.as_millis() as Millis);
+            let query = Invocations {
+                state: state.map(State::from),
+                function: function.clone(),
+                tags: tag.iter().cloned().collect(),
+                since: since.as_ref().map(ago),
+                before: before.as_ref().map(ago),
+                limit: *limit,
+                cursor: after.clone(),
+            };
+            out.listing(&list(&promises, query).await.map_err(e)?)
+        }
         Command::Get { id } => match promises.get(id).await.map_err(e)? {
             Some(p) => out.promise(&p),
             None => Err(format!("no promise {id}")),
@@ -115,10 +189,33 @@ async fn run(cli: &Cli) -> Result<(), String> {
         Command::Reject { id, message } => out.promise(&promises.reject(id, message).await.map_err(e)?),
         Command::Cancel { id } => out.promise(&promises.cancel(id).await.map_err(e)?),
         Command::Resume { id } => match promises.resume(id).await.map_err(e)? {
-            true => out.promise(&promises.get(id).await.map_err(e)?.ok_or(format!("no promise {id}"))?),
-            false => Err(format!("{id} is not halted")),
+            0 => Err(format!("nothing in {id} is halted")),
+            n => {
+                if !out.json {
+                    println!("resumed {n} halted task{}", if n == 1 { "" } else { "s" });
+                }
+                out.promise(&promises.get(id).await.map_err(e)?.ok_or(format!("no promise {id}"))?)
+            }
         },
         Command::Restart { id, new_id } => out.promise(&promises.restart(id, new_id).await.map_err(e)?),
+    }
+}
+
+/// A page of `limit` invocations: a store may answer with fewer and a cursor (it
+/// bounds the work of one call), so this asks again until the page is full or the
+/// listing ends.
+async fn list(promises: &Promises<'_>, mut query: Invocations) -> durable::Result<Listing> {
+    let limit = query.limit.max(1);
+    let mut listing = Listing { invocations: Vec::new(), cursor: None };
+    loop {
+        query.limit = limit - listing.invocations.len();
+        let page = promises.invocations(query.clone()).await?;
+        listing.invocations.extend(page.invocations);
+        listing.cursor = page.cursor;
+        match &listing.cursor {
+            Some(c) if listing.invocations.len() < limit => query.cursor = Some(c.clone()),
+            _ => return Ok(listing),
+        }
     }
 }
 
@@ -150,6 +247,44 @@ impl Output {
         ps.iter().try_for_each(|p| self.promise(p))
     }
 
+    /// One line per invocation: id, function, state, when created, how long it took or
+    /// has taken, and its value or error; then the cursor of the next page, if any.
+    fn listing(&self, listing: &Listing) -> Result<(), String> {
+        if self.json {
+            let invocations = &listing.invocations;
+            let cursor = listing.cursor.as_ref().map(Cursor::to_string);
+            return self.print_json(&serde_json::json!({ "invocations": invocations, "cursor": cursor }));
+        }
+        let rows: Vec<[String; 6]> = listing
+            .invocations
+            .iter()
+            .map(|i| {
+                let p = &i.promise;
+                let created = std::time::UNIX_EPOCH + Duration::from_millis(p.created_at);
+                [
+                    p.id.clone(),
+                    p.param.what().to_owned(),
+                    state_word(p, i.task.as_ref()).0.to_owned(),
+                    humantime::format_rfc3339_seconds(created).to_string(),
+                    duration(p, self.now),
+                    self.outcome(p),
+                ]
+            })
+            .collect();
+        let width = |c: usize| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0);
+        let widths = [width(0), width(1), width(2), width(3), width(4)];
+        for (row, i) in rows.iter().zip(&listing.invocations) {
+            let state = format!("{:w$}", row[2], w = widths[2]);
+            let state = self.paint(&state, state_word(&i.promise, i.task.as_ref()).1);
+            let [id, what, created, took] = [0, 1, 3, 4].map(|c| format!("{:w$}", row[c], w = widths[c]));
+            println!("{id}  {what}  {state}  {created}  {took}{}", row[5]);
+        }
+        if let Some(cursor) = &listing.cursor {
+            println!("more: ls --after {cursor}");
+        }
+        Ok(())
+    }
+
     /// One line per promise, drawn as a tree.
     fn tree(&self, node: &Node, prefix: &str, last: bool, root: bool) {
         let p = &node.promise;
@@ -175,14 +310,13 @@ impl Output {
 
     /// The state, coloured where the terminal shows colour; a halted task says so.
     fn state(&self, p: &Promise, task: Option<&Task>) -> String {
-        let halted = task.is_some_and(|t| t.state == durable::TaskState::Halted);
-        let (text, code) = match p.state {
-            State::Pending if halted => ("halted".to_owned(), "35"),
-            State::Pending => ("pending".to_owned(), "33"),
-            State::Resolved => ("resolved".to_owned(), "32"),
-            other => (format!("{other:?}").to_lowercase(), "31"),
-        };
-        if self.colour { format!("\x1b[{code}m{text}\x1b[0m") } else { text }
+        let (text, code) = state_word(p, task);
+        self.paint(text, code)
+    }
+
+    /// `text` in the colour of an ANSI `code`, where the terminal shows colour.
+    fn paint(&self, text: &str, code: &str) -> String {
+        if self.colour { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }
     }
 
     /// The value or the error, cut to a line.
@@ -192,6 +326,19 @@ impl Output {
             Some(Ok(json)) => format!("  = {}", cut(json)),
             Some(Err(e)) => format!("  ! {}", cut(&e.to_string())),
         }
+    }
+}
+
+/// A promise's state in a word, and its colour; a halted task says so.
+fn state_word(p: &Promise, task: Option<&Task>) -> (&'static str, &'static str) {
+    let halted = task.is_some_and(|t| t.state == durable::TaskState::Halted);
+    match p.state {
+        State::Pending if halted => ("halted", "35"),
+        State::Pending => ("pending", "33"),
+        State::Resolved => ("resolved", "32"),
+        State::Rejected => ("rejected", "31"),
+        State::RejectedCanceled => ("canceled", "31"),
+        State::RejectedTimedout => ("timedout", "31"),
     }
 }
 

@@ -78,11 +78,14 @@ impl SledStore {
         segment_limit: u64,
         faults: Faults,
     ) -> Result<SledStore, StoreError> {
-        let context = |e: sled::Error| {
-            StoreError::backend(format!(
-                "cannot open the sled store in {}: {e} (is another process using it?)",
+        let context = |e: sled::Error| match e {
+            sled::Error::Io(e) if is_locked(&e) => StoreError::backend(format!(
+                "the sled store in {} is in use: another process holds its lock (a service running on it), and \
+                 one process at a time opens a sled store; steer that service from inside (Durable::promises()), \
+                 or stop it first",
                 path.display()
-            ))
+            )),
+            e => StoreError::backend(format!("cannot open the sled store in {}: {e}", path.display())),
         };
         let db = open_locked(path).map_err(context)?;
         let records = db.open_tree("records").map_err(context)?;
@@ -139,15 +142,18 @@ fn open_locked(path: &Path) -> Result<sled::Db, sled::Error> {
     let started = std::time::Instant::now();
     loop {
         match sled::Config::new().path(path).cache_capacity(CACHE).open() {
-            // sled 0.34 says so only in the message of an `Other` error.
-            Err(sled::Error::Io(e))
-                if e.to_string().starts_with("could not acquire lock") && started.elapsed() < LOCK_WAIT =>
-            {
+            Err(sled::Error::Io(e)) if is_locked(&e) && started.elapsed() < LOCK_WAIT => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             other => return other,
         }
     }
+}
+
+/// Whether opening failed because another process holds the directory's lock: sled
+/// 0.34 says so only in the message of an `Other` error.
+fn is_locked(e: &std::io::Error) -> bool {
+    e.to_string().starts_with("could not acquire lock")
 }
 
 /// Record keys: a kind, then the id.
