@@ -1,10 +1,15 @@
-//! The `durable` command line on a sled store a service left: the tree, a promise as
-//! JSON, the promises waiting for a person, resolving one, and clear errors.
+//! The `durable` command line: on a sled store a service left (the listing, the tree,
+//! a promise as JSON, the promises waiting for a person, resolving one, clear errors,
+//! and a store in use), and on PostgreSQL beside a live worker (a halted invocation
+//! fixed and resumed). Reads `DURABLE_POSTGRES_URL`; under `CI=true` an unreachable
+//! server fails the test.
 
 use std::process::{Command, Output};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use durable::TaskState;
 use durable::prelude::*;
 
 #[durable::function]
@@ -48,6 +53,14 @@ fn the_command_line_shows_and_steers_what_a_service_left() {
         service.shutdown().await.unwrap();
     });
 
+    let listed = stdout(&durable(dir.path(), &["ls"]));
+    assert!(listed.starts_with("order-7  order  pending  20"), "{listed}");
+    assert_eq!(listed.lines().count(), 1, "the chosen-id promise and the local call are no invocations: {listed}");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&durable(dir.path(), &["--json", "ls"]))).unwrap();
+    assert_eq!(json["invocations"][0]["promise"]["id"], "order-7", "{json}");
+    assert_eq!(json["invocations"][0]["task"]["state"], "pending", "{json}");
+    assert_eq!(stdout(&durable(dir.path(), &["ls", "--state", "resolved"])), "", "none resolved yet");
+
     let tree = stdout(&durable(dir.path(), &["tree", "order-7"]));
     let lines: Vec<&str> = tree.lines().collect();
     assert_eq!(lines.len(), 3, "{tree}");
@@ -72,4 +85,110 @@ fn the_command_line_shows_and_steers_what_a_service_left() {
     let missing = durable(dir.path(), &["tree", "nope"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no promise nope"), "{missing:?}");
+
+    // A service holds the store: the command says so.
+    let held = SledStore::open(dir.path()).unwrap();
+    let busy = durable(dir.path(), &["ls"]);
+    assert!(!busy.status.success());
+    let said = String::from_utf8_lossy(&busy.stderr);
+    assert!(said.contains("is in use: another process holds its lock"), "{said}");
+    drop(held);
+}
+
+/// Whether the setting `quote` reads is the changed one.
+static DISCOUNTS: AtomicBool = AtomicBool::new(false);
+
+#[durable::function]
+async fn price(_ctx: &mut Context, x: u64) -> durable::Result<u64> {
+    Ok(x * 2)
+}
+
+#[durable::function]
+async fn discount(_ctx: &mut Context, x: u64) -> durable::Result<u64> {
+    Ok(x / 2)
+}
+
+/// Reads a setting the history does not record: a change of it between a run and its
+/// replay makes the replay call another function, a nondeterminism.
+#[durable::function]
+async fn quote(ctx: &mut Context, x: u64) -> durable::Result<u64> {
+    let base = if DISCOUNTS.load(Ordering::SeqCst) { ctx.lfc(discount, x).await? } else { ctx.lfc(price, x).await? };
+    let approved = ctx.promise::<bool>().id(format!("quote-approval-{x}")).await?.await?;
+    Ok(if approved { base } else { 0 })
+}
+
+fn postgres_url() -> String {
+    std::env::var("DURABLE_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// The command on a PostgreSQL schema, run off the runtime's thread.
+async fn durable_pg(schema: &str, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_durable"));
+    command.args(["--store", &postgres_url(), "--schema", schema]).args(args);
+    tokio::task::spawn_blocking(move || command.output().expect("run the durable binary")).await.expect("joined")
+}
+
+/// Beside a live worker on PostgreSQL: an invocation halts on nondeterminism after a
+/// setting changed under it; the command line lists it as halted and shows why in its
+/// tree; once the setting is put back (a fix the worker's code cannot see, so no
+/// worker resumes it by itself), `durable resume` resumes it and it finishes.
+#[tokio::test]
+async fn a_halted_invocation_fixed_and_resumed_through_the_command_line_finishes() {
+    let schema = format!("durable_cli_{}", std::process::id());
+    let store: Arc<dyn Store> = match durable::store::open(&postgres_url(), &schema).await {
+        Ok(store) => store,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("PostgreSQL at {} is unreachable under CI=true: {e}", postgres_url())
+        }
+        Err(e) => return eprintln!("skipped: PostgreSQL at {} is unreachable: {e}", postgres_url()),
+    };
+    let worker = Durable::builder()
+        .store(store.clone())
+        .register(quote)
+        .register(price)
+        .register(discount)
+        .suspend_after(Duration::ZERO)
+        .build()
+        .unwrap();
+    let handle = worker.run("quote-7", quote, 7).await.unwrap();
+    // It records its price, then suspends on the approval.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while store.task("quote-7").await.unwrap().is_none_or(|t| t.state != TaskState::Suspended) {
+        assert!(std::time::Instant::now() < deadline, "quote-7 never suspended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The setting changes; the approval comes; the replay calls discount, not price.
+    DISCOUNTS.store(true, Ordering::SeqCst);
+    stdout(&durable_pg(&schema, &["resolve", "quote-approval-7", "true"]).await);
+    while store.task("quote-7").await.unwrap().is_none_or(|t| t.state != TaskState::Halted) {
+        store.wait("quote-7", true).await.unwrap();
+    }
+    let listed = stdout(&durable_pg(&schema, &["ls", "--function", "quote"]).await);
+    assert!(listed.starts_with("quote-7  quote  halted"), "{listed}");
+    let tree = stdout(&durable_pg(&schema, &["tree", "quote-7"]).await);
+    let root = tree.lines().next().unwrap_or_default();
+    assert!(root.starts_with("quote-7  quote → poll://any@default  halted"), "{tree}");
+    assert!(
+        root.contains("the history recorded a call of \"price\"")
+            && root.contains("\"discount\"")
+            && root.contains("cli.rs:"),
+        "the tree says why it halted: {tree}"
+    );
+
+    // The fix: the setting is put back. The worker runs on; only a resume replays it.
+    DISCOUNTS.store(false, Ordering::SeqCst);
+    let resumed = stdout(&durable_pg(&schema, &["resume", "quote-7"]).await);
+    assert!(resumed.starts_with("resumed 1 halted task\nquote-7  quote  pending"), "{resumed}");
+    let value = tokio::time::timeout(Duration::from_secs(60), handle).await.expect("it finishes once resumed");
+    assert_eq!(value.unwrap(), 14);
+    let got = stdout(&durable_pg(&schema, &["get", "quote-7"]).await);
+    assert!(got.starts_with("quote-7  quote  resolved  = 14"), "{got}");
+    let nothing = durable_pg(&schema, &["resume", "quote-7"]).await;
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("nothing in quote-7 is halted"), "{nothing:?}");
+    worker.shutdown().await.unwrap();
+    drop(store);
+    let (client, connection) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
 }

@@ -295,8 +295,16 @@ impl Output {
         };
         let name = if root { p.id.as_str() } else { p.id.rsplit('.').next().unwrap_or(&p.id) };
         let target = node.task.as_ref().map(|t| format!(" → {}", t.target)).unwrap_or_default();
+        // A halted task's fault is why it halted: a nondeterminism names the call,
+        // both sides and file:line.
+        let halt = match &node.task {
+            Some(t) if t.state == durable::TaskState::Halted && p.state == State::Pending => {
+                t.fault().map(|e| format!("  ! {e}")).unwrap_or_default()
+            }
+            _ => String::new(),
+        };
         println!(
-            "{prefix}{branch}{name}  {}{target}  {}  {}{}",
+            "{prefix}{branch}{name}  {}{target}  {}  {}{}{halt}",
             p.param.what(),
             self.state(p, node.task.as_ref()),
             duration(p, self.now),
