@@ -32,7 +32,7 @@ struct Cli {
     #[arg(long, value_name = "DIR|postgres://…")]
     store: String,
     /// The PostgreSQL schema.
-    #[arg(long, default_value = "durable")]
+    #[arg(long, env = "DURABLE_SCHEMA", default_value = "durable")]
     schema: String,
     /// Print JSON, for scripts.
     #[arg(long, global = true)]
