@@ -61,7 +61,8 @@ fn a_directory_in_use_is_a_clear_error() {
     let _open = SledStore::open(dir.path()).unwrap();
     let error = SledStore::open(dir.path()).unwrap_err().to_string();
     assert!(
-        error.contains("is another process using it?") && error.contains(&dir.path().display().to_string()),
+        error.contains("is in use: another process holds its lock")
+            && error.contains(&dir.path().display().to_string()),
         "{error}"
     );
 }
