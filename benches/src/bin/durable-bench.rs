@@ -41,13 +41,14 @@ async fn soak(ctx: &mut Context, x: u64) -> durable::Result<u64> {
 struct Args {
     /// chain: N local steps (C chains at once); calc: the calculator over K nodes, all
     /// workers in this process; recover: a new process replays N settled steps; soak: N
-    /// ten-step invocations, 64 at a time.
-    #[arg(value_parser = ["chain", "calc", "recover", "soak", "recover-prepare"], hide_possible_values = true)]
+    /// ten-step invocations, 64 at a time; list: pages of a listing over N invocations
+    /// (1% pending, one of a rare function).
+    #[arg(value_parser = ["chain", "calc", "recover", "soak", "list", "recover-prepare"], hide_possible_values = true)]
     workload: String,
     /// The store: memory, sled or postgres (`$DURABLE_POSTGRES_URL`).
     #[arg(long, default_value = "memory", value_parser = ["memory", "sled", "postgres"])]
     store: String,
-    /// Steps (chain, recover), nodes (calc) or invocations (soak).
+    /// Steps (chain, recover), nodes (calc) or invocations (soak, list).
     #[arg(long = "steps", visible_aliases = ["nodes", "invocations"], value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     n: u64,
@@ -204,6 +205,12 @@ async fn run(args: &Args) -> Result<(), String> {
             cleanup(&args.store, &location).await;
         }
         "soak" => run_soak(args, &location).await?,
+        "list" => {
+            let store = open(&args.store, &location, true).await?;
+            run_list(&store, args).await?;
+            drop(store);
+            cleanup(&args.store, &location).await;
+        }
         "recover-prepare" => {
             let store = open(&args.store, &location, true).await?;
             // Runs the chain to the gate, then releases it (PostgreSQL); sled's next
@@ -214,6 +221,62 @@ async fn run(args: &Args) -> Result<(), String> {
         }
         _ => unreachable!("checked by parse_args"),
     }
+    Ok(())
+}
+
+/// Fills the store with `args.n` invocations, 64 creates at a time, and times a
+/// listing's pages: the first page, the first page of pending ones, and a function
+/// called once, which takes paging through all of them.
+async fn run_list(store: &Arc<dyn Store>, args: &Args) -> Result<(), String> {
+    let mut fill = tokio::task::JoinSet::new();
+    for w in 0..64 {
+        let (store, n) = (store.clone(), args.n);
+        fill.spawn(async move {
+            for i in (w..n).step_by(64) {
+                let func = if i == 0 { "rare" } else { "f" };
+                let mut req = durable::store::CreatePromise::new(
+                    format!("inv-{i}"),
+                    durable::Param::call(func, 1, i.to_string()),
+                );
+                if i % 100 != 1 {
+                    req.resolved = Some("1".into());
+                }
+                store.create(req).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        });
+    }
+    while let Some(done) = fill.join_next().await {
+        done.map_err(|e| e.to_string())??;
+    }
+    let timed = |query: durable::store::Invocations| async move {
+        let (started, mut query, mut found, mut calls) = (Instant::now(), query, 0, 0);
+        let first = loop {
+            let page = store.invocations(query.clone()).await.map_err(|e| e.to_string())?;
+            calls += 1;
+            found += page.invocations.len();
+            match page.cursor {
+                Some(c) if found < query.limit.max(1) => query.cursor = Some(c),
+                _ => break started.elapsed().as_secs_f64() * 1e3,
+            }
+        };
+        Ok::<_, String>((first, found, calls))
+    };
+    let page = durable::store::Invocations { limit: 100, ..Default::default() };
+    // The first call prepares statements and warms caches: time the second.
+    timed(page.clone()).await?;
+    let (first_ms, _, _) = timed(page.clone()).await?;
+    let pending = durable::store::Invocations { state: Some(durable::State::Pending), ..page.clone() };
+    let (pending_ms, pending_found, _) = timed(pending).await?;
+    let rare = durable::store::Invocations { function: Some("rare".into()), ..page };
+    let (rare_ms, rare_found, rare_calls) = timed(rare).await?;
+    if rare_found != 1 || pending_found != 100.min(args.n as usize / 100) {
+        return Err(format!("the listing found {rare_found} rare and {pending_found} pending invocations"));
+    }
+    println!(
+        "{{\"workload\":\"list\",\"store\":\"{}\",\"n\":{},\"first_page_ms\":{first_ms:.1},\"pending_page_ms\":{pending_ms:.1},\"rare_ms\":{rare_ms:.1},\"rare_calls\":{rare_calls}}}",
+        args.store, args.n
+    );
     Ok(())
 }
 
