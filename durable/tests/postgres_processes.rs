@@ -226,7 +226,7 @@ async fn audit(client: &tokio_postgres::Client, schema: &str) {
 #[tokio::test]
 async fn separate_worker_processes_never_run_a_task_at_one_version_twice() {
     let Some((schema, client)) = setup("claims").await else { return };
-    let _workers = Processes((0..4).map(|_| spawn("work", &schema)).collect());
+    let workers = Processes((0..4).map(|_| spawn("work", &schema)).collect());
     let durable = Durable::builder().store(store(&schema, "client").await).group("client").build().unwrap();
     let mut handles = Vec::new();
     for n in 0..200u64 {
@@ -241,6 +241,10 @@ async fn separate_worker_processes_never_run_a_task_at_one_version_twice() {
         .unwrap()
         .get(0);
     assert!(processes >= 2, "the work was shared: {processes} processes took tasks");
+    // Every process stops before the audit drops the schema: a worker's next step
+    // would deadlock with the DROP.
+    drop(durable);
+    drop(workers);
     audit(&client, &schema).await;
 }
 
