@@ -6,9 +6,9 @@
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn url() -> String {
-    std::env::var("DURABLE_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
+mod common;
+
+use common::{Processes, connect, url};
 
 fn calculator(schema: &str, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_calculator"));
@@ -22,35 +22,6 @@ fn worker(schema: &str, group: &str, pid: Option<&str>) -> Child {
         args.extend(["--pid", pid]);
     }
     calculator(schema, &args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn a worker")
-}
-
-/// A connection to the test database; `None` (the test is skipped) if the server is
-/// unreachable outside CI.
-async fn connect() -> Option<tokio_postgres::Client> {
-    match tokio_postgres::connect(&url(), tokio_postgres::NoTls).await {
-        Ok((client, connection)) => {
-            tokio::spawn(connection);
-            Some(client)
-        }
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("PostgreSQL at {} is unreachable under CI=true: {e}", url())
-        }
-        Err(e) => {
-            eprintln!("skipped: PostgreSQL at {} is unreachable: {e}", url());
-            None
-        }
-    }
-}
-
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 #[tokio::test]

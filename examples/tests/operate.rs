@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn url() -> String {
-    std::env::var("DURABLE_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
+mod common;
+
+use common::{Processes, connect, url};
 
 /// The `durable` binary of this build: beside the examples' binaries, built first if
 /// this test run did not build it (it needs the `cli` feature of the durable crate).
@@ -53,32 +53,10 @@ async fn until(schema: &str, args: &[&str], done: impl Fn(&str) -> bool) -> Stri
 
 /// A fresh schema; `None` (the test is skipped) if the server is unreachable outside CI.
 async fn schema(name: &str) -> Option<(String, tokio_postgres::Client)> {
-    match tokio_postgres::connect(&url(), tokio_postgres::NoTls).await {
-        Ok((client, connection)) => {
-            tokio::spawn(connection);
-            let schema = format!("durable_operate_{name}_{}", std::process::id());
-            client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
-            Some((schema, client))
-        }
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("PostgreSQL at {} is unreachable under CI=true: {e}", url())
-        }
-        Err(e) => {
-            eprintln!("skipped: PostgreSQL at {} is unreachable: {e}", url());
-            None
-        }
-    }
-}
-
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    let client = connect().await?;
+    let schema = format!("durable_operate_{name}_{}", std::process::id());
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
+    Some((schema, client))
 }
 
 fn spawn(binary: &str, schema: &str, args: &[&str]) -> Child {

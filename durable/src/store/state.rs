@@ -882,7 +882,7 @@ pub(crate) struct Start {
 
 impl Start {
     /// The later of the query's cursor and its `before`; `None` if nothing can match.
-    fn of(q: &Invocations) -> Option<Start> {
+    pub(crate) fn of(q: &Invocations) -> Option<Start> {
         let from_before = match q.before {
             Some(0) => return None,
             Some(before) => Some(Start { at: before - 1, after: None }),

@@ -19,7 +19,7 @@ use tokio_postgres::{Client, Config, Statement};
 
 use self::pool::{Conn, Pool, quote_ident, unreachable};
 use super::cold::MemoryCold;
-use super::state::Core;
+use super::state::{Core, Start};
 use super::waiters::Waiters;
 use super::{
     Acquired, Claim, Clock, CreatePromise, Created, Cursor, FORGET_WORKERS, Invocation, Invocations, Listing, Page,
@@ -856,19 +856,8 @@ impl super::Store for PostgresStore {
         let [clock, list] = conn.statements([CLOCK, INVOCATIONS]).await.map_err(db)?;
         let now = self.now_in(&conn, &clock).await? as i64;
         let limit = if query.limit == 0 { 100 } else { query.limit };
-        let (mut at, mut after) = (i64::MAX, String::new());
-        if let Some(before) = query.before {
-            if before == 0 {
-                return Ok(Listing { invocations: Vec::new(), cursor: None });
-            }
-            at = (before - 1).min(i64::MAX as u64) as i64;
-        }
-        if let Some(c) = &query.cursor {
-            let c_at = c.created_at.min(i64::MAX as u64) as i64;
-            if c_at < at || (c_at == at && c.id > after) {
-                (at, after) = (c_at, c.id.clone());
-            }
-        }
+        let Some(start) = Start::of(&query) else { return Ok(Listing { invocations: Vec::new(), cursor: None }) };
+        let (at, after) = (start.at.min(i64::MAX as u64) as i64, start.after.unwrap_or_default());
         let since = query.since.unwrap_or(0).min(i64::MAX as u64) as i64;
         let state = query.state.map(state_name);
         let tags = serde_json::to_string(&query.tags).expect("tags encode");
