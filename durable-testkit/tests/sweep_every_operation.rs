@@ -1,6 +1,6 @@
 //! The full single-crash sweep, and random multi-crash schedules, of a workflow that
 //! uses every context operation: lfi, lfc, rfi, rfc, detached, sleep, an external
-//! promise, now, random, uuid, and a failure that is retried.
+//! promise, now, random, uuid, a patch, and a failure that is retried.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,10 +40,13 @@ async fn everything(ctx: &mut Context, x: i64) -> durable::Result<(i64, String)>
     let retried = ctx.lfc(flaky, x).await?;
     let audit_id = ctx.detached(audit, format!("run {x}")).await?;
     ctx.sleep(Duration::from_secs(24 * 3600)).await?;
+    // After the day's sleep the task was suspended: this runs in a replay, which
+    // must find the patch's answer recorded.
+    let patch = if ctx.patched("double-again").await? { ctx.lfc(double, x + 4).await? } else { 0 };
     let approval = ctx.promise::<i64>().tags([("kind", "approval")]).await?;
     let approved = approval.await?;
     let _ = (started, coin, token);
-    let total = local.await? + called + remote.await? + remote_called + retried + approved;
+    let total = local.await? + called + remote.await? + remote_called + retried + approved + patch;
     Ok((total, audit_id))
 }
 
@@ -105,7 +108,7 @@ fn the_crash_free_result_is_what_the_workflow_computes() {
         tokio::spawn(approver(runtimes[0].clone()));
         runtimes[0].run("all", everything, 1).await.unwrap().await.unwrap()
     });
-    assert_eq!(result, (2 + 4 + 6 + 8 + 2 + 100, "all.9".to_owned()));
+    assert_eq!(result, (2 + 4 + 6 + 8 + 2 + 100 + 10, "all.9".to_owned()));
 }
 
 proptest! {

@@ -34,6 +34,8 @@ pub struct Context {
     deadline: Millis,
     next: u32,
     attempt: u32,
+    /// This attempt began in this execution: nothing was recorded under it before.
+    fresh: bool,
     pub(crate) scope: Arc<Scope>,
 }
 
@@ -44,9 +46,9 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    pub(crate) fn new(inv: Arc<Invocation>, id: String, deadline: Millis, attempt: u32) -> Context {
+    pub(crate) fn new(inv: Arc<Invocation>, id: String, deadline: Millis, attempt: u32, fresh: bool) -> Context {
         let prefix = (attempt > 1).then(|| retry_timer_id(&id, attempt - 1));
-        Context { inv, id, prefix, deadline, next: 0, attempt, scope: Arc::default() }
+        Context { inv, id, prefix, deadline, next: 0, attempt, fresh, scope: Arc::default() }
     }
 
     /// Which attempt of the body this is, from 1: retries count up, replays of the
@@ -62,7 +64,60 @@ impl Context {
 
     fn mint(&mut self) -> String {
         self.next += 1;
-        format!("{}.{}", self.prefix.as_deref().unwrap_or(&self.id), self.next)
+        format!("{}.{}", self.base(), self.next)
+    }
+
+    /// What the ids of this attempt's children start with.
+    fn base(&self) -> &str {
+        self.prefix.as_deref().unwrap_or(&self.id)
+    }
+
+    /// Whether this execution runs the code after patch `name`: true for an execution
+    /// that reaches this point anew, false for a replay of a history recorded before
+    /// the patch was deployed, which went on past this point with the old code.
+    ///
+    /// Change a function that has invocations in flight by putting the new code
+    /// behind a patch and keeping the old:
+    ///
+    /// ```
+    /// # use durable::prelude::*;
+    /// # #[durable::function] async fn notify(_ctx: &mut Context, _order: u64) -> durable::Result<()> { Ok(()) }
+    /// # #[durable::function] async fn ship(_ctx: &mut Context, _order: u64) -> durable::Result<()> { Ok(()) }
+    /// #[durable::function]
+    /// async fn fulfil(ctx: &mut Context, order: u64) -> durable::Result<()> {
+    ///     if ctx.patched("notify-first").await? {
+    ///         ctx.lfc(notify, order).await?; // the new code
+    ///     }
+    ///     ctx.lfc(ship, order).await // what the old code did
+    /// }
+    /// ```
+    ///
+    /// The answer is recorded (a resolved promise `{id}.patched:{name}` that takes no
+    /// call number, so the ids of the calls around it do not move) and replayed, and
+    /// a body asks each patch once: asked again, it answers the same. A history is
+    /// *old* at a patch when it holds the call numbered next after it, settled or
+    /// not. (A call made with a chosen id, [`Call::id`], has no number in its id: a
+    /// history whose only step past the patch is such a call counts as new. It stays
+    /// deterministic, since what the new path calls is checked against the history by
+    /// id, but the new path should make that call too.) Once no invocation in flight takes the old path (the replay check,
+    /// [`Durable::check`](crate::Durable::check), names the patches each one
+    /// takes the old path of), delete the old code and the `patched` call with it:
+    /// the recorded answers then go unread.
+    ///
+    /// A name follows the rules of an id (not empty, no `.`, no control characters);
+    /// a malformed one is [`Error::InvalidId`](crate::Error::InvalidId).
+    #[track_caller]
+    pub fn patched(&mut self, name: &str) -> impl Future<Output = Result<bool>> + Send + 'static {
+        let location = Location::caller();
+        let ask = Patch {
+            inv: self.inv.clone(),
+            marker: format!("{}.patched:{name}", self.base()),
+            next: format!("{}.{}", self.base(), self.next + 1),
+            fresh: self.fresh,
+            name: name.to_owned(),
+        };
+        let span = tracing::debug_span!("call", id = %ask.marker, kind = "patched", replayed = tracing::field::Empty);
+        ask.answer(location).instrument(span)
     }
 
     pub(crate) fn encode_result<T: Serialize>(&self, value: &T) -> Result<String> {
@@ -272,6 +327,58 @@ impl Record {
         let found = self.inv.find_or_create(req, self.location).await?;
         codec::decode(&self.id, &outcome(found.promise())?)
     }
+}
+
+/// A question [`Context::patched`] asks: does this execution run the code after
+/// patch `name`?
+struct Patch {
+    inv: Arc<Invocation>,
+    /// The promise that records a yes: `{base}.patched:{name}`.
+    marker: String,
+    /// The call numbered next: a history that holds it went on past this point.
+    next: String,
+    fresh: bool,
+    name: String,
+}
+
+impl Patch {
+    async fn answer(self, location: &'static Location<'static>) -> Result<bool> {
+        validate_patch(&self.name)?;
+        if let Some(known) = self.inv.patch_answer(&self.marker) {
+            return Ok(known);
+        }
+        let param = Param::Record { what: "patched".into() };
+        if self.inv.replayed(&self.marker, &param, location)?.is_some() {
+            tracing::Span::current().record("replayed", true);
+            return Ok(self.inv.answer_patch(&self.marker, true));
+        }
+        // Not recorded: a history that went on past this point was recorded before
+        // the patch. A fresh attempt has no history, and a settled call would be in
+        // the preload; a pending one only the store knows of.
+        let old = !self.fresh
+            && (self.inv.is_preloaded(&self.next)
+                || self.inv.rt.store.get(&self.next).await.map_err(|e| self.inv.store_fault(e))?.is_some());
+        tracing::Span::current().record("replayed", old);
+        if old {
+            self.inv.old_path(&self.name);
+            return Ok(self.inv.answer_patch(&self.marker, false));
+        }
+        let mut req = CreatePromise::new(self.marker.clone(), param);
+        req.resolved = Some("true".into());
+        // Lost in a crash, it is made again: the history then holds nothing past here
+        // either, unless a later durable write covered it.
+        req.durable = false;
+        self.inv.find_or_create(req, location).await?;
+        Ok(self.inv.answer_patch(&self.marker, true))
+    }
+}
+
+/// A patch's name follows the rules of an id.
+fn validate_patch(name: &str) -> Result<()> {
+    validate_id(name).map_err(|_| crate::Error::InvalidId {
+        id: name.to_owned(),
+        reason: "a patch name may not be empty, contain '.' or control characters, or exceed 1024 bytes",
+    })
 }
 
 mod sealed {

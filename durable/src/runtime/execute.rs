@@ -77,9 +77,11 @@ impl Job {
     async fn attempts(&self, settling: &std::sync::atomic::AtomicBool) -> Option<Outcome> {
         let inv = &self.inv;
         let mut attempt = if self.fresh { 1 } else { self.resume().await.ok()? };
+        // An attempt begun after a failure in this execution has no history either.
+        let mut fresh = self.fresh;
         loop {
             inv.rt.count_run(self.func.name());
-            let mut ctx = Context::new(inv.clone(), self.id.clone(), self.deadline, attempt);
+            let mut ctx = Context::new(inv.clone(), self.id.clone(), self.deadline, attempt, fresh);
             let span = tracing::debug_span!("attempt", id = %self.id, function = self.func.name(), attempt);
             let result = AssertUnwindSafe(self.func.call(&mut ctx, &self.args)).catch_unwind().instrument(span).await;
             ctx.scope.join().await;
@@ -97,6 +99,7 @@ impl Job {
                         tracing::warn!(id = %self.id, attempt, delay_ms = delay.as_millis() as u64, error = %e, "the attempt failed; the next runs after the delay");
                         self.backoff(attempt, delay).await.ok()?;
                         attempt += 1;
+                        fresh = true;
                         continue;
                     }
                     (State::Rejected, Failure::from(&e).encode())

@@ -85,6 +85,10 @@ pub(crate) struct Invocation {
     waiting: Mutex<HashMap<String, usize>>,
     /// Writes so far: the invocation is making progress while this grows.
     progress: AtomicU64,
+    /// The answers of `Context::patched`, by the promise that records a yes.
+    patches: Mutex<HashMap<String, bool>>,
+    /// The patches this execution took the old path of.
+    old_paths: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Marks a promise as awaited for as long as it lives.
@@ -122,7 +126,29 @@ impl Invocation {
             faulted: watch::Sender::new(false),
             waiting: Mutex::new(HashMap::new()),
             progress: AtomicU64::new(0),
+            patches: Mutex::new(HashMap::new()),
+            old_paths: Mutex::new(std::collections::BTreeSet::new()),
         }
+    }
+
+    /// What the patch recorded by `marker` answered in this execution, if it was asked.
+    pub(crate) fn patch_answer(&self, marker: &str) -> Option<bool> {
+        self.patches.lock().unwrap_or_else(|e| e.into_inner()).get(marker).copied()
+    }
+
+    /// Keeps a patch's answer, so that the body gets it again; the first one stands.
+    pub(crate) fn answer_patch(&self, marker: &str, answer: bool) -> bool {
+        *self.patches.lock().unwrap_or_else(|e| e.into_inner()).entry(marker.to_owned()).or_insert(answer)
+    }
+
+    /// Notes that this execution took the old path of patch `name`.
+    pub(crate) fn old_path(&self, name: &str) {
+        self.old_paths.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned());
+    }
+
+    /// The patches this execution took the old path of.
+    pub(crate) fn old_paths(&self) -> Vec<String> {
+        self.old_paths.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 
     /// Marks `id` as awaited until the guard is dropped.
