@@ -852,8 +852,11 @@ pub async fn workers_announce_themselves_and_are_forgotten_a_day_on(store: &dyn 
 /// order past the others, which wait for a worker that has them.
 pub async fn a_claim_takes_only_tasks_of_its_functions(store: &dyn Store) {
     // Names with what a pattern language might read as its own: `_`, `%`, `\`.
-    for (id, func) in [("a", "other_1"), ("b", "mine%_\\1"), ("c", "mine%_\\2"), ("d", "mine%_\\1")] {
-        let mut req = CreatePromise::new(id, Param::call(func, 1, "1".into()));
+    // A version after 1 is part of the function a task needs (`name@version`).
+    let tasks = [("a", "other_1", 1), ("b", "mine%_\\1", 1), ("c", "mine%_\\2", 1), ("d", "mine%_\\1", 1)];
+    let versioned = [("e", "mine%_\\1", 2), ("f", "mine%_\\1", 3)];
+    for (id, func, version) in tasks.into_iter().chain(versioned) {
+        let mut req = CreatePromise::new(id, Param::call(func, version, "1".into()));
         req.task = Some(NewTask::new(Target::any("g")));
         store.create(req).await.expect("create");
     }
@@ -869,5 +872,6 @@ pub async fn a_claim_takes_only_tasks_of_its_functions(store: &dyn Store) {
     let mine = ["mine%_\\1"];
     assert_eq!(ids(store.claim(claim(&mine)).await.expect("claim")), ["b", "d"], "only its functions");
     assert_eq!(ids(store.claim(claim(&mine)).await.expect("claim")), Vec::<String>::new(), "the rest wait");
-    assert_eq!(ids(store.claim(claim(&[])).await.expect("claim")), ["a", "c"], "no list: any function");
+    assert_eq!(ids(store.claim(claim(&["mine%_\\1@2"])).await.expect("claim")), ["e"], "its version only");
+    assert_eq!(ids(store.claim(claim(&[])).await.expect("claim")), ["a", "c", "f"], "no list: any function");
 }

@@ -137,9 +137,10 @@ impl Durable {
                 "cannot run {id}: this Durable was shut down; build a new one (or use rpc, which any worker runs)"
             )));
         }
-        let Some(func) = shared.registry.get(f.name()) else {
+        let key = crate::promise::function_key(f.name(), f.version());
+        let Some(func) = shared.registry.get(key.as_ref()) else {
             return Err(Error::NotRegistered {
-                name: f.name().to_owned(),
+                name: key.into_owned(),
                 where_: Some("this Durable (register it with Builder::register)".into()),
             });
         };
@@ -277,11 +278,23 @@ impl Builder {
         self
     }
 
-    /// Registers a function, so that tasks naming it can run here.
+    /// Registers a function, so that tasks calling it can run here.
+    ///
+    /// Several versions of one function may be registered side by side
+    /// (`#[durable::function(name = "f", version = 2)]` beside the old code, kept
+    /// as version 1): an invocation or remote call runs the version it was started
+    /// with, on a worker that registers that version.
     pub fn register<F: Function>(mut self, f: F) -> Builder {
-        let name = f.name().to_owned();
-        if self.registry.insert(name.clone(), Arc::new(f)).is_some() {
-            self.errors.push(format!("function {name:?} is registered twice"));
+        let (name, version) = (f.name().to_owned(), f.version());
+        if name.contains('@') {
+            self.errors.push(format!("function {name:?}: a name may not contain '@', which comes before a version"));
+        }
+        if version == 0 {
+            self.errors.push(format!("function {name:?}: versions count from 1"));
+        }
+        let key = crate::promise::function_key(&name, version).into_owned();
+        if self.registry.insert(key, Arc::new(f)).is_some() {
+            self.errors.push(format!("function {name:?} version {version} is registered twice"));
         }
         self
     }
@@ -459,7 +472,8 @@ impl<C: Callable> IntoFuture for Rpc<C> {
             check_same_call(&self.id, &created.promise, &param)?;
             Ok(match self.unserved_after {
                 Some(after) => {
-                    Handle::watched(self.id, group, self.f.name().to_owned(), after, self.shared.store.clone())
+                    let function = crate::promise::function_key(self.f.name(), self.f.version()).into_owned();
+                    Handle::watched(self.id, group, function, after, self.shared.store.clone())
                 }
                 None => Handle::stored(self.id, self.shared.store.clone()),
             })
@@ -733,10 +747,10 @@ impl<'a> Promises<'a> {
             if now.saturating_sub(p.created_at) < waited.as_millis() as Millis {
                 continue;
             }
-            let Param::Call { func, .. } = &p.param else { continue };
+            let Some(func) = p.param.function_key() else { continue };
             if let Some(task) = self.store.task(&p.id).await?
                 && task.state == TaskState::Pending
-                && !workers.iter().any(|w| w.serves(&task.target.group, func, now))
+                && !workers.iter().any(|w| w.serves(&task.target.group, &func, now))
             {
                 tracing::warn!(task = %task.id, group = %task.target.group, function = %func, "no live worker of the group runs the function this task calls");
                 unserved.push(task);

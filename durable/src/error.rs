@@ -250,8 +250,11 @@ impl Error {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error(
     "nondeterminism at {id} ({location}): the history recorded {recorded}, but the code now makes {now}; \
-     the task is halted and nothing was settled: deploy code that replays the recorded \
-     history (or give the changed call a new version and id) to resume it"
+     the task is halted and nothing was settled. Deploy code that replays the history: put \
+     the change behind `ctx.patched(name)`, which histories recorded before it answer false, \
+     or register the old code as this version of the function and the changed code as a \
+     higher `version`, which only invocations started on it run. A worker that starts with \
+     other code for the function resumes the task (or resume it by hand: `durable resume`)"
 )]
 pub struct Nondeterminism {
     /// The id of the diverging operation.

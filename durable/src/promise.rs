@@ -80,6 +80,17 @@ impl Param {
         Param::Call { func: func.to_owned(), version, args, digest }
     }
 
+    /// The function a call runs, as workers register it: its name, and for a
+    /// version after 1, `name@version`. A task runs only on a worker that registers
+    /// this key, so an invocation runs the version it started with. `None` for what
+    /// is not a call.
+    pub fn function_key(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            Param::Call { func, version, .. } => Some(function_key(func, *version)),
+            _ => None,
+        }
+    }
+
     /// What replay compares: a name and a digest.
     pub(crate) fn signature(&self) -> (&str, u64) {
         match self {
@@ -89,6 +100,12 @@ impl Param {
             Param::Record { what } => (what, 0),
         }
     }
+}
+
+/// The key of version `version` of function `func`: its name for version 1, else
+/// `name@version`.
+pub(crate) fn function_key(func: &str, version: u32) -> std::borrow::Cow<'_, str> {
+    if version == 1 { func.into() } else { format!("{func}@{version}").into() }
 }
 
 /// FNV-1a, 64 bits: stable across builds and platforms, which `std`'s hasher is not.

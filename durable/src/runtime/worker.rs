@@ -135,15 +135,15 @@ pub(crate) async fn retention(store: Arc<dyn Store>, keep: Duration) {
 /// that has it (a rolling deploy may not have reached this one yet): never rejected,
 /// it waits with backoff (1 s doubling to a minute) and the error on the task says why.
 fn start(rt: Arc<Shared>, fence: Fence, faults: u32, root: Promise, preload: Vec<Promise>) {
-    let Param::Call { func, .. } = &root.param else {
+    let Some(func) = root.param.function_key() else {
         // Only calls have tasks.
         return;
     };
-    match rt.registry.get(func).cloned() {
+    match rt.registry.get(func.as_ref()).cloned() {
         Some(f) => spawn(rt, fence, root, preload, f, false),
         None => {
             let error = Error::NotRegistered {
-                name: func.clone(),
+                name: func.clone().into_owned(),
                 where_: Some(format!("group {:?} (worker {:?})", rt.group, rt.pid)),
             };
             let delay = backoff().delay(faults + 1).unwrap_or_default().as_millis() as Millis;

@@ -261,8 +261,9 @@ pub struct Claim {
     pub ttl: Millis,
     /// At most this many.
     pub max: usize,
-    /// Only tasks of calls of these functions (by registered name), so that a task
-    /// waits for a worker that can run it; empty: any.
+    /// Only tasks of calls of these functions (by [`Param::function_key`]: the name,
+    /// `name@version` after version 1), so that a task waits for a worker that can
+    /// run it; empty: any.
     pub functions: Vec<String>,
 }
 
@@ -335,14 +336,15 @@ pub struct Worker {
     pub pid: String,
     /// The process it runs in.
     pub process: String,
-    /// The functions it runs, by registered name.
+    /// The functions it runs, by [`Param::function_key`].
     pub functions: Vec<String>,
     /// Live until then (store time, ms), unless it announces itself again.
     pub live_until: Millis,
 }
 
 impl Worker {
-    /// Whether it is live at `now`, in `group`, and runs `function`.
+    /// Whether it is live at `now`, in `group`, and runs `function` (a
+    /// [`Param::function_key`]).
     pub fn serves(&self, group: &str, function: &str, now: Millis) -> bool {
         self.live_until > now && self.group == group && self.functions.iter().any(|f| f == function)
     }

@@ -507,7 +507,7 @@ impl Core {
         // A task of a function the worker lacks is left for one that has it.
         let runs = |p: Option<&Promise>| match p.map(|p| &p.param) {
             _ if c.functions.is_empty() => true,
-            Some(Param::Call { func, .. }) => c.functions.contains(func),
+            Some(p @ Param::Call { .. }) => p.function_key().is_some_and(|key| c.functions.iter().any(|f| *f == key)),
             _ => false,
         };
         while out.len() < c.max {
@@ -640,8 +640,10 @@ impl Core {
                 None => true,
                 // Nondeterminism: resumed only by other code for its function.
                 Some(halted) => match self.promises.get(&t.id).map(|p| &p.param) {
-                    Some(Param::Call { func, .. }) => code.get(func).is_some_and(|now| *now != halted),
-                    _ => false,
+                    Some(p) => {
+                        p.function_key().and_then(|key| code.get(key.as_ref())).is_some_and(|now| *now != halted)
+                    }
+                    None => false,
                 },
             })
             .map(|t| t.id.clone())

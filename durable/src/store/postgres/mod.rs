@@ -28,7 +28,7 @@ use super::{
 use crate::StoreError;
 use crate::promise::{Fence, Millis, NEVER, Promise, State, Task, TaskState, is_invocation, is_root};
 
-const SCHEMA_VERSION: i32 = 4;
+const SCHEMA_VERSION: i32 = 5;
 
 // The statements of the hot paths, prepared once per connection.
 const CLOCK: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
@@ -59,16 +59,28 @@ const UPSERT_PROMISES: &str = "INSERT INTO promises (id, state, timer, timeout_a
        AS u(id, state, timer, timeout_at, tags, data, settled_at, invoked_at)
      ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, timeout_at = EXCLUDED.timeout_at, data = EXCLUDED.data,
        settled_at = EXCLUDED.settled_at";
-const UPSERT_TASKS: &str = "INSERT INTO tasks (id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, awaiting, data, func)
+/// The function key of the call promise `p` stands for (`Param::function_key`): its
+/// name, and `@version` after version 1.
+macro_rules! function_key {
+    () => {
+        "CASE WHEN coalesce((p.data::jsonb #>> '{param,version}')::int, 1) = 1 THEN p.data::jsonb #>> '{param,func}'
+         ELSE (p.data::jsonb #>> '{param,func}') || '@' || (p.data::jsonb #>> '{param,version}') END"
+    };
+}
+const UPSERT_TASKS: &str = concat!(
+    "INSERT INTO tasks (id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, awaiting, data, func)
      SELECT id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version,
        ARRAY(SELECT jsonb_array_elements_text(data::jsonb -> 'awaiting')), data,
-       (SELECT p.data::jsonb #>> '{param,func}' FROM promises p WHERE p.id = u.id)
+       (SELECT ",
+    function_key!(),
+    " FROM promises p WHERE p.id = u.id)
      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::int8[], $7::int8[], $8::int8[],
                  $9::text[], $10::int8[], $11::text[])
        AS u(id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, data)
      ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, ready_at = EXCLUDED.ready_at,
        lease_until = EXCLUDED.lease_until, process = EXCLUDED.process, version = EXCLUDED.version,
-       awaiting = EXCLUDED.awaiting, data = EXCLUDED.data";
+       awaiting = EXCLUDED.awaiting, data = EXCLUDED.data"
+);
 const NOTIFY_SETTLED: &str = "SELECT pg_notify($1, 's:' || id) FROM unnest($2::text[]) AS id";
 const NOTIFY_READY: &str = "SELECT pg_notify($1, 'r')";
 const GET_PROMISE: &str = "SELECT data FROM promises WHERE id = $1";
@@ -179,6 +191,14 @@ UPDATE promises SET invoked_at = (data::jsonb ->> 'created_at')::bigint
     WHERE (strpos(id, '.') = 0 OR tags ? 'durable:detached') AND data::jsonb #>> '{param,kind}' = 'call';
 CREATE INDEX IF NOT EXISTS promises_invocations ON promises (invoked_at DESC, id) WHERE invoked_at IS NOT NULL;
 "#;
+
+/// Version 5: a task's function names its version after version 1 (`name@2`), so
+/// that a claim takes it only for a worker that registers that version.
+const MIGRATION_5: &str = concat!(
+    "UPDATE tasks t SET func = ",
+    function_key!(),
+    " FROM promises p WHERE p.id = t.id AND coalesce((p.data::jsonb #>> '{param,version}')::int, 1) <> 1"
+);
 
 const ANNOUNCE: &str = "INSERT INTO workers (grp, pid, process, functions, live_until) VALUES ($1, $2, $3, $4, $5)
      ON CONFLICT (grp, pid) DO UPDATE
@@ -321,7 +341,9 @@ async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<()
         Some(SCHEMA_VERSION) => {}
         version => {
             let version = version.unwrap_or(0);
-            for (to, migration) in [(1, MIGRATION_1), (2, MIGRATION_2), (3, MIGRATION_3), (4, MIGRATION_4)] {
+            for (to, migration) in
+                [(1, MIGRATION_1), (2, MIGRATION_2), (3, MIGRATION_3), (4, MIGRATION_4), (5, MIGRATION_5)]
+            {
                 if version < to {
                     tx.batch_execute(migration).await.map_err(StoreError::backend)?;
                 }
