@@ -346,6 +346,18 @@ impl Builder {
         self
     }
 
+    /// The replay check of these functions ([`Checker`]), instead of a runtime: it
+    /// needs no store and starts nothing, so it may be built from the service's own
+    /// registrations without taking any task.
+    ///
+    /// [`Checker`]: crate::Checker
+    pub fn checker(self) -> Result<crate::Checker> {
+        if !self.errors.is_empty() {
+            return Err(Error::Runtime(format!("cannot build the checker: {}", self.errors.join("; "))));
+        }
+        Ok(crate::Checker::new(self.registry, self.max_payload))
+    }
+
     /// Builds the runtime and starts it. Must be called within a tokio runtime.
     pub fn build(mut self) -> Result<Durable> {
         if self.store.is_none() {
@@ -388,6 +400,7 @@ impl Builder {
             runs: Mutex::new(BTreeMap::new()),
             running: Mutex::new(HashMap::new()),
             stopped: watch::Sender::new(false),
+            checking: false,
         });
         let background = tokio::spawn(crate::runtime::worker::background(shared.clone())).abort_handle();
         let retention = self
@@ -561,7 +574,7 @@ impl Node {
 /// ```
 #[derive(Debug)]
 pub struct Promises<'a> {
-    store: &'a dyn Store,
+    pub(crate) store: &'a dyn Store,
     max_payload: usize,
 }
 

@@ -47,6 +47,12 @@ impl Job {
     /// stopped it: then nothing was settled.
     pub(crate) async fn run(self) -> Option<Outcome> {
         let store = self.inv.rt.store.clone();
+        if self.inv.rt.checking && !self.recorded_under().await {
+            // A replay check runs only bodies that replay something: this one would
+            // run anew, with whatever effects its code has.
+            self.inv.fail(crate::runtime::invocation::Fault::Frontier);
+            return None;
+        }
         let id = self.id.clone();
         // Set once an attempt settles the promise itself: from then on the outcome is
         // the one its settle returns, after the store made it durable. A store shows a
@@ -110,6 +116,12 @@ impl Job {
             let settled = inv.settle(req).await.ok()?;
             return Some(outcome(&settled));
         }
+    }
+
+    /// Whether the history holds anything under this promise.
+    async fn recorded_under(&self) -> bool {
+        let search = crate::store::Search { prefix: format!("{}.", self.id), limit: 1, ..Default::default() };
+        self.inv.rt.store.search(search).await.is_ok_and(|page| !page.promises.is_empty())
     }
 
     /// The id of the timer that waits after failed attempt `attempt`.

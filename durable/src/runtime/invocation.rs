@@ -28,6 +28,9 @@ pub(crate) enum Fault {
     Nondeterminism(Nondeterminism),
     /// The store failed, or a result did not encode: released, retried with backoff.
     Platform(String),
+    /// A replay check reached the end of the recorded history: it stops, having
+    /// written nothing.
+    Frontier,
 }
 
 impl Fault {
@@ -37,6 +40,7 @@ impl Fault {
             Fault::Nondeterminism(n) => Error::Nondeterminism(Box::new(n.clone())),
             Fault::Fenced => Error::Halted { id: task.to_owned(), reason: "the lease was lost".into() },
             Fault::Platform(reason) => Error::Halted { id: task.to_owned(), reason: reason.clone() },
+            Fault::Frontier => Error::Halted { id: task.to_owned(), reason: "the replay check stopped".into() },
         }
     }
 
@@ -46,6 +50,7 @@ impl Fault {
             Fault::Nondeterminism(n) => Failure::Nondeterminism(n.clone()).encode(),
             Fault::Fenced => Failure::Other { message: "the lease was lost".into() }.encode(),
             Fault::Platform(reason) => Failure::Other { message: reason.clone() }.encode(),
+            Fault::Frontier => Failure::Other { message: "the replay check stopped".into() }.encode(),
         }
     }
 }
@@ -294,6 +299,7 @@ impl Invocation {
     pub(crate) fn store_fault(&self, e: StoreError) -> Error {
         match e {
             StoreError::Fenced { .. } => self.fail(Fault::Fenced),
+            e if crate::runtime::replay::is_frontier(&e) => self.fail(Fault::Frontier),
             e => self.fail(Fault::Platform(e.to_string())),
         }
     }

@@ -8,6 +8,7 @@ pub(crate) mod execute;
 pub(crate) mod function;
 pub(crate) mod handle;
 pub(crate) mod invocation;
+pub(crate) mod replay;
 pub(crate) mod shared;
 pub(crate) mod wait;
 pub(crate) mod worker;

@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     /// lost lease, a suspension) while its old execution is still winding down.
     pub(crate) running: Mutex<HashMap<Fence, AbortHandle>>,
     pub(crate) stopped: watch::Sender<bool>,
+    /// A replay check's runtime: a body runs only over a history recorded under it.
+    pub(crate) checking: bool,
 }
 
 impl Shared {

@@ -222,6 +222,8 @@ fn backoff() -> Retry {
 /// of its function's code in this build.
 async fn after_fault(rt: &Shared, fence: &Fence, fault: Fault, code: u64) {
     let how = match &fault {
+        // Only a replay check reaches a frontier, and it holds no task.
+        Fault::Frontier => return,
         Fault::Fenced => {
             tracing::warn!(task = %fence.task, "the lease was lost: another worker holds the task now; this execution stops");
             return;

@@ -1,0 +1,304 @@
+//! Histories of invocations, as files, and the replay check that runs them against
+//! the functions of a build before it is deployed.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::promise::{NEVER, Promise, State};
+use crate::runtime::function::Erased;
+use crate::runtime::invocation::Fault;
+use crate::store::{CreatePromise, Invocations, NewTask, SettlePromise};
+use crate::{Error, Nondeterminism, Promises, Result, Store, StoreError, Target};
+
+/// The format of a [`History`] this build writes and reads.
+pub const HISTORY_FORMAT: u32 = 1;
+
+/// Everything one invocation recorded: its promise and every promise under it, those
+/// its bodies created with a chosen id included, each with the target of its task
+/// if it has one. As JSON ([`History::to_json`]) it is a file to check into a
+/// repository as a test fixture of the replay check ([`Checker`]), or to
+/// [`import`](Promises::import) into another store.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use durable::prelude::*;
+/// # use durable::History;
+/// #[durable::function]
+/// async fn double(_ctx: &mut Context, x: i64) -> durable::Result<i64> {
+///     Ok(2 * x)
+/// }
+///
+/// #[durable::function]
+/// async fn quadruple(ctx: &mut Context, x: i64) -> durable::Result<i64> {
+///     let twice = ctx.lfc(double, x).await?;
+///     ctx.lfc(double, twice).await
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> durable::Result<()> {
+/// let durable = Durable::builder().store(Arc::new(MemoryStore::new())).register(quadruple).build()?;
+/// durable.run("q-1", quadruple, 5).await?.await?;
+///
+/// let json = durable.promises().history("q-1").await?.to_json();
+/// let history = History::from_json(&json)?;
+/// assert_eq!(history.promises.len(), 3, "the invocation and its two calls");
+///
+/// // The replay check: does this build replay it?
+/// let checker = Durable::builder().register(quadruple).checker()?;
+/// let checked = checker.check(&history).await;
+/// assert!(checked.is_ok(), "{checked}");
+/// assert_eq!(checked.replayed, 3);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// [`HISTORY_FORMAT`].
+    pub format: u32,
+    /// The invocation's id.
+    pub id: String,
+    /// Its promises, the invocation's first, every parent before its children.
+    pub promises: Vec<Recorded>,
+}
+
+/// One promise of a [`History`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recorded {
+    /// The promise as it was stored.
+    pub promise: Promise,
+    /// Where its task was routed, if it had one (an invocation, a remote call).
+    pub target: Option<Target>,
+}
+
+impl History {
+    /// The history as pretty-printed JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a history is plain data")
+    }
+
+    /// Reads a history written by [`History::to_json`]; an error says what is wrong
+    /// and where (line and column).
+    pub fn from_json(json: &str) -> Result<History> {
+        let bad = |message: String| Error::Codec { id: "history".into(), what: "read a history".into(), message };
+        let history: History = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+        if history.format != HISTORY_FORMAT {
+            return Err(bad(format!("it has format {}; this build reads format {HISTORY_FORMAT}", history.format)));
+        }
+        match history.promises.first() {
+            Some(first) if first.promise.id == history.id => Ok(history),
+            _ => Err(bad(format!("its first promise is not the invocation {:?}", history.id))),
+        }
+    }
+
+    /// The invocation's promise.
+    pub fn root(&self) -> &Promise {
+        &self.promises[0].promise
+    }
+}
+
+impl Promises<'_> {
+    /// The history of invocation `id`, to keep as a file ([`History::to_json`]).
+    /// [`Error::Store`] with `NotFound` if there is no such promise. Reads the whole
+    /// tree, as [`Promises::tree`] does.
+    pub async fn history(&self, id: &str) -> Result<History> {
+        let Some(root) = self.tree(id).await? else {
+            return Err(StoreError::NotFound { what: "promise", id: id.to_owned() }.into());
+        };
+        let mut promises = Vec::new();
+        let mut stack = vec![root];
+        while let Some(node) = stack.pop() {
+            promises.push(Recorded { promise: node.promise, target: node.task.map(|t| t.target) });
+            stack.extend(node.children.into_iter().rev());
+        }
+        Ok(History { format: HISTORY_FORMAT, id: id.to_owned(), promises })
+    }
+
+    /// Writes a history into this store, to go on there: every promise as it was
+    /// recorded, a pending one with a task routed as its was (a worker then takes
+    /// it over and replays it). Deadlines count afresh from the import. Refused with
+    /// [`Error::Conflict`], at the first promise the store already has.
+    pub async fn import(&self, history: &History) -> Result<()> {
+        for Recorded { promise: p, target } in &history.promises {
+            let mut req = CreatePromise::new(p.id.clone(), p.param.clone());
+            req.tags = p.tags.clone();
+            if p.timeout_at != NEVER {
+                req.timeout = Some(p.timeout_at.saturating_sub(p.created_at));
+            }
+            match (p.state, target) {
+                (State::Resolved, _) => req.resolved = p.value.clone(),
+                (State::Pending, Some(target)) => req.task = Some(NewTask::new(target.clone())),
+                _ => {}
+            }
+            let created = self.store.create(req).await?;
+            if !created.new {
+                let reason = "is in this store already: an import writes only new promises".into();
+                return Err(Error::Conflict { id: p.id.clone(), reason });
+            }
+            if p.state.is_settled() && p.state != State::Resolved {
+                let value = p.value.clone().unwrap_or_default();
+                let settle =
+                    SettlePromise { id: p.id.clone(), state: p.state, value, ikey: None, strict: false, fence: None };
+                self.store.settle(settle).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The replay check: replays recorded histories against the functions of this build,
+/// writing nothing, and reports every one that would diverge. Made with
+/// [`Builder::checker`](crate::Builder::checker) from the same registrations as the
+/// service's runtime.
+///
+/// A replay runs each body over its history as a replay after a crash would: the
+/// code between durable calls runs, and each call is compared with what was recorded
+/// (by function, arguments and id). It stops where a real execution would go on with
+/// new work: a call the history does not hold, an await of a promise still pending
+/// there, or a body's end. A body with nothing recorded under it is not run at all.
+/// So nothing is written, and no new call is made; what a body does outside durable
+/// calls runs as it does in any replay. The first stop ends the check of that
+/// invocation: in a body that runs local calls concurrently (`lfi`), a branch that
+/// had not reached its own stop by then goes unchecked past that point.
+pub struct Checker {
+    registry: HashMap<String, Arc<dyn Erased>>,
+    max_payload: usize,
+}
+
+impl fmt::Debug for Checker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checker").field("functions", &self.registry.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+/// What the replay check found for one invocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    /// The invocation.
+    pub id: String,
+    /// Its function, by [`Param::function_key`](crate::Param::function_key).
+    pub function: String,
+    /// The promises in its history.
+    pub recorded: usize,
+    /// How many of them the replay reached.
+    pub replayed: usize,
+    /// The patches ([`Context::patched`](crate::Context::patched)) whose old path it
+    /// took: while any invocation in flight does, keep that code.
+    pub old_paths: Vec<String>,
+    /// The verdict.
+    pub verdict: Verdict,
+}
+
+/// The verdict of the replay check on one invocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The build replays what was recorded, as far as the history goes.
+    Replays,
+    /// The build does something else than what was recorded: deployed, it would halt
+    /// the invocation.
+    Diverges(Nondeterminism),
+    /// This build does not register the function (it runs elsewhere): not checked.
+    NotRegistered,
+    /// The replay stopped on something else (a payload that does not decode).
+    Failed(String),
+}
+
+impl Checked {
+    /// Whether deploying the build is safe for this invocation: it replays, or it is
+    /// not this build's to run.
+    pub fn is_ok(&self) -> bool {
+        matches!(self.verdict, Verdict::Replays | Verdict::NotRegistered)
+    }
+}
+
+impl fmt::Display for Checked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): ", self.id, self.function)?;
+        match &self.verdict {
+            Verdict::Replays => {
+                write!(f, "replays ({} of {} recorded promises reached)", self.replayed, self.recorded)?
+            }
+            Verdict::Diverges(n) => write!(
+                f,
+                "diverges at {} ({}): the history recorded {}, but the code now makes {}",
+                n.id, n.location, n.recorded, n.now
+            )?,
+            Verdict::NotRegistered => write!(f, "not checked: this build does not register {}", self.function)?,
+            Verdict::Failed(reason) => write!(f, "the replay failed: {reason}")?,
+        }
+        if !self.old_paths.is_empty() {
+            write!(f, "; takes the old path of patch {}", self.old_paths.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+impl Checker {
+    pub(crate) fn new(registry: HashMap<String, Arc<dyn Erased>>, max_payload: usize) -> Checker {
+        Checker { registry, max_payload }
+    }
+
+    /// Replays one history.
+    pub async fn check(&self, history: &History) -> Checked {
+        let root = history.root();
+        let function = root.param.function_key().map_or_else(|| root.param.what().to_owned(), |k| k.into_owned());
+        let mut checked = Checked {
+            id: history.id.clone(),
+            function,
+            recorded: history.promises.len(),
+            replayed: 0,
+            old_paths: Vec::new(),
+            verdict: Verdict::NotRegistered,
+        };
+        let Some(func) = self.registry.get(&checked.function).cloned() else { return checked };
+        let promises = history.promises.iter().map(|r| r.promise.clone()).collect();
+        let replayed = crate::runtime::replay::replay(func, root, promises, self.max_payload).await;
+        checked.replayed = replayed.reached;
+        checked.old_paths = replayed.old_paths;
+        checked.verdict = match replayed.fault {
+            None | Some(Fault::Frontier) => Verdict::Replays,
+            Some(Fault::Nondeterminism(n)) => Verdict::Diverges(n),
+            Some(fault) => Verdict::Failed(fault.error(&history.id).to_string()),
+        };
+        checked
+    }
+
+    /// Replays, from a store, every invocation in flight and the `finished` newest
+    /// finished ones. Reads each whole; writes nothing.
+    pub async fn check_store(&self, store: &dyn Store, finished: usize) -> Result<Vec<Checked>> {
+        let mut ids = Vec::new();
+        let listed = |state: State, limit: usize| {
+            let query = Invocations { state: Some(state), limit: limit.clamp(1, 1000), ..Invocations::default() };
+            async move {
+                let mut found = Vec::new();
+                let mut query = query;
+                loop {
+                    let page = store.invocations(query.clone()).await?;
+                    found.extend(page.invocations.into_iter().map(|i| (i.promise.created_at, i.promise.id)));
+                    match page.cursor {
+                        Some(cursor) if found.len() < limit => query.cursor = Some(cursor),
+                        _ => return Ok::<_, Error>(found),
+                    }
+                }
+            }
+        };
+        ids.extend(listed(State::Pending, usize::MAX).await?.into_iter().map(|(_, id)| id));
+        if finished > 0 {
+            let mut done = listed(State::Resolved, finished).await?;
+            done.extend(listed(State::Rejected, finished).await?);
+            done.sort_by(|a, b| b.cmp(a));
+            ids.extend(done.into_iter().take(finished).map(|(_, id)| id));
+        }
+        let promises = Promises::new(store);
+        let mut checked = Vec::new();
+        for id in ids {
+            match promises.history(&id).await {
+                Ok(history) => checked.push(self.check(&history).await),
+                // Purged between the listing and the read.
+                Err(Error::Store(StoreError::NotFound { .. })) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(checked)
+    }
+}
