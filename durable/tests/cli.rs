@@ -1,5 +1,6 @@
 //! The `durable` command line: on a sled store a service left (the listing, the tree,
-//! a promise as JSON, the promises waiting for a person, resolving one, clear errors,
+//! a promise as JSON, the promises waiting for a person, a history exported and
+//! imported into another store, resolving one, clear errors,
 //! and a store in use), and on PostgreSQL beside a live worker (a halted invocation
 //! fixed and resumed). Reads `DURABLE_POSTGRES_URL`; under `CI=true` an unreachable
 //! server fails the test.
@@ -74,6 +75,22 @@ fn the_command_line_shows_and_steers_what_a_service_left() {
 
     let external = stdout(&durable(dir.path(), &["external"]));
     assert!(external.starts_with("approval-7  promise  pending"), "{external}");
+
+    // Its history goes to a file, and from there into another store.
+    let file = dir.path().join("order-7.json");
+    stdout(&durable(dir.path(), &["export", "order-7", "--out", file.to_str().unwrap()]));
+    let history = durable::History::from_json(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let ids: Vec<&str> = history.promises.iter().map(|r| r.promise.id.as_str()).collect();
+    assert_eq!(ids, ["order-7", "order-7.1", "approval-7"], "the invocation, its call, its chosen-id promise");
+    let elsewhere = tempfile::tempdir().expect("a directory");
+    let imported = stdout(&durable(elsewhere.path(), &["import", file.to_str().unwrap()]));
+    assert!(imported.starts_with("imported order-7 (3 promises)"), "{imported}");
+    assert_eq!(stdout(&durable(elsewhere.path(), &["tree", "order-7"])).lines().count(), 3);
+    let twice = durable(elsewhere.path(), &["import", file.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("is in this store already"), "{twice:?}");
+    std::fs::write(&file, "{}").unwrap();
+    let malformed = durable(elsewhere.path(), &["import", file.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&malformed.stderr).contains("order-7.json: "), "{malformed:?}");
 
     let resolved = stdout(&durable(dir.path(), &["resolve", "approval-7", "true"]));
     assert!(resolved.starts_with("approval-7  promise  resolved  = true"), "{resolved}");

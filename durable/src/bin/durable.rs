@@ -89,6 +89,17 @@ enum Command {
     Resume { id: String },
     /// Runs a finished or halted invocation again from the top under a new id.
     Restart { id: String, new_id: String },
+    /// Writes an invocation's history as JSON: a fixture for the replay check
+    /// (`Checker`, in a build that has the functions), or a file to import.
+    Export {
+        id: String,
+        /// The file to write (default: standard output).
+        #[arg(long, short)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Writes a history exported elsewhere into this store, where a worker takes it
+    /// over.
+    Import { file: std::path::PathBuf },
 }
 
 /// The states `ls --state` takes.
@@ -198,6 +209,27 @@ async fn run(cli: &Cli) -> Result<(), String> {
             }
         },
         Command::Restart { id, new_id } => out.promise(&promises.restart(id, new_id).await.map_err(e)?),
+        Command::Export { id, out: file } => {
+            let json = promises.history(id).await.map_err(e)?.to_json();
+            match file {
+                Some(path) => {
+                    std::fs::write(path, json + "\n").map_err(|err| format!("cannot write {}: {err}", path.display()))
+                }
+                None => {
+                    println!("{json}");
+                    Ok(())
+                }
+            }
+        }
+        Command::Import { file } => {
+            let json = std::fs::read_to_string(file).map_err(|err| format!("cannot read {}: {err}", file.display()))?;
+            let history = durable::History::from_json(&json).map_err(|err| format!("{}: {err}", file.display()))?;
+            promises.import(&history).await.map_err(e)?;
+            if !out.json {
+                println!("imported {} ({} promises)", history.id, history.promises.len());
+            }
+            out.promise(history.root())
+        }
     }
 }
 
