@@ -48,8 +48,8 @@ pub const HISTORY_FORMAT: u32 = 1;
 /// // The replay check: does this build replay it?
 /// let checker = Durable::builder().register(quadruple).checker()?;
 /// let checked = checker.check(&history).await;
-/// assert!(checked.is_ok(), "{checked}");
-/// assert_eq!(checked.replayed, 3);
+/// assert!(checked[0].is_ok(), "{}", checked[0]);
+/// assert_eq!(checked[0].replayed, 3);
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,11 +174,12 @@ impl fmt::Debug for Checker {
 /// What the replay check found for one invocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checked {
-    /// The invocation.
+    /// The invocation, or a remote call in it: a task, whose body replays.
     pub id: String,
     /// Its function, by [`Param::function_key`](crate::Param::function_key).
     pub function: String,
-    /// The promises in its history.
+    /// The promises its body recorded: itself and those under its id, except what
+    /// the bodies of remote calls under it recorded (each checked on its own).
     pub recorded: usize,
     /// How many of them the replay reached.
     pub replayed: usize,
@@ -238,33 +239,64 @@ impl Checker {
         Checker { registry, max_payload }
     }
 
-    /// Replays one history.
-    pub async fn check(&self, history: &History) -> Checked {
-        let root = history.root();
-        let function = root.param.function_key().map_or_else(|| root.param.what().to_owned(), |k| k.into_owned());
-        let mut checked = Checked {
-            id: history.id.clone(),
-            function,
-            recorded: history.promises.len(),
-            replayed: 0,
-            old_paths: Vec::new(),
-            verdict: Verdict::NotRegistered,
+    /// Replays one history: the invocation's body, and the body of each remote call
+    /// in it (each a task with a history of its own), the invocation's first.
+    pub async fn check(&self, history: &History) -> Vec<Checked> {
+        let tasks: Vec<&Promise> = history
+            .promises
+            .iter()
+            .filter(|r| r.promise.id == history.id || r.target.is_some())
+            .map(|r| &r.promise)
+            .filter(|p| p.param.function_key().is_some())
+            .collect();
+        // Each promise is its nearest task's to replay.
+        let owner = |id: &str| -> Option<String> {
+            tasks
+                .iter()
+                .map(|t| t.id.as_str())
+                .filter(|t| id.starts_with(&format!("{t}.")))
+                .max_by_key(|t| t.len())
+                .map(str::to_owned)
         };
-        let Some(func) = self.registry.get(&checked.function).cloned() else { return checked };
-        let promises = history.promises.iter().map(|r| r.promise.clone()).collect();
-        let replayed = crate::runtime::replay::replay(func, root, promises, self.max_payload).await;
-        checked.replayed = replayed.reached;
-        checked.old_paths = replayed.old_paths;
-        checked.verdict = match replayed.fault {
-            None | Some(Fault::Frontier) => Verdict::Replays,
-            Some(Fault::Nondeterminism(n)) => Verdict::Diverges(n),
-            Some(fault) => Verdict::Failed(fault.error(&history.id).to_string()),
+        let owned = |task: &str| -> std::collections::BTreeSet<String> {
+            history
+                .promises
+                .iter()
+                .map(|r| r.promise.id.clone())
+                .filter(|id| id == task || owner(id).as_deref() == Some(task))
+                .collect()
         };
-        checked
+        let promises: Vec<Promise> = history.promises.iter().map(|r| r.promise.clone()).collect();
+        let mut out = Vec::new();
+        for task in &tasks {
+            let function = task.param.function_key().map(|k| k.into_owned()).unwrap_or_default();
+            let mine = owned(&task.id);
+            let mut checked = Checked {
+                id: task.id.clone(),
+                function,
+                recorded: mine.len(),
+                replayed: 0,
+                old_paths: Vec::new(),
+                verdict: Verdict::NotRegistered,
+            };
+            if let Some(func) = self.registry.get(&checked.function).cloned() {
+                let replayed = crate::runtime::replay::replay(func, task, promises.clone(), self.max_payload).await;
+                checked.replayed = replayed.reached.intersection(&mine).count();
+                checked.old_paths = replayed.old_paths;
+                checked.verdict = match replayed.fault {
+                    None | Some(Fault::Frontier) => Verdict::Replays,
+                    Some(Fault::Nondeterminism(n)) => Verdict::Diverges(n),
+                    Some(fault) => Verdict::Failed(fault.error(&task.id).to_string()),
+                };
+            }
+            out.push(checked);
+        }
+        out
     }
 
     /// Replays, from a store, every invocation in flight and the `finished` newest
-    /// finished ones. Reads each whole; writes nothing.
+    /// finished ones, each with its remote calls ([`Checker::check`]). Reads each
+    /// whole; writes nothing.
     pub async fn check_store(&self, store: &dyn Store, finished: usize) -> Result<Vec<Checked>> {
         let mut ids = Vec::new();
         let listed = |state: State, limit: usize| {
@@ -293,7 +325,7 @@ impl Checker {
         let mut checked = Vec::new();
         for id in ids {
             match promises.history(&id).await {
-                Ok(history) => checked.push(self.check(&history).await),
+                Ok(history) => checked.extend(self.check(&history).await),
                 // Purged between the listing and the read.
                 Err(Error::Store(StoreError::NotFound { .. })) => {}
                 Err(e) => return Err(e),

@@ -64,9 +64,9 @@ impl HistoryStore {
         HistoryStore { promises, now, reached, ready: tokio::sync::watch::Sender::new(0) }
     }
 
-    /// How many recorded promises the replay asked for.
-    pub(crate) fn reached(&self) -> usize {
-        self.reached.lock().unwrap_or_else(|e| e.into_inner()).len()
+    /// The recorded promises the replay asked for.
+    pub(crate) fn reached(&self) -> BTreeSet<String> {
+        self.reached.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn look(&self, id: &str) -> Option<Promise> {
@@ -183,8 +183,8 @@ impl Store for HistoryStore {
 pub(crate) struct Replayed {
     /// Why it stopped: the frontier, a nondeterminism, or another fault.
     pub(crate) fault: Option<crate::runtime::invocation::Fault>,
-    /// How many recorded promises the replay asked for, the root's included.
-    pub(crate) reached: usize,
+    /// The recorded promises the replay asked for, the root included.
+    pub(crate) reached: BTreeSet<String>,
     /// The patches it took the old path of.
     pub(crate) old_paths: Vec<String>,
 }
@@ -224,7 +224,7 @@ pub(crate) async fn replay(
     let fence = Fence { task: root.id.clone(), version: 0 };
     let inv = Arc::new(Invocation::new(shared, fence, Vec::new()));
     let crate::promise::Param::Call { args, .. } = &root.param else {
-        return Replayed { fault: None, reached: 0, old_paths: Vec::new() };
+        return Replayed { fault: None, reached: BTreeSet::new(), old_paths: Vec::new() };
     };
     let job = Job {
         inv: inv.clone(),
