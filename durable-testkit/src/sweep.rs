@@ -118,6 +118,7 @@ pub struct Sweep<F: Function> {
     workers: Workers,
     outside: Option<Outside>,
     stores: Stores,
+    start: Option<durable::History>,
     patience: Duration,
 }
 
@@ -204,6 +205,7 @@ where
             }),
             outside: None,
             stores: Arc::new(|| Arc::new(MemoryStore::new()) as Arc<dyn Store>),
+            start: None,
             patience: Duration::from_secs(7 * 24 * 3600),
         }
     }
@@ -229,6 +231,15 @@ where
     /// The store each run starts from (default: an empty [`MemoryStore`]).
     pub fn store(mut self, store: impl Fn() -> Arc<dyn Store> + Send + Sync + 'static) -> Self {
         self.stores = Arc::new(store);
+        self
+    }
+
+    /// Starts every run from a store holding this history of the invocation (one
+    /// recorded by older code and half done, say, exported with
+    /// [`Promises::history`](durable::Promises::history)): the sweep then shows that
+    /// the current code takes it over and finishes it through a crash at every point.
+    pub fn history(mut self, history: durable::History) -> Self {
+        self.start = Some(history);
         self
     }
 
@@ -307,6 +318,12 @@ where
     async fn execute(&self, schedule: &[CrashPoint]) -> Result<Finished<F::Output>, Failure> {
         let fail = |problem: String| Failure { schedule: schedule.to_vec(), write: None, problem };
         let store = (self.stores)();
+        if let Some(start) = &self.start {
+            durable::Promises::new(&*store)
+                .import(start)
+                .await
+                .map_err(|e| fail(format!("the history does not import: {e}")))?;
+        }
         let history = Arc::new(History::default());
         let mut body_runs = BTreeMap::new();
         let mut log = Vec::new();
