@@ -163,7 +163,7 @@ async fn bad_ids_and_builders_are_clear_errors() {
 
     let error = Durable::builder().register(echo).register(echo).build().unwrap_err();
     let message = error.to_string();
-    assert!(message.contains("no store") && message.contains("\"echo\" is registered twice"), "{message}");
+    assert!(message.contains("no store") && message.contains("\"echo\" version 1 is registered twice"), "{message}");
     let _ = Arc::clone(&store);
 }
 
