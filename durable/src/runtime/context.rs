@@ -99,10 +99,10 @@ impl Context {
     /// not. (A call made with a chosen id, [`Call::id`], has no number in its id: a
     /// history whose only step past the patch is such a call counts as new. It stays
     /// deterministic, since what the new path calls is checked against the history by
-    /// id, but the new path should make that call too.) Once no invocation in flight takes the old path (the replay check,
-    /// [`Durable::check`](crate::Durable::check), names the patches each one
-    /// takes the old path of), delete the old code and the `patched` call with it:
-    /// the recorded answers then go unread.
+    /// id, but the new path should make that call too.) Once no invocation in flight
+    /// takes the old path (the replay check, [`Checker`](crate::Checker), names the
+    /// patches each one takes the old path of), delete the old code and the `patched`
+    /// call with it: the recorded answers then go unread.
     ///
     /// A name follows the rules of an id (not empty, no `.`, no control characters);
     /// a malformed one is [`Error::InvalidId`](crate::Error::InvalidId).
