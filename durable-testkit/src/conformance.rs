@@ -517,10 +517,10 @@ pub async fn a_restarted_worker_takes_back_what_its_predecessor_held(store: &dyn
 /// Settling a promise fulfils its task and wakes waiters, in one step.
 pub async fn settle_fulfils_the_task_and_wakes_waiters(store: Arc<dyn Store>) {
     store.create(with_task("f", "g")).await.expect("create");
-    let mut ready = store.ready();
+    let mut ready = store.ready("g");
     ready.borrow_and_update();
     store.create(with_task("f2", "g")).await.expect("create");
-    assert!(ready.has_changed().expect("ready signal"), "a new task bumps the ready signal");
+    assert!(ready.has_changed().expect("ready signal"), "a new task bumps its group's ready signal");
     let waiter = tokio::spawn({
         let store = store.clone();
         async move { store.wait("f", false).await }

@@ -172,7 +172,7 @@ impl Store for FaultyStore {
         self.op("wait", self.inner.wait(id, halted)).await
     }
 
-    fn ready(&self) -> watch::Receiver<u64> {
-        self.inner.ready()
+    fn ready(&self, group: &str) -> watch::Receiver<u64> {
+        self.inner.ready(group)
     }
 }

@@ -235,7 +235,7 @@ impl Store for Gate {
         self.read(self.inner.wait(id, halted)).await
     }
 
-    fn ready(&self) -> watch::Receiver<u64> {
-        self.inner.ready()
+    fn ready(&self, group: &str) -> watch::Receiver<u64> {
+        self.inner.ready(group)
     }
 }

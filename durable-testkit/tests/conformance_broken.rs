@@ -102,8 +102,8 @@ impl Store for Broken {
     async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {
         self.inner.wait(id, halted).await
     }
-    fn ready(&self) -> watch::Receiver<u64> {
-        self.inner.ready()
+    fn ready(&self, group: &str) -> watch::Receiver<u64> {
+        self.inner.ready(group)
     }
 }
 

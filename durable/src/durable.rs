@@ -155,7 +155,7 @@ impl Durable {
         });
         let created = shared.store.create(req).await?;
         if created.new && created.promise.timeout_at != crate::NEVER {
-            shared.wake.notify_one();
+            shared.deadline_added();
         }
         check_same_call(id, &created.promise, &param)?;
         if let Some(task) = created.acquired {
@@ -397,6 +397,7 @@ impl Builder {
             window: self.window.as_millis() as Millis,
             suspend_after: self.suspend_after,
             wake: Notify::new(),
+            tick_soon: std::sync::atomic::AtomicBool::new(false),
             runs: Mutex::new(BTreeMap::new()),
             running: Mutex::new(HashMap::new()),
             stopped: watch::Sender::new(false),
@@ -482,6 +483,9 @@ impl<C: Callable> IntoFuture for Rpc<C> {
             let group = target.group.clone();
             req.task = Some(NewTask { target, window: self.shared.window, acquire: None });
             let created = self.shared.store.create(req).await?;
+            if created.new && created.promise.timeout_at != crate::NEVER {
+                self.shared.deadline_added();
+            }
             check_same_call(&self.id, &created.promise, &param)?;
             Ok(match self.unserved_after {
                 Some(after) => {

@@ -269,11 +269,13 @@ impl Invocation {
             return Err(Error::InvalidId { id: req.id, reason });
         }
         req.fence = Some(self.fence.clone());
+        // A task routed to a preferred pid is open to the rest of its group later.
+        let window = req.task.as_ref().is_some_and(|t| t.window > 0 && t.target.pid.is_some());
         let created = self.rt.store.create(req).await.map_err(|e| self.store_fault(e))?;
         self.progress.fetch_add(1, Ordering::SeqCst);
-        if created.new && created.promise.timeout_at != crate::NEVER {
+        if created.new && (created.promise.timeout_at != crate::NEVER || window) {
             // The background loop applies deadlines: tell it about a new one.
-            self.rt.wake.notify_one();
+            self.rt.deadline_added();
         }
         Ok(created)
     }

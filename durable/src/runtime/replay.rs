@@ -174,7 +174,7 @@ impl Store for HistoryStore {
         }
     }
 
-    fn ready(&self) -> tokio::sync::watch::Receiver<u64> {
+    fn ready(&self, _: &str) -> tokio::sync::watch::Receiver<u64> {
         self.ready.subscribe()
     }
 }
@@ -216,6 +216,7 @@ pub(crate) async fn replay(
         window: 0,
         suspend_after: std::time::Duration::MAX,
         wake: tokio::sync::Notify::new(),
+        tick_soon: std::sync::atomic::AtomicBool::new(false),
         runs: Mutex::default(),
         running: Mutex::default(),
         stopped: tokio::sync::watch::Sender::new(false),

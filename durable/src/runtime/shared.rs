@@ -27,6 +27,10 @@ pub(crate) struct Shared {
     pub(crate) suspend_after: Duration,
     /// Wakes the background loop: a deadline was added or a slot freed.
     pub(crate) wake: Notify,
+    /// Set when this process added a deadline: the background loop ticks on its next
+    /// pass, to learn of it. Otherwise it ticks only when the store's next deadline
+    /// is due, or a lease's length after its last tick.
+    pub(crate) tick_soon: std::sync::atomic::AtomicBool,
     /// Function bodies run so far, by function name.
     pub(crate) runs: Mutex<BTreeMap<String, u64>>,
     /// Executing tasks, by the fence they hold: one process may hold a task again (a
@@ -38,6 +42,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Tells the background loop that this process added a deadline.
+    pub(crate) fn deadline_added(&self) {
+        self.tick_soon.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
     pub(crate) fn count_run(&self, function: &str) {
         *self.runs.lock().unwrap_or_else(|e| e.into_inner()).entry(function.to_owned()).or_default() += 1;
     }

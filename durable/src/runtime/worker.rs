@@ -22,7 +22,7 @@ const POISON: u32 = 5;
 pub(crate) async fn background(rt: Arc<Shared>) {
     let store = &rt.store;
     let beat = Duration::from_millis((rt.ttl / 3).max(1));
-    let mut ready = store.ready();
+    let mut ready = store.ready(&rt.group);
     // A worker that starts may be the fixed deploy that halted tasks wait for, and
     // the successor of a process of its pid that died holding tasks.
     let code = rt.registry.iter().map(|(name, f)| (name.clone(), f.code_digest())).collect();
@@ -34,6 +34,7 @@ pub(crate) async fn background(rt: Arc<Shared>) {
     // that: look once more a moment later.
     let mut recheck = Some(tokio::time::Instant::now() + PREDECESSOR_RECHECK);
     let mut next_beat = tokio::time::Instant::now() + beat;
+    let mut next_tick = tokio::time::Instant::now();
     // This worker serves its group: say so every beat, whether it holds work or not.
     let mut next_announce = tokio::time::Instant::now();
     let me = Worker {
@@ -54,15 +55,22 @@ pub(crate) async fn background(rt: Arc<Shared>) {
             let _ = store.release_predecessors(&rt.group, &rt.pid, &rt.process).await;
             recheck = None;
         }
-        // With nothing held there is nothing to heartbeat: sleep until the next
-        // deadline or a readiness signal, and at most one lease, so that a lease taken
-        // elsewhere since the last tick (its holder may die) is noticed when it ends.
-        let mut sleep = Duration::from_millis(rt.ttl);
-        if let Ok(tick) = store.tick().await
-            && let Some(next) = tick.next
-        {
-            sleep = sleep.min(Duration::from_millis(next.saturating_sub(tick.now).max(1)));
+        // Tick when the store's next deadline is due, when this process added one,
+        // and at least once a lease, so that a lease taken elsewhere since the last
+        // tick (its holder may die) is noticed when it ends. A readiness signal alone
+        // does not tick: it only claims.
+        let now = tokio::time::Instant::now();
+        if now >= next_tick || rt.tick_soon.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            next_tick = now + Duration::from_millis(rt.ttl);
+            if let Ok(tick) = store.tick().await
+                && let Some(next) = tick.next
+            {
+                next_tick = next_tick.min(now + Duration::from_millis(next.saturating_sub(tick.now).max(1)));
+            }
         }
+        // With nothing held there is nothing to heartbeat: sleep until the next
+        // tick or a readiness signal.
+        let mut sleep = next_tick.saturating_duration_since(tokio::time::Instant::now());
         let holding = !rt.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
         if holding && tokio::time::Instant::now() >= next_beat {
             let held: Vec<Fence> = rt.running.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
@@ -153,7 +161,9 @@ fn start(rt: Arc<Shared>, fence: Fence, faults: u32, root: Promise, preload: Vec
             );
             let how = Release::Retry { delay, error: Some(Failure::from(&error).encode()) };
             tokio::spawn(async move {
-                let _ = rt.store.release(&fence, how).await;
+                if rt.store.release(&fence, how).await.is_ok() {
+                    rt.deadline_added();
+                }
             });
         }
     }
@@ -252,7 +262,10 @@ async fn after_fault(rt: &Shared, fence: &Fence, fault: Fault, code: u64) {
             tracing::warn!(task = %fence.task, error = %fault.error(&fence.task), delay_ms = delay, "a platform fault: released, to run again");
         }
     }
-    let _ = rt.store.release(fence, how).await;
+    if rt.store.release(fence, how).await.is_ok() {
+        // A retry is delivered again after its delay: a deadline.
+        rt.deadline_added();
+    }
 }
 
 #[cfg(test)]

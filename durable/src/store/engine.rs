@@ -2,14 +2,14 @@
 //! changes durable, waiters and the ready signal. MemoryStore and SledStore are this
 //! engine with two logs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
 use super::state::{Changes, Core};
-use super::waiters::Waiters;
+use super::waiters::{Ready, Waiters};
 use super::{
     Acquired, Claim, Clock, CreatePromise, Created, FORGET_WORKERS, Page, Purge, Release, Search, SettlePromise, Tick,
     Worker,
@@ -38,7 +38,7 @@ pub(crate) struct Engine<L> {
     pub(crate) log: L,
     clock: Arc<dyn Clock>,
     waiters: Waiters,
-    ready: watch::Sender<u64>,
+    ready: Ready,
     /// The workers that announced themselves, by group and pid: not durable, as every
     /// worker of an in-process store runs in this process and announces itself again.
     workers: Mutex<BTreeMap<(String, String), Worker>>,
@@ -51,7 +51,7 @@ impl<L: Log> Engine<L> {
             log,
             clock,
             waiters: Waiters::default(),
-            ready: watch::Sender::new(0),
+            ready: Ready::default(),
             workers: Mutex::default(),
         }
     }
@@ -218,8 +218,8 @@ impl<L: Log> Engine<L> {
         Ok(())
     }
 
-    pub(crate) fn ready(&self) -> watch::Receiver<u64> {
-        self.ready.subscribe()
+    pub(crate) fn ready(&self, group: &str) -> watch::Receiver<u64> {
+        self.ready.subscribe(group)
     }
 
     /// The state's live records and index entries, and how many ids have waiters.
@@ -233,15 +233,13 @@ impl<L: Log> Engine<L> {
 struct Wake<'a, L> {
     engine: &'a Engine<L>,
     woken: Vec<String>,
-    ready: bool,
+    ready: BTreeSet<String>,
 }
 
 impl<L> Drop for Wake<'_, L> {
     fn drop(&mut self) {
         self.engine.waiters.wake(std::mem::take(&mut self.woken));
-        if self.ready {
-            self.engine.ready.send_modify(|n| *n += 1);
-        }
+        self.engine.ready.bump(self.ready.iter().map(String::as_str));
     }
 }
 
@@ -339,8 +337,8 @@ macro_rules! engine_store {
             async fn wait(&self, id: &str, halted: bool) -> Result<(), $crate::StoreError> {
                 self.engine.wait(id, halted).await
             }
-            fn ready(&self) -> tokio::sync::watch::Receiver<u64> {
-                self.engine.ready()
+            fn ready(&self, group: &str) -> tokio::sync::watch::Receiver<u64> {
+                self.engine.ready(group)
             }
         }
     };

@@ -459,6 +459,6 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// interval passed, the task halted while `halted` is false): callers read again.
     async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError>;
 
-    /// A signal bumped whenever a task may have become ready.
-    fn ready(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// A signal bumped whenever a task of `group` may have become ready.
+    fn ready(&self, group: &str) -> tokio::sync::watch::Receiver<u64>;
 }

@@ -59,7 +59,7 @@ struct Dirty {
     invoked: Vec<(Millis, String)>,
     purged: Purged,
     woken: Vec<String>,
-    ready: bool,
+    ready: BTreeSet<String>,
 }
 
 /// What one step changed: the records to write, and whom to wake.
@@ -78,8 +78,8 @@ pub(crate) struct Changes {
     pub(crate) purged: Purged,
     /// Promises settled or tasks halted: their waiters are to be woken.
     pub(crate) woken: Vec<String>,
-    /// A task became ready.
-    pub(crate) ready: bool,
+    /// The groups a task became ready in.
+    pub(crate) ready: BTreeSet<String>,
 }
 
 impl Changes {
@@ -306,7 +306,7 @@ impl Core {
                 acquired = Some(task.clone());
             } else {
                 self.ready_insert(&task, now);
-                self.dirty.ready = true;
+                self.dirty.ready.insert(task.target.group.clone());
             }
             self.tasks.insert(req.id.clone(), task);
             self.dirty.tasks.push(req.id.clone());
@@ -596,7 +596,7 @@ impl Core {
                 t.ready_at = now.saturating_add(delay);
                 let t = t.clone();
                 self.ready_insert(&t, now);
-                self.dirty.ready = true;
+                self.dirty.ready.insert(t.target.group.clone());
             }
             Release::Halt { error, code } => {
                 t.state = TaskState::Halted;
@@ -781,7 +781,7 @@ impl Core {
             {
                 self.unindex(&t);
                 self.ready_insert(&t, now);
-                self.dirty.ready = true;
+                self.dirty.ready.insert(t.target.group.clone());
             }
         }
         let delayed = self.ready.values().filter_map(|g| g.first()).map(|(at, _)| *at).filter(|at| *at > now);
@@ -810,7 +810,7 @@ impl Core {
         let t = t.clone();
         self.ready_insert(&t, now);
         self.dirty.tasks.push(id.to_owned());
-        self.dirty.ready = true;
+        self.dirty.ready.insert(t.target.group.clone());
     }
 
     /// Queues a pending task where its target routes it: to its pid while the pid is

@@ -78,3 +78,61 @@ impl Drop for Waiter<'_> {
         }
     }
 }
+
+/// The ready signal of each group: bumped whenever a task of the group may have
+/// become ready, so that only the workers who can take it wake.
+#[derive(Debug, Default)]
+pub(crate) struct Ready {
+    groups: Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
+}
+
+impl Ready {
+    /// The signal of `group`. Groups are few: each stays for the store's life.
+    pub(crate) fn subscribe(&self, group: &str) -> tokio::sync::watch::Receiver<u64> {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups.entry(group.to_owned()).or_insert_with(|| tokio::sync::watch::Sender::new(0)).subscribe()
+    }
+
+    /// Bumps the signals of `groups` that anyone listens to.
+    pub(crate) fn bump<'a>(&self, groups: impl IntoIterator<Item = &'a str>) {
+        let signals = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        for group in groups {
+            if let Some(signal) = signals.get(group) {
+                signal.send_modify(|n| *n += 1);
+            }
+        }
+    }
+
+    /// Bumps every group's signal: each worker looks again for itself.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn bump_all(&self) {
+        for signal in self.groups.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            signal.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// The groups anyone listens to.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn groups(&self) -> Vec<String> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ready;
+
+    #[test]
+    fn a_bump_wakes_only_the_groups_it_names() {
+        let ready = Ready::default();
+        let (mut gpu, cpu) = (ready.subscribe("gpu"), ready.subscribe("cpu"));
+        ready.bump(["gpu", "nobody listens"]);
+        assert!(gpu.has_changed().unwrap(), "the named group is woken");
+        assert!(!cpu.has_changed().unwrap(), "another group sleeps on");
+        gpu.borrow_and_update();
+        let cpu_again = ready.subscribe("cpu");
+        ready.bump(["cpu"]);
+        assert!(cpu.has_changed().unwrap() && cpu_again.has_changed().unwrap(), "every worker of the group wakes");
+        assert!(!gpu.has_changed().unwrap());
+    }
+}

@@ -20,7 +20,7 @@ use tokio_postgres::{Client, Config, Statement};
 use self::pool::{Conn, Pool, quote_ident, unreachable};
 use super::cold::MemoryCold;
 use super::state::{Core, Start};
-use super::waiters::Waiters;
+use super::waiters::{Ready, Waiters};
 use super::{
     Acquired, Claim, Clock, CreatePromise, Created, Cursor, FORGET_WORKERS, Invocation, Invocations, Listing, Page,
     Purge, Release, Search, SettlePromise, Tick, Worker,
@@ -82,7 +82,7 @@ const UPSERT_TASKS: &str = concat!(
        awaiting = EXCLUDED.awaiting, data = EXCLUDED.data"
 );
 const NOTIFY_SETTLED: &str = "SELECT pg_notify($1, 's:' || id) FROM unnest($2::text[]) AS id";
-const NOTIFY_READY: &str = "SELECT pg_notify($1, 'r')";
+const NOTIFY_READY: &str = "SELECT pg_notify(c, 'r') FROM unnest($1::text[]) AS c";
 const GET_PROMISE: &str = "SELECT data FROM promises WHERE id = $1";
 const GET_TASK: &str = "SELECT data FROM tasks WHERE id = $1";
 const WAIT_STATE: &str = "SELECT p.data, t.state FROM promises p LEFT JOIN tasks t ON t.id = p.id WHERE p.id = $1";
@@ -246,7 +246,9 @@ pub struct PostgresStore {
     channel: String,
     clock: Option<Arc<dyn Clock>>,
     waiters: Arc<Waiters>,
-    ready: watch::Sender<u64>,
+    ready: Arc<Ready>,
+    /// Asks the listener to listen for a group's readiness too.
+    listen_to: tokio::sync::mpsc::UnboundedSender<String>,
     listener: tokio::task::AbortHandle,
 }
 
@@ -296,15 +298,17 @@ impl PostgresOptions {
         drop(conn);
         let channel = format!("durable_{}", self.schema);
         let waiters = Arc::new(Waiters::default());
-        let ready = watch::Sender::new(0);
+        let ready = Arc::new(Ready::default());
+        let (listen_to, groups) = tokio::sync::mpsc::unbounded_channel();
         let listener = tokio::spawn(listen(
             pool_listener(&self.url, &self.schema)?,
             channel.clone(),
             waiters.clone(),
             ready.clone(),
+            groups,
         ))
         .abort_handle();
-        Ok(PostgresStore { pool, channel, clock: self.clock, waiters, ready, listener })
+        Ok(PostgresStore { pool, channel, clock: self.clock, waiters, ready, listen_to, listener })
     }
 }
 
@@ -357,9 +361,23 @@ async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<()
     tx.commit().await.map_err(StoreError::backend)
 }
 
-/// Forwards notifications to local waiters and the ready signal; reconnects when the
-/// connection drops, and then wakes everyone to look for themselves.
-async fn listen(pool: Pool, channel: String, waiters: Arc<Waiters>, ready: watch::Sender<u64>) {
+/// The channel a group's readiness is notified on: one per group, so that a "ready"
+/// wakes only the processes with a worker of that group. (Named by a digest: a channel
+/// name is an identifier, at most 63 bytes.)
+fn ready_channel(channel: &str, group: &str) -> String {
+    format!("durable_ready_{:016x}", crate::promise::digest(format!("{channel}\0{group}").as_bytes()))
+}
+
+/// Forwards notifications to local waiters and the groups' ready signals, listening
+/// for each group a worker of this process asks for; reconnects when the connection
+/// drops, and then wakes everyone to look for themselves.
+async fn listen(
+    pool: Pool,
+    channel: String,
+    waiters: Arc<Waiters>,
+    ready: Arc<Ready>,
+    mut groups: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     use futures::StreamExt;
     loop {
         let connected = async {
@@ -370,18 +388,37 @@ async fn listen(pool: Pool, channel: String, waiters: Arc<Waiters>, ready: watch
                 let _ = tx.unbounded_send(m);
             });
             tokio::spawn(stream.for_each(|_| async {}));
-            client.batch_execute(&format!("LISTEN {}", quote_ident(&channel))).await.map_err(StoreError::backend)?;
+            // The group of each ready channel listened to.
+            let mut by_channel = std::collections::HashMap::new();
+            let mut listen = format!("LISTEN {};", quote_ident(&channel));
+            for group in ready.groups() {
+                let c = ready_channel(&channel, &group);
+                listen.push_str(&format!("LISTEN {};", quote_ident(&c)));
+                by_channel.insert(c, group);
+            }
+            client.batch_execute(&listen).await.map_err(StoreError::backend)?;
             // Anything missed while not listening: look again.
             waiters.wake_all();
-            ready.send_modify(|n| *n += 1);
-            while let Some(message) = rx.next().await {
-                match message {
-                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => match n.payload().split_once(':') {
-                        Some(("s", id)) => waiters.wake([id.to_owned()]),
-                        _ => ready.send_modify(|n| *n += 1),
+            ready.bump_all();
+            loop {
+                tokio::select! {
+                    message = rx.next() => match message {
+                        Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => match n.payload().split_once(':') {
+                            Some(("s", id)) => waiters.wake([id.to_owned()]),
+                            _ => ready.bump(by_channel.get(n.channel()).map(String::as_str)),
+                        },
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break,
                     },
-                    Ok(_) => {}
-                    Err(_) => break,
+                    Some(group) = groups.recv() => {
+                        let c = ready_channel(&channel, &group);
+                        if !by_channel.contains_key(&c) {
+                            client.batch_execute(&format!("LISTEN {}", quote_ident(&c))).await.map_err(StoreError::backend)?;
+                            by_channel.insert(c, group.clone());
+                            // A task that became ready before this took effect.
+                            ready.bump([group.as_str()]);
+                        }
+                    }
                 }
             }
             drop(client);
@@ -649,7 +686,8 @@ impl PostgresStore {
             &t_data,
         ];
         let notify_params: [&(dyn ToSql + Sync); 2] = [&self.channel, &dirty.woken];
-        let ready_params: [&(dyn ToSql + Sync); 1] = [&self.channel];
+        let ready_channels: Vec<String> = dirty.ready.iter().map(|g| ready_channel(&self.channel, g)).collect();
+        let ready_params: [&(dyn ToSql + Sync); 1] = [&ready_channels];
         let mut writes: Vec<futures::future::BoxFuture<'_, Result<u64, tokio_postgres::Error>>> = Vec::new();
         if !p_ids.is_empty() {
             writes.push(Box::pin(conn.execute(&upsert_promises, &promise_params)));
@@ -660,7 +698,7 @@ impl PostgresStore {
         if !dirty.woken.is_empty() {
             writes.push(Box::pin(conn.execute(&notify_settled, &notify_params)));
         }
-        if dirty.ready {
+        if !dirty.ready.is_empty() {
             writes.push(Box::pin(conn.execute(&notify_ready, &ready_params)));
         }
         // If a write fails, the server turns this COMMIT into a rollback, and the
@@ -670,9 +708,7 @@ impl PostgresStore {
         futures::future::try_join_all(writes).await.map_err(db)?;
         conn.in_transaction = false;
         self.waiters.wake(dirty.woken);
-        if dirty.ready {
-            self.ready.send_modify(|n| *n += 1);
-        }
+        self.ready.bump(dirty.ready.iter().map(String::as_str));
         result
     }
 
@@ -1049,8 +1085,11 @@ impl super::Store for PostgresStore {
         Ok(())
     }
 
-    fn ready(&self) -> watch::Receiver<u64> {
-        self.ready.subscribe()
+    fn ready(&self, group: &str) -> watch::Receiver<u64> {
+        let signal = self.ready.subscribe(group);
+        // The listener may be reconnecting: it listens to every subscribed group then.
+        let _ = self.listen_to.send(group.to_owned());
+        signal
     }
 }
 

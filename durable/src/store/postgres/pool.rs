@@ -123,7 +123,7 @@ impl Pool {
             let _ = connection.await;
         });
         client
-            .batch_execute(&format!("SET search_path TO {}", quote_ident(&self.schema)))
+            .batch_execute(&format!("SET search_path TO {}; SET enable_seqscan TO off", quote_ident(&self.schema)))
             .await
             .map_err(StoreError::backend)?;
         Ok(client)
