@@ -92,7 +92,7 @@ pub async fn racing_creators_create_once(store: Arc<dyn Store>) {
         let store = store.clone();
         tokio::spawn(async move {
             let mut req = CreatePromise::new(id, Param::call("f", 1, "1".into()));
-            req.resolved = Some(value.into());
+            req.settled = Some((State::Resolved, value.into()));
             let mut racing = CreatePromise::new(format!("{}-task", req.id), Param::call("f", 1, "1".into()));
             racing.task = Some(NewTask { acquire: Some((process.into(), 10_000)), ..NewTask::new(Target::any("g")) });
             let recorded = store.create(req).await.expect("create a recorded value");
@@ -636,7 +636,7 @@ pub async fn suspended_tasks_resume_when_an_awaited_promise_settles(store: &dyn 
 /// A promise created already resolved, with these tags.
 fn recorded(id: &str, tags: &[(&str, &str)]) -> CreatePromise {
     let mut req = call(id);
-    req.resolved = Some("1".into());
+    req.settled = Some((State::Resolved, "1".into()));
     req.tags = tags.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     req
 }
@@ -742,7 +742,7 @@ pub async fn purge_counts_from_the_settle_time_and_waits_for_detached_roots(stor
     // d.1 is a detached invocation, settled later than its creator.
     store.settle(settle("d.1", State::Resolved, "1")).await.expect("settle");
     let mut detached = recorded("d.2", &[("durable:detached", "true")]);
-    detached.resolved = None;
+    detached.settled = None;
     store.create(detached).await.expect("create");
     advance(store, 10_000).await;
     store.settle(settle("d.2", State::Resolved, "1")).await.expect("settle");

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::promise::{NEVER, Promise, State};
 use crate::runtime::function::Erased;
 use crate::runtime::invocation::Fault;
-use crate::store::{CreatePromise, Invocations, NewTask, SettlePromise};
+use crate::store::{CreatePromise, Invocations, NewTask};
 use crate::{Error, Nondeterminism, Promises, Result, Store, StoreError, Target};
 
 /// The format of a [`History`] this build writes and reads.
@@ -126,20 +126,14 @@ impl Promises<'_> {
                 req.timeout = Some(p.timeout_at.saturating_sub(p.created_at));
             }
             match (p.state, target) {
-                (State::Resolved, _) => req.resolved = p.value.clone(),
                 (State::Pending, Some(target)) => req.task = Some(NewTask::new(target.clone())),
-                _ => {}
+                (State::Pending, None) => {}
+                (state, _) => req.settled = Some((state, p.value.clone().unwrap_or_default())),
             }
             let created = self.store.create(req).await?;
             if !created.new {
                 let reason = "is in this store already: an import writes only new promises".into();
                 return Err(Error::Conflict { id: p.id.clone(), reason });
-            }
-            if p.state.is_settled() && p.state != State::Resolved {
-                let value = p.value.clone().unwrap_or_default();
-                let settle =
-                    SettlePromise { id: p.id.clone(), state: p.state, value, ikey: None, strict: false, fence: None };
-                self.store.settle(settle).await?;
             }
         }
         Ok(())

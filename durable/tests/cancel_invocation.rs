@@ -21,7 +21,8 @@ async fn parent(ctx: &mut Context) -> durable::Result<u32> {
     let detached = ctx.detached(never, ()).target("poll://any@nobody").await?;
     assert_eq!(detached, format!("{}.1", ctx.id()));
     let remote = ctx.rfi(never, ()).target("poll://any@nobody").await?;
-    let local = ctx.lfi(never, ()).await?;
+    // With a deadline of its own, a local child is in the store while it runs.
+    let local = ctx.lfi(never, ()).timeout(Duration::from_secs(3600)).await?;
     let (a, b) = tokio::join!(remote, local);
     Ok(a? + b?)
 }

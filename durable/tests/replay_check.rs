@@ -71,7 +71,9 @@ async fn half_done(store: &std::sync::Arc<dyn Store>, order: u64) -> History {
 async fn a_change_without_a_patch_is_reported_with_the_call_both_sides_and_the_line() {
     let store = memory();
     let history = half_done(&store, 1).await;
-    assert_eq!(history.promises.len(), 3);
+    // The invocation and ship: the wait in flight has nothing written under it, so
+    // it is recorded only once it finishes.
+    assert_eq!(history.promises.len(), 2);
 
     let checker = builder(&store).register(fulfil_unpatched).checker().unwrap();
     let checked = checker.check(&history).await.remove(0);
@@ -100,7 +102,7 @@ async fn the_same_change_behind_a_patch_replays_and_names_the_old_path() {
     let checked = builder(&store).register(fulfil_patched).checker().unwrap().check(&history).await.remove(0);
     assert_eq!(checked.verdict, Verdict::Replays, "{checked}");
     assert_eq!(checked.old_paths, ["notify-first"]);
-    assert_eq!((checked.replayed, checked.recorded), (3, 3), "the invocation, ship, and the pending wait");
+    assert_eq!((checked.replayed, checked.recorded), (2, 2), "the invocation and ship");
     assert_eq!(runs("ship-2"), ships, "a recorded call is replayed, not run");
     assert_eq!(tree(&*store, "order-2").await, before, "nothing was written");
 

@@ -81,7 +81,7 @@ fn purging_child_process() {
         let store = Arc::new(SledStore::open(&dir).expect("open the store"));
         let resolved = |id: String| {
             let mut req = CreatePromise::new(id, Param::External);
-            req.resolved = Some("1".into());
+            req.settled = Some((State::Resolved, "1".into()));
             req
         };
         let mut writers: Vec<_> = (0..16)
@@ -250,7 +250,7 @@ fn write(dir: &Path, count: usize) -> Vec<u64> {
         let mut lengths = Vec::new();
         for i in 0..count {
             let mut req = CreatePromise::new(format!("p{i}"), Param::External);
-            req.resolved = Some(i.to_string());
+            req.settled = Some((State::Resolved, i.to_string()));
             store.create(req).await.expect("create");
             lengths.push(std::fs::metadata(&segment).expect("the segment").len());
         }

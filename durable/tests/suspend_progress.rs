@@ -41,8 +41,10 @@ async fn local_children_writing_keep_an_invocation_awaiting_a_remote_promise_in_
     let handle = durable.run("s", supervised, ()).await.unwrap();
     // Three seconds of local work, three times the suspend window.
     let finished = async {
+        // `s.2` is in the store from its first step's result on: look each
+        // (virtual) millisecond.
         while store.get("s.2").await.unwrap().is_none() {
-            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         while store.get("s.2").await.unwrap().is_some_and(|p| p.state == durable::State::Pending) {
             store.wait("s.2", false).await.unwrap();

@@ -239,7 +239,7 @@ async fn run_list(store: &Arc<dyn Store>, args: &Args) -> Result<(), String> {
                     durable::Param::call(func, 1, i.to_string()),
                 );
                 if i % 100 != 1 {
-                    req.resolved = Some("1".into());
+                    req.settled = Some((durable::State::Resolved, "1".into()));
                 }
                 store.create(req).await.map_err(|e| e.to_string())?;
             }

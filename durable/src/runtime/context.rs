@@ -15,7 +15,7 @@ use crate::promise::{DETACHED_TAG, Millis, Param, validate_id};
 use crate::runtime::execute::{Job, Outcome, Scope, outcome};
 use crate::runtime::invocation::{Found, Invocation};
 use crate::store::{CreatePromise, NewTask};
-use crate::{Callable, Function, Handle, Result, Retry, Target, codec};
+use crate::{Callable, Function, Handle, Result, Retry, State, Target, codec};
 
 /// The context of one execution of a durable function.
 ///
@@ -174,6 +174,8 @@ impl Context {
         Call {
             inv: self.inv.clone(),
             scope: self.scope.clone(),
+            fresh: self.fresh && !self.inv.rt.checking,
+            deferred: None,
             id,
             deadline: self.deadline,
             f,
@@ -323,7 +325,7 @@ impl Record {
         tracing::Span::current().record("replayed", false);
         let value = make(self.inv.clone()).await?;
         let mut req = CreatePromise::new(self.id.clone(), param);
-        req.resolved = Some(codec::encode(&self.id, "the value", &value, usize::MAX)?);
+        req.settled = Some((State::Resolved, codec::encode(&self.id, "the value", &value, usize::MAX)?));
         let found = self.inv.find_or_create(req, self.location).await?;
         codec::decode(&self.id, &outcome(found.promise())?)
     }
@@ -364,7 +366,7 @@ impl Patch {
             return Ok(self.inv.answer_patch(&self.marker, false));
         }
         let mut req = CreatePromise::new(self.marker.clone(), param);
-        req.resolved = Some("true".into());
+        req.settled = Some((State::Resolved, "true".into()));
         // Lost in a crash, it is made again: the history then holds nothing past here
         // either, unless a later durable write covered it.
         req.durable = false;
@@ -427,6 +429,10 @@ impl sealed::Routed for Detach {}
 pub struct Call<C: Callable, M> {
     inv: Arc<Invocation>,
     scope: Arc<Scope>,
+    /// Made by a fresh attempt: nothing is recorded under the caller.
+    fresh: bool,
+    /// Set by `begin` when the creation of a local child is deferred.
+    deferred: Option<tokio::sync::watch::Receiver<bool>>,
     id: String,
     deadline: Millis,
     f: C,
@@ -563,6 +569,15 @@ impl<C: Callable, M> Call<C, M> {
         // it again, and the durable settle of its result covers it.
         req.durable = routed;
         req.task = task;
+        // A local child of a fresh attempt, with no deadline of its own and an id
+        // under its caller, is created only when something is written under it, or
+        // else settled in one write with its result.
+        if !routed && self.fresh && !self.chosen && req.timeout.is_none() {
+            let timeout_at = req.deadline_cap;
+            self.deferred = Some(self.inv.defer(req)?);
+            tracing::Span::current().record("replayed", false);
+            return Ok((self.id.clone(), Begun::Pending { timeout_at, new: true }));
+        }
         if let Some(task) = &req.task {
             tracing::Span::current().record("target", tracing::field::display(&task.target));
         }
@@ -605,6 +620,7 @@ impl<F: Function, M: sealed::Local> Call<F, M> {
             func: Arc::new(self.f),
             args: self.args.expect("checked by begin"),
             fresh: new,
+            deferred: self.deferred,
         }
     }
 }

@@ -39,6 +39,8 @@ pub(crate) struct Job {
     pub(crate) retry: Retry,
     /// Created just now: no earlier attempt can exist.
     pub(crate) fresh: bool,
+    /// For a child whose creation is deferred: turns true once it is created.
+    pub(crate) deferred: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Job {
@@ -59,7 +61,12 @@ impl Job {
         // settle to readers before it is durable, so watching for it here would let
         // the caller go on with a result a crash could still take back.
         let settling = std::sync::atomic::AtomicBool::new(false);
+        let mut deferred = self.deferred.clone();
         let settled_elsewhere = async {
+            // Until its promise exists, nobody else can settle it.
+            if let Some(created) = &mut deferred {
+                created.wait_for(|created| *created).await.ok()?;
+            }
             let Done::Settled(p) = wait::settled(&*store, &id, false).await.ok()? else { return None };
             if settling.load(std::sync::atomic::Ordering::SeqCst) {
                 std::future::pending::<()>().await;

@@ -94,6 +94,20 @@ pub(crate) struct Invocation {
     patches: Mutex<HashMap<String, bool>>,
     /// The patches this execution took the old path of.
     old_paths: Mutex<std::collections::BTreeSet<String>>,
+    /// Local children whose promises are not created yet, by id.
+    deferred: Mutex<HashMap<String, Arc<Deferred>>>,
+}
+
+/// A local child of a fresh attempt whose promise is not created yet. Nothing can
+/// be recorded of it before (the attempt is fresh) and nobody else writes under this
+/// task, so it need not be: it is created, pending, before the first write under
+/// it, and if its body writes nothing, its creation and its result are one write.
+/// So whatever the store holds under a promise, it holds the promise too.
+pub(crate) struct Deferred {
+    req: CreatePromise,
+    created: tokio::sync::OnceCell<()>,
+    /// True once created: only then can anyone else settle it.
+    signal: watch::Sender<bool>,
 }
 
 /// Marks a promise as awaited for as long as it lives.
@@ -133,7 +147,44 @@ impl Invocation {
             progress: AtomicU64::new(0),
             patches: Mutex::new(HashMap::new()),
             old_paths: Mutex::new(std::collections::BTreeSet::new()),
+            deferred: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Defers the creation of the local child `req` (see [`Deferred`]); the receiver
+    /// turns true once it is created.
+    pub(crate) fn defer(&self, req: CreatePromise) -> Result<watch::Receiver<bool>> {
+        check_len(&req.id)?;
+        let (signal, created) = watch::channel(false);
+        let deferred = Arc::new(Deferred { req, created: tokio::sync::OnceCell::new(), signal });
+        self.deferred.lock().unwrap_or_else(|e| e.into_inner()).insert(deferred.req.id.clone(), deferred);
+        Ok(created)
+    }
+
+    /// Creates, pending, the deferred children `id` is under, outermost first.
+    async fn create_deferred_above(&self, id: &str) -> Result<()> {
+        let above: Vec<Arc<Deferred>> = {
+            let deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+            if deferred.is_empty() {
+                return Ok(());
+            }
+            let mut above: Vec<_> =
+                id.rmatch_indices('.').filter_map(|(at, _)| deferred.get(&id[..at]).cloned()).collect();
+            above.reverse();
+            above
+        };
+        for d in above {
+            d.created
+                .get_or_try_init(|| async {
+                    let mut req = d.req.clone();
+                    req.fence = Some(self.fence.clone());
+                    self.rt.store.create(req).await.map_err(|e| self.store_fault(e))?;
+                    d.signal.send_replace(true);
+                    Ok::<(), Error>(())
+                })
+                .await?;
+        }
+        Ok(())
     }
 
     /// What the patch recorded by `marker` answered in this execution, if it was asked.
@@ -263,11 +314,8 @@ impl Invocation {
 
     pub(crate) async fn create(&self, mut req: CreatePromise) -> Result<Created> {
         self.check()?;
-        if req.id.len() > crate::MAX_ID_LEN {
-            // A deterministic error the body sees, not a fault: replay makes it again.
-            let reason = "an id may be at most 1024 bytes: calls nested this deep need a shorter root id";
-            return Err(Error::InvalidId { id: req.id, reason });
-        }
+        check_len(&req.id)?;
+        self.create_deferred_above(&req.id).await?;
         req.fence = Some(self.fence.clone());
         // A task routed to a preferred pid is open to the rest of its group later.
         let window = req.task.as_ref().is_some_and(|t| t.window > 0 && t.target.pid.is_some());
@@ -282,6 +330,21 @@ impl Invocation {
 
     pub(crate) async fn settle(&self, mut req: SettlePromise) -> Result<Promise> {
         self.check()?;
+        let deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner()).remove(&req.id);
+        if let Some(d) = deferred
+            && d.created.get().is_none()
+        {
+            // Never created: it is created settled, in one durable write, after the
+            // deferred children it is under.
+            self.create_deferred_above(&req.id).await?;
+            let mut create = d.req.clone();
+            create.settled = Some((req.state, req.value));
+            create.durable = true;
+            create.fence = Some(self.fence.clone());
+            let created = self.rt.store.create(create).await.map_err(|e| self.store_fault(e))?;
+            self.progress.fetch_add(1, Ordering::SeqCst);
+            return Ok(created.promise);
+        }
         req.fence = Some(self.fence.clone());
         let settled = self.rt.store.settle(req).await.map_err(|e| self.store_fault(e))?;
         self.progress.fetch_add(1, Ordering::SeqCst);
@@ -305,6 +368,16 @@ impl Invocation {
             e => self.fail(Fault::Platform(e.to_string())),
         }
     }
+}
+
+/// An id too long is a deterministic error the body sees, not a fault: replay makes
+/// it again.
+fn check_len(id: &str) -> Result<()> {
+    if id.len() > crate::MAX_ID_LEN {
+        let reason = "an id may be at most 1024 bytes: calls nested this deep need a shorter root id";
+        return Err(Error::InvalidId { id: id.to_owned(), reason });
+    }
+    Ok(())
 }
 
 /// What an operation is, for a nondeterminism message: a noun phrase with the call's

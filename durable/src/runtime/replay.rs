@@ -235,6 +235,7 @@ pub(crate) async fn replay(
         func,
         args: args.clone(),
         fresh: false,
+        deferred: None,
     };
     tokio::select! {
         _ = job.run() => {}

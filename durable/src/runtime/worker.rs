@@ -192,6 +192,7 @@ pub(crate) fn spawn(
         func,
         args: args.clone(),
         fresh,
+        deferred: None,
     };
     // Held until the entry is in: the task removes it when done, which must come after.
     let mut running = rt.running.lock().unwrap_or_else(|e| e.into_inner());

@@ -129,11 +129,11 @@ mod tests {
         let store = MemoryStore::new();
         for i in 0..5000 {
             let mut req = CreatePromise::new(format!("f{i:04}"), Param::call("f", 1, "1".into()));
-            req.resolved = Some("1".into());
+            req.settled = Some((crate::State::Resolved, "1".into()));
             store.create(req).await.unwrap();
         }
         let mut rare = CreatePromise::new("g", Param::call("g", 1, "1".into()));
-        rare.resolved = Some("1".into());
+        rare.settled = Some((crate::State::Resolved, "1".into()));
         store.create(rare).await.unwrap();
         // Wherever g falls in the listing, one call cannot read all 5001 to answer.
         let mut query = Invocations { function: Some("g".into()), limit: 10, ..Invocations::default() };

@@ -61,8 +61,10 @@ pub struct CreatePromise {
     /// Strict mode: creating an existing promise is a conflict unless it is pending and
     /// the keys match.
     pub strict: bool,
-    /// Create it already resolved with this JSON value (recorded values).
-    pub resolved: Option<String>,
+    /// Create it already settled: in this state (not pending), with this JSON value
+    /// (an encoded error for a rejection). Recorded values, and a local call's
+    /// result when its promise was never created before it finished.
+    pub settled: Option<(State, String)>,
     /// Create a task for it too.
     pub task: Option<NewTask>,
     /// The fence of the task this write is made for.
@@ -87,7 +89,7 @@ impl CreatePromise {
             tags: BTreeMap::new(),
             ikey: None,
             strict: false,
-            resolved: None,
+            settled: None,
             task: None,
             fence: None,
             durable: true,

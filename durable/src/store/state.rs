@@ -255,13 +255,18 @@ impl Core {
             return Ok(Created { promise: p, new: false, acquired: None });
         }
         let timeout_at = req.timeout.map_or(NEVER, |t| now.saturating_add(t)).min(req.deadline_cap);
-        let (state, settled_at) =
-            if req.resolved.is_some() { (State::Resolved, Some(now)) } else { (State::Pending, None) };
+        let (state, settled_at, value) = match req.settled {
+            Some((State::Pending, _)) => {
+                return Err(conflict(&req.id, "a promise cannot be created settled as pending"));
+            }
+            Some((state, value)) => (state, Some(now), Some(value)),
+            None => (State::Pending, None, None),
+        };
         let promise = Promise {
             id: req.id.clone(),
             state,
             param: req.param,
-            value: req.resolved,
+            value,
             timeout_at,
             tags: req.tags,
             ikey_create: req.ikey,

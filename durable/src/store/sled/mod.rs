@@ -594,7 +594,7 @@ mod tests {
             for id in [format!("done{i}"), format!("done{i}.1"), format!("done{i}.2"), format!("done{i}.2.1")] {
                 let param = if id.contains('.') { Param::External } else { Param::call("f", 1, i.to_string()) };
                 let mut req = CreatePromise::new(id, param);
-                req.resolved = Some(i.to_string());
+                req.settled = Some((State::Resolved, i.to_string()));
                 store.create(req).await.unwrap();
             }
         }
@@ -675,7 +675,7 @@ mod tests {
             );
             for (id, param) in [("old-done", Param::call("f", 1, "1".into())), ("old-wait", Param::External)] {
                 let mut req = CreatePromise::new(id, param);
-                req.resolved = Some("7".into());
+                req.settled = Some((State::Resolved, "7".into()));
                 core.create(req, 1).unwrap();
             }
             core.create(CreatePromise::new("old-open", Param::call("f", 1, "2".into())), 2).unwrap();
@@ -732,7 +732,7 @@ mod tests {
                 crate::store::Clock::now(&clock),
             );
             let mut req = CreatePromise::new("old-done", Param::External);
-            req.resolved = Some("7".into());
+            req.settled = Some((State::Resolved, "7".into()));
             core.create(req, 1).unwrap();
             let mut req = CreatePromise::new("old-open", Param::call("f", 1, "1".into()));
             req.task = Some(crate::store::NewTask::new(crate::Target::any("g")));
