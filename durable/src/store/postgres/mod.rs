@@ -412,9 +412,10 @@ async fn listen(
                     },
                     Some(group) = groups.recv() => {
                         let c = ready_channel(&channel, &group);
-                        if !by_channel.contains_key(&c) {
-                            client.batch_execute(&format!("LISTEN {}", quote_ident(&c))).await.map_err(StoreError::backend)?;
-                            by_channel.insert(c, group.clone());
+                        if let std::collections::hash_map::Entry::Vacant(entry) = by_channel.entry(c) {
+                            let listen = format!("LISTEN {}", quote_ident(entry.key()));
+                            client.batch_execute(&listen).await.map_err(StoreError::backend)?;
+                            entry.insert(group.clone());
                             // A task that became ready before this took effect.
                             ready.bump([group.as_str()]);
                         }
