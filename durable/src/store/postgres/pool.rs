@@ -122,8 +122,15 @@ impl Pool {
             // Ends when the connection closes; the client then reports is_closed.
             let _ = connection.await;
         });
+        // Index plans always: a prepared statement's generic plan, made while the
+        // tables were small, would otherwise scan them for the connection's life. And
+        // no JIT: a disabled scan's cost, where a small table has no index, would
+        // pass its threshold and compile a query that takes microseconds to run.
         client
-            .batch_execute(&format!("SET search_path TO {}; SET enable_seqscan TO off", quote_ident(&self.schema)))
+            .batch_execute(&format!(
+                "SET search_path TO {}; SET enable_seqscan TO off; SET jit TO off",
+                quote_ident(&self.schema)
+            ))
             .await
             .map_err(StoreError::backend)?;
         Ok(client)
