@@ -128,7 +128,7 @@ impl Pool {
         // pass its threshold and compile a query that takes microseconds to run.
         client
             .batch_execute(&format!(
-                "SET search_path TO {}; SET enable_seqscan TO off; SET jit TO off",
+                "SET search_path TO {}; SET enable_seqscan TO off; SET jit TO off; SET plan_cache_mode TO force_generic_plan",
                 quote_ident(&self.schema)
             ))
             .await
