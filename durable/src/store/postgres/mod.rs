@@ -40,12 +40,14 @@ const LOCK_TASKS: &str = "SELECT data FROM tasks WHERE id = ANY($1) ORDER BY id 
 const LOCK_PROMISES: &str = "SELECT data FROM promises WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 const LOCK_WAITING: &str = "SELECT data FROM tasks WHERE state = 'suspended' AND awaiting && $1 AND NOT (id = ANY($2))
      ORDER BY id FOR UPDATE";
-const READY: &str = "SELECT t.id FROM tasks t JOIN promises p ON p.id = t.id
+/// The promise is checked by a subquery, a primary-key lookup for each task the index
+/// yields: a join would let the generic plan scan every pending promise per task.
+const READY: &str = "SELECT t.id FROM tasks t
      WHERE t.state = 'pending' AND t.grp = $1 AND t.ready_at <= $2
        AND (t.pid = $3 OR (NOT t.uni AND (t.pid IS NULL OR t.prefer_until <= $2)))
-       AND p.state = 'pending' AND p.timeout_at > $2
+       AND (SELECT p.state = 'pending' AND p.timeout_at > $2 FROM promises p WHERE p.id = t.id)
        AND (cardinality($5::text[]) = 0 OR t.func = ANY($5::text[]))
-     ORDER BY t.ready_at, t.id LIMIT $4 FOR UPDATE OF t SKIP LOCKED";
+     ORDER BY t.ready_at, t.id LIMIT $4 FOR UPDATE SKIP LOCKED";
 const HALTED: &str = "SELECT id FROM tasks WHERE state = 'halted' AND grp = $1 FOR UPDATE SKIP LOCKED";
 const PREDECESSORS: &str = "SELECT id FROM tasks WHERE state = 'acquired' AND grp = $1
        AND left(process, length($2) + 1) = $2 || ':' AND process <> $3 FOR UPDATE SKIP LOCKED";
