@@ -67,7 +67,9 @@ impl Job {
             if let Some(created) = &mut deferred {
                 created.wait_for(|created| *created).await.ok()?;
             }
-            let Done::Settled(p) = wait::settled(&*store, &id, false).await.ok()? else { return None };
+            let Done::Settled(p) = wait::settled_unless(&*store, &id, false, Some(&settling)).await.ok()? else {
+                return None;
+            };
             if settling.load(std::sync::atomic::Ordering::SeqCst) {
                 std::future::pending::<()>().await;
             }

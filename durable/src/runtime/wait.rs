@@ -1,5 +1,7 @@
 //! Waiting for a promise to settle: the one loop every waiter uses.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::promise::{Promise, Task, TaskState};
 use crate::{Store, StoreError};
 
@@ -20,9 +22,24 @@ pub(crate) enum Done {
 /// every invocation (a [`Handle`](crate::Handle) from [`Durable::run`](crate::Durable::run))
 /// sets `report_halt` to be told of the halt instead: nobody else would tell it.
 pub(crate) async fn settled(store: &dyn Store, id: &str, report_halt: bool) -> Result<Done, StoreError> {
+    settled_unless(store, id, report_halt, None).await
+}
+
+/// As [`settled`], for the runner of the promise's own attempts: once `settling` is
+/// set, the runner settles the promise itself and takes the outcome from that settle,
+/// so the wait reads nothing more and never ends.
+pub(crate) async fn settled_unless(
+    store: &dyn Store,
+    id: &str,
+    report_halt: bool,
+    settling: Option<&AtomicBool>,
+) -> Result<Done, StoreError> {
     loop {
         // Completes at once if settled (or halted, when asked); otherwise on a change.
         store.wait(id, report_halt).await?;
+        if settling.is_some_and(|s| s.load(Ordering::SeqCst)) {
+            std::future::pending::<()>().await;
+        }
         let Some(p) = store.get(id).await? else {
             return Err(StoreError::NotFound { what: "promise", id: id.to_owned() });
         };

@@ -31,7 +31,13 @@ use crate::promise::{Fence, Millis, NEVER, Promise, State, Task, TaskState, is_i
 const SCHEMA_VERSION: i32 = 5;
 
 // The statements of the hot paths, prepared once per connection.
-const CLOCK: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+/// The database's clock, in milliseconds since the epoch.
+macro_rules! clock {
+    () => {
+        "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+    };
+}
+const CLOCK: &str = concat!("SELECT ", clock!());
 // A create cannot lock a row that does not exist yet: it locks the id instead, so that
 // of two racing creates the second waits, then reads the row the first committed.
 const LOCK_NEW: &str =
@@ -85,9 +91,11 @@ const UPSERT_TASKS: &str = concat!(
 );
 const NOTIFY_SETTLED: &str = "SELECT pg_notify($1, 's:' || id) FROM unnest($2::text[]) AS id";
 const NOTIFY_READY: &str = "SELECT pg_notify(c, 'r') FROM unnest($1::text[]) AS c";
-const GET_PROMISE: &str = "SELECT data FROM promises WHERE id = $1";
+// A read of one promise carries the clock with it: one statement, not two.
+const GET_PROMISE: &str = concat!("SELECT data, ", clock!(), " FROM promises WHERE id = $1");
 const GET_TASK: &str = "SELECT data FROM tasks WHERE id = $1";
-const WAIT_STATE: &str = "SELECT p.data, t.state FROM promises p LEFT JOIN tasks t ON t.id = p.id WHERE p.id = $1";
+const WAIT_STATE: &str =
+    concat!("SELECT p.data, ", clock!(), ", t.state FROM promises p LEFT JOIN tasks t ON t.id = p.id WHERE p.id = $1");
 /// The state filter of a search or listing: `$4` a state's name or null, `$5` now (a
 /// pending promise past its deadline reads as timed out, a timer as resolved).
 macro_rules! state_filter {
@@ -550,6 +558,15 @@ impl PostgresStore {
         }
     }
 
+    /// The time, from the injected clock or else the database's as read in column
+    /// `column` of `row`.
+    fn now_from(&self, row: &tokio_postgres::Row, column: usize) -> Millis {
+        match &self.clock {
+            Some(clock) => clock.now(),
+            None => row.get::<_, i64>(column) as Millis,
+        }
+    }
+
     /// Runs one step in a transaction, retried on a serialization failure or deadlock.
     async fn step<R>(
         &self,
@@ -807,10 +824,9 @@ impl PostgresStore {
 
     async fn read_promise(&self, id: &str) -> Result<Option<Promise>, StoreError> {
         let mut conn = self.pool.get().await?;
-        let [clock, get] = conn.statements([CLOCK, GET_PROMISE]).await.map_err(db)?;
-        let read = async { conn.query_opt(&get, &[&id]).await.map_err(db) };
-        let (now, row) = futures::try_join!(self.now_in(&conn, &clock), read)?;
-        row.map(|r| parse::<Promise>(r.get(0)).map(|p| p.at(now))).transpose()
+        let [get] = conn.statements([GET_PROMISE]).await.map_err(db)?;
+        let row = conn.query_opt(&get, &[&id]).await.map_err(db)?;
+        row.map(|r| parse::<Promise>(r.get(0)).map(|p| p.at(self.now_from(&r, 1)))).transpose()
     }
 }
 
@@ -1070,14 +1086,12 @@ impl super::Store for PostgresStore {
         let waiter = self.waiters.register(id);
         let done = {
             let mut conn = self.pool.get().await?;
-            let [clock, state] = conn.statements([CLOCK, WAIT_STATE]).await.map_err(db)?;
-            let read = async { conn.query_opt(&state, &[&id]).await.map_err(db) };
-            let (now, row) = futures::try_join!(self.now_in(&conn, &clock), read)?;
-            match row {
+            let [state] = conn.statements([WAIT_STATE]).await.map_err(db)?;
+            match conn.query_opt(&state, &[&id]).await.map_err(db)? {
                 None => true,
                 Some(row) => {
-                    parse::<Promise>(row.get(0))?.at(now).state.is_settled()
-                        || (halted && row.get::<_, Option<&str>>(1) == Some(task_state_name(TaskState::Halted)))
+                    parse::<Promise>(row.get(0))?.at(self.now_from(&row, 1)).state.is_settled()
+                        || (halted && row.get::<_, Option<&str>>(2) == Some(task_state_name(TaskState::Halted)))
                 }
             }
         };
