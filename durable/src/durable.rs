@@ -16,7 +16,7 @@ use crate::promise::{State, Task, TaskState};
 use crate::runtime::function::Erased;
 use crate::runtime::shared::Shared;
 use crate::runtime::worker::PURGE_BATCH;
-use crate::store::{CreatePromise, Invocations, Listing, NewTask, Page, Purge, Release, Search, SettlePromise};
+use crate::store::{CreatePromise, Invocations, Listing, NewTask, Page, Purge, Release, Search, SettlePromise, Worker};
 use crate::{Callable, Error, Function, Handle, Result, Store, StoreError, Target, codec};
 
 /// The default limit on an encoded payload: 4 MiB.
@@ -556,6 +556,29 @@ impl Node {
     }
 }
 
+/// The tasks of `pending` ([`Promises::pending`]) that have waited at least `waited`
+/// since their promise was created, still pending, with no worker of `workers` live
+/// at `now` that runs their function: see [`Promises::unserved`].
+pub(crate) fn unserved(
+    pending: &[(Promise, Option<Task>)],
+    workers: &[Worker],
+    now: Millis,
+    waited: Duration,
+) -> Vec<Task> {
+    let mut unserved = Vec::new();
+    for (p, task) in pending {
+        if now.saturating_sub(p.created_at) < waited.as_millis() as Millis {
+            continue;
+        }
+        let (Some(func), Some(task)) = (p.param.function_key(), task) else { continue };
+        if task.state == TaskState::Pending && !workers.iter().any(|w| w.serves(&task.target.group, &func, now)) {
+            tracing::warn!(task = %task.id, group = %task.target.group, function = %func, "no live worker of the group runs the function this task calls");
+            unserved.push(task.clone());
+        }
+    }
+    unserved
+}
+
 /// Promises from outside any invocation: see [`Durable::promises`].
 ///
 /// ```
@@ -759,21 +782,21 @@ impl<'a> Promises<'a> {
     pub async fn unserved(&self, waited: Duration) -> Result<Vec<Task>> {
         let now = self.store.now().await?;
         let workers = self.store.workers().await?;
-        let mut unserved = Vec::new();
+        Ok(unserved(&self.pending().await?, &workers, now, waited))
+    }
+
+    /// Every pending promise, with its task if it has one, in id order: the read
+    /// behind the operator's questions (unserved tasks, halted invocations, queues).
+    pub(crate) async fn pending(&self) -> Result<Vec<(Promise, Option<Task>)>> {
+        let mut pending = Vec::new();
         for p in self.search_all(Search { state: Some(State::Pending), ..Search::default() }).await? {
-            if now.saturating_sub(p.created_at) < waited.as_millis() as Millis {
-                continue;
-            }
-            let Some(func) = p.param.function_key() else { continue };
-            if let Some(task) = self.store.task(&p.id).await?
-                && task.state == TaskState::Pending
-                && !workers.iter().any(|w| w.serves(&task.target.group, &func, now))
-            {
-                tracing::warn!(task = %task.id, group = %task.target.group, function = %func, "no live worker of the group runs the function this task calls");
-                unserved.push(task);
-            }
+            let task = match p.param {
+                Param::Call { .. } => self.store.task(&p.id).await?,
+                _ => None,
+            };
+            pending.push((p, task));
         }
-        Ok(unserved)
+        Ok(pending)
     }
 
     /// Deletes a finished root at once, whatever the retention, with everything under

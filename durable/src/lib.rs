@@ -8,6 +8,8 @@
 //!   [`Error`].
 
 mod codec;
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 mod durable;
 mod error;
 mod history;

@@ -100,6 +100,20 @@ enum Command {
     /// Writes a history exported elsewhere into this store, where a worker takes it
     /// over.
     Import { file: std::path::PathBuf },
+    /// Serves the web dashboard over the store until stopped.
+    #[cfg(feature = "dashboard")]
+    Serve {
+        /// The address to listen on: loopback unless you mean otherwise.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Enables the actions (resolve, reject, cancel, resume, restart) for a browser
+        /// signed in with the token printed at start.
+        #[arg(long)]
+        actions: bool,
+        /// The actions' token, instead of a random one (implies --actions).
+        #[arg(long, env = "DURABLE_DASHBOARD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 /// The states `ls --state` takes.
@@ -221,6 +235,8 @@ async fn run(cli: &Cli) -> Result<(), String> {
                 }
             }
         }
+        #[cfg(feature = "dashboard")]
+        Command::Serve { listen, actions, token } => serve(store.clone(), *listen, *actions, token.clone()).await,
         Command::Import { file } => {
             let json = std::fs::read_to_string(file).map_err(|err| format!("cannot read {}: {err}", file.display()))?;
             let history = durable::History::from_json(&json).map_err(|err| format!("{}: {err}", file.display()))?;
@@ -231,6 +247,43 @@ async fn run(cli: &Cli) -> Result<(), String> {
             out.promise(history.root())
         }
     }
+}
+
+/// Serves the dashboard on `listen` until the process is stopped.
+#[cfg(feature = "dashboard")]
+async fn serve(
+    store: std::sync::Arc<dyn durable::Store>,
+    listen: std::net::SocketAddr,
+    actions: bool,
+    token: Option<String>,
+) -> Result<(), String> {
+    let mut dashboard = durable::dashboard::Dashboard::new(store);
+    let token = match token {
+        Some(t) if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+            return Err("the token must be at least 16 letters and digits".into());
+        }
+        Some(t) => Some(t),
+        None if actions => {
+            let mut bytes = [0u8; 20];
+            getrandom::fill(&mut bytes).map_err(|e| format!("cannot make a token: {e}"))?;
+            Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+        }
+        None => None,
+    };
+    if let Some(token) = &token {
+        dashboard = dashboard.actions(token.clone());
+    }
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    match &token {
+        Some(token) => println!("the dashboard, with actions: http://{address}/login?token={token}"),
+        None => println!("the dashboard, read-only: http://{address}/"),
+    }
+    if !address.ip().is_loopback() {
+        eprintln!("warning: {address} is reachable from other machines; the dashboard has no TLS");
+    }
+    axum::serve(listener, dashboard.router()).await.map_err(|e| format!("the server stopped: {e}"))
 }
 
 /// A page of `limit` invocations: a store may answer with fewer and a cursor (it

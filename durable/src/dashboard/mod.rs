@@ -1,0 +1,481 @@
+//! A web dashboard over a store: the invocations, each one's call tree as a timeline,
+//! what needs attention, and the workers; with actions (resolve, reject, cancel,
+//! resume, restart) when enabled. It reads the store the workers use, through
+//! [`Promises`], and needs nothing else: every asset is in the binary.
+//!
+//! Mount it in a service with one call, which is how a sled store (locked by the one
+//! process that has it open) is served by that process:
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use durable::{Durable, MemoryStore};
+//! use durable::dashboard::Dashboard;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+//! # let durable = Durable::builder().store(Arc::new(MemoryStore::new())).build().unwrap();
+//! let app = axum::Router::new().nest("/durable", Dashboard::new(durable.store().clone()).router());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+//!
+//! Or run `durable serve --store DIR|postgres://…` (the `cli` and `dashboard` features).
+//!
+//! Security: it is read-only unless [`Dashboard::actions`] gives it a token. A browser
+//! then signs in once at `login?token=…`, which sets a strict same-site cookie; every
+//! action form carries the token, and a request from another site (by its `Origin` or
+//! `Sec-Fetch-Site`) is refused. Every value from the store is escaped (arguments and
+//! errors are user data), and a `Content-Security-Policy` allows only the dashboard's
+//! own script and style. A malformed id or query is a 400 page, never a panic.
+
+mod pages;
+mod timeline;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Form, OriginalUri, Query, State as AxumState};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use crate::store::{Cursor, Invocations};
+use crate::{Error, Promises, State, Store};
+
+/// How long a pending task waits with no live worker before the attention page lists
+/// it as unserved.
+const UNSERVED_AFTER: Duration = Duration::from_secs(60);
+
+/// The invocations a list page shows.
+const PAGE: usize = 50;
+
+/// The cookie that holds the action token in a signed-in browser.
+const COOKIE: &str = "durable_token";
+
+/// The dashboard over a store: build it, then take its [`router`](Dashboard::router).
+#[derive(Clone)]
+pub struct Dashboard {
+    store: Arc<dyn Store>,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Dashboard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dashboard").field("actions", &self.token.is_some()).finish()
+    }
+}
+
+impl Dashboard {
+    /// A read-only dashboard over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Dashboard {
+        Dashboard { store, token: None }
+    }
+
+    /// Enables the actions, for a browser signed in with `token` (at `login?token=…`
+    /// under the dashboard's path). Choose a long random one: it is the only key.
+    pub fn actions(mut self, token: impl Into<String>) -> Dashboard {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The dashboard's routes, to serve or to [`nest`](Router::nest) under a path of a
+    /// service's own.
+    pub fn router(self) -> Router {
+        let router = Router::new()
+            .route("/", get(list))
+            .route("/rows", get(rows))
+            .route("/invocation", get(invocation))
+            .route("/attention", get(attention))
+            .route("/workers", get(workers))
+            .route("/assets/app.css", get(css))
+            .route("/assets/app.js", get(js));
+        let router = if self.token.is_some() {
+            router.route("/login", get(login)).route("/action", post(action))
+        } else {
+            router
+        };
+        router.layer(axum::middleware::map_response(secure)).with_state(Arc::new(self))
+    }
+
+    /// Whether the request comes from a browser signed in for actions.
+    fn signed_in(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else { return false };
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .any(|(name, value)| name == COOKIE && same(value, token))
+    }
+}
+
+type App = AxumState<Arc<Dashboard>>;
+
+/// Headers on every response: a strict content policy (only the dashboard's own script
+/// and style run, whatever a page holds), no framing, no sniffing, no referrer.
+async fn secure(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Compares in time independent of where the strings differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The path the dashboard is mounted at ("" at the root), from the request's original
+/// path and the path the dashboard's router saw.
+fn base(original: &OriginalUri, uri: &Uri) -> String {
+    let path = original.path();
+    path.strip_suffix(uri.path()).unwrap_or("").trim_end_matches('/').to_owned()
+}
+
+/// A request the dashboard cannot answer: a page saying why, with its status.
+struct Failed(StatusCode, String);
+
+impl From<Error> for Failed {
+    fn from(e: Error) -> Failed {
+        let status = match &e {
+            Error::Store(crate::StoreError::NotFound { .. }) => StatusCode::NOT_FOUND,
+            Error::Conflict { .. } | Error::Store(crate::StoreError::Conflict { .. }) => StatusCode::CONFLICT,
+            Error::Codec { .. } | Error::InvalidId { .. } | Error::PayloadTooLarge { .. } => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Failed(status, e.to_string())
+    }
+}
+
+impl IntoResponse for Failed {
+    fn into_response(self) -> Response {
+        (self.0, pages::html(pages::failed(self.0, &self.1))).into_response()
+    }
+}
+
+fn bad(message: impl Into<String>) -> Failed {
+    Failed(StatusCode::BAD_REQUEST, message.into())
+}
+
+/// The list page's filters, as its form sends them.
+#[derive(Debug, Default, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    function: Option<String>,
+    /// Created within this many seconds.
+    since: Option<String>,
+    /// The cursor of the previous page.
+    after: Option<String>,
+}
+
+/// The filters, checked.
+#[derive(Debug, Default)]
+pub(crate) struct Filter {
+    pub(crate) state: Option<State>,
+    pub(crate) function: Option<String>,
+    pub(crate) since: Option<u64>,
+    pub(crate) after: Option<Cursor>,
+}
+
+impl ListQuery {
+    fn check(self) -> Result<Filter, Failed> {
+        let state = match self.state.as_deref().unwrap_or("") {
+            "" => None,
+            "pending" => Some(State::Pending),
+            "resolved" => Some(State::Resolved),
+            "rejected" => Some(State::Rejected),
+            "canceled" => Some(State::RejectedCanceled),
+            "timedout" => Some(State::RejectedTimedout),
+            other => {
+                return Err(bad(format!(
+                    "state {other:?} is not one of pending, resolved, rejected, canceled, timedout"
+                )));
+            }
+        };
+        let since = match self.since.as_deref().unwrap_or("") {
+            "" => None,
+            s => Some(s.parse::<u64>().map_err(|_| bad(format!("since {s:?} is not a number of seconds")))?),
+        };
+        let after = match self.after.as_deref().unwrap_or("") {
+            "" => None,
+            s => Some(s.parse::<Cursor>().map_err(bad)?),
+        };
+        let function = self.function.filter(|f| !f.is_empty());
+        Ok(Filter { state, function, since, after })
+    }
+}
+
+impl Dashboard {
+    async fn listing(&self, filter: &Filter) -> Result<crate::store::Listing, Failed> {
+        let promises = Promises::new(&*self.store);
+        let now = self.store.now().await.map_err(Error::from)?;
+        let mut query = Invocations {
+            state: filter.state,
+            function: filter.function.clone(),
+            since: filter.since.map(|s| now.saturating_sub(s.saturating_mul(1000))),
+            limit: PAGE,
+            cursor: filter.after.clone(),
+            ..Invocations::default()
+        };
+        // A store may answer with fewer and a cursor: ask again until the page is full.
+        let mut listing = promises.invocations(query.clone()).await?;
+        while listing.invocations.len() < PAGE
+            && let Some(cursor) = listing.cursor.take()
+        {
+            query.cursor = Some(cursor);
+            query.limit = PAGE - listing.invocations.len();
+            let more = promises.invocations(query.clone()).await?;
+            listing.invocations.extend(more.invocations);
+            listing.cursor = more.cursor;
+        }
+        Ok(listing)
+    }
+}
+
+async fn list(
+    AxumState(app): App,
+    original: OriginalUri,
+    uri: Uri,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, Failed> {
+    let filter = query.check()?;
+    let listing = app.listing(&filter).await?;
+    let now = app.store.now().await.map_err(Error::from)?;
+    let base = base(&original, &uri);
+    let live = (filter.after.is_none()).then(|| format!("{base}/rows?{}", uri.query().unwrap_or("")));
+    Ok(pages::html(pages::list(&base, &filter, &listing, now, live.as_deref())).into_response())
+}
+
+/// The rows of the list page's first page, for its live updates.
+async fn rows(
+    AxumState(app): App,
+    original: OriginalUri,
+    uri: Uri,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, Failed> {
+    let filter = query.check()?;
+    let listing = app.listing(&filter).await?;
+    let now = app.store.now().await.map_err(Error::from)?;
+    Ok(pages::fragment(pages::rows(&base(&original, &uri), &listing, now)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct InvocationQuery {
+    id: Option<String>,
+    /// The promise whose details show.
+    node: Option<String>,
+}
+
+async fn invocation(
+    AxumState(app): App,
+    original: OriginalUri,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(query): Query<InvocationQuery>,
+) -> Result<Response, Failed> {
+    let id = query.id.filter(|id| !id.is_empty()).ok_or_else(|| bad("the address names no invocation: ?id=…"))?;
+    let promises = Promises::new(&*app.store);
+    let Some(tree) = promises.tree(&id).await? else {
+        return Err(Failed(StatusCode::NOT_FOUND, format!("no promise {id}")));
+    };
+    let now = app.store.now().await.map_err(Error::from)?;
+    let view = pages::InvocationView {
+        base: &base(&original, &uri),
+        tree: &tree,
+        selected: query.node.as_deref().unwrap_or(&id),
+        now,
+        token: app.signed_in(&headers).then_some(app.token.as_deref()).flatten(),
+    };
+    Ok(pages::html(pages::invocation(&view)).into_response())
+}
+
+async fn attention(
+    AxumState(app): App,
+    original: OriginalUri,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, Failed> {
+    let promises = Promises::new(&*app.store);
+    let now = app.store.now().await.map_err(Error::from)?;
+    let workers = app.store.workers().await.map_err(Error::from)?;
+    let pending = promises.pending().await?;
+    let unserved = crate::durable::unserved(&pending, &workers, now, UNSERVED_AFTER);
+    let view = pages::AttentionView {
+        base: &base(&original, &uri),
+        pending: &pending,
+        unserved: &unserved,
+        now,
+        token: app.signed_in(&headers).then_some(app.token.as_deref()).flatten(),
+    };
+    Ok(pages::html(pages::attention(&view)).into_response())
+}
+
+async fn workers(AxumState(app): App, original: OriginalUri, uri: Uri) -> Result<Response, Failed> {
+    let promises = Promises::new(&*app.store);
+    let now = app.store.now().await.map_err(Error::from)?;
+    let workers = app.store.workers().await.map_err(Error::from)?;
+    let pending = promises.pending().await?;
+    Ok(pages::html(pages::workers(&base(&original, &uri), &workers, &pending, now)).into_response())
+}
+
+async fn css() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("app.css"))
+}
+
+async fn js() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("app.js"))
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginQuery {
+    token: Option<String>,
+}
+
+/// Signs a browser in for actions: a right token sets the cookie.
+async fn login(
+    AxumState(app): App,
+    original: OriginalUri,
+    uri: Uri,
+    Query(query): Query<LoginQuery>,
+) -> Result<Response, Failed> {
+    let token = app.token.as_deref().unwrap_or_default();
+    if !query.token.as_deref().is_some_and(|t| same(t, token)) {
+        return Err(Failed(StatusCode::FORBIDDEN, "that is not the dashboard's token".into()));
+    }
+    let base = base(&original, &uri);
+    let cookie = format!("{COOKIE}={token}; Path={base}/; HttpOnly; SameSite=Strict");
+    let cookie = HeaderValue::from_str(&cookie).map_err(|_| bad("the token must be printable ASCII"))?;
+    Ok(([(header::SET_COOKIE, cookie)], Redirect::to(&format!("{base}/"))).into_response())
+}
+
+/// An action's form.
+#[derive(Debug, Deserialize)]
+struct ActionForm {
+    token: String,
+    action: String,
+    id: String,
+    /// resolve: the value, as JSON.
+    value: Option<String>,
+    /// reject: the message.
+    message: Option<String>,
+    /// restart: the new invocation's id.
+    new_id: Option<String>,
+    /// Where to go after: "attention", or the invocation whose page it came from.
+    back: Option<String>,
+}
+
+async fn action(
+    AxumState(app): App,
+    original: OriginalUri,
+    uri: Uri,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Result<Response, Failed> {
+    let forbidden = |why: &str| Failed(StatusCode::FORBIDDEN, why.to_owned());
+    if cross_site(&headers) {
+        return Err(forbidden("a request from another site: actions come only from the dashboard's own pages"));
+    }
+    if !app.token.as_deref().is_some_and(|t| same(&form.token, t)) {
+        return Err(forbidden("the action's token is wrong: sign in again at the address printed at start"));
+    }
+    let promises = Promises::new(&*app.store);
+    let id = form.id.as_str();
+    match form.action.as_str() {
+        "resolve" => {
+            let text = form.value.as_deref().unwrap_or("");
+            let value: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| bad(format!("the value must be JSON (\"text\" in quotes): {e}")))?;
+            promises.resolve(id, &value).await?;
+        }
+        "reject" => {
+            promises.reject(id, form.message.as_deref().unwrap_or("rejected from the dashboard")).await?;
+        }
+        "cancel" => {
+            promises.cancel(id).await?;
+        }
+        "resume" => {
+            if promises.resume(id).await? == 0 {
+                return Err(Failed(StatusCode::CONFLICT, format!("nothing in {id} is halted")));
+            }
+        }
+        "restart" => {
+            let new_id = form.new_id.as_deref().unwrap_or("");
+            let restarted = promises.restart(id, new_id).await?;
+            return Ok(
+                Redirect::to(&pages::invocation_url(&base(&original, &uri), &restarted.id, None)).into_response()
+            );
+        }
+        other => return Err(bad(format!("{other:?} is not an action"))),
+    }
+    tracing::info!(action = %form.action, %id, "done from the dashboard");
+    let base = base(&original, &uri);
+    let back = match form.back.as_deref() {
+        Some("attention") => format!("{base}/attention"),
+        Some(invocation) if !invocation.is_empty() => pages::invocation_url(&base, invocation, Some(id)),
+        _ => format!("{base}/"),
+    };
+    Ok(Redirect::to(&back).into_response())
+}
+
+/// Whether a request came from another site's page: by `Sec-Fetch-Site`, which
+/// browsers set, or an `Origin` whose host is not the request's.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site"))
+        && !matches!(site, "same-origin" | "none")
+    {
+        return true;
+    }
+    match (text(header::ORIGIN), text(header::HOST)) {
+        (Some("null"), _) => true,
+        (Some(origin), Some(host)) => origin.split_once("://").map(|(_, h)| h) != Some(host),
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cross_site, same};
+    use axum::http::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn same_compares_whole_strings() {
+        assert!(same("abc", "abc"));
+        assert!(!same("abc", "abd"));
+        assert!(!same("abc", "ab"));
+        assert!(!same("", "a"));
+    }
+
+    #[test]
+    fn a_request_from_another_site_is_told_apart() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        assert!(!cross_site(&headers(&[("host", "127.0.0.1:8080")])));
+        assert!(!cross_site(&headers(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080")])));
+        assert!(!cross_site(&headers(&[("sec-fetch-site", "same-origin"), ("host", "h")])));
+        assert!(cross_site(&headers(&[("host", "127.0.0.1:8080"), ("origin", "http://evil.example")])));
+        assert!(cross_site(&headers(&[("host", "127.0.0.1:8080"), ("origin", "null")])));
+        assert!(cross_site(&headers(&[("sec-fetch-site", "cross-site"), ("host", "h")])));
+        assert!(cross_site(&headers(&[("sec-fetch-site", "same-site"), ("host", "h")])));
+    }
+}
