@@ -142,8 +142,10 @@ fn same(a: &str, b: &str) -> bool {
 /// The path the dashboard is mounted at ("" at the root), from the request's original
 /// path and the path the dashboard's router saw.
 fn base(original: &OriginalUri, uri: &Uri) -> String {
-    let path = original.path();
-    path.strip_suffix(uri.path()).unwrap_or("").trim_end_matches('/').to_owned()
+    let (path, inner) = (original.path(), uri.path());
+    // Nested at `/ops`, the dashboard's `/` answers `/ops` too.
+    let base = path.strip_suffix(inner).or_else(|| (inner == "/").then_some(path)).unwrap_or("");
+    base.trim_end_matches('/').to_owned()
 }
 
 /// A request the dashboard cannot answer: a page saying why, with its status.

@@ -1,0 +1,210 @@
+//! The dashboard over HTTP, without a browser: what its pages show, that every value
+//! from the store is escaped, that bad addresses get a clear 400 or 404, and that its
+//! actions need the token and a request from its own pages. (`examples/tests/
+//! dashboard_browser.rs` drives it in a real browser.)
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use durable::dashboard::Dashboard;
+use durable::prelude::*;
+use durable::{State, Store};
+use tower::ServiceExt;
+
+#[durable::function(name = "echo")]
+async fn echo(_ctx: &mut Context, text: String) -> durable::Result<String> {
+    Ok(text)
+}
+
+#[durable::function(name = "approve")]
+async fn approve(ctx: &mut Context, amount: u64) -> durable::Result<bool> {
+    let decision = ctx.promise::<bool>().id(format!("approval-{amount}")).await?;
+    decision.await
+}
+
+const SCRIPT: &str = "<script>document.title='pwned'</script>";
+const TOKEN: &str = "0123456789abcdef0123";
+
+/// A store with a finished `echo` of a script and an `approve` waiting on
+/// `approval-7`, and the runtime that ran them.
+async fn store() -> (Arc<dyn Store>, Durable) {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let durable = Durable::builder().store(store.clone()).register(echo).register(approve).build().unwrap();
+    assert_eq!(durable.run("xss", echo, SCRIPT.to_owned()).await.unwrap().await.unwrap(), SCRIPT);
+    durable.run("payment-7", approve, 7).await.unwrap();
+    while store.get("approval-7").await.unwrap().is_none() {
+        tokio::task::yield_now().await;
+    }
+    (store, durable)
+}
+
+async fn send(router: &Router, request: Request<Body>) -> (StatusCode, HeaderMap, String) {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 24).await.unwrap();
+    (parts.status, parts.headers, String::from_utf8(body.to_vec()).unwrap())
+}
+
+async fn get(router: &Router, uri: &str) -> (StatusCode, HeaderMap, String) {
+    send(router, Request::get(uri).body(Body::empty()).unwrap()).await
+}
+
+/// A POST of an action form, with these extra headers.
+async fn post(router: &Router, form: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
+    let mut request = Request::post("/action").header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    send(router, request.body(Body::from(form.to_owned())).unwrap()).await
+}
+
+#[tokio::test]
+async fn values_from_the_store_are_escaped() {
+    let (store, _durable) = store().await;
+    let router = Dashboard::new(store).router();
+    let (status, headers, body) = get(&router, "/invocation?id=xss").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body.contains(SCRIPT), "the argument is markup on the page: {body}");
+    assert!(body.contains("&lt;script&gt;document.title="), "the argument is not shown as text: {body}");
+    let csp = headers.get(header::CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+}
+
+#[tokio::test]
+async fn the_invocation_page_draws_every_promise_of_the_tree() {
+    let (store, _durable) = store().await;
+    let router = Dashboard::new(store).router();
+    let (status, _, body) = get(&router, "/invocation?id=payment-7").await;
+    assert_eq!(status, StatusCode::OK);
+    // The invocation and its external promise, as bars that link to their details.
+    assert_eq!(body.matches("class=\"bar\"").count(), 2, "{body}");
+    assert!(body.contains("data-id=\"approval-7\""), "{body}");
+    assert!(body.contains("2 promises"), "{body}");
+    let (_, _, detail) = get(&router, "/invocation?id=payment-7&node=approval-7").await;
+    assert!(detail.contains("Promise <code>approval-7</code>"), "{detail}");
+}
+
+#[tokio::test]
+async fn bad_addresses_get_a_clear_400_or_404() {
+    let (store, _durable) = store().await;
+    let router = Dashboard::new(store).router();
+    for (uri, status, says) in [
+        ("/invocation", StatusCode::BAD_REQUEST, "the address names no invocation"),
+        ("/invocation?id=", StatusCode::BAD_REQUEST, "the address names no invocation"),
+        ("/invocation?id=%FF%FE", StatusCode::NOT_FOUND, "no promise"),
+        ("/invocation?id=nobody", StatusCode::NOT_FOUND, "no promise nobody"),
+        ("/invocation?id=%00%3Cb%3E", StatusCode::NOT_FOUND, "no promise \0&lt;b&gt;"),
+        ("/?state=bogus", StatusCode::BAD_REQUEST, "state &quot;bogus&quot; is not one of"),
+        ("/?since=soon", StatusCode::BAD_REQUEST, "since &quot;soon&quot; is not a number of seconds"),
+        ("/?after=nowhere", StatusCode::BAD_REQUEST, "is not a cursor"),
+        ("/rows?state=bogus", StatusCode::BAD_REQUEST, "is not one of"),
+    ] {
+        let (got, _, body) = get(&router, uri).await;
+        assert_eq!(got, status, "{uri}: {body}");
+        assert!(body.contains(says), "{uri}: {body}");
+    }
+    // A node that is not in the tree shows the invocation's own details.
+    let (got, _, body) = get(&router, "/invocation?id=xss&node=elsewhere").await;
+    assert_eq!(got, StatusCode::OK);
+    assert!(body.contains("Promise <code>xss</code>"), "{body}");
+}
+
+#[tokio::test]
+async fn read_only_unless_given_a_token() {
+    let (store, _durable) = store().await;
+    let router = Dashboard::new(store.clone()).router();
+    let (_, _, page) = get(&router, "/invocation?id=payment-7&node=approval-7").await;
+    assert!(!page.contains("method=\"post\""), "a read-only page offers an action: {page}");
+    let (status, _, _) = post(&router, &format!("token={TOKEN}&action=resolve&id=approval-7&value=true"), &[]).await;
+    assert!(matches!(status, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED), "{status}");
+    let (status, _, _) = get(&router, &format!("/login?token={TOKEN}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(store.get("approval-7").await.unwrap().unwrap().state, State::Pending);
+}
+
+#[tokio::test]
+async fn actions_need_the_token_and_a_request_from_the_dashboard() {
+    let (store, durable) = store().await;
+    let router = Dashboard::new(store.clone()).actions(TOKEN).router();
+    // Signing in: a wrong token is refused; the right one sets a strict cookie.
+    let (status, _, _) = get(&router, "/login?token=guess").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, headers, _) = get(&router, &format!("/login?token={TOKEN}")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let cookie = headers.get(header::SET_COOKIE).unwrap().to_str().unwrap().to_owned();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    // Without the cookie a page offers no action; with it, the forms carry the token.
+    let (_, _, page) = get(&router, "/invocation?id=payment-7&node=approval-7").await;
+    assert!(!page.contains("method=\"post\""), "{page}");
+    let request = Request::get("/invocation?id=payment-7&node=approval-7")
+        .header(header::COOKIE, cookie.split(';').next().unwrap())
+        .body(Body::empty())
+        .unwrap();
+    let (_, _, page) = send(&router, request).await;
+    assert!(page.contains(&format!("name=\"token\" value=\"{TOKEN}\"")), "{page}");
+    assert!(page.contains("value=\"resolve\""), "{page}");
+
+    let resolve = format!("token={TOKEN}&action=resolve&id=approval-7&value=true&back=payment-7");
+    let host = ("host", "127.0.0.1:8080");
+    for (form, headers, status) in [
+        (
+            "token=guess&action=resolve&id=approval-7&value=true".to_owned(),
+            vec![host, ("origin", "http://127.0.0.1:8080")],
+            StatusCode::FORBIDDEN,
+        ),
+        (resolve.clone(), vec![host, ("origin", "http://evil.example")], StatusCode::FORBIDDEN),
+        (resolve.clone(), vec![host, ("sec-fetch-site", "cross-site")], StatusCode::FORBIDDEN),
+        (
+            format!("token={TOKEN}&action=resolve&id=approval-7&value=yes"),
+            vec![host, ("origin", "http://127.0.0.1:8080")],
+            StatusCode::BAD_REQUEST,
+        ),
+        (format!("token={TOKEN}&action=explode&id=approval-7"), vec![host], StatusCode::BAD_REQUEST),
+    ] {
+        let (got, _, body) = post(&router, &form, &headers).await;
+        assert_eq!(got, status, "{form} {headers:?}: {body}");
+        assert_eq!(store.get("approval-7").await.unwrap().unwrap().state, State::Pending);
+    }
+    // From the dashboard's own page, with the token: done, and back to the invocation.
+    let (status, headers, body) =
+        post(&router, &resolve, &[host, ("origin", "http://127.0.0.1:8080"), ("sec-fetch-site", "same-origin")]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(headers.get(header::LOCATION).unwrap(), "/invocation?id=payment-7&node=approval-7");
+    assert_eq!(store.get("approval-7").await.unwrap().unwrap().state, State::Resolved);
+    let handle = durable.run("payment-7", approve, 7).await.unwrap();
+    assert!(handle.await.unwrap());
+    // An action on a promise that does not exist says so.
+    let (status, _, body) = post(&router, &format!("token={TOKEN}&action=cancel&id=nobody"), &[host]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+#[tokio::test]
+async fn mounted_under_a_path_its_links_keep_the_path() {
+    let (store, _durable) = store().await;
+    let app = Router::new().nest("/ops/durable", Dashboard::new(store).router());
+    let (status, _, body) = get(&app, "/ops/durable").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("href=\"/ops/durable/assets/app.css\""), "{body}");
+    assert!(body.contains("href=\"/ops/durable/invocation?id=xss\""), "{body}");
+    assert!(body.contains("data-live=\"/ops/durable/rows?\""), "{body}");
+    let (status, headers, _) = get(&app, "/ops/durable/assets/app.js").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get(header::CONTENT_TYPE).unwrap().to_str().unwrap().starts_with("text/javascript"));
+}
+
+#[tokio::test]
+async fn the_list_filters_and_the_other_pages_show_what_needs_a_look() {
+    let (store, _durable) = store().await;
+    let router = Dashboard::new(store).router();
+    let (_, _, pending) = get(&router, "/?state=pending").await;
+    assert!(pending.contains(">payment-7<") && !pending.contains(">xss<"), "{pending}");
+    let (_, _, echoes) = get(&router, "/rows?function=echo").await;
+    assert!(echoes.contains(">xss<") && !echoes.contains(">payment-7<"), "{echoes}");
+    let (_, _, attention) = get(&router, "/attention").await;
+    assert!(attention.contains("Waiting for someone outside (1)") && attention.contains(">approval-7<"), "{attention}");
+    assert!(attention.contains("Halted (0)"), "{attention}");
+    let (_, _, workers) = get(&router, "/workers").await;
+    assert!(workers.contains("<code>default</code>"), "{workers}");
+}
