@@ -115,7 +115,8 @@ impl Dashboard {
 type App = AxumState<Arc<Dashboard>>;
 
 /// Headers on every response: a strict content policy (only the dashboard's own script
-/// and style run, whatever a page holds), no framing, no sniffing, no referrer.
+/// and style run, whatever a page holds), no framing, no sniffing, no referrer to
+/// other sites.
 async fn secure(mut response: Response) -> Response {
     let headers = response.headers_mut();
     for (name, value) in [
@@ -126,7 +127,7 @@ async fn secure(mut response: Response) -> Response {
         ),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-store"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
@@ -434,13 +435,12 @@ async fn action(
 }
 
 /// Whether a request came from another site's page: by `Sec-Fetch-Site`, which
-/// browsers set, or an `Origin` whose host is not the request's.
+/// browsers set, or else an `Origin` whose host is not the request's.
 fn cross_site(headers: &HeaderMap) -> bool {
     let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
-    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site"))
-        && !matches!(site, "same-origin" | "none")
-    {
-        return true;
+    // Browsers that send it say it best; an older one is judged by its Origin.
+    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site")) {
+        return !matches!(site, "same-origin" | "none");
     }
     match (text(header::ORIGIN), text(header::HOST)) {
         (Some("null"), _) => true,
@@ -475,6 +475,8 @@ mod tests {
         assert!(!cross_site(&headers(&[("host", "127.0.0.1:8080")])));
         assert!(!cross_site(&headers(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080")])));
         assert!(!cross_site(&headers(&[("sec-fetch-site", "same-origin"), ("host", "h")])));
+        // A same-origin form under a strict referrer policy sends `Origin: null`.
+        assert!(!cross_site(&headers(&[("sec-fetch-site", "same-origin"), ("origin", "null"), ("host", "h")])));
         assert!(cross_site(&headers(&[("host", "127.0.0.1:8080"), ("origin", "http://evil.example")])));
         assert!(cross_site(&headers(&[("host", "127.0.0.1:8080"), ("origin", "null")])));
         assert!(cross_site(&headers(&[("sec-fetch-site", "cross-site"), ("host", "h")])));

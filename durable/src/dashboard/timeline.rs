@@ -73,9 +73,9 @@ pub(super) fn svg(base: &str, root: &Node, selected: &Node, now: Millis) -> Mark
                 @let timer = p.param == Param::Timer;
                 a href={ (invocation_url(base, &root.promise.id, Some(&p.id))) "#details" } class="bar" data-id=(p.id) {
                     title { (p.id) " · " (word) " · " (span(p.settled_at.unwrap_or(now).saturating_sub(p.created_at))) }
-                    @if std::ptr::eq(*node, selected) {
-                        rect.selected x="0" y=(y) width=(width) height=(ROW) {}
-                    }
+                    // The whole row takes the click; the selected one is highlighted.
+                    rect x="0" y=(y) width=(width) height=(ROW)
+                        class={ "row" @if std::ptr::eq(*node, selected) { " selected" } } {}
                     text.label x={ (4 + depth * 14) } y=(y + 15.0) { (label(node)) }
                     rect x=(x0) y=(y + 4.0) width=(w) height=(ROW - 8.0) rx="2"
                         class={ "s-" (word) @if timer { " timer" } } {}
