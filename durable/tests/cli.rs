@@ -209,3 +209,39 @@ async fn a_halted_invocation_fixed_and_resumed_through_the_command_line_finishes
     tokio::spawn(connection);
     client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
 }
+
+/// `durable serve`: on loopback by default, it prints where it listens (with the
+/// sign-in address when actions are on) and serves the dashboard there; a short token
+/// is refused.
+#[cfg(feature = "dashboard")]
+#[test]
+fn serve_prints_its_address_and_serves_the_dashboard() {
+    use std::io::{BufRead, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    drop(SledStore::open(dir.path()).unwrap());
+    let short = durable(dir.path(), &["serve", "--listen", "127.0.0.1:0", "--token", "abc"]);
+    assert!(!short.status.success());
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least 16 letters and digits"), "{short:?}");
+
+    let mut server = Command::new(env!("CARGO_BIN_EXE_durable"))
+        .arg("--store")
+        .arg(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--actions"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the durable binary");
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(line.starts_with("the dashboard, with actions: http://127.0.0.1:"), "{line}");
+    assert!(url.contains("/login?token=") && url.len() > 60, "a long random token: {url}");
+    let address = url.trim_start_matches("http://").split('/').next().unwrap().to_owned();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    write!(stream, "GET / HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("<h1>Invocations</h1>"), "{response}");
+}

@@ -10,7 +10,9 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use durable::dashboard::Dashboard;
 use durable::prelude::*;
-use durable::{State, Store};
+use std::time::Duration;
+
+use durable::{State, Store, TaskState};
 use tower::ServiceExt;
 
 #[durable::function(name = "echo")]
@@ -207,4 +209,97 @@ async fn the_list_filters_and_the_other_pages_show_what_needs_a_look() {
     assert!(attention.contains("Halted (0)"), "{attention}");
     let (_, _, workers) = get(&router, "/workers").await;
     assert!(workers.contains("<code>default</code>"), "{workers}");
+}
+
+static FAILED_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Fails its first attempt.
+#[durable::function(name = "flaky", retry = Retry::Constant { delay: Duration::from_secs(1), max_attempts: 3 })]
+async fn flaky(_ctx: &mut Context, x: u64) -> durable::Result<u64> {
+    if !FAILED_ONCE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Err(Error::new("the first attempt fails"));
+    }
+    Ok(x)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_wait_is_marked_on_the_timeline() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let durable = Durable::builder().store(store.clone()).register(flaky).build().unwrap();
+    assert_eq!(durable.run("flaky-1", flaky, 4).await.unwrap().await.unwrap(), 4);
+    let (_, _, page) = get(&Dashboard::new(store).router(), "/invocation?id=flaky-1").await;
+    assert!(page.contains("r1 retry wait, before attempt 2"), "{page}");
+    assert!(page.contains("class=\"s-resolved timer\""), "the wait is drawn as a timer: {page}");
+}
+
+/// Whether the setting `quote` reads is the changed one.
+static DISCOUNTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[durable::function(name = "price")]
+async fn price(_ctx: &mut Context, x: u64) -> durable::Result<u64> {
+    Ok(x * 2)
+}
+
+#[durable::function(name = "discount")]
+async fn discount(_ctx: &mut Context, x: u64) -> durable::Result<u64> {
+    Ok(x / 2)
+}
+
+/// Reads a setting the history does not record: a change of it between a run and its
+/// replay is a nondeterminism.
+#[durable::function(name = "quote")]
+async fn quote(ctx: &mut Context, x: u64) -> durable::Result<u64> {
+    let discounts = DISCOUNTS.load(std::sync::atomic::Ordering::SeqCst);
+    let base = if discounts { ctx.lfc(discount, x).await? } else { ctx.lfc(price, x).await? };
+    let approved = ctx.promise::<bool>().id(format!("quote-approval-{x}")).await?.await?;
+    Ok(if approved { base } else { 0 })
+}
+
+/// A suspended invocation is drawn dashed; once it halts on nondeterminism, the
+/// attention page lists it, its details give the call and file:line, and a resume
+/// through the page delivers it again.
+#[tokio::test(start_paused = true)]
+async fn suspension_and_a_nondeterminism_halt_show_and_a_resume_works() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let durable = Durable::builder()
+        .store(store.clone())
+        .register(quote)
+        .register(price)
+        .register(discount)
+        .suspend_after(Duration::ZERO)
+        .build()
+        .unwrap();
+    let router = Dashboard::new(store.clone()).actions(TOKEN).router();
+    let handle = durable.run("quote-7", quote, 7).await.unwrap();
+    while store.task("quote-7").await.unwrap().is_none_or(|t| t.state != TaskState::Suspended) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (_, _, page) = get(&router, "/invocation?id=quote-7").await;
+    assert!(page.contains("class=\"s-suspended\""), "{page}");
+
+    // The setting changes, the approval comes, and the replay calls another function.
+    DISCOUNTS.store(true, std::sync::atomic::Ordering::SeqCst);
+    durable.promises().resolve("quote-approval-7", &true).await.unwrap();
+    while store.task("quote-7").await.unwrap().is_none_or(|t| t.state != TaskState::Halted) {
+        store.wait("quote-7", true).await.unwrap();
+    }
+    let (_, _, attention) = get(&router, "/attention").await;
+    assert!(attention.contains("Halted (1)") && attention.contains(">quote-7<"), "{attention}");
+    let (_, _, page) = get(&router, "/invocation?id=quote-7").await;
+    assert!(page.contains("class=\"s-halted\""), "{page}");
+    assert!(
+        page.contains("the history recorded a call of &quot;price&quot;") && page.contains("dashboard.rs:"),
+        "the details say what differed and where: {page}"
+    );
+
+    // Put back, and resumed through the page: it finishes.
+    DISCOUNTS.store(false, std::sync::atomic::Ordering::SeqCst);
+    let host = ("host", "127.0.0.1:8080");
+    let (status, _, body) =
+        post(&router, &format!("token={TOKEN}&action=resume&id=quote-7&back=quote-7"), &[host]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(handle.await.unwrap(), 14);
+    let (status, _, body) = post(&router, &format!("token={TOKEN}&action=resume&id=quote-7"), &[host]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.contains("nothing in quote-7 is halted"), "{body}");
 }
