@@ -273,8 +273,25 @@ async fn run_list(store: &Arc<dyn Store>, args: &Args) -> Result<(), String> {
     if rare_found != 1 || pending_found != 100.min(args.n as usize / 100) {
         return Err(format!("the listing found {rare_found} rare and {pending_found} pending invocations"));
     }
+    // The dashboard's list page, rendered whole, as a browser asks for it.
+    let router = durable::dashboard::Dashboard::new(store.clone()).router();
+    let page_ms = |uri: &'static str| {
+        let router = router.clone();
+        async move {
+            use tower::ServiceExt;
+            let started = Instant::now();
+            let request = axum::http::Request::get(uri).body(axum::body::Body::empty()).map_err(|e| e.to_string())?;
+            let response = router.oneshot(request).await.map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(format!("{uri} answered {}", response.status()));
+            }
+            Ok::<_, String>(started.elapsed().as_secs_f64() * 1e3)
+        }
+    };
+    page_ms("/").await?;
+    let (page_first, page_pending) = (page_ms("/").await?, page_ms("/?state=pending").await?);
     println!(
-        "{{\"workload\":\"list\",\"store\":\"{}\",\"n\":{},\"first_page_ms\":{first_ms:.1},\"pending_page_ms\":{pending_ms:.1},\"rare_ms\":{rare_ms:.1},\"rare_calls\":{rare_calls}}}",
+        "{{\"workload\":\"list\",\"store\":\"{}\",\"n\":{},\"first_page_ms\":{first_ms:.1},\"pending_page_ms\":{pending_ms:.1},\"rare_ms\":{rare_ms:.1},\"rare_calls\":{rare_calls},\"dashboard_page_ms\":{page_first:.1},\"dashboard_pending_page_ms\":{page_pending:.1}}}",
         args.store, args.n
     );
     Ok(())

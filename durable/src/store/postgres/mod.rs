@@ -567,6 +567,17 @@ impl PostgresStore {
         }
     }
 
+    /// Begins a transaction whose statements are planned for the values they are given
+    /// (the connection's generic plans would not know which index a search's or a
+    /// listing's filters want), and reads the time; [`commit`] ends it.
+    async fn begin_custom(&self, conn: &mut Conn<'_>, clock: &Statement) -> Result<Millis, StoreError> {
+        conn.in_transaction = true;
+        let begin =
+            async { conn.batch_execute("BEGIN; SET LOCAL plan_cache_mode TO force_custom_plan").await.map_err(db) };
+        let ((), now) = futures::try_join!(begin, self.now_in(conn, clock))?;
+        Ok(now)
+    }
+
     /// Runs one step in a transaction, retried on a serialization failure or deadlock.
     async fn step<R>(
         &self,
@@ -838,6 +849,13 @@ enum PurgeStep {
     Deleted(usize),
 }
 
+/// Ends a transaction of reads.
+async fn commit(conn: &mut Conn<'_>) -> Result<(), StoreError> {
+    conn.batch_execute("COMMIT").await.map_err(db)?;
+    conn.in_transaction = false;
+    Ok(())
+}
+
 fn dedup(ids: &[String]) -> Vec<String> {
     let mut ids = ids.to_vec();
     ids.sort();
@@ -906,7 +924,7 @@ impl super::Store for PostgresStore {
     async fn search(&self, search: Search) -> Result<Page, StoreError> {
         let mut conn = self.pool.get().await?;
         let [clock, find] = conn.statements([CLOCK, SEARCH]).await.map_err(db)?;
-        let now = self.now_in(&conn, &clock).await? as i64;
+        let now = self.begin_custom(&mut conn, &clock).await? as i64;
         let limit = if search.limit == 0 { 100 } else { search.limit };
         let after = search.cursor.clone().filter(|c| c.as_str() >= search.prefix.as_str()).unwrap_or_default();
         let state = search.state.map(state_name);
@@ -915,6 +933,7 @@ impl super::Store for PostgresStore {
             .query(&find, &[&search.prefix, &after, &tags, &state, &now, &((limit + 1) as i64)])
             .await
             .map_err(db)?;
+        commit(&mut conn).await?;
         let mut promises = rows
             .iter()
             .map(|r| parse::<Promise>(r.get(0)).map(|p| p.at(now as Millis)))
@@ -931,7 +950,7 @@ impl super::Store for PostgresStore {
     async fn invocations(&self, query: Invocations) -> Result<Listing, StoreError> {
         let mut conn = self.pool.get().await?;
         let [clock, list] = conn.statements([CLOCK, INVOCATIONS]).await.map_err(db)?;
-        let now = self.now_in(&conn, &clock).await? as i64;
+        let now = self.begin_custom(&mut conn, &clock).await? as i64;
         let limit = if query.limit == 0 { 100 } else { query.limit };
         let Some(start) = Start::of(&query) else { return Ok(Listing { invocations: Vec::new(), cursor: None }) };
         let (at, after) = (start.at.min(i64::MAX as u64) as i64, start.after.unwrap_or_default());
@@ -941,6 +960,7 @@ impl super::Store for PostgresStore {
         let params: [&(dyn ToSql + Sync); 8] =
             [&at, &after, &tags, &state, &now, &((limit + 1) as i64), &since, &query.function];
         let rows = conn.query(&list, &params).await.map_err(db)?;
+        commit(&mut conn).await?;
         let mut invocations = rows
             .iter()
             .map(|r| {
