@@ -35,7 +35,8 @@ async fn store() -> (Arc<dyn Store>, Durable) {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let durable = Durable::builder().store(store.clone()).register(echo).register(approve).build().unwrap();
     assert_eq!(durable.run("xss", echo, SCRIPT.to_owned()).await.unwrap().await.unwrap(), SCRIPT);
-    durable.run("payment-7", approve, 7).await.unwrap();
+    // Left waiting for its approval: the handle is not needed.
+    let _waiting = durable.run("payment-7", approve, 7).await.unwrap();
     while store.get("approval-7").await.unwrap().is_none() {
         tokio::task::yield_now().await;
     }

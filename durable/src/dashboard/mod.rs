@@ -69,6 +69,20 @@ impl std::fmt::Debug for Dashboard {
 
 impl Dashboard {
     /// A read-only dashboard over `store`.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// use durable::MemoryStore;
+    /// use durable::dashboard::Dashboard;
+    /// use tower::ServiceExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let router = Dashboard::new(Arc::new(MemoryStore::new())).router();
+    /// let request = axum::http::Request::get("/").body(axum::body::Body::empty()).unwrap();
+    /// let page = router.oneshot(request).await.unwrap();
+    /// assert_eq!(page.status(), axum::http::StatusCode::OK);
+    /// # }
+    /// ```
     pub fn new(store: Arc<dyn Store>) -> Dashboard {
         Dashboard { store, token: None }
     }
