@@ -1,8 +1,8 @@
 //! The dashboard in a real browser: headless Chromium (Debian's `chromium` and
 //! `chromium-driver`, which `.ci/run` installs), driven over WebDriver. It runs the
 //! calculator, finds the evaluation's tree on its page, resolves a pending external
-//! promise through the page, and checks that an argument holding a script is shown as
-//! text, not run.
+//! promise through the page, checks that an argument holding a script is shown as
+//! text, not run, and sees the list refresh itself with a new invocation.
 //!
 //! `DURABLE_UPDATE_SCREENSHOT=1` writes the timeline's screenshot to
 //! `docs/dashboard-timeline.png`, the README's picture.
@@ -177,6 +177,14 @@ async fn the_dashboard_in_a_browser() {
     assert_eq!(argument, serde_json::to_string(SCRIPT).unwrap());
     let title = client.execute("return document.title", vec![]).await.unwrap();
     assert_eq!(title.as_str(), Some("xss · durable"));
+
+    // The list refreshes itself: an invocation started after the page loaded appears.
+    client.goto(&page("/")).await.unwrap();
+    assert!(client.find(Locator::Css("a[href='/invocation?id=late']")).await.is_err());
+    durable.run("late", echo, "late".to_owned()).await.unwrap().await.unwrap();
+    let late =
+        client.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css("a[href='/invocation?id=late']"));
+    assert_eq!(late.await.expect("the new invocation appears within a refresh").text().await.unwrap(), "late");
 
     client.close().await.unwrap();
 }
