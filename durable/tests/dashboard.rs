@@ -186,12 +186,24 @@ async fn actions_need_the_token_and_a_request_from_the_dashboard() {
 #[tokio::test]
 async fn mounted_under_a_path_its_links_keep_the_path() {
     let (store, _durable) = store().await;
-    let app = Router::new().nest("/ops/durable", Dashboard::new(store).router());
+    let app = Router::new().nest("/ops/durable", Dashboard::new(store.clone()).router());
     let (status, _, body) = get(&app, "/ops/durable").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains("href=\"/ops/durable/assets/app.css\""), "{body}");
     assert!(body.contains("href=\"/ops/durable/invocation?id=xss\""), "{body}");
     assert!(body.contains("data-live=\"/ops/durable/rows?\""), "{body}");
+    // Every link it gives answers: the list's own too.
+    assert!(body.contains("<a href=\"/ops/durable\" class=\"current\">Invocations</a>"), "{body}");
+    assert!(body.contains("action=\"/ops/durable\""), "{body}");
+    let (status, _, _) = get(&app, "/ops/durable?state=pending").await;
+    assert_eq!(status, StatusCode::OK);
+    // Signed in there, the cookie covers the dashboard's path, and no more.
+    let app = Router::new().nest("/ops/durable", Dashboard::new(store.clone()).actions(TOKEN).router());
+    let (status, headers, _) = get(&app, &format!("/ops/durable/login?token={TOKEN}")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers.get(header::LOCATION).unwrap(), "/ops/durable");
+    let cookie = headers.get(header::SET_COOKIE).unwrap().to_str().unwrap();
+    assert!(cookie.contains("; Path=/ops/durable;"), "{cookie}");
     let (status, headers, _) = get(&app, "/ops/durable/assets/app.js").await;
     assert_eq!(status, StatusCode::OK);
     assert!(headers.get(header::CONTENT_TYPE).unwrap().to_str().unwrap().starts_with("text/javascript"));

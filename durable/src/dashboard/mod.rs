@@ -287,7 +287,7 @@ async fn rows(
     let filter = query.check()?;
     let listing = app.listing(&filter).await?;
     let now = app.store.now().await.map_err(Error::from)?;
-    Ok(pages::fragment(pages::rows(&base(&original, &uri), &listing, now)).into_response())
+    Ok(pages::html(pages::rows(&base(&original, &uri), &listing, now)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -374,9 +374,9 @@ async fn login(
         return Err(Failed(StatusCode::FORBIDDEN, "that is not the dashboard's token".into()));
     }
     let base = base(&original, &uri);
-    let cookie = format!("{COOKIE}={token}; Path={base}/; HttpOnly; SameSite=Strict");
+    let cookie = format!("{COOKIE}={token}; Path={}; HttpOnly; SameSite=Strict", pages::home(&base));
     let cookie = HeaderValue::from_str(&cookie).map_err(|_| bad("the token must be printable ASCII"))?;
-    Ok(([(header::SET_COOKIE, cookie)], Redirect::to(&format!("{base}/"))).into_response())
+    Ok(([(header::SET_COOKIE, cookie)], Redirect::to(pages::home(&base))).into_response())
 }
 
 /// An action's form.
@@ -443,7 +443,7 @@ async fn action(
     let back = match form.back.as_deref() {
         Some("attention") => format!("{base}/attention"),
         Some(invocation) if !invocation.is_empty() => pages::invocation_url(&base, invocation, Some(id)),
-        _ => format!("{base}/"),
+        _ => pages::home(&base).to_owned(),
     };
     Ok(Redirect::to(&back).into_response())
 }

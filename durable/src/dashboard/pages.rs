@@ -16,9 +16,10 @@ pub(super) fn html(page: Markup) -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page.into_string()).into_response()
 }
 
-/// A part of a page, for a script to put in place.
-pub(super) fn fragment(part: Markup) -> Response {
-    html(part)
+/// The list page: `{base}`, or `/` at the root (nested, the router answers its path
+/// without a trailing slash).
+pub(super) fn home(base: &str) -> &str {
+    if base.is_empty() { "/" } else { base }
 }
 
 /// `{base}/invocation?id=…[&node=…]`, its values encoded.
@@ -45,7 +46,8 @@ fn layout(base: &str, title: &str, current: &str, body: Markup) -> Markup {
             body {
                 nav {
                     span.brand { "durable" }
-                    @for (path, name) in [("/", "Invocations"), ("/attention", "Attention"), ("/workers", "Workers")] {
+                    a href=(home(base)) class=[("Invocations" == current).then_some("current")] { "Invocations" }
+                    @for (path, name) in [("/attention", "Attention"), ("/workers", "Workers")] {
                         a href={ (base) (path) } class=[(name == current).then_some("current")] { (name) }
                     }
                 }
@@ -125,7 +127,7 @@ pub(super) fn list(base: &str, filter: &Filter, listing: &Listing, now: Millis, 
     let since = filter.since.map(|s| s.to_string()).unwrap_or_default();
     let body = html! {
         h1 { "Invocations" }
-        form.filters method="get" action={ (base) "/" } {
+        form.filters method="get" action=(home(base)) {
             label { "State "
                 select name="state" {
                     @for s in ["", "pending", "resolved", "rejected", "canceled", "timedout"] {
@@ -156,7 +158,7 @@ pub(super) fn list(base: &str, filter: &Filter, listing: &Listing, now: Millis, 
                 next.append_pair("after", &cursor.to_string());
                 next.finish()
             };
-            p { a.next href={ (base) "/?" (next) } { "Older →" } }
+            p { a.next href={ (home(base)) "?" (next) } { "Older →" } }
         }
     };
     layout(base, "Invocations", "Invocations", body)
