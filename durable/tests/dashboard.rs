@@ -178,6 +178,30 @@ async fn actions_need_the_token_and_a_request_from_the_dashboard() {
     assert_eq!(store.get("approval-7").await.unwrap().unwrap().state, State::Resolved);
     let handle = durable.run("payment-7", approve, 7).await.unwrap();
     assert!(handle.await.unwrap());
+    // A restart goes to the new invocation's page; a cancel settles a running one.
+    let (status, headers, body) =
+        post(&router, &format!("token={TOKEN}&action=restart&id=payment-7&new_id=payment-7-again"), &[host]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(headers.get(header::LOCATION).unwrap(), "/invocation?id=payment-7-again");
+    assert!(store.get("payment-7-again").await.unwrap().is_some());
+    let _waiting = durable.run("payment-8", approve, 8).await.unwrap();
+    let (status, headers, body) =
+        post(&router, &format!("token={TOKEN}&action=cancel&id=payment-8&back=attention"), &[host]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(headers.get(header::LOCATION).unwrap(), "/attention");
+    assert_eq!(store.get("payment-8").await.unwrap().unwrap().state, State::RejectedCanceled);
+    let rejected = durable.run("payment-9", approve, 9).await.unwrap();
+    while store.get("approval-9").await.unwrap().is_none() {
+        tokio::task::yield_now().await;
+    }
+    let (status, _, body) = post(
+        &router,
+        &format!("token={TOKEN}&action=reject&id=approval-9&message=over+budget&back=payment-9"),
+        &[host],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(rejected.await.unwrap_err().to_string(), "over budget");
     // An action on a promise that does not exist says so.
     let (status, _, body) = post(&router, &format!("token={TOKEN}&action=cancel&id=nobody"), &[host]).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
