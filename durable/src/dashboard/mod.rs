@@ -113,9 +113,9 @@ impl Dashboard {
         router.layer(axum::middleware::map_response(secure)).with_state(Arc::new(self))
     }
 
-    /// Whether the request comes from a browser signed in for actions.
-    fn signed_in(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = &self.token else { return false };
+    /// The action token, for a request from a browser signed in for actions.
+    fn token_for(&self, headers: &HeaderMap) -> Option<&str> {
+        let token = self.token.as_deref()?;
         headers
             .get_all(header::COOKIE)
             .iter()
@@ -123,6 +123,7 @@ impl Dashboard {
             .flat_map(|v| v.split(';'))
             .filter_map(|c| c.trim().split_once('='))
             .any(|(name, value)| name == COOKIE && same(value, token))
+            .then_some(token)
     }
 }
 
@@ -237,7 +238,8 @@ impl ListQuery {
 }
 
 impl Dashboard {
-    async fn listing(&self, filter: &Filter) -> Result<crate::store::Listing, Failed> {
+    /// The page of invocations `filter` asks for, and the time it was read.
+    async fn listing(&self, filter: &Filter) -> Result<(crate::store::Listing, crate::Millis), Failed> {
         let promises = Promises::new(&*self.store);
         let now = self.store.now().await.map_err(Error::from)?;
         let mut query = Invocations {
@@ -259,7 +261,7 @@ impl Dashboard {
             listing.invocations.extend(more.invocations);
             listing.cursor = more.cursor;
         }
-        Ok(listing)
+        Ok((listing, now))
     }
 }
 
@@ -270,8 +272,7 @@ async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<Response, Failed> {
     let filter = query.check()?;
-    let listing = app.listing(&filter).await?;
-    let now = app.store.now().await.map_err(Error::from)?;
+    let (listing, now) = app.listing(&filter).await?;
     let base = base(&original, &uri);
     let live = (filter.after.is_none()).then(|| format!("{base}/rows?{}", uri.query().unwrap_or("")));
     Ok(pages::html(pages::list(&base, &filter, &listing, now, live.as_deref())).into_response())
@@ -284,9 +285,7 @@ async fn rows(
     uri: Uri,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, Failed> {
-    let filter = query.check()?;
-    let listing = app.listing(&filter).await?;
-    let now = app.store.now().await.map_err(Error::from)?;
+    let (listing, now) = app.listing(&query.check()?).await?;
     Ok(pages::html(pages::rows(&base(&original, &uri), &listing, now)).into_response())
 }
 
@@ -315,7 +314,7 @@ async fn invocation(
         tree: &tree,
         selected: query.node.as_deref().unwrap_or(&id),
         now,
-        token: app.signed_in(&headers).then_some(app.token.as_deref()).flatten(),
+        token: app.token_for(&headers),
     };
     Ok(pages::html(pages::invocation(&view)).into_response())
 }
@@ -336,7 +335,7 @@ async fn attention(
         pending: &pending,
         unserved: &unserved,
         now,
-        token: app.signed_in(&headers).then_some(app.token.as_deref()).flatten(),
+        token: app.token_for(&headers),
     };
     Ok(pages::html(pages::attention(&view)).into_response())
 }
