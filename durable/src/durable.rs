@@ -10,7 +10,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
 use crate::error::Failure;
-use crate::promise::{DETACHED_TAG, PARENT_TAG};
+use crate::promise::DETACHED_TAG;
 use crate::promise::{Fence, Millis, Param, Promise, validate_id};
 use crate::promise::{State, Task, TaskState};
 use crate::runtime::function::Erased;
@@ -519,11 +519,6 @@ fn check_same_call(id: &str, existing: &Promise, asked: &Param) -> Result<()> {
     Err(Error::Conflict { id: id.to_owned(), reason })
 }
 
-/// A search for the promises created with a chosen id by the body of `creator`.
-fn created_by(creator: String) -> Search {
-    Search { tags: [(PARENT_TAG.to_owned(), creator)].into(), ..Search::default() }
-}
-
 /// One promise of an invocation's tree ([`Promises::tree`]): the promise, its task if
 /// it has one (a remote call, an invocation, a detached one), and the promises its
 /// body created.
@@ -537,23 +532,23 @@ pub struct Node {
     pub children: Vec<Node>,
 }
 
-impl Node {
-    fn find_mut(&mut self, id: &str) -> Option<&mut Node> {
-        if self.promise.id == id {
-            return Some(self);
-        }
-        self.children.iter_mut().find_map(|c| c.find_mut(id))
+/// Where a promise of a family shows in its tree: under the promise its id is under
+/// (a retry's children under the wait before their attempt), or, for a chosen id,
+/// under its creator.
+fn shown_under(p: &Promise) -> Option<&str> {
+    let parent = p.parent.as_deref()?;
+    match p.id.rsplit_once('.') {
+        Some((above, _)) if p.id.strip_prefix(parent).is_some_and(|rest| rest.starts_with('.')) => Some(above),
+        _ => Some(parent),
     }
+}
 
-    /// Children in call order: by their last id segment, numbers as numbers.
-    fn sort(&mut self) {
-        self.children.sort_by_cached_key(|c| {
-            let last = c.promise.id.rsplit('.').next().unwrap_or_default().to_owned();
-            let number = last.trim_start_matches('r').parse::<u64>().ok();
-            (number.is_none(), last.starts_with('r'), number, last)
-        });
-        self.children.iter_mut().for_each(Node::sort);
-    }
+/// Call order: by the last id segment, numbers as numbers, a retry's wait after the
+/// calls of the attempt before it.
+fn call_order(p: &Promise) -> (bool, bool, Option<u64>, String) {
+    let last = p.id.rsplit('.').next().unwrap_or_default().to_owned();
+    let number = last.trim_start_matches('r').parse::<u64>().ok();
+    (number.is_none(), last.starts_with('r'), number, last)
 }
 
 /// The tasks of `pending` ([`Promises::pending`]) that have waited at least `waited`
@@ -635,88 +630,48 @@ impl<'a> Promises<'a> {
         self.settle(id, State::Rejected, failure.encode()).await
     }
 
-    /// Cancels a promise and, if it is an invocation, its pending children, including
-    /// those created with a chosen id (found by their [`PARENT_TAG`]), but not the
-    /// detached invocations it started: they are rejected as canceled, their tasks are
-    /// no longer delivered, and whoever awaits them gets [`Error::Canceled`].
+    /// Cancels a promise and, if it is an invocation, what it created that is still
+    /// pending, at any depth (its children, the promises its bodies created with a
+    /// chosen id, theirs), but not the detached invocations it started nor what they
+    /// created: they are rejected as canceled, their tasks are no longer delivered,
+    /// and whoever awaits them gets [`Error::Canceled`].
     pub async fn cancel(&self, id: &str) -> Result<Promise> {
         let value = Failure::Canceled { id: id.to_owned() }.encode();
-        let root = self.settle(id, State::RejectedCanceled, value).await?;
+        let top = self.settle(id, State::RejectedCanceled, value).await?;
         tracing::info!(%id, "canceled, with what it started");
-        let mut tops = vec![id.to_owned()];
-        while let Some(top) = tops.pop() {
-            let mut creators = self.cancel_under(&top).await?;
-            creators.push(top);
-            // Promises with a chosen id are not under their creator's prefix: each
-            // names it in a tag.
-            for creator in creators {
-                let search = Search { state: Some(State::Pending), ..created_by(creator) };
-                for p in self.search_all(search).await?.into_iter().filter(|p| !p.tags.contains_key(DETACHED_TAG)) {
-                    let value = Failure::Canceled { id: p.id.clone() }.encode();
-                    self.settle(&p.id, State::RejectedCanceled, value).await?;
-                    tops.push(p.id);
+        // Promises can still appear while a worker learns its task was canceled (its
+        // next write is refused): look again until none is left to cancel.
+        loop {
+            let family = self.family(crate::store::state::family_of(&top)).await?;
+            let mut created: HashMap<&str, Vec<&Promise>> = HashMap::new();
+            for p in &family {
+                if let Some(parent) = p.parent.as_deref() {
+                    created.entry(parent).or_default().push(p);
                 }
             }
-        }
-        Ok(root)
-    }
-
-    /// Cancels every pending promise under `id.` that no detached invocation holds;
-    /// returns their ids.
-    async fn cancel_under(&self, id: &str) -> Result<Vec<String>> {
-        // Children can still appear while a worker learns its task was canceled (its
-        // next write is refused): sweep until none is pending.
-        let (mut detached, mut canceled) = (HashMap::new(), Vec::new());
-        loop {
-            let before = canceled.len();
-            let mut cursor = None;
-            loop {
-                let search =
-                    Search { prefix: format!("{id}."), state: Some(State::Pending), cursor, ..Search::default() };
-                let page = self.store.search(search).await?;
-                for p in &page.promises {
-                    if self.under_detached(id, p, &mut detached).await? {
+            let (mut below, mut canceled) = (vec![id], 0);
+            while let Some(creator) = below.pop() {
+                for p in created.remove(creator).unwrap_or_default() {
+                    if p.tags.contains_key(DETACHED_TAG) {
                         continue;
                     }
-                    let value = Failure::Canceled { id: p.id.clone() }.encode();
-                    self.settle(&p.id, State::RejectedCanceled, value).await?;
-                    canceled.push(p.id.clone());
-                }
-                match page.cursor {
-                    Some(c) => cursor = Some(c),
-                    None => break,
+                    below.push(&p.id);
+                    if p.state == State::Pending {
+                        let value = Failure::Canceled { id: p.id.clone() }.encode();
+                        self.settle(&p.id, State::RejectedCanceled, value).await?;
+                        canceled += 1;
+                    }
                 }
             }
-            if canceled.len() == before {
-                return Ok(canceled);
+            if canceled == 0 {
+                return Ok(top);
             }
         }
     }
 
-    /// Whether `p`, or a promise between `root` and it, is a detached invocation
-    /// (settled or not: its pending descendants are its own); `known` remembers the
-    /// answer for each ancestor read.
-    async fn under_detached(&self, root: &str, p: &Promise, known: &mut HashMap<String, bool>) -> Result<bool> {
-        if p.tags.contains_key(DETACHED_TAG) {
-            return Ok(true);
-        }
-        let mut end = root.len();
-        while let Some(dot) = p.id[end + 1..].find('.') {
-            end += 1 + dot;
-            let ancestor = &p.id[..end];
-            let is = match known.get(ancestor) {
-                Some(is) => *is,
-                None => {
-                    let is = self.store.get(ancestor).await?.is_some_and(|a| a.tags.contains_key(DETACHED_TAG));
-                    known.insert(ancestor.to_owned(), is);
-                    is
-                }
-            };
-            if is {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+    /// Every promise of the family of top-level promise `root`, in id order.
+    pub(crate) async fn family(&self, root: &str) -> Result<Vec<Promise>> {
+        self.search_all(Search { root: Some(root.to_owned()), ..Search::default() }).await
     }
 
     /// Resumes a halted invocation, whatever halted it: every halted task in its tree
@@ -842,51 +797,44 @@ impl<'a> Promises<'a> {
     }
 
     /// Invocation `id` as a tree: its promise and task, and under each promise the
-    /// promises its body created (the calls under its prefix, in call order, and those
-    /// with a chosen id, found by their [`PARENT_TAG`]), each with its task if it has
-    /// one. A retry's children sit under the wait that preceded the attempt
-    /// (`{id}.r{k}`). `None` if there is no such promise. Reads the whole tree: an
-    /// operator's question, not a hot path.
+    /// promises its body created (the calls under its id, in call order, and those
+    /// with a chosen id), each with its task if it has one. A retry's children sit
+    /// under the wait that preceded the attempt (`{id}.r{k}`). `None` if there is no
+    /// such promise. Reads the family `id` is of ([`Search::root`]): an operator's
+    /// question, not a hot path.
     pub async fn tree(&self, id: &str) -> Result<Option<Node>> {
-        let Some(root) = self.store.get(id).await? else { return Ok(None) };
-        let under = self.search_all(Search { prefix: format!("{id}."), ..Search::default() }).await?;
-        // The promises created with a chosen id, by their creator, at any depth.
-        let mut creators: Vec<String> =
-            std::iter::once(id.to_owned()).chain(under.iter().map(|p| p.id.clone())).collect();
-        let mut chosen: Vec<(String, Promise)> = Vec::new();
-        while let Some(creator) = creators.pop() {
-            for p in self.search_all(created_by(creator.clone())).await? {
-                creators.push(p.id.clone());
-                chosen.push((creator.clone(), p));
+        let Some(top) = self.store.get(id).await? else { return Ok(None) };
+        let mut under: HashMap<String, Vec<Promise>> = HashMap::new();
+        for p in self.family(crate::store::state::family_of(&top)).await? {
+            if let Some(shown) = shown_under(&p).filter(|_| p.id != top.id) {
+                under.entry(shown.to_owned()).or_default().push(p);
             }
         }
-        let mut nodes: HashMap<String, Node> = HashMap::new();
-        let mut parent_of: Vec<(String, String)> = Vec::new();
-        for p in under {
-            let parent = p.id.rsplit_once('.').map(|(parent, _)| parent.to_owned()).unwrap_or_default();
-            parent_of.push((p.id.clone(), parent));
-            nodes.insert(p.id.clone(), self.node(p).await?);
+        // Breadth first from `id`, each promise once, with where it goes.
+        let mut order: Vec<(Promise, usize)> = vec![(top, 0)];
+        let mut next = 0;
+        while next < order.len() {
+            let mut children = under.remove(&order[next].0.id).unwrap_or_default();
+            children.sort_by_cached_key(call_order);
+            order.extend(children.into_iter().map(|p| (p, next)));
+            next += 1;
         }
-        for (creator, p) in chosen {
-            parent_of.push((p.id.clone(), creator));
-            nodes.insert(p.id.clone(), self.node(p).await?);
+        // Then the nodes, deepest first into their parents: no recursion, whatever
+        // the depth.
+        let mut nodes = Vec::with_capacity(order.len());
+        let mut parents = Vec::with_capacity(order.len());
+        for (promise, parent) in order {
+            nodes.push(self.node(promise).await?);
+            parents.push(parent);
         }
-        // Deepest first, so that every child is whole before it moves to its parent.
-        parent_of.sort_by_key(|(child, _)| std::cmp::Reverse(child.matches('.').count()));
-        let mut root = self.node(root).await?;
-        for (child, parent) in parent_of {
-            let Some(node) = nodes.remove(&child) else { continue };
-            match nodes.get_mut(&parent) {
-                Some(p) => p.children.push(node),
-                None if parent == id => root.children.push(node),
-                // A chosen id's creator at a depth already moved: find it under the root.
-                None => match root.find_mut(&parent) {
-                    Some(p) => p.children.push(node),
-                    None => root.children.push(node),
-                },
-            }
+        while nodes.len() > 1 {
+            let mut node = nodes.pop().expect("more than one");
+            node.children.reverse();
+            let parent = parents[nodes.len()];
+            nodes[parent].children.push(node);
         }
-        root.sort();
+        let mut root = nodes.pop().expect("the top is there");
+        root.children.reverse();
         Ok(Some(root))
     }
 
@@ -938,7 +886,8 @@ impl<'a> Promises<'a> {
             return Err(Error::Conflict { id: id.to_owned(), reason: "and is not an invocation".into() });
         };
         let mut req = CreatePromise::new(new_id, old.param.clone());
-        req.tags = old.tags.clone();
+        // A family of its own: not its original's creator's, and not detached.
+        req.tags = old.tags.iter().filter(|(k, _)| !k.starts_with("durable:")).map(|(k, v)| (k.clone(), v.clone())).collect();
         req.task = Some(NewTask::new(task.target));
         let created = self.store.create(req).await?;
         if !created.new {

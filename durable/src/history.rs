@@ -119,8 +119,13 @@ impl Promises<'_> {
     /// it over and replays it). Deadlines count afresh from the import. Refused with
     /// [`Error::Conflict`], at the first promise the store already has.
     pub async fn import(&self, history: &History) -> Result<()> {
+        // A history written before promises recorded their creators: derive them.
+        let mut related: std::collections::BTreeMap<String, Promise> =
+            history.promises.iter().map(|r| (r.promise.id.clone(), r.promise.clone())).collect();
+        crate::store::upgrade::relate(&mut related);
         for Recorded { promise: p, target } in &history.promises {
             let mut req = CreatePromise::new(p.id.clone(), p.param.clone());
+            req.parent = related.get(&p.id).and_then(|r| r.parent.clone());
             req.tags = p.tags.clone();
             if p.timeout_at != NEVER {
                 req.timeout = Some(p.timeout_at.saturating_sub(p.created_at));

@@ -22,7 +22,7 @@ mod target;
 pub use crate::durable::{Builder, DEFAULT_MAX_PAYLOAD, DEFAULT_RETENTION, Durable, Node, Promises, Rpc};
 pub use crate::error::{Error, Nondeterminism, Result, StoreError};
 pub use crate::history::{Checked, Checker, HISTORY_FORMAT, History, Recorded, Verdict};
-pub use crate::promise::{Fence, MAX_ID_LEN, Millis, NEVER, PARENT_TAG, Param, Promise, State, Task, TaskState};
+pub use crate::promise::{Fence, MAX_ID_LEN, Millis, NEVER, Param, Promise, State, Task, TaskState};
 pub use crate::retry::Retry;
 pub use crate::runtime::context::{Call, Context, Detach, Lfc, Lfi, Promised, Rfc, Rfi};
 pub use crate::runtime::function::{Callable, Function, Remote};

@@ -113,16 +113,10 @@ pub(crate) fn digest(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-/// The tag a promise created with a chosen id (`.id(…)` on a call or on
-/// `ctx.promise()`) carries inside an invocation: the id of the promise whose body
-/// created it. A chosen id is not under its creator's prefix, so this is how it is
-/// found: `Search { tags: [(PARENT_TAG.into(), creator)].into(), .. }`, and by
-/// `Promises::cancel` of the creator.
-pub const PARENT_TAG: &str = "durable:parent";
-
-/// The parent to record for a chosen id that replaces `minted`: the creating body's
-/// promise id, `minted` without its count and, for a retry's child
-/// (`{id}.r{k}.{n}`), without the retry's segment.
+/// The creator of the promise minted as `minted`: the creating body's promise id,
+/// `minted` without its count and, for a retry's child (`{id}.r{k}.{n}`) or wait
+/// (`{id}.r{k}`), without the retry's segment. Recorded as [`Promise::parent`] of
+/// whatever the body creates there, minted or with a chosen id.
 pub(crate) fn creator_of(minted: &str) -> Option<&str> {
     let (parent, _) = minted.rsplit_once('.')?;
     match parent.rsplit_once('.') {
@@ -135,22 +129,16 @@ pub(crate) fn creator_of(minted: &str) -> Option<&str> {
     }
 }
 
-/// The tag that marks a detached invocation: cancelling its creator leaves it alone,
-/// and it is a root of its own.
+/// The tag that marks a detached invocation: cancelling its creator leaves it alone.
 pub(crate) const DETACHED_TAG: &str = "durable:detached";
 
-/// Whether a promise is a root: the top of an invocation tree, deleted with its
-/// subtree once retention is over. A root is a promise whose id was chosen (an
-/// invocation run by id, or a promise created with `.id(…)`: no `.` in it), or a
-/// detached invocation.
-pub(crate) fn is_root(p: &Promise) -> bool {
-    !p.id.contains('.') || p.tags.contains_key(DETACHED_TAG)
-}
-
-/// Whether a promise is an invocation: a root that calls a function, as
-/// `Store::invocations` lists them.
+/// Whether a promise is an invocation as `Store::invocations` lists them: a call
+/// that is top-level, detached, or made with a chosen id (not under its creator's
+/// id).
 pub(crate) fn is_invocation(p: &Promise) -> bool {
-    is_root(p) && matches!(p.param, Param::Call { .. })
+    let chosen = |parent: &str| !p.id.strip_prefix(parent).is_some_and(|rest| rest.starts_with('.'));
+    matches!(p.param, Param::Call { .. })
+        && (p.parent.as_deref().is_none_or(chosen) || p.tags.contains_key(DETACHED_TAG))
 }
 
 /// The longest id, in bytes: far below what an index or a notification can carry.
@@ -186,8 +174,18 @@ pub(crate) fn random() -> u64 {
 /// A durable promise.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Promise {
-    /// Its id: a root id, or `{parent}.{n}` for a child.
+    /// Its id: a top-level id, `{creator}.{n}` for a child, or an id its creator
+    /// chose.
     pub id: String,
+    /// The promise whose body created it (for a retry's child, the body's own
+    /// promise, not the wait before the attempt); `None` for a top-level one.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// The top-level promise of its family: its own id if it has no parent, else its
+    /// parent's root. Retention deletes a family as one, and trees, cancellation and
+    /// histories follow it ([`Search::root`](crate::store::Search::root)).
+    #[serde(default)]
+    pub root: String,
     /// Its state.
     pub state: State,
     /// What it stands for.

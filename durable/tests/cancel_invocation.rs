@@ -145,13 +145,15 @@ async fn chosen_ids_are_found_by_their_creator_and_canceled_with_it(store: Arc<d
     while store.get("approval-5").await.unwrap().is_none() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let search = durable::store::Search {
-        tags: [(durable::PARENT_TAG.to_owned(), "order-5".to_owned())].into(),
-        ..Default::default()
-    };
-    let found: Vec<String> =
-        durable.promises().search(search).await.unwrap().promises.into_iter().map(|p| p.id).collect();
-    assert_eq!(found, ["approval-5", "audit-5", "label-5"], "a search by the creator's id finds every chosen id");
+    let search = durable::store::Search { root: Some("order-5".to_owned()), ..Default::default() };
+    let family = durable.promises().search(search).await.unwrap().promises;
+    let created: Vec<&str> =
+        family.iter().filter(|p| p.parent.as_deref() == Some("order-5")).map(|p| p.id.as_str()).collect();
+    assert_eq!(
+        created,
+        ["approval-5", "audit-5", "label-5", "order-5.r1"],
+        "a search of the family finds every chosen id, each with its creator"
+    );
 
     durable.promises().cancel("order-5").await.unwrap();
     assert!(matches!(handle.await, Err(Error::Canceled { .. })));

@@ -185,7 +185,7 @@ impl Context {
             version: None,
             tags: BTreeMap::new(),
             target: None,
-            chosen: false,
+            chosen: None,
             location: Location::caller(),
             mode: PhantomData,
         }
@@ -221,7 +221,7 @@ impl Context {
         Promised {
             inv: self.inv.clone(),
             id: self.mint(),
-            chosen: false,
+            chosen: None,
             deadline: self.deadline,
             timeout: None,
             tags: BTreeMap::new(),
@@ -277,14 +277,13 @@ impl Context {
     }
 }
 
-/// Puts the chosen `id` in place of the minted one and, the first time, tags the
-/// promise with the body that created it: it is no longer under that body's prefix.
-fn choose(current: &mut String, chosen: &mut bool, tags: &mut BTreeMap<String, String>, id: String) {
+/// Puts the chosen `id` in place of the minted one and, the first time, notes the
+/// body that created it, which the id no longer tells: the promise's parent.
+fn choose(current: &mut String, chosen: &mut Option<String>, id: String) {
     let minted = std::mem::replace(current, id);
-    if !*chosen && let Some(creator) = crate::promise::creator_of(&minted) {
-        tags.insert(crate::PARENT_TAG.into(), creator.into());
+    if chosen.is_none() {
+        *chosen = Some(crate::promise::creator_of(&minted).unwrap_or_default().to_owned());
     }
-    *chosen = true;
 }
 
 /// The id of the durable wait after failed attempt `attempt` of promise `id`; the
@@ -442,8 +441,9 @@ pub struct Call<C: Callable, M> {
     version: Option<u32>,
     tags: BTreeMap<String, String>,
     target: Option<Result<Target>>,
-    /// Set by [`Call::id`]: the id was chosen, not minted, and is checked when awaited.
-    chosen: bool,
+    /// Set by [`Call::id`] to the creator's id: the id was chosen, not minted, and is
+    /// checked when awaited.
+    chosen: Option<String>,
     location: &'static Location<'static>,
     mode: PhantomData<M>,
 }
@@ -457,12 +457,12 @@ impl<C: Callable, M> std::fmt::Debug for Call<C, M> {
 impl<C: Callable, M> Call<C, M> {
     /// Uses this id instead of the minted one (the count still advances). It follows
     /// the rules of a top-level id; a malformed one is an error when the call is
-    /// awaited, before anything is written. The promise is then a root of its own,
-    /// not under this invocation's prefix; its [`PARENT_TAG`](crate::PARENT_TAG) names
-    /// the body that created it, and cancelling that body cancels it too (unless it
-    /// is detached).
+    /// awaited, before anything is written. The promise is not under this
+    /// invocation's prefix, but it is of its family: its [`Promise::parent`] is the
+    /// body that created it, retention keeps it as long as the invocation, and
+    /// cancelling that body cancels it too (unless it is detached).
     pub fn id(mut self, id: impl Into<String>) -> Self {
-        choose(&mut self.id, &mut self.chosen, &mut self.tags, id.into());
+        choose(&mut self.id, &mut self.chosen, id.into());
         self
     }
 
@@ -539,7 +539,7 @@ impl<C: Callable, M> Call<C, M> {
 
     /// Creates the child promise (and its task, for a routed call), or finds it.
     async fn begin(&mut self, routed: bool, detached: bool) -> Result<(String, Begun)> {
-        if self.chosen {
+        if self.chosen.is_some() {
             validate_id(&self.id)?;
         }
         let args = match &self.args {
@@ -557,6 +557,7 @@ impl<C: Callable, M> Call<C, M> {
         };
         let version = self.version.unwrap_or_else(|| self.f.version());
         let mut req = CreatePromise::new(self.id.clone(), Param::call(self.f.name(), version, args));
+        req.parent = self.chosen.clone();
         req.timeout = self.timeout.or_else(|| self.f.timeout()).map(|t| t.as_millis() as Millis);
         if !detached {
             req.deadline_cap = self.deadline;
@@ -572,7 +573,7 @@ impl<C: Callable, M> Call<C, M> {
         // A local child of a fresh attempt, with no deadline of its own and an id
         // under its caller, is created only when something is written under it, or
         // else settled in one write with its result.
-        if !routed && self.fresh && !self.chosen && req.timeout.is_none() {
+        if !routed && self.fresh && self.chosen.is_none() && req.timeout.is_none() {
             let timeout_at = req.deadline_cap;
             self.deferred = Some(self.inv.defer(req)?);
             tracing::Span::current().record("replayed", false);
@@ -738,7 +739,8 @@ impl<C: Callable> IntoFuture for Call<C, Detach> {
 pub struct Promised<T> {
     inv: Arc<Invocation>,
     id: String,
-    chosen: bool,
+    /// Set by [`Promised::id`] to the creator's id.
+    chosen: Option<String>,
     deadline: Millis,
     timeout: Option<Duration>,
     tags: BTreeMap<String, String>,
@@ -755,11 +757,11 @@ impl<T> std::fmt::Debug for Promised<T> {
 impl<T> Promised<T> {
     /// Uses this id instead of the minted one, e.g. one a person can type. It follows
     /// the rules of a top-level id; a malformed one is an error when awaited. The
-    /// promise is then a root of its own, not under this invocation's prefix: its
-    /// [`PARENT_TAG`](crate::PARENT_TAG) names the body that created it, which is how a
-    /// search finds it by invocation and how cancelling that body cancels it too.
+    /// promise is not under this invocation's prefix, but it is of its family: its
+    /// [`Promise::parent`] is the body that created it, retention keeps it as long
+    /// as the invocation, and cancelling that body cancels it too.
     pub fn id(mut self, id: impl Into<String>) -> Self {
-        choose(&mut self.id, &mut self.chosen, &mut self.tags, id.into());
+        choose(&mut self.id, &mut self.chosen, id.into());
         self
     }
 
@@ -784,10 +786,11 @@ impl<T: serde::de::DeserializeOwned + Send + 'static> IntoFuture for Promised<T>
         let span = tracing::debug_span!("call", id = %self.id, kind = "promise", replayed = tracing::field::Empty);
         Box::pin(
             async move {
-                if self.chosen {
+                if self.chosen.is_some() {
                     validate_id(&self.id)?;
                 }
                 let mut req = CreatePromise::new(self.id.clone(), Param::External);
+                req.parent = self.chosen;
                 req.timeout = self.timeout.map(|t| t.as_millis() as Millis);
                 req.deadline_cap = self.deadline;
                 req.tags = self.tags;

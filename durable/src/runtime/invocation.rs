@@ -153,8 +153,9 @@ impl Invocation {
 
     /// Defers the creation of the local child `req` (see [`Deferred`]); the receiver
     /// turns true once it is created.
-    pub(crate) fn defer(&self, req: CreatePromise) -> Result<watch::Receiver<bool>> {
+    pub(crate) fn defer(&self, mut req: CreatePromise) -> Result<watch::Receiver<bool>> {
         check_len(&req.id)?;
+        relate(&mut req);
         let (signal, created) = watch::channel(false);
         let deferred = Arc::new(Deferred { req, created: tokio::sync::OnceCell::new(), signal });
         self.deferred.lock().unwrap_or_else(|e| e.into_inner()).insert(deferred.req.id.clone(), deferred);
@@ -316,6 +317,7 @@ impl Invocation {
         self.check()?;
         check_len(&req.id)?;
         self.create_deferred_above(&req.id).await?;
+        relate(&mut req);
         req.fence = Some(self.fence.clone());
         // A task routed to a preferred pid is open to the rest of its group later.
         let window = req.task.as_ref().is_some_and(|t| t.window > 0 && t.target.pid.is_some());
@@ -390,5 +392,13 @@ fn describe(param: &Param) -> String {
         Param::Timer => "a sleep (ctx.sleep)".into(),
         Param::External => "an external promise (ctx.promise)".into(),
         Param::Record { what } => format!("a recorded value (ctx.{what})"),
+    }
+}
+
+/// Names the creator of a promise a body creates under its own id: the body that
+/// minted it (a chosen id's creator is set where the id is chosen).
+fn relate(req: &mut CreatePromise) {
+    if req.parent.is_none() {
+        req.parent = crate::promise::creator_of(&req.id).map(str::to_owned);
     }
 }

@@ -1,6 +1,7 @@
-//! Finished records: settled promises, fulfilled tasks, and the index of finished
-//! roots by settle time. The state machine keeps only live records in memory and reads
-//! these from the backend when it needs them: a claim's preload, a create or settle
+//! Finished records: settled promises, fulfilled tasks, the index of finished
+//! families by when they finished, and the index of promises created with a chosen
+//! id. The state machine keeps only live records in memory and reads these from the
+//! backend when it needs them: a claim's preload, a create or settle
 //! that finds its promise settled, a read, a search, a purge.
 
 use std::cmp::Reverse;
@@ -30,11 +31,18 @@ pub(crate) trait Cold: Debug + Send + Sync {
         each: &mut dyn FnMut(Promise) -> ControlFlow<()>,
     ) -> Result<(), StoreError>;
 
-    /// The ids of the fulfilled tasks whose ids start with `prefix`.
-    fn task_ids(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// The ids of the promises of family `root` created with a chosen id, settled or
+    /// not (the index is written when they are created).
+    fn chosen(&self, root: &str) -> Result<Vec<String>, StoreError>;
 
-    /// Finished roots settled before `before`, oldest first, at most `limit`.
-    fn finished(&self, before: Millis, limit: usize) -> Result<Vec<(Millis, String)>, StoreError>;
+    /// Entries of the index of finished families, (when, root), from after `after`
+    /// on, those before `before`, oldest first, at most `limit`.
+    fn finished(
+        &self,
+        after: Option<&(Millis, String)>,
+        before: Millis,
+        limit: usize,
+    ) -> Result<Vec<(Millis, String)>, StoreError>;
 
     /// The finished invocations from `start` on, newest first (then by id), each
     /// passed to `each` until it breaks.
@@ -53,6 +61,7 @@ struct Maps {
     promises: BTreeMap<String, Promise>,
     tasks: BTreeMap<String, Task>,
     finished: BTreeSet<(Millis, String)>,
+    chosen: BTreeSet<(String, String)>,
     invoked: BTreeSet<(Reverse<Millis>, String)>,
 }
 
@@ -71,6 +80,7 @@ impl MemoryCold {
             maps.tasks.insert(t.id.clone(), t.clone());
         }
         maps.finished.extend(changes.finished.iter().cloned());
+        maps.chosen.extend(changes.chosen.iter().cloned());
         maps.invoked.extend(changes.invoked.iter().map(|(at, id)| (Reverse(*at), id.clone())));
         for id in &changes.purged.promises {
             maps.promises.remove(id);
@@ -80,6 +90,9 @@ impl MemoryCold {
         }
         for entry in &changes.purged.finished {
             maps.finished.remove(entry);
+        }
+        for entry in &changes.purged.chosen {
+            maps.chosen.remove(entry);
         }
         for (at, id) in &changes.purged.invoked {
             maps.invoked.remove(&(Reverse(*at), id.clone()));
@@ -115,15 +128,22 @@ impl Cold for MemoryCold {
         Ok(())
     }
 
-    fn task_ids(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    fn chosen(&self, root: &str) -> Result<Vec<String>, StoreError> {
         let maps = self.maps();
-        let range = maps.tasks.range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
-        Ok(range.map(|(id, _)| id).take_while(|id| id.starts_with(prefix)).cloned().collect())
+        let family = maps.chosen.range((root.to_owned(), String::new())..).take_while(|(r, _)| r == root);
+        Ok(family.map(|(_, id)| id.clone()).collect())
     }
 
-    fn finished(&self, before: Millis, limit: usize) -> Result<Vec<(Millis, String)>, StoreError> {
+    fn finished(
+        &self,
+        after: Option<&(Millis, String)>,
+        before: Millis,
+        limit: usize,
+    ) -> Result<Vec<(Millis, String)>, StoreError> {
         let maps = self.maps();
-        Ok(maps.finished.iter().take_while(|(at, _)| *at < before).take(limit).cloned().collect())
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let entries = maps.finished.range((start, Bound::Unbounded));
+        Ok(entries.take_while(|(at, _)| *at < before).take(limit).cloned().collect())
     }
 
     fn invoked(&self, start: &Start, each: &mut dyn FnMut(Promise) -> ControlFlow<()>) -> Result<(), StoreError> {

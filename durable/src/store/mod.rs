@@ -13,6 +13,7 @@ mod memory;
 mod postgres;
 mod sled;
 pub(crate) mod state;
+pub(crate) mod upgrade;
 mod waiters;
 
 use std::collections::BTreeMap;
@@ -50,6 +51,10 @@ pub struct CreatePromise {
     pub id: String,
     /// What it stands for.
     pub param: Param,
+    /// The promise whose body creates it ([`Promise::parent`]): it must exist, and
+    /// the new promise joins its family. `None`: a top-level promise, a family of its
+    /// own.
+    pub parent: Option<String>,
     /// Its timeout, relative to the store's now (`None`: no timeout of its own).
     pub timeout: Option<Millis>,
     /// An absolute cap on its deadline (a parent's deadline).
@@ -84,6 +89,7 @@ impl CreatePromise {
         CreatePromise {
             id: id.into(),
             param,
+            parent: None,
             timeout: None,
             deadline_cap: crate::promise::NEVER,
             tags: BTreeMap::new(),
@@ -148,6 +154,9 @@ pub struct SettlePromise {
 pub struct Search {
     /// Ids starting with this.
     pub prefix: String,
+    /// Only the family of this top-level promise ([`Promise::root`]): it, and
+    /// everything created under it, at any depth, whatever its id.
+    pub root: Option<String>,
     /// In this state (a rejected filter matches every rejected state).
     pub state: Option<State>,
     /// With all these tags.
@@ -308,23 +317,23 @@ pub enum Release {
     },
 }
 
-/// Which finished roots [`Store::purge`] deletes, each with its whole subtree of
-/// promises and tasks.
+/// Which finished families [`Store::purge`] deletes, each whole: a top-level promise
+/// and everything created under it ([`Promise::root`]), its tasks included.
 ///
-/// A root is an invocation run by id, a promise created with a chosen id, or a
-/// detached invocation. A root is purged only once it is settled and nothing under it
-/// is pending; a detached invocation under it is a root of its own, and holds its
-/// creator back until it may be purged too.
+/// A family is purged only once every promise in it is settled: its children, the
+/// promises its bodies created with a chosen id, and the detached invocations they
+/// started, at any depth.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Purge {
-    /// This root, however recently it finished: an error if it or anything under it
-    /// is pending, or if it is not a root.
+    /// The family of this top-level promise, however recently it finished: an error
+    /// if anything in it is pending, or if the promise is not top-level.
     Root(String),
-    /// Roots settled before `before` (store time, ms), at most `limit` of them.
+    /// Families whose every promise settled before `before` (store time, ms), at
+    /// most `limit` of them.
     Before {
         /// Settled before this.
         before: Millis,
-        /// At most this many roots.
+        /// At most this many families.
         limit: usize,
     },
 }
@@ -435,11 +444,11 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// many. Fencing makes it safe even if that predecessor still runs.
     async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError>;
 
-    /// Deletes finished roots, each with its subtree; returns how many roots. A root
-    /// goes as one unit, even if a crash interrupts the purge: until it is gone its id
-    /// finds the finished root, and once it is gone a create of that id starts afresh,
-    /// with no children left over. (A store may delete a large subtree over several
-    /// transactions, children first and the root last.)
+    /// Deletes finished families, each whole; returns how many. A family goes as one
+    /// unit, even if a crash interrupts the purge: until it is gone its top-level id
+    /// finds the finished promise, and once it is gone a create of that id starts
+    /// afresh, with nothing of the family left over. (A store may delete a large
+    /// family over several transactions, its top-level promise last.)
     async fn purge(&self, purge: Purge) -> Result<usize, StoreError>;
 
     /// Applies deadlines: times out promises, resolves timers, expires leases.

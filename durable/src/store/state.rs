@@ -17,7 +17,7 @@ use super::{
     SettlePromise, Tick,
 };
 use crate::StoreError;
-use crate::promise::{Fence, Millis, NEVER, Param, Promise, State, Task, TaskState, is_invocation, is_root};
+use crate::promise::{Fence, Millis, NEVER, Param, Promise, State, Task, TaskState, is_invocation};
 
 /// The most finished invocations one listing reads before it answers with what it
 /// found and a cursor: it holds the state's lock meanwhile.
@@ -29,6 +29,8 @@ pub(crate) struct Core {
     promises: BTreeMap<String, Promise>,
     /// Live invocations (pending roots that call a function), newest first.
     invocations: BTreeSet<(Reverse<Millis>, String)>,
+    /// Live promises by family: (root, id). A family with none is finished.
+    members: BTreeSet<(String, String)>,
     /// Live tasks: every one not fulfilled, and within a step those it fulfilled.
     tasks: HashMap<String, Task>,
     /// Finished records.
@@ -56,6 +58,7 @@ struct Dirty {
     promises: Vec<String>,
     tasks: Vec<String>,
     finished: Vec<(Millis, String)>,
+    chosen: Vec<(String, String)>,
     invoked: Vec<(Millis, String)>,
     purged: Purged,
     woken: Vec<String>,
@@ -70,8 +73,12 @@ pub(crate) struct Changes {
     pub(crate) promises: Vec<Promise>,
     /// Each task the step changed, as it is now; a fulfilled one is finished.
     pub(crate) tasks: Vec<Task>,
-    /// Roots the step finished, by settle time: the index retention reads.
+    /// Families the step finished (left with nothing pending), by that time: the
+    /// index retention reads. A family may be entered more than once.
     pub(crate) finished: Vec<(Millis, String)>,
+    /// Promises the step created with a chosen id in a family, as (root, id): the
+    /// index a family's promises are found by, besides their ids' prefixes.
+    pub(crate) chosen: Vec<(String, String)>,
     /// Invocations the step finished, by creation time: the index listings read.
     pub(crate) invoked: Vec<(Millis, String)>,
     /// What the step purged.
@@ -88,6 +95,7 @@ impl Changes {
         self.promises.is_empty()
             && self.tasks.is_empty()
             && self.finished.is_empty()
+            && self.chosen.is_empty()
             && self.invoked.is_empty()
             && self.purged.is_empty()
     }
@@ -98,21 +106,27 @@ impl Changes {
 pub(crate) struct Purged {
     pub(crate) promises: Vec<String>,
     pub(crate) tasks: Vec<String>,
-    /// Entries of the finished-roots index.
+    /// Entries of the finished-families index.
     pub(crate) finished: Vec<(Millis, String)>,
+    /// Entries of the chosen-id index.
+    pub(crate) chosen: Vec<(String, String)>,
     /// Entries of the finished-invocations index.
     pub(crate) invoked: Vec<(Millis, String)>,
 }
 
 impl Purged {
     fn is_empty(&self) -> bool {
-        self.promises.is_empty() && self.tasks.is_empty() && self.finished.is_empty() && self.invoked.is_empty()
+        self.promises.is_empty()
+            && self.tasks.is_empty()
+            && self.finished.is_empty()
+            && self.chosen.is_empty()
+            && self.invoked.is_empty()
     }
 
-    /// Takes `p`, a promise of a subtree being purged, with its index entries.
+    /// Takes `p`, a promise of a family being purged, with its index entries.
     fn push(&mut self, p: &Promise) {
-        if is_root(p) {
-            self.finished.push((p.settled_at.unwrap_or_default(), p.id.clone()));
+        if is_chosen(p) {
+            self.chosen.push((p.root.clone(), p.id.clone()));
         }
         if is_invocation(p) {
             self.invoked.push((p.created_at, p.id.clone()));
@@ -127,6 +141,7 @@ impl Core {
         Core {
             promises: BTreeMap::new(),
             invocations: BTreeSet::new(),
+            members: BTreeSet::new(),
             tasks: HashMap::new(),
             cold,
             deadlines: BTreeSet::new(),
@@ -148,6 +163,9 @@ impl Core {
             }
             if p.state == State::Pending && is_invocation(&p) {
                 core.invocations.insert((Reverse(p.created_at), p.id.clone()));
+            }
+            if p.state == State::Pending {
+                core.members.insert((p.root.clone(), p.id.clone()));
             }
             core.promises.insert(p.id.clone(), p);
         }
@@ -184,6 +202,7 @@ impl Core {
         let dirty = std::mem::take(&mut self.dirty);
         let mut changes = Changes {
             finished: dirty.finished,
+            chosen: dirty.chosen,
             invoked: dirty.invoked,
             purged: dirty.purged,
             woken: dirty.woken,
@@ -254,6 +273,18 @@ impl Core {
             }
             return Ok(Created { promise: p, new: false, acquired: None });
         }
+        // The family: the creator's, which must exist; a promise without one is a
+        // family of its own.
+        let root = match &req.parent {
+            None => req.id.clone(),
+            Some(parent) if *parent == req.id => return Err(conflict(&req.id, "a promise cannot create itself")),
+            Some(parent) => match self.stored(parent)? {
+                Some(creator) => family_of(&creator).to_owned(),
+                None => {
+                    return Err(conflict(&req.id, &format!("its creator {parent:?} does not exist")));
+                }
+            },
+        };
         let timeout_at = req.timeout.map_or(NEVER, |t| now.saturating_add(t)).min(req.deadline_cap);
         let (state, settled_at, value) = match req.settled {
             Some((State::Pending, _)) => {
@@ -264,6 +295,8 @@ impl Core {
         };
         let promise = Promise {
             id: req.id.clone(),
+            parent: req.parent,
+            root,
             state,
             param: req.param,
             value,
@@ -277,10 +310,16 @@ impl Core {
         if state == State::Pending && timeout_at != NEVER {
             self.deadlines.insert((timeout_at, req.id.clone()));
         }
+        if is_chosen(&promise) {
+            self.dirty.chosen.push((promise.root.clone(), promise.id.clone()));
+        }
         if state.is_settled() {
-            self.finish(&promise);
-        } else if is_invocation(&promise) {
-            self.invocations.insert((Reverse(now), req.id.clone()));
+            self.finish(&promise, now);
+        } else {
+            self.members.insert((promise.root.clone(), promise.id.clone()));
+            if is_invocation(&promise) {
+                self.invocations.insert((Reverse(now), req.id.clone()));
+            }
         }
         self.promises.insert(req.id.clone(), promise);
         self.dirty.promises.push(req.id.clone());
@@ -341,7 +380,7 @@ impl Core {
             p.ikey_settle = req.ikey;
             p.settled_at = Some(now);
             let p = p.clone();
-            self.on_settled(&p);
+            self.on_settled(&p, now);
             return Ok(p);
         }
         let p = p.clone();
@@ -357,16 +396,17 @@ impl Core {
             return false;
         }
         let p = p.clone();
-        self.on_settled(&p);
+        self.on_settled(&p, now);
         true
     }
 
-    fn on_settled(&mut self, p: &Promise) {
+    fn on_settled(&mut self, p: &Promise, now: Millis) {
         self.deadlines.remove(&(p.timeout_at, p.id.clone()));
         self.dirty.promises.push(p.id.clone());
         self.dirty.woken.push(p.id.clone());
         self.invocations.remove(&(Reverse(p.created_at), p.id.clone()));
-        self.finish(p);
+        self.members.remove(&(p.root.clone(), p.id.clone()));
+        self.finish(p, now);
         if let Some(t) = self.tasks.get(&p.id).cloned() {
             self.unindex(&t);
             let t = self.tasks.get_mut(&p.id).expect("task exists");
@@ -382,10 +422,12 @@ impl Core {
         }
     }
 
-    /// Enters a settled promise in the indexes of finished roots and invocations.
-    fn finish(&mut self, p: &Promise) {
-        if is_root(p) {
-            self.dirty.finished.push((p.settled_at.unwrap_or_default(), p.id.clone()));
+    /// Enters a settled promise in the index of finished invocations, and its family,
+    /// if nothing in it is pending any more, in the index of finished families, at
+    /// `now`: no promise of the family settled later.
+    fn finish(&mut self, p: &Promise, now: Millis) {
+        if !self.family_live(&p.root) {
+            self.dirty.finished.push((now, p.root.clone()));
         }
         if is_invocation(p) {
             self.dirty.invoked.push((p.created_at, p.id.clone()));
@@ -413,6 +455,21 @@ impl Core {
             };
             state_ok && q.tags.iter().all(|(k, v)| p.tags.get(k) == Some(v))
         };
+        if let Some(root) = &q.root {
+            let after = |p: &Promise| q.cursor.as_deref().is_none_or(|c| p.id.as_str() > c);
+            let mut found: Vec<Promise> = self
+                .family(root)?
+                .into_iter()
+                .filter(|p| p.id.starts_with(&q.prefix) && after(p))
+                .map(|p| p.at(now))
+                .filter(matches)
+                .take(limit + 1)
+                .collect();
+            let more = found.len() > limit;
+            found.truncate(limit);
+            let cursor = if more { found.last().map(|p| p.id.clone()) } else { None };
+            return Ok(Page { promises: found, cursor });
+        }
         // The first `limit + 1` matches of each side, merged in id order.
         let start = match &q.cursor {
             Some(c) if c.as_str() >= q.prefix.as_str() => std::ops::Bound::Excluded(c.clone()),
@@ -659,37 +716,55 @@ impl Core {
         halted.len()
     }
 
-    /// Deletes finished roots, each with its subtree, in this one step.
+    /// Deletes finished families, each whole, in this one step.
     pub(crate) fn purge(&mut self, which: &Purge) -> Result<usize, StoreError> {
         match which {
             Purge::Root(id) => {
-                if self.promises.contains_key(id) {
-                    return Err(conflict(id, "it is pending: only a finished root is purged"));
+                let Some(p) = self.stored(id)? else { return Ok(0) };
+                if p.parent.is_some() {
+                    let reason = format!("it is part of the invocation {:?}: purge that", family_of(&p));
+                    return Err(conflict(id, &reason));
                 }
-                let Some(p) = self.cold.promise(id)? else { return Ok(0) };
-                if !is_root(&p) {
-                    return Err(conflict(id, "it is part of an invocation: purge the root it belongs to"));
+                let pending = self.members.range((id.clone(), String::new())..).next().filter(|(r, _)| r == id);
+                if let Some((_, pending)) = pending {
+                    let reason = if pending == id {
+                        "it is pending: only a finished invocation is purged".to_owned()
+                    } else {
+                        format!("{pending} in its family is pending")
+                    };
+                    return Err(conflict(id, &reason));
                 }
-                match self.purge_root(&p, NEVER)? {
-                    Ok(()) => Ok(1),
-                    Err(held) => Err(conflict(id, &format!("{held} under it is pending"))),
-                }
+                let members = self.family(id)?;
+                self.purge_family(members);
+                Ok(1)
             }
             Purge::Before { before, limit } => {
-                let mut purged = 0;
-                // A root held up by a pending descendant stays in the index: look past
-                // some of those.
-                for (_, id) in self.cold.finished(*before, limit.saturating_mul(4).max(16))? {
-                    if purged == *limit {
-                        break;
-                    }
-                    // A detached root under a root this step purged is gone already.
-                    if self.dirty.purged.promises.contains(&id) {
-                        continue;
-                    }
-                    let Some(p) = self.cold.promise(&id)? else { continue };
-                    if self.purge_root(&p, *before)?.is_ok() {
-                        purged += 1;
+                let (mut purged, mut after) = (0, None);
+                // Each entry is dropped once read: its family goes, or was gone, or
+                // has something pending again or settled since (and so an entry of
+                // its own, later). So no family held back holds up those behind it.
+                while purged < *limit {
+                    let entries = self.cold.finished(after.as_ref(), *before, *limit)?;
+                    let Some(last) = entries.last().cloned() else { break };
+                    after = Some(last);
+                    for entry in entries {
+                        self.dirty.purged.finished.push(entry.clone());
+                        let (_, root) = entry;
+                        if purged == *limit {
+                            break;
+                        }
+                        if self.dirty.purged.promises.contains(&root) || self.family_live(&root) {
+                            continue;
+                        }
+                        let Some(top) = self.cold.promise(&root)? else { continue };
+                        if top.parent.is_some() {
+                            continue;
+                        }
+                        let members = self.family(&root)?;
+                        if members.iter().all(|p| p.settled_at.is_some_and(|at| at < *before)) {
+                            self.purge_family(members);
+                            purged += 1;
+                        }
                     }
                 }
                 Ok(purged)
@@ -697,34 +772,41 @@ impl Core {
         }
     }
 
-    /// Deletes a finished root and its subtree, unless a promise under it is pending,
-    /// or a detached invocation under it (a root of its own) finished at or after
-    /// `before`: then it returns that promise's id and deletes nothing.
-    fn purge_root(&mut self, root: &Promise, before: Millis) -> Result<Result<(), String>, StoreError> {
-        let prefix = format!("{}.", root.id);
-        if let Some((id, _)) = self.promises.range(prefix.clone()..).next().filter(|(id, _)| id.starts_with(&prefix)) {
-            return Ok(Err(id.clone()));
+    /// Deletes the promises of a finished family, with their tasks and index entries.
+    fn purge_family(&mut self, members: Vec<Promise>) {
+        for p in &members {
+            self.dirty.purged.push(p);
+            self.dirty.purged.tasks.push(p.id.clone());
         }
-        let (mut subtree, mut held) = (Vec::new(), None);
-        self.cold.promises(&prefix, None, &mut |p| {
-            if is_root(&p) && p.settled_at.unwrap_or_default() >= before {
-                held = Some(p.id);
-                return ControlFlow::Break(());
+    }
+
+    /// Whether a promise of family `root` is pending.
+    fn family_live(&self, root: &str) -> bool {
+        self.members.range((root.to_owned(), String::new())..).next().is_some_and(|(r, _)| r == root)
+    }
+
+    /// Every promise of family `root`, live or finished, in id order: the top-level
+    /// promise and what is under its id, and each promise created with a chosen id
+    /// and what is under that.
+    fn family(&self, root: &str) -> Result<Vec<Promise>, StoreError> {
+        let mut found = BTreeMap::new();
+        let mut heads = vec![root.to_owned()];
+        heads.extend(self.cold.chosen(root)?);
+        for head in heads {
+            if let Some(p) = self.stored(&head)? {
+                found.insert(p.id.clone(), p);
             }
-            subtree.push(p);
-            ControlFlow::Continue(())
-        })?;
-        if let Some(held) = held {
-            return Ok(Err(held));
+            let prefix = format!("{head}.");
+            for (id, p) in self.promises.range(prefix.clone()..).take_while(|(id, _)| id.starts_with(&prefix)) {
+                found.insert(id.clone(), p.clone());
+            }
+            self.cold.promises(&prefix, None, &mut |p| {
+                found.insert(p.id.clone(), p);
+                ControlFlow::Continue(())
+            })?;
         }
-        let tasks = self.cold.task_ids(&prefix)?;
-        let root_task = self.cold.task(&root.id)?.map(|t| t.id);
-        let purged = &mut self.dirty.purged;
-        for p in subtree.iter().chain([root]) {
-            purged.push(p);
-        }
-        purged.tasks.extend(tasks.into_iter().chain(root_task));
-        Ok(Ok(()))
+        // An id under a member's that another family holds (created by id, raw).
+        Ok(found.into_values().filter(|p| family_of(p) == root).collect())
     }
 
     /// Makes a halted task pending, with a fresh budget of faults; false if it was not
@@ -933,4 +1015,17 @@ fn dedup(mut ids: Vec<String>) -> Vec<String> {
 
 fn conflict(id: &str, reason: &str) -> StoreError {
     StoreError::Conflict { id: id.to_owned(), reason: reason.to_owned() }
+}
+
+/// The family a promise belongs to: its root (a record of a store from before
+/// families were recorded that no upgrade reached counts as its own).
+pub(crate) fn family_of(p: &Promise) -> &str {
+    if p.root.is_empty() { &p.id } else { &p.root }
+}
+
+/// Whether a promise was created with a chosen id: it has a creator, and its id is not
+/// under the creator's. A family's promises are found by their ids' prefixes, and
+/// these, which are not under their family's id, by an index of their own.
+pub(crate) fn is_chosen(p: &Promise) -> bool {
+    p.parent.as_deref().is_some_and(|parent| !p.id.strip_prefix(parent).is_some_and(|rest| rest.starts_with('.')))
 }

@@ -26,9 +26,9 @@ use super::{
     Purge, Release, Search, SettlePromise, Tick, Worker,
 };
 use crate::StoreError;
-use crate::promise::{Fence, Millis, NEVER, Promise, State, Task, TaskState, is_invocation, is_root};
+use crate::promise::{Fence, Millis, NEVER, Promise, State, Task, TaskState, is_invocation};
 
-const SCHEMA_VERSION: i32 = 5;
+const SCHEMA_VERSION: i32 = 6;
 
 // The statements of the hot paths, prepared once per connection.
 /// The database's clock, in milliseconds since the epoch.
@@ -61,10 +61,12 @@ const DUE_PROMISES: &str = "SELECT id FROM promises WHERE state = 'pending' AND 
      ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED";
 const DUE_TASKS: &str = "SELECT id FROM tasks WHERE state = 'acquired' AND lease_until <= $1
      ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED";
-const UPSERT_PROMISES: &str = "INSERT INTO promises (id, state, timer, timeout_at, tags, data, settled_at, invoked_at)
-     SELECT id, state, timer, timeout_at, tags::jsonb, data, settled_at, invoked_at
-     FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[], $5::text[], $6::text[], $7::int8[], $8::int8[])
-       AS u(id, state, timer, timeout_at, tags, data, settled_at, invoked_at)
+const UPSERT_PROMISES: &str = "INSERT INTO promises
+       (id, state, timer, timeout_at, tags, data, settled_at, invoked_at, parent, root)
+     SELECT id, state, timer, timeout_at, tags::jsonb, data, settled_at, invoked_at, parent, root
+     FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[], $5::text[], $6::text[], $7::int8[], $8::int8[],
+                 $9::text[], $10::text[])
+       AS u(id, state, timer, timeout_at, tags, data, settled_at, invoked_at, parent, root)
      ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, timeout_at = EXCLUDED.timeout_at, data = EXCLUDED.data,
        settled_at = EXCLUDED.settled_at";
 /// The function key of the call promise `p` stands for (`Param::function_key`): its
@@ -114,6 +116,7 @@ const SEARCH: &str = concat!(
      WHERE id >= ($1::text COLLATE \"C\") AND id > ($2::text COLLATE \"C\")
      AND left(id, length($1)) = $1
      AND tags @> ($3::text)::jsonb
+     AND ($7::text IS NULL OR root = $7)
      AND ",
     state_filter!(),
     " ORDER BY id LIMIT $6"
@@ -210,6 +213,48 @@ const MIGRATION_5: &str = concat!(
     " FROM promises p WHERE p.id = t.id AND coalesce((p.data::jsonb #>> '{param,version}')::int, 1) <> 1"
 );
 
+/// Version 6: each promise's creator and family, indexed by family; finished
+/// families by the settle time of their top-level promise. The rows there are get
+/// theirs from [`crate::store::upgrade::relate`], after this; a row a process of an
+/// earlier version writes meanwhile (a rolling deploy) gets them from the trigger,
+/// by the same rules.
+const MIGRATION_6: &str = r#"
+ALTER TABLE promises ADD COLUMN IF NOT EXISTS parent text COLLATE "C";
+ALTER TABLE promises ADD COLUMN IF NOT EXISTS root text COLLATE "C";
+DROP INDEX IF EXISTS promises_finished;
+CREATE INDEX IF NOT EXISTS promises_top_finished ON promises (settled_at) WHERE settled_at IS NOT NULL AND parent IS NULL;
+CREATE INDEX IF NOT EXISTS promises_root ON promises (root, id);
+CREATE OR REPLACE FUNCTION durable_relate() RETURNS trigger LANGUAGE plpgsql AS $body$
+DECLARE
+    creator text;
+    family text;
+BEGIN
+    IF NEW.root IS NULL THEN
+        creator := coalesce(NEW.tags ->> 'durable:parent',
+            CASE WHEN strpos(NEW.id, '.') > 0 THEN regexp_replace(NEW.id, '(\.r[0-9]+)?\.[^.]*$', '') END);
+        IF creator IS NOT NULL THEN
+            EXECUTE format('SELECT root FROM %I.promises WHERE id = $1', TG_TABLE_SCHEMA) INTO family USING creator;
+        END IF;
+        IF family IS NULL THEN
+            creator := NULL;
+            family := NEW.id;
+        END IF;
+        NEW.parent := creator;
+        NEW.root := family;
+        NEW.data := jsonb_set(jsonb_set(NEW.data::jsonb, '{parent}', coalesce(to_jsonb(creator), 'null'::jsonb)),
+            '{root}', to_jsonb(family))::text;
+        IF NEW.invoked_at IS NOT NULL AND creator IS NOT NULL AND NOT NEW.tags ? 'durable:detached'
+            AND left(NEW.id, length(creator) + 1) = creator || '.' THEN
+            NEW.invoked_at := NULL;
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$body$;
+DROP TRIGGER IF EXISTS durable_relate ON promises;
+CREATE TRIGGER durable_relate BEFORE INSERT ON promises FOR EACH ROW EXECUTE FUNCTION durable_relate();
+"#;
+
 const ANNOUNCE: &str = "INSERT INTO workers (grp, pid, process, functions, live_until) VALUES ($1, $2, $3, $4, $5)
      ON CONFLICT (grp, pid) DO UPDATE
      SET process = excluded.process, functions = excluded.functions, live_until = excluded.live_until";
@@ -217,19 +262,17 @@ const FORGET: &str = "DELETE FROM workers WHERE live_until < $1";
 const WORKERS: &str =
     "SELECT grp, pid, process, functions, live_until FROM workers WHERE live_until >= $1 ORDER BY grp, pid";
 
-// Purging: finished roots (the predicate of `promises_finished`), what holds one back,
-// and its subtree, children first, a bounded batch at a time.
+// Purging: finished top-level promises (the predicate of `promises_top_finished`),
+// what holds a family back (a promise pending, or settled too recently), and the rest
+// of the family, a bounded batch at a time.
 const PURGE_ROOTS: &str = "SELECT id FROM promises
-     WHERE settled_at IS NOT NULL AND (strpos(id, '.') = 0 OR tags ? 'durable:detached')
-       AND settled_at < $1 AND NOT (id = ANY($2))
+     WHERE settled_at IS NOT NULL AND parent IS NULL AND settled_at < $1 AND NOT (id = ANY($2))
      ORDER BY settled_at LIMIT $3 FOR UPDATE SKIP LOCKED";
 const PURGE_ROOT: &str = "SELECT data FROM promises WHERE id = $1 FOR UPDATE";
 const PURGE_HELD: &str = "SELECT r.id FROM unnest($1::text[]) AS r(id) WHERE EXISTS (
-       SELECT 1 FROM promises p WHERE p.id >= ((r.id || '.') COLLATE \"C\") AND p.id < ((r.id || '/') COLLATE \"C\")
-         AND (p.state = 'pending' OR (p.settled_at >= $2 AND p.tags ? 'durable:detached')))";
+       SELECT 1 FROM promises p WHERE p.root = r.id AND (p.state = 'pending' OR p.settled_at >= $2))";
 const PURGE_CHILDREN: &str = "WITH doomed AS (
-       SELECT p.id FROM unnest($1::text[]) AS r(id) JOIN promises p
-         ON p.id >= ((r.id || '.') COLLATE \"C\") AND p.id < ((r.id || '/') COLLATE \"C\")
+       SELECT p.id FROM promises p WHERE p.root = ANY($1) AND p.id <> p.root
        ORDER BY p.id LIMIT $2 FOR UPDATE OF p),
      gone AS (DELETE FROM promises p USING doomed d WHERE p.id = d.id RETURNING p.id),
      tasks_gone AS (DELETE FROM tasks t USING gone g WHERE t.id = g.id)
@@ -355,12 +398,21 @@ async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<()
         Some(SCHEMA_VERSION) => {}
         version => {
             let version = version.unwrap_or(0);
-            for (to, migration) in
-                [(1, MIGRATION_1), (2, MIGRATION_2), (3, MIGRATION_3), (4, MIGRATION_4), (5, MIGRATION_5)]
-            {
+            let migrations = [
+                (1, MIGRATION_1),
+                (2, MIGRATION_2),
+                (3, MIGRATION_3),
+                (4, MIGRATION_4),
+                (5, MIGRATION_5),
+                (6, MIGRATION_6),
+            ];
+            for (to, migration) in migrations {
                 if version < to {
                     tx.batch_execute(migration).await.map_err(StoreError::backend)?;
                 }
+            }
+            if version < 6 {
+                relate_rows(&tx).await?;
             }
             tx.execute("DELETE FROM durable_schema", &[]).await.map_err(StoreError::backend)?;
             tx.execute("INSERT INTO durable_schema VALUES ($1)", &[&SCHEMA_VERSION])
@@ -369,6 +421,37 @@ async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<()
         }
     }
     tx.commit().await.map_err(StoreError::backend)
+}
+
+/// Gives every promise row without a family its creator and family
+/// ([`crate::store::upgrade::relate`]), in the data and the columns, with the listing
+/// column by the new rule. Reads every promise: once, in the upgrade to version 6.
+async fn relate_rows(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    let rows = tx.query("SELECT data FROM promises", &[]).await.map_err(StoreError::backend)?;
+    let mut all = std::collections::BTreeMap::new();
+    for row in rows {
+        let p = parse::<Promise>(row.get(0))?;
+        all.insert(p.id.clone(), p);
+    }
+    super::upgrade::relate(&mut all);
+    let (mut ids, mut parents, mut roots, mut data, mut invoked) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for p in all.values() {
+        ids.push(p.id.clone());
+        parents.push(p.parent.clone());
+        roots.push(p.root.clone());
+        data.push(serde_json::to_string(p).expect("a promise encodes"));
+        invoked.push(is_invocation(p).then_some(p.created_at as i64));
+    }
+    tx.execute(
+        "UPDATE promises p SET parent = u.parent, root = u.root, data = u.data, invoked_at = u.invoked
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) AS u(id, parent, root, data, invoked)
+         WHERE p.id = u.id",
+        &[&ids, &parents, &roots, &data, &invoked],
+    )
+    .await
+    .map_err(StoreError::backend)?;
+    Ok(())
 }
 
 /// The channel a group's readiness is notified on: one per group, so that a "ready"
@@ -674,8 +757,11 @@ impl PostgresStore {
         // Every write of the step: one statement per table, pipelined.
         let (mut p_ids, mut p_states, mut p_timers, mut p_timeouts, mut p_tags, mut p_data) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut p_settled, mut p_invoked) = (Vec::new(), Vec::new());
+        let (mut p_settled, mut p_invoked, mut p_parents, mut p_roots) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for p in &dirty.promises {
+            p_parents.push(p.parent.clone());
+            p_roots.push(p.root.clone());
             p_settled.push(p.settled_at.map(|at| at as i64));
             p_invoked.push(is_invocation(p).then_some(p.created_at as i64));
             p_states.push(state_name(p.state).to_owned());
@@ -701,8 +787,8 @@ impl PostgresStore {
             t_data.push(serde_json::to_string(t).expect("a task encodes"));
             t_ids.push(t.id.clone());
         }
-        let promise_params: [&(dyn ToSql + Sync); 8] =
-            [&p_ids, &p_states, &p_timers, &p_timeouts, &p_tags, &p_data, &p_settled, &p_invoked];
+        let promise_params: [&(dyn ToSql + Sync); 10] =
+            [&p_ids, &p_states, &p_timers, &p_timeouts, &p_tags, &p_data, &p_settled, &p_invoked, &p_parents, &p_roots];
         let task_params: [&(dyn ToSql + Sync); 11] = [
             &t_ids,
             &t_states,
@@ -793,8 +879,8 @@ impl PostgresStore {
                 let p = parse::<Promise>(row.get(0))?;
                 let refused = if !p.state.is_settled() {
                     Some("it is pending: only a finished root is purged".to_owned())
-                } else if !is_root(&p) {
-                    Some("it is part of an invocation: purge the root it belongs to".to_owned())
+                } else if p.parent.is_some() {
+                    Some(format!("it is part of the invocation {:?}: purge that", p.root))
                 } else {
                     None
                 };
@@ -815,7 +901,7 @@ impl PostgresStore {
         }
         let stuck = ids(conn.query(&held_q, &[&roots, &before_i]).await.map_err(db)?);
         if let (Purge::Root(id), Some(_)) = (purge, stuck.first()) {
-            let reason = "a promise under it is pending".to_owned();
+            let reason = "a promise in its family is pending".to_owned();
             return Err(StoreError::Conflict { id: id.clone(), reason });
         }
         roots.retain(|r| !stuck.contains(r));
@@ -902,7 +988,9 @@ impl super::Store for PostgresStore {
     }
 
     async fn create(&self, req: CreatePromise) -> Result<Created, StoreError> {
-        let (promises, tasks) = ([req.id.clone()], req.fence.iter().map(|f| f.task.clone()).collect::<Vec<_>>());
+        // The creator too: the new promise joins its family.
+        let promises: Vec<String> = std::iter::once(&req.id).chain(&req.parent).cloned().collect();
+        let tasks = req.fence.iter().map(|f| f.task.clone()).collect::<Vec<_>>();
         self.step_when(req.durable, Select::Ids { promises: &promises, tasks: &tasks, create: true }, |core, now| {
             core.create(req.clone(), now)
         })
@@ -929,10 +1017,9 @@ impl super::Store for PostgresStore {
         let after = search.cursor.clone().filter(|c| c.as_str() >= search.prefix.as_str()).unwrap_or_default();
         let state = search.state.map(state_name);
         let tags = serde_json::to_string(&search.tags).expect("tags encode");
-        let rows = conn
-            .query(&find, &[&search.prefix, &after, &tags, &state, &now, &((limit + 1) as i64)])
-            .await
-            .map_err(db)?;
+        let params: [&(dyn ToSql + Sync); 7] =
+            [&search.prefix, &after, &tags, &state, &now, &((limit + 1) as i64), &search.root];
+        let rows = conn.query(&find, &params).await.map_err(db)?;
         commit(&mut conn).await?;
         let mut promises = rows
             .iter()

@@ -25,12 +25,13 @@ use super::state::Start;
 use super::state::{Changes, Core};
 use super::{Clock, SystemClock};
 use crate::StoreError;
-use crate::promise::{Millis, Promise, Task, TaskState, is_invocation, is_root};
+use crate::promise::{Millis, Promise, Task, TaskState, is_invocation};
 
 const FORMAT_KEY: &[u8] = b"format";
-/// Formats 1 and 2 kept every record under `p` and `t`, and format 3 had no index of
-/// finished invocations; opening one brings it up to date.
-const FORMAT: &[u8] = b"4";
+/// Formats 1 and 2 kept every record under `p` and `t`, format 3 had no index of
+/// finished invocations, and formats before 5 recorded no promise's creator and
+/// family; opening one brings it up to date.
+const FORMAT: &[u8] = b"5";
 /// A write-ahead log segment this long is applied to sled and a new one begun. It
 /// bounds the memory the overlay of finished records not yet in sled takes.
 const SEGMENT_LIMIT: u64 = 8 << 20;
@@ -94,8 +95,11 @@ impl SledStore {
                 db.insert(FORMAT_KEY, FORMAT).map_err(context)?;
             }
             Some(v) if v == FORMAT => {}
-            Some(v) if v == b"1" || v == b"2" => upgrade(path, &db, &records)?,
-            Some(v) if v == b"3" => index_invocations(path, &db, &records)?,
+            Some(v) if v == b"1" || v == b"2" => {
+                split_live(path, &db, &records)?;
+                relate_families(path, &db, &records)?;
+            }
+            Some(v) if v == b"3" || v == b"4" => relate_families(path, &db, &records)?,
             Some(v) => {
                 return Err(StoreError::backend(format!(
                     "the sled store in {} has format {:?}; this version reads format {:?}",
@@ -166,11 +170,29 @@ const FINISHED: u8 = b'f';
 /// The finished-invocations index: `i`, the creation time's complement (8 bytes,
 /// big-endian: newest first), the id.
 const INVOKED: u8 = b'i';
+/// The chosen-id index: `c`, the family's root's length (4 bytes, big-endian), the
+/// root, the id of a promise of that family created with a chosen id.
+const CHOSEN: u8 = b'c';
 
 /// Whether a key is of a finished record (or an index of them): one the store reads
 /// from sled, not from memory.
 fn is_finished(key: &[u8]) -> bool {
-    matches!(key.first(), Some(&PROMISE | &TASK | &FINISHED | &INVOKED))
+    matches!(key.first(), Some(&PROMISE | &TASK | &FINISHED | &INVOKED | &CHOSEN))
+}
+
+/// The prefix of the chosen-id index entries of family `root`.
+fn chosen_prefix(root: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(root.len() + 5);
+    key.push(CHOSEN);
+    key.extend_from_slice(&(root.len() as u32).to_be_bytes());
+    key.extend_from_slice(root.as_bytes());
+    key
+}
+
+fn chosen_key(root: &str, id: &str) -> Vec<u8> {
+    let mut key = chosen_prefix(root);
+    key.extend_from_slice(id.as_bytes());
+    key
 }
 
 fn key(kind: u8, id: &str) -> Vec<u8> {
@@ -210,10 +232,10 @@ fn load<T: serde::de::DeserializeOwned>(raw: &Records, kind: u8, path: &Path) ->
     raw.range(vec![kind]..vec![kind + 1]).filter_map(|(k, v)| v.as_ref().map(|v| parse(k, v, path))).collect()
 }
 
-/// Rewrites a store of format 1 or 2, which kept every record under `p` and `t`, in
-/// this format, once: its log is applied first, so that no old record is applied over
-/// a new one later.
-fn upgrade(path: &Path, db: &sled::Db, records: &sled::Tree) -> Result<(), StoreError> {
+/// Moves the live records of a store of format 1 or 2, which kept every record under
+/// `p` and `t`, to their own keys, once: its log is applied first, so that no old
+/// record is applied over a new one later.
+fn split_live(path: &Path, db: &sled::Db, records: &sled::Tree) -> Result<(), StoreError> {
     let replay = wal::replay(path, db)?;
     let mut all = Records::new();
     for kv in records.iter() {
@@ -230,14 +252,7 @@ fn upgrade(path: &Path, db: &sled::Db, records: &sled::Tree) -> Result<(), Store
         match k.first() {
             Some(&PROMISE) => {
                 let p: Promise = parse(k, v, path)?;
-                if p.state.is_settled() {
-                    if is_root(&p) {
-                        batch.insert(finished_key(p.settled_at.unwrap_or_default(), &p.id), FINISHED_VALUE);
-                    }
-                    if is_invocation(&p) {
-                        batch.insert(invoked_key(p.created_at, &p.id), FINISHED_VALUE);
-                    }
-                } else {
+                if !p.state.is_settled() {
                     batch.remove(k.as_slice());
                     batch.insert(key(LIVE_PROMISE, &p.id), v.as_slice());
                 }
@@ -254,14 +269,15 @@ fn upgrade(path: &Path, db: &sled::Db, records: &sled::Tree) -> Result<(), Store
     }
     records.apply_batch(batch).map_err(StoreError::backend)?;
     wal::mark_applied(db, replay.last)?;
-    db.insert(FORMAT_KEY, FORMAT).map_err(StoreError::backend)?;
     db.flush().map_err(StoreError::backend)?;
     Ok(())
 }
 
-/// Adds the index of finished invocations to a store of format 3, once: its log is
-/// applied first, so that every finished invocation is in sled.
-fn index_invocations(path: &Path, db: &sled::Db, records: &sled::Tree) -> Result<(), StoreError> {
+/// Brings a store of format 3 or 4 (or one just split) to this format, once: gives
+/// every promise its creator and family ([`super::upgrade::relate`]) and rebuilds
+/// the indexes of finished families, finished invocations and chosen ids. Its log is
+/// applied first. Holds every promise in memory meanwhile.
+fn relate_families(path: &Path, db: &sled::Db, records: &sled::Tree) -> Result<(), StoreError> {
     let replay = wal::replay(path, db)?;
     let mut batch = sled::Batch::default();
     for (k, v) in &replay.records {
@@ -272,13 +288,43 @@ fn index_invocations(path: &Path, db: &sled::Db, records: &sled::Tree) -> Result
     }
     records.apply_batch(batch).map_err(StoreError::backend)?;
     wal::mark_applied(db, replay.last)?;
+    let mut all = std::collections::BTreeMap::new();
     let mut batch = sled::Batch::default();
-    for kv in records.scan_prefix([PROMISE]) {
+    for kv in records.iter() {
         let (k, v) = kv.map_err(StoreError::backend)?;
-        let p: Promise = parse(&k, &v, path)?;
-        if is_invocation(&p) {
-            batch.insert(invoked_key(p.created_at, &p.id), FINISHED_VALUE);
+        match k.first() {
+            Some(&PROMISE | &LIVE_PROMISE) => {
+                let p: Promise = parse(&k, &v, path)?;
+                all.insert(p.id.clone(), p);
+            }
+            Some(&FINISHED | &INVOKED | &CHOSEN) => batch.remove(k),
+            _ => {}
         }
+    }
+    super::upgrade::relate(&mut all);
+    let mut pending: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut finished: std::collections::HashMap<&str, Millis> = std::collections::HashMap::new();
+    for p in all.values() {
+        let kind = if p.state.is_settled() { PROMISE } else { LIVE_PROMISE };
+        batch.insert(key(kind, &p.id), json(p)?);
+        if super::state::is_chosen(p) {
+            batch.insert(chosen_key(&p.root, &p.id), FINISHED_VALUE);
+        }
+        match p.settled_at {
+            Some(at) => {
+                let latest = finished.entry(p.root.as_str()).or_default();
+                *latest = (*latest).max(at);
+                if is_invocation(p) {
+                    batch.insert(invoked_key(p.created_at, &p.id), FINISHED_VALUE);
+                }
+            }
+            None => {
+                pending.insert(p.root.as_str());
+            }
+        }
+    }
+    for (root, at) in finished.into_iter().filter(|(root, _)| !pending.contains(root)) {
+        batch.insert(finished_key(at, root), FINISHED_VALUE);
     }
     records.apply_batch(batch).map_err(StoreError::backend)?;
     db.insert(FORMAT_KEY, FORMAT).map_err(StoreError::backend)?;
@@ -323,11 +369,15 @@ impl Log for SledLog {
         for (at, id) in &changes.invoked {
             records.push((invoked_key(*at, id), Some(FINISHED_VALUE.to_vec())));
         }
+        for (root, id) in &changes.chosen {
+            records.push((chosen_key(root, id), Some(FINISHED_VALUE.to_vec())));
+        }
         let purged = &changes.purged;
         records.extend(purged.promises.iter().map(|id| (key(PROMISE, id), None)));
         records.extend(purged.tasks.iter().map(|id| (key(TASK, id), None)));
         records.extend(purged.finished.iter().map(|(at, id)| (finished_key(*at, id), None)));
         records.extend(purged.invoked.iter().map(|(at, id)| (invoked_key(*at, id), None)));
+        records.extend(purged.chosen.iter().map(|(root, id)| (chosen_key(root, id), None)));
         let entry = self.wal.stage(|entry| {
             for (k, v) in &records {
                 entry.record(k, v.as_deref())?;
@@ -450,22 +500,32 @@ impl Cold for SledCold {
         self.scan(start, &prefix, &mut |k, v| Ok(each(parse(k, v, &self.path)?)))
     }
 
-    fn task_ids(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let prefix = key(TASK, prefix);
+    fn chosen(&self, root: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = chosen_prefix(root);
         let mut ids = Vec::new();
         self.scan(Bound::Included(&prefix), &prefix, &mut |k, _| {
-            ids.push(String::from_utf8_lossy(&k[1..]).into_owned());
+            ids.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
             Ok(ControlFlow::Continue(()))
         })?;
         Ok(ids)
     }
 
-    fn finished(&self, before: Millis, limit: usize) -> Result<Vec<(Millis, String)>, StoreError> {
+    fn finished(
+        &self,
+        after: Option<&(Millis, String)>,
+        before: Millis,
+        limit: usize,
+    ) -> Result<Vec<(Millis, String)>, StoreError> {
         let mut found = Vec::new();
         if limit == 0 {
             return Ok(found);
         }
-        self.scan(Bound::Included(&[FINISHED]), &[FINISHED], &mut |k, _| {
+        let after = after.map(|(at, id)| finished_key(*at, id));
+        let start = match &after {
+            Some(a) => Bound::Excluded(a.as_slice()),
+            None => Bound::Included(&[FINISHED][..]),
+        };
+        self.scan(start, &[FINISHED], &mut |k, _| {
             let at = k.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
             let Some(at) = at.filter(|at| *at < before) else { return Ok(ControlFlow::Break(())) };
             found.push((at, String::from_utf8_lossy(&k[9..]).into_owned()));
