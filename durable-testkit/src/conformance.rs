@@ -48,14 +48,20 @@ where
     tasks_route_to_a_preferred_or_required_pid(&*make().await).await;
     suspended_tasks_resume_when_an_awaited_promise_settles(&*make().await).await;
     purge_deletes_finished_roots_with_their_subtrees(&*make().await).await;
+    a_promise_joins_its_creators_family(&*make().await).await;
+    a_family_goes_whole_once_all_of_it_settled(&*make().await).await;
+    families_held_back_hold_up_none_behind_them(&*make().await).await;
     purge_counts_from_the_settle_time_and_waits_for_detached_roots(&*make().await).await;
     an_interrupted_purge_leaves_a_root_whole_or_gone(make().await).await;
     workers_announce_themselves_and_are_forgotten_a_day_on(&*make().await).await;
     a_claim_takes_only_tasks_of_its_functions(&*make().await).await;
 }
 
+/// A call; an id under another one is created by it (its parent).
 fn call(id: &str) -> CreatePromise {
-    CreatePromise::new(id, Param::call("f", 1, "1".into()))
+    let mut req = CreatePromise::new(id, Param::call("f", 1, "1".into()));
+    req.parent = id.rsplit_once('.').map(|(parent, _)| parent.to_owned());
+    req
 }
 
 fn settle(id: &str, state: State, value: &str) -> SettlePromise {
@@ -653,6 +659,137 @@ async fn ids_under(store: &dyn Store, prefix: &str) -> Vec<String> {
             None => return ids,
         }
     }
+}
+
+/// A request made by a running body of `creator`: under its fence, with it as parent.
+fn created_by(mut req: CreatePromise, creator: &str, fence: &Fence) -> CreatePromise {
+    req.parent = Some(creator.to_owned());
+    req.fence = Some(fence.clone());
+    req
+}
+
+/// Every promise of family `root`, a page of two at a time, as (id, parent).
+async fn family(store: &dyn Store, root: &str) -> Vec<(String, Option<String>)> {
+    let (mut found, mut cursor) = (Vec::new(), None);
+    loop {
+        let search = Search { root: Some(root.into()), limit: 2, cursor, ..Search::default() };
+        let page = store.search(search).await.expect("search a family");
+        found.extend(page.promises.into_iter().map(|p| (p.id, p.parent)));
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => return found,
+        }
+    }
+}
+
+/// A promise records its creator and the family of its creator's top-level promise,
+/// whatever its id; a creator must exist; a search by family finds every member, in id
+/// order, and nothing else.
+pub async fn a_promise_joins_its_creators_family(store: &dyn Store) {
+    store.create(with_task("sub", "g")).await.expect("create");
+    store.create(call("sub2")).await.expect("another family");
+    let fence = claim_one(store, "g", "p1", 60_000).await.expect("the task").fence();
+    let charge = store.create(created_by(recorded("charge-1", &[]), "sub", &fence)).await.expect("a chosen id");
+    assert_eq!(
+        (charge.promise.parent.as_deref(), charge.promise.root.as_str()),
+        (Some("sub"), "sub"),
+        "a chosen id joins its creator's family"
+    );
+    let mut nested = recorded("charge-1.1", &[]);
+    nested.parent = Some("charge-1".into());
+    let nested = store.create(nested).await.expect("created by a chosen id");
+    assert_eq!(nested.promise.root, "sub", "its family is its creator's, at any depth");
+    let approval = CreatePromise::new("approval-1", Param::External);
+    store.create(created_by(approval, "charge-1.1", &fence)).await.expect("a chosen id under a chosen id");
+    let mut orphan = call("lost");
+    orphan.parent = Some("nobody".into());
+    let refused = store.create(orphan).await;
+    assert!(matches!(refused, Err(StoreError::Conflict { .. })), "a creator must exist: {refused:?}");
+    assert!(store.get("lost").await.expect("get").is_none(), "a refused create writes nothing");
+    let mut selfish = call("me");
+    selfish.parent = Some("me".into());
+    assert!(store.create(selfish).await.is_err(), "a promise cannot create itself");
+    let top = store.get("sub").await.expect("get").expect("sub");
+    assert_eq!((top.parent, top.root.as_str()), (None, "sub"), "a top-level promise is its own family");
+    assert_eq!(
+        family(store, "sub").await,
+        [
+            ("approval-1".to_owned(), Some("charge-1.1".to_owned())),
+            ("charge-1".to_owned(), Some("sub".to_owned())),
+            ("charge-1.1".to_owned(), Some("charge-1".to_owned())),
+            ("sub".to_owned(), None),
+        ],
+        "the family, in id order, without sub2"
+    );
+    let pending = Search { root: Some("sub".into()), state: Some(State::Pending), ..Search::default() };
+    let pending: Vec<String> =
+        store.search(pending).await.expect("search").promises.into_iter().map(|p| p.id).collect();
+    assert_eq!(pending, ["approval-1", "sub"], "a family search filters by state too");
+}
+
+/// Retention takes a family as one: nothing of it while any of it is pending (a
+/// chosen id, a detached invocation, the top-level promise), all of it once every
+/// promise settled before the time, tasks included. A promise that is not top-level is
+/// purged only with its family.
+pub async fn a_family_goes_whole_once_all_of_it_settled(store: &dyn Store) {
+    store.create(with_task("sub", "g")).await.expect("create");
+    let fence = claim_one(store, "g", "p1", 600_000).await.expect("the task").fence();
+    store.create(created_by(recorded("charge-1", &[]), "sub", &fence)).await.expect("a chosen id, settled");
+    let mut job = with_task("sub.2", "jobs");
+    job.tags.insert("durable:detached".into(), "true".into());
+    store.create(created_by(job, "sub", &fence)).await.expect("a detached invocation");
+    let approval = CreatePromise::new("approval-1", Param::External);
+    store.create(created_by(approval, "sub", &fence)).await.expect("an external promise");
+    store.settle(settle("approval-1", State::Resolved, "true")).await.expect("approve");
+    advance(store, 1000).await;
+    let purge = |before| store.purge(Purge::Before { before, limit: 100 });
+    let later = store.now().await.expect("now") + 1;
+    assert_eq!(purge(later).await.expect("purge"), 0, "the creator is pending: nothing of its family goes");
+    for id in ["charge-1", "approval-1"] {
+        assert!(store.get(id).await.expect("get").is_some(), "{id} stays while its creator runs");
+    }
+    let part = store.purge(Purge::Root("charge-1".into())).await;
+    assert!(matches!(&part, Err(StoreError::Conflict { reason, .. }) if reason.contains("sub")), "{part:?}");
+
+    let mut done = settle("sub", State::Resolved, "1");
+    done.fence = Some(fence);
+    store.settle(done).await.expect("settle the top");
+    advance(store, 1000).await;
+    let later = store.now().await.expect("now") + 1;
+    assert_eq!(purge(later).await.expect("purge"), 0, "the detached invocation is pending: the family stays");
+    assert!(store.get("charge-1").await.expect("get").is_some());
+    assert!(is_conflict(store.purge(Purge::Root("sub".into())).await), "nor does an explicit purge take it");
+
+    store.settle(settle("sub.2", State::Resolved, "2")).await.expect("the detached job ends");
+    let ended = store.now().await.expect("now");
+    assert_eq!(purge(ended).await.expect("purge"), 0, "counted from the last settle in the family");
+    advance(store, 1000).await;
+    assert_eq!(purge(ended + 1).await.expect("purge"), 1, "then the family goes, as one");
+    for id in ["sub", "charge-1", "approval-1", "sub.2"] {
+        assert!(store.get(id).await.expect("get").is_none(), "{id} went with its family");
+    }
+    for id in ["sub", "sub.2"] {
+        assert!(store.task(id).await.expect("task").is_none(), "the task of {id} went too");
+    }
+    let again = store.create(recorded("charge-1", &[])).await.expect("the chosen id again");
+    assert!(again.new, "a chosen id of a purged family is free");
+}
+
+/// Families that cannot go yet (something in them is pending) do not hold up those
+/// behind them, however many.
+pub async fn families_held_back_hold_up_none_behind_them(store: &dyn Store) {
+    for n in 0..450 {
+        let top = format!("held{n}");
+        store.create(recorded(&top, &[])).await.expect("a finished top");
+        store.create(call(&format!("{top}.1"))).await.expect("with a pending child");
+    }
+    store.create(recorded("free", &[])).await.expect("a finished family");
+    advance(store, 1000).await;
+    let before = store.now().await.expect("now");
+    let purged = store.purge(Purge::Before { before, limit: 100 }).await.expect("purge");
+    assert_eq!(purged, 1, "the finished family behind 450 held ones goes");
+    assert!(store.get("free").await.expect("get").is_none());
+    assert!(store.get("held0").await.expect("get").is_some());
 }
 
 fn is_conflict(result: Result<usize, StoreError>) -> bool {

@@ -887,7 +887,8 @@ impl<'a> Promises<'a> {
         };
         let mut req = CreatePromise::new(new_id, old.param.clone());
         // A family of its own: not its original's creator's, and not detached.
-        req.tags = old.tags.iter().filter(|(k, _)| !k.starts_with("durable:")).map(|(k, v)| (k.clone(), v.clone())).collect();
+        req.tags =
+            old.tags.iter().filter(|(k, _)| !k.starts_with("durable:")).map(|(k, v)| (k.clone(), v.clone())).collect();
         req.task = Some(NewTask::new(task.target));
         let created = self.store.create(req).await?;
         if !created.new {

@@ -1256,4 +1256,72 @@ mod tests {
         tokio::spawn(connection);
         client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
     }
+
+    /// How a process of schema version 5 wrote a promise: no creator, no family.
+    const UPSERT_V5: &str = "INSERT INTO promises (id, state, timer, timeout_at, tags, data, settled_at, invoked_at)
+         VALUES ($1, $2, false, 9223372036854775807, $3::text::jsonb, $4, $5, $6)
+         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, data = EXCLUDED.data, settled_at = EXCLUDED.settled_at";
+
+    async fn write_v5(client: &tokio_postgres::Client, id: &str, settled: bool, tags: serde_json::Value) {
+        let p = serde_json::json!({
+            "id": id, "state": if settled { "resolved" } else { "pending" },
+            "param": {"kind": "call", "func": "f", "version": 1, "args": "1", "digest": 1},
+            "value": if settled { Some("1") } else { None }, "timeout_at": u64::MAX,
+            "tags": tags, "ikey_create": null, "ikey_settle": null,
+            "created_at": 1, "settled_at": if settled { Some(2) } else { None },
+        });
+        let (state, settled_at) = if settled { ("resolved", Some(2i64)) } else { ("pending", None) };
+        let invoked = (!id.contains('.')).then_some(1i64);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&id, &state, &tags.to_string(), &p.to_string(), &settled_at, &invoked];
+        client.execute(UPSERT_V5, &params).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn schema_5_rows_and_writers_get_their_family() {
+        let schema = format!("durable_upgrade6_{}", std::process::id());
+        let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {} is unreachable: {e}", url()));
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; SET search_path TO {schema}"
+            ))
+            .await
+            .unwrap();
+        for migration in
+            [super::MIGRATION_1, super::MIGRATION_2, super::MIGRATION_3, super::MIGRATION_4, super::MIGRATION_5]
+        {
+            client.batch_execute(migration).await.unwrap();
+        }
+        client
+            .batch_execute(
+                "CREATE TABLE durable_schema (version integer NOT NULL); INSERT INTO durable_schema VALUES (5)",
+            )
+            .await
+            .unwrap();
+        write_v5(&client, "a", true, serde_json::json!({})).await;
+        write_v5(&client, "a.1", true, serde_json::json!({})).await;
+        write_v5(&client, "charge-a", true, serde_json::json!({"durable:parent": "a.1"})).await;
+        write_v5(&client, "b", false, serde_json::json!({})).await;
+        write_v5(&client, "approval-b", true, serde_json::json!({"durable:parent": "b"})).await;
+
+        let store = PostgresStore::options(&url()).schema(&schema).connect().await.expect("upgrade to 6");
+        let family = |p: Option<crate::Promise>| p.map(|p| (p.parent, p.root)).unwrap();
+        assert_eq!(family(store.get("charge-a").await.unwrap()), (Some("a.1".into()), "a".into()));
+        assert_eq!(family(store.get("approval-b").await.unwrap()), (Some("b".into()), "b".into()));
+        // A process of version 5 still running during the deploy writes as it did.
+        write_v5(&client, "b.1", true, serde_json::json!({})).await;
+        write_v5(&client, "label-b", false, serde_json::json!({"durable:parent": "b.1"})).await;
+        assert_eq!(family(store.get("label-b").await.unwrap()), (Some("b.1".into()), "b".into()), "by the trigger");
+        let search = crate::store::Search { root: Some("b".into()), ..Default::default() };
+        let ids: Vec<String> = store.search(search).await.unwrap().promises.into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["approval-b", "b", "b.1", "label-b"]);
+        let purged = store.purge(crate::store::Purge::Before { before: u64::MAX, limit: 100 }).await.unwrap();
+        assert_eq!(purged, 1, "family a, whole; b runs");
+        assert!(store.get("charge-a").await.unwrap().is_none());
+        assert!(store.get("approval-b").await.unwrap().is_some(), "an approval b waits on stays");
+        client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    }
 }

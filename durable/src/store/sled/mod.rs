@@ -558,7 +558,7 @@ mod tests {
 
     use super::wal::Faults;
     use super::{FINISHED_VALUE, FORMAT, FORMAT_KEY, LIVE_PROMISE, PROMISE, SledStore, TASK, finished_key, key};
-    use crate::promise::Param;
+    use crate::promise::{Param, Promise};
     use crate::store::{CreatePromise, Invocations, Purge, Search, SettlePromise, SystemClock};
     use crate::{State, Store};
 
@@ -653,7 +653,9 @@ mod tests {
         for i in 0..100 {
             for id in [format!("done{i}"), format!("done{i}.1"), format!("done{i}.2"), format!("done{i}.2.1")] {
                 let param = if id.contains('.') { Param::External } else { Param::call("f", 1, i.to_string()) };
+                let parent = id.rsplit_once('.').map(|(parent, _)| parent.to_owned());
                 let mut req = CreatePromise::new(id, param);
+                req.parent = parent;
                 req.settled = Some((State::Resolved, i.to_string()));
                 store.create(req).await.unwrap();
             }
@@ -752,6 +754,59 @@ mod tests {
         }
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(invocations(&store).await, ["old-open", "old-done"], "the finished invocation is indexed");
+        drop(store);
+        let db = sled::open(dir.path()).unwrap();
+        assert_eq!(db.get(FORMAT_KEY).unwrap().as_deref(), Some(FORMAT), "upgraded once, for good");
+    }
+
+    #[tokio::test]
+    async fn a_store_of_format_4_learns_each_promises_family() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // Format 4 recorded no creator nor family: a chosen id named its creator in
+            // a tag, and every promise with no `.` in its id (and every detached one)
+            // was a root of its own, in the index of finished roots.
+            let db = sled::open(dir.path()).unwrap();
+            let records = db.open_tree("records").unwrap();
+            let old = |id: &str, settled: bool, tags: &[(&str, &str)]| {
+                let mut p = serde_json::json!({
+                    "id": id, "state": if settled { "resolved" } else { "pending" },
+                    "param": {"kind": "call", "func": "f", "version": 1, "args": "1", "digest": 1},
+                    "value": if settled { Some("1") } else { None }, "timeout_at": u64::MAX,
+                    "tags": {}, "ikey_create": null, "ikey_settle": null,
+                    "created_at": 1, "settled_at": if settled { Some(2) } else { None },
+                });
+                for (k, v) in tags {
+                    p["tags"][*k] = (*v).into();
+                }
+                let kind = if settled { PROMISE } else { LIVE_PROMISE };
+                records.insert(key(kind, id), serde_json::to_vec(&p).unwrap()).unwrap();
+                if settled && (!id.contains('.') || tags.iter().any(|(k, _)| *k == "durable:detached")) {
+                    records.insert(finished_key(2, id), FINISHED_VALUE).unwrap();
+                }
+            };
+            old("a", true, &[]);
+            old("a.1", true, &[]);
+            old("a.2", true, &[("durable:detached", "true")]);
+            old("charge-a", true, &[("durable:parent", "a.1")]);
+            old("b", false, &[]);
+            old("approval-b", true, &[("durable:parent", "b")]);
+            db.insert(FORMAT_KEY, b"4").unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let family = |p: Option<Promise>| p.map(|p| (p.parent, p.root)).unwrap();
+        assert_eq!(family(store.get("charge-a").await.unwrap()), (Some("a.1".into()), "a".into()));
+        assert_eq!(family(store.get("a.2").await.unwrap()), (Some("a".into()), "a".into()));
+        assert_eq!(family(store.get("approval-b").await.unwrap()), (Some("b".into()), "b".into()));
+        assert_eq!(family(store.get("b").await.unwrap()), (None, "b".into()), "a live record learns it too");
+        let search = Search { root: Some("a".into()), ..Search::default() };
+        let ids: Vec<String> = store.search(search).await.unwrap().promises.into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["a", "a.1", "a.2", "charge-a"]);
+        let purged = store.purge(Purge::Before { before: u64::MAX, limit: 100 }).await.unwrap();
+        assert_eq!(purged, 1, "the finished family a, whole; b runs");
+        assert!(store.get("charge-a").await.unwrap().is_none());
+        assert!(store.get("approval-b").await.unwrap().is_some(), "an approval b waits on stays");
         drop(store);
         let db = sled::open(dir.path()).unwrap();
         assert_eq!(db.get(FORMAT_KEY).unwrap().as_deref(), Some(FORMAT), "upgraded once, for good");
