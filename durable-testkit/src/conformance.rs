@@ -51,6 +51,7 @@ where
     a_promise_joins_its_creators_family(&*make().await).await;
     a_family_goes_whole_once_all_of_it_settled(&*make().await).await;
     families_held_back_hold_up_none_behind_them(&*make().await).await;
+    an_import_is_all_or_nothing(&*make().await).await;
     purge_counts_from_the_settle_time_and_waits_for_detached_roots(&*make().await).await;
     an_interrupted_purge_leaves_a_root_whole_or_gone(make().await).await;
     workers_announce_themselves_and_are_forgotten_a_day_on(&*make().await).await;
@@ -790,6 +791,40 @@ pub async fn families_held_back_hold_up_none_behind_them(store: &dyn Store) {
     assert_eq!(purged, 1, "the finished family behind 450 held ones goes");
     assert!(store.get("free").await.expect("get").is_none());
     assert!(store.get("held0").await.expect("get").is_some());
+}
+
+/// An import writes a whole family in one step: refused (an id there already, a
+/// creator missing, a request fenced), it writes nothing; accepted, the top-level
+/// task is ready only with everything under it there, and the claim's preload holds
+/// every settled promise under it.
+pub async fn an_import_is_all_or_nothing(store: &dyn Store) {
+    let family = |last: &str| {
+        let mut top = with_task("imp", "g");
+        top.parent = None;
+        let mut child = recorded("imp.1", &[]);
+        child.parent = Some("imp".into());
+        let mut chosen = recorded(last, &[]);
+        chosen.parent = Some("imp.1".into());
+        vec![top, child, chosen]
+    };
+    store.create(call("taken")).await.expect("create");
+    let refused = store.import(family("taken")).await;
+    assert!(matches!(&refused, Err(StoreError::Conflict { id, .. }) if id == "taken"), "{refused:?}");
+    for id in ["imp", "imp.1"] {
+        assert!(store.get(id).await.expect("get").is_none(), "a refused import writes nothing: {id} is there");
+    }
+    assert!(store.task("imp").await.expect("task").is_none(), "a refused import writes nothing: a task");
+    let mut orphan = family("chosen");
+    orphan[2].parent = Some("nobody".into());
+    assert!(store.import(orphan).await.is_err(), "a creator must be in the store or the family");
+    assert!(store.get("imp").await.expect("get").is_none(), "a refused import writes nothing");
+
+    store.import(family("chosen")).await.expect("import");
+    let claimed = claim_one(store, "g", "p1", 60_000).await.expect("the imported task");
+    let preload: Vec<&str> = claimed.preload.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(preload, ["imp.1"], "the claim's preload");
+    let chosen = store.get("chosen").await.expect("get").expect("the chosen id");
+    assert_eq!((chosen.parent.as_deref(), chosen.root.as_str()), (Some("imp.1"), "imp"));
 }
 
 fn is_conflict(result: Result<usize, StoreError>) -> bool {

@@ -104,6 +104,10 @@ impl Store for FaultyStore {
         self.op("settle", self.inner.settle(req)).await
     }
 
+    async fn import(&self, family: Vec<CreatePromise>) -> Result<(), StoreError> {
+        self.op("import", self.inner.import(family)).await
+    }
+
     async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError> {
         self.op("get", self.inner.get(id)).await
     }

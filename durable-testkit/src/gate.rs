@@ -152,6 +152,18 @@ impl Store for Gate {
         Ok(p)
     }
 
+    async fn import(&self, family: Vec<CreatePromise>) -> Result<(), StoreError> {
+        let what = format!("import {}", family.first().map_or("nothing", |r| r.id.as_str()));
+        let ids: Vec<String> = family.iter().map(|r| r.id.clone()).collect();
+        self.write(what, self.inner.import(family)).await?;
+        for id in ids {
+            if let Some(p) = self.inner.get(&id).await? {
+                self.history.observe(&p);
+            }
+        }
+        Ok(())
+    }
+
     async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError> {
         let p = self.read(self.inner.get(id)).await?;
         if let Some(p) = &p {

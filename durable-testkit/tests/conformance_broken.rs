@@ -1,5 +1,6 @@
 //! The conformance suite catches stores that break the rules: one that ignores the
-//! fence, and one that lets a second settle win.
+//! fence, one that lets a second settle win, and one that imports a family a promise
+//! at a time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,7 @@ struct Broken {
     inner: MemoryStore,
     ignore_fences: bool,
     last_settle_wins: bool,
+    piecemeal_import: bool,
     overrides: Mutex<HashMap<String, Promise>>,
 }
 
@@ -43,6 +45,17 @@ impl Store for Broken {
             self.overrides.lock().unwrap().insert(p.id.clone(), p.clone());
         }
         Ok(p)
+    }
+    async fn import(&self, family: Vec<CreatePromise>) -> Result<(), StoreError> {
+        if !self.piecemeal_import {
+            return self.inner.import(family).await;
+        }
+        for req in family {
+            if !self.inner.create(req.clone()).await?.new {
+                return Err(StoreError::Conflict { id: req.id, reason: "exists".into() });
+            }
+        }
+        Ok(())
     }
     async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError> {
         let overridden = self.overrides.lock().unwrap().get(id).cloned();
@@ -124,10 +137,18 @@ async fn a_store_where_a_second_settle_wins_is_caught() {
 }
 
 #[tokio::test(start_paused = true)]
+#[should_panic(expected = "a refused import writes nothing")]
+async fn a_store_that_imports_a_promise_at_a_time_is_caught() {
+    durable_testkit::conformance::an_import_is_all_or_nothing(&Broken { piecemeal_import: true, ..Broken::default() })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_whole_suite_fails_on_each_broken_store() {
     for broken in [
         || Broken { ignore_fences: true, ..Broken::default() },
         || Broken { last_settle_wins: true, ..Broken::default() },
+        || Broken { piecemeal_import: true, ..Broken::default() },
     ] {
         let run =
             tokio::spawn(durable_testkit::conformance::check(

@@ -597,7 +597,7 @@ pub(crate) fn unserved(
 #[derive(Debug)]
 pub struct Promises<'a> {
     pub(crate) store: &'a dyn Store,
-    max_payload: usize,
+    pub(crate) max_payload: usize,
 }
 
 impl<'a> Promises<'a> {

@@ -114,35 +114,120 @@ impl Promises<'_> {
         Ok(History { format: HISTORY_FORMAT, id: id.to_owned(), promises })
     }
 
-    /// Writes a history into this store, to go on there: every promise as it was
-    /// recorded, a pending one with a task routed as its was (a worker then takes
-    /// it over and replays it). Deadlines count afresh from the import. Refused with
-    /// [`Error::Conflict`], at the first promise the store already has.
+    /// Writes a history into this store, to go on there: every promise of the
+    /// invocation's family as it was recorded, a pending one with a task routed as its
+    /// was (a worker then takes it over and replays it). Deadlines count afresh from
+    /// the import. All of it is written in one step ([`Store::import`]), so no worker
+    /// takes any of it before all of it is there, or none of it is.
+    ///
+    /// The file is checked as a runtime write would be, before anything is written: the
+    /// invocation is top-level and first, every other promise was created by one
+    /// before it (so nothing outside the invocation's family is written), ids follow
+    /// the rules of ids, payloads the limit, values are JSON, and digests are computed
+    /// afresh. A file that breaks a rule is [`Error::Codec`] naming the promise and the
+    /// rule; an id the store has already is [`Error::Store`] with a conflict.
     pub async fn import(&self, history: &History) -> Result<()> {
-        // A history written before promises recorded their creators: derive them.
-        let mut related: std::collections::BTreeMap<String, Promise> =
-            history.promises.iter().map(|r| (r.promise.id.clone(), r.promise.clone())).collect();
-        crate::store::upgrade::relate(&mut related);
-        for Recorded { promise: p, target } in &history.promises {
-            let mut req = CreatePromise::new(p.id.clone(), p.param.clone());
-            req.parent = related.get(&p.id).and_then(|r| r.parent.clone());
-            req.tags = p.tags.clone();
-            if p.timeout_at != NEVER {
-                req.timeout = Some(p.timeout_at.saturating_sub(p.created_at));
-            }
-            match (p.state, target) {
-                (State::Pending, Some(target)) => req.task = Some(NewTask::new(target.clone())),
-                (State::Pending, None) => {}
-                (state, _) => req.settled = Some((state, p.value.clone().unwrap_or_default())),
-            }
-            let created = self.store.create(req).await?;
-            if !created.new {
-                let reason = "is in this store already: an import writes only new promises".into();
-                return Err(Error::Conflict { id: p.id.clone(), reason });
-            }
-        }
+        let family = import_requests(history, self.max_payload)?;
+        self.store.import(family).await?;
         Ok(())
     }
+}
+
+/// The requests that write `history`, checked: see [`Promises::import`].
+fn import_requests(history: &History, max_payload: usize) -> Result<Vec<CreatePromise>> {
+    let bad = |at: usize, id: &str, rule: String| Error::Codec {
+        id: history.id.clone(),
+        what: "import a history".into(),
+        message: format!("promise {at} ({:?}): {rule}", crate::codec::truncated(id)),
+    };
+    // A history written before promises recorded their creators: derive them.
+    let mut related: std::collections::BTreeMap<String, Promise> =
+        history.promises.iter().map(|r| (r.promise.id.clone(), r.promise.clone())).collect();
+    crate::store::upgrade::relate(&mut related);
+    let mut seen = std::collections::HashSet::new();
+    let mut family = Vec::with_capacity(history.promises.len());
+    for (at, Recorded { promise: p, target }) in history.promises.iter().enumerate() {
+        let parent = related.get(&p.id).and_then(|r| r.parent.clone());
+        if at == 0 {
+            crate::promise::validate_id(&p.id).map_err(|e| bad(at, &p.id, e.to_string()))?;
+            if p.id != history.id || parent.is_some() {
+                return Err(bad(at, &p.id, "the first promise must be the invocation, top-level".into()));
+            }
+        } else {
+            let Some(creator) = parent.as_deref().filter(|c| seen.contains(*c)) else {
+                return Err(bad(
+                    at,
+                    &p.id,
+                    format!("is not of the family of {:?}: no promise before it created it", history.id),
+                ));
+            };
+            match p.id.strip_prefix(creator).and_then(|rest| rest.strip_prefix('.')) {
+                // Minted: its creator's id and a count.
+                Some(rest) if !rest.is_empty() && !rest.chars().any(char::is_control) => {
+                    if p.id.len() > crate::MAX_ID_LEN {
+                        return Err(bad(at, &p.id, "an id may be at most 1024 bytes".into()));
+                    }
+                }
+                Some(_) => return Err(bad(at, &p.id, "a child's id is its creator's, '.' and a count".into())),
+                None => crate::promise::validate_id(&p.id).map_err(|e| bad(at, &p.id, e.to_string()))?,
+            }
+        }
+        if !seen.insert(p.id.as_str()) {
+            return Err(bad(at, &p.id, "is in the history twice".into()));
+        }
+        if let Some(key) =
+            p.tags.keys().find(|k| k.starts_with("durable:") && k.as_str() != crate::promise::DETACHED_TAG)
+        {
+            return Err(bad(at, &p.id, format!("the tag {key:?} is the library's own")));
+        }
+        // Computed afresh, never taken from the file.
+        let param = match &p.param {
+            crate::Param::Call { func, version, args, .. } => {
+                if args.len() > max_payload {
+                    return Err(bad(
+                        at,
+                        &p.id,
+                        format!("its arguments are {} bytes, over the limit of {max_payload}", args.len()),
+                    ));
+                }
+                json(args).map_err(|e| bad(at, &p.id, format!("its arguments are not JSON: {e}")))?;
+                crate::Param::call(func, *version, args.clone())
+            }
+            param => param.clone(),
+        };
+        let mut req = CreatePromise::new(p.id.clone(), param);
+        req.parent = if at == 0 { None } else { parent };
+        req.tags = p.tags.clone();
+        if p.timeout_at != NEVER {
+            req.timeout = Some(p.timeout_at.saturating_sub(p.created_at));
+        }
+        match (p.state, target) {
+            (State::Pending, Some(target)) if matches!(p.param, crate::Param::Call { .. }) => {
+                req.task = Some(NewTask::new(target.clone()));
+            }
+            (State::Pending, Some(_)) => return Err(bad(at, &p.id, "only a call has a task".into())),
+            (State::Pending, None) => {}
+            (state, _) => {
+                let value = p.value.clone().unwrap_or_else(|| "null".into());
+                if value.len() > max_payload {
+                    return Err(bad(
+                        at,
+                        &p.id,
+                        format!("its value is {} bytes, over the limit of {max_payload}", value.len()),
+                    ));
+                }
+                json(&value).map_err(|e| bad(at, &p.id, format!("its value is not JSON: {e}")))?;
+                req.settled = Some((state, value));
+            }
+        }
+        family.push(req);
+    }
+    Ok(family)
+}
+
+/// Whether `text` is JSON.
+fn json(text: &str) -> std::result::Result<(), serde_json::Error> {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map(drop)
 }
 
 /// The replay check: replays recorded histories against the functions of this build,

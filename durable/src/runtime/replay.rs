@@ -91,6 +91,10 @@ impl Store for HistoryStore {
         Err(frontier())
     }
 
+    async fn import(&self, _: Vec<CreatePromise>) -> Result<(), StoreError> {
+        Err(frontier())
+    }
+
     async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError> {
         Ok(self.look(id))
     }
@@ -106,6 +110,7 @@ impl Store for HistoryStore {
             .map(|(_, p)| p)
             .filter(|p| search.state.is_none_or(|s| p.state == s))
             .filter(|p| search.tags.iter().all(|(k, v)| p.tags.get(k) == Some(v)))
+            .filter(|p| search.root.as_deref().is_none_or(|root| crate::store::state::family_of(p) == root))
             .take(limit + 1)
             .cloned()
             .collect();

@@ -131,6 +131,10 @@ impl<L: Log> Engine<L> {
         self.write(|core, now| core.settle(req, now)).await
     }
 
+    pub(crate) async fn import(&self, family: Vec<CreatePromise>) -> Result<(), StoreError> {
+        self.write(|core, now| core.import(family, now)).await
+    }
+
     pub(crate) async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError> {
         self.read(|core, now| core.get(id, now)).await
     }
@@ -259,6 +263,9 @@ macro_rules! engine_store {
             }
             async fn settle(&self, req: $crate::store::SettlePromise) -> Result<$crate::Promise, $crate::StoreError> {
                 self.engine.settle(req).await
+            }
+            async fn import(&self, family: Vec<$crate::store::CreatePromise>) -> Result<(), $crate::StoreError> {
+                self.engine.import(family).await
             }
             async fn get(&self, id: &str) -> Result<Option<$crate::Promise>, $crate::StoreError> {
                 self.engine.get(id).await

@@ -398,6 +398,13 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// waiters in the same step. Returns the promise as stored afterwards.
     async fn settle(&self, req: SettlePromise) -> Result<Promise, StoreError>;
 
+    /// Creates every promise of `family` (each creator before what it created, with
+    /// their tasks) in one step, or none: refused with [`StoreError::Conflict`],
+    /// writing nothing, if an id is in the store already or twice in `family`, a
+    /// creator is neither in the store nor earlier in `family`, or a request is fenced
+    /// or settled as pending. No worker sees part of it: the import of a history.
+    async fn import(&self, family: Vec<CreatePromise>) -> Result<(), StoreError>;
+
     /// Reads a promise; a pending promise past its deadline reads as timed out.
     async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError>;
 

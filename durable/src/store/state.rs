@@ -361,6 +361,35 @@ impl Core {
         Ok(Created { promise: self.promises[&req.id].clone(), new: true, acquired })
     }
 
+    /// Creates a family in one step: every request is checked before anything is
+    /// changed, so that a refusal changes nothing.
+    pub(crate) fn import(&mut self, family: Vec<CreatePromise>, now: Millis) -> Result<(), StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        for req in &family {
+            if req.fence.is_some() {
+                return Err(conflict(&req.id, "an import is not made under a task's fence"));
+            }
+            if matches!(req.settled, Some((State::Pending, _))) {
+                return Err(conflict(&req.id, "a promise cannot be created settled as pending"));
+            }
+            if !seen.insert(req.id.as_str()) || self.stored(&req.id)?.is_some() {
+                return Err(conflict(&req.id, "is in this store already: an import writes only new promises"));
+            }
+            if let Some(parent) = &req.parent
+                && (*parent == req.id || (!seen.contains(parent.as_str()) && self.stored(parent)?.is_none()))
+            {
+                return Err(conflict(
+                    &req.id,
+                    &format!("its creator {parent:?} is neither stored nor imported before it"),
+                ));
+            }
+        }
+        for req in family {
+            self.create(req, now)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn settle(&mut self, req: SettlePromise, now: Millis) -> Result<Promise, StoreError> {
         self.check_fence(req.fence.as_ref(), now)?;
         if req.state == State::Pending {

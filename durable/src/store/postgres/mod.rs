@@ -997,6 +997,16 @@ impl super::Store for PostgresStore {
         .await
     }
 
+    async fn import(&self, family: Vec<CreatePromise>) -> Result<(), StoreError> {
+        let mut promises: Vec<String> = family.iter().map(|r| r.id.clone()).collect();
+        promises.extend(family.iter().filter_map(|r| r.parent.clone()));
+        let promises = dedup(&promises);
+        self.step(Select::Ids { promises: &promises, tasks: &[], create: true }, |core, now| {
+            core.import(family.clone(), now)
+        })
+        .await
+    }
+
     async fn settle(&self, req: SettlePromise) -> Result<Promise, StoreError> {
         let (promises, tasks) = ([req.id.clone()], req.fence.iter().map(|f| f.task.clone()).collect::<Vec<_>>());
         self.step(Select::Ids { promises: &promises, tasks: &tasks, create: false }, |core, now| {
