@@ -499,11 +499,15 @@ pub async fn release_halt_and_resume(store: Arc<dyn Store>) {
 /// A worker that starts again releases the tasks its pid's earlier processes held in
 /// its group, and nothing else: not another pid's, another group's, or its own.
 pub async fn a_restarted_worker_takes_back_what_its_predecessor_held(store: &dyn Store) {
-    for (id, group) in [("w1", "g"), ("w2", "g"), ("x1", "g"), ("h1", "h"), ("own", "g")] {
+    for (id, group) in [("w1", "g"), ("w2", "g"), ("x1", "g"), ("h1", "h"), ("own", "g"), ("w:1", "g")] {
         store.create(with_task(id, group)).await.expect("create");
     }
     let mut held = std::collections::BTreeMap::new();
-    for (group, process) in [("g", "w:dead"), ("g", "w:dead"), ("g", "wx:other"), ("h", "w:dead"), ("g", "w:new")] {
+    // A process id is `{pid}:{random}`; the worker with pid "w:1" is not w's
+    // predecessor, though its process ids start with "w:".
+    let processes =
+        [("g", "w:dead"), ("g", "w:dead"), ("g", "wx:other"), ("h", "w:dead"), ("g", "w:new"), ("g", "w:1:live")];
+    for (group, process) in processes {
         let a = claim_one(store, group, process, 60_000).await.expect("claim");
         held.insert(a.task.id.clone(), a);
     }

@@ -446,9 +446,10 @@ pub trait Store: Debug + Send + Sync + 'static {
     async fn resume(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Gives back, at once, the tasks of `group` held by earlier processes of worker
-    /// `pid` (process ids `{pid}:…` other than `process`): a worker that starts again
-    /// knows its predecessor is gone, and need not wait for its leases. Returns how
-    /// many. Fencing makes it safe even if that predecessor still runs.
+    /// `pid` (process ids `{pid}:{suffix}`, the suffix without `:`, other than
+    /// `process`): a worker that starts again knows its predecessor is gone, and need
+    /// not wait for its leases. Returns how many. Fencing makes it safe even if that
+    /// predecessor still runs.
     async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError>;
 
     /// Deletes finished families, each whole; returns how many. A family goes as one

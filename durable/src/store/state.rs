@@ -852,13 +852,14 @@ impl Core {
     }
 
     pub(crate) fn release_predecessors(&mut self, group: &str, pid: &str, process: &str, now: Millis) -> usize {
-        let prefix = format!("{pid}:");
+        // A process id is `{pid}:{random}`: the worker is what precedes the last ':'.
+        let of_pid = |p: &str| p.rsplit_once(':').is_some_and(|(worker, _)| worker == pid);
         let stale: Vec<String> = self
             .leases
             .iter()
             .map(|(_, id)| &self.tasks[id])
             .filter(|t| t.target.group == group)
-            .filter(|t| t.process.as_deref().is_some_and(|p| p.starts_with(&prefix) && p != process))
+            .filter(|t| t.process.as_deref().is_some_and(|p| of_pid(p) && p != process))
             .map(|t| t.id.clone())
             .collect();
         for id in &stale {

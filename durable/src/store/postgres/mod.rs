@@ -56,7 +56,7 @@ const READY: &str = "SELECT t.id FROM tasks t
      ORDER BY t.ready_at, t.id LIMIT $4 FOR UPDATE SKIP LOCKED";
 const HALTED: &str = "SELECT id FROM tasks WHERE state = 'halted' AND grp = $1 FOR UPDATE SKIP LOCKED";
 const PREDECESSORS: &str = "SELECT id FROM tasks WHERE state = 'acquired' AND grp = $1
-       AND left(process, length($2) + 1) = $2 || ':' AND process <> $3 FOR UPDATE SKIP LOCKED";
+       AND substring(process FROM '^(.*):[^:]*$') = $2 AND process <> $3 FOR UPDATE SKIP LOCKED";
 const DUE_PROMISES: &str = "SELECT id FROM promises WHERE state = 'pending' AND timeout_at <= $1
      ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED";
 const DUE_TASKS: &str = "SELECT id FROM tasks WHERE state = 'acquired' AND lease_until <= $1
@@ -349,7 +349,7 @@ impl PostgresOptions {
         let mut conn = pool.get().await?;
         migrate(&mut conn, &self.schema).await?;
         drop(conn);
-        let channel = format!("durable_{}", self.schema);
+        let channel = settled_channel(&self.schema);
         let waiters = Arc::new(Waiters::default());
         let ready = Arc::new(Ready::default());
         let (listen_to, groups) = tokio::sync::mpsc::unbounded_channel();
@@ -373,22 +373,17 @@ fn pool_listener(url: &str, schema: &str) -> Result<Pool, StoreError> {
 /// Creates the schema, or upgrades it, under an advisory lock: safe when many
 /// processes start at once.
 async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<(), StoreError> {
-    let tx = client.transaction().await.map_err(StoreError::backend)?;
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext('durable:' || $1::text))", &[&schema])
-        .await
-        .map_err(StoreError::backend)?;
+    let tx = client.transaction().await.map_err(db)?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext('durable:' || $1::text))", &[&schema]).await.map_err(db)?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {0}; SET LOCAL search_path TO {0};
          CREATE TABLE IF NOT EXISTS durable_schema (version integer NOT NULL);",
         quote_ident(schema)
     ))
     .await
-    .map_err(StoreError::backend)?;
-    let version: Option<i32> = tx
-        .query_opt("SELECT max(version) FROM durable_schema", &[])
-        .await
-        .map_err(StoreError::backend)?
-        .and_then(|row| row.get(0));
+    .map_err(db)?;
+    let version: Option<i32> =
+        tx.query_opt("SELECT max(version) FROM durable_schema", &[]).await.map_err(db)?.and_then(|row| row.get(0));
     match version {
         Some(v) if v > SCHEMA_VERSION => {
             return Err(StoreError::backend(format!(
@@ -408,26 +403,24 @@ async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<()
             ];
             for (to, migration) in migrations {
                 if version < to {
-                    tx.batch_execute(migration).await.map_err(StoreError::backend)?;
+                    tx.batch_execute(migration).await.map_err(db)?;
                 }
             }
             if version < 6 {
                 relate_rows(&tx).await?;
             }
-            tx.execute("DELETE FROM durable_schema", &[]).await.map_err(StoreError::backend)?;
-            tx.execute("INSERT INTO durable_schema VALUES ($1)", &[&SCHEMA_VERSION])
-                .await
-                .map_err(StoreError::backend)?;
+            tx.execute("DELETE FROM durable_schema", &[]).await.map_err(db)?;
+            tx.execute("INSERT INTO durable_schema VALUES ($1)", &[&SCHEMA_VERSION]).await.map_err(db)?;
         }
     }
-    tx.commit().await.map_err(StoreError::backend)
+    tx.commit().await.map_err(db)
 }
 
 /// Gives every promise row without a family its creator and family
 /// ([`crate::store::upgrade::relate`]), in the data and the columns, with the listing
 /// column by the new rule. Reads every promise: once, in the upgrade to version 6.
 async fn relate_rows(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
-    let rows = tx.query("SELECT data FROM promises", &[]).await.map_err(StoreError::backend)?;
+    let rows = tx.query("SELECT data FROM promises", &[]).await.map_err(db)?;
     let mut all = std::collections::BTreeMap::new();
     for row in rows {
         let p = parse::<Promise>(row.get(0))?;
@@ -450,8 +443,19 @@ async fn relate_rows(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreEr
         &[&ids, &parents, &roots, &data, &invoked],
     )
     .await
-    .map_err(StoreError::backend)?;
+    .map_err(db)?;
     Ok(())
+}
+
+/// The channel settlements are notified on: `durable_{schema}`, or, for a schema too
+/// long for that to be a channel name (at most 63 bytes), a digest of it.
+fn settled_channel(schema: &str) -> String {
+    let channel = format!("durable_{schema}");
+    if channel.len() <= 63 {
+        channel
+    } else {
+        format!("durable_schema_{:016x}", crate::promise::digest(schema.as_bytes()))
+    }
 }
 
 /// The channel a group's readiness is notified on: one per group, so that a "ready"
@@ -489,7 +493,7 @@ async fn listen(
                 listen.push_str(&format!("LISTEN {};", quote_ident(&c)));
                 by_channel.insert(c, group);
             }
-            client.batch_execute(&listen).await.map_err(StoreError::backend)?;
+            client.batch_execute(&listen).await.map_err(db)?;
             // Anything missed while not listening: look again.
             waiters.wake_all();
             ready.bump_all();
@@ -507,7 +511,7 @@ async fn listen(
                         let c = ready_channel(&channel, &group);
                         if let std::collections::hash_map::Entry::Vacant(entry) = by_channel.entry(c) {
                             let listen = format!("LISTEN {}", quote_ident(entry.key()));
-                            client.batch_execute(&listen).await.map_err(StoreError::backend)?;
+                            client.batch_execute(&listen).await.map_err(db)?;
                             entry.insert(group.clone());
                             // A task that became ready before this took effect.
                             ready.bump([group.as_str()]);
@@ -582,13 +586,46 @@ impl Select<'_> {
     }
 }
 
+/// A PostgreSQL error that says what the server said: tokio-postgres's own says only
+/// "db error", with the server's message in its source.
+#[derive(Debug)]
+struct Pg(tokio_postgres::Error);
+
+impl std::fmt::Display for Pg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(server) = self.0.as_db_error() else {
+            write!(f, "{}", self.0)?;
+            let mut source = std::error::Error::source(&self.0);
+            while let Some(cause) = source {
+                write!(f, ": {cause}")?;
+                source = cause.source();
+            }
+            return Ok(());
+        };
+        write!(f, "PostgreSQL said: {}", server.message())?;
+        if let Some(detail) = server.detail() {
+            write!(f, " ({detail})")?;
+        }
+        if let Some(hint) = server.hint() {
+            write!(f, "; hint: {hint}")?;
+        }
+        write!(f, " [SQLSTATE {}]", server.code().code())
+    }
+}
+
+impl std::error::Error for Pg {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 fn db(e: tokio_postgres::Error) -> StoreError {
-    StoreError::backend(e)
+    StoreError::backend(Pg(e))
 }
 
 fn retryable(e: &StoreError) -> bool {
     let StoreError::Backend(source) = e else { return false };
-    source.downcast_ref::<tokio_postgres::Error>().and_then(|e| e.code()).is_some_and(|c| {
+    source.downcast_ref::<Pg>().and_then(|e| e.0.code()).is_some_and(|c| {
         *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
             || *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
     })

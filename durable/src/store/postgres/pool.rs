@@ -132,13 +132,13 @@ impl Pool {
                 quote_ident(&self.schema)
             ))
             .await
-            .map_err(StoreError::backend)?;
+            .map_err(super::db)?;
         Ok(client)
     }
 }
 
 pub(crate) fn unreachable(e: tokio_postgres::Error) -> StoreError {
-    StoreError::backend(format!("cannot connect to PostgreSQL: {e}"))
+    StoreError::backend(format!("cannot connect to PostgreSQL: {}", super::Pg(e)))
 }
 
 /// Quotes an SQL identifier.
