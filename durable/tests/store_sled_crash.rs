@@ -101,62 +101,6 @@ fn purging_child_process() {
                             store.create(resolved(id, parent)).await.expect("create a descendant");
                         }
                         let settle = SettlePromise {
-                            id: id.clone(),
-                            state: State::Resolved,
-                            value: value.clone(),
-                            ikey: None,
-                            strict: false,
-                            fence: None,
-                        };
-                        store.settle(settle).await.expect("settle");
-                        println!("s {id} {value}");
-                    }
-                })
-            })
-            .collect();
-        for writer in writers {
-            writer.await.expect("a writer");
-        }
-    });
-}
-
-/// The descendants of each root the purging child creates.
-const DESCENDANTS: [&str; 3] = [".1", ".2", ".2.1"];
-
-/// Finishes invocations until killed: each of 16 writers creates three resolved
-/// descendants and then their resolved root and prints `c root`, then purges its previous root
-/// and prints `g root`; a 17th purges whatever finished a moment ago, 5 roots at a time.
-#[test]
-fn purging_child_process() {
-    let Some(dir) = std::env::var_os(DIR_VAR).map(PathBuf::from) else { return };
-    let round: u32 = std::env::var(ROUND_VAR).expect(ROUND_VAR).parse().expect("a round");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    runtime.block_on(async {
-        let store = Arc::new(SledStore::open(&dir).expect("open the store"));
-        let resolved = |id: String, parent: String| {
-            let mut req = CreatePromise::new(id, Param::External);
-            req.parent = Some(parent);
-            req.settled = Some((State::Resolved, "1".into()));
-            req
-        };
-        let mut writers: Vec<_> = (0..16)
-            .map(|w| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    for i in 0u64.. {
-                        let root = format!("r{round}-w{w}-{i}");
-                        // As an invocation runs: the root, its descendants, then the
-                        // root settles; a finished root is whole, and only then may it
-                        // be purged.
-                        store.create(CreatePromise::new(root.clone(), Param::External)).await.expect("a root");
-                        for d in DESCENDANTS {
-                            let (parent, _) = format!("{root}{d}")
-                                .rsplit_once('.')
-                                .map(|(p, c)| (p.to_owned(), c.to_owned()))
-                                .expect("a child");
-                            store.create(resolved(format!("{root}{d}"), parent)).await.expect("create a descendant");
-                        }
-                        let settle = SettlePromise {
                             id: root.clone(),
                             state: State::Resolved,
                             value: "1".into(),
