@@ -112,6 +112,22 @@ async fn the_same_change_behind_a_patch_replays_and_names_the_old_path() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_history_recorded_with_the_patch_replays_on_the_new_path() {
+    let store = memory();
+    let patched = builder(&store).register(fulfil_patched).build().unwrap();
+    let _handle = patched.run("order-9", fulfil_patched, 9).await.unwrap();
+    arrived("check-9").await;
+    let history = patched.promises().history("order-9").await.unwrap();
+    drop(patched);
+    let ids: Vec<&str> = history.promises.iter().map(|r| r.promise.id.as_str()).collect();
+    assert!(ids.contains(&"order-9.patched:notify-first"), "the answer is recorded: {ids:?}");
+    let checked = builder(&store).register(fulfil_patched).checker().unwrap().check(&history).await.remove(0);
+    assert_eq!(checked.verdict, Verdict::Replays, "{checked}");
+    assert!(checked.old_paths.is_empty(), "it took the new path: {checked}");
+    assert_eq!(runs("notify-9"), 1, "the check replayed notify, and ran nothing");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_store_is_checked_whole_in_flight_and_a_sample_of_the_finished() {
     let store = memory();
     half_done(&store, 3).await;
