@@ -108,3 +108,32 @@ fn policies_compute_their_delays() {
     let exp = Retry::Exponential { initial: s(1), factor: 3, max_delay: s(20), max_attempts: 10 };
     assert_eq!((exp.delay(1), exp.delay(3), exp.delay(4), exp.delay(40)), (Some(s(1)), Some(s(9)), Some(s(20)), None));
 }
+
+/// Fails its first attempt, then waits an hour before the second.
+#[durable::function(retry = Retry::Constant { delay: Duration::from_secs(3600), max_attempts: 2 })]
+async fn patient(ctx: &mut Context, n: u32) -> durable::Result<u32> {
+    if ctx.attempt() == 1 { Err(Error::new("not yet")) } else { Ok(n) }
+}
+
+#[durable::function]
+async fn quick(_ctx: &mut Context, n: u32) -> durable::Result<u32> {
+    Ok(n)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_wait_between_attempts_suspends_and_frees_the_worker() {
+    let store = memory();
+    let durable = builder(&store).register(patient).register(quick).concurrency(1).build().unwrap();
+    let waiting = durable.run("patient", patient, 1).await.unwrap();
+    while durable.get("patient.r1").await.unwrap().is_none() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let task = store.task("patient").await.unwrap().unwrap();
+    assert_eq!(task.state, durable::TaskState::Suspended, "the hour's wait holds no worker");
+    let started = store.now().await.unwrap();
+    assert_eq!(durable.run("quick", quick, 2).await.unwrap().await.unwrap(), 2);
+    let took = store.now().await.unwrap() - started;
+    assert!(took < 60_000, "the only slot was free: the quick call took {took} ms, not the hour");
+    assert_eq!(waiting.await.unwrap(), 1, "the second attempt runs after the wait");
+}

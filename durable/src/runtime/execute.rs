@@ -143,7 +143,15 @@ impl Job {
         let mut req = CreatePromise::new(self.timer_id(attempt), Param::Timer);
         req.timeout = Some(delay.as_millis() as Millis);
         self.inv.create(req).await?;
-        self.inv.settled(&self.timer_id(attempt)).await.map(drop)
+        self.wait_timer(attempt).await
+    }
+
+    /// Waits for the timer before attempt `attempt + 1`, as an awaited promise: a
+    /// long wait suspends the task, holding no worker.
+    async fn wait_timer(&self, attempt: u32) -> Result<()> {
+        let timer = self.timer_id(attempt);
+        let _waiting = self.inv.waiting(&timer);
+        self.inv.settled(&timer).await.map(drop)
     }
 
     /// Finds the attempt to run after a restart: each failed attempt left a timer.
@@ -154,7 +162,7 @@ impl Job {
         }
         // The last failed attempt's timer may still be pending: wait it out.
         if self.inv.rt.store.get(&self.timer_id(attempt)).await.map_err(|e| self.inv.store_fault(e))?.is_some() {
-            self.inv.settled(&self.timer_id(attempt)).await?;
+            self.wait_timer(attempt).await?;
             attempt += 1;
         }
         Ok(attempt)
