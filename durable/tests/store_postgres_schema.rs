@@ -96,3 +96,46 @@ async fn a_server_error_says_what_the_server_said() {
     assert!(error.contains("relation \"promises\" does not exist") && error.contains("42P01"), "{error}");
     admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
 }
+
+/// A worker that starts resumes every halted task of its group, even one another
+/// step holds at that moment: it waits for the row rather than skip it.
+#[tokio::test]
+async fn resuming_halted_tasks_waits_for_a_row_held_elsewhere() {
+    let admin = admin().await;
+    let schema = format!("durable_resume_{}", std::process::id());
+    admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
+    let store = std::sync::Arc::new(PostgresStore::options(&url()).schema(&schema).connect().await.expect("connect"));
+    let mut req = CreatePromise::new("h", Param::call("f", 1, "1".into()));
+    req.task = Some(durable::store::NewTask::new(durable::Target::any("g")));
+    store.create(req).await.unwrap();
+    let claim = durable::store::Claim {
+        group: "g".into(),
+        pid: "w".into(),
+        process: "w:1".into(),
+        ttl: 60_000,
+        max: 1,
+        functions: Vec::new(),
+    };
+    let held = store.claim(claim).await.unwrap().remove(0);
+    let halt = durable::store::Release::Halt { error: "a platform fault".into(), code: None };
+    store.release(&held.fence(), halt).await.unwrap();
+
+    let (mut holder, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let lock = holder.transaction().await.unwrap();
+    lock.execute(&format!("SELECT 1 FROM {schema}.tasks WHERE id = 'h' FOR UPDATE"), &[]).await.unwrap();
+    let resume = tokio::spawn({
+        let store = store.clone();
+        async move { store.resume_halted("g", &Default::default()).await }
+    });
+    // Until the resume waits for the row (or, skipping it, is done already).
+    let waiting =
+        format!("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%halted%'");
+    while !resume.is_finished() && admin.query_one(&waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+        tokio::task::yield_now().await;
+    }
+    lock.commit().await.unwrap();
+    assert_eq!(resume.await.unwrap().unwrap(), 1, "the held row was waited for, not skipped");
+    assert_eq!(store.task("h").await.unwrap().unwrap().state, durable::TaskState::Pending);
+    admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+}

@@ -26,9 +26,8 @@ pub(crate) async fn background(rt: Arc<Shared>) {
     // A worker that starts may be the fixed deploy that halted tasks wait for, and
     // the successor of a process of its pid that died holding tasks.
     let code = rt.registry.iter().map(|(name, f)| (name.clone(), f.code_digest())).collect();
-    if let Ok(resumed @ 1..) = store.resume_halted(&rt.group, &code).await {
-        tracing::info!(group = %rt.group, resumed, "resumed halted tasks of this group");
-    }
+    // Until it succeeds: a pass that failed is tried again every beat.
+    let mut resume_halted = true;
     let _ = store.release_predecessors(&rt.group, &rt.pid, &rt.process).await;
     // A claim the killed predecessor sent just before it died can still commit after
     // that: look once more a moment later.
@@ -48,6 +47,19 @@ pub(crate) async fn background(rt: Arc<Shared>) {
         if tokio::time::Instant::now() >= next_announce {
             let _ = store.announce(&me, rt.ttl).await;
             next_announce = tokio::time::Instant::now() + beat;
+            if resume_halted {
+                match store.resume_halted(&rt.group, &code).await {
+                    Ok(resumed) => {
+                        resume_halted = false;
+                        if resumed > 0 {
+                            tracing::info!(group = %rt.group, resumed, "resumed halted tasks of this group");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(group = %rt.group, error = %e, "resuming halted tasks failed; trying again")
+                    }
+                }
+            }
         }
         if let Some(at) = recheck
             && tokio::time::Instant::now() >= at

@@ -54,7 +54,9 @@ const READY: &str = "SELECT t.id FROM tasks t
        AND (SELECT p.state = 'pending' AND p.timeout_at > $2 FROM promises p WHERE p.id = t.id)
        AND (cardinality($5::text[]) = 0 OR t.func = ANY($5::text[]))
      ORDER BY t.ready_at, t.id LIMIT $4 FOR UPDATE SKIP LOCKED";
-const HALTED: &str = "SELECT id FROM tasks WHERE state = 'halted' AND grp = $1 FOR UPDATE SKIP LOCKED";
+/// Waits for a row another step holds (a `run` attaching to the id, say) rather than
+/// skipping it: a worker resumes its group's halted tasks once, as it starts.
+const HALTED: &str = "SELECT id FROM tasks WHERE state = 'halted' AND grp = $1 ORDER BY id FOR UPDATE";
 const PREDECESSORS: &str = "SELECT id FROM tasks WHERE state = 'acquired' AND grp = $1
        AND substring(process FROM '^(.*):[^:]*$') = $2 AND process <> $3 FOR UPDATE SKIP LOCKED";
 const DUE_PROMISES: &str = "SELECT id FROM promises WHERE state = 'pending' AND timeout_at <= $1
