@@ -129,9 +129,8 @@ async fn resuming_halted_tasks_waits_for_a_row_held_elsewhere() {
         async move { store.resume_halted("g", &Default::default()).await }
     });
     // Until the resume waits for the row (or, skipping it, is done already).
-    let waiting =
-        format!("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%halted%'");
-    while !resume.is_finished() && admin.query_one(&waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%halted%'";
+    while !resume.is_finished() && admin.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
         tokio::task::yield_now().await;
     }
     lock.commit().await.unwrap();
