@@ -52,6 +52,8 @@ where
     a_family_goes_whole_once_all_of_it_settled(&*make().await).await;
     families_held_back_hold_up_none_behind_them(&*make().await).await;
     an_import_is_all_or_nothing(&*make().await).await;
+    a_task_dies_with_its_promises_deadline(&*make().await).await;
+    suspend_needs_a_promise_settled_elsewhere(&*make().await).await;
     purge_counts_from_the_settle_time_and_waits_for_detached_roots(&*make().await).await;
     an_interrupted_purge_leaves_a_root_whole_or_gone(make().await).await;
     workers_announce_themselves_and_are_forgotten_a_day_on(&*make().await).await;
@@ -592,9 +594,9 @@ pub async fn tasks_route_to_a_preferred_or_required_pid(store: &dyn Store) {
 pub async fn suspended_tasks_resume_when_an_awaited_promise_settles(store: &dyn Store) {
     store.create(with_task("s", "g")).await.expect("create");
     let a = claim_one(store, "g", "p1", 10_000).await.expect("claim");
+    // Promises settled from outside (a local call would run in the task itself).
     for child in ["s.1", "s.2", "s.3"] {
-        let mut req = call(child);
-        req.fence = Some(a.fence());
+        let req = created_by(CreatePromise::new(child, Param::External), "s", &a.fence());
         store.create(req).await.expect("fenced create");
     }
     let mut s3 = settle("s.3", State::Resolved, "3");
@@ -635,8 +637,7 @@ pub async fn suspended_tasks_resume_when_an_awaited_promise_settles(store: &dyn 
     // A suspended task whose own promise settles is fulfilled, and stays so.
     store.create(with_task("t", "g")).await.expect("create");
     let c = claim_one(store, "g", "p1", 10_000).await.expect("claim");
-    let mut child = call("t.1");
-    child.fence = Some(c.fence());
+    let child = created_by(CreatePromise::new("t.1", Param::External), "t", &c.fence());
     store.create(child).await.expect("create");
     assert!(store.suspend(&c.fence(), &["t.1".to_owned()]).await.expect("suspend"));
     store.settle(settle("t", State::RejectedCanceled, "null")).await.expect("cancel");
@@ -829,6 +830,67 @@ pub async fn an_import_is_all_or_nothing(store: &dyn Store) {
     assert_eq!(preload, ["imp.1"], "the claim's preload");
     let chosen = store.get("chosen").await.expect("get").expect("the chosen id");
     assert_eq!((chosen.parent.as_deref(), chosen.root.as_str()), (Some("imp.1"), "imp"));
+}
+
+/// Once its promise's deadline has passed a task is dead, before any tick says so:
+/// every write of its holder is refused (create, settle, suspend, release, halt), its
+/// heartbeat extends nothing, and a halted one is not resumed. Only a deadline times
+/// a promise out: a client may not settle one so.
+pub async fn a_task_dies_with_its_promises_deadline(store: &dyn Store) {
+    for id in ["d1", "d2", "d3", "d4", "d5", "d6", "d7"] {
+        let mut req = with_task(id, "g");
+        req.timeout = Some(1_000);
+        store.create(req).await.expect("create");
+    }
+    let claim = Claim {
+        pid: "worker".into(),
+        group: "g".into(),
+        process: "p1".into(),
+        ttl: 60_000,
+        max: 7,
+        functions: Vec::new(),
+    };
+    let held: Vec<Fence> = store.claim(claim).await.expect("claim").iter().map(|a| a.fence()).collect();
+    assert_eq!(held.len(), 7);
+    store.release(&held[6], Release::Halt { error: "a fault".into(), code: None }).await.expect("halt d7");
+    // Past the deadline, with no tick.
+    tokio::time::advance(Duration::from_millis(2_000)).await;
+    let fenced = |r: Result<(), StoreError>, what: &str| {
+        assert!(matches!(r, Err(StoreError::Fenced { .. })), "a dead task's {what} must be refused, got {r:?}");
+    };
+    fenced(store.create(created_by(call("d1.1"), "d1", &held[0])).await.map(drop), "create");
+    let settle_own = SettlePromise { fence: Some(held[1].clone()), ..settle("d2", State::Resolved, "1") };
+    fenced(store.settle(settle_own).await.map(drop), "settle");
+    store.create(call("elsewhere")).await.expect("create");
+    fenced(store.suspend(&held[2], &["elsewhere".into()]).await.map(drop), "suspend");
+    fenced(store.release(&held[3], Release::Retry { delay: 0, error: None }).await, "release");
+    fenced(store.release(&held[4], Release::Halt { error: "x".into(), code: None }).await, "halt");
+    assert_eq!(store.heartbeat("p1", &held[5..6], 60_000).await.expect("heartbeat"), 0, "a dead task's lease");
+    assert!(!store.resume("d7").await.expect("resume"), "a dead halted task is not resumed");
+    assert!(store.get("d1.1").await.expect("get").is_none(), "the refused create wrote nothing");
+    for id in ["d1", "d2", "d7"] {
+        let p = store.get(id).await.expect("get").expect("exists");
+        assert_eq!(p.state, State::RejectedTimedout, "{id} timed out");
+    }
+    store.create(call("plain")).await.expect("create");
+    let timed_out = store.settle(settle("plain", State::RejectedTimedout, "null")).await;
+    assert!(matches!(timed_out, Err(StoreError::Conflict { .. })), "a client times nothing out: {timed_out:?}");
+}
+
+/// A task suspends awaiting at least one promise that something else settles: not
+/// none (it would wait forever), and not a call it runs itself (a local child).
+pub async fn suspend_needs_a_promise_settled_elsewhere(store: &dyn Store) {
+    store.create(with_task("s", "g")).await.expect("create");
+    let fence = claim_one(store, "g", "p1", 60_000).await.expect("claim").fence();
+    let none = store.suspend(&fence, &[]).await;
+    assert!(matches!(none, Err(StoreError::Conflict { .. })), "suspending on nothing: {none:?}");
+    store.create(created_by(call("s.1"), "s", &fence)).await.expect("a local child");
+    let local = store.suspend(&fence, &["s.1".into()]).await;
+    assert!(matches!(local, Err(StoreError::Conflict { .. })), "suspending on a local child: {local:?}");
+    let mut timer = CreatePromise::new("s.2", Param::Timer);
+    timer.timeout = Some(10_000);
+    store.create(created_by(timer, "s", &fence)).await.expect("a timer");
+    assert!(store.suspend(&fence, &["s.2".into()]).await.expect("suspend on a timer"), "a timer settles itself");
 }
 
 fn is_conflict(result: Result<usize, StoreError>) -> bool {

@@ -242,8 +242,12 @@ impl Core {
         }
     }
 
-    fn check_fence(&self, fence: Option<&Fence>, now: Millis) -> Result<(), StoreError> {
+    /// A write under `fence` is refused unless its task is held at that version, its
+    /// lease runs, and its promise's deadline has not passed (then the task is dead,
+    /// whether or not a tick has said so yet).
+    fn check_fence(&mut self, fence: Option<&Fence>, now: Millis) -> Result<(), StoreError> {
         let Some(fence) = fence else { return Ok(()) };
+        self.expire(&fence.task, now);
         match self.tasks.get(&fence.task) {
             Some(t) if t.state == TaskState::Acquired && t.version == fence.version && now < t.lease_until => Ok(()),
             _ => Err(StoreError::Fenced { task: fence.task.clone(), version: fence.version }),
@@ -394,6 +398,9 @@ impl Core {
         self.check_fence(req.fence.as_ref(), now)?;
         if req.state == State::Pending {
             return Err(conflict(&req.id, "a promise cannot be settled as pending"));
+        }
+        if req.state == State::RejectedTimedout {
+            return Err(conflict(&req.id, "only its deadline times a promise out"));
         }
         self.expire(&req.id, now);
         let Some(p) = self.promises.get_mut(&req.id) else {
@@ -654,6 +661,10 @@ impl Core {
     }
 
     pub(crate) fn heartbeat(&mut self, process: &str, held: &[Fence], ttl: Millis, now: Millis) -> usize {
+        // A task whose promise's deadline passed is dead: its lease is not extended.
+        for f in held {
+            self.expire(&f.task, now);
+        }
         let held: Vec<(Millis, String)> = held
             .iter()
             .filter_map(|f| self.tasks.get(&f.task).filter(|t| t.version == f.version))
@@ -702,6 +713,25 @@ impl Core {
 
     pub(crate) fn suspend(&mut self, fence: &Fence, awaiting: &[String], now: Millis) -> Result<bool, StoreError> {
         self.check_fence(Some(fence), now)?;
+        if awaiting.is_empty() {
+            return Err(conflict(
+                &fence.task,
+                "a task suspends awaiting at least one promise, or it would wait forever",
+            ));
+        }
+        for id in awaiting {
+            // A call without a task runs inside the task that awaits it: suspended,
+            // that task would never see it settle.
+            if let Some(p) = self.promises.get(id)
+                && matches!(p.param, Param::Call { .. })
+                && !self.tasks.contains_key(id)
+            {
+                return Err(conflict(
+                    id,
+                    "it runs inside the suspending task: only a promise settled elsewhere is awaited so",
+                ));
+            }
+        }
         for id in awaiting {
             self.expire(id, now);
             if self.promises.get(id).is_none_or(|p| p.state.is_settled()) {
@@ -739,10 +769,7 @@ impl Core {
             })
             .map(|t| t.id.clone())
             .collect();
-        for id in &halted {
-            self.resume(id, now);
-        }
-        halted.len()
+        halted.iter().filter(|id| self.resume(id, now)).count()
     }
 
     /// Deletes finished families, each whole, in this one step.
@@ -841,6 +868,8 @@ impl Core {
     /// Makes a halted task pending, with a fresh budget of faults; false if it was not
     /// halted.
     pub(crate) fn resume(&mut self, id: &str, now: Millis) -> bool {
+        // A task whose promise's deadline passed is done, not resumed.
+        self.expire(id, now);
         if self.tasks.get(id).is_none_or(|t| t.state != TaskState::Halted) {
             return false;
         }

@@ -995,7 +995,8 @@ async fn load(tx: &Client, locks: &[Statement; 3], rows: &Rows) -> Result<(Vec<P
     let mut task_ids = rows.tasks.clone();
     task_ids.extend(rows.promises.iter().cloned());
     let task_ids = dedup(&task_ids);
-    let promise_ids = dedup(&rows.promises);
+    // A task's promise too: its deadline decides whether the task is alive.
+    let promise_ids = task_ids.clone();
     // Sent together (tokio-postgres pipelines them), run by the server in this order.
     let [lock_tasks, lock_promises, lock_waiting] = locks;
     let (task_params, promise_params): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
