@@ -217,16 +217,18 @@ const MIGRATION_5: &str = concat!(
 
 /// Version 6: each promise's creator and family, indexed by family; finished
 /// families by the settle time of their top-level promise. The rows there are get
-/// theirs from [`crate::store::upgrade::relate`], after this; a row a process of an
-/// earlier version writes meanwhile (a rolling deploy) gets them from the trigger,
-/// by the same rules.
-const MIGRATION_6: &str = r#"
+/// theirs from [`crate::store::upgrade::relate`], after this. A process of an earlier
+/// version still running during a rolling deploy writes rows without them (and, from
+/// versions before 5, without a task's function, a settle time or a listing time):
+/// the triggers fill in, by the same rules, whatever such a writer leaves out.
+const MIGRATION_6: &str = concat!(
+    r#"
 ALTER TABLE promises ADD COLUMN IF NOT EXISTS parent text COLLATE "C";
 ALTER TABLE promises ADD COLUMN IF NOT EXISTS root text COLLATE "C";
 DROP INDEX IF EXISTS promises_finished;
 CREATE INDEX IF NOT EXISTS promises_top_finished ON promises (settled_at) WHERE settled_at IS NOT NULL AND parent IS NULL;
 CREATE INDEX IF NOT EXISTS promises_root ON promises (root, id);
-CREATE OR REPLACE FUNCTION durable_relate() RETURNS trigger LANGUAGE plpgsql AS $body$
+CREATE OR REPLACE FUNCTION durable_relate() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $body$
 DECLARE
     creator text;
     family text;
@@ -235,7 +237,7 @@ BEGIN
         creator := coalesce(NEW.tags ->> 'durable:parent',
             CASE WHEN strpos(NEW.id, '.') > 0 THEN regexp_replace(NEW.id, '(\.r[0-9]+)?\.[^.]*$', '') END);
         IF creator IS NOT NULL THEN
-            EXECUTE format('SELECT root FROM %I.promises WHERE id = $1', TG_TABLE_SCHEMA) INTO family USING creator;
+            SELECT p.root INTO family FROM promises p WHERE p.id = creator;
         END IF;
         IF family IS NULL THEN
             creator := NULL;
@@ -245,17 +247,34 @@ BEGIN
         NEW.root := family;
         NEW.data := jsonb_set(jsonb_set(NEW.data::jsonb, '{parent}', coalesce(to_jsonb(creator), 'null'::jsonb)),
             '{root}', to_jsonb(family))::text;
-        IF NEW.invoked_at IS NOT NULL AND creator IS NOT NULL AND NOT NEW.tags ? 'durable:detached'
-            AND left(NEW.id, length(creator) + 1) = creator || '.' THEN
-            NEW.invoked_at := NULL;
+        IF NEW.settled_at IS NULL AND NEW.state <> 'pending' THEN
+            NEW.settled_at := (NEW.data::jsonb ->> 'settled_at')::bigint;
         END IF;
+        NEW.invoked_at := CASE
+            WHEN NEW.data::jsonb #>> '{param,kind}' = 'call' AND (creator IS NULL OR NEW.tags ? 'durable:detached'
+                OR left(NEW.id, length(creator) + 1) <> creator || '.')
+            THEN (NEW.data::jsonb ->> 'created_at')::bigint END;
     END IF;
     RETURN NEW;
 END
 $body$;
 DROP TRIGGER IF EXISTS durable_relate ON promises;
 CREATE TRIGGER durable_relate BEFORE INSERT ON promises FOR EACH ROW EXECUTE FUNCTION durable_relate();
-"#;
+CREATE OR REPLACE FUNCTION durable_task_function() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT
+AS $body$
+BEGIN
+    IF NEW.func IS NULL THEN
+        SELECT "#,
+    function_key!(),
+    r#" INTO NEW.func FROM promises p WHERE p.id = NEW.id;
+    END IF;
+    RETURN NEW;
+END
+$body$;
+DROP TRIGGER IF EXISTS durable_task_function ON tasks;
+CREATE TRIGGER durable_task_function BEFORE INSERT ON tasks FOR EACH ROW EXECUTE FUNCTION durable_task_function();
+"#
+);
 
 const ANNOUNCE: &str = "INSERT INTO workers (grp, pid, process, functions, live_until) VALUES ($1, $2, $3, $4, $5)
      ON CONFLICT (grp, pid) DO UPDATE
@@ -1365,6 +1384,40 @@ mod tests {
         write_v5(&client, "b.1", true, serde_json::json!({})).await;
         write_v5(&client, "label-b", false, serde_json::json!({"durable:parent": "b.1"})).await;
         assert_eq!(family(store.get("label-b").await.unwrap()), (Some("b.1".into()), "b".into()), "by the trigger");
+        // Its task, as a process from before tasks named their function wrote it.
+        let task = crate::Task {
+            id: "label-b".into(),
+            state: crate::TaskState::Pending,
+            version: 0,
+            target: crate::Target::any("g"),
+            prefer_until: 0,
+            process: None,
+            lease_until: 0,
+            ready_at: 0,
+            faults: 0,
+            error: None,
+            awaiting: Vec::new(),
+            halted_code: None,
+        };
+        let data = serde_json::to_string(&task).unwrap();
+        client
+            .execute(
+                "INSERT INTO tasks (id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version,
+                   awaiting, data) VALUES ('label-b', 'pending', 'g', NULL, false, 0, 0, 0, NULL, 0, '{}', $1)",
+                &[&data],
+            )
+            .await
+            .unwrap();
+        let claim = crate::store::Claim {
+            group: "g".into(),
+            pid: "w".into(),
+            process: "w:1".into(),
+            ttl: 60_000,
+            max: 1,
+            functions: vec!["f".into()],
+        };
+        let claimed = store.claim(claim).await.unwrap();
+        assert_eq!(claimed.len(), 1, "a worker of its function takes it: nothing is stranded");
         let search = crate::store::Search { root: Some("b".into()), ..Default::default() };
         let ids: Vec<String> = store.search(search).await.unwrap().promises.into_iter().map(|p| p.id).collect();
         assert_eq!(ids, ["approval-b", "b", "b.1", "label-b"]);
