@@ -468,9 +468,10 @@ impl<C: Callable, M> Call<C, M> {
     /// Uses this id instead of the minted one (the count still advances). It follows
     /// the rules of a top-level id; a malformed one is an error when the call is
     /// awaited, before anything is written. The promise is not under this
-    /// invocation's prefix, but it is of its family: its [`Promise::parent`] is the
-    /// body that created it, retention keeps it as long as the invocation, and
-    /// cancelling that body cancels it too (unless it is detached).
+    /// invocation's prefix, but it is of its family: its
+    /// [`Promise::parent`](crate::Promise::parent) is the body that created it,
+    /// retention keeps it as long as the invocation, and cancelling that body cancels
+    /// it too (unless it is detached).
     pub fn id(mut self, id: impl Into<String>) -> Self {
         choose(&mut self.id, &mut self.chosen, id.into());
         self
@@ -768,8 +769,9 @@ impl<T> Promised<T> {
     /// Uses this id instead of the minted one, e.g. one a person can type. It follows
     /// the rules of a top-level id; a malformed one is an error when awaited. The
     /// promise is not under this invocation's prefix, but it is of its family: its
-    /// [`Promise::parent`] is the body that created it, retention keeps it as long
-    /// as the invocation, and cancelling that body cancels it too.
+    /// [`Promise::parent`](crate::Promise::parent) is the body that created it,
+    /// retention keeps it as long as the invocation, and cancelling that body cancels
+    /// it too.
     pub fn id(mut self, id: impl Into<String>) -> Self {
         choose(&mut self.id, &mut self.chosen, id.into());
         self
