@@ -41,6 +41,8 @@ pub enum Fault {
 pub struct FaultyStore {
     inner: Arc<dyn Store>,
     faults: Mutex<BTreeMap<usize, Fault>>,
+    /// Faults drawn for every operation: `(seed, per thousand)`.
+    random: Option<(u64, u64)>,
     calls: AtomicUsize,
     injected: AtomicUsize,
 }
@@ -48,7 +50,36 @@ pub struct FaultyStore {
 impl FaultyStore {
     /// Wraps `inner`, with no faults yet.
     pub fn new(inner: Arc<dyn Store>) -> FaultyStore {
-        FaultyStore { inner, faults: Mutex::default(), calls: AtomicUsize::new(0), injected: AtomicUsize::new(0) }
+        FaultyStore {
+            inner,
+            faults: Mutex::default(),
+            random: None,
+            calls: AtomicUsize::new(0),
+            injected: AtomicUsize::new(0),
+        }
+    }
+
+    /// Also injects a fault into each operation with probability `per_thousand` /
+    /// 1000, of a kind drawn with it (fail, unknown outcome, or a delay of up to a
+    /// second), all from `seed` and the operation's number: the same seed and the
+    /// same sequence of operations give the same faults.
+    pub fn random(mut self, seed: u64, per_thousand: u64) -> FaultyStore {
+        self.random = Some((seed, per_thousand));
+        self
+    }
+
+    /// The fault drawn for operation `n`, if any.
+    fn drawn(&self, n: usize) -> Option<Fault> {
+        let (seed, per_thousand) = self.random?;
+        let h = splitmix(seed ^ (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        if h % 1000 >= per_thousand {
+            return None;
+        }
+        Some(match (h / 1000) % 3 {
+            0 => Fault::Fail,
+            1 => Fault::Unknown,
+            _ => Fault::Delay(Duration::from_millis((h / 3000) % 1000)),
+        })
     }
 
     /// Injects `fault` into the `n`-th operation.
@@ -69,7 +100,7 @@ impl FaultyStore {
 
     async fn op<T>(&self, name: &str, op: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let fault = self.faults.lock().unwrap_or_else(|e| e.into_inner()).get(&n).copied();
+        let fault = self.faults.lock().unwrap_or_else(|e| e.into_inner()).get(&n).copied().or_else(|| self.drawn(n));
         let injected = || {
             self.injected.fetch_add(1, Ordering::SeqCst);
             StoreError::backend(format!("injected fault in operation {n} ({name})"))
@@ -179,4 +210,12 @@ impl Store for FaultyStore {
     fn ready(&self, group: &str) -> watch::Receiver<u64> {
         self.inner.ready(group)
     }
+}
+
+/// SplitMix64: a well-mixed 64-bit value from any input.
+pub(crate) fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }

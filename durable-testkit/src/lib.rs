@@ -7,6 +7,8 @@
 //! * [`FaultyStore`]: a store that fails, delays, or reports an unknown outcome for
 //!   chosen operations.
 //! * [`conformance`]: the rules every [`Store`](durable::Store) must keep.
+//! * [`simulation`]: everything at once from one seed (random invocations, crashes,
+//!   store faults, retention, imports, a deploy), checked against invariants.
 //!
 //! Time in these tools is tokio's: run tests with `#[tokio::test(start_paused = true)]`
 //! and stores on a [`VirtualClock`](durable::store::VirtualClock) (MemoryStore's
@@ -42,6 +44,7 @@
 pub mod conformance;
 mod faulty;
 mod gate;
+pub mod simulation;
 pub mod strategy;
 mod sweep;
 

@@ -133,3 +133,41 @@ async fn a_malformed_patch_name_is_an_error_that_says_so() {
     let message = error.to_string();
     assert!(message.contains("\"two.parts\"") && message.contains("a patch name may not"), "{message}");
 }
+
+/// The old code of a second change: a call with a chosen id first, then ship, then
+/// wait.
+#[durable::function(name = "label")]
+async fn label_old(ctx: &mut Context, order: u64) -> durable::Result<String> {
+    ctx.lfc(ship, order).id(format!("label-{order}")).await?;
+    let shipped = ctx.lfc(ship, order).await?;
+    ctx.lfc(wait_for, format!("label-{order}")).await?;
+    Ok(format!("shipped {shipped}"))
+}
+
+/// The change behind a patch, before the chosen-id call.
+#[durable::function(name = "label")]
+async fn label_new(ctx: &mut Context, order: u64) -> durable::Result<String> {
+    if ctx.patched("notify-first").await? {
+        ctx.lfc(notify, order).await?;
+    }
+    ctx.lfc(ship, order).id(format!("label-{order}")).await?;
+    let shipped = ctx.lfc(ship, order).await?;
+    ctx.lfc(wait_for, format!("label-{order}")).await?;
+    Ok(format!("shipped {shipped}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_history_whose_next_call_took_a_chosen_id_is_old_by_the_calls_after_it() {
+    let store = memory();
+    let old = builder(&store).register(label_old).build().unwrap();
+    let handle = old.run("order-7", label_old, 7).await.unwrap();
+    arrived("label-7").await;
+    drop(old);
+    // The chosen-id call took number 1 but not its id: the history holds `order-7.2`.
+    assert_eq!(ids(&tree(&*store, "order-7").await), ["order-7", "order-7.2"]);
+
+    open("label-7");
+    let _new = builder(&store).register(label_new).build().unwrap();
+    assert_eq!(handle.await.unwrap(), "shipped 70", "the old path: no nondeterminism at order-7.2");
+    assert_eq!(runs("notify-7"), 0, "the new code's call was not made");
+}

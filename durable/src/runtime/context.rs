@@ -95,14 +95,15 @@ impl Context {
     /// The answer is recorded (a resolved promise `{id}.patched:{name}` that takes no
     /// call number, so the ids of the calls around it do not move) and replayed, and
     /// a body asks each patch once: asked again, it answers the same. A history is
-    /// *old* at a patch when it holds the call numbered next after it, settled or
-    /// not. (A call made with a chosen id, [`Call::id`], has no number in its id: a
-    /// history whose only step past the patch is such a call counts as new. It stays
-    /// deterministic, since what the new path calls is checked against the history by
-    /// id, but the new path should make that call too.) Once no invocation in flight
-    /// takes the old path (the replay check, [`Checker`](crate::Checker), names the
-    /// patches each one takes the old path of), delete the old code and the `patched`
-    /// call with it: the recorded answers then go unread.
+    /// *old* at a patch when it holds a call of the body numbered after it, settled or
+    /// not. (A call made with a chosen id, [`Call::id`], takes a number but has none
+    /// in its id: a history whose only step past the patch is such a call counts as
+    /// new. It stays deterministic, since what the new path calls is checked against
+    /// the history by id, but the new path should make that call too.) Once no
+    /// invocation in flight takes the old path (the replay check,
+    /// [`Checker`](crate::Checker), names the patches each one takes the old path of),
+    /// delete the old code and the `patched` call with it: the recorded answers then
+    /// go unread.
     ///
     /// A name follows the rules of an id (not empty, no `.`, no control characters);
     /// a malformed one is [`Error::InvalidId`](crate::Error::InvalidId).
@@ -355,10 +356,13 @@ impl Patch {
         }
         // Not recorded: a history that went on past this point was recorded before
         // the patch. A fresh attempt has no history, and a settled call would be in
-        // the preload; a pending one only the store knows of.
+        // the preload; a pending one only the store knows of. The call numbered next
+        // may have taken a chosen id, and so not be found by its number: any call
+        // numbered later shows the history went on too.
         let old = !self.fresh
             && (self.inv.is_preloaded(&self.next)
-                || self.inv.rt.store.get(&self.next).await.map_err(|e| self.inv.store_fault(e))?.is_some());
+                || self.inv.rt.store.get(&self.next).await.map_err(|e| self.inv.store_fault(e))?.is_some()
+                || self.inv.holds_call_after(&self.next).await?);
         if old {
             // The answer may be recorded where the preload does not reach: a history
             // the replay check reads from the store, not the claim's preload.

@@ -313,6 +313,40 @@ impl Invocation {
         self.preload.contains_key(id)
     }
 
+    /// Whether the history holds a call of the same body numbered after `{base}.{n}`
+    /// (`next`), settled (in the preload) or pending (in the store).
+    pub(crate) async fn holds_call_after(&self, next: &str) -> Result<bool> {
+        let Some((base, n)) = next.rsplit_once('.').and_then(|(b, n)| Some((b, n.parse::<u64>().ok()?))) else {
+            return Ok(false);
+        };
+        let prefix = format!("{base}.");
+        let later = |id: &str| {
+            id.strip_prefix(&prefix).and_then(|rest| rest.split('.').next()).and_then(|m| m.parse::<u64>().ok())
+                > Some(n)
+        };
+        if self.preload.keys().any(|id| later(id)) {
+            return Ok(true);
+        }
+        let mut cursor = None;
+        loop {
+            let search = crate::store::Search {
+                prefix: prefix.clone(),
+                state: Some(crate::State::Pending),
+                cursor,
+                limit: 1000,
+                ..Default::default()
+            };
+            let page = self.rt.store.search(search).await.map_err(|e| self.store_fault(e))?;
+            if page.promises.iter().any(|p| later(&p.id)) {
+                return Ok(true);
+            }
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(false),
+            }
+        }
+    }
+
     pub(crate) async fn create(&self, mut req: CreatePromise) -> Result<Created> {
         self.check()?;
         check_len(&req.id)?;

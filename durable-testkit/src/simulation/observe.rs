@@ -1,0 +1,246 @@
+//! A store wrapper that watches every answer for what must never happen: a settled
+//! promise that changes, a promise created a second time, a task that waits too long
+//! for a worker.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use durable::store::{
+    Acquired, Claim, CreatePromise, Created, Invocations, Listing, Page, Purge, Release, Search, SettlePromise, Tick,
+    Worker,
+};
+use durable::{Fence, Millis, Promise, State, Store, StoreError, Task};
+use tokio::sync::watch;
+
+/// What the observer saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Every promise ever created, with its first settlement once seen.
+    promises: HashMap<String, Option<Promise>>,
+    /// The family each promise was created in.
+    families: HashMap<String, String>,
+    /// When each task was created or last made pending, by its promise, until claimed.
+    waiting: HashMap<String, Millis>,
+    /// The longest a task waited for a claim, and which.
+    longest_wait: (Millis, String),
+    violations: Vec<String>,
+}
+
+/// A [`Store`] that passes everything to `inner` and checks the answers.
+#[derive(Debug)]
+pub(crate) struct Observed {
+    inner: Arc<dyn Store>,
+    seen: Mutex<Seen>,
+}
+
+impl Observed {
+    pub(crate) fn new(inner: Arc<dyn Store>) -> Observed {
+        Observed { inner, seen: Mutex::default() }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What was broken so far.
+    pub(crate) fn violations(&self) -> Vec<String> {
+        self.seen().violations.clone()
+    }
+
+    /// Whether `id` was seen resolved: a result was recorded for it.
+    pub(crate) fn resolved(&self, id: &str) -> bool {
+        matches!(self.seen().promises.get(id), Some(Some(p)) if p.state == State::Resolved)
+    }
+
+    /// `id` as it was first seen settled.
+    pub(crate) fn settled(&self, id: &str) -> Option<Promise> {
+        self.seen().promises.get(id).cloned().flatten()
+    }
+
+    /// The longest any task waited from becoming ready to its claim, and which.
+    pub(crate) fn longest_wait(&self) -> (Millis, String) {
+        self.seen().longest_wait.clone()
+    }
+
+    /// How many promises were created.
+    pub(crate) fn promises(&self) -> usize {
+        self.seen().promises.len()
+    }
+
+    /// Records `p` as read or written: a settled promise never changes.
+    fn observe(&self, p: &Promise) {
+        if !p.state.is_settled() {
+            return;
+        }
+        let mut seen = self.seen();
+        let entry = seen.promises.entry(p.id.clone()).or_default();
+        match entry {
+            None => *entry = Some(p.clone()),
+            Some(first) if first.state != p.state || first.value != p.value => {
+                let message = format!(
+                    "{} was settled as {:?} with {:?}, and later read as {:?} with {:?}",
+                    p.id, first.state, first.value, p.state, p.value
+                );
+                seen.violations.push(message);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Records a created promise: one created anew in the family it was created in
+    /// before was deleted while that family could still replay it. (Once retention
+    /// has deleted a family, its ids may be used again, by another.)
+    fn created(&self, created: &Created, now: Millis, ready: bool) {
+        {
+            let mut seen = self.seen();
+            let p = &created.promise;
+            let id = &p.id;
+            if created.new {
+                if p.parent.is_some() && seen.families.get(id) == Some(&p.root) {
+                    let message =
+                        format!("{id} was created a second time: it was deleted while its invocation could replay it");
+                    seen.violations.push(message);
+                }
+                seen.families.insert(id.clone(), p.root.clone());
+                seen.promises.insert(id.clone(), None);
+                if ready {
+                    seen.waiting.insert(id.clone(), now);
+                }
+            }
+        }
+        self.observe(&created.promise);
+    }
+
+    fn claimed(&self, acquired: &[Acquired], now: Millis) {
+        let mut seen = self.seen();
+        for a in acquired {
+            if let Some(since) = seen.waiting.remove(&a.task.id) {
+                let waited = now.saturating_sub(since);
+                if waited > seen.longest_wait.0 {
+                    seen.longest_wait = (waited, a.task.id.clone());
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Observed {
+    async fn now(&self) -> Result<Millis, StoreError> {
+        self.inner.now().await
+    }
+
+    async fn create(&self, req: CreatePromise) -> Result<Created, StoreError> {
+        let ready = req.task.as_ref().is_some_and(|t| t.acquire.is_none());
+        let created = self.inner.create(req).await?;
+        let now = self.inner.now().await?;
+        self.created(&created, now, ready);
+        Ok(created)
+    }
+
+    async fn settle(&self, req: SettlePromise) -> Result<Promise, StoreError> {
+        let p = self.inner.settle(req).await?;
+        self.observe(&p);
+        Ok(p)
+    }
+
+    async fn import(&self, family: Vec<CreatePromise>) -> Result<(), StoreError> {
+        let ids: Vec<(String, bool)> = family.iter().map(|r| (r.id.clone(), r.task.is_some())).collect();
+        self.inner.import(family).await?;
+        let now = self.inner.now().await?;
+        for (id, ready) in ids {
+            if let Some(promise) = self.inner.get(&id).await? {
+                self.created(&Created { promise, new: true, acquired: None }, now, ready);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError> {
+        let p = self.inner.get(id).await?;
+        if let Some(p) = &p {
+            self.observe(p);
+        }
+        Ok(p)
+    }
+
+    async fn search(&self, search: Search) -> Result<Page, StoreError> {
+        let page = self.inner.search(search).await?;
+        page.promises.iter().for_each(|p| self.observe(p));
+        Ok(page)
+    }
+
+    async fn invocations(&self, query: Invocations) -> Result<Listing, StoreError> {
+        self.inner.invocations(query).await
+    }
+
+    async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        self.inner.task(id).await
+    }
+
+    async fn claim(&self, claim: Claim) -> Result<Vec<Acquired>, StoreError> {
+        let acquired = self.inner.claim(claim).await?;
+        let now = self.inner.now().await?;
+        self.claimed(&acquired, now);
+        for a in &acquired {
+            self.observe(&a.root);
+            a.preload.iter().for_each(|p| self.observe(p));
+        }
+        Ok(acquired)
+    }
+
+    async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<usize, StoreError> {
+        self.inner.heartbeat(process, held, ttl).await
+    }
+
+    async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError> {
+        let retry = matches!(how, Release::Retry { delay: 0, .. });
+        self.inner.release(fence, how).await?;
+        if retry {
+            let now = self.inner.now().await?;
+            self.seen().waiting.insert(fence.task.clone(), now);
+        }
+        Ok(())
+    }
+
+    async fn suspend(&self, fence: &Fence, awaiting: &[String]) -> Result<bool, StoreError> {
+        self.inner.suspend(fence, awaiting).await
+    }
+
+    async fn resume_halted(&self, group: &str, code: &BTreeMap<String, u64>) -> Result<usize, StoreError> {
+        self.inner.resume_halted(group, code).await
+    }
+
+    async fn resume(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.resume(id).await
+    }
+
+    async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError> {
+        self.inner.release_predecessors(group, pid, process).await
+    }
+
+    async fn purge(&self, purge: Purge) -> Result<usize, StoreError> {
+        self.inner.purge(purge).await
+    }
+
+    async fn tick(&self) -> Result<Tick, StoreError> {
+        self.inner.tick().await
+    }
+
+    async fn announce(&self, worker: &Worker, ttl: Millis) -> Result<(), StoreError> {
+        self.inner.announce(worker, ttl).await
+    }
+
+    async fn workers(&self) -> Result<Vec<Worker>, StoreError> {
+        self.inner.workers().await
+    }
+
+    async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {
+        self.inner.wait(id, halted).await
+    }
+
+    fn ready(&self, group: &str) -> watch::Receiver<u64> {
+        self.inner.ready(group)
+    }
+}
