@@ -12,6 +12,11 @@
 //!   of RSS (top) and throughput (bottom) against invocations done. Retention is
 //!   off unless given.
 //!
+//! * `durable-bench simulate --seeds N [--seed S] --store memory|sled`: the
+//!   deterministic simulation (`durable_testkit::simulation`) of seeds S to S + N - 1,
+//!   each on virtual time; stops at the first seed that breaks an invariant, printing
+//!   it and how to replay it; else prints seeds per second and what was exercised.
+//!
 //! Each store keeps its real durability: sled acknowledges after a flush, PostgreSQL
 //! after a commit. PostgreSQL is `$DURABLE_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`), in a schema of its own.
@@ -43,13 +48,14 @@ struct Args {
     /// workers in this process; recover: a new process replays N settled steps; soak: N
     /// ten-step invocations, 64 at a time; list: pages of a listing over N invocations
     /// (1% pending, one of a rare function).
-    #[arg(value_parser = ["chain", "calc", "recover", "soak", "list", "recover-prepare"], hide_possible_values = true)]
+    /// simulate: N seeds of the simulation.
+    #[arg(value_parser = ["chain", "calc", "recover", "soak", "list", "simulate", "recover-prepare"], hide_possible_values = true)]
     workload: String,
     /// The store: memory, sled or postgres (`$DURABLE_POSTGRES_URL`).
     #[arg(long, default_value = "memory", value_parser = ["memory", "sled", "postgres"])]
     store: String,
     /// Steps (chain, recover), nodes (calc) or invocations (soak, list).
-    #[arg(long = "steps", visible_aliases = ["nodes", "invocations"], value_name = "N",
+    #[arg(long = "steps", visible_aliases = ["nodes", "invocations", "seeds"], value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     n: u64,
     /// Chains at once (chain).
@@ -61,6 +67,9 @@ struct Args {
     /// Where the soak's PNG goes (default `soak-{store}.png`).
     #[arg(long, value_name = "PATH")]
     plot: Option<String>,
+    /// The first seed (simulate).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 fn main() -> ExitCode {
@@ -68,6 +77,9 @@ fn main() -> ExitCode {
     if args.workload == "recover" && args.store == "memory" {
         eprintln!("error: recover needs a store that outlives a process: sled or postgres");
         return ExitCode::from(2);
+    }
+    if args.workload == "simulate" {
+        return simulate(&args);
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     match rt.block_on(run(&args)) {
@@ -77,6 +89,55 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs seeds `args.seed..args.seed + args.n` of the simulation, each on a fresh
+/// runtime with virtual time.
+fn simulate(args: &Args) -> ExitCode {
+    use durable_testkit::simulation::Simulation;
+    let started = Instant::now();
+    let mut counts = std::collections::BTreeMap::<&str, u64>::new();
+    let (mut invocations, mut promises, mut faults, mut leaf_runs) = (0, 0, 0, 0);
+    for seed in args.seed..args.seed + args.n {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("store");
+        let mut simulation = Simulation::new(seed);
+        if args.store == "sled" {
+            simulation = simulation.store(move || {
+                let store = SledStore::open_with_clock(&path, durable::store::VirtualClock::new()).expect("open sled");
+                Arc::new(store) as Arc<dyn Store>
+            });
+        } else if args.store != "memory" {
+            eprintln!("error: simulate runs on memory or sled; PostgreSQL has its own test");
+            return ExitCode::from(2);
+        }
+        match durable_testkit::block_on(simulation.run()) {
+            Ok(summary) => {
+                for (what, n) in summary.counts {
+                    *counts.entry(what).or_default() += n;
+                }
+                invocations += summary.invocations;
+                promises += summary.promises;
+                faults += summary.faults;
+                leaf_runs += summary.leaf_runs;
+            }
+            Err(failure) => {
+                eprintln!("{failure}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{{\"workload\":\"simulate\",\"store\":\"{}\",\"n\":{},\"seconds\":{seconds:.3},\"seeds_per_second\":{:.1},\"invocations\":{invocations},\"promises\":{promises},\"store_faults\":{faults},\"leaf_runs\":{leaf_runs}}}",
+        args.store,
+        args.n,
+        args.n as f64 / seconds
+    );
+    for (what, n) in counts {
+        println!("  {n:>8}  {what}");
+    }
+    ExitCode::SUCCESS
 }
 
 /// Where a store lives for one run, so a second process can open the same one.

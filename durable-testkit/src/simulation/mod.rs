@@ -88,7 +88,8 @@ pub trait Workload: Send + Sync + 'static {
     /// [`Durable::rpc`]), with arguments drawn from `rng`; returns its id. Started
     /// again on a fresh store with the same draws, crash-free, it gives the result
     /// the simulated one must give.
-    fn start<'a>(&'a self, client: &'a Durable, n: usize, rng: &'a mut SimRng) -> BoxFuture<'a, Result<String, String>>;
+    fn start<'a>(&'a self, client: &'a Durable, n: usize, rng: &'a mut SimRng)
+    -> BoxFuture<'a, Result<String, String>>;
 
     /// Checks the store once the simulation has drained: your invariants.
     fn check<'a>(&'a self, store: &'a dyn Store) -> BoxFuture<'a, Result<(), String>> {

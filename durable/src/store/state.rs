@@ -29,8 +29,8 @@ pub(crate) struct Core {
     promises: BTreeMap<String, Promise>,
     /// Live invocations (pending roots that call a function), newest first.
     invocations: BTreeSet<(Reverse<Millis>, String)>,
-    /// Live promises by family: (root, id). A family with none is finished.
-    members: BTreeSet<(String, String)>,
+    /// How many live promises each family has; a family with none is finished.
+    live_families: HashMap<String, usize>,
     /// Live tasks: every one not fulfilled, and within a step those it fulfilled.
     tasks: HashMap<String, Task>,
     /// Finished records.
@@ -141,7 +141,7 @@ impl Core {
         Core {
             promises: BTreeMap::new(),
             invocations: BTreeSet::new(),
-            members: BTreeSet::new(),
+            live_families: HashMap::new(),
             tasks: HashMap::new(),
             cold,
             deadlines: BTreeSet::new(),
@@ -165,7 +165,7 @@ impl Core {
                 core.invocations.insert((Reverse(p.created_at), p.id.clone()));
             }
             if p.state == State::Pending {
-                core.members.insert((p.root.clone(), p.id.clone()));
+                core.family_joins(&p.root);
             }
             core.promises.insert(p.id.clone(), p);
         }
@@ -282,11 +282,13 @@ impl Core {
         let root = match &req.parent {
             None => req.id.clone(),
             Some(parent) if *parent == req.id => return Err(conflict(&req.id, "a promise cannot create itself")),
-            Some(parent) => match self.stored(parent)? {
-                Some(creator) => family_of(&creator).to_owned(),
-                None => {
-                    return Err(conflict(&req.id, &format!("its creator {parent:?} does not exist")));
-                }
+            // The creator is live while its body runs: no copy of it is made.
+            Some(parent) => match self.promises.get(parent) {
+                Some(creator) => family_of(creator).to_owned(),
+                None => match self.cold.promise(parent)? {
+                    Some(creator) => family_of(&creator).to_owned(),
+                    None => return Err(conflict(&req.id, &format!("its creator {parent:?} does not exist"))),
+                },
             },
         };
         let timeout_at = req.timeout.map_or(NEVER, |t| now.saturating_add(t)).min(req.deadline_cap);
@@ -320,7 +322,7 @@ impl Core {
         if state.is_settled() {
             self.finish(&promise, now);
         } else {
-            self.members.insert((promise.root.clone(), promise.id.clone()));
+            self.family_joins(&promise.root);
             if is_invocation(&promise) {
                 self.invocations.insert((Reverse(now), req.id.clone()));
             }
@@ -441,7 +443,7 @@ impl Core {
         self.dirty.promises.push(p.id.clone());
         self.dirty.woken.push(p.id.clone());
         self.invocations.remove(&(Reverse(p.created_at), p.id.clone()));
-        self.members.remove(&(p.root.clone(), p.id.clone()));
+        self.family_leaves(&p.root);
         self.finish(p, now);
         if let Some(t) = self.tasks.get(&p.id).cloned() {
             self.unindex(&t);
@@ -781,14 +783,13 @@ impl Core {
                     let reason = format!("it is part of the invocation {:?}: purge that", family_of(&p));
                     return Err(conflict(id, &reason));
                 }
-                let pending = self.members.range((id.clone(), String::new())..).next().filter(|(r, _)| r == id);
-                if let Some((_, pending)) = pending {
-                    let reason = if pending == id {
-                        "it is pending: only a finished invocation is purged".to_owned()
+                if self.family_live(id) {
+                    let reason = if self.promises.contains_key(id) {
+                        "it is pending: only a finished invocation is purged"
                     } else {
-                        format!("{pending} in its family is pending")
+                        "a promise in its family is pending"
                     };
-                    return Err(conflict(id, &reason));
+                    return Err(conflict(id, reason));
                 }
                 let members = self.family(id)?;
                 self.purge_family(members);
@@ -838,7 +839,27 @@ impl Core {
 
     /// Whether a promise of family `root` is pending.
     fn family_live(&self, root: &str) -> bool {
-        self.members.range((root.to_owned(), String::new())..).next().is_some_and(|(r, _)| r == root)
+        self.live_families.contains_key(root)
+    }
+
+    /// A promise of family `root` became live.
+    fn family_joins(&mut self, root: &str) {
+        match self.live_families.get_mut(root) {
+            Some(live) => *live += 1,
+            None => {
+                self.live_families.insert(root.to_owned(), 1);
+            }
+        }
+    }
+
+    /// A live promise of family `root` settled.
+    fn family_leaves(&mut self, root: &str) {
+        if let Some(live) = self.live_families.get_mut(root) {
+            *live -= 1;
+            if *live == 0 {
+                self.live_families.remove(root);
+            }
+        }
     }
 
     /// Every promise of family `root`, live or finished, in id order: the top-level
