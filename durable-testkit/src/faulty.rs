@@ -41,8 +41,8 @@ pub enum Fault {
 pub struct FaultyStore {
     inner: Arc<dyn Store>,
     faults: Mutex<BTreeMap<usize, Fault>>,
-    /// Faults drawn for every operation: `(seed, per thousand)`.
-    random: Option<(u64, u64)>,
+    /// Faults drawn for every operation: `(seed, per thousand, delays only)`.
+    random: Option<(u64, u64, bool)>,
     calls: AtomicUsize,
     injected: AtomicUsize,
 }
@@ -64,18 +64,25 @@ impl FaultyStore {
     /// second), all from `seed` and the operation's number: the same seed and the
     /// same sequence of operations give the same faults.
     pub fn random(mut self, seed: u64, per_thousand: u64) -> FaultyStore {
-        self.random = Some((seed, per_thousand));
+        self.random = Some((seed, per_thousand, false));
+        self
+    }
+
+    /// Like [`FaultyStore::random`], but every fault drawn is a delay: operations
+    /// take time, and nothing fails.
+    pub fn random_delays(mut self, seed: u64, per_thousand: u64) -> FaultyStore {
+        self.random = Some((seed, per_thousand, true));
         self
     }
 
     /// The fault drawn for operation `n`, if any.
     fn drawn(&self, n: usize) -> Option<Fault> {
-        let (seed, per_thousand) = self.random?;
+        let (seed, per_thousand, delays_only) = self.random?;
         let h = splitmix(seed ^ (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         if h % 1000 >= per_thousand {
             return None;
         }
-        Some(match (h / 1000) % 3 {
+        Some(match if delays_only { 2 } else { (h / 1000) % 3 } {
             0 => Fault::Fail,
             1 => Fault::Unknown,
             _ => Fault::Delay(Duration::from_millis((h / 3000) % 1000)),
