@@ -38,7 +38,8 @@ fn seeds_on_sled_keep_every_invariant() {
 /// server, so no bound on waiting is checked. Each seed in a schema of its own.
 #[tokio::test(start_paused = true)]
 async fn seeds_on_postgres_keep_every_invariant() {
-    let url = std::env::var("DURABLE_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let url =
+        std::env::var("DURABLE_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     for seed in 200..202 {
         let schema = format!("durable_sim_{}_{seed}", std::process::id());
         let store = durable::store::PostgresStore::options(&url)
@@ -53,5 +54,69 @@ async fn seeds_on_postgres_keep_every_invariant() {
         tokio::spawn(connection);
         client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
         outcome.unwrap_or_else(|failure| panic!("{failure}"));
+    }
+}
+
+mod your_workload {
+    use durable::prelude::*;
+    use durable_testkit::simulation::{SimRng, Simulation, Workload};
+    use futures::future::BoxFuture;
+
+    #[durable::function(name = "debit")]
+    async fn debit(_ctx: &mut Context, account: u64, cents: u64) -> durable::Result<u64> {
+        Ok(account * 1000 + cents)
+    }
+
+    #[durable::function(name = "transfer")]
+    async fn transfer(ctx: &mut Context, from: u64, to: u64, cents: u64) -> durable::Result<u64> {
+        let debited = ctx.lfc(debit, (from, cents)).await?;
+        ctx.sleep(std::time::Duration::from_secs(90 * 60)).await?;
+        let credited = ctx.rfc(debit, (to, cents)).target("poll://any@b").await?;
+        Ok(debited + credited)
+    }
+
+    /// Transfers, mixed into the simulation, with an invariant of their own.
+    struct Transfers;
+
+    impl Workload for Transfers {
+        fn register(&self, builder: durable::Builder) -> durable::Builder {
+            builder.register(transfer).register(debit)
+        }
+
+        fn start<'a>(
+            &'a self,
+            client: &'a Durable,
+            n: usize,
+            rng: &'a mut SimRng,
+        ) -> BoxFuture<'a, Result<String, String>> {
+            Box::pin(async move {
+                let id = format!("transfer-{n}");
+                let args = (rng.below(10), rng.below(10), 1 + rng.below(500));
+                // Started: the simulation awaits its end itself.
+                let _started =
+                    client.rpc(&id, transfer, args).target("poll://any@a").await.map_err(|e| e.to_string())?;
+                Ok(id)
+            })
+        }
+
+        fn check<'a>(&'a self, store: &'a dyn Store) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async move {
+                let search = durable::store::Search { prefix: "transfer-".into(), ..Default::default() };
+                let page = store.search(search).await.map_err(|e| e.to_string())?;
+                match page.promises.iter().find(|p| p.param.what() == "transfer" && !p.state.is_settled()) {
+                    Some(p) => Err(format!("{} never finished", p.id)),
+                    None => Ok(()),
+                }
+            })
+        }
+    }
+
+    #[test]
+    fn your_own_functions_and_invariants_run_in_the_simulation() {
+        for seed in 300..304 {
+            let summary = durable_testkit::block_on(Simulation::new(seed).workload(Transfers).run())
+                .unwrap_or_else(|failure| panic!("{failure}"));
+            assert!(summary.counts.get("start (your workload)").copied().unwrap_or(0) > 0, "seed {seed}: {summary:?}");
+        }
     }
 }

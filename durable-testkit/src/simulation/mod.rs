@@ -378,7 +378,7 @@ impl<'a> Run<'a> {
                         Ok(value) => {
                             self.expect.insert(id, Expect::Value(value));
                         }
-                        Err(e) => self.note("reference failed", format!("{id}: {e}")),
+                        Err(e) => self.world.violate(format!("no result to compare {id} with: {e}")),
                     }
                 }
                 Err(e) => self.note("start refused", e),

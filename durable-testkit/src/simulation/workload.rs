@@ -57,7 +57,7 @@ pub(crate) struct World {
 }
 
 impl World {
-    fn violate(&self, message: String) {
+    pub(crate) fn violate(&self, message: String) {
         self.violations.lock().unwrap_or_else(|e| e.into_inner()).push(message);
     }
 }
