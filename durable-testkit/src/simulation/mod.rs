@@ -568,6 +568,11 @@ impl<'a> Run<'a> {
     }
 
     async fn check(&mut self) -> Result<Summary, SimFailure> {
+        // Nothing changes the store while it is checked (retention would).
+        for slot in &mut self.slots {
+            slot.durable = None;
+        }
+        let _ = self.client.shutdown().await;
         self.check_violations()?;
         for (id, expect) in self.expect.clone() {
             // As it settled: retention may have deleted it since.
@@ -597,6 +602,7 @@ impl<'a> Run<'a> {
             }
         }
         self.check_store().await?;
+        self.check_listing().await?;
         if let Some(workload) = &self.sim.workload {
             workload.check(&*self.observed).await.map_err(|e| self.fail(format!("your invariant: {e}")))?;
         }
@@ -638,6 +644,38 @@ impl<'a> Run<'a> {
                 None => return Ok(()),
             }
         }
+    }
+}
+
+impl Run<'_> {
+    /// The listing's index agrees with the records: every invocation the simulation
+    /// started that is still in the store is listed once, and everything listed is
+    /// in the store.
+    async fn check_listing(&self) -> Result<(), SimFailure> {
+        let (mut listed, mut cursor) = (std::collections::BTreeSet::new(), None);
+        loop {
+            let query = durable::store::Invocations { cursor, limit: 500, ..Default::default() };
+            let page =
+                self.observed.invocations(query).await.map_err(|e| self.fail(format!("a listing failed: {e}")))?;
+            for i in page.invocations {
+                if !listed.insert(i.promise.id.clone()) {
+                    return Err(self.fail(format!("{} is listed twice", i.promise.id)));
+                }
+                if self.observed.get(&i.promise.id).await.ok().flatten().is_none() {
+                    return Err(self.fail(format!("{} is listed, and not in the store", i.promise.id)));
+                }
+            }
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        for id in self.expect.keys() {
+            if self.observed.get(id).await.ok().flatten().is_some() && !listed.contains(id) {
+                return Err(self.fail(format!("{id} is in the store and not listed")));
+            }
+        }
+        Ok(())
     }
 }
 

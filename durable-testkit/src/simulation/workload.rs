@@ -24,7 +24,8 @@ pub(crate) enum Step {
     Fanout(Vec<u64>),
     /// A leaf on a worker group (`rfc`).
     Remote(u64, String),
-    /// A leaf on a worker group started (`rfi`), then awaited.
+    /// A leaf started (`rfi`) for a worker group's pid, which has it first and the
+    /// rest of the group after its preference window, then awaited.
     RemoteLater(u64, String),
     /// A leaf called with a chosen id.
     Chosen(u64),
@@ -135,7 +136,8 @@ async fn run_steps(ctx: &mut Context, world: String, path: String, steps: Vec<St
                 ctx.rfc(sim_leaf, (world.clone(), n, 0)).target(format!("poll://any@{group}")).await?
             }
             Step::RemoteLater(n, group) => {
-                let handle = ctx.rfi(sim_leaf, (world.clone(), n, 0)).target(format!("poll://any@{group}")).await?;
+                let target = format!("poll://any@{group}/{group}1");
+                let handle = ctx.rfi(sim_leaf, (world.clone(), n, 0)).target(target).await?;
                 handle.await?
             }
             Step::Chosen(n) => ctx.lfc(sim_leaf, (world.clone(), n, 0)).id(format!("{here}-chosen")).await?,
