@@ -8,6 +8,12 @@ fn url() -> String {
     std::env::var("DURABLE_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// A store in `schema`, made anew.
+async fn fresh(admin: &tokio_postgres::Client, schema: &str) -> PostgresStore {
+    admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
+    PostgresStore::options(&url()).schema(schema).connect().await.expect("connect")
+}
+
 /// A client of the server the tests use; PostgreSQL must run there.
 async fn admin() -> tokio_postgres::Client {
     match tokio_postgres::connect(&url(), tokio_postgres::NoTls).await {
@@ -59,8 +65,7 @@ async fn a_long_schema_name_settles_and_wakes() {
     while schema.len() < 63 {
         schema.push('x');
     }
-    admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
-    let store = PostgresStore::options(&url()).schema(&schema).connect().await.expect("connect");
+    let store = fresh(&admin, &schema).await;
     store.create(CreatePromise::new("p", Param::External)).await.expect("create");
     let waiter = tokio::spawn({
         let store = std::sync::Arc::new(store);
@@ -89,8 +94,7 @@ async fn a_long_schema_name_settles_and_wakes() {
 async fn a_server_error_says_what_the_server_said() {
     let admin = admin().await;
     let schema = format!("durable_error_{}", std::process::id());
-    admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
-    let store = PostgresStore::options(&url()).schema(&schema).connect().await.expect("connect");
+    let store = fresh(&admin, &schema).await;
     admin.batch_execute(&format!("DROP TABLE {schema}.promises CASCADE")).await.unwrap();
     let error = store.get("p").await.unwrap_err().to_string();
     assert!(error.contains("relation \"promises\" does not exist") && error.contains("42P01"), "{error}");
@@ -103,8 +107,7 @@ async fn a_server_error_says_what_the_server_said() {
 async fn resuming_halted_tasks_waits_for_a_row_held_elsewhere() {
     let admin = admin().await;
     let schema = format!("durable_resume_{}", std::process::id());
-    admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
-    let store = std::sync::Arc::new(PostgresStore::options(&url()).schema(&schema).connect().await.expect("connect"));
+    let store = std::sync::Arc::new(fresh(&admin, &schema).await);
     let mut req = CreatePromise::new("h", Param::call("f", 1, "1".into()));
     req.task = Some(durable::store::NewTask::new(durable::Target::any("g")));
     store.create(req).await.unwrap();
