@@ -340,3 +340,27 @@ async fn suspension_and_a_nondeterminism_halt_show_and_a_resume_works() {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(body.contains("nothing in quote-7 is halted"), "{body}");
 }
+
+/// Values the store accepts but that are far from ordinary: a deadline past the
+/// year 9999, a retry wait numbered `u32::MAX`, a creator tag that names the
+/// promise itself. Each page still answers.
+#[tokio::test(start_paused = true)]
+async fn extreme_stored_values_still_draw() {
+    let (store, durable) = store().await;
+    // A deadline 300e9 seconds on: past the year 9999.
+    let far = durable.rpc("far", echo, "x".to_owned()).timeout(Duration::from_secs(300_000_000_000));
+    let _far = far.tags([("durable:parent", "far")]).await.unwrap();
+    let mut wait = durable::store::CreatePromise::new("xss.r4294967295", durable::Param::Timer);
+    wait.parent = Some("xss".into());
+    wait.settled = Some((State::Resolved, "null".into()));
+    store.create(wait).await.unwrap();
+    let router = Dashboard::new(store.clone()).router();
+    let (status, _, body) = get(&router, "/invocation?id=far&node=far").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("ms after 1970"), "the far deadline, written in ms");
+    let (status, _, body) = get(&router, "/invocation?id=xss").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("retry wait, before attempt 4294967296"), "{body}");
+    let (status, _, _) = get(&router, "/").await;
+    assert_eq!(status, StatusCode::OK);
+}

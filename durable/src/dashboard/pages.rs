@@ -83,8 +83,14 @@ pub(super) fn state_word(p: &Promise, task: Option<&Task>) -> &'static str {
     }
 }
 
-/// A time of the store's clock, as UTC to the millisecond.
+/// A time of the store's clock, as UTC to the millisecond; past the year 9999, which
+/// RFC 3339 cannot write (a deadline set absurdly far, an imported one), in ms.
 pub(super) fn time(at: Millis) -> String {
+    /// 10000-01-01T00:00:00Z.
+    const YEAR_10000: Millis = 253_402_300_800_000;
+    if at >= YEAR_10000 {
+        return format!("{at} ms after 1970");
+    }
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at);
     humantime::format_rfc3339_millis(at).to_string()
 }

@@ -30,8 +30,8 @@ pub(super) fn flatten(root: &Node) -> Vec<(usize, &Node)> {
 fn label(node: &Node) -> String {
     let p = &node.promise;
     let last = p.id.rsplit('.').next().unwrap_or(&p.id);
-    let what = match (&p.param, last.strip_prefix('r').and_then(|k| k.parse::<u32>().ok())) {
-        (Param::Timer, Some(k)) => format!("retry wait, before attempt {}", k + 1),
+    let what = match (&p.param, last.strip_prefix('r').and_then(|k| k.parse::<u64>().ok())) {
+        (Param::Timer, Some(k)) => format!("retry wait, before attempt {}", u128::from(k) + 1),
         (param, _) => param.what().to_owned(),
     };
     let mut text = if node.promise.id.contains('.') { format!("{last} {what}") } else { what };
