@@ -245,3 +245,101 @@ fn serve_prints_its_address_and_serves_the_dashboard() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("<h1>Invocations</h1>"), "{response}");
 }
+
+#[durable::function(name = "hostile")]
+async fn hostile(_ctx: &mut Context, _x: u64) -> durable::Result<u64> {
+    Err(Error::terminal("\u{1b}]0;pwned\u{7}\u{1b}[2K\rall is well"))
+}
+
+/// Stored strings are shown as text: control characters escaped, long ids without
+/// a panic; a limit out of range is refused; a deadline that never comes is `null` in
+/// JSON; a reader that goes away ends the command quietly; a store that is not there
+/// is an error, not a new store.
+#[test]
+fn hostile_stored_strings_and_arguments_stay_text_and_errors() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let long = "x".repeat(70_000);
+    runtime.block_on(async {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let service = Durable::builder().store(store.clone()).register(hostile).max_payload(1 << 20).build().unwrap();
+        assert!(service.run("evil", hostile, 1).await.unwrap().await.is_err());
+        // An id of 70,000 bytes: only the store's own limit applies to a raw create.
+        store
+            .create(durable::store::CreatePromise::new(long.clone(), durable::Param::call("f", 1, "1".into())))
+            .await
+            .unwrap();
+        for i in 0..300 {
+            store
+                .create(durable::store::CreatePromise::new(
+                    format!("many-{i}"),
+                    durable::Param::call("f", 1, "1".into()),
+                ))
+                .await
+                .unwrap();
+        }
+        service.shutdown().await.unwrap();
+    });
+    // Whatever the runtime still holds of the store goes with it.
+    drop(runtime);
+    let listed = stdout(&durable(dir.path(), &["ls", "--limit", "1000"]));
+    assert!(!listed.contains('\u{1b}') && !listed.contains('\r') && !listed.contains('\u{7}'), "{listed:?}");
+    assert!(listed.contains("\\u{1b}]0;pwned\\u{7}"), "escaped, and shown: {listed}");
+    assert!(listed.contains(&long), "the long id is listed whole");
+    for args in [&["get", "evil"][..], &["tree", "evil"]] {
+        let shown = stdout(&durable(dir.path(), args));
+        assert!(!shown.contains('\u{1b}') && shown.contains("\\u{1b}"), "{args:?}: {shown:?}");
+    }
+    let json = stdout(&durable(dir.path(), &["--json", "get", "evil"]));
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(value["timeout_at"].is_null(), "never is null: {json}");
+    let error: serde_json::Value = serde_json::from_str(value["value"].as_str().unwrap()).unwrap();
+    assert!(error["message"].as_str().unwrap().contains('\u{1b}'), "JSON stays exact: {error}");
+
+    for limit in ["0", "18446744073709551615", "10001"] {
+        let refused = durable(dir.path(), &["ls", "--limit", limit]);
+        assert!(!refused.status.success(), "--limit {limit}");
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("--limit"), "names the flag");
+    }
+
+    // `| head -1`: the reader goes after one line.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_durable"))
+        .arg("--store")
+        .arg(dir.path())
+        .args(["ls", "--limit", "300"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let ended = child.wait_with_output().unwrap();
+    assert!(ended.status.success(), "a broken pipe ends it quietly: {}", String::from_utf8_lossy(&ended.stderr));
+    assert!(ended.stderr.is_empty(), "{}", String::from_utf8_lossy(&ended.stderr));
+
+    let typo = dir.path().join("postgress:");
+    let missing = durable(&typo, &["ls"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no store at"), "{missing:?}");
+    assert!(!typo.exists(), "no store was made");
+}
+
+#[cfg(feature = "dashboard")]
+#[test]
+fn a_token_on_the_command_line_is_warned_of() {
+    let dir = tempfile::tempdir().expect("a directory");
+    drop(SledStore::open(dir.path()).unwrap());
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_durable"))
+        .arg("--store")
+        .arg(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--token", "0123456789abcdef0123"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(serve.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    assert!(line.contains("DURABLE_DASHBOARD_TOKEN"), "{line}");
+}

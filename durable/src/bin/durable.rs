@@ -60,9 +60,9 @@ enum Command {
         /// Only those created more than this long ago.
         #[arg(long, value_name = "AGO", value_parser = humantime::parse_duration)]
         before: Option<Duration>,
-        /// At most this many.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        /// At most this many (up to 10000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=durable::store::MAX_PAGE as u64))]
+        limit: u64,
         /// Go on after this cursor, as the previous page printed it.
         #[arg(long, value_name = "CURSOR")]
         after: Option<Cursor>,
@@ -147,7 +147,19 @@ fn parse_tag(text: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Some(("serve", serve)) = matches.subcommand()
+        && serve.value_source("token") == Some(clap::parser::ValueSource::CommandLine)
+    {
+        eprintln!(
+            "warning: --token shows in the process list to every user of this machine; \
+             set DURABLE_DASHBOARD_TOKEN instead"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
@@ -164,6 +176,15 @@ fn fail(message: &str) -> ExitCode {
 }
 
 async fn run(cli: &Cli) -> Result<(), String> {
+    // Only an import writes: every other command reads or steers a store that is
+    // there, and never makes one (a misspelt URL is not a new sled directory).
+    let postgres = cli.store.starts_with("postgres://") || cli.store.starts_with("postgresql://");
+    if !postgres && !matches!(cli.command, Command::Import { .. }) && !std::path::Path::new(&cli.store).is_dir() {
+        return Err(format!(
+            "no store at {:?}: give the directory of a sled store a service made, or a postgres:// URL",
+            cli.store
+        ));
+    }
     let store = durable::store::open(&cli.store, &cli.schema).await.map_err(|e| e.to_string())?;
     let promises = Promises::new(&*store);
     let now = store.now().await.map_err(|e| e.to_string())?;
@@ -178,7 +199,7 @@ async fn run(cli: &Cli) -> Result<(), String> {
                 tags: tag.iter().cloned().collect(),
                 since: since.as_ref().map(ago),
                 before: before.as_ref().map(ago),
-                limit: *limit,
+                limit: *limit as usize,
                 cursor: after.clone(),
             };
             out.listing(&list(&promises, query).await.map_err(e)?)
@@ -202,7 +223,7 @@ async fn run(cli: &Cli) -> Result<(), String> {
                 return out.print_json(&tasks);
             }
             for t in &tasks {
-                println!("{}  waits for a worker of group {}", t.id, t.target.group);
+                say(format!("{}  waits for a worker of group {}", clean(&t.id), clean(&t.target.group)));
             }
             Ok(())
         }
@@ -217,7 +238,7 @@ async fn run(cli: &Cli) -> Result<(), String> {
             0 => Err(format!("nothing in {id} is halted")),
             n => {
                 if !out.json {
-                    println!("resumed {n} halted task{}", if n == 1 { "" } else { "s" });
+                    say(format!("resumed {n} halted task{}", if n == 1 { "" } else { "s" }));
                 }
                 out.promise(&promises.get(id).await.map_err(e)?.ok_or(format!("no promise {id}"))?)
             }
@@ -230,7 +251,7 @@ async fn run(cli: &Cli) -> Result<(), String> {
                     std::fs::write(path, json + "\n").map_err(|err| format!("cannot write {}: {err}", path.display()))
                 }
                 None => {
-                    println!("{json}");
+                    say(json);
                     Ok(())
                 }
             }
@@ -242,7 +263,7 @@ async fn run(cli: &Cli) -> Result<(), String> {
             let history = durable::History::from_json(&json).map_err(|err| format!("{}: {err}", file.display()))?;
             promises.import(&history).await.map_err(e)?;
             if !out.json {
-                println!("imported {} ({} promises)", history.id, history.promises.len());
+                say(format!("imported {} ({} promises)", clean(&history.id), history.promises.len()));
             }
             out.promise(history.root())
         }
@@ -312,8 +333,26 @@ struct Output {
 }
 
 impl Output {
+    /// JSON exactly as stored, except that a deadline that never comes is `null`.
     fn print_json(&self, value: &impl serde::Serialize) -> Result<(), String> {
-        println!("{}", serde_json::to_string_pretty(value).map_err(|e| e.to_string())?);
+        let mut value = serde_json::to_value(value).map_err(|e| e.to_string())?;
+        let mut stack = vec![&mut value];
+        while let Some(v) = stack.pop() {
+            match v {
+                serde_json::Value::Object(fields) => {
+                    for (key, field) in fields.iter_mut() {
+                        if key == "timeout_at" && field.as_u64() == Some(durable::NEVER) {
+                            *field = serde_json::Value::Null;
+                        } else {
+                            stack.push(field);
+                        }
+                    }
+                }
+                serde_json::Value::Array(items) => stack.extend(items.iter_mut()),
+                _ => {}
+            }
+        }
+        say(serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?);
         Ok(())
     }
 
@@ -321,7 +360,7 @@ impl Output {
         if self.json {
             return self.print_json(p);
         }
-        println!("{}  {}  {}{}", p.id, p.param.what(), self.state(p, None), self.outcome(p));
+        say(format!("{}  {}  {}{}", clean(&p.id), clean(p.param.what()), self.state(p, None), self.outcome(p)));
         Ok(())
     }
 
@@ -347,8 +386,8 @@ impl Output {
                 let p = &i.promise;
                 let created = std::time::UNIX_EPOCH + Duration::from_millis(p.created_at);
                 [
-                    p.id.clone(),
-                    p.param.what().to_owned(),
+                    clean(&p.id),
+                    clean(p.param.what()),
                     state_word(p, i.task.as_ref()).0.to_owned(),
                     humantime::format_rfc3339_seconds(created).to_string(),
                     duration(p, self.now),
@@ -356,16 +395,17 @@ impl Output {
                 ]
             })
             .collect();
-        let width = |c: usize| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0);
+        // Columns line up to a point: a very long id or name is not padded to.
+        let width = |c: usize| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0).min(64);
         let widths = [width(0), width(1), width(2), width(3), width(4)];
         for (row, i) in rows.iter().zip(&listing.invocations) {
             let state = format!("{:w$}", row[2], w = widths[2]);
             let state = self.paint(&state, state_word(&i.promise, i.task.as_ref()).1);
             let [id, what, created, took] = [0, 1, 3, 4].map(|c| format!("{:w$}", row[c], w = widths[c]));
-            println!("{id}  {what}  {state}  {created}  {took}{}", row[5]);
+            say(format!("{id}  {what}  {state}  {created}  {took}{}", row[5]));
         }
         if let Some(cursor) = &listing.cursor {
-            println!("more: ls --after {cursor}");
+            say(format!("more: ls --after {}", clean(&cursor.to_string())));
         }
         Ok(())
     }
@@ -378,23 +418,23 @@ impl Output {
             (false, true) => ("└─ ", "   "),
             (false, false) => ("├─ ", "│  "),
         };
-        let name = if root { p.id.as_str() } else { p.id.rsplit('.').next().unwrap_or(&p.id) };
-        let target = node.task.as_ref().map(|t| format!(" → {}", t.target)).unwrap_or_default();
+        let name = clean(if root { p.id.as_str() } else { p.id.rsplit('.').next().unwrap_or(&p.id) });
+        let target = node.task.as_ref().map(|t| format!(" → {}", clean(&t.target.to_string()))).unwrap_or_default();
         // A halted task's fault is why it halted: a nondeterminism names the call,
         // both sides and file:line.
         let halt = match &node.task {
             Some(t) if t.state == durable::TaskState::Halted && p.state == State::Pending => {
-                t.fault().map(|e| format!("  ! {e}")).unwrap_or_default()
+                t.fault().map(|e| format!("  ! {}", clean(&e.to_string()))).unwrap_or_default()
             }
             _ => String::new(),
         };
-        println!(
+        say(format!(
             "{prefix}{branch}{name}  {}{target}  {}  {}{}{halt}",
-            p.param.what(),
+            clean(p.param.what()),
             self.state(p, node.task.as_ref()),
             duration(p, self.now),
             self.outcome(p)
-        );
+        ));
         let prefix = format!("{prefix}{indent}");
         for (i, child) in node.children.iter().enumerate() {
             self.tree(child, &prefix, i + 1 == node.children.len(), false);
@@ -441,9 +481,31 @@ fn duration(p: &Promise, now: Millis) -> String {
     if ms < 1000 { format!("{ms} ms") } else { format!("{:.1} s", ms as f64 / 1000.0) }
 }
 
+/// The first 80 characters of `text`, control characters shown escaped.
 fn cut(text: &str) -> String {
     match text.char_indices().nth(80) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_owned(),
+        Some((end, _)) => format!("{}…", clean(&text[..end])),
+        None => clean(text),
+    }
+}
+
+/// `text` with its control characters escaped (`\u{1b}`): a stored string goes to a
+/// terminal as text, never as a command to it.
+fn clean(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+/// Prints a line; a reader that has gone (`| head`) ends the command quietly.
+fn say(line: impl std::fmt::Display) {
+    use std::io::Write;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
     }
 }

@@ -100,7 +100,7 @@ impl Store for HistoryStore {
     }
 
     async fn search(&self, search: Search) -> Result<Page, StoreError> {
-        let limit = if search.limit == 0 { 100 } else { search.limit };
+        let limit = crate::store::page_size(search.limit);
         let after = search.cursor.as_deref().unwrap_or("");
         let mut promises: Vec<Promise> = self
             .promises

@@ -44,6 +44,15 @@ pub async fn open(spec: &str, schema: &str) -> Result<std::sync::Arc<dyn Store>,
     Ok(std::sync::Arc::new(SledStore::open(spec)?))
 }
 
+/// The most promises or invocations one page of a search or listing holds.
+pub const MAX_PAGE: usize = 10_000;
+
+/// The size of a page asked for as `limit`: 0 means 100, and no page is larger than
+/// [`MAX_PAGE`].
+pub(crate) fn page_size(limit: usize) -> usize {
+    if limit == 0 { 100 } else { limit.min(MAX_PAGE) }
+}
+
 /// A request to create a promise, and with it, optionally, its task.
 #[derive(Clone, Debug)]
 pub struct CreatePromise {
@@ -161,7 +170,7 @@ pub struct Search {
     pub state: Option<State>,
     /// With all these tags.
     pub tags: BTreeMap<String, String>,
-    /// At most this many (0 means 100).
+    /// At most this many (0 means 100; more than [`MAX_PAGE`] means [`MAX_PAGE`]).
     pub limit: usize,
     /// Only ids after this one: the cursor of the previous page.
     pub cursor: Option<String>,
@@ -191,7 +200,7 @@ pub struct Invocations {
     pub since: Option<Millis>,
     /// Created before this (store time, ms).
     pub before: Option<Millis>,
-    /// At most this many (0 means 100).
+    /// At most this many (0 means 100; more than [`MAX_PAGE`] means [`MAX_PAGE`]).
     pub limit: usize,
     /// Only invocations after this one in the listing: the cursor of the previous page.
     pub cursor: Option<Cursor>,

@@ -484,7 +484,7 @@ impl Core {
     }
 
     pub(crate) fn search(&self, q: &Search, now: Millis) -> Result<Page, StoreError> {
-        let limit = if q.limit == 0 { 100 } else { q.limit };
+        let limit = super::page_size(q.limit);
         let matches = |p: &Promise| {
             let state_ok = match q.state {
                 None => true,
@@ -542,7 +542,7 @@ impl Core {
     /// Lists invocations newest first: the live ones from memory, the finished ones
     /// from their index, merged; reads at most [`LIST_SCAN`] finished ones.
     pub(crate) fn invocations(&self, q: &Invocations, now: Millis) -> Result<Listing, StoreError> {
-        let limit = if q.limit == 0 { 100 } else { q.limit };
+        let limit = super::page_size(q.limit);
         let Some(start) = Start::of(q) else { return Ok(Listing { invocations: Vec::new(), cursor: None }) };
         let since = q.since.unwrap_or(0);
         let matches = |p: &Promise| {

@@ -1082,7 +1082,7 @@ impl super::Store for PostgresStore {
         let mut conn = self.pool.get().await?;
         let [clock, find] = conn.statements([CLOCK, SEARCH]).await.map_err(db)?;
         let now = self.begin_custom(&mut conn, &clock).await? as i64;
-        let limit = if search.limit == 0 { 100 } else { search.limit };
+        let limit = super::page_size(search.limit);
         let after = search.cursor.clone().filter(|c| c.as_str() >= search.prefix.as_str()).unwrap_or_default();
         let state = search.state.map(state_name);
         let tags = serde_json::to_string(&search.tags).expect("tags encode");
@@ -1107,7 +1107,7 @@ impl super::Store for PostgresStore {
         let mut conn = self.pool.get().await?;
         let [clock, list] = conn.statements([CLOCK, INVOCATIONS]).await.map_err(db)?;
         let now = self.begin_custom(&mut conn, &clock).await? as i64;
-        let limit = if query.limit == 0 { 100 } else { query.limit };
+        let limit = super::page_size(query.limit);
         let Some(start) = Start::of(&query) else { return Ok(Listing { invocations: Vec::new(), cursor: None }) };
         let (at, after) = (start.at.min(i64::MAX as u64) as i64, start.after.unwrap_or_default());
         let since = query.since.unwrap_or(0).min(i64::MAX as u64) as i64;
