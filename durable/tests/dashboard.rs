@@ -98,7 +98,7 @@ async fn bad_addresses_get_a_clear_400_or_404() {
         ("/invocation?id=", StatusCode::BAD_REQUEST, "the address names no invocation"),
         ("/invocation?id=%FF%FE", StatusCode::NOT_FOUND, "no promise"),
         ("/invocation?id=nobody", StatusCode::NOT_FOUND, "no promise nobody"),
-        ("/invocation?id=%00%3Cb%3E", StatusCode::NOT_FOUND, "no promise \0&lt;b&gt;"),
+        ("/invocation?id=%00%3Cb%3E", StatusCode::BAD_REQUEST, "id contains a NUL byte"),
         ("/?state=bogus", StatusCode::BAD_REQUEST, "state &quot;bogus&quot; is not one of"),
         ("/?since=soon", StatusCode::BAD_REQUEST, "since &quot;soon&quot; is not a number of seconds"),
         ("/?after=nowhere", StatusCode::BAD_REQUEST, "is not a cursor"),
@@ -363,4 +363,27 @@ async fn extreme_stored_values_still_draw() {
     assert!(body.contains("retry wait, before attempt 4294967296"), "{body}");
     let (status, _, _) = get(&router, "/").await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// A NUL byte in an id, a function or a cursor is a 400 that says so, on
+/// PostgreSQL too (which cannot look for one).
+#[tokio::test]
+async fn a_nul_byte_is_a_clear_400_on_postgres() {
+    let url =
+        std::env::var("DURABLE_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("durable_dashboard_nul_{}", std::process::id());
+    let store = durable::store::PostgresStore::options(&url)
+        .schema(&schema)
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} is unreachable: {e}"));
+    let router = Dashboard::new(Arc::new(store)).router();
+    for uri in ["/invocation?id=a%00b", "/invocation?id=a&node=%00", "/?function=f%00", "/rows?after=1:%00"] {
+        let (status, _, body) = get(&router, uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert!(body.contains("NUL byte"), "{uri}: {body}");
+    }
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
 }

@@ -189,6 +189,16 @@ fn bad(message: impl Into<String>) -> Failed {
     Failed(StatusCode::BAD_REQUEST, message.into())
 }
 
+/// Refuses a NUL byte in parameter `name`: no id, name or cursor has one, and
+/// PostgreSQL cannot even look for it.
+fn no_nul<'a>(name: &str, value: &'a str) -> Result<&'a str, Failed> {
+    if value.contains('\0') {
+        Err(bad(format!("{name} contains a NUL byte, which no id or name has")))
+    } else {
+        Ok(value)
+    }
+}
+
 /// The list page's filters, as its form sends them.
 #[derive(Debug, Default, Deserialize)]
 struct ListQuery {
@@ -228,10 +238,11 @@ impl ListQuery {
             "" => None,
             s => Some(s.parse::<u64>().map_err(|_| bad(format!("since {s:?} is not a number of seconds")))?),
         };
-        let after = match self.after.as_deref().unwrap_or("") {
+        let after = match no_nul("after", self.after.as_deref().unwrap_or(""))? {
             "" => None,
             s => Some(s.parse::<Cursor>().map_err(bad)?),
         };
+        no_nul("function", self.function.as_deref().unwrap_or(""))?;
         let function = self.function.filter(|f| !f.is_empty());
         Ok(Filter { state, function, since, after })
     }
@@ -304,6 +315,8 @@ async fn invocation(
     Query(query): Query<InvocationQuery>,
 ) -> Result<Response, Failed> {
     let id = query.id.filter(|id| !id.is_empty()).ok_or_else(|| bad("the address names no invocation: ?id=…"))?;
+    no_nul("id", &id)?;
+    no_nul("node", query.node.as_deref().unwrap_or(""))?;
     let promises = Promises::new(&*app.store);
     let Some(tree) = promises.tree(&id).await? else {
         return Err(Failed(StatusCode::NOT_FOUND, format!("no promise {id}")));
@@ -409,7 +422,8 @@ async fn action(
         return Err(forbidden("the action's token is wrong: sign in again at the address printed at start"));
     }
     let promises = Promises::new(&*app.store);
-    let id = form.id.as_str();
+    let id = no_nul("id", form.id.as_str())?;
+    no_nul("new_id", form.new_id.as_deref().unwrap_or(""))?;
     match form.action.as_str() {
         "resolve" => {
             let text = form.value.as_deref().unwrap_or("");
