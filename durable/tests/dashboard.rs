@@ -387,3 +387,26 @@ async fn a_nul_byte_is_a_clear_400_on_postgres() {
     tokio::spawn(connection);
     client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
 }
+
+/// The dashboard answers to IP addresses and localhost, and to names it is told of;
+/// a request for another name (a page that rebound its own name to this machine) is
+/// refused.
+#[tokio::test]
+async fn a_request_for_another_host_is_refused() {
+    let (store, _durable) = store().await;
+    let with_host = |host: &str| Request::get("/").header(header::HOST, host).body(Body::empty()).unwrap();
+    let router = Dashboard::new(store.clone()).router();
+    for host in ["127.0.0.1:8080", "localhost:8080", "LOCALHOST", "[::1]:8080", "10.1.2.3"] {
+        let (status, _, body) = send(&router, with_host(host)).await;
+        assert_eq!(status, StatusCode::OK, "{host}: {body}");
+    }
+    for host in ["rebind.attacker.example", "rebind.attacker.example:8080", "dash.example"] {
+        let (status, _, body) = send(&router, with_host(host)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{host}");
+        assert!(body.contains("does not answer to the host"), "{body}");
+        assert!(!body.contains("payment-7"), "nothing of the store is shown");
+    }
+    let named = Dashboard::new(store).host("dash.example").router();
+    let (status, _, _) = send(&named, with_host("dash.example:443")).await;
+    assert_eq!(status, StatusCode::OK, "a name it was told of");
+}

@@ -113,6 +113,10 @@ enum Command {
         /// The actions' token, instead of a random one (implies --actions).
         #[arg(long, env = "DURABLE_DASHBOARD_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// A host name the dashboard answers to, besides IP addresses and localhost;
+        /// repeat for several.
+        #[arg(long, value_name = "NAME")]
+        host: Vec<String>,
     },
 }
 
@@ -257,7 +261,9 @@ async fn run(cli: &Cli) -> Result<(), String> {
             }
         }
         #[cfg(feature = "dashboard")]
-        Command::Serve { listen, actions, token } => serve(store.clone(), *listen, *actions, token.clone()).await,
+        Command::Serve { listen, actions, token, host } => {
+            serve(store.clone(), *listen, *actions, token.clone(), host).await
+        }
         Command::Import { file } => {
             let json = std::fs::read_to_string(file).map_err(|err| format!("cannot read {}: {err}", file.display()))?;
             let history = durable::History::from_json(&json).map_err(|err| format!("{}: {err}", file.display()))?;
@@ -277,8 +283,12 @@ async fn serve(
     listen: std::net::SocketAddr,
     actions: bool,
     token: Option<String>,
+    hosts: &[String],
 ) -> Result<(), String> {
     let mut dashboard = durable::dashboard::Dashboard::new(store);
+    for host in hosts {
+        dashboard = dashboard.host(host);
+    }
     let token = match token {
         Some(t) if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_alphanumeric()) => {
             return Err("the token must be at least 16 letters and digits".into());

@@ -59,6 +59,8 @@ const COOKIE: &str = "durable_token";
 pub struct Dashboard {
     store: Arc<dyn Store>,
     token: Option<String>,
+    /// Host names it answers to, besides IP addresses and `localhost`.
+    hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for Dashboard {
@@ -84,7 +86,16 @@ impl Dashboard {
     /// # }
     /// ```
     pub fn new(store: Arc<dyn Store>) -> Dashboard {
-        Dashboard { store, token: None }
+        Dashboard { store, token: None, hosts: Vec::new() }
+    }
+
+    /// Answers requests for host `name` too (the name a service is reached by). By
+    /// default it answers only to IP addresses and `localhost`: a page elsewhere whose
+    /// own name an attacker points at this machine (DNS rebinding) sends its own name
+    /// as the `Host`, and gets a 403.
+    pub fn host(mut self, name: impl Into<String>) -> Dashboard {
+        self.hosts.push(name.into().to_ascii_lowercase());
+        self
     }
 
     /// Enables the actions, for a browser signed in with `token` (at `login?token=…`
@@ -110,7 +121,22 @@ impl Dashboard {
         } else {
             router
         };
-        router.layer(axum::middleware::map_response(secure)).with_state(Arc::new(self))
+        let app = Arc::new(self);
+        router
+            .layer(axum::middleware::from_fn_with_state(app.clone(), known_host))
+            .layer(axum::middleware::map_response(secure))
+            .with_state(app)
+    }
+
+    /// Whether a request's `Host` (name and port) is one this dashboard answers to.
+    fn answers_to(&self, host: &str) -> bool {
+        let name = match host.rsplit_once(':') {
+            // `[::1]:8080`, `127.0.0.1:8080`, `name:8080`; a bare IPv6 literal has no port.
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => name,
+            _ => host,
+        };
+        let name = name.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        name == "localhost" || name.parse::<std::net::IpAddr>().is_ok() || self.hosts.contains(&name)
     }
 
     /// The action token, for a request from a browser signed in for actions.
@@ -132,6 +158,26 @@ type App = AxumState<Arc<Dashboard>>;
 /// Headers on every response: a strict content policy (only the dashboard's own script
 /// and style run, whatever a page holds), no framing, no sniffing, no referrer to
 /// other sites.
+/// Refuses a request for a host this dashboard does not answer to.
+async fn known_host(
+    AxumState(app): App,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, Failed> {
+    let host = request.headers().get(header::HOST).map(|h| h.to_str().unwrap_or("\u{fffd}").to_owned());
+    match host {
+        Some(host) if !app.answers_to(&host) => Err(Failed(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this dashboard does not answer to the host {host:?}: a page elsewhere may be reaching it through \
+                 a name pointed at this machine; to serve it under that name, allow it (Dashboard::host, durable \
+                 serve --host)"
+            ),
+        )),
+        _ => Ok(next.run(request).await),
+    }
+}
+
 async fn secure(mut response: Response) -> Response {
     let headers = response.headers_mut();
     for (name, value) in [
