@@ -40,7 +40,8 @@ pub use durable_macros::function;
 /// The names most programs need.
 pub mod prelude {
     pub use crate::{
-        Callable, Context, Durable, Error, Function, Handle, MemoryStore, Remote, Retry, SledStore, Store,
+        Callable, Context, Durable, Error, Function, Handle, MemoryStore, Promises, Remote, Retry, SledStore, State,
+        Store,
     };
 }
 

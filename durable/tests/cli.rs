@@ -343,3 +343,37 @@ fn a_token_on_the_command_line_is_warned_of() {
     serve.wait().unwrap();
     assert!(line.contains("DURABLE_DASHBOARD_TOKEN"), "{line}");
 }
+
+/// `ls --state halted` lists the pending invocations whose task halted, and only
+/// those.
+#[test]
+fn ls_lists_halted_invocations() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        for id in ["stuck", "waiting"] {
+            let mut req = durable::store::CreatePromise::new(id, durable::Param::call("f", 1, "1".into()));
+            req.task = Some(durable::store::NewTask::new(durable::Target::any("g")));
+            store.create(req).await.unwrap();
+        }
+        let claim = durable::store::Claim {
+            group: "g".into(),
+            pid: "w".into(),
+            process: "w:1".into(),
+            ttl: 60_000,
+            max: 1,
+            functions: Vec::new(),
+        };
+        let held = store.claim(claim).await.unwrap().remove(0);
+        assert_eq!(held.task.id, "stuck", "the older one");
+        let halt = durable::store::Release::Halt { error: "a fault".into(), code: None };
+        store.release(&held.fence(), halt).await.unwrap();
+    });
+    drop(runtime);
+    let halted = stdout(&durable(dir.path(), &["ls", "--state", "halted"]));
+    assert!(halted.starts_with("stuck  f  halted"), "{halted}");
+    assert_eq!(halted.lines().count(), 1, "{halted}");
+    let pending = stdout(&durable(dir.path(), &["ls", "--state", "pending"]));
+    assert_eq!(pending.lines().count(), 2, "{pending}");
+}

@@ -231,7 +231,7 @@ impl Simulation {
     /// Runs it; under tokio's paused time (`#[tokio::test(start_paused = true)]`, or
     /// [`block_on`](crate::block_on)).
     pub async fn run(&self) -> Result<Summary, SimFailure> {
-        let key = format!("sim-{}-{}", self.seed, durable_random());
+        let key = format!("sim-{}-{}", self.seed, next_run());
         let mut run = Run::new(self, key.clone());
         let outcome = run.simulate().await;
         workload::forget(&key);
@@ -239,8 +239,9 @@ impl Simulation {
     }
 }
 
-/// A distinct key for each run in a process, so that runs at once never share a world.
-fn durable_random() -> u64 {
+/// A distinct number for each run in a process, so that runs at once never share a
+/// world.
+fn next_run() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
 }

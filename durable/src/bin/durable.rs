@@ -124,6 +124,8 @@ enum Command {
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum StateArg {
     Pending,
+    /// Pending, with its task halted: waiting for a fix or a resume.
+    Halted,
     Resolved,
     /// Every rejection: failed, canceled or timed out.
     Rejected,
@@ -134,7 +136,7 @@ enum StateArg {
 impl From<StateArg> for State {
     fn from(state: StateArg) -> State {
         match state {
-            StateArg::Pending => State::Pending,
+            StateArg::Pending | StateArg::Halted => State::Pending,
             StateArg::Resolved => State::Resolved,
             StateArg::Rejected => State::Rejected,
             StateArg::Canceled => State::RejectedCanceled,
@@ -206,7 +208,12 @@ async fn run(cli: &Cli) -> Result<(), String> {
                 limit: *limit as usize,
                 cursor: after.clone(),
             };
-            out.listing(&list(&promises, query).await.map_err(e)?)
+            // Halted is a pending invocation whose task halted: the listing shows tasks.
+            let halted_only = matches!(state, Some(StateArg::Halted));
+            let keep = |i: &durable::store::Invocation| {
+                !halted_only || i.task.as_ref().is_some_and(|t| t.state == durable::TaskState::Halted)
+            };
+            out.listing(&list(&promises, query, keep).await.map_err(e)?)
         }
         Command::Get { id } => match promises.get(id).await.map_err(e)? {
             Some(p) => out.promise(&p),
@@ -317,16 +324,20 @@ async fn serve(
     axum::serve(listener, dashboard.router()).await.map_err(|e| format!("the server stopped: {e}"))
 }
 
-/// A page of `limit` invocations: a store may answer with fewer and a cursor (it
-/// bounds the work of one call), so this asks again until the page is full or the
-/// listing ends.
-async fn list(promises: &Promises<'_>, mut query: Invocations) -> durable::Result<Listing> {
+/// A page of `limit` invocations that `keep` keeps: a store may answer with fewer and
+/// a cursor (it bounds the work of one call), so this asks again until the page is
+/// full or the listing ends.
+async fn list(
+    promises: &Promises<'_>,
+    mut query: Invocations,
+    keep: impl Fn(&durable::store::Invocation) -> bool,
+) -> durable::Result<Listing> {
     let limit = query.limit.max(1);
     let mut listing = Listing { invocations: Vec::new(), cursor: None };
     loop {
         query.limit = limit - listing.invocations.len();
         let page = promises.invocations(query.clone()).await?;
-        listing.invocations.extend(page.invocations);
+        listing.invocations.extend(page.invocations.into_iter().filter(|i| keep(i)));
         listing.cursor = page.cursor;
         match &listing.cursor {
             Some(c) if listing.invocations.len() < limit => query.cursor = Some(c.clone()),
