@@ -1,6 +1,6 @@
-//! The simulation in CI: a fixed set of seeds on MemoryStore and on SledStore.
-//! `DURABLE_SIM_SEEDS` sets how many seeds the memory run takes (default 16); the long
-//! runs are `durable-bench simulate`.
+//! The simulation in CI: a fixed set of seeds on MemoryStore and on SledStore, and a
+//! short one on PostgreSQL. `DURABLE_SIM_SEEDS` sets how many seeds the memory run
+//! takes (default 16); the long runs are `durable-bench simulate`.
 
 use std::sync::Arc;
 
@@ -17,6 +17,16 @@ fn seeds_on_memory_keep_every_invariant() {
     for seed in 0..seeds(16) {
         let summary = block_on(Simulation::new(seed).run()).unwrap_or_else(|failure| panic!("{failure}"));
         assert!(summary.invocations > 0, "seed {seed} started nothing");
+    }
+}
+
+/// One thread under paused time: a seed is one run, operation for operation.
+#[test]
+fn a_seed_on_memory_replays_exactly() {
+    for seed in [3, 11] {
+        let first = block_on(Simulation::new(seed).run()).unwrap_or_else(|failure| panic!("{failure}"));
+        let again = block_on(Simulation::new(seed).run()).unwrap_or_else(|failure| panic!("{failure}"));
+        assert_eq!(first, again, "seed {seed} ran differently the second time");
     }
 }
 
@@ -95,4 +105,29 @@ mod your_workload {
             assert!(summary.counts.get("start (your workload)").copied().unwrap_or(0) > 0, "seed {seed}: {summary:?}");
         }
     }
+}
+
+/// On PostgreSQL: real concurrency, so a seed reproduces its workload and events,
+/// not every interleaving. Each seed in a schema of its own, dropped when it passes.
+#[tokio::test(start_paused = true)]
+async fn a_seed_on_postgres_keeps_every_invariant() {
+    let url =
+        std::env::var("DURABLE_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let seed = 204;
+    let schema = format!("durable_sim_{}_{seed}", std::process::id());
+    let store = durable::store::PostgresStore::options(&url)
+        .schema(&schema)
+        .clock(VirtualClock::new())
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} is unreachable: {e}"));
+    let store: Arc<dyn durable::Store> = Arc::new(store);
+    let outcome = Simulation::new(seed).steps(20).store(move || store.clone()).run().await;
+    if outcome.is_ok() {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
+    }
+    let summary = outcome.unwrap_or_else(|failure| panic!("{failure}"));
+    assert!(summary.invocations > 0, "seed {seed} started nothing");
 }

@@ -12,7 +12,7 @@
 //!   of RSS (top) and throughput (bottom) against invocations done. Retention is
 //!   off unless given.
 //!
-//! * `durable-bench simulate --seeds N [--seed S] --store memory|sled`: the
+//! * `durable-bench simulate --seeds N [--seed S] --store memory|sled|postgres`: the
 //!   deterministic simulation (`durable_testkit::simulation`) of seeds S to S + N - 1,
 //!   each on virtual time; stops at the first seed that breaks an invariant, printing
 //!   it and how to replay it; else prints seeds per second and what was exercised.
@@ -70,10 +70,20 @@ struct Args {
     /// The first seed (simulate).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Random events in each seed (simulate; the simulation's default unless given).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..10_000))]
+    events: Option<u64>,
 }
 
 fn main() -> ExitCode {
     let args = <Args as clap::Parser>::parse();
+    // `RUST_LOG` (for example `durable=debug`) shows the library's events on stderr.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if args.workload == "recover" && args.store == "memory" {
         eprintln!("error: recover needs a store that outlives a process: sled or postgres");
         return ExitCode::from(2);
@@ -102,16 +112,22 @@ fn simulate(args: &Args) -> ExitCode {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let path = dir.path().join("store");
         let mut simulation = Simulation::new(seed);
-        if args.store == "sled" {
-            simulation = simulation.store(move || {
-                let store = SledStore::open_with_clock(&path, durable::store::VirtualClock::new()).expect("open sled");
-                Arc::new(store) as Arc<dyn Store>
-            });
-        } else if args.store != "memory" {
-            eprintln!("error: simulate runs on memory or sled; PostgreSQL has its own test");
-            return ExitCode::from(2);
+        if let Some(events) = args.events {
+            simulation = simulation.steps(events as usize);
         }
-        match durable_testkit::block_on(simulation.run()) {
+        let outcome = match args.store.as_str() {
+            "sled" => durable_testkit::block_on(
+                simulation
+                    .store(move || {
+                        let clock = durable::store::VirtualClock::new();
+                        Arc::new(SledStore::open_with_clock(&path, clock).expect("open sled")) as Arc<dyn Store>
+                    })
+                    .run(),
+            ),
+            "postgres" => durable_testkit::block_on(simulate_on_postgres(simulation, seed)),
+            _ => durable_testkit::block_on(simulation.run()),
+        };
+        match outcome {
             Ok(summary) => {
                 for (what, n) in summary.counts {
                     *counts.entry(what).or_default() += n;
@@ -138,6 +154,31 @@ fn simulate(args: &Args) -> ExitCode {
         println!("  {n:>8}  {what}");
     }
     ExitCode::SUCCESS
+}
+
+/// One seed on PostgreSQL, in a schema of its own, dropped when the seed passes (a
+/// failing seed's schema stays, to be read).
+async fn simulate_on_postgres(
+    simulation: durable_testkit::simulation::Simulation,
+    seed: u64,
+) -> Result<durable_testkit::simulation::Summary, durable_testkit::simulation::SimFailure> {
+    let url =
+        std::env::var("DURABLE_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("durable_sim_{}_{seed}", std::process::id());
+    let store = PostgresStore::options(&url)
+        .schema(&schema)
+        .clock(durable::store::VirtualClock::new())
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} is unreachable: {e}"));
+    let store: Arc<dyn Store> = Arc::new(store);
+    let outcome = simulation.store(move || store.clone()).run().await;
+    if outcome.is_ok() {
+        cleanup("postgres", &schema).await;
+    } else {
+        eprintln!("the store is kept in schema {schema}");
+    }
+    outcome
 }
 
 /// Where a store lives for one run, so a second process can open the same one.

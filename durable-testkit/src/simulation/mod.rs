@@ -32,7 +32,9 @@
 //! The same seed gives the same workload and the same events at the same virtual
 //! times. On MemoryStore that is the same run; on a store whose writes take real time
 //! (sled's disk, PostgreSQL's server) the interleaving of workers may differ from run
-//! to run, so a seed reproduces the workload and events, not every instruction.
+//! to run, so a seed reproduces the workload and events, not every instruction. A
+//! store call takes no virtual time on any store: while one is in flight, the clock
+//! stands still.
 
 mod observe;
 mod workload;
@@ -114,8 +116,8 @@ impl fmt::Debug for Simulation {
     }
 }
 
-/// What a simulation did.
-#[derive(Clone, Debug, Default)]
+/// What a simulation did. On MemoryStore a seed gives the same summary every run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
     /// Its seed.
     pub seed: u64,
@@ -127,6 +129,8 @@ pub struct Summary {
     pub leaf_runs: u64,
     /// How often each event and each kind of step happened.
     pub counts: BTreeMap<&'static str, u64>,
+    /// Store operations made through the fault injector.
+    pub operations: usize,
     /// Store faults injected.
     pub faults: usize,
     /// The longest a task waited for a worker, in ms.
@@ -214,9 +218,7 @@ impl Simulation {
     }
 
     /// The longest a task may wait for a worker ([`MAX_WAIT`] unless set); `None`
-    /// checks no bound. Over a store whose calls take real time (PostgreSQL) tokio's
-    /// paused clock jumps ahead whenever every task waits for the server, so virtual
-    /// durations there bound nothing.
+    /// checks no bound (for a workload whose functions run longer than that).
     pub fn max_wait(mut self, max_wait: Option<Duration>) -> Simulation {
         self.max_wait = max_wait;
         self
@@ -619,6 +621,7 @@ impl<'a> Run<'a> {
             promises: self.observed.promises(),
             leaf_runs: self.world.leaf_runs.load(std::sync::atomic::Ordering::SeqCst),
             counts: self.counts.clone(),
+            operations: self.faulty.operations(),
             faults: self.faulty.injected(),
             longest_wait: longest,
         })

@@ -1,6 +1,6 @@
 //! A store wrapper that watches every answer for what must never happen: a settled
 //! promise that changes, a promise created a second time, a task that waits too long
-//! for a worker.
+//! for a worker. Every call it passes on takes no virtual time.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -125,32 +125,48 @@ impl Observed {
     }
 }
 
+/// Awaits a store call `f` and keeps the runtime busy meanwhile, so that it takes no
+/// virtual time: under tokio's paused clock time jumps ahead whenever every task
+/// waits, and a store that waits for a server or a disk would otherwise see leases
+/// and timers expire during each of its answers. (A call that answers at once costs
+/// nothing more.)
+async fn instant<T>(f: impl Future<Output = T>) -> T {
+    let mut f = std::pin::pin!(f);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut f => return out,
+            () = tokio::task::yield_now() => {}
+        }
+    }
+}
+
 #[async_trait]
 impl Store for Observed {
     async fn now(&self) -> Result<Millis, StoreError> {
-        self.inner.now().await
+        instant(self.inner.now()).await
     }
 
     async fn create(&self, req: CreatePromise) -> Result<Created, StoreError> {
         let ready = req.task.as_ref().is_some_and(|t| t.acquire.is_none());
-        let created = self.inner.create(req).await?;
-        let now = self.inner.now().await?;
+        let created = instant(self.inner.create(req)).await?;
+        let now = instant(self.inner.now()).await?;
         self.created(&created, now, ready);
         Ok(created)
     }
 
     async fn settle(&self, req: SettlePromise) -> Result<Promise, StoreError> {
-        let p = self.inner.settle(req).await?;
+        let p = instant(self.inner.settle(req)).await?;
         self.observe(&p);
         Ok(p)
     }
 
     async fn import(&self, family: Vec<CreatePromise>) -> Result<(), StoreError> {
         let ids: Vec<(String, bool)> = family.iter().map(|r| (r.id.clone(), r.task.is_some())).collect();
-        self.inner.import(family).await?;
-        let now = self.inner.now().await?;
+        instant(self.inner.import(family)).await?;
+        let now = instant(self.inner.now()).await?;
         for (id, ready) in ids {
-            if let Some(promise) = self.inner.get(&id).await? {
+            if let Some(promise) = instant(self.inner.get(&id)).await? {
                 self.created(&Created { promise, new: true, acquired: None }, now, ready);
             }
         }
@@ -158,7 +174,7 @@ impl Store for Observed {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError> {
-        let p = self.inner.get(id).await?;
+        let p = instant(self.inner.get(id)).await?;
         if let Some(p) = &p {
             self.observe(p);
         }
@@ -166,22 +182,22 @@ impl Store for Observed {
     }
 
     async fn search(&self, search: Search) -> Result<Page, StoreError> {
-        let page = self.inner.search(search).await?;
+        let page = instant(self.inner.search(search)).await?;
         page.promises.iter().for_each(|p| self.observe(p));
         Ok(page)
     }
 
     async fn invocations(&self, query: Invocations) -> Result<Listing, StoreError> {
-        self.inner.invocations(query).await
+        instant(self.inner.invocations(query)).await
     }
 
     async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
-        self.inner.task(id).await
+        instant(self.inner.task(id)).await
     }
 
     async fn claim(&self, claim: Claim) -> Result<Vec<Acquired>, StoreError> {
-        let acquired = self.inner.claim(claim).await?;
-        let now = self.inner.now().await?;
+        let acquired = instant(self.inner.claim(claim)).await?;
+        let now = instant(self.inner.now()).await?;
         self.claimed(&acquired, now);
         for a in &acquired {
             self.observe(&a.root);
@@ -191,49 +207,49 @@ impl Store for Observed {
     }
 
     async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<usize, StoreError> {
-        self.inner.heartbeat(process, held, ttl).await
+        instant(self.inner.heartbeat(process, held, ttl)).await
     }
 
     async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError> {
         let retry = matches!(how, Release::Retry { delay: 0, .. });
-        self.inner.release(fence, how).await?;
+        instant(self.inner.release(fence, how)).await?;
         if retry {
-            let now = self.inner.now().await?;
+            let now = instant(self.inner.now()).await?;
             self.seen().waiting.insert(fence.task.clone(), now);
         }
         Ok(())
     }
 
     async fn suspend(&self, fence: &Fence, awaiting: &[String]) -> Result<bool, StoreError> {
-        self.inner.suspend(fence, awaiting).await
+        instant(self.inner.suspend(fence, awaiting)).await
     }
 
     async fn resume_halted(&self, group: &str, code: &BTreeMap<String, u64>) -> Result<usize, StoreError> {
-        self.inner.resume_halted(group, code).await
+        instant(self.inner.resume_halted(group, code)).await
     }
 
     async fn resume(&self, id: &str) -> Result<bool, StoreError> {
-        self.inner.resume(id).await
+        instant(self.inner.resume(id)).await
     }
 
     async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError> {
-        self.inner.release_predecessors(group, pid, process).await
+        instant(self.inner.release_predecessors(group, pid, process)).await
     }
 
     async fn purge(&self, purge: Purge) -> Result<usize, StoreError> {
-        self.inner.purge(purge).await
+        instant(self.inner.purge(purge)).await
     }
 
     async fn tick(&self) -> Result<Tick, StoreError> {
-        self.inner.tick().await
+        instant(self.inner.tick()).await
     }
 
     async fn announce(&self, worker: &Worker, ttl: Millis) -> Result<(), StoreError> {
-        self.inner.announce(worker, ttl).await
+        instant(self.inner.announce(worker, ttl)).await
     }
 
     async fn workers(&self) -> Result<Vec<Worker>, StoreError> {
-        self.inner.workers().await
+        instant(self.inner.workers()).await
     }
 
     async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {

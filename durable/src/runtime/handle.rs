@@ -79,6 +79,7 @@ impl<T> Handle<T> {
         let key = id.clone();
         let outcome = async move {
             tokio::select! {
+                biased;
                 outcome = settled(&*store, &key) => outcome,
                 unserved = unserved(&*store, &key, &group, &function, after) => Err(unserved),
             }

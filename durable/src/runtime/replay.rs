@@ -243,6 +243,7 @@ pub(crate) async fn replay(
         deferred: None,
     };
     tokio::select! {
+        biased;
         _ = job.run() => {}
         () = inv.faulted() => {}
     }

@@ -119,6 +119,7 @@ pub(crate) async fn background(rt: Arc<Shared>) {
             sleep = sleep.min(next_beat.saturating_duration_since(tokio::time::Instant::now()));
         }
         tokio::select! {
+            biased;
             _ = tokio::time::sleep(sleep) => {}
             _ = ready.changed() => {}
             _ = rt.wake.notified() => {}
@@ -212,6 +213,7 @@ pub(crate) fn spawn(
     let handle = tokio::spawn(
         async move {
             tokio::select! {
+                biased;
                 _ = job.run() => {}
                 () = inv.faulted() => {}
                 // Suspended: the store holds the task for the promises it awaits.

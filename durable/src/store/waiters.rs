@@ -1,6 +1,6 @@
 //! In-process waiters on promises, woken when one settles or its task halts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -80,25 +80,32 @@ impl Drop for Waiter<'_> {
 }
 
 /// The ready signal of each group: bumped whenever a task of the group may have
-/// become ready, so that only the workers who can take it wake.
+/// become ready, so that only the workers who can take it wake. Each subscriber has a
+/// channel of its own, woken in the order they subscribed: one channel shared by many
+/// would wake them in an order of tokio's choosing, and a simulation could not replay
+/// which worker claimed first.
 #[derive(Debug, Default)]
 pub(crate) struct Ready {
-    groups: Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
+    groups: Mutex<BTreeMap<String, Vec<tokio::sync::watch::Sender<u64>>>>,
 }
 
 impl Ready {
-    /// The signal of `group`. Groups are few: each stays for the store's life.
+    /// A signal of `group`'s. One whose receiver is gone is dropped at the next bump.
     pub(crate) fn subscribe(&self, group: &str) -> tokio::sync::watch::Receiver<u64> {
+        let (signal, receiver) = tokio::sync::watch::channel(0);
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        groups.entry(group.to_owned()).or_insert_with(|| tokio::sync::watch::Sender::new(0)).subscribe()
+        let signals = groups.entry(group.to_owned()).or_default();
+        signals.retain(|s| !s.is_closed());
+        signals.push(signal);
+        receiver
     }
 
     /// Bumps the signals of `groups` that anyone listens to.
     pub(crate) fn bump<'a>(&self, groups: impl IntoIterator<Item = &'a str>) {
-        let signals = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let mut signals = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         for group in groups {
-            if let Some(signal) = signals.get(group) {
-                signal.send_modify(|n| *n += 1);
+            if let Some(list) = signals.get_mut(group) {
+                bump(list);
             }
         }
     }
@@ -106,15 +113,21 @@ impl Ready {
     /// Bumps every group's signal: each worker looks again for itself.
     #[cfg(feature = "postgres")]
     pub(crate) fn bump_all(&self) {
-        for signal in self.groups.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            signal.send_modify(|n| *n += 1);
-        }
+        self.groups.lock().unwrap_or_else(|e| e.into_inner()).values_mut().for_each(bump);
     }
 
     /// The groups anyone listens to.
     #[cfg(feature = "postgres")]
     pub(crate) fn groups(&self) -> Vec<String> {
         self.groups.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+}
+
+/// Bumps each live signal of a group, in subscription order, and drops the rest.
+fn bump(signals: &mut Vec<tokio::sync::watch::Sender<u64>>) {
+    signals.retain(|s| !s.is_closed());
+    for signal in signals.iter() {
+        signal.send_modify(|n| *n += 1);
     }
 }
 
@@ -134,5 +147,15 @@ mod tests {
         ready.bump(["cpu"]);
         assert!(cpu.has_changed().unwrap() && cpu_again.has_changed().unwrap(), "every worker of the group wakes");
         assert!(!gpu.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_gone_subscriber_is_forgotten() {
+        let ready = Ready::default();
+        let (kept, gone) = (ready.subscribe("gpu"), ready.subscribe("gpu"));
+        drop(gone);
+        ready.bump(["gpu"]);
+        assert!(kept.has_changed().unwrap());
+        assert_eq!(ready.groups.lock().unwrap()["gpu"].len(), 1, "only the live signal is kept");
     }
 }
