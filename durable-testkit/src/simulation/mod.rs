@@ -142,6 +142,8 @@ pub struct Summary {
 pub struct SimFailure {
     /// The seed that reproduces it.
     pub seed: u64,
+    /// Its number of events ([`Simulation::steps`]).
+    pub steps: usize,
     /// The first invariant broken, and how.
     pub invariant: String,
     /// The events that led to it, the last ones last.
@@ -158,10 +160,11 @@ impl fmt::Display for SimFailure {
         for event in &self.events[skip..] {
             writeln!(f, "  {event}")?;
         }
+        let (seed, steps) = (self.seed, self.steps);
         write!(
             f,
-            "reproduce: cargo run --release --bin durable-bench -- simulate --seed {} --seeds 1 (or Simulation::new({}).run())",
-            self.seed, self.seed
+            "reproduce: cargo run --release --bin durable-bench -- simulate --seed {seed} --seeds 1 --events {steps} \
+             (and --store as this run's), or Simulation::new({seed}).steps({steps}) with the same store and workload"
         )
     }
 }
@@ -320,7 +323,7 @@ impl<'a> Run<'a> {
     }
 
     fn fail(&self, invariant: String) -> SimFailure {
-        SimFailure { seed: self.sim.seed, invariant, events: self.events.clone() }
+        SimFailure { seed: self.sim.seed, steps: self.sim.steps, invariant, events: self.events.clone() }
     }
 
     /// The first violation seen so far, as a failure.
