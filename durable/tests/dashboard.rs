@@ -410,3 +410,184 @@ async fn a_request_for_another_host_is_refused() {
     let (status, _, _) = send(&named, with_host("dash.example:443")).await;
     assert_eq!(status, StatusCode::OK, "a name it was told of");
 }
+
+mod served {
+    //! `Dashboard::serve` over real connections.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use durable::dashboard::{Dashboard, HEADER_TIMEOUT, MAX_CONNECTIONS};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Serves a dashboard over `store` on a free loopback port.
+    async fn serve(store: Arc<dyn durable::Store>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(Dashboard::new(store).serve(listener));
+        address
+    }
+
+    /// The status line of a whole GET of `path` on a new connection.
+    async fn status_of(address: std::net::SocketAddr, path: &str) -> String {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned()
+    }
+
+    /// A connection that has sent half a request's headers.
+    async fn half_sent(address: std::net::SocketAddr) -> TcpStream {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
+        stream
+    }
+
+    /// Whether the server closed `stream` within `patience` (virtual time).
+    async fn closed_within(stream: &mut TcpStream, patience: Duration) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(tokio::time::timeout(patience, stream.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_sent_request_is_closed_after_the_header_timeout() {
+        let address = serve(Arc::new(durable::MemoryStore::new())).await;
+        let mut stream = half_sent(address).await;
+        let started = tokio::time::Instant::now();
+        assert!(closed_within(&mut stream, HEADER_TIMEOUT * 6).await, "a half-sent request stays open");
+        assert!(started.elapsed() >= HEADER_TIMEOUT, "closed only once its time was up");
+        assert_eq!(status_of(address, "/").await, "HTTP/1.1 200 OK");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_over_the_limit_is_closed_and_the_others_are_answered_later() {
+        let address = serve(Arc::new(durable::MemoryStore::new())).await;
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            held.push(half_sent(address).await);
+        }
+        let mut one_more = half_sent(address).await;
+        let started = tokio::time::Instant::now();
+        assert!(closed_within(&mut one_more, HEADER_TIMEOUT / 2).await, "a connection over the limit is kept");
+        assert!(started.elapsed() < HEADER_TIMEOUT / 2);
+        // The held ones time out, and their places are free again.
+        for stream in &mut held {
+            assert!(closed_within(stream, HEADER_TIMEOUT * 2).await);
+        }
+        assert_eq!(status_of(address, "/").await, "HTTP/1.1 200 OK");
+    }
+
+    /// A store whose `get` of `slow` says so and blocks its thread until let go, as a
+    /// long read of a disk-backed store does.
+    #[derive(Debug)]
+    struct Blocking {
+        inner: Arc<dyn durable::Store>,
+        entered: tokio::sync::mpsc::UnboundedSender<()>,
+        go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    #[async_trait::async_trait]
+    impl durable::Store for Blocking {
+        async fn now(&self) -> Result<durable::Millis, durable::StoreError> {
+            self.inner.now().await
+        }
+        async fn create(
+            &self,
+            r: durable::store::CreatePromise,
+        ) -> Result<durable::store::Created, durable::StoreError> {
+            self.inner.create(r).await
+        }
+        async fn settle(&self, r: durable::store::SettlePromise) -> Result<durable::Promise, durable::StoreError> {
+            self.inner.settle(r).await
+        }
+        async fn import(&self, f: Vec<durable::store::CreatePromise>) -> Result<(), durable::StoreError> {
+            self.inner.import(f).await
+        }
+        async fn get(&self, id: &str) -> Result<Option<durable::Promise>, durable::StoreError> {
+            if id == "slow" {
+                self.entered.send(()).unwrap();
+                self.go.lock().unwrap().recv().unwrap();
+            }
+            self.inner.get(id).await
+        }
+        async fn search(&self, s: durable::store::Search) -> Result<durable::store::Page, durable::StoreError> {
+            self.inner.search(s).await
+        }
+        async fn invocations(
+            &self,
+            q: durable::store::Invocations,
+        ) -> Result<durable::store::Listing, durable::StoreError> {
+            self.inner.invocations(q).await
+        }
+        async fn task(&self, id: &str) -> Result<Option<durable::Task>, durable::StoreError> {
+            self.inner.task(id).await
+        }
+        async fn claim(&self, c: durable::store::Claim) -> Result<Vec<durable::store::Acquired>, durable::StoreError> {
+            self.inner.claim(c).await
+        }
+        async fn heartbeat(
+            &self,
+            p: &str,
+            h: &[durable::Fence],
+            t: durable::Millis,
+        ) -> Result<usize, durable::StoreError> {
+            self.inner.heartbeat(p, h, t).await
+        }
+        async fn release(&self, f: &durable::Fence, how: durable::store::Release) -> Result<(), durable::StoreError> {
+            self.inner.release(f, how).await
+        }
+        async fn suspend(&self, f: &durable::Fence, a: &[String]) -> Result<bool, durable::StoreError> {
+            self.inner.suspend(f, a).await
+        }
+        async fn resume_halted(
+            &self,
+            g: &str,
+            c: &std::collections::BTreeMap<String, u64>,
+        ) -> Result<usize, durable::StoreError> {
+            self.inner.resume_halted(g, c).await
+        }
+        async fn resume(&self, id: &str) -> Result<bool, durable::StoreError> {
+            self.inner.resume(id).await
+        }
+        async fn release_predecessors(&self, g: &str, p: &str, q: &str) -> Result<usize, durable::StoreError> {
+            self.inner.release_predecessors(g, p, q).await
+        }
+        async fn purge(&self, p: durable::store::Purge) -> Result<usize, durable::StoreError> {
+            self.inner.purge(p).await
+        }
+        async fn tick(&self) -> Result<durable::store::Tick, durable::StoreError> {
+            self.inner.tick().await
+        }
+        async fn announce(&self, w: &durable::store::Worker, ttl: durable::Millis) -> Result<(), durable::StoreError> {
+            self.inner.announce(w, ttl).await
+        }
+        async fn workers(&self) -> Result<Vec<durable::store::Worker>, durable::StoreError> {
+            self.inner.workers().await
+        }
+        async fn wait(&self, id: &str, halted: bool) -> Result<(), durable::StoreError> {
+            self.inner.wait(id, halted).await
+        }
+        fn ready(&self, group: &str) -> tokio::sync::watch::Receiver<u64> {
+            self.inner.ready(group)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_page_that_blocks_its_thread_holds_up_no_other_request() {
+        let (go, wait) = std::sync::mpsc::channel();
+        let (entered, mut inside) = tokio::sync::mpsc::unbounded_channel();
+        let store = Arc::new(Blocking { inner: Arc::new(durable::MemoryStore::new()), entered, go: wait.into() });
+        let address = serve(store).await;
+        let slow = tokio::spawn(status_of(address, "/invocation?id=slow"));
+        inside.recv().await.unwrap();
+        // Answered while the slow page holds a thread.
+        for _ in 0..5 {
+            assert_eq!(status_of(address, "/").await, "HTTP/1.1 200 OK");
+        }
+        go.send(()).unwrap();
+        assert_eq!(slow.await.unwrap(), "HTTP/1.1 404 Not Found");
+    }
+}

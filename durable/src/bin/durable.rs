@@ -166,7 +166,13 @@ fn main() -> ExitCode {
              set DURABLE_DASHBOARD_TOKEN instead"
         );
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // The dashboard answers on every core: a slow page holds one thread, not all.
+    let runtime = match &cli.command {
+        #[cfg(feature = "dashboard")]
+        Command::Serve { .. } => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
@@ -321,7 +327,8 @@ async fn serve(
     if !address.ip().is_loopback() {
         eprintln!("warning: {address} is reachable from other machines; the dashboard has no TLS");
     }
-    axum::serve(listener, dashboard.router()).await.map_err(|e| format!("the server stopped: {e}"))
+    dashboard.serve(listener).await;
+    Ok(())
 }
 
 /// A page of `limit` invocations that `keep` keeps: a store may answer with fewer and

@@ -51,6 +51,12 @@ const UNSERVED_AFTER: Duration = Duration::from_secs(60);
 /// The invocations a list page shows.
 const PAGE: usize = 50;
 
+/// The connections [`Dashboard::serve`] keeps open at once.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// How long [`Dashboard::serve`] waits for a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The cookie that holds the action token in a signed-in browser.
 const COOKIE: &str = "durable_token";
 
@@ -128,6 +134,56 @@ impl Dashboard {
             .with_state(app)
     }
 
+    /// Serves the dashboard on `listener` until the returned future is dropped, as
+    /// `durable serve` does: each connection on a task of its own (on a multi-thread
+    /// runtime a slow page holds one thread, not the others), at most
+    /// [`MAX_CONNECTIONS`] at once (one more is closed as it comes, so a flood cannot
+    /// use up the process's files), and a connection that has not sent a request's
+    /// headers within [`HEADER_TIMEOUT`] of connecting or of its last answer is closed.
+    /// Nested in a service's own router instead, the service's server settings apply.
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// use durable::MemoryStore;
+    /// use durable::dashboard::Dashboard;
+    ///
+    /// # #[tokio::main] async fn main() -> std::io::Result<()> {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+    /// Dashboard::new(Arc::new(MemoryStore::new())).serve(listener).await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn serve(self, listener: tokio::net::TcpListener) {
+        let router = self.router();
+        let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                // Out of files, or a connection reset before it was taken: go on
+                // once the moment has passed.
+                Err(e) => {
+                    tracing::warn!(error = %e, "the dashboard could not take a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                tracing::warn!(
+                    limit = MAX_CONNECTIONS,
+                    "the dashboard has as many connections as it takes: closed one more"
+                );
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::spawn(async move {
+                let _ = connection.await;
+                drop(permit);
+            });
+        }
+    }
+
     /// Whether a request's `Host` (name and port) is one this dashboard answers to.
     fn answers_to(&self, host: &str) -> bool {
         let name = match host.rsplit_once(':') {
@@ -155,9 +211,6 @@ impl Dashboard {
 
 type App = AxumState<Arc<Dashboard>>;
 
-/// Headers on every response: a strict content policy (only the dashboard's own script
-/// and style run, whatever a page holds), no framing, no sniffing, no referrer to
-/// other sites.
 /// Refuses a request for a host this dashboard does not answer to.
 async fn known_host(
     AxumState(app): App,
@@ -178,6 +231,9 @@ async fn known_host(
     }
 }
 
+/// Headers on every response: a strict content policy (only the dashboard's own script
+/// and style run, whatever a page holds), no framing, no sniffing, no referrer to
+/// other sites.
 async fn secure(mut response: Response) -> Response {
     let headers = response.headers_mut();
     for (name, value) in [
@@ -508,7 +564,7 @@ async fn action(
 }
 
 /// Whether a request came from another site's page: by `Sec-Fetch-Site`, which
-/// browsers set, or else an `Origin` whose host is not the request's.
+/// browsers set, or else an `Origin` that is not the request's own.
 fn cross_site(headers: &HeaderMap) -> bool {
     let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
     // Browsers that send it say it best; an older one is judged by its Origin.
@@ -516,11 +572,39 @@ fn cross_site(headers: &HeaderMap) -> bool {
         return !matches!(site, "same-origin" | "none");
     }
     match (text(header::ORIGIN), text(header::HOST)) {
-        (Some("null"), _) => true,
-        (Some(origin), Some(host)) => origin.split_once("://").map(|(_, h)| h) != Some(host),
+        (Some(origin), Some(host)) => !same_origin(origin, host),
         (Some(_), None) => true,
         (None, _) => false,
     }
+}
+
+/// Whether `origin` (`scheme://host[:port]`) is the origin of a page served for
+/// `host` (the request's `Host`, `host[:port]`): the same host and port, the port
+/// being the scheme's default where either leaves it out. Plain HTTP, or HTTPS
+/// through a proxy in front; any other scheme, `null`, or a path is another origin.
+fn same_origin(origin: &str, host: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else { return false };
+    let default = match scheme.to_ascii_lowercase().as_str() {
+        "http" => "80",
+        "https" => "443",
+        _ => return false,
+    };
+    let split = |a: &str| -> Option<(String, String)> {
+        if a.is_empty() || a.contains(['/', '@', '?', '#']) {
+            return None;
+        }
+        let (name, port) = match a.rsplit_once(':') {
+            Some((name, port))
+                if !name.is_empty() && !name.ends_with(':') && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                (name, port)
+            }
+            _ => (a, ""),
+        };
+        let port = if port.is_empty() { default } else { port.trim_start_matches('0') };
+        Some((name.to_ascii_lowercase(), port.to_owned()))
+    };
+    matches!((split(authority), split(host)), (Some(a), Some(b)) if a == b)
 }
 
 #[cfg(test)]
@@ -554,5 +638,24 @@ mod tests {
         assert!(cross_site(&headers(&[("host", "127.0.0.1:8080"), ("origin", "null")])));
         assert!(cross_site(&headers(&[("sec-fetch-site", "cross-site"), ("host", "h")])));
         assert!(cross_site(&headers(&[("sec-fetch-site", "same-site"), ("host", "h")])));
+    }
+
+    #[test]
+    fn an_origin_is_its_scheme_host_and_port() {
+        use super::same_origin;
+        assert!(same_origin("http://127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(same_origin("http://LOCALHOST", "localhost:80"));
+        assert!(same_origin("https://dash.example", "dash.example"));
+        assert!(same_origin("http://[::1]:8080", "[::1]:8080"));
+        // Another port, another scheme's default, another host, or no origin at all.
+        assert!(!same_origin("http://127.0.0.1:8081", "127.0.0.1:8080"));
+        assert!(!same_origin("https://localhost", "localhost:80"));
+        assert!(!same_origin("http://localhost", "localhost:443"));
+        assert!(!same_origin("http://127.0.0.1.evil.example:8080", "127.0.0.1:8080"));
+        assert!(!same_origin("ftp://127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(!same_origin("null", "127.0.0.1:8080"));
+        assert!(!same_origin("http://user@127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(!same_origin("http://127.0.0.1:8080/", "127.0.0.1:8080"));
+        assert!(!same_origin("http://", ""));
     }
 }
