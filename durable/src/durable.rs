@@ -532,6 +532,17 @@ pub struct Node {
     pub children: Vec<Node>,
 }
 
+/// Taken apart one level at a time: a tree as deep as a chain of chosen ids can be
+/// is dropped without a call per level.
+impl Drop for Node {
+    fn drop(&mut self) {
+        let mut below = std::mem::take(&mut self.children);
+        while let Some(mut node) = below.pop() {
+            below.append(&mut node.children);
+        }
+    }
+}
+
 /// Where a promise of a family shows in its tree: under the promise its id is under
 /// (a retry's children under the wait before their attempt), or, for a chosen id,
 /// under its creator.

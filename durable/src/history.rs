@@ -107,9 +107,10 @@ impl Promises<'_> {
         };
         let mut promises = Vec::new();
         let mut stack = vec![root];
-        while let Some(node) = stack.pop() {
-            promises.push(Recorded { promise: node.promise, target: node.task.map(|t| t.target) });
-            stack.extend(node.children.into_iter().rev());
+        while let Some(mut node) = stack.pop() {
+            stack.extend(std::mem::take(&mut node.children).into_iter().rev());
+            let target = node.task.take().map(|t| t.target);
+            promises.push(Recorded { promise: node.promise.clone(), target });
         }
         Ok(History { format: HISTORY_FORMAT, id: id.to_owned(), promises })
     }

@@ -377,3 +377,34 @@ fn ls_lists_halted_invocations() {
     let pending = stdout(&durable(dir.path(), &["ls", "--state", "pending"]));
     assert_eq!(pending.lines().count(), 2, "{pending}");
 }
+
+#[test]
+fn a_ten_thousand_level_chain_prints_as_a_tree_and_as_json() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let store = SledStore::open(dir.path()).unwrap();
+        // Chosen ids, each created by the one before: one family of 10,001.
+        let settled = |id: String, parent: Option<String>| {
+            let mut p = durable::store::CreatePromise::new(id, durable::Param::call("f", 1, "1".into()));
+            p.parent = parent;
+            p.settled = Some((durable::State::Resolved, "1".into()));
+            p
+        };
+        let mut family = vec![settled("chain".into(), None)];
+        family.extend((1..=10_000).map(|n| {
+            settled(format!("link-{n}"), Some(if n == 1 { "chain".into() } else { format!("link-{}", n - 1) }))
+        }));
+        store.import(family).await.unwrap();
+    });
+    drop(runtime);
+    let tree = stdout(&durable(dir.path(), &["tree", "chain"]));
+    let lines: Vec<&str> = tree.lines().collect();
+    assert_eq!(lines.len(), 10_001);
+    assert!(lines[10_000].starts_with("(level 10000) ") && lines[10_000].contains("link-10000"), "{}", lines[10_000]);
+    assert!(lines[10_000].len() < 300, "the indent is capped: {} bytes", lines[10_000].len());
+    let json = stdout(&durable(dir.path(), &["--json", "tree", "chain"]));
+    assert_eq!(json.matches("\"promise\":").count(), 10_001);
+    assert!(json.trim_end().ends_with(&"]}".repeat(10_001)), "every level is closed");
+    assert!(json.contains("\"id\":\"link-10000\""));
+}

@@ -591,3 +591,36 @@ mod served {
         assert_eq!(slow.await.unwrap(), "HTTP/1.1 404 Not Found");
     }
 }
+
+/// A chain of `depth` promises with chosen ids under `chain`, each created by the one
+/// before, all settled: one family, as an import can bring in.
+async fn chain(store: &Arc<dyn Store>, depth: usize) {
+    let call = |id: &str| durable::Param::Call { func: "echo".into(), version: 1, args: "[\"x\"]".into(), digest: 0 };
+    let mut family = Vec::with_capacity(depth + 1);
+    let mut root = durable::store::CreatePromise::new("chain", call("chain"));
+    root.settled = Some((State::Resolved, "\"x\"".into()));
+    family.push(root);
+    for level in 1..=depth {
+        let mut p = durable::store::CreatePromise::new(format!("link-{level}"), call("link"));
+        p.parent = Some(if level == 1 { "chain".into() } else { format!("link-{}", level - 1) });
+        p.settled = Some((State::Resolved, "\"x\"".into()));
+        family.push(p);
+    }
+    store.import(family).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_ten_thousand_level_chain_draws_with_a_note_of_what_it_left_out() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    chain(&store, 10_000).await;
+    let router = Dashboard::new(store.clone()).router();
+    let (status, _, body) = get(&router, "/invocation?id=chain").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("10001 promises"), "the count is of the whole tree");
+    assert!(body.contains("the first 1000 are drawn"), "it says what it left out");
+    assert_eq!(body.matches("class=\"bar\"").count(), 1000);
+    // The deepest one's details show, though its row is not drawn.
+    let (status, _, body) = get(&router, "/invocation?id=chain&node=link-10000").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("Promise <code>link-10000</code>"), "{}", &body[..body.len().min(2000)]);
+}

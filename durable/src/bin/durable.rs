@@ -226,9 +226,9 @@ async fn run(cli: &Cli) -> Result<(), String> {
             None => Err(format!("no promise {id}")),
         },
         Command::Tree { id } => match promises.tree(id).await.map_err(e)? {
-            Some(tree) if out.json => out.print_json(&tree),
+            Some(tree) if out.json => out.print_tree_json(&tree),
             Some(tree) => {
-                out.tree(&tree, "", true, true);
+                out.tree(&tree);
                 Ok(())
             }
             None => Err(format!("no promise {id}")),
@@ -288,6 +288,9 @@ async fn run(cli: &Cli) -> Result<(), String> {
         }
     }
 }
+
+/// The levels of a tree drawn indented; deeper lines say their level.
+const MAX_INDENT: usize = 32;
 
 /// Serves the dashboard on `listen` until the process is stopped.
 #[cfg(feature = "dashboard")]
@@ -363,6 +366,41 @@ struct Output {
 impl Output {
     /// JSON exactly as stored, except that a deadline that never comes is `null`.
     fn print_json(&self, value: &impl serde::Serialize) -> Result<(), String> {
+        say(serde_json::to_string_pretty(&json(value)?).map_err(|e| e.to_string())?);
+        Ok(())
+    }
+
+    /// A tree as JSON, `{"promise": …, "task": …, "children": […]}` nested, written
+    /// one level at a time: a chain of chosen ids can be deeper than a recursive
+    /// writer's stack.
+    fn print_tree_json(&self, root: &Node) -> Result<(), String> {
+        enum Step<'a> {
+            Open(&'a Node, bool),
+            Close,
+        }
+        let mut text = String::new();
+        let mut steps = vec![Step::Open(root, false)];
+        while let Some(step) = steps.pop() {
+            match step {
+                Step::Open(node, comma) => {
+                    let promise = serde_json::to_string(&json(&node.promise)?).map_err(|e| e.to_string())?;
+                    let task = serde_json::to_string(&json(&node.task)?).map_err(|e| e.to_string())?;
+                    text.push_str(if comma { "," } else { "" });
+                    text.push_str(&format!("{{\"promise\":{promise},\"task\":{task},\"children\":["));
+                    steps.push(Step::Close);
+                    steps.extend(node.children.iter().enumerate().rev().map(|(i, c)| Step::Open(c, i > 0)));
+                }
+                Step::Close => text.push_str("]}"),
+            }
+        }
+        say(text);
+        Ok(())
+    }
+}
+
+/// `value` as JSON, with a deadline that never comes as `null`.
+fn json(value: &impl serde::Serialize) -> Result<serde_json::Value, String> {
+    {
         let mut value = serde_json::to_value(value).map_err(|e| e.to_string())?;
         let mut stack = vec![&mut value];
         while let Some(v) = stack.pop() {
@@ -380,10 +418,11 @@ impl Output {
                 _ => {}
             }
         }
-        say(serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?);
-        Ok(())
+        Ok(value)
     }
+}
 
+impl Output {
     fn promise(&self, p: &Promise) -> Result<(), String> {
         if self.json {
             return self.print_json(p);
@@ -438,13 +477,37 @@ impl Output {
         Ok(())
     }
 
-    /// One line per promise, drawn as a tree.
-    fn tree(&self, node: &Node, prefix: &str, last: bool, root: bool) {
+    /// One line per promise, drawn as a tree, one level at a time (a chain of chosen
+    /// ids can be deeper than a recursive walk's stack). Past [`MAX_INDENT`] levels a
+    /// line says its level instead of indenting further.
+    fn tree(&self, root: &Node) {
+        // Each promise with its level and whether it is its parent's last; the
+        // indents of the levels above the one being drawn.
+        let mut stack = vec![(root, 0usize, true)];
+        let mut indents: Vec<&str> = Vec::new();
+        while let Some((node, level, last)) = stack.pop() {
+            indents.truncate(level.saturating_sub(1));
+            let shown = indents.len().saturating_sub(MAX_INDENT);
+            let prefix = match shown {
+                0 => indents.concat(),
+                _ => format!("(level {level}) {}", indents[shown..].concat()),
+            };
+            self.line(node, &prefix, last, level == 0);
+            if level > 0 {
+                indents.push(if last { "   " } else { "│  " });
+            }
+            let n = node.children.len();
+            stack.extend(node.children.iter().enumerate().rev().map(|(i, c)| (c, level + 1, i + 1 == n)));
+        }
+    }
+
+    /// A promise's line of a tree, under `prefix`.
+    fn line(&self, node: &Node, prefix: &str, last: bool, root: bool) {
         let p = &node.promise;
-        let (branch, indent) = match (root, last) {
-            (true, _) => ("", ""),
-            (false, true) => ("└─ ", "   "),
-            (false, false) => ("├─ ", "│  "),
+        let branch = match (root, last) {
+            (true, _) => "",
+            (false, true) => "└─ ",
+            (false, false) => "├─ ",
         };
         let name = clean(if root { p.id.as_str() } else { p.id.rsplit('.').next().unwrap_or(&p.id) });
         let target = node.task.as_ref().map(|t| format!(" → {}", clean(&t.target.to_string()))).unwrap_or_default();
@@ -463,10 +526,6 @@ impl Output {
             duration(p, self.now),
             self.outcome(p)
         ));
-        let prefix = format!("{prefix}{indent}");
-        for (i, child) in node.children.iter().enumerate() {
-            self.tree(child, &prefix, i + 1 == node.children.len(), false);
-        }
     }
 
     /// The state, coloured where the terminal shows colour; a halted task says so.

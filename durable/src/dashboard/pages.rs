@@ -211,26 +211,24 @@ pub(super) struct InvocationView<'a> {
     pub(super) token: Option<&'a str>,
 }
 
-fn find<'a>(node: &'a Node, id: &str) -> Option<&'a Node> {
-    if node.promise.id == id {
-        return Some(node);
-    }
-    node.children.iter().find_map(|c| find(c, id))
-}
-
 pub(super) fn invocation(view: &InvocationView<'_>) -> Markup {
     let root = view.tree;
-    let selected = find(root, view.selected).unwrap_or(root);
-    let halted =
-        timeline::flatten(root).iter().any(|(_, n)| n.task.as_ref().is_some_and(|t| t.state == TaskState::Halted));
+    let rows = timeline::flatten(root);
+    let selected = rows.iter().map(|(_, n)| *n).find(|n| n.promise.id == view.selected).unwrap_or(root);
+    let halted = rows.iter().any(|(_, n)| n.task.as_ref().is_some_and(|t| t.state == TaskState::Halted));
+    let drawn = &rows[..rows.len().min(timeline::DRAWN)];
     let body = html! {
         h1 { "Invocation " code { (root.promise.id) } }
         p.summary {
             span class={ "state " (state_word(&root.promise, root.task.as_ref())) } { (state_word(&root.promise, root.task.as_ref())) }
             " " (root.promise.param.what()) " · created " (time(root.promise.created_at)) " · " (took(&root.promise, view.now))
-            " · " (timeline::flatten(root).len()) " promises"
+            " · " (rows.len()) " promises"
         }
-        div.timeline { (timeline::svg(view.base, root, selected, view.now)) }
+        @if drawn.len() < rows.len() {
+            p.note { "The timeline is long: the first " (drawn.len()) " are drawn, and " (rows.len() - drawn.len())
+                " more are left out. " code { "durable tree" } " or " code { "durable export" } " shows them all." }
+        }
+        div.timeline { (timeline::svg(view.base, &root.promise.id, drawn, selected, view.now)) }
         (details(view, selected))
         @if let Some(token) = view.token {
             section.actions {

@@ -15,6 +15,10 @@ const BARS: f64 = 640.0;
 const ROW: f64 = 22.0;
 const TOP: f64 = 24.0;
 
+/// The rows a timeline draws at most: past that, a page stays quick to draw and to
+/// send, and says what it left out.
+pub(super) const DRAWN: usize = 1000;
+
 /// The tree's promises in call order, each with its depth.
 pub(super) fn flatten(root: &Node) -> Vec<(usize, &Node)> {
     let mut rows = Vec::new();
@@ -42,8 +46,8 @@ fn label(node: &Node) -> String {
     text
 }
 
-pub(super) fn svg(base: &str, root: &Node, selected: &Node, now: Millis) -> Markup {
-    let rows = flatten(root);
+/// The timeline of `rows` (the first of a tree's, in call order) of invocation `root`.
+pub(super) fn svg(base: &str, root: &str, rows: &[(usize, &Node)], selected: &Node, now: Millis) -> Markup {
     let start = rows.iter().map(|(_, n)| n.promise.created_at).min().unwrap_or(now);
     let end = rows.iter().map(|(_, n)| n.promise.settled_at.unwrap_or(now)).max().unwrap_or(now).max(start + 1);
     let scale = BARS / (end - start) as f64;
@@ -71,7 +75,7 @@ pub(super) fn svg(base: &str, root: &Node, selected: &Node, now: Millis) -> Mark
                 @let w = (x(p.settled_at.unwrap_or(now)) - x0).max(2.0);
                 @let word = state_word(p, node.task.as_ref());
                 @let timer = p.param == Param::Timer;
-                a href={ (invocation_url(base, &root.promise.id, Some(&p.id))) "#details" } class="bar" data-id=(p.id) {
+                a href={ (invocation_url(base, root, Some(&p.id))) "#details" } class="bar" data-id=(p.id) {
                     title { (p.id) " · " (word) " · " (span(p.settled_at.unwrap_or(now).saturating_sub(p.created_at))) }
                     // The whole row takes the click; the selected one is highlighted.
                     rect x="0" y=(y) width=(width) height=(ROW)
