@@ -595,13 +595,13 @@ mod served {
 /// A chain of `depth` promises with chosen ids under `chain`, each created by the one
 /// before, all settled: one family, as an import can bring in.
 async fn chain(store: &Arc<dyn Store>, depth: usize) {
-    let call = |id: &str| durable::Param::Call { func: "echo".into(), version: 1, args: "[\"x\"]".into(), digest: 0 };
+    let call = || durable::Param::call("echo", 1, "[\"x\"]".into());
     let mut family = Vec::with_capacity(depth + 1);
-    let mut root = durable::store::CreatePromise::new("chain", call("chain"));
+    let mut root = durable::store::CreatePromise::new("chain", call());
     root.settled = Some((State::Resolved, "\"x\"".into()));
     family.push(root);
     for level in 1..=depth {
-        let mut p = durable::store::CreatePromise::new(format!("link-{level}"), call("link"));
+        let mut p = durable::store::CreatePromise::new(format!("link-{level}"), call());
         p.parent = Some(if level == 1 { "chain".into() } else { format!("link-{}", level - 1) });
         p.settled = Some((State::Resolved, "\"x\"".into()));
         family.push(p);
