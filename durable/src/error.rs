@@ -290,7 +290,7 @@ pub enum StoreError {
     /// No such promise or task.
     #[error("{what} {id} does not exist")]
     NotFound {
-        /// "promise" or "task".
+        /// "promise", "task", or "store".
         what: &'static str,
         /// The id.
         id: String,

@@ -408,3 +408,19 @@ fn a_ten_thousand_level_chain_prints_as_a_tree_and_as_json() {
     assert!(json.trim_end().ends_with(&"]}".repeat(10_001)), "every level is closed");
     assert!(json.contains("\"id\":\"link-10000\""));
 }
+
+/// A read command on a PostgreSQL schema without a store says so, and makes none.
+#[tokio::test]
+async fn a_read_command_on_a_missing_postgres_schema_is_an_error_and_creates_nothing() {
+    let schema = format!("durable_cli_missing_{}", std::process::id());
+    let refused = durable_pg(&schema, &["ls"]).await;
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains(&format!("store schema {schema:?}")) && said.contains("does not exist"), "{said}");
+    let (client, connection) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {} is unreachable: {e}", postgres_url()));
+    tokio::spawn(connection);
+    let made = client.query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema]).await.unwrap();
+    assert!(made.is_none(), "the schema was created");
+}

@@ -197,7 +197,13 @@ async fn run(cli: &Cli) -> Result<(), String> {
             cli.store
         ));
     }
-    let store = durable::store::open(&cli.store, &cli.schema).await.map_err(|e| e.to_string())?;
+    let store: std::sync::Arc<dyn durable::Store> = if postgres {
+        let options = durable::store::PostgresStore::options(&cli.store).schema(&cli.schema);
+        let options = options.create(matches!(cli.command, Command::Import { .. }));
+        std::sync::Arc::new(options.connect().await.map_err(|e| e.to_string())?)
+    } else {
+        std::sync::Arc::new(durable::SledStore::open(&cli.store).map_err(|e| e.to_string())?)
+    };
     let promises = Promises::new(&*store);
     let now = store.now().await.map_err(|e| e.to_string())?;
     let out = Output { json: cli.json, colour: !cli.json && std::io::stdout().is_terminal(), now };

@@ -339,6 +339,7 @@ pub struct PostgresOptions {
     schema: String,
     pool_size: usize,
     clock: Option<Arc<dyn Clock>>,
+    create: bool,
 }
 
 impl PostgresOptions {
@@ -362,12 +363,30 @@ impl PostgresOptions {
         self
     }
 
-    /// Connects, creating or upgrading the schema.
+    /// Whether [`connect`](PostgresOptions::connect) creates the store where there is
+    /// none (the default). `false`, for a tool that looks into a store a service
+    /// made: a schema without one is an error that names the schema and database.
+    pub fn create(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+
+    /// Connects, creating (unless told not to) or upgrading the schema.
     pub async fn connect(self) -> Result<PostgresStore, StoreError> {
         let config: Config =
             self.url.parse().map_err(|e| StoreError::backend(format!("invalid PostgreSQL URL: {e}")))?;
+        let database = config.get_dbname().unwrap_or("(the user's own)").to_owned();
         let pool = Pool::new(config, self.schema.clone(), self.pool_size);
         let mut conn = pool.get().await?;
+        if !self.create {
+            let made = "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = $1 AND tablename = 'durable_schema'";
+            if conn.query_opt(made, &[&self.schema]).await.map_err(db)?.is_none() {
+                return Err(StoreError::NotFound {
+                    what: "store",
+                    id: format!("schema {:?} of database {database:?}", self.schema),
+                });
+            }
+        }
         migrate(&mut conn, &self.schema).await?;
         drop(conn);
         let channel = settled_channel(&self.schema);
@@ -684,7 +703,7 @@ impl PostgresStore {
 
     /// Options for a connection to `url`.
     pub fn options(url: &str) -> PostgresOptions {
-        PostgresOptions { url: url.to_owned(), schema: "durable".into(), pool_size: 8, clock: None }
+        PostgresOptions { url: url.to_owned(), schema: "durable".into(), pool_size: 8, clock: None, create: true }
     }
 
     /// The time, from the injected clock or else the database's (`clock` is the
