@@ -834,9 +834,14 @@ impl<'a> Promises<'a> {
         // the depth.
         let mut nodes = Vec::with_capacity(order.len());
         let mut parents = Vec::with_capacity(order.len());
-        for (promise, parent) in order {
+        for (n, (promise, parent)) in order.into_iter().enumerate() {
             nodes.push(self.node(promise).await?);
             parents.push(parent);
+            // A store that answers at once never makes this wait: let the thread's
+            // other work run now and then, whatever the invocation's size.
+            if n % 64 == 63 {
+                tokio::task::yield_now().await;
+            }
         }
         while nodes.len() > 1 {
             let mut node = nodes.pop().expect("more than one");
@@ -872,6 +877,7 @@ impl<'a> Promises<'a> {
                 Some(c) => search.cursor = Some(c),
                 None => return Ok(all),
             }
+            tokio::task::yield_now().await;
         }
     }
 

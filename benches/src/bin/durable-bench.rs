@@ -49,7 +49,8 @@ struct Args {
     /// ten-step invocations, 64 at a time; list: pages of a listing over N invocations
     /// (1% pending, one of a rare function).
     /// simulate: N seeds of the simulation.
-    #[arg(value_parser = ["chain", "calc", "recover", "soak", "list", "simulate", "recover-prepare"], hide_possible_values = true)]
+    /// page: the dashboard's page of an invocation of N promises among others.
+    #[arg(value_parser = ["chain", "calc", "recover", "soak", "list", "page", "simulate", "recover-prepare"], hide_possible_values = true)]
     workload: String,
     /// The store: memory, sled or postgres (`$DURABLE_POSTGRES_URL`).
     #[arg(long, default_value = "memory", value_parser = ["memory", "sled", "postgres"])]
@@ -70,6 +71,9 @@ struct Args {
     /// The first seed (simulate).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Promises in the store besides the invocation (page).
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    around: u64,
     /// Random events in each seed (simulate; the simulation's default unless given).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..10_000))]
     events: Option<u64>,
@@ -313,6 +317,12 @@ async fn run(args: &Args) -> Result<(), String> {
             drop(store);
             cleanup(&args.store, &location).await;
         }
+        "page" => {
+            let store = open(&args.store, &location, true).await?;
+            run_page(&store, args).await?;
+            drop(store);
+            cleanup(&args.store, &location).await;
+        }
         "recover-prepare" => {
             let store = open(&args.store, &location, true).await?;
             // Runs the chain to the gate, then releases it (PostgreSQL); sled's next
@@ -395,6 +405,99 @@ async fn run_list(store: &Arc<dyn Store>, args: &Args) -> Result<(), String> {
     println!(
         "{{\"workload\":\"list\",\"store\":\"{}\",\"n\":{},\"first_page_ms\":{first_ms:.1},\"pending_page_ms\":{pending_ms:.1},\"rare_ms\":{rare_ms:.1},\"rare_calls\":{rare_calls},\"dashboard_page_ms\":{page_first:.1},\"dashboard_pending_page_ms\":{page_pending:.1}}}",
         args.store, args.n
+    );
+    Ok(())
+}
+
+/// Fills the store with `args.around` promises in families of 1,000 and one
+/// invocation `big` of `args.n` promises, then times the dashboard's page of `big`
+/// alone, the list page alone, and, while `big`'s page is drawn again and again, how
+/// late a list page and a store read every millisecond come (the delay an embedding
+/// service sees), all on one thread.
+async fn run_page(store: &Arc<dyn Store>, args: &Args) -> Result<(), String> {
+    use durable::store::CreatePromise;
+    let family = |root: String, children: u64| {
+        let settled = |id: String, parent: Option<String>| {
+            let mut p = CreatePromise::new(id, durable::Param::call("f", 1, "1".into()));
+            p.parent = parent;
+            p.settled = Some((durable::State::Resolved, "1".into()));
+            p
+        };
+        let mut all = vec![settled(root.clone(), None)];
+        all.extend((1..=children).map(|k| settled(format!("{root}.{k}"), Some(root.clone()))));
+        all
+    };
+    let started = Instant::now();
+    let mut filled = 0;
+    while filled < args.around {
+        let size = 1000.min(args.around - filled);
+        store.import(family(format!("fill-{filled}"), size - 1)).await.map_err(|e| e.to_string())?;
+        filled += size;
+    }
+    store.import(family("big".into(), args.n - 1)).await.map_err(|e| e.to_string())?;
+    let fill_s = started.elapsed().as_secs_f64();
+    let router = durable::dashboard::Dashboard::new(store.clone()).router();
+    let page = |uri: &'static str| {
+        let router = router.clone();
+        async move {
+            use tower::ServiceExt;
+            let started = Instant::now();
+            let request = axum::http::Request::get(uri).body(axum::body::Body::empty()).map_err(|e| e.to_string())?;
+            let response = router.oneshot(request).await.map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(format!("{uri} answered {}", response.status()));
+            }
+            axum::body::to_bytes(response.into_body(), usize::MAX).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(started.elapsed().as_secs_f64() * 1e3)
+        }
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut alone, mut list_alone) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        alone.push(page("/invocation?id=big").await?);
+        list_alone.push(page("/").await?);
+    }
+    // The big page drawn over and over; meanwhile list pages, and a read every ms.
+    let drawing = tokio::spawn({
+        let page = page("/invocation?id=big");
+        let again = router.clone();
+        async move {
+            page.await?;
+            for _ in 0..4 {
+                use tower::ServiceExt;
+                let request = axum::http::Request::get("/invocation?id=big")
+                    .body(axum::body::Body::empty())
+                    .map_err(|e| e.to_string())?;
+                again.clone().oneshot(request).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        }
+    });
+    let (mut list_during, mut read_late) = (Vec::new(), 0f64);
+    let mut due = tokio::time::Instant::now();
+    while !drawing.is_finished() {
+        due += Duration::from_millis(1);
+        tokio::time::sleep_until(due).await;
+        store.get("fill-0").await.map_err(|e| e.to_string())?;
+        read_late = read_late.max(due.elapsed().as_secs_f64() * 1e3);
+        if list_during.len() < 20 {
+            // From when it was due: the wait for the thread counts.
+            page("/").await?;
+            list_during.push(due.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    drawing.await.map_err(|e| e.to_string())??;
+    println!(
+        "{{\"workload\":\"page\",\"store\":\"{}\",\"n\":{},\"around\":{},\"fill_s\":{fill_s:.1},\"page_ms\":{:.1},\"list_ms\":{:.1},\"list_during_ms_max\":{:.1},\"read_late_ms_max\":{read_late:.1}}}",
+        args.store,
+        args.n,
+        args.around,
+        median(alone),
+        median(list_alone),
+        list_during.iter().copied().fold(0.0, f64::max),
     );
     Ok(())
 }

@@ -424,14 +424,20 @@ async fn invocation(
         return Err(Failed(StatusCode::NOT_FOUND, format!("no promise {id}")));
     };
     let now = app.store.now().await.map_err(Error::from)?;
-    let view = pages::InvocationView {
-        base: &base(&original, &uri),
-        tree: &tree,
-        selected: query.node.as_deref().unwrap_or(&id),
-        now,
-        token: app.token_for(&headers),
-    };
-    Ok(pages::html(pages::invocation(&view)).into_response())
+    let (base, token) = (base(&original, &uri), app.token_for(&headers).map(str::to_owned));
+    // Drawn off the async thread: a big tree's page takes milliseconds of CPU that
+    // the service embedding the dashboard should not wait for.
+    let page = tokio::task::spawn_blocking(move || {
+        let view = pages::InvocationView {
+            base: &base,
+            tree: &tree,
+            selected: query.node.as_deref().unwrap_or(&id),
+            now,
+            token: token.as_deref(),
+        };
+        pages::html(pages::invocation(&view))
+    });
+    page.await.map_err(|e| Failed(StatusCode::INTERNAL_SERVER_ERROR, format!("drawing the page failed: {e}")))
 }
 
 async fn attention(

@@ -494,14 +494,11 @@ impl Core {
             state_ok && q.tags.iter().all(|(k, v)| p.tags.get(k) == Some(v))
         };
         if let Some(root) = &q.root {
-            let after = |p: &Promise| q.cursor.as_deref().is_none_or(|c| p.id.as_str() > c);
+            let keep = |p: &Promise| p.id.starts_with(&q.prefix) && matches(&p.at(now));
             let mut found: Vec<Promise> = self
-                .family(root)?
+                .family_after(root, q.cursor.as_deref(), limit + 1, &keep)?
                 .into_iter()
-                .filter(|p| p.id.starts_with(&q.prefix) && after(p))
                 .map(|p| p.at(now))
-                .filter(matches)
-                .take(limit + 1)
                 .collect();
             let more = found.len() > limit;
             found.truncate(limit);
@@ -866,24 +863,51 @@ impl Core {
     /// promise and what is under its id, and each promise created with a chosen id
     /// and what is under that.
     fn family(&self, root: &str) -> Result<Vec<Promise>, StoreError> {
+        self.family_after(root, None, usize::MAX, &|_| true)
+    }
+
+    /// The first `limit` promises of family `root` that come after `after` in id order
+    /// and that `keep` keeps: a page's worth, read from each member's range from the
+    /// cursor on, not the whole family.
+    fn family_after(
+        &self,
+        root: &str,
+        after: Option<&str>,
+        limit: usize,
+        keep: &dyn Fn(&Promise) -> bool,
+    ) -> Result<Vec<Promise>, StoreError> {
+        // An id under a member's that another family holds (created by id, raw) is
+        // not of this one.
+        let wanted = |p: &Promise| family_of(p) == root && keep(p);
         let mut found = BTreeMap::new();
         let mut heads = vec![root.to_owned()];
         heads.extend(self.cold.chosen(root)?);
         for head in heads {
-            if let Some(p) = self.stored(&head)? {
+            if after.is_none_or(|c| head.as_str() > c)
+                && let Some(p) = self.stored(&head)?.filter(|p| wanted(p))
+            {
                 found.insert(p.id.clone(), p);
             }
             let prefix = format!("{head}.");
-            for (id, p) in self.promises.range(prefix.clone()..).take_while(|(id, _)| id.starts_with(&prefix)) {
+            let start = match after {
+                Some(c) if c >= prefix.as_str() => std::ops::Bound::Excluded(c.to_owned()),
+                _ => std::ops::Bound::Included(prefix.clone()),
+            };
+            let live = self.promises.range((start, std::ops::Bound::Unbounded));
+            let live = live.take_while(|(id, _)| id.starts_with(&prefix)).filter(|(_, p)| wanted(p)).take(limit);
+            for (id, p) in live {
                 found.insert(id.clone(), p.clone());
             }
-            self.cold.promises(&prefix, None, &mut |p| {
-                found.insert(p.id.clone(), p);
-                ControlFlow::Continue(())
+            let mut taken = 0;
+            self.cold.promises(&prefix, after.filter(|c| *c >= prefix.as_str()), &mut |p| {
+                if wanted(&p) {
+                    found.insert(p.id.clone(), p);
+                    taken += 1;
+                }
+                if taken >= limit { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
             })?;
         }
-        // An id under a member's that another family holds (created by id, raw).
-        Ok(found.into_values().filter(|p| family_of(p) == root).collect())
+        Ok(found.into_values().take(limit).collect())
     }
 
     /// Makes a halted task pending, with a fresh budget of faults; false if it was not
