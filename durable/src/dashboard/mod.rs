@@ -19,14 +19,18 @@
 //! # }
 //! ```
 //!
-//! Or run `durable serve --store DIR|postgres://…` (the `cli` and `dashboard` features).
+//! Or serve it alone with [`Dashboard::serve`], as `durable serve --store
+//! DIR|postgres://…` does (the `cli` and `dashboard` features).
 //!
-//! Security: it is read-only unless [`Dashboard::actions`] gives it a token. A browser
-//! then signs in once at `login?token=…`, which sets a strict same-site cookie; every
-//! action form carries the token, and a request from another site (by its `Origin` or
-//! `Sec-Fetch-Site`) is refused. Every value from the store is escaped (arguments and
-//! errors are user data), and a `Content-Security-Policy` allows only the dashboard's
-//! own script and style. A malformed id or query is a 400 page, never a panic.
+//! Security: it answers only requests for an IP address, `localhost` or a name
+//! allowed with [`Dashboard::host`] (a 403 otherwise: DNS rebinding). It is read-only
+//! unless [`Dashboard::actions`] gives it a token. A browser then signs in once at
+//! `login?token=…`, which sets a strict same-site cookie; every action form carries
+//! the token, and a request from another site (by `Sec-Fetch-Site`, or an `Origin`
+//! that is not the request's scheme, host and port) is refused. Every value from the
+//! store is escaped (arguments and errors are user data), and a
+//! `Content-Security-Policy` allows only the dashboard's own script and style. A
+//! malformed id or query is a 400 page, never a panic.
 
 mod pages;
 mod timeline;
