@@ -815,26 +815,43 @@ impl<'a> Promises<'a> {
     /// question, not a hot path.
     pub async fn tree(&self, id: &str) -> Result<Option<Node>> {
         let Some(top) = self.store.get(id).await? else { return Ok(None) };
-        let mut under: HashMap<String, Vec<Promise>> = HashMap::new();
-        for p in self.family(crate::store::state::family_of(&top)).await? {
-            if let Some(shown) = shown_under(&p).filter(|_| p.id != top.id) {
-                under.entry(shown.to_owned()).or_default().push(p);
+        let mut family = self.family(crate::store::state::family_of(&top)).await?;
+        let top_at = match family.iter().position(|p| p.id == top.id) {
+            Some(at) => at,
+            None => {
+                family.push(top);
+                family.len() - 1
+            }
+        };
+        // Breadth first from `id`, each promise once, by its place in `family`, with
+        // where it goes: positions, not promises, are moved and sorted.
+        let mut order: Vec<(usize, usize)> = vec![(top_at, 0)];
+        {
+            let mut under: HashMap<&str, Vec<usize>> = HashMap::new();
+            for (at, p) in family.iter().enumerate().filter(|(at, _)| *at != top_at) {
+                if let Some(shown) = shown_under(p) {
+                    under.entry(shown).or_default().push(at);
+                }
+            }
+            let mut next = 0;
+            while next < order.len() {
+                let mut children = under.remove(family[order[next].0].id.as_str()).unwrap_or_default();
+                children.sort_by_cached_key(|at| call_order(&family[*at]));
+                order.extend(children.into_iter().map(|at| (at, next)));
+                next += 1;
+                if next % 1024 == 0 {
+                    tokio::task::yield_now().await;
+                }
             }
         }
-        // Breadth first from `id`, each promise once, with where it goes.
-        let mut order: Vec<(Promise, usize)> = vec![(top, 0)];
-        let mut next = 0;
-        while next < order.len() {
-            let mut children = under.remove(&order[next].0.id).unwrap_or_default();
-            children.sort_by_cached_key(call_order);
-            order.extend(children.into_iter().map(|p| (p, next)));
-            next += 1;
-        }
+        tokio::task::yield_now().await;
         // Then the nodes, deepest first into their parents: no recursion, whatever
         // the depth.
+        let mut family: Vec<Option<Promise>> = family.into_iter().map(Some).collect();
         let mut nodes = Vec::with_capacity(order.len());
         let mut parents = Vec::with_capacity(order.len());
-        for (n, (promise, parent)) in order.into_iter().enumerate() {
+        for (n, (at, parent)) in order.into_iter().enumerate() {
+            let promise = family[at].take().expect("each promise is placed once");
             nodes.push(self.node(promise).await?);
             parents.push(parent);
             // A store that answers at once never makes this wait: let the thread's
@@ -848,6 +865,9 @@ impl<'a> Promises<'a> {
             node.children.reverse();
             let parent = parents[nodes.len()];
             nodes[parent].children.push(node);
+            if nodes.len() % 1024 == 0 {
+                tokio::task::yield_now().await;
+            }
         }
         let mut root = nodes.pop().expect("the top is there");
         root.children.reverse();
@@ -868,6 +888,8 @@ impl<'a> Promises<'a> {
 
     /// Every promise `search` finds, page after page.
     async fn search_all(&self, mut search: Search) -> Result<Vec<Promise>> {
+        // Pages small enough that reading one holds the store (and, on sled, the
+        // thread) for a few milliseconds at most.
         search.limit = 1000;
         let mut all = Vec::new();
         loop {
