@@ -387,21 +387,8 @@ async fn run_list(store: &Arc<dyn Store>, args: &Args) -> Result<(), String> {
     }
     // The dashboard's list page, rendered whole, as a browser asks for it.
     let router = durable::dashboard::Dashboard::new(store.clone()).router();
-    let page_ms = |uri: &'static str| {
-        let router = router.clone();
-        async move {
-            use tower::ServiceExt;
-            let started = Instant::now();
-            let request = axum::http::Request::get(uri).body(axum::body::Body::empty()).map_err(|e| e.to_string())?;
-            let response = router.oneshot(request).await.map_err(|e| e.to_string())?;
-            if !response.status().is_success() {
-                return Err(format!("{uri} answered {}", response.status()));
-            }
-            Ok::<_, String>(started.elapsed().as_secs_f64() * 1e3)
-        }
-    };
-    page_ms("/").await?;
-    let (page_first, page_pending) = (page_ms("/").await?, page_ms("/?state=pending").await?);
+    page_ms(&router, "/").await?;
+    let (page_first, page_pending) = (page_ms(&router, "/").await?, page_ms(&router, "/?state=pending").await?);
     println!(
         "{{\"workload\":\"list\",\"store\":\"{}\",\"n\":{},\"first_page_ms\":{first_ms:.1},\"pending_page_ms\":{pending_ms:.1},\"rare_ms\":{rare_ms:.1},\"rare_calls\":{rare_calls},\"dashboard_page_ms\":{page_first:.1},\"dashboard_pending_page_ms\":{page_pending:.1}}}",
         args.store, args.n
@@ -437,28 +424,14 @@ async fn run_page(store: &Arc<dyn Store>, args: &Args) -> Result<(), String> {
     store.import(family("big".into(), args.n - 1)).await.map_err(|e| e.to_string())?;
     let fill_s = started.elapsed().as_secs_f64();
     let router = durable::dashboard::Dashboard::new(store.clone()).router();
-    let page = |uri: &'static str| {
-        let router = router.clone();
-        async move {
-            use tower::ServiceExt;
-            let started = Instant::now();
-            let request = axum::http::Request::get(uri).body(axum::body::Body::empty()).map_err(|e| e.to_string())?;
-            let response = router.oneshot(request).await.map_err(|e| e.to_string())?;
-            if !response.status().is_success() {
-                return Err(format!("{uri} answered {}", response.status()));
-            }
-            axum::body::to_bytes(response.into_body(), usize::MAX).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(started.elapsed().as_secs_f64() * 1e3)
-        }
-    };
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     let (mut alone, mut list_alone) = (Vec::new(), Vec::new());
     for _ in 0..5 {
-        alone.push(page("/invocation?id=big").await?);
-        list_alone.push(page("/").await?);
+        alone.push(page_ms(&router, "/invocation?id=big").await?);
+        list_alone.push(page_ms(&router, "/").await?);
     }
     // A read every ms for half a second with nothing else to do: the store's own
     // hiccups, to compare with.
@@ -471,16 +444,10 @@ async fn run_page(store: &Arc<dyn Store>, args: &Args) -> Result<(), String> {
     }
     // The big page drawn over and over; meanwhile list pages, and a read every ms.
     let drawing = tokio::spawn({
-        let page = page("/invocation?id=big");
-        let again = router.clone();
+        let router = router.clone();
         async move {
-            page.await?;
-            for _ in 0..4 {
-                use tower::ServiceExt;
-                let request = axum::http::Request::get("/invocation?id=big")
-                    .body(axum::body::Body::empty())
-                    .map_err(|e| e.to_string())?;
-                again.clone().oneshot(request).await.map_err(|e| e.to_string())?;
+            for _ in 0..5 {
+                page_ms(&router, "/invocation?id=big").await?;
             }
             Ok::<_, String>(())
         }
@@ -494,7 +461,7 @@ async fn run_page(store: &Arc<dyn Store>, args: &Args) -> Result<(), String> {
         read_late = read_late.max(due.elapsed().as_secs_f64() * 1e3);
         if list_during.len() < 20 {
             // From when it was due: the wait for the thread counts.
-            page("/").await?;
+            page_ms(&router, "/").await?;
             list_during.push(due.elapsed().as_secs_f64() * 1e3);
         }
     }
@@ -509,6 +476,19 @@ async fn run_page(store: &Arc<dyn Store>, args: &Args) -> Result<(), String> {
         list_during.iter().copied().fold(0.0, f64::max),
     );
     Ok(())
+}
+
+/// How long the dashboard's page at `uri` takes, answered and read whole, in ms.
+async fn page_ms(router: &axum::Router, uri: &str) -> Result<f64, String> {
+    use tower::ServiceExt;
+    let started = Instant::now();
+    let request = axum::http::Request::get(uri).body(axum::body::Body::empty()).map_err(|e| e.to_string())?;
+    let response = router.clone().oneshot(request).await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("{uri} answered {}", response.status()));
+    }
+    axum::body::to_bytes(response.into_body(), usize::MAX).await.map_err(|e| e.to_string())?;
+    Ok(started.elapsed().as_secs_f64() * 1e3)
 }
 
 /// One sample of a soak.
