@@ -45,6 +45,8 @@ pub struct FaultyStore {
     random: Option<(u64, u64, bool)>,
     calls: AtomicUsize,
     injected: AtomicUsize,
+    /// Until when every operation waits before it starts.
+    stalled_until: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl FaultyStore {
@@ -56,7 +58,16 @@ impl FaultyStore {
             random: None,
             calls: AtomicUsize::new(0),
             injected: AtomicUsize::new(0),
+            stalled_until: Mutex::new(None),
         }
+    }
+
+    /// Holds every operation that starts within the next `d` until `d` has passed, as
+    /// an operating system's pause of the process or a network partition would: its
+    /// heartbeats stop reaching the store, so its leases end, and what it was
+    /// writing arrives after others may have claimed its tasks.
+    pub fn stall(&self, d: Duration) {
+        *self.stalled_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now() + d);
     }
 
     /// Also injects a fault into each operation with probability `per_thousand` /
@@ -106,6 +117,10 @@ impl FaultyStore {
     }
 
     async fn op<T>(&self, name: &str, op: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        let stalled = *self.stalled_until.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(until) = stalled.filter(|until| *until > tokio::time::Instant::now()) {
+            tokio::time::sleep_until(until).await;
+        }
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let fault = self.faults.lock().unwrap_or_else(|e| e.into_inner()).get(&n).copied().or_else(|| self.drawn(n));
         let injected = || {

@@ -160,3 +160,16 @@ async fn the_whole_suite_fails_on_each_broken_store() {
         tokio::spawn(durable_testkit::conformance::check(|| async { Arc::new(Broken::default()) as Arc<dyn Store> }));
     fine.await.expect("the unbroken wrapper conforms");
 }
+
+/// The simulation sees what a store that ignores the fence lets through: a stalled
+/// worker's writes, taken after another claimed its task (seeds of the first 40 that
+/// show it; on MemoryStore a seed replays exactly).
+#[test]
+fn the_simulation_catches_a_store_that_ignores_the_fence() {
+    let broken = || Arc::new(Broken { ignore_fences: true, ..Broken::default() }) as Arc<dyn Store>;
+    let run = |seed| durable_testkit::block_on(durable_testkit::simulation::Simulation::new(seed).store(broken).run());
+    let failure = run(28).expect_err("seed 28 on a store that ignores fences passed");
+    assert!(failure.invariant.contains("was taken after the task was claimed"), "{failure}");
+    let failure = run(7).expect_err("seed 7 on a store that ignores fences passed");
+    assert!(failure.invariant.contains("ran again after its result was recorded"), "{failure}");
+}

@@ -112,7 +112,7 @@ fn the_crash_free_result_is_what_the_workflow_computes() {
 }
 
 /// Random schedules per run: `DURABLE_SWEEP_CASES`, or 48 (seconds here; `.ci/run`
-/// runs 1,024 in a release build as a step of its own).
+/// runs 512 in a release build as a step of its own).
 fn cases() -> u32 {
     std::env::var("DURABLE_SWEEP_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(48)
 }

@@ -28,25 +28,35 @@ fn durable_binary() -> PathBuf {
     binary
 }
 
-/// Runs the `durable` command on a schema, off the runtime's thread; asserts success
-/// and gives its output.
-async fn durable(schema: &str, args: &[&str]) -> String {
+/// Runs the `durable` command on a schema, off the runtime's thread.
+async fn run_durable(schema: &str, args: &[&str]) -> Output {
     let mut command = Command::new(durable_binary());
     command.args(["--store", &url(), "--schema", schema]).args(args);
-    let out = tokio::task::spawn_blocking(move || command.output().expect("run durable")).await.unwrap();
+    tokio::task::spawn_blocking(move || command.output().expect("run durable")).await.unwrap()
+}
+
+/// Runs the `durable` command on a schema; asserts success and gives its output.
+async fn durable(schema: &str, args: &[&str]) -> String {
+    let out = run_durable(schema, args).await;
     assert!(out.status.success(), "durable {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("UTF-8")
 }
 
-/// Runs `durable` until its output satisfies `done`; gives that output.
+/// Runs `durable` until it succeeds with output that satisfies `done` (the processes
+/// just started make the store); gives that output.
 async fn until(schema: &str, args: &[&str], done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = durable(schema, args).await;
-        if done(&out) {
-            return out;
+        let out = run_durable(schema, args).await;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && done(&text) {
+            return text;
         }
-        assert!(Instant::now() < deadline, "durable {args:?} never showed what was awaited; last: {out}");
+        assert!(
+            Instant::now() < deadline,
+            "durable {args:?} never showed what was awaited; last: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

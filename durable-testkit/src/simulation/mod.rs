@@ -176,6 +176,8 @@ struct Slot {
     group: &'static str,
     pid: String,
     durable: Option<Durable>,
+    /// Its way to the store, which a stall holds up.
+    line: Arc<FaultyStore>,
 }
 
 /// What an invocation must end as.
@@ -278,7 +280,12 @@ impl<'a> Run<'a> {
         let client = Durable::builder().store(observed.clone()).group("client").build().expect("a client runtime");
         let slots = [("a", "a1"), ("a", "a2"), ("b", "b1")]
             .into_iter()
-            .map(|(group, pid)| Slot { group, pid: pid.into(), durable: None })
+            .map(|(group, pid)| Slot {
+                group,
+                pid: pid.into(),
+                durable: None,
+                line: Arc::new(FaultyStore::new(faulty.clone())),
+            })
             .collect();
         Run {
             sim,
@@ -340,7 +347,7 @@ impl<'a> Run<'a> {
     async fn simulate(&mut self) -> Result<Summary, SimFailure> {
         for i in 0..self.slots.len() {
             let slot = &self.slots[i];
-            let durable = self.worker(slot.group, &slot.pid.clone(), self.faulty.clone());
+            let durable = self.worker(slot.group, &slot.pid.clone(), slot.line.clone());
             self.slots[i].durable = Some(durable);
         }
         for _ in 0..self.sim.steps {
@@ -363,6 +370,7 @@ impl<'a> Run<'a> {
             67..69 if !self.patched => self.deploy(),
             69..72 => self.resume().await,
             72..76 => self.restart().await,
+            76..79 => self.stall(),
             _ => self.note("quiet", String::new()),
         }
         Ok(())
@@ -418,7 +426,7 @@ impl<'a> Run<'a> {
             self.slots[i].pid = format!("{group}{}", 10 + self.rng.below(1000));
         }
         let pid = self.slots[i].pid.clone();
-        let durable = self.worker(group, &pid, self.faulty.clone());
+        let durable = self.worker(group, &pid, self.slots[i].line.clone());
         self.slots[i].durable = Some(durable);
         self.note("crash and restart", format!("{old} restarted as {pid}"));
     }
@@ -496,12 +504,19 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// A worker stops reaching the store for two leases, then goes on where it was.
+    fn stall(&mut self) {
+        let i = self.rng.below(self.slots.len() as u64) as usize;
+        self.slots[i].line.stall(2 * LEASE);
+        self.note("stall", format!("{} reaches the store again in {:?}", self.slots[i].pid, 2 * LEASE));
+    }
+
     fn deploy(&mut self) {
         self.patched = true;
         for i in 0..self.slots.len() {
             self.slots[i].durable = None;
             let (group, pid) = (self.slots[i].group, self.slots[i].pid.clone());
-            self.slots[i].durable = Some(self.worker(group, &pid, self.faulty.clone()));
+            self.slots[i].durable = Some(self.worker(group, &pid, self.slots[i].line.clone()));
         }
         self.note("deploy", "every worker now runs the flow with a patch".into());
     }

@@ -1,6 +1,6 @@
 //! A store wrapper that watches every answer for what must never happen: a settled
-//! promise that changes, a promise created a second time, a task that waits too long
-//! for a worker. Every call it passes on takes no virtual time.
+//! promise that changes, a promise created a second time, a write taken under a fence
+//! a newer claim superseded, a task that waits too long for a worker. Every call it passes on takes no virtual time.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -24,6 +24,8 @@ struct Seen {
     waiting: HashMap<String, Millis>,
     /// The longest a task waited for a claim, and which.
     longest_wait: (Millis, String),
+    /// The newest version each task was seen claimed at.
+    claimed: HashMap<String, u64>,
     violations: Vec<String>,
 }
 
@@ -112,7 +114,39 @@ impl Observed {
         self.observe(&created.promise);
     }
 
+    /// Records that a worker holds `task` at `version`.
+    fn holds(&self, task: &str, version: u64) {
+        let mut seen = self.seen();
+        let newest = seen.claimed.entry(task.to_owned()).or_default();
+        *newest = (*newest).max(version);
+    }
+
+    /// A write under `fence` that the store took: one under a fence older than a
+    /// claim seen before it was sent is a holder the store should have refused. Only
+    /// a call answered at once is judged: on one thread it ran whole between the calls
+    /// around it, while one that waited (for a disk, a server) may have run before a
+    /// claim it is answered after.
+    fn fenced_write(&self, what: &str, fence: Option<&Fence>, newest_before: Option<u64>, at_once: bool) {
+        if let (Some(fence), Some(newest), true) = (fence, newest_before, at_once)
+            && fence.version < newest
+        {
+            let message = format!(
+                "a {what} under {}'s fence of version {} was taken after the task was claimed at version {newest}",
+                fence.task, fence.version
+            );
+            self.seen().violations.push(message);
+        }
+    }
+
+    /// The newest claim of `fence`'s task seen so far.
+    fn newest(&self, fence: Option<&Fence>) -> Option<u64> {
+        fence.and_then(|f| self.seen().claimed.get(&f.task).copied())
+    }
+
     fn claimed(&self, acquired: &[Acquired], now: Millis) {
+        for a in acquired {
+            self.holds(&a.task.id, a.task.version);
+        }
         let mut seen = self.seen();
         for a in acquired {
             if let Some(since) = seen.waiting.remove(&a.task.id) {
@@ -131,12 +165,18 @@ impl Observed {
 /// and timers expire during each of its answers. (A call that answers at once costs
 /// nothing more.)
 async fn instant<T>(f: impl Future<Output = T>) -> T {
+    timed(f).await.0
+}
+
+/// [`instant`], and whether the call was answered at once (at its first poll).
+async fn timed<T>(f: impl Future<Output = T>) -> (T, bool) {
     let mut f = std::pin::pin!(f);
+    let mut at_once = true;
     loop {
         tokio::select! {
             biased;
-            out = &mut f => return out,
-            () = tokio::task::yield_now() => {}
+            out = &mut f => return (out, at_once),
+            () = tokio::task::yield_now() => at_once = false,
         }
     }
 }
@@ -149,14 +189,23 @@ impl Store for Observed {
 
     async fn create(&self, req: CreatePromise) -> Result<Created, StoreError> {
         let ready = req.task.as_ref().is_some_and(|t| t.acquire.is_none());
-        let created = instant(self.inner.create(req)).await?;
+        let (fence, newest) = (req.fence.clone(), self.newest(req.fence.as_ref()));
+        let (created, at_once) = timed(self.inner.create(req)).await;
+        let created = created?;
+        self.fenced_write("create", fence.as_ref(), newest, at_once);
+        if let Some(task) = &created.acquired {
+            self.holds(&task.id, task.version);
+        }
         let now = instant(self.inner.now()).await?;
         self.created(&created, now, ready);
         Ok(created)
     }
 
     async fn settle(&self, req: SettlePromise) -> Result<Promise, StoreError> {
-        let p = instant(self.inner.settle(req)).await?;
+        let (fence, newest) = (req.fence.clone(), self.newest(req.fence.as_ref()));
+        let (p, at_once) = timed(self.inner.settle(req)).await;
+        let p = p?;
+        self.fenced_write("settle", fence.as_ref(), newest, at_once);
         self.observe(&p);
         Ok(p)
     }
@@ -212,7 +261,10 @@ impl Store for Observed {
 
     async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError> {
         let retry = matches!(how, Release::Retry { delay: 0, .. });
-        instant(self.inner.release(fence, how)).await?;
+        let newest = self.newest(Some(fence));
+        let (released, at_once) = timed(self.inner.release(fence, how)).await;
+        released?;
+        self.fenced_write("release", Some(fence), newest, at_once);
         if retry {
             let now = instant(self.inner.now()).await?;
             self.seen().waiting.insert(fence.task.clone(), now);
@@ -221,7 +273,11 @@ impl Store for Observed {
     }
 
     async fn suspend(&self, fence: &Fence, awaiting: &[String]) -> Result<bool, StoreError> {
-        instant(self.inner.suspend(fence, awaiting)).await
+        let newest = self.newest(Some(fence));
+        let (suspended, at_once) = timed(self.inner.suspend(fence, awaiting)).await;
+        let suspended = suspended?;
+        self.fenced_write("suspend", Some(fence), newest, at_once);
+        Ok(suspended)
     }
 
     async fn resume_halted(&self, group: &str, code: &BTreeMap<String, u64>) -> Result<usize, StoreError> {
