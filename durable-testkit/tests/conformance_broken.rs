@@ -167,7 +167,10 @@ async fn the_whole_suite_fails_on_each_broken_store() {
 #[test]
 fn the_simulation_catches_a_store_that_ignores_the_fence() {
     let broken = || Arc::new(Broken { ignore_fences: true, ..Broken::default() }) as Arc<dyn Store>;
-    let run = |seed| durable_testkit::block_on(durable_testkit::simulation::Simulation::new(seed).store(broken).run());
+    let run = |seed| {
+        let simulation = durable_testkit::simulation::Simulation::new(seed).stalls(true).store(broken);
+        durable_testkit::block_on(simulation.run())
+    };
     let failure = run(28).expect_err("seed 28 on a store that ignores fences passed");
     assert!(failure.invariant.contains("was taken after the task was claimed"), "{failure}");
     let failure = run(7).expect_err("seed 7 on a store that ignores fences passed");
