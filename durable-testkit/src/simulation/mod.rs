@@ -224,8 +224,6 @@ impl Simulation {
         self
     }
 
-    /// The longest a task may wait for a worker ([`MAX_WAIT`] unless set); `None`
-    /// checks no bound (for a workload whose functions run longer than that).
     /// Also stalls a worker now and then: its store calls are held for two leases
     /// ([`FaultyStore::stall`]), so its leases end and its writes arrive after others
     /// claimed its tasks. Off by default: a stalled holder whose retry wait ends after
@@ -236,6 +234,8 @@ impl Simulation {
         self
     }
 
+    /// The longest a task may wait for a worker ([`MAX_WAIT`] unless set); `None`
+    /// checks no bound (for a workload whose functions run longer than that).
     pub fn max_wait(mut self, max_wait: Option<Duration>) -> Simulation {
         self.max_wait = max_wait;
         self
