@@ -40,6 +40,7 @@ where
     search_pages_with_a_cursor(&*make().await).await;
     invocations_list_newest_first_by_state_function_tags_and_time(&*make().await).await;
     claim_returns_the_preload(&*make().await).await;
+    tasks_are_read_a_page_at_once(&*make().await).await;
     writes_are_fenced_on_the_task_version(&*make().await).await;
     heartbeats_keep_leases(&*make().await).await;
     release_halt_and_resume(make().await).await;
@@ -374,6 +375,30 @@ pub async fn claim_returns_the_preload(store: &dyn Store) {
     let mut preload: Vec<_> = again.preload.iter().map(|p| p.id.as_str()).collect();
     preload.sort_unstable();
     assert_eq!(preload, ["root.1", "root.10"], "the preload is the settled promises under the root");
+}
+
+/// `tasks` reads what `task` reads, for many ids at once: pending, acquired and
+/// fulfilled tasks, and nothing for a promise without a task or an id not stored.
+pub async fn tasks_are_read_a_page_at_once(store: &dyn Store) {
+    for (id, group) in [("a", "g"), ("b", "g"), ("c", "h")] {
+        store.create(with_task(id, group)).await.expect("create");
+    }
+    store.create(call("d")).await.expect("create");
+    let held = claim_one(store, "g", "p1", 10_000).await.expect("a ready task");
+    store.settle(settle("c", State::Resolved, "1")).await.expect("settle");
+    let ids: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).into();
+    let mut read = store.tasks(&ids).await.expect("tasks");
+    read.sort_by(|x, y| x.id.cmp(&y.id));
+    let mut one_by_one = Vec::new();
+    for id in &ids {
+        one_by_one.extend(store.task(id).await.expect("task"));
+    }
+    assert_eq!(read, one_by_one, "tasks reads each task as task does");
+    let states: Vec<_> = read.iter().map(|t| (t.id.as_str(), t.state)).collect();
+    assert!(states.contains(&(held.task.id.as_str(), TaskState::Acquired)), "{states:?}");
+    assert!(states.contains(&("c", TaskState::Fulfilled)), "a settled promise's task is fulfilled: {states:?}");
+    assert_eq!(read.len(), 3, "no task for a promise without one or an id not stored: {states:?}");
+    assert!(store.tasks(&[]).await.expect("no ids").is_empty());
 }
 
 /// A task that lost its lease and was acquired again refuses every write of the old

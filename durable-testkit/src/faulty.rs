@@ -177,6 +177,10 @@ impl Store for FaultyStore {
         self.op("task", self.inner.task(id)).await
     }
 
+    async fn tasks(&self, ids: &[String]) -> Result<Vec<Task>, StoreError> {
+        self.op("tasks", self.inner.tasks(ids)).await
+    }
+
     async fn claim(&self, claim: Claim) -> Result<Vec<Acquired>, StoreError> {
         self.op("claim", self.inner.claim(claim)).await
     }

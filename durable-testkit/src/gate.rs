@@ -184,6 +184,10 @@ impl Store for Gate {
         self.read(self.inner.task(id)).await
     }
 
+    async fn tasks(&self, ids: &[String]) -> Result<Vec<Task>, StoreError> {
+        self.read(self.inner.tasks(ids)).await
+    }
+
     async fn claim(&self, claim: Claim) -> Result<Vec<Acquired>, StoreError> {
         let acquired = self.read(self.inner.claim(claim)).await?;
         for a in &acquired {

@@ -28,6 +28,11 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 4 << 20;
 /// holds days of work, not all of it.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// How many promises, or their tasks, an operator's read asks the store for at once:
+/// few enough that one read holds the store (and, on sled, the thread) for a few
+/// milliseconds at most.
+const READ_PAGE: usize = 256;
+
 /// The durable runtime of one process: it starts invocations, executes the tasks of its
 /// group, keeps their leases, and applies deadlines.
 ///
@@ -556,8 +561,8 @@ fn shown_under(p: &Promise) -> Option<&str> {
 
 /// Call order: by the last id segment, numbers as numbers, a retry's wait after the
 /// calls of the attempt before it.
-fn call_order(p: &Promise) -> (bool, bool, Option<u64>, String) {
-    let last = p.id.rsplit('.').next().unwrap_or_default().to_owned();
+fn call_order(p: &Promise) -> (bool, bool, Option<u64>, &str) {
+    let last = p.id.rsplit('.').next().unwrap_or_default();
     let number = last.trim_start_matches('r').parse::<u64>().ok();
     (number.is_none(), last.starts_with('r'), number, last)
 }
@@ -754,13 +759,11 @@ impl<'a> Promises<'a> {
     /// Every pending promise, with its task if it has one, in id order: the read
     /// behind the operator's questions (unserved tasks, halted invocations, queues).
     pub(crate) async fn pending(&self) -> Result<Vec<(Promise, Option<Task>)>> {
-        let mut pending = Vec::new();
-        for p in self.search_all(Search { state: Some(State::Pending), ..Search::default() }).await? {
-            let task = match p.param {
-                Param::Call { .. } => self.store.task(&p.id).await?,
-                _ => None,
-            };
-            pending.push((p, task));
+        let promises = self.search_all(Search { state: Some(State::Pending), ..Search::default() }).await?;
+        let mut pending = Vec::with_capacity(promises.len());
+        for page in promises.chunks(READ_PAGE) {
+            let mut tasks = self.tasks_of(page).await?;
+            pending.extend(page.iter().map(|p| (p.clone(), tasks.remove(&p.id))));
         }
         Ok(pending)
     }
@@ -833,6 +836,7 @@ impl<'a> Promises<'a> {
                     under.entry(shown).or_default().push(at);
                 }
             }
+            tokio::task::yield_now().await;
             let mut next = 0;
             while next < order.len() {
                 let mut children = under.remove(family[order[next].0].id.as_str()).unwrap_or_default();
@@ -850,15 +854,17 @@ impl<'a> Promises<'a> {
         let mut family: Vec<Option<Promise>> = family.into_iter().map(Some).collect();
         let mut nodes = Vec::with_capacity(order.len());
         let mut parents = Vec::with_capacity(order.len());
-        for (n, (at, parent)) in order.into_iter().enumerate() {
-            let promise = family[at].take().expect("each promise is placed once");
-            nodes.push(self.node(promise).await?);
-            parents.push(parent);
-            // A store that answers at once never makes this wait: let the thread's
-            // other work run now and then, whatever the invocation's size.
-            if n % 64 == 63 {
-                tokio::task::yield_now().await;
+        // The tasks a page of promises at a time, in one read each.
+        for page in order.chunks(READ_PAGE) {
+            let promises: Vec<Promise> =
+                page.iter().map(|(at, _)| family[*at].take().expect("each promise is placed once")).collect();
+            let mut tasks = self.tasks_of(&promises).await?;
+            for (promise, (_, parent)) in promises.into_iter().zip(page) {
+                let task = tasks.remove(&promise.id);
+                nodes.push(Node { promise, task, children: Vec::new() });
+                parents.push(*parent);
             }
+            tokio::task::yield_now().await;
         }
         while nodes.len() > 1 {
             let mut node = nodes.pop().expect("more than one");
@@ -874,9 +880,14 @@ impl<'a> Promises<'a> {
         Ok(Some(root))
     }
 
-    async fn node(&self, promise: Promise) -> Result<Node> {
-        let task = self.store.task(&promise.id).await?;
-        Ok(Node { promise, task, children: Vec::new() })
+    /// The tasks of `promises` (those that call a function), by id, in one read.
+    async fn tasks_of(&self, promises: &[Promise]) -> Result<HashMap<String, Task>> {
+        let calls: Vec<String> =
+            promises.iter().filter(|p| matches!(p.param, Param::Call { .. })).map(|p| p.id.clone()).collect();
+        if calls.is_empty() {
+            return Ok(HashMap::new());
+        }
+        Ok(self.store.tasks(&calls).await?.into_iter().map(|t| (t.id.clone(), t)).collect())
     }
 
     /// The promises that wait for someone outside (`ctx.promise()`, or created by
@@ -888,9 +899,7 @@ impl<'a> Promises<'a> {
 
     /// Every promise `search` finds, page after page.
     async fn search_all(&self, mut search: Search) -> Result<Vec<Promise>> {
-        // Pages small enough that reading one holds the store (and, on sled, the
-        // thread) for a few milliseconds at most.
-        search.limit = 1000;
+        search.limit = READ_PAGE;
         let mut all = Vec::new();
         loop {
             let page = self.store.search(search.clone()).await?;

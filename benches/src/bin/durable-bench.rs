@@ -399,8 +399,8 @@ async fn run_list(store: &Arc<dyn Store>, args: &Args) -> Result<(), String> {
 /// Fills the store with `args.around` promises in families of 1,000 and one
 /// invocation `big` of `args.n` promises, then times the dashboard's page of `big`
 /// alone, the list page alone, and, while `big`'s page is drawn again and again, how
-/// late a list page and a store read every millisecond come (the delay an embedding
-/// service sees), all on one thread.
+/// late a list page, a store read every millisecond and a timer every millisecond
+/// come (the delay an embedding service sees), all on one thread.
 async fn run_page(store: &Arc<dyn Store>, args: &Args) -> Result<(), String> {
     use durable::store::CreatePromise;
     let family = |root: String, children: u64| {
@@ -437,37 +437,64 @@ async fn run_page(store: &Arc<dyn Store>, args: &Args) -> Result<(), String> {
     // hiccups, to compare with.
     let (mut idle_late, mut due) = (0f64, tokio::time::Instant::now());
     for _ in 0..500 {
-        due += Duration::from_millis(1);
+        due = due.max(tokio::time::Instant::now()) + Duration::from_millis(1);
         tokio::time::sleep_until(due).await;
         store.get("fill-0").await.map_err(|e| e.to_string())?;
         idle_late = idle_late.max(due.elapsed().as_secs_f64() * 1e3);
     }
     // The big page drawn over and over; meanwhile list pages, and a read every ms.
+    let drawn = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let drawing = tokio::spawn({
-        let router = router.clone();
+        let (router, drawn) = (router.clone(), drawn.clone());
         async move {
             for _ in 0..5 {
                 page_ms(&router, "/invocation?id=big").await?;
             }
+            drawn.store(true, std::sync::atomic::Ordering::Relaxed);
             Ok::<_, String>(())
         }
     });
-    let (mut list_during, mut read_late) = (Vec::new(), 0f64);
-    let mut due = tokio::time::Instant::now();
+    // How late a timer fires (µs): how long the thread is held, whatever the store does.
+    let timer_late = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ticking = tokio::spawn({
+        let timer_late = timer_late.clone();
+        async move {
+            let mut due = tokio::time::Instant::now();
+            loop {
+                due += Duration::from_millis(1);
+                tokio::time::sleep_until(due).await;
+                timer_late.fetch_max(due.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    // List pages one after another, each timed from its start.
+    let listing = tokio::spawn({
+        let (router, drawn) = (router.clone(), drawn.clone());
+        async move {
+            let mut during = Vec::new();
+            while !drawn.load(std::sync::atomic::Ordering::Relaxed) {
+                during.push(page_ms(&router, "/").await?);
+                // A store that answers at once never makes this wait.
+                tokio::task::yield_now().await;
+            }
+            Ok::<_, String>(during)
+        }
+    });
+    // A read due every millisecond, each timed from when it was due (a late one does
+    // not make the next late).
+    let (mut read_late, mut due) = (0f64, tokio::time::Instant::now());
     while !drawing.is_finished() {
-        due += Duration::from_millis(1);
+        due = due.max(tokio::time::Instant::now()) + Duration::from_millis(1);
         tokio::time::sleep_until(due).await;
         store.get("fill-0").await.map_err(|e| e.to_string())?;
         read_late = read_late.max(due.elapsed().as_secs_f64() * 1e3);
-        if list_during.len() < 20 {
-            // From when it was due: the wait for the thread counts.
-            page_ms(&router, "/").await?;
-            list_during.push(due.elapsed().as_secs_f64() * 1e3);
-        }
     }
+    let list_during = listing.await.map_err(|e| e.to_string())??;
     drawing.await.map_err(|e| e.to_string())??;
+    ticking.abort();
+    let timer_late = timer_late.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e3;
     println!(
-        "{{\"workload\":\"page\",\"store\":\"{}\",\"n\":{},\"around\":{},\"fill_s\":{fill_s:.1},\"page_ms\":{:.1},\"list_ms\":{:.1},\"list_during_ms_max\":{:.1},\"read_late_ms_max\":{read_late:.1},\"read_late_idle_ms_max\":{idle_late:.1}}}",
+        "{{\"workload\":\"page\",\"store\":\"{}\",\"n\":{},\"around\":{},\"fill_s\":{fill_s:.1},\"page_ms\":{:.1},\"list_ms\":{:.1},\"list_during_ms_max\":{:.1},\"read_late_ms_max\":{read_late:.1},\"timer_late_ms_max\":{timer_late:.1},\"read_late_idle_ms_max\":{idle_late:.1}}}",
         args.store,
         args.n,
         args.around,

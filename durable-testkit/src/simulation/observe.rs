@@ -244,6 +244,10 @@ impl Store for Observed {
         instant(self.inner.task(id)).await
     }
 
+    async fn tasks(&self, ids: &[String]) -> Result<Vec<Task>, StoreError> {
+        instant(self.inner.tasks(ids)).await
+    }
+
     async fn claim(&self, claim: Claim) -> Result<Vec<Acquired>, StoreError> {
         let acquired = instant(self.inner.claim(claim)).await?;
         let now = instant(self.inner.now()).await?;

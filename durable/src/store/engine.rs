@@ -151,6 +151,17 @@ impl<L: Log> Engine<L> {
         self.read(|core, _| core.task(id)).await
     }
 
+    pub(crate) async fn tasks(&self, ids: &[String]) -> Result<Vec<Task>, StoreError> {
+        self.read(|core, _| {
+            let mut tasks = Vec::new();
+            for id in ids {
+                tasks.extend(core.task(id)?);
+            }
+            Ok(tasks)
+        })
+        .await
+    }
+
     pub(crate) async fn claim(&self, claim: Claim) -> Result<Vec<Acquired>, StoreError> {
         self.write(|core, now| core.claim(&claim, now)).await
     }
@@ -281,6 +292,9 @@ macro_rules! engine_store {
             }
             async fn task(&self, id: &str) -> Result<Option<$crate::Task>, $crate::StoreError> {
                 self.engine.task(id).await
+            }
+            async fn tasks(&self, ids: &[String]) -> Result<Vec<$crate::Task>, $crate::StoreError> {
+                self.engine.tasks(ids).await
             }
             async fn claim(
                 &self,

@@ -427,6 +427,18 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// Reads a task.
     async fn task(&self, id: &str) -> Result<Option<Task>, StoreError>;
 
+    /// Reads the tasks of those of `ids` (each named once) that have one, in no
+    /// particular order, in one read: what an operator's page of promises shows beside them.
+    /// Pass a page of ids at a time (up to [`MAX_PAGE`]). The default reads them one
+    /// by one with [`Store::task`].
+    async fn tasks(&self, ids: &[String]) -> Result<Vec<Task>, StoreError> {
+        let mut tasks = Vec::new();
+        for id in ids {
+            tasks.extend(self.task(id).await?);
+        }
+        Ok(tasks)
+    }
+
     /// Acquires up to `max` ready tasks of a group.
     async fn claim(&self, claim: Claim) -> Result<Vec<Acquired>, StoreError>;
 

@@ -35,6 +35,8 @@ const FORMAT: &[u8] = b"5";
 /// A write-ahead log segment this long is applied to sled and a new one begun. It
 /// bounds the memory the overlay of finished records not yet in sled takes.
 const SEGMENT_LIMIT: u64 = 8 << 20;
+/// At most this many of the overlay's records are copied at once by a scan.
+const OVERLAY_WINDOW: usize = 256;
 /// sled's page cache: finished records are read from it.
 const CACHE: u64 = 64 << 20;
 
@@ -433,42 +435,60 @@ impl SledCold {
     /// The records from `start` on whose keys start with `prefix`, in key order: the
     /// overlay's over sled's.
     fn scan(&self, start: Bound<&[u8]>, prefix: &[u8], each: &mut Visit<'_>) -> Result<(), StoreError> {
-        // The overlay first: a record a checkpoint moves from it to sled meanwhile is
-        // then in sled.
-        let overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner()).range(start, prefix);
-        let mut overlay = overlay.into_iter().peekable();
-        let mut sled = self
-            .records
-            .range::<&[u8], _>((start, Bound::Unbounded))
-            .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
-            .peekable();
+        let mut from = start.map(<[u8]>::to_vec);
         loop {
-            let next_sled = match sled.peek() {
-                Some(Ok((k, _))) => Some(k.to_vec()),
-                Some(Err(_)) => return Err(StoreError::backend(sled.next().expect("peeked").unwrap_err())),
-                None => None,
+            // A window of keys at a time, the overlay's first: a record a checkpoint
+            // moves from it to sled meanwhile is then in sled's part of the window,
+            // read after. A window holds at most `OVERLAY_WINDOW` of the overlay's
+            // records, so a scan that stops early copies few of them, however many
+            // the overlay holds.
+            let overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner()).range(
+                from.as_ref().map(Vec::as_slice),
+                prefix,
+                OVERLAY_WINDOW,
+            );
+            let end = match overlay.last() {
+                Some((k, _)) if overlay.len() == OVERLAY_WINDOW => Bound::Included(k.clone()),
+                _ => Bound::Unbounded,
             };
-            let from_overlay = match (overlay.peek(), &next_sled) {
-                (Some((ok, _)), Some(sk)) => ok <= sk,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => return Ok(()),
-            };
-            let flow = if from_overlay {
-                let (k, v) = overlay.next().expect("peeked");
-                if next_sled.as_deref() == Some(k.as_slice()) {
-                    sled.next();
+            let mut overlay = overlay.into_iter().peekable();
+            let mut sled = self
+                .records
+                .range::<&[u8], _>((from.as_ref().map(Vec::as_slice), end.as_ref().map(Vec::as_slice)))
+                .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+                .peekable();
+            loop {
+                let next_sled = match sled.peek() {
+                    Some(Ok((k, _))) => Some(k.to_vec()),
+                    Some(Err(_)) => return Err(StoreError::backend(sled.next().expect("peeked").unwrap_err())),
+                    None => None,
+                };
+                let from_overlay = match (overlay.peek(), &next_sled) {
+                    (Some((ok, _)), Some(sk)) => ok <= sk,
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                    (None, None) => break,
+                };
+                let flow = if from_overlay {
+                    let (k, v) = overlay.next().expect("peeked");
+                    if next_sled.as_deref() == Some(k.as_slice()) {
+                        sled.next();
+                    }
+                    match v {
+                        Some(v) => each(&k, &v)?,
+                        None => ControlFlow::Continue(()),
+                    }
+                } else {
+                    let (k, v) = sled.next().expect("peeked").map_err(StoreError::backend)?;
+                    each(&k, &v)?
+                };
+                if flow.is_break() {
+                    return Ok(());
                 }
-                match v {
-                    Some(v) => each(&k, &v)?,
-                    None => ControlFlow::Continue(()),
-                }
-            } else {
-                let (k, v) = sled.next().expect("peeked").map_err(StoreError::backend)?;
-                each(&k, &v)?
-            };
-            if flow.is_break() {
-                return Ok(());
+            }
+            match end {
+                Bound::Included(last) => from = Bound::Excluded(last),
+                _ => return Ok(()),
             }
         }
     }
@@ -720,6 +740,47 @@ mod tests {
         let mut listed = invocations(&store).await;
         listed.sort();
         assert_eq!(listed, ["open0", "open1", "open2", "open3", "open4"], "the purged left the listing too");
+    }
+
+    /// A family's settled promises, odd ones moved to sled by checkpoints, even ones
+    /// still in the overlay (more of them than a scan copies at once).
+    #[tokio::test]
+    async fn a_scan_merges_sled_and_an_overlay_larger_than_its_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let settled = |id: String| {
+            let mut req = CreatePromise::new(id.clone(), Param::call("f", 1, "1".into()));
+            req.parent = (id != "fam").then(|| "fam".to_owned());
+            req.settled = Some((State::Resolved, "1".into()));
+            req
+        };
+        let store = open_small(dir.path(), 4096);
+        store.create(settled("fam".into())).await.unwrap();
+        for k in (1..=1400).step_by(2) {
+            store.create(settled(format!("fam.{k}"))).await.unwrap();
+        }
+        wait_for_checkpoints(dir.path());
+        drop(store);
+        let store = open_small(dir.path(), 64 << 20);
+        for k in (2..=1400).step_by(2) {
+            store.create(settled(format!("fam.{k}"))).await.unwrap();
+        }
+        assert!(store.overlay_len() > 2 * super::OVERLAY_WINDOW, "the overlay holds {}", store.overlay_len());
+        let mut expected: Vec<String> = (1..=1400).map(|k| format!("fam.{k}")).collect();
+        expected.push("fam".into());
+        expected.sort();
+        for limit in [1000, 100, 7] {
+            let (mut ids, mut cursor) = (Vec::new(), None);
+            loop {
+                let search = Search { root: Some("fam".into()), limit, cursor, ..Search::default() };
+                let page = store.search(search).await.unwrap();
+                ids.extend(page.promises.into_iter().map(|p| p.id));
+                match page.cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            assert_eq!(ids, expected, "pages of {limit}: each promise once, in id order");
+        }
     }
 
     #[tokio::test]

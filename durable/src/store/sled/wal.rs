@@ -51,11 +51,13 @@ impl Overlay {
         self.records.get(key).map(|(_, v)| v.as_deref())
     }
 
-    /// The records from `start` on whose keys start with `prefix`, in key order.
-    pub(super) fn range(&self, start: Bound<&[u8]>, prefix: &[u8]) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    /// The first `limit` records from `start` on whose keys start with `prefix`, in
+    /// key order.
+    pub(super) fn range(&self, start: Bound<&[u8]>, prefix: &[u8], limit: usize) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         self.records
             .range::<[u8], _>((start, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
             .map(|(k, (_, v))| (k.clone(), v.clone()))
             .collect()
     }
