@@ -59,7 +59,7 @@ fn generate(f: &DurableFn<'_>, options: &Options) -> TokenStream {
     let ret_assert = quote_spanned!(ret.span()=> #p::assert_payload::<<#ret as #p::Returns>::Ok>(););
     let retry = options.retry.as_ref().map(|r| {
         quote! {
-            fn retry() -> #p::Retry { #r }
+            fn retry() -> ::core::option::Option<#p::Retry> { ::core::option::Option::Some(#r) }
         }
     });
     let timeout = options.timeout.as_ref().map(|t| {

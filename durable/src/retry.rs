@@ -4,10 +4,21 @@ use std::time::Duration;
 
 /// How a function whose body failed is retried.
 ///
-/// A retry runs the body again from the top; its settled children replay, so retrying
-/// a function that made durable calls is safe. Errors made with
+/// A retry is a new attempt: the body runs again from the top, and every durable call
+/// it makes is a new call, under the wait that preceded the attempt (`{id}.r{k}.1`,
+/// …), so a step the failed attempt completed runs again. (A crash is not a retry:
+/// the attempt it interrupted resumes, and its settled calls replay.) Errors made with
 /// [`Error::terminal`](crate::Error::terminal) are never retried. The wait before a
 /// retry is a durable timer: a crash during it does not reset the attempt count.
+///
+/// Which policy applies: the call's (`ctx.lfc(f, x).retry(…)`), else the function's
+/// (`#[durable::function(retry = …)]`), else the default, which depends on what the
+/// failed attempt did:
+/// - an attempt that made no durable call (a step) is retried as
+///   [`Retry::default()`] says: five attempts, one second apart and doubling;
+/// - an attempt that made a durable call (a call, a sleep, a promise) fails for good,
+///   since a retry would run its completed steps again. Give its function a policy to
+///   retry it anyway, knowing that it runs again from the top.
 ///
 /// ```
 /// use std::time::Duration;
@@ -56,7 +67,9 @@ pub enum Retry {
 }
 
 impl Default for Retry {
-    /// Exponential from one second, doubling, capped at one minute, five attempts.
+    /// Exponential from one second, doubling, capped at one minute, five attempts:
+    /// the policy of a function that sets none, for an attempt that made no durable
+    /// call.
     fn default() -> Retry {
         Retry::Exponential {
             initial: Duration::from_secs(1),

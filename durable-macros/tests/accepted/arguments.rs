@@ -28,7 +28,7 @@ async fn all(ctx: &mut Context) -> durable::Result<String> {
 /// Takes a function whose arguments are `A`.
 fn with_args<A, F: Callable<Args = A>>(_: F) {}
 
-fn main() {
+pub(crate) fn run() {
     with_args::<(), _>(zero);
     with_args::<u32, _>(one);
     with_args::<(u32, String, Vec<u32>), _>(three);

@@ -8,7 +8,7 @@ async fn factorial(ctx: &mut Context, n: u64) -> durable::Result<u64> {
     if n <= 1 { Ok(1) } else { Ok(n * ctx.lfc(factorial, n - 1).await?) }
 }
 
-fn main() {
+pub(crate) fn run() {
     assert_eq!(Callable::name(&factorial), "fact");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {

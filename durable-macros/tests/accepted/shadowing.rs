@@ -43,7 +43,7 @@ async fn order(ctx: &mut Context, order: u64) -> durable::Result<Outcome> {
     }
 }
 
-fn main() {
+pub(crate) fn run() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let durable = Durable::builder().store(Arc::new(MemoryStore::new())).register(order).build().unwrap();

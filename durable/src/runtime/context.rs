@@ -51,6 +51,12 @@ impl Context {
         Context { inv, id, prefix, deadline, next: 0, attempt, fresh, scope: Arc::default() }
     }
 
+    /// Whether this attempt made a durable call (or sleep, or promise) under its own
+    /// id.
+    pub(crate) fn made_calls(&self) -> bool {
+        self.next > 0
+    }
+
     /// Which attempt of the body this is, from 1: retries count up, replays of the
     /// same attempt after a crash do not.
     pub fn attempt(&self) -> u32 {
@@ -632,7 +638,7 @@ impl<F: Function, M: sealed::Local> Call<F, M> {
             inv: self.inv,
             id: self.id,
             deadline: timeout_at,
-            retry: self.retry.unwrap_or_else(|| self.f.retry()),
+            retry: self.retry.or_else(|| self.f.retry()),
             func: Arc::new(self.f),
             args: self.args.expect("checked by begin"),
             fresh: new,

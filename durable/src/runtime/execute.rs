@@ -36,7 +36,9 @@ pub(crate) struct Job {
     pub(crate) deadline: Millis,
     pub(crate) func: Arc<dyn Erased>,
     pub(crate) args: String,
-    pub(crate) retry: Retry,
+    /// Its policy, if the call or the function set one; else the default, for an
+    /// attempt that made no durable call.
+    pub(crate) retry: Option<Retry>,
     /// Created just now: no earlier attempt can exist.
     pub(crate) fresh: bool,
     /// For a child whose creation is deferred: turns true once it is created.
@@ -100,6 +102,7 @@ impl Job {
             let span = tracing::debug_span!("attempt", id = %self.id, function = self.func.name(), attempt);
             let result = AssertUnwindSafe(self.func.call(&mut ctx, &self.args)).catch_unwind().instrument(span).await;
             ctx.scope.join().await;
+            let made_calls = ctx.made_calls();
             // A panic fails the attempt, as an `Err` would: the retry policy decides
             // whether another runs, and then the caller gets the error to handle.
             let result = result
@@ -108,8 +111,20 @@ impl Job {
             let (state, value) = match result {
                 Ok(json) => (State::Resolved, json),
                 Err(e) => {
+                    // Unasked, an attempt that made durable calls is not run again:
+                    // its calls would run again, as new ones.
+                    let retry = match self.retry {
+                        Some(retry) => retry,
+                        None if made_calls => {
+                            if e.is_retryable() {
+                                tracing::info!(id = %self.id, error = %e, "not retried: the attempt made durable calls, and its function sets no retry policy");
+                            }
+                            Retry::Never
+                        }
+                        None => Retry::default(),
+                    };
                     if e.is_retryable()
-                        && let Some(delay) = self.retry.delay(attempt)
+                        && let Some(delay) = retry.delay(attempt)
                     {
                         tracing::warn!(id = %self.id, attempt, delay_ms = delay.as_millis() as u64, error = %e, "the attempt failed; the next runs after the delay");
                         self.backoff(attempt, delay).await.ok()?;

@@ -51,9 +51,11 @@ pub trait Callable: Send + Sync + 'static {
     note = "annotate an `async fn` with `#[durable::function]`; a `Remote` function has no body here: call it with `ctx.rfc` or `ctx.rfi`"
 )]
 pub trait Function: Callable + Clone {
-    /// The retry policy of its calls, unless a call sets its own.
-    fn retry(&self) -> Retry {
-        Retry::default()
+    /// The retry policy of its calls, unless a call sets its own; `None` for the
+    /// default, which retries a failed attempt only if it made no durable call
+    /// ([`Retry`] says what an attempt runs again).
+    fn retry(&self) -> Option<Retry> {
+        None
     }
 
     /// Runs the body.
@@ -128,7 +130,7 @@ where
 pub(crate) trait Erased: Send + Sync + 'static {
     fn name(&self) -> &str;
     fn code_digest(&self) -> u64;
-    fn retry(&self) -> Retry;
+    fn retry(&self) -> Option<Retry>;
     /// Decodes the arguments, runs the body, encodes the result.
     fn call<'a>(&'a self, ctx: &'a mut Context, args: &'a str) -> BoxFuture<'a, Result<String>>;
 }
@@ -138,7 +140,7 @@ impl<F: Function> Erased for F {
         Callable::name(self)
     }
 
-    fn retry(&self) -> Retry {
+    fn retry(&self) -> Option<Retry> {
         Function::retry(self)
     }
 
@@ -178,8 +180,8 @@ pub trait Descriptor: Send + Sync + 'static {
         None
     }
 
-    fn retry() -> Retry {
-        Retry::default()
+    fn retry() -> Option<Retry> {
+        None
     }
 
     fn call<'a>(ctx: &'a mut Context, args: Self::Args) -> BoxFuture<'a, Result<Self::Output>>;
@@ -211,7 +213,7 @@ where
     G: Fn() -> D + Clone + Send + Sync + 'static,
     D: Descriptor,
 {
-    fn retry(&self) -> Retry {
+    fn retry(&self) -> Option<Retry> {
         D::retry()
     }
 
