@@ -30,3 +30,27 @@ pub fn crash_point(max_write: usize) -> impl Strategy<Value = CrashPoint> {
 pub fn crash_schedule(max_crashes: usize, max_write: usize) -> impl Strategy<Value = Vec<CrashPoint>> {
     prop::collection::vec(crash_point(max_write), 0..=max_crashes)
 }
+
+/// proptest's configuration for `cases` cases, with a failing case's seed kept in a
+/// file beside the test's source (`tests/foo.rs` keeps `tests/foo.proptest-regressions`,
+/// to commit), which proptest runs first next time. proptest's default looks for the
+/// crate's `lib.rs` or `main.rs`, which an integration test under `tests/` has none
+/// of, and then keeps nothing.
+///
+/// ```
+/// use proptest::prelude::*;
+/// use durable_testkit::strategy::config;
+///
+/// proptest!(config(8), |(x in 0..100i64)| {
+///     prop_assert!(x < 100);
+/// });
+/// ```
+pub fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
+        ..ProptestConfig::default()
+    }
+}

@@ -86,7 +86,7 @@ async fn every_single_crash_point_of_the_calculator_recovers() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(durable_testkit::strategy::config(256))]
 
     #[test]
     fn random_multi_crash_schedules_of_the_calculator_recover(schedule in crash_schedule(4, 44), ops in 1..8usize) {

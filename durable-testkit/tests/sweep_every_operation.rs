@@ -118,7 +118,7 @@ fn cases() -> u32 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(durable_testkit::strategy::config(cases()))]
 
     #[test]
     fn random_multi_crash_schedules_recover(schedule in crash_schedule(4, 40)) {

@@ -167,7 +167,7 @@ fn run(store: impl FnOnce() -> (Arc<dyn Store>, Option<tempfile::TempDir>), task
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(durable_testkit::strategy::config(128))]
 
     #[test]
     fn memory_workers_never_share_a_task(tasks in 1..10usize, ops in prop::collection::vec(op(), 1..200)) {
@@ -176,7 +176,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(durable_testkit::strategy::config(24))]
 
     #[test]
     fn sled_workers_never_share_a_task(tasks in 1..10usize, ops in prop::collection::vec(op(), 1..200)) {

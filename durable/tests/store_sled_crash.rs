@@ -272,7 +272,7 @@ fn write(dir: &Path, count: usize) -> Vec<u64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(durable_testkit::strategy::config(48))]
 
     /// The first `acked` writes were synced; the rest reached the file but no sync did,
     /// so power loss may keep any prefix of their bytes, followed by garbage.
