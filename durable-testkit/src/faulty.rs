@@ -47,6 +47,8 @@ pub struct FaultyStore {
     injected: AtomicUsize,
     /// Until when every operation waits before it starts.
     stalled_until: Mutex<Option<tokio::time::Instant>>,
+    /// Set by [`FaultyStore::kill`]: no operation returns again.
+    killed: std::sync::atomic::AtomicBool,
 }
 
 impl FaultyStore {
@@ -59,7 +61,31 @@ impl FaultyStore {
             calls: AtomicUsize::new(0),
             injected: AtomicUsize::new(0),
             stalled_until: Mutex::new(None),
+            killed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// From now on no operation returns, and none reaches the store: what the store
+    /// sees of a process that was killed. A runtime over it that is then dropped
+    /// stands for a crashed process: it gives nothing back (dropping one otherwise
+    /// releases its tasks), and its tasks wait for their leases to end.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// use durable::Store;
+    /// use durable_testkit::FaultyStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let store = FaultyStore::new(Arc::new(durable::MemoryStore::new()));
+    /// store.kill();
+    /// let read = tokio::time::timeout(Duration::from_millis(10), store.get("x")).await;
+    /// assert!(read.is_err(), "a killed store never answers");
+    /// # }
+    /// ```
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
     }
 
     /// Holds every operation that starts within the next `d` until `d` has passed, as
@@ -117,6 +143,20 @@ impl FaultyStore {
     }
 
     async fn op<T>(&self, name: &str, op: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        self.alive().await;
+        let result = self.faulted(name, op).await;
+        self.alive().await;
+        result
+    }
+
+    /// Never completes once killed.
+    async fn alive(&self) {
+        if self.killed.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    async fn faulted<T>(&self, name: &str, op: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
         let stalled = *self.stalled_until.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(until) = stalled.filter(|until| *until > tokio::time::Instant::now()) {
             tokio::time::sleep_until(until).await;
@@ -146,6 +186,7 @@ impl FaultyStore {
 #[async_trait]
 impl Store for FaultyStore {
     async fn now(&self) -> Result<Millis, StoreError> {
+        self.alive().await;
         self.inner.now().await
     }
 

@@ -89,13 +89,44 @@ impl Life {
     }
 }
 
-impl Drop for Life {
-    fn drop(&mut self) {
+impl Life {
+    /// Stops every execution and returns the tasks they held, to be released.
+    fn stop(&self) -> Vec<Fence> {
         self.stop_background();
-        for task in self.shared.running.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            task.abort();
-        }
+        let running: Vec<_> = self.shared.running.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        let held = running
+            .into_iter()
+            .map(|(fence, task)| {
+                task.abort();
+                fence
+            })
+            .collect();
         self.shared.stopped.send_replace(true);
+        held
+    }
+}
+
+/// Gives back tasks held, so that another worker takes them over at once.
+async fn release_all(store: &dyn Store, held: &[Fence]) {
+    for fence in held {
+        // A release refused by the fence means it was no longer ours anyway.
+        let _ = store.release(fence, Release::Retry { delay: 0, error: None }).await;
+    }
+}
+
+impl Drop for Life {
+    /// Releases what it held on the tokio runtime it is dropped in, if that still
+    /// runs; a runtime that is shutting down runs nothing more, and the tasks then
+    /// wait for their leases to end: call [`Durable::shutdown`] before a process exits.
+    fn drop(&mut self) {
+        let held = self.stop();
+        if held.is_empty() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = self.shared.store.clone();
+            runtime.spawn(async move { release_all(&*store, &held).await });
+        }
     }
 }
 
@@ -228,16 +259,13 @@ impl Durable {
     }
 
     /// Stops taking tasks and gives back the ones held, so that another worker takes
-    /// them over at once.
+    /// them over at once. Call it before a process exits: dropping the last handle
+    /// releases them too, but only if the tokio runtime still runs then, and one
+    /// that is shutting down (at the end of `#[tokio::main]`) runs nothing more,
+    /// leaving them to wait for their leases to end.
     pub async fn shutdown(&self) -> Result<()> {
-        self.life.stop_background();
-        let running: Vec<_> = self.shared.running.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
-        for (fence, task) in running {
-            task.abort();
-            // A release refused by the fence means it was no longer ours anyway.
-            let _ = self.shared.store.release(&fence, Release::Retry { delay: 0, error: None }).await;
-        }
-        self.shared.stopped.send_replace(true);
+        let held = self.life.stop();
+        release_all(&*self.shared.store, &held).await;
         Ok(())
     }
 }

@@ -24,10 +24,11 @@ async fn orchestrate(ctx: &mut Context, key: String) -> durable::Result<u64> {
 
 async fn a_dead_workers_task_is_redelivered_after_its_lease(store: Arc<dyn Store>, key: &str) {
     let client = Durable::builder().store(store.clone()).group("client").register(orchestrate).build().unwrap();
-    let first = Durable::builder().store(store.clone()).group("work").register(work).build().unwrap();
+    let line = common::line(&store);
+    let first = Durable::builder().store(line.clone()).group("work").register(work).build().unwrap();
     let handle = client.run(key, orchestrate, key.into()).await.unwrap();
     arrived(key).await;
-    drop(first);
+    common::crash(first, &line);
     open(key);
     let started = tokio::time::Instant::now();
     let _second = Durable::builder().store(store.clone()).group("work").register(work).build().unwrap();

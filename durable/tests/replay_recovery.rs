@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{arrived, builder, gate, memory, open, ran, runs, tree};
+use common::{arrived, builder, crash, gate, line, memory, open, ran, runs, tree};
 use durable::State;
 use durable::prelude::*;
 
@@ -33,15 +33,17 @@ async fn flow(ctx: &mut Context, key: String) -> durable::Result<u32> {
 #[tokio::test(start_paused = true)]
 async fn a_new_runtime_takes_over_after_the_lease_and_replays() {
     let store = memory();
-    let first = builder(&store).register(flow).build().unwrap();
-    let handle = first.run("rec", flow, "rec".into()).await.unwrap();
+    let line = line(&store);
+    let first = Durable::builder().store(line.clone()).register(flow).build().unwrap();
+    first.run("rec", flow, "rec".into()).await.unwrap();
     arrived("rec").await;
-    drop(first); // a crash: nothing is released, the lease must expire
+    crash(first, &line); // nothing is released: the lease must expire
     open("rec");
 
     let started = tokio::time::Instant::now();
-    let _second = builder(&store).register(flow).build().unwrap();
-    assert_eq!(handle.await.unwrap(), 60);
+    let second = builder(&store).register(flow).build().unwrap();
+    // The dead runtime's handle died with it: ask the live one.
+    assert_eq!(second.run("rec", flow, "rec".into()).await.unwrap().await.unwrap(), 60);
     assert!(started.elapsed() >= Duration::from_secs(30), "the task was taken over only after its lease expired");
     assert_eq!((runs("rec:1"), runs("rec:2"), runs("rec:3")), (1, 1, 1), "settled steps replay without running again");
     let ids: Vec<_> = tree(&*store, "rec").await.into_iter().map(|(id, state, _)| (id, state)).collect();

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{builder, memory, ran};
+use common::{builder, crash, line, memory, ran};
 use durable::prelude::*;
 
 /// The first run hangs, as in a process that is about to be killed.
@@ -35,12 +35,14 @@ async fn a_restarted_worker_does_not_wait_for_its_predecessors_lease() {
 async fn a_worker_of_another_pid_waits_for_the_lease() {
     let store = memory();
     let lease = Duration::from_secs(30);
-    let first = builder(&store).pid("w1").lease(lease).register(job).build().unwrap();
-    let handle = first.run("job", job, "other-pid".into()).await.unwrap();
+    let line = line(&store);
+    let first = Durable::builder().store(line.clone()).pid("w1").lease(lease).register(job).build().unwrap();
+    first.run("job", job, "other-pid".into()).await.unwrap();
     tokio::task::yield_now().await;
-    drop(first);
+    crash(first, &line);
     let started = tokio::time::Instant::now();
-    let _other = builder(&store).pid("w2").lease(lease).register(job).build().unwrap();
-    assert_eq!(handle.await.unwrap(), 7);
+    let other = builder(&store).pid("w2").lease(lease).register(job).build().unwrap();
+    // The dead runtime's handle died with it: ask the live one.
+    assert_eq!(other.run("job", job, "other-pid".into()).await.unwrap().await.unwrap(), 7);
     assert!(started.elapsed() >= lease / 2, "w1 may still live: its lease is waited out: {:?}", started.elapsed());
 }

@@ -177,7 +177,7 @@ struct Slot {
     group: &'static str,
     pid: String,
     durable: Option<Durable>,
-    /// Its way to the store, which a stall holds up.
+    /// Its way to the store, which a stall holds up and a crash kills.
     line: Arc<FaultyStore>,
 }
 
@@ -433,7 +433,11 @@ impl<'a> Run<'a> {
         let i = self.rng.below(self.slots.len() as u64) as usize;
         let same_pid = self.rng.below(2) == 0;
         let (group, old) = (self.slots[i].group, self.slots[i].pid.clone());
+        // Killed, not shut down: it gives nothing back, and its successor comes up
+        // on a line of its own.
+        self.slots[i].line.kill();
         self.slots[i].durable = None;
+        self.slots[i].line = Arc::new(FaultyStore::new(self.faulty.clone()));
         if !same_pid {
             self.slots[i].pid = format!("{group}{}", 10 + self.rng.below(1000));
         }

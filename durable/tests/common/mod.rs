@@ -54,6 +54,18 @@ pub fn builder(store: &Arc<dyn Store>) -> Builder {
     Durable::builder().store(store.clone())
 }
 
+/// A way to `store` of a runtime's own, which [`crash`] kills.
+pub fn line(store: &Arc<dyn Store>) -> Arc<durable_testkit::FaultyStore> {
+    Arc::new(durable_testkit::FaultyStore::new(store.clone()))
+}
+
+/// Kills `durable`, built over `line`, as a crashed process dies: it gives nothing
+/// back, so its tasks wait for their leases to end. (Dropping it alone releases them.)
+pub fn crash(durable: Durable, line: &durable_testkit::FaultyStore) {
+    line.kill();
+    drop(durable);
+}
+
 /// Every promise in the store whose id starts with `prefix`, as (id, state, value).
 pub async fn tree(store: &dyn Store, prefix: &str) -> Vec<(String, durable::State, Option<String>)> {
     let mut out = Vec::new();
