@@ -35,7 +35,7 @@ async fn a_new_runtime_takes_over_after_the_lease_and_replays() {
     let store = memory();
     let line = line(&store);
     let first = Durable::builder().store(line.clone()).register(flow).build().unwrap();
-    first.run("rec", flow, "rec".into()).await.unwrap();
+    let _dies_with_it = first.run("rec", flow, "rec".into()).await.unwrap();
     arrived("rec").await;
     crash(first, &line); // nothing is released: the lease must expire
     open("rec");

@@ -37,7 +37,7 @@ async fn a_worker_of_another_pid_waits_for_the_lease() {
     let lease = Duration::from_secs(30);
     let line = line(&store);
     let first = Durable::builder().store(line.clone()).pid("w1").lease(lease).register(job).build().unwrap();
-    first.run("job", job, "other-pid".into()).await.unwrap();
+    let _dies_with_it = first.run("job", job, "other-pid".into()).await.unwrap();
     tokio::task::yield_now().await;
     crash(first, &line);
     let started = tokio::time::Instant::now();
