@@ -19,7 +19,7 @@ fn durable_binary() -> PathBuf {
     let binary = dir.join(format!("durable{}", std::env::consts::EXE_SUFFIX));
     if !binary.exists() {
         let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "-p", "durable", "--features", "cli", "--bin", "durable"]);
+        build.args(["build", "-p", "durable-exec", "--features", "cli", "--bin", "durable"]);
         if dir.ends_with("release") {
             build.arg("--release");
         }
