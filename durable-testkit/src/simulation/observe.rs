@@ -106,7 +106,9 @@ impl Observed {
                 }
                 seen.families.insert(id.clone(), p.root.clone());
                 seen.promises.insert(id.clone(), None);
-                if ready {
+                // A store that answers late may have handed the task out before
+                // this answer came: then it waits for nothing.
+                if ready && !seen.claimed.contains_key(id) {
                     seen.waiting.insert(id.clone(), now);
                 }
             }
@@ -271,7 +273,13 @@ impl Store for Observed {
         self.fenced_write("release", Some(fence), newest, at_once);
         if retry {
             let now = instant(self.inner.now()).await?;
-            self.seen().waiting.insert(fence.task.clone(), now);
+            let mut seen = self.seen();
+            // Claimed again before this answer came (a store that answers late): it
+            // waits for nothing. Left waiting, its next claim, after an hour's retry
+            // wait say, would count the hour.
+            if seen.claimed.get(&fence.task).is_none_or(|newest| *newest <= fence.version) {
+                seen.waiting.insert(fence.task.clone(), now);
+            }
         }
         Ok(())
     }
