@@ -14,7 +14,7 @@ use crate::promise::DETACHED_TAG;
 use crate::promise::{Fence, Millis, Param, Promise, validate_id};
 use crate::promise::{State, Task, TaskState};
 use crate::runtime::function::Erased;
-use crate::runtime::shared::Shared;
+use crate::runtime::shared::{Shared, States};
 use crate::runtime::worker::PURGE_BATCH;
 use crate::store::{CreatePromise, Invocations, Listing, NewTask, Page, Purge, Release, Search, SettlePromise, Worker};
 use crate::{Callable, Error, Function, Handle, Result, Store, StoreError, Target, codec};
@@ -138,6 +138,7 @@ impl Durable {
             group: "default".into(),
             pid: None,
             registry: HashMap::new(),
+            states: States::default(),
             ttl: Duration::from_secs(30),
             max_payload: DEFAULT_MAX_PAYLOAD,
             concurrency: 64,
@@ -277,6 +278,7 @@ pub struct Builder {
     group: String,
     pid: Option<String>,
     registry: HashMap<String, Arc<dyn Erased>>,
+    states: States,
     ttl: Duration,
     max_payload: usize,
     concurrency: usize,
@@ -328,6 +330,41 @@ impl Builder {
         let key = crate::promise::function_key(&name, version).into_owned();
         if self.registry.insert(key, Arc::new(f)).is_some() {
             self.errors.push(format!("function {name:?} version {version} is registered twice"));
+        }
+        self
+    }
+
+    /// Application state for the functions this runtime executes: a database pool, an
+    /// HTTP client, settings. A body reaches it with [`Context::state`], in a local
+    /// call as in a remote one, and in a replay check built from this builder
+    /// ([`Builder::checker`]). One value of each type: wrap two of one type in types
+    /// of their own.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use durable::prelude::*;
+    /// struct Prices {
+    ///     per_unit: u64,
+    /// }
+    ///
+    /// #[durable::function]
+    /// async fn quote(ctx: &mut Context, units: u64) -> durable::Result<u64> {
+    ///     let prices = ctx.state::<Prices>()?;
+    ///     Ok(units * prices.per_unit)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> durable::Result<()> {
+    /// let durable = Durable::builder()
+    ///     .store(Arc::new(MemoryStore::new()))
+    ///     .state(Prices { per_unit: 7 })
+    ///     .register(quote)
+    ///     .build()?;
+    /// assert_eq!(durable.run("quote-1", quote, 3).await?.await?, 21);
+    /// # Ok(()) }
+    /// ```
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Builder {
+        if !self.states.insert(value) {
+            self.errors.push(format!("state of type {} is set twice", std::any::type_name::<T>()));
         }
         self
     }
@@ -388,7 +425,7 @@ impl Builder {
         if !self.errors.is_empty() {
             return Err(Error::Runtime(format!("cannot build the checker: {}", self.errors.join("; "))));
         }
-        Ok(crate::Checker::new(self.registry, self.max_payload))
+        Ok(crate::Checker::new(self.registry, self.states, self.max_payload))
     }
 
     /// Builds the runtime and starts it. Must be called within a tokio runtime.
@@ -424,6 +461,7 @@ impl Builder {
             pid,
             process,
             registry: self.registry,
+            states: self.states,
             ttl: self.ttl.as_millis() as Millis,
             max_payload: self.max_payload,
             concurrency: self.concurrency,

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::promise::{NEVER, Promise, State};
 use crate::runtime::function::Erased;
 use crate::runtime::invocation::Fault;
+use crate::runtime::shared::States;
 use crate::store::{CreatePromise, Invocations, NewTask};
 use crate::{Error, Nondeterminism, Promises, Result, Store, StoreError, Target};
 
@@ -247,6 +248,7 @@ fn json(text: &str) -> std::result::Result<(), serde_json::Error> {
 /// had not reached its own stop by then goes unchecked past that point.
 pub struct Checker {
     registry: HashMap<String, Arc<dyn Erased>>,
+    states: States,
     max_payload: usize,
 }
 
@@ -320,8 +322,8 @@ impl fmt::Display for Checked {
 }
 
 impl Checker {
-    pub(crate) fn new(registry: HashMap<String, Arc<dyn Erased>>, max_payload: usize) -> Checker {
-        Checker { registry, max_payload }
+    pub(crate) fn new(registry: HashMap<String, Arc<dyn Erased>>, states: States, max_payload: usize) -> Checker {
+        Checker { registry, states, max_payload }
     }
 
     /// Replays one history: the invocation's body, and the body of each remote call
@@ -365,7 +367,8 @@ impl Checker {
                 verdict: Verdict::NotRegistered,
             };
             if let Some(func) = self.registry.get(&checked.function).cloned() {
-                let replayed = crate::runtime::replay::replay(func, task, promises.clone(), self.max_payload).await;
+                let replayed =
+                    crate::runtime::replay::replay(func, task, promises.clone(), &self.states, self.max_payload).await;
                 checked.replayed = replayed.reached.intersection(&mine).count();
                 checked.old_paths = replayed.old_paths;
                 checked.verdict = match replayed.fault {

@@ -2,7 +2,6 @@
 //! `cpu`, any name), which runs each in a fresh temporary directory with a timeout.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use durable::prelude::*;
@@ -50,20 +49,22 @@ pub enum Submitted {
     Detached(String),
 }
 
-/// This worker's identity and script timeout, set once when it starts.
-static WORKER: OnceLock<(String, Duration)> = OnceLock::new();
-
-/// Sets this process's worker identity and script timeout.
-pub fn set_worker(name: String, timeout: Duration) {
-    let _ = WORKER.set((name, timeout));
+/// A worker's settings: its state on the runtime's builder (`.state(Worker { … })`),
+/// which `execute` reads.
+#[derive(Clone, Debug)]
+pub struct Worker {
+    /// Its group and pid, which a run names.
+    pub name: String,
+    /// How long a script may run.
+    pub timeout: Duration,
 }
 
 /// The worker side: runs the script with `python3 -I -S` in a fresh temporary
 /// directory, which is always removed. A timeout or a non-zero exit is a terminal
 /// error carrying the end of stderr.
 #[durable::function(name = "execute")]
-pub async fn execute(_ctx: &mut Context, script: Script) -> durable::Result<Run> {
-    let (worker, timeout) = WORKER.get().cloned().unwrap_or_else(|| ("unknown".into(), Duration::from_secs(120)));
+pub async fn execute(ctx: &mut Context, script: Script) -> durable::Result<Run> {
+    let Worker { name: worker, timeout } = Worker::clone(&*ctx.state::<Worker>()?);
     let dir = TempDir::new()?;
     let path = dir.0.join("script.py");
     std::fs::write(&path, &script.source).map_err(|e| Error::new(format!("cannot write {}: {e}", path.display())))?;

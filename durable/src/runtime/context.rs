@@ -68,6 +68,26 @@ impl Context {
         &self.id
     }
 
+    /// The application state of type `T` that the builder of the runtime executing
+    /// this body set ([`Builder::state`](crate::Builder::state)): the same value for
+    /// every call it executes, local or remote. It is not recorded, so what a body
+    /// does with it is outside replay, like any code between durable calls: reach
+    /// outside effects through steps.
+    ///
+    /// A runtime with no state of this type cannot run the body: the task is released
+    /// to run again (here after a fixed deploy, or on a worker that has the state),
+    /// and halts after repeated tries, as on any platform fault; the body gets
+    /// [`Error::Halted`](crate::Error::Halted) and should return it.
+    pub fn state<T: Send + Sync + 'static>(&self) -> Result<Arc<T>> {
+        self.inv.rt.states.get::<T>().ok_or_else(|| {
+            self.inv.fail(crate::runtime::invocation::Fault::Platform(format!(
+                "{} needs state of type {}, which the runtime's builder does not set (Builder::state)",
+                self.id,
+                std::any::type_name::<T>()
+            )))
+        })
+    }
+
     fn mint(&mut self) -> String {
         self.next += 1;
         format!("{}.{}", self.base(), self.next)

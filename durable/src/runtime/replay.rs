@@ -200,6 +200,7 @@ pub(crate) async fn replay(
     func: std::sync::Arc<dyn crate::runtime::function::Erased>,
     root: &Promise,
     history: Vec<Promise>,
+    states: &crate::runtime::shared::States,
     max_payload: usize,
 ) -> Replayed {
     use std::sync::Arc;
@@ -215,6 +216,7 @@ pub(crate) async fn replay(
         pid: "check".into(),
         process: "check:0".into(),
         registry: std::collections::HashMap::new(),
+        states: states.clone(),
         ttl: 30_000,
         max_payload,
         concurrency: 1,

@@ -1,5 +1,6 @@
 //! What every part of one runtime shares: the store, the registry, the running tasks.
 
+use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +19,8 @@ pub(crate) struct Shared {
     pub(crate) pid: String,
     pub(crate) process: String,
     pub(crate) registry: HashMap<String, Arc<dyn Erased>>,
+    /// The application state its functions reach ([`Context::state`](crate::Context::state)).
+    pub(crate) states: States,
     pub(crate) ttl: Millis,
     pub(crate) max_payload: usize,
     pub(crate) concurrency: usize,
@@ -39,6 +42,21 @@ pub(crate) struct Shared {
     pub(crate) stopped: watch::Sender<bool>,
     /// A replay check's runtime: a body runs only over a history recorded under it.
     pub(crate) checking: bool,
+}
+
+/// Application state by type: one value of each type, set on the builder.
+#[derive(Clone, Default)]
+pub(crate) struct States(HashMap<TypeId, Arc<dyn Any + Send + Sync>>);
+
+impl States {
+    /// Sets the value of its type; false if that type had one already.
+    pub(crate) fn insert<T: Send + Sync + 'static>(&mut self, value: T) -> bool {
+        self.0.insert(TypeId::of::<T>(), Arc::new(value)).is_none()
+    }
+
+    pub(crate) fn get<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        self.0.get(&TypeId::of::<T>()).cloned().and_then(|any| any.downcast::<T>().ok())
+    }
 }
 
 impl Shared {

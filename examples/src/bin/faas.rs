@@ -97,12 +97,13 @@ async fn run(args: Args) -> ExitCode {
     let lease = Duration::from_millis(args.lease);
     match args.command {
         Command::Worker { group, pid, timeout } => {
-            let mut builder = Durable::builder().store(store).group(&group).lease(lease).register(execute);
+            let name = format!("{group}/{}", pid.as_deref().unwrap_or("any"));
+            let worker = faas::Worker { name: name.clone(), timeout: Duration::from_secs(timeout) };
+            let mut builder =
+                Durable::builder().store(store).group(&group).lease(lease).state(worker).register(execute);
             if let Some(pid) = &pid {
                 builder = builder.pid(pid);
             }
-            let name = format!("{group}/{}", pid.as_deref().unwrap_or("any"));
-            faas::set_worker(name.clone(), Duration::from_secs(timeout));
             match builder.build() {
                 Ok(durable) => {
                     eprintln!("faas worker {name} serving");
