@@ -41,6 +41,7 @@ where
     invocations_list_newest_first_by_state_function_tags_and_time(&*make().await).await;
     claim_returns_the_preload(&*make().await).await;
     tasks_are_read_a_page_at_once(&*make().await).await;
+    a_promise_is_dated_when_its_work_began(&*make().await).await;
     writes_are_fenced_on_the_task_version(&*make().await).await;
     heartbeats_keep_leases(&*make().await).await;
     release_halt_and_resume(make().await).await;
@@ -399,6 +400,29 @@ pub async fn tasks_are_read_a_page_at_once(store: &dyn Store) {
     assert!(states.contains(&("c", TaskState::Fulfilled)), "a settled promise's task is fulfilled: {states:?}");
     assert_eq!(read.len(), 3, "no task for a promise without one or an id not stored: {states:?}");
     assert!(store.tasks(&[]).await.expect("no ids").is_empty());
+}
+
+/// A create that says how long its work ran before the write (`ran_for`: a local
+/// call written only when it finishes or first writes) is dated back that long, settled
+/// or pending, and listed and filtered by that date; its settle time is the write's.
+pub async fn a_promise_is_dated_when_its_work_began(store: &dyn Store) {
+    let now = store.now().await.expect("now");
+    let mut step = call("step");
+    step.settled = Some((State::Resolved, "1".into()));
+    step.ran_for = 150;
+    let p = store.create(step).await.expect("create").promise;
+    assert_eq!((p.created_at, p.settled_at), (now - 150, Some(now)), "a settled create dated back");
+    let mut running = call("running");
+    running.ran_for = 40;
+    store.create(running).await.expect("create");
+    let read = store.get("running").await.expect("get").expect("stored");
+    assert_eq!((read.created_at, read.state), (now - 40, State::Pending), "a pending create dated back, as read");
+    let listed = |since| async move {
+        let page = store.invocations(Invocations { since: Some(since), ..Invocations::default() }).await;
+        page.expect("list").invocations.into_iter().map(|i| i.promise.id).collect::<Vec<_>>()
+    };
+    assert_eq!(listed(now - 40).await, ["running"], "listed by the date it was given");
+    assert_eq!(listed(now - 150).await, ["running", "step"], "newest first by that date");
 }
 
 /// A task that lost its lease and was acquired again refuses every write of the old

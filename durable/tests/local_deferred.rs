@@ -80,3 +80,44 @@ async fn a_local_call_is_written_with_its_result_or_before_anything_under_it() {
     assert_eq!(recorded[1].2.as_deref(), Some("7"));
     assert!(recorded[4].2.as_deref().is_some_and(|e| e.contains("no")), "{:?}", recorded[4].2);
 }
+
+/// Works for 150 ms of the process's time, durable calls aside.
+#[durable::function]
+async fn slow_step(_ctx: &mut Context) -> durable::Result<u32> {
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    Ok(1)
+}
+
+/// A slow step, then a nested call whose promise is written at its first write.
+#[durable::function]
+async fn slow_then_nested(ctx: &mut Context) -> durable::Result<u32> {
+    let one = ctx.lfc(slow_step, ()).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    Ok(one + ctx.lfc(slow_step, ()).await?)
+}
+
+#[durable::function]
+async fn times(ctx: &mut Context) -> durable::Result<u32> {
+    ctx.lfc(slow_then_nested, ()).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_local_call_written_late_is_dated_when_it_began() {
+    let store = memory();
+    let durable = builder(&store).register(times).register(slow_then_nested).register(slow_step).build().unwrap();
+    assert_eq!(durable.run("t", times, ()).await.unwrap().await.unwrap(), 2);
+    let took = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            let p = store.get(id).await.unwrap().unwrap();
+            p.settled_at.unwrap() - p.created_at
+        }
+    };
+    assert_eq!(took("t.1.1").await, 150, "a step written with its result shows how long it ran");
+    // Created pending at the first write under it (its first step, 150 ms in), and
+    // dated from its start.
+    assert_eq!(took("t.1").await, 340, "a nested call shows its whole run");
+    let tree = durable.promises().tree("t").await.unwrap().unwrap();
+    let nested = &tree.children[0].promise;
+    assert_eq!(nested.settled_at.unwrap() - nested.created_at, 340, "and the tree shows it");
+}

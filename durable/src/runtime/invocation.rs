@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::error::Failure;
-use crate::promise::{Fence, Param, Promise};
+use crate::promise::{Fence, Millis, Param, Promise};
 use crate::runtime::shared::Shared;
 use crate::runtime::wait::{self, Done};
 use crate::store::{CreatePromise, Created, SettlePromise};
@@ -105,9 +105,18 @@ pub(crate) struct Invocation {
 /// So whatever the store holds under a promise, it holds the promise too.
 pub(crate) struct Deferred {
     req: CreatePromise,
+    /// When the call began: its promise is dated then ([`CreatePromise::ran_for`]).
+    began: tokio::time::Instant,
     created: tokio::sync::OnceCell<()>,
     /// True once created: only then can anyone else settle it.
     signal: watch::Sender<bool>,
+}
+
+impl Deferred {
+    /// How long the call has run, in ms.
+    fn ran_for(&self) -> Millis {
+        self.began.elapsed().as_millis().try_into().unwrap_or(Millis::MAX)
+    }
 }
 
 /// Marks a promise as awaited for as long as it lives.
@@ -157,7 +166,8 @@ impl Invocation {
         check_len(&req.id)?;
         relate(&mut req);
         let (signal, created) = watch::channel(false);
-        let deferred = Arc::new(Deferred { req, created: tokio::sync::OnceCell::new(), signal });
+        let began = tokio::time::Instant::now();
+        let deferred = Arc::new(Deferred { req, began, created: tokio::sync::OnceCell::new(), signal });
         self.deferred.lock().unwrap_or_else(|e| e.into_inner()).insert(deferred.req.id.clone(), deferred);
         Ok(created)
     }
@@ -178,6 +188,7 @@ impl Invocation {
             d.created
                 .get_or_try_init(|| async {
                     let mut req = d.req.clone();
+                    req.ran_for = d.ran_for();
                     req.fence = Some(self.fence.clone());
                     self.rt.store.create(req).await.map_err(|e| self.store_fault(e))?;
                     d.signal.send_replace(true);
@@ -375,6 +386,7 @@ impl Invocation {
             self.create_deferred_above(&req.id).await?;
             let mut create = d.req.clone();
             create.settled = Some((req.state, req.value));
+            create.ran_for = d.ran_for();
             create.durable = true;
             create.fence = Some(self.fence.clone());
             let created = self.rt.store.create(create).await.map_err(|e| self.store_fault(e))?;

@@ -79,6 +79,11 @@ pub struct CreatePromise {
     /// (an encoded error for a rejection). Recorded values, and a local call's
     /// result when its promise was never created before it finished.
     pub settled: Option<(State, String)>,
+    /// How long, in ms, its work has run before this write: the store dates its
+    /// creation that much before its now ([`Promise::created_at`]). A local call's
+    /// promise is written only once the call writes or finishes, so its record still
+    /// shows when it began. 0 for anything created as it begins.
+    pub ran_for: Millis,
     /// Create a task for it too.
     pub task: Option<NewTask>,
     /// The fence of the task this write is made for.
@@ -105,6 +110,7 @@ impl CreatePromise {
             ikey: None,
             strict: false,
             settled: None,
+            ran_for: 0,
             task: None,
             fence: None,
             durable: true,

@@ -310,7 +310,7 @@ impl Core {
             tags: req.tags,
             ikey_create: req.ikey,
             ikey_settle: None,
-            created_at: now,
+            created_at: now.saturating_sub(req.ran_for),
             settled_at,
         };
         if state == State::Pending && timeout_at != NEVER {
@@ -324,7 +324,7 @@ impl Core {
         } else {
             self.family_joins(&promise.root);
             if is_invocation(&promise) {
-                self.invocations.insert((Reverse(now), req.id.clone()));
+                self.invocations.insert((Reverse(promise.created_at), req.id.clone()));
             }
         }
         self.promises.insert(req.id.clone(), promise);
