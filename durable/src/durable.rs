@@ -14,6 +14,7 @@ use crate::promise::DETACHED_TAG;
 use crate::promise::{Fence, Millis, Param, Promise, validate_id};
 use crate::promise::{State, Task, TaskState};
 use crate::runtime::function::Erased;
+use crate::runtime::handle::Watch;
 use crate::runtime::shared::{Shared, States};
 use crate::runtime::worker::PURGE_BATCH;
 use crate::store::{CreatePromise, Invocations, Listing, NewTask, Page, Purge, Release, Search, SettlePromise, Worker};
@@ -473,6 +474,7 @@ impl Builder {
             running: Mutex::new(HashMap::new()),
             stopped: watch::Sender::new(false),
             checking: false,
+            unserved: Mutex::new(HashMap::new()),
         });
         let background = tokio::spawn(crate::runtime::worker::background(shared.clone())).abort_handle();
         let retention = self
@@ -527,9 +529,10 @@ impl<C: Callable> Rpc<C> {
     }
 
     /// Makes the handle fail with [`Error::Unserved`] once the task has waited this
-    /// long, still undelivered, for a group that no live worker serves (a misspelt
-    /// group, or workers not started). The task itself stays: a worker that starts
-    /// later still runs it. Without this a handle waits for as long as the task does.
+    /// long since it was created, still undelivered, for a group that no live worker
+    /// serves (a misspelt group, or workers not started). The task itself stays: a
+    /// worker that starts later still runs it. Without this a handle waits for as long
+    /// as the task does, and this runtime logs a warning once a minute while it does.
     pub fn unserved_after(mut self, after: Duration) -> Self {
         self.unserved_after = Some(after);
         self
@@ -558,10 +561,14 @@ impl<C: Callable> IntoFuture for Rpc<C> {
                 self.shared.deadline_added();
             }
             check_same_call(&self.id, &created.promise, &param)?;
+            let function = crate::promise::function_key(self.f.name(), self.f.version()).into_owned();
+            if !created.promise.state.is_settled() {
+                self.shared.note_call(&self.id, &group, &function);
+            }
             Ok(match self.unserved_after {
                 Some(after) => {
-                    let function = crate::promise::function_key(self.f.name(), self.f.version()).into_owned();
-                    Handle::watched(self.id, group, function, after, self.shared.store.clone())
+                    let watch = Watch { id: self.id, group, function, after, created_at: created.promise.created_at };
+                    Handle::watched(watch, self.shared.store.clone())
                 }
                 None => Handle::stored(self.id, self.shared.store.clone()),
             })
@@ -649,7 +656,6 @@ pub(crate) fn unserved(
         }
         let (Some(func), Some(task)) = (p.param.function_key(), task) else { continue };
         if task.state == TaskState::Pending && !workers.iter().any(|w| w.serves(&task.target.group, &func, now)) {
-            tracing::warn!(task = %task.id, group = %task.target.group, function = %func, "no live worker of the group runs the function this task calls");
             unserved.push(task.clone());
         }
     }

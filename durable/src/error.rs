@@ -114,8 +114,9 @@ pub enum Error {
         /// How it differs.
         reason: String,
     },
-    /// A task waited longer than its caller allows (`Rpc::unserved_after`) for a live
-    /// worker of its group that runs its function, and there is none.
+    /// A task waited longer than its caller allows (`Rpc::unserved_after`,
+    /// `Call::unserved_after`) for a live worker of its group that runs its function,
+    /// and there is none.
     Unserved {
         /// The task.
         id: String,
@@ -319,6 +320,7 @@ pub(crate) enum Failure {
     Codec { id: String, what: String, message: String },
     PayloadTooLarge { id: String, what: String, size: usize, limit: usize },
     InvalidTarget { target: String, reason: String },
+    Unserved { id: String, group: String, function: String, waited: u64 },
     Other { message: String },
 }
 
@@ -348,6 +350,7 @@ impl Failure {
                 limit,
             },
             Failure::InvalidTarget { target, reason } => Error::InvalidTarget { target, reason },
+            Failure::Unserved { id, group, function, waited } => Error::Unserved { id, group, function, waited },
             Failure::Other { message } => Error::Application { message, terminal: true },
         }
     }
@@ -373,6 +376,9 @@ impl From<&Error> for Failure {
             }
             Error::InvalidTarget { target, reason } => {
                 Failure::InvalidTarget { target: target.clone(), reason: reason.clone() }
+            }
+            Error::Unserved { id, group, function, waited } => {
+                Failure::Unserved { id: id.clone(), group: group.clone(), function: function.clone(), waited: *waited }
             }
             other => Failure::Other { message: other.to_string() },
         }

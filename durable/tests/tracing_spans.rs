@@ -192,3 +192,46 @@ async fn platform_faults_are_warnings_and_a_halt_is_an_error() {
     assert_eq!(halts.len(), 1, "{warnings:?}");
     assert!(halts[0]["error"].contains("does not encode"), "{halts:?}");
 }
+
+/// Calls `step` in group `remote`, and waits for as long as that group has no worker.
+#[durable::function]
+async fn forwards(ctx: &mut Context, x: u64) -> durable::Result<u64> {
+    ctx.rfc(step, x).target("poll://any@remote").await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_waits_for_a_group_nobody_serves_is_a_warning_once_a_minute() {
+    let (recorder, _default) = Recorder::install();
+    let unserved = |recorder: &Recorder| {
+        let warnings = recorder.warnings.lock().unwrap().clone();
+        warnings
+            .into_iter()
+            .filter(|w| w.get("message").is_some_and(|m| m.contains("no live worker")))
+            .collect::<Vec<_>>()
+    };
+
+    let store = memory();
+    let caller = builder(&store).register(forwards).build().unwrap();
+    let handle = caller.run("fw-1", forwards, 1).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    assert!(unserved(&recorder).is_empty(), "not before a minute");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let warned = unserved(&recorder);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!((warned[0]["call"].as_str(), warned[0]["group"].as_str()), ("fw-1.1", "remote"));
+    assert_eq!(warned[0]["function"], "step");
+    assert!(warned[0]["waited_s"].parse::<u64>().unwrap() >= 60, "{warned:?}");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(unserved(&recorder).len(), 2, "again a minute later while it still waits");
+
+    // A worker of the group starts: the call runs, and the warnings stop.
+    let _remote = builder(&store).group("remote").register(step).build().unwrap();
+    assert_eq!(handle.await.unwrap(), 2);
+    tokio::time::sleep(Duration::from_secs(180)).await;
+    assert_eq!(unserved(&recorder).len(), 2);
+
+    // A call to a served group is never a warning.
+    caller.run("fw-2", forwards, 2).await.unwrap().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(180)).await;
+    assert_eq!(unserved(&recorder).len(), 2);
+}

@@ -48,10 +48,6 @@ use serde::Deserialize;
 use crate::store::{Cursor, Invocations};
 use crate::{Error, Promises, State, Store};
 
-/// How long a pending task waits with no live worker before the attention page lists
-/// it as unserved.
-const UNSERVED_AFTER: Duration = Duration::from_secs(60);
-
 /// The invocations a list page shows.
 const PAGE: usize = 50;
 
@@ -454,7 +450,7 @@ async fn attention(
     let now = app.store.now().await.map_err(Error::from)?;
     let workers = app.store.workers().await.map_err(Error::from)?;
     let pending = promises.pending().await?;
-    let unserved = crate::durable::unserved(&pending, &workers, now, UNSERVED_AFTER);
+    let unserved = crate::durable::unserved(&pending, &workers, now, crate::runtime::shared::UNSERVED_AFTER);
     let view = pages::AttentionView {
         base: &base(&original, &uri),
         pending: &pending,

@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use crate::promise::{DETACHED_TAG, Millis, Param, validate_id};
 use crate::runtime::execute::{Job, Outcome, Scope, outcome};
+use crate::runtime::handle::Watch;
 use crate::runtime::invocation::{Found, Invocation};
 use crate::store::{CreatePromise, NewTask};
 use crate::{Callable, Function, Handle, Result, Retry, State, Target, codec};
@@ -212,6 +213,8 @@ impl Context {
             version: None,
             tags: BTreeMap::new(),
             target: None,
+            group: None,
+            unserved_after: None,
             chosen: None,
             location: Location::caller(),
             mode: PhantomData,
@@ -435,6 +438,12 @@ mod sealed {
         note = "a local call (`lfc`, `lfi`) runs in this process; call `rfc` or `rfi` to route it to a group"
     )]
     pub trait Routed {}
+    #[diagnostic::on_unimplemented(
+        message = "`.unserved_after(…)` applies to remote calls that are awaited (`rfc`, `rfi`) only",
+        label = "not an awaited remote call",
+        note = "a detached call outlives its caller, which does not wait for it; a local call runs in this process"
+    )]
+    pub trait Awaited {}
 }
 
 /// A [`Call`] made with [`Context::lfi`]: yields a [`Handle`].
@@ -458,6 +467,8 @@ impl sealed::Local for Lfc {}
 impl sealed::Routed for Rfi {}
 impl sealed::Routed for Rfc {}
 impl sealed::Routed for Detach {}
+impl sealed::Awaited for Rfi {}
+impl sealed::Awaited for Rfc {}
 
 /// A durable call, ready to be configured and awaited.
 ///
@@ -481,6 +492,9 @@ pub struct Call<C: Callable, M> {
     version: Option<u32>,
     tags: BTreeMap<String, String>,
     target: Option<Result<Target>>,
+    /// The group a routed call went to, once `begin` knows it.
+    group: Option<String>,
+    unserved_after: Option<Duration>,
     /// Set by [`Call::id`] to the creator's id: the id was chosen, not minted, and is
     /// checked when awaited.
     chosen: Option<String>,
@@ -556,12 +570,31 @@ impl<C: Callable, M> Call<C, M> {
     }
 }
 
+impl<C: Callable, M: sealed::Awaited> Call<C, M> {
+    /// Fails the call with [`Error::Unserved`](crate::Error::Unserved) once it has
+    /// waited this long, counted from its creation, still undelivered, with no live
+    /// worker of its group that runs its function (a misspelt target or function,
+    /// workers not started). It is checked then, and again every quarter of it (at
+    /// least a second) while the caller waits in memory; until that first check the
+    /// caller does not suspend. The failure is recorded as the call's result, like a
+    /// timeout: a replay gets it again, and a worker that starts later does not run
+    /// the call.
+    ///
+    /// Without it the call waits for as long as its group has no worker, and the
+    /// caller's runtime logs a warning once a minute while it does.
+    pub fn unserved_after(mut self, after: Duration) -> Self {
+        self.unserved_after = Some(after);
+        self
+    }
+}
+
 /// What creating a call's promise found.
 enum Begun {
     /// Settled already (recorded, or settled before this run).
     Settled(Outcome),
-    /// Pending: `new` if this run created it.
-    Pending { timeout_at: Millis, new: bool },
+    /// Pending: `new` if this run created it, when (0 for a local call not yet
+    /// written).
+    Pending { timeout_at: Millis, new: bool, created_at: Millis },
 }
 
 impl<C: Callable, M> Call<C, M> {
@@ -592,6 +625,7 @@ impl<C: Callable, M> Call<C, M> {
                 Some(target) => target?,
                 None => Target::any(self.inv.rt.group.clone()),
             };
+            self.group = Some(target.group.clone());
             Some(NewTask { target, window: self.inv.rt.window, acquire: None })
         } else {
             None
@@ -618,7 +652,7 @@ impl<C: Callable, M> Call<C, M> {
             let timeout_at = req.deadline_cap;
             self.deferred = Some(self.inv.defer(req)?);
             tracing::Span::current().record("replayed", false);
-            return Ok((self.id.clone(), Begun::Pending { timeout_at, new: true }));
+            return Ok((self.id.clone(), Begun::Pending { timeout_at, new: true, created_at: 0 }));
         }
         if let Some(task) = &req.task {
             tracing::Span::current().record("target", tracing::field::display(&task.target));
@@ -631,7 +665,10 @@ impl<C: Callable, M> Call<C, M> {
         }
         let begun = match found {
             Found::Stored { promise, new } if !promise.state.is_settled() => {
-                Begun::Pending { timeout_at: promise.timeout_at, new }
+                if let (Some(group), Some(function)) = (&self.group, promise.param.function_key()) {
+                    self.inv.rt.note_call(&promise.id, group, &function);
+                }
+                Begun::Pending { timeout_at: promise.timeout_at, new, created_at: promise.created_at }
             }
             found => Begun::Settled(outcome(found.promise())),
         };
@@ -678,7 +715,7 @@ impl<F: Function> IntoFuture for Call<F, Lfi> {
                 let (id, begun) = self.begin(false, false).await?;
                 Ok(match begun {
                     Begun::Settled(outcome) => Handle::ready(id, outcome),
-                    Begun::Pending { timeout_at, new } => {
+                    Begun::Pending { timeout_at, new, .. } => {
                         let (tx, rx) = tokio::sync::oneshot::channel();
                         let scope = self.scope.clone();
                         let job = self.job(timeout_at, new);
@@ -712,7 +749,7 @@ impl<F: Function> IntoFuture for Call<F, Lfc> {
                 let (id, begun) = self.begin(false, false).await?;
                 let outcome = match begun {
                     Begun::Settled(outcome) => outcome,
-                    Begun::Pending { timeout_at, new } => {
+                    Begun::Pending { timeout_at, new, .. } => {
                         let job = self.job(timeout_at, new);
                         let inv = job.inv.clone();
                         match job.run().await {
@@ -728,6 +765,21 @@ impl<F: Function> IntoFuture for Call<F, Lfc> {
     }
 }
 
+impl<C: Callable, M: sealed::Awaited> Call<C, M> {
+    /// The handle of a pending routed call: watched if `unserved_after` asks (not in a
+    /// replay check, which stops at a pending call anyway).
+    fn waited<T>(self, id: String, created_at: Millis) -> Handle<T> {
+        match (self.unserved_after, self.group) {
+            (Some(after), Some(group)) if !self.inv.rt.checking => {
+                let version = self.version.unwrap_or_else(|| self.f.version());
+                let function = crate::promise::function_key(self.f.name(), version).into_owned();
+                Handle::remote_watched(Watch { id, group, function, after, created_at }, self.inv)
+            }
+            _ => Handle::remote(id, self.inv),
+        }
+    }
+}
+
 impl<C: Callable> IntoFuture for Call<C, Rfi> {
     type Output = Result<Handle<C::Output>>;
     type IntoFuture = BoxFuture<'static, Self::Output>;
@@ -738,7 +790,7 @@ impl<C: Callable> IntoFuture for Call<C, Rfi> {
             async move {
                 Ok(match self.begin(true, false).await? {
                     (id, Begun::Settled(outcome)) => Handle::ready(id, outcome),
-                    (id, Begun::Pending { .. }) => Handle::remote(id, self.inv),
+                    (id, Begun::Pending { created_at, .. }) => self.waited(id, created_at),
                 })
             }
             .instrument(span),
@@ -756,7 +808,7 @@ impl<C: Callable> IntoFuture for Call<C, Rfc> {
             async move {
                 match self.begin(true, false).await? {
                     (id, Begun::Settled(outcome)) => codec::decode(&id, &outcome?),
-                    (id, Begun::Pending { .. }) => Handle::remote(id, self.inv).await,
+                    (id, Begun::Pending { created_at, .. }) => self.waited(id, created_at).await,
                 }
             }
             .instrument(span),

@@ -11,10 +11,13 @@ use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
+use crate::error::Failure;
+use crate::promise::Millis;
 use crate::runtime::execute::{Outcome, outcome};
-use crate::runtime::invocation::Invocation;
+use crate::runtime::invocation::{Hold, Invocation};
 use crate::runtime::wait::{self, Done};
-use crate::{Error, Result, Store, StoreError, TaskState, codec};
+use crate::store::SettlePromise;
+use crate::{Error, Result, State, Store, StoreError, TaskState, codec};
 
 /// The result of a durable invocation, to await when it is needed.
 ///
@@ -66,22 +69,44 @@ impl<T> Handle<T> {
         Handle { id, outcome: Box::pin(outcome), output: PhantomData }
     }
 
+    /// Like [`Handle::remote`], for a call made with `unserved_after`: once it has
+    /// waited that long with no live worker that serves it, the caller records the
+    /// call as rejected with [`Error::Unserved`] (the first settle wins), so that a
+    /// replay sees the same and a worker that starts later finds it settled. Until the
+    /// first look the task stays in memory: a suspended caller could not look.
+    pub(crate) fn remote_watched(watch: Watch, inv: Arc<Invocation>) -> Handle<T> {
+        let id = watch.id.clone();
+        let outcome = async move {
+            let _waiting = inv.waiting(&watch.id);
+            let settled = tokio::select! {
+                biased;
+                settled = inv.settled(&watch.id) => settled?,
+                unserved = unserved(&*inv.rt.store, &watch, Some(inv.hold())) => {
+                    let rejection = SettlePromise {
+                        id: watch.id.clone(),
+                        state: State::Rejected,
+                        value: Failure::from(&unserved).encode(),
+                        ikey: None,
+                        strict: false,
+                        fence: None,
+                    };
+                    inv.settle(rejection).await?
+                }
+            };
+            outcome(&settled)
+        };
+        Handle { id, outcome: Box::pin(outcome), output: PhantomData }
+    }
+
     /// Like [`Handle::stored`], but failing with [`Error::Unserved`] once the task has
-    /// waited `after`, still pending, with no live worker of `group` that runs
-    /// `function`.
-    pub(crate) fn watched(
-        id: String,
-        group: String,
-        function: String,
-        after: Duration,
-        store: Arc<dyn Store>,
-    ) -> Handle<T> {
-        let key = id.clone();
+    /// waited as `watch` says (the task itself stays).
+    pub(crate) fn watched(watch: Watch, store: Arc<dyn Store>) -> Handle<T> {
+        let id = watch.id.clone();
         let outcome = async move {
             tokio::select! {
                 biased;
-                outcome = settled(&*store, &key) => outcome,
-                unserved = unserved(&*store, &key, &group, &function, after) => Err(unserved),
+                outcome = settled(&*store, &watch.id) => outcome,
+                unserved = unserved(&*store, &watch, None) => Err(unserved),
             }
         };
         Handle { id, outcome: Box::pin(outcome), output: PhantomData }
@@ -119,30 +144,52 @@ pub(crate) async fn settled(store: &dyn Store, id: &str) -> Outcome {
     }
 }
 
-/// Completes once task `id` has waited `after` and is still pending with no live
-/// worker of `group` that runs `function`; looks again every quarter of `after` (at
-/// least a second).
-async fn unserved(store: &dyn Store, id: &str, group: &str, function: &str, after: Duration) -> Error {
-    let started = tokio::time::Instant::now();
-    tokio::time::sleep(after).await;
+/// A routed call to watch for a group that serves it: `Rpc::unserved_after`,
+/// `Call::unserved_after`.
+pub(crate) struct Watch {
+    /// The call: its promise and task.
+    pub(crate) id: String,
+    pub(crate) group: String,
+    /// Its function key.
+    pub(crate) function: String,
+    /// How long it may wait for a live worker that serves it.
+    pub(crate) after: Duration,
+    /// When its promise was created, on the store's clock: the wait counts from then,
+    /// whoever watches it and however often it was taken over.
+    pub(crate) created_at: Millis,
+}
+
+/// Completes once `watch`'s task has waited `watch.after` since it was created and is
+/// still pending with no live worker of its group that runs its function; looks again
+/// every quarter of `after` (at least a second). `hold` is dropped at the first look.
+async fn unserved(store: &dyn Store, watch: &Watch, mut hold: Option<Hold<'_>>) -> Error {
+    let due = watch.created_at.saturating_add(watch.after.as_millis().try_into().unwrap_or(Millis::MAX));
     loop {
-        let pending = matches!(store.task(id).await, Ok(Some(t)) if t.state == TaskState::Pending);
-        let served = match (store.now().await, store.workers().await) {
-            (Ok(now), Ok(workers)) => workers.iter().any(|w| w.serves(group, function, now)),
+        match store.now().await {
+            Ok(now) if now >= due => break,
+            Ok(now) => tokio::time::sleep(Duration::from_millis(due - now)).await,
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+    loop {
+        let pending = matches!(store.task(&watch.id).await, Ok(Some(t)) if t.state == TaskState::Pending);
+        let (served, now) = match (store.now().await, store.workers().await) {
+            (Ok(now), Ok(workers)) => (workers.iter().any(|w| w.serves(&watch.group, &watch.function, now)), now),
             // A store that cannot answer is no evidence against the group.
-            _ => true,
+            _ => (true, 0),
         };
         if pending && !served {
-            let waited = started.elapsed().as_secs();
-            tracing::warn!(task = %id, %group, %function, waited_s = waited, "no live worker of the group runs the function this task calls");
+            let waited = now.saturating_sub(watch.created_at) / 1000;
+            tracing::warn!(task = %watch.id, group = %watch.group, function = %watch.function, waited_s = waited, "no live worker of the group runs the function this task calls");
             return Error::Unserved {
-                id: id.to_owned(),
-                group: group.to_owned(),
-                function: function.to_owned(),
+                id: watch.id.clone(),
+                group: watch.group.clone(),
+                function: watch.function.clone(),
                 waited,
             };
         }
-        tokio::time::sleep((after / 4).max(Duration::from_secs(1))).await;
+        drop(hold.take());
+        tokio::time::sleep((watch.after / 4).max(Duration::from_secs(1))).await;
     }
 }
 

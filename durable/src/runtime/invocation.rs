@@ -96,6 +96,8 @@ pub(crate) struct Invocation {
     old_paths: Mutex<std::collections::BTreeSet<String>>,
     /// Local children whose promises are not created yet, by id.
     deferred: Mutex<HashMap<String, Arc<Deferred>>>,
+    /// Awaited calls whose unserved check has not looked yet ([`Invocation::hold`]).
+    holds: AtomicU64,
 }
 
 /// A local child of a fresh attempt whose promise is not created yet. Nothing can
@@ -116,6 +118,15 @@ impl Deferred {
     /// How long the call has run, in ms.
     fn ran_for(&self) -> Millis {
         self.began.elapsed().as_millis().try_into().unwrap_or(Millis::MAX)
+    }
+}
+
+/// Keeps the task in memory for as long as it lives ([`Invocation::hold`]).
+pub(crate) struct Hold<'a>(&'a Invocation);
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.0.holds.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -157,7 +168,15 @@ impl Invocation {
             patches: Mutex::new(HashMap::new()),
             old_paths: Mutex::new(std::collections::BTreeSet::new()),
             deferred: Mutex::new(HashMap::new()),
+            holds: AtomicU64::new(0),
         }
+    }
+
+    /// Keeps the task from suspending until the guard is dropped: a call's unserved
+    /// check needs the caller in memory until it has looked.
+    pub(crate) fn hold(&self) -> Hold<'_> {
+        self.holds.fetch_add(1, Ordering::SeqCst);
+        Hold(self)
     }
 
     /// Defers the creation of the local child `req` (see [`Deferred`]); the receiver
@@ -239,7 +258,7 @@ impl Invocation {
             }
             let awaiting: Vec<String> =
                 self.waiting.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
-            if awaiting.is_empty() || self.check().is_err() {
+            if awaiting.is_empty() || self.holds.load(Ordering::SeqCst) > 0 || self.check().is_err() {
                 continue;
             }
             match self.rt.store.suspend(&self.fence, &awaiting).await {

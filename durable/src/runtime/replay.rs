@@ -228,6 +228,7 @@ pub(crate) async fn replay(
         running: Mutex::default(),
         stopped: tokio::sync::watch::Sender::new(false),
         checking: true,
+        unserved: Mutex::default(),
     });
     let fence = Fence { task: root.id.clone(), version: 0 };
     let inv = Arc::new(Invocation::new(shared, fence, Vec::new()));

@@ -42,6 +42,22 @@ pub(crate) struct Shared {
     pub(crate) stopped: watch::Sender<bool>,
     /// A replay check's runtime: a body runs only over a history recorded under it.
     pub(crate) checking: bool,
+    /// The calls this process routed elsewhere, by group and function, that no one
+    /// has yet been seen to serve: the background loop warns of those still waiting
+    /// after [`UNSERVED_AFTER`]. One entry per group and function, each gone once
+    /// served or settled.
+    pub(crate) unserved: Mutex<HashMap<(String, String), Noted>>,
+}
+
+/// How long a call waits for a group that no live worker serves before its caller's
+/// runtime warns of it, and then between warnings.
+pub(crate) const UNSERVED_AFTER: Duration = Duration::from_secs(60);
+
+/// The newest call to a group and function, and when to look at it.
+#[derive(Debug)]
+pub(crate) struct Noted {
+    pub(crate) id: String,
+    pub(crate) due: tokio::time::Instant,
 }
 
 /// Application state by type: one value of each type, set on the builder.
@@ -64,6 +80,19 @@ impl Shared {
     pub(crate) fn deadline_added(&self) {
         self.tick_soon.store(true, std::sync::atomic::Ordering::SeqCst);
         self.wake.notify_one();
+    }
+
+    /// Notes a pending call routed to `group` for `function` ([`Shared::unserved`]),
+    /// unless this runtime serves it itself.
+    pub(crate) fn note_call(&self, id: &str, group: &str, function: &str) {
+        if self.checking || (group == self.group && self.registry.contains_key(function)) {
+            return;
+        }
+        let mut noted = self.unserved.lock().unwrap_or_else(|e| e.into_inner());
+        noted
+            .entry((group.to_owned(), function.to_owned()))
+            .and_modify(|n| n.id = id.to_owned())
+            .or_insert_with(|| Noted { id: id.to_owned(), due: tokio::time::Instant::now() + UNSERVED_AFTER });
     }
 
     pub(crate) fn count_run(&self, function: &str) {

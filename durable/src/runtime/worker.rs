@@ -9,11 +9,11 @@ use crate::error::Failure;
 use crate::runtime::execute::Job;
 use crate::runtime::function::Erased;
 use crate::runtime::invocation::{Fault, Invocation};
-use crate::runtime::shared::Shared;
+use crate::runtime::shared::{Shared, UNSERVED_AFTER};
 
 use crate::promise::{Fence, Millis, Param, Promise};
 use crate::store::{Claim, Purge, Release, Worker};
-use crate::{Error, Retry, Store};
+use crate::{Error, Retry, Store, TaskState};
 
 /// Platform faults after which a task halts instead of being retried.
 const POISON: u32 = 5;
@@ -47,6 +47,7 @@ pub(crate) async fn background(rt: Arc<Shared>) {
         if tokio::time::Instant::now() >= next_announce {
             let _ = store.announce(&me, rt.ttl).await;
             next_announce = tokio::time::Instant::now() + beat;
+            warn_unserved(&rt).await;
             if resume_halted {
                 match store.resume_halted(&rt.group, &code).await {
                     Ok(resumed) => {
@@ -123,6 +124,53 @@ pub(crate) async fn background(rt: Arc<Shared>) {
             _ = tokio::time::sleep(sleep) => {}
             _ = ready.changed() => {}
             _ = rt.wake.notified() => {}
+        }
+    }
+}
+
+/// Warns of each call this process routed that has waited [`UNSERVED_AFTER`] (and then
+/// again every [`UNSERVED_AFTER`]) still pending, for a group and function that no live
+/// worker serves; forgets those served or settled. Reads the store only when a noted
+/// call is due.
+async fn warn_unserved(rt: &Shared) {
+    let due: Vec<((String, String), String)> = {
+        let now = tokio::time::Instant::now();
+        let noted = rt.unserved.lock().unwrap_or_else(|e| e.into_inner());
+        noted.iter().filter(|(_, n)| n.due <= now).map(|(key, n)| (key.clone(), n.id.clone())).collect()
+    };
+    if due.is_empty() {
+        return;
+    }
+    let (Ok(now), Ok(workers)) = (rt.store.now().await, rt.store.workers().await) else { return };
+    for ((group, function), id) in due {
+        let served = workers.iter().any(|w| w.serves(&group, &function, now));
+        let waiting = if served {
+            None
+        } else {
+            match (rt.store.task(&id).await, rt.store.get(&id).await) {
+                (Ok(Some(task)), Ok(Some(p))) if task.state == TaskState::Pending => Some(p.created_at),
+                (Ok(_), Ok(_)) => None,
+                // Not known: look again next time.
+                _ => continue,
+            }
+        };
+        let mut noted = rt.unserved.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (group, function);
+        match waiting {
+            Some(created_at) => {
+                let (group, function) = &key;
+                let waited_s = now.saturating_sub(created_at) / 1000;
+                tracing::warn!(call = %id, %group, %function, waited_s, "a call waits for a group in which no live worker runs its function: start one, or check the target's and the function's spelling (`durable unserved` lists every such task)");
+                if let Some(n) = noted.get_mut(&key) {
+                    n.due = tokio::time::Instant::now() + UNSERVED_AFTER;
+                }
+            }
+            // Served, or no longer waiting: forgotten, unless a newer call came since.
+            None => {
+                if noted.get(&key).is_some_and(|n| n.id == id) {
+                    noted.remove(&key);
+                }
+            }
         }
     }
 }
