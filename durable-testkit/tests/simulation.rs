@@ -30,6 +30,17 @@ fn a_seed_on_memory_replays_exactly() {
     }
 }
 
+/// Stalls: a worker's store calls held past its leases, as a paused process's are. Seed
+/// 1263 stalls a worker in a retry wait; its lease runs out and a successor runs the
+/// next attempt; the stalled worker must not then run that attempt's step again.
+#[test]
+fn a_stalled_worker_starts_no_body_once_its_lease_ran_out() {
+    for seed in [1263, 0, 1, 2, 3] {
+        let summary = block_on(Simulation::new(seed).stalls(true).run()).unwrap_or_else(|failure| panic!("{failure}"));
+        assert!(summary.invocations > 0, "seed {seed} started nothing");
+    }
+}
+
 #[test]
 fn seeds_on_sled_keep_every_invariant() {
     for seed in 100..104 {

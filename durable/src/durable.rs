@@ -97,8 +97,8 @@ impl Life {
         let running: Vec<_> = self.shared.running.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
         let held = running
             .into_iter()
-            .map(|(fence, task)| {
-                task.abort();
+            .map(|(fence, running)| {
+                running.abort.abort();
                 fence
             })
             .collect();
@@ -191,6 +191,8 @@ impl Durable {
             window: 0,
             acquire: Some((shared.process.clone(), shared.ttl)),
         });
+        // The lease the create takes runs from no earlier than this.
+        let sent = tokio::time::Instant::now();
         let created = shared.store.create(req).await?;
         if created.new && created.promise.timeout_at != crate::NEVER {
             shared.deadline_added();
@@ -198,7 +200,7 @@ impl Durable {
         check_same_call(id, &created.promise, &param)?;
         if let Some(task) = created.acquired {
             let fence = Fence { task: task.id.clone(), version: task.version };
-            crate::runtime::worker::spawn(shared.clone(), fence, created.promise, Vec::new(), func.clone(), true);
+            crate::runtime::worker::spawn(shared.clone(), fence, created.promise, Vec::new(), func.clone(), true, sent);
         }
         Ok(Handle::stored(id.to_owned(), shared.store.clone()))
     }

@@ -199,7 +199,7 @@ impl Simulation {
             steps: 60,
             faults: 5,
             max_wait: Some(MAX_WAIT),
-            stalls: false,
+            stalls: true,
             store: Arc::new(|| Arc::new(MemoryStore::new()) as Arc<dyn Store>),
             workload: None,
         }
@@ -224,11 +224,10 @@ impl Simulation {
         self
     }
 
-    /// Also stalls a worker now and then: its store calls are held for two leases
-    /// ([`FaultyStore::stall`]), so its leases end and its writes arrive after others
-    /// claimed its tasks. Off by default: a stalled holder whose retry wait ends after
-    /// its lease lapsed runs a local call's body that its successor already recorded
-    /// (seed 1263), which the runtime does not guard against yet.
+    /// Whether to stall a worker now and then (on by default): its store calls are
+    /// held for two leases ([`FaultyStore::stall`]), as a paused process's or a
+    /// partitioned one's are, so its leases end and its writes arrive after others
+    /// claimed its tasks. Off, the seeds draw other events instead.
     pub fn stalls(mut self, on: bool) -> Simulation {
         self.stalls = on;
         self

@@ -97,6 +97,7 @@ impl Job {
         // An attempt begun after a failure in this execution has no history either.
         let mut fresh = self.fresh;
         loop {
+            inv.lease_holds().await.ok()?;
             inv.rt.count_run(self.func.name());
             let mut ctx = Context::new(inv.clone(), self.id.clone(), self.deadline, attempt, fresh);
             let span = tracing::debug_span!("attempt", id = %self.id, function = self.func.name(), attempt);

@@ -98,6 +98,9 @@ pub(crate) struct Invocation {
     deferred: Mutex<HashMap<String, Arc<Deferred>>>,
     /// Awaited calls whose unserved check has not looked yet ([`Invocation::hold`]).
     holds: AtomicU64,
+    /// When the store last confirmed this task's lease, by this process's clock: the
+    /// lease runs from no earlier than then ([`Invocation::lease_holds`]).
+    confirmed: Mutex<tokio::time::Instant>,
 }
 
 /// A local child of a fresh attempt whose promise is not created yet. Nothing can
@@ -155,7 +158,7 @@ impl std::fmt::Debug for Invocation {
 }
 
 impl Invocation {
-    pub(crate) fn new(rt: Arc<Shared>, fence: Fence, preload: Vec<Promise>) -> Invocation {
+    pub(crate) fn new(rt: Arc<Shared>, fence: Fence, preload: Vec<Promise>, acquired: tokio::time::Instant) -> Invocation {
         let preload = preload.into_iter().map(|p| (p.id.clone(), p)).collect();
         Invocation {
             rt,
@@ -169,6 +172,42 @@ impl Invocation {
             old_paths: Mutex::new(std::collections::BTreeSet::new()),
             deferred: Mutex::new(HashMap::new()),
             holds: AtomicU64::new(0),
+            confirmed: Mutex::new(acquired),
+        }
+    }
+
+    /// The store renewed this task's lease at a request sent at `sent`.
+    pub(crate) fn confirm(&self, sent: tokio::time::Instant) {
+        let mut confirmed = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+        *confirmed = (*confirmed).max(sent);
+    }
+
+    /// Ok if this process still holds the task's lease with at least a third of it to
+    /// run, by its own clock, before a body starts: a process that was paused (or cut
+    /// off from the store) past its lease may have a successor that already ran that
+    /// body, and the fence refuses only writes, not what a body does. A lease not
+    /// confirmed for two thirds of it is renewed here first; one that cannot be (it
+    /// ran out) stops this execution as lost (`Fault::Fenced`).
+    pub(crate) async fn lease_holds(&self) -> Result<()> {
+        if self.rt.checking {
+            return Ok(());
+        }
+        let ttl = std::time::Duration::from_millis(self.rt.ttl);
+        let confirmed = *self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+        if confirmed.elapsed() < ttl - ttl / 3 {
+            return Ok(());
+        }
+        let sent = tokio::time::Instant::now();
+        match self.rt.store.heartbeat(&self.rt.process, std::slice::from_ref(&self.fence), self.rt.ttl).await {
+            Ok(1) => {
+                self.confirm(sent);
+                Ok(())
+            }
+            Ok(_) => {
+                tracing::warn!(task = %self.fence.task, unconfirmed_ms = confirmed.elapsed().as_millis() as u64, "the lease ran out unrenewed (a paused process, or a store out of reach): no body starts under it");
+                Err(self.fail(Fault::Fenced))
+            }
+            Err(e) => Err(self.store_fault(e)),
         }
     }
 

@@ -231,7 +231,7 @@ pub(crate) async fn replay(
         unserved: Mutex::default(),
     });
     let fence = Fence { task: root.id.clone(), version: 0 };
-    let inv = Arc::new(Invocation::new(shared, fence, Vec::new()));
+    let inv = Arc::new(Invocation::new(shared, fence, Vec::new(), tokio::time::Instant::now()));
     let crate::promise::Param::Call { args, .. } = &root.param else {
         return Replayed { fault: None, reached: BTreeSet::new(), old_paths: Vec::new() };
     };

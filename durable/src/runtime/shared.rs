@@ -11,6 +11,7 @@ use tokio::task::AbortHandle;
 use crate::Store;
 use crate::promise::{Fence, Millis};
 use crate::runtime::function::Erased;
+use crate::runtime::invocation::Invocation;
 
 /// What the runtime's parts share.
 pub(crate) struct Shared {
@@ -38,7 +39,7 @@ pub(crate) struct Shared {
     pub(crate) runs: Mutex<BTreeMap<String, u64>>,
     /// Executing tasks, by the fence they hold: one process may hold a task again (a
     /// lost lease, a suspension) while its old execution is still winding down.
-    pub(crate) running: Mutex<HashMap<Fence, AbortHandle>>,
+    pub(crate) running: Mutex<HashMap<Fence, Running>>,
     pub(crate) stopped: watch::Sender<bool>,
     /// A replay check's runtime: a body runs only over a history recorded under it.
     pub(crate) checking: bool,
@@ -47,6 +48,13 @@ pub(crate) struct Shared {
     /// after [`UNSERVED_AFTER`]. One entry per group and function, each gone once
     /// served or settled.
     pub(crate) unserved: Mutex<HashMap<(String, String), Noted>>,
+}
+
+/// An execution: how to stop it, and the invocation, whose lease the heartbeats
+/// confirm.
+pub(crate) struct Running {
+    pub(crate) abort: AbortHandle,
+    pub(crate) inv: Arc<Invocation>,
 }
 
 /// How long a call waits for a group that no live worker serves before its caller's

@@ -3,13 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::error::Failure;
 use crate::runtime::execute::Job;
 use crate::runtime::function::Erased;
 use crate::runtime::invocation::{Fault, Invocation};
-use crate::runtime::shared::{Shared, UNSERVED_AFTER};
+use crate::runtime::shared::{Running, Shared, UNSERVED_AFTER};
 
 use crate::promise::{Fence, Millis, Param, Promise};
 use crate::store::{Claim, Purge, Release, Worker};
@@ -87,7 +88,14 @@ pub(crate) async fn background(rt: Arc<Shared>) {
         let holding = !rt.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
         if holding && tokio::time::Instant::now() >= next_beat {
             let held: Vec<Fence> = rt.running.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
-            let _ = store.heartbeat(&rt.process, &held, rt.ttl).await;
+            let sent = tokio::time::Instant::now();
+            // Every lease renewed: each runs from no earlier than the send. (Otherwise
+            // an execution that starts a body asks for its own lease then.)
+            if store.heartbeat(&rt.process, &held, rt.ttl).await.is_ok_and(|renewed| renewed == held.len()) {
+                for running in rt.running.lock().unwrap_or_else(|e| e.into_inner()).values() {
+                    running.inv.confirm(sent);
+                }
+            }
             next_beat = tokio::time::Instant::now() + beat;
         }
         let free = rt.concurrency.saturating_sub(rt.running.lock().unwrap_or_else(|e| e.into_inner()).len());
@@ -102,11 +110,12 @@ pub(crate) async fn background(rt: Arc<Shared>) {
                 max: free,
                 functions: me.functions.clone(),
             };
+            let sent = tokio::time::Instant::now();
             if let Ok(acquired) = store.claim(claim).await {
                 for a in acquired {
                     tracing::debug!(task = %a.task.id, group = %rt.group, version = a.task.version, "claimed");
                     let fence = a.fence();
-                    start(rt.clone(), fence, a.task.faults, a.root, a.preload);
+                    start(rt.clone(), fence, a.task.faults, a.root, a.preload, sent);
                 }
             }
         }
@@ -203,13 +212,13 @@ pub(crate) async fn retention(store: Arc<dyn Store>, keep: Duration) {
 /// Runs a claimed task. One for a function this runtime lacks is released for a worker
 /// that has it (a rolling deploy may not have reached this one yet): never rejected,
 /// it waits with backoff (1 s doubling to a minute) and the error on the task says why.
-fn start(rt: Arc<Shared>, fence: Fence, faults: u32, root: Promise, preload: Vec<Promise>) {
+fn start(rt: Arc<Shared>, fence: Fence, faults: u32, root: Promise, preload: Vec<Promise>, claimed: Instant) {
     let Some(func) = root.param.function_key() else {
         // Only calls have tasks.
         return;
     };
     match rt.registry.get(func.as_ref()).cloned() {
-        Some(f) => spawn(rt, fence, root, preload, f, false),
+        Some(f) => spawn(rt, fence, root, preload, f, false, claimed),
         None => {
             let error = Error::NotRegistered {
                 name: func.clone().into_owned(),
@@ -231,6 +240,7 @@ fn start(rt: Arc<Shared>, fence: Fence, faults: u32, root: Promise, preload: Vec
 }
 
 /// Executes a task: runs its root promise to settlement, or releases or halts it.
+/// Its lease was taken no earlier than `acquired`, by this process's clock.
 pub(crate) fn spawn(
     rt: Arc<Shared>,
     fence: Fence,
@@ -238,9 +248,10 @@ pub(crate) fn spawn(
     preload: Vec<Promise>,
     func: Arc<dyn Erased>,
     fresh: bool,
+    acquired: Instant,
 ) {
     let span = tracing::info_span!("invocation", id = %root.id, function = func.name(), task_version = fence.version);
-    let inv = Arc::new(Invocation::new(rt.clone(), fence.clone(), preload));
+    let inv = Arc::new(Invocation::new(rt.clone(), fence.clone(), preload, acquired));
     let code = func.code_digest();
     let Param::Call { args, .. } = &root.param else {
         return;
@@ -257,7 +268,7 @@ pub(crate) fn spawn(
     };
     // Held until the entry is in: the task removes it when done, which must come after.
     let mut running = rt.running.lock().unwrap_or_else(|e| e.into_inner());
-    let shared = rt.clone();
+    let (shared, execution) = (rt.clone(), inv.clone());
     let handle = tokio::spawn(
         async move {
             tokio::select! {
@@ -275,7 +286,7 @@ pub(crate) fn spawn(
         }
         .instrument(span),
     );
-    running.insert(fence, handle.abort_handle());
+    running.insert(fence, Running { abort: handle.abort_handle(), inv: execution });
     drop(running);
     // The background loop heartbeats only while something is held: tell it.
     rt.wake.notify_one();
@@ -391,7 +402,8 @@ mod tests {
         };
         let again = store.claim(claim).await.unwrap().pop().expect("claimed again");
         let new = again.fence();
-        super::spawn(shared.clone(), new.clone(), again.root, again.preload, Arc::new(Hold), false);
+        let now = tokio::time::Instant::now();
+        super::spawn(shared.clone(), new.clone(), again.root, again.preload, Arc::new(Hold), false, now);
         tokio::task::yield_now().await;
 
         // The old execution goes on to its settle, is refused by the fence, and ends.
