@@ -338,10 +338,10 @@ impl Builder {
     }
 
     /// Application state for the functions this runtime executes: a database pool, an
-    /// HTTP client, settings. A body reaches it with [`Context::state`], in a local
-    /// call as in a remote one, and in a replay check built from this builder
-    /// ([`Builder::checker`]). One value of each type: wrap two of one type in types
-    /// of their own.
+    /// HTTP client, settings. A body reaches it with
+    /// [`Context::state`](crate::Context::state), in a local call as in a remote one,
+    /// and in a replay check built from this builder ([`Builder::checker`]). One value
+    /// of each type: wrap two of one type in types of their own.
     ///
     /// ```
     /// # use std::sync::Arc;
