@@ -172,7 +172,8 @@ fn the_simulation_catches_a_store_where_a_later_settle_wins() {
     let broken = || Arc::new(Broken { last_settle_wins: true, ..Broken::default() }) as Arc<dyn Store>;
     for seed in [2, 3] {
         let simulation = durable_testkit::simulation::Simulation::new(seed).store(broken);
-        let failure = durable_testkit::block_on(simulation.run()).expect_err("a store where a later settle wins passed");
+        let failure =
+            durable_testkit::block_on(simulation.run()).expect_err("a store where a later settle wins passed");
         assert!(failure.invariant.contains("and later read as"), "{failure}");
     }
 }

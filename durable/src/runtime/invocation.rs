@@ -158,7 +158,12 @@ impl std::fmt::Debug for Invocation {
 }
 
 impl Invocation {
-    pub(crate) fn new(rt: Arc<Shared>, fence: Fence, preload: Vec<Promise>, acquired: tokio::time::Instant) -> Invocation {
+    pub(crate) fn new(
+        rt: Arc<Shared>,
+        fence: Fence,
+        preload: Vec<Promise>,
+        acquired: tokio::time::Instant,
+    ) -> Invocation {
         let preload = preload.into_iter().map(|p| (p.id.clone(), p)).collect();
         Invocation {
             rt,
