@@ -226,7 +226,7 @@ impl Store for FaultyStore {
         self.op("claim", self.inner.claim(claim)).await
     }
 
-    async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<usize, StoreError> {
+    async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<Vec<Fence>, StoreError> {
         self.op("heartbeat", self.inner.heartbeat(process, held, ttl)).await
     }
 

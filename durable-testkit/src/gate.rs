@@ -196,7 +196,7 @@ impl Store for Gate {
         Ok(acquired)
     }
 
-    async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<usize, StoreError> {
+    async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<Vec<Fence>, StoreError> {
         self.read(self.inner.heartbeat(process, held, ttl)).await
     }
 

@@ -76,7 +76,7 @@ impl Store for Broken {
     async fn claim(&self, claim: Claim) -> Result<Vec<Acquired>, StoreError> {
         self.inner.claim(claim).await
     }
-    async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<usize, StoreError> {
+    async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<Vec<Fence>, StoreError> {
         self.inner.heartbeat(process, held, ttl).await
     }
     async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError> {

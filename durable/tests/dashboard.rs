@@ -533,7 +533,7 @@ mod served {
             p: &str,
             h: &[durable::Fence],
             t: durable::Millis,
-        ) -> Result<usize, durable::StoreError> {
+        ) -> Result<Vec<durable::Fence>, durable::StoreError> {
             self.inner.heartbeat(p, h, t).await
         }
         async fn release(&self, f: &durable::Fence, how: durable::store::Release) -> Result<(), durable::StoreError> {

@@ -261,7 +261,7 @@ impl Store for Observed {
         Ok(acquired)
     }
 
-    async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<usize, StoreError> {
+    async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<Vec<Fence>, StoreError> {
         instant(self.inner.heartbeat(process, held, ttl)).await
     }
 

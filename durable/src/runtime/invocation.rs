@@ -204,7 +204,7 @@ impl Invocation {
         }
         let sent = tokio::time::Instant::now();
         match self.rt.store.heartbeat(&self.rt.process, std::slice::from_ref(&self.fence), self.rt.ttl).await {
-            Ok(1) => {
+            Ok(renewed) if renewed.contains(&self.fence) => {
                 self.confirm(sent);
                 Ok(())
             }

@@ -132,8 +132,8 @@ impl Store for HistoryStore {
         Ok(Vec::new())
     }
 
-    async fn heartbeat(&self, _: &str, _: &[Fence], _: Millis) -> Result<usize, StoreError> {
-        Ok(0)
+    async fn heartbeat(&self, _: &str, _: &[Fence], _: Millis) -> Result<Vec<Fence>, StoreError> {
+        Ok(Vec::new())
     }
 
     async fn release(&self, _: &Fence, _: Release) -> Result<(), StoreError> {

@@ -89,11 +89,13 @@ pub(crate) async fn background(rt: Arc<Shared>) {
         if holding && tokio::time::Instant::now() >= next_beat {
             let held: Vec<Fence> = rt.running.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
             let sent = tokio::time::Instant::now();
-            // Every lease renewed: each runs from no earlier than the send. (Otherwise
-            // an execution that starts a body asks for its own lease then.)
-            if store.heartbeat(&rt.process, &held, rt.ttl).await.is_ok_and(|renewed| renewed == held.len()) {
-                for running in rt.running.lock().unwrap_or_else(|e| e.into_inner()).values() {
-                    running.inv.confirm(sent);
+            // Each lease renewed runs from no earlier than the send.
+            if let Ok(renewed) = store.heartbeat(&rt.process, &held, rt.ttl).await {
+                let running = rt.running.lock().unwrap_or_else(|e| e.into_inner());
+                for fence in &renewed {
+                    if let Some(running) = running.get(fence) {
+                        running.inv.confirm(sent);
+                    }
                 }
             }
             next_beat = tokio::time::Instant::now() + beat;
@@ -417,6 +419,6 @@ mod tests {
             std::slice::from_ref(&new),
             "the new execution is still known, so it is heartbeaten and counted"
         );
-        assert_eq!(store.heartbeat(&shared.process, &running, shared.ttl).await.unwrap(), 1);
+        assert_eq!(store.heartbeat(&shared.process, &running, shared.ttl).await.unwrap(), running);
     }
 }

@@ -166,7 +166,7 @@ impl<L: Log> Engine<L> {
         self.write(|core, now| core.claim(&claim, now)).await
     }
 
-    pub(crate) async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<usize, StoreError> {
+    pub(crate) async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<Vec<Fence>, StoreError> {
         self.write(|core, now| Ok(core.heartbeat(process, held, ttl, now))).await
     }
 
@@ -307,7 +307,7 @@ macro_rules! engine_store {
                 process: &str,
                 held: &[$crate::Fence],
                 ttl: $crate::Millis,
-            ) -> Result<usize, $crate::StoreError> {
+            ) -> Result<Vec<$crate::Fence>, $crate::StoreError> {
                 self.engine.heartbeat(process, held, ttl).await
             }
             async fn release(

@@ -449,10 +449,10 @@ pub trait Store: Debug + Send + Sync + 'static {
     async fn claim(&self, claim: Claim) -> Result<Vec<Acquired>, StoreError>;
 
     /// Extends the leases of the tasks `process` holds and names in `held`, all in one
-    /// call; returns how many. A lease that ran out is not revived, and a task the
-    /// process holds but does not name (it lost the answer to its claim) is left to
-    /// expire and be redelivered.
-    async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<usize, StoreError>;
+    /// call; returns the fences whose leases it extended, in `held`'s order. A lease
+    /// that ran out is not revived, and a task the process holds but does not name (it
+    /// lost the answer to its claim) is left to expire and be redelivered.
+    async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<Vec<Fence>, StoreError>;
 
     /// Gives a held task back.
     async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError>;

@@ -659,25 +659,29 @@ impl Core {
         Ok(preload)
     }
 
-    pub(crate) fn heartbeat(&mut self, process: &str, held: &[Fence], ttl: Millis, now: Millis) -> usize {
+    pub(crate) fn heartbeat(&mut self, process: &str, held: &[Fence], ttl: Millis, now: Millis) -> Vec<Fence> {
         // A task whose promise's deadline passed is dead: its lease is not extended.
         for f in held {
             self.expire(&f.task, now);
         }
-        let held: Vec<(Millis, String)> = held
+        let held: Vec<(Millis, Fence)> = held
             .iter()
-            .filter_map(|f| self.tasks.get(&f.task).filter(|t| t.version == f.version))
-            .filter(|t| t.state == TaskState::Acquired && t.lease_until > now && t.process.as_deref() == Some(process))
-            .map(|t| (t.lease_until, t.id.clone()))
+            .filter_map(|f| self.tasks.get(&f.task).filter(|t| t.version == f.version).map(|t| (t, f)))
+            .filter(|(t, _)| {
+                t.state == TaskState::Acquired && t.lease_until > now && t.process.as_deref() == Some(process)
+            })
+            .map(|(t, f)| (t.lease_until, f.clone()))
             .collect();
-        for (until, id) in &held {
-            self.leases.remove(&(*until, id.clone()));
-            let t = self.tasks.get_mut(id).expect("a leased task exists");
+        let mut renewed = Vec::with_capacity(held.len());
+        for (until, fence) in held {
+            self.leases.remove(&(until, fence.task.clone()));
+            let t = self.tasks.get_mut(&fence.task).expect("a leased task exists");
             t.lease_until = now.saturating_add(ttl);
-            self.leases.insert((t.lease_until, id.clone()));
-            self.dirty.tasks.push(id.clone());
+            self.leases.insert((t.lease_until, fence.task.clone()));
+            self.dirty.tasks.push(fence.task.clone());
+            renewed.push(fence);
         }
-        held.len()
+        renewed
     }
 
     pub(crate) fn release(&mut self, fence: &Fence, how: Release, now: Millis) -> Result<(), StoreError> {

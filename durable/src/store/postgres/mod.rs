@@ -1209,7 +1209,7 @@ impl super::Store for PostgresStore {
         Ok(acquired)
     }
 
-    async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<usize, StoreError> {
+    async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<Vec<Fence>, StoreError> {
         let tasks: Vec<String> = held.iter().map(|f| f.task.clone()).collect();
         self.step(Select::Ids { promises: &[], tasks: &tasks, create: false }, |core, now| {
             Ok(core.heartbeat(process, held, ttl, now))
