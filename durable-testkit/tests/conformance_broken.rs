@@ -183,18 +183,18 @@ mod dozing {
     /// A body that works for 25 s of its own time between its step and its end: a
     /// stall of its worker then outlasts its lease while it runs.
     #[durable::function(name = "doze")]
-    pub async fn doze(ctx: &mut Context, n: u64) -> durable::Result<u64> {
+    async fn doze(ctx: &mut Context, n: u64) -> durable::Result<u64> {
         let one = ctx.lfc(nap_step, n).await?;
         tokio::time::sleep(std::time::Duration::from_secs(25)).await;
         Ok(one)
     }
 
     #[durable::function(name = "nap_step")]
-    pub async fn nap_step(_ctx: &mut Context, n: u64) -> durable::Result<u64> {
+    async fn nap_step(_ctx: &mut Context, n: u64) -> durable::Result<u64> {
         Ok(n + 1)
     }
 
-    pub struct Dozing;
+    pub(super) struct Dozing;
 
     impl Workload for Dozing {
         fn register(&self, builder: durable::Builder) -> durable::Builder {
