@@ -565,7 +565,7 @@ impl<C: Callable> IntoFuture for Rpc<C> {
             check_same_call(&self.id, &created.promise, &param)?;
             let function = crate::promise::function_key(self.f.name(), self.f.version()).into_owned();
             if !created.promise.state.is_settled() {
-                self.shared.note_call(&self.id, &group, &function);
+                self.shared.note_call(&self.id, &group, &function, created.promise.created_at);
             }
             Ok(match self.unserved_after {
                 Some(after) => {

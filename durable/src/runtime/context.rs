@@ -213,8 +213,8 @@ impl Context {
             version: None,
             tags: BTreeMap::new(),
             target: None,
-            group: None,
             unserved_after: None,
+            watch: None,
             chosen: None,
             location: Location::caller(),
             mode: PhantomData,
@@ -492,9 +492,9 @@ pub struct Call<C: Callable, M> {
     version: Option<u32>,
     tags: BTreeMap<String, String>,
     target: Option<Result<Target>>,
-    /// The group a routed call went to, once `begin` knows it.
-    group: Option<String>,
     unserved_after: Option<Duration>,
+    /// Set by `begin` for a pending routed call made with `unserved_after`.
+    watch: Option<Watch>,
     /// Set by [`Call::id`] to the creator's id: the id was chosen, not minted, and is
     /// checked when awaited.
     chosen: Option<String>,
@@ -592,9 +592,8 @@ impl<C: Callable, M: sealed::Awaited> Call<C, M> {
 enum Begun {
     /// Settled already (recorded, or settled before this run).
     Settled(Outcome),
-    /// Pending: `new` if this run created it, when (0 for a local call not yet
-    /// written).
-    Pending { timeout_at: Millis, new: bool, created_at: Millis },
+    /// Pending: `new` if this run created it.
+    Pending { timeout_at: Millis, new: bool },
 }
 
 impl<C: Callable, M> Call<C, M> {
@@ -625,7 +624,6 @@ impl<C: Callable, M> Call<C, M> {
                 Some(target) => target?,
                 None => Target::any(self.inv.rt.group.clone()),
             };
-            self.group = Some(target.group.clone());
             Some(NewTask { target, window: self.inv.rt.window, acquire: None })
         } else {
             None
@@ -652,11 +650,12 @@ impl<C: Callable, M> Call<C, M> {
             let timeout_at = req.deadline_cap;
             self.deferred = Some(self.inv.defer(req)?);
             tracing::Span::current().record("replayed", false);
-            return Ok((self.id.clone(), Begun::Pending { timeout_at, new: true, created_at: 0 }));
+            return Ok((self.id.clone(), Begun::Pending { timeout_at, new: true }));
         }
         if let Some(task) = &req.task {
             tracing::Span::current().record("target", tracing::field::display(&task.target));
         }
+        let group = req.task.as_ref().map(|task| task.target.group.clone());
         let found = self.inv.find_or_create(req, self.location).await?;
         let replayed = found.replayed();
         tracing::Span::current().record("replayed", replayed);
@@ -665,10 +664,16 @@ impl<C: Callable, M> Call<C, M> {
         }
         let begun = match found {
             Found::Stored { promise, new } if !promise.state.is_settled() => {
-                if let (Some(group), Some(function)) = (&self.group, promise.param.function_key()) {
-                    self.inv.rt.note_call(&promise.id, group, &function);
+                if let (Some(group), Some(function)) = (group, promise.param.function_key()) {
+                    let function = function.into_owned();
+                    self.inv.rt.note_call(&promise.id, &group, &function, promise.created_at);
+                    // A replay check stops at a pending call anyway.
+                    if let Some(after) = self.unserved_after.filter(|_| !self.inv.rt.checking) {
+                        let (id, created_at) = (promise.id.clone(), promise.created_at);
+                        self.watch = Some(Watch { id, group, function, after, created_at });
+                    }
                 }
-                Begun::Pending { timeout_at: promise.timeout_at, new, created_at: promise.created_at }
+                Begun::Pending { timeout_at: promise.timeout_at, new }
             }
             found => Begun::Settled(outcome(found.promise())),
         };
@@ -715,7 +720,7 @@ impl<F: Function> IntoFuture for Call<F, Lfi> {
                 let (id, begun) = self.begin(false, false).await?;
                 Ok(match begun {
                     Begun::Settled(outcome) => Handle::ready(id, outcome),
-                    Begun::Pending { timeout_at, new, .. } => {
+                    Begun::Pending { timeout_at, new } => {
                         let (tx, rx) = tokio::sync::oneshot::channel();
                         let scope = self.scope.clone();
                         let job = self.job(timeout_at, new);
@@ -749,7 +754,7 @@ impl<F: Function> IntoFuture for Call<F, Lfc> {
                 let (id, begun) = self.begin(false, false).await?;
                 let outcome = match begun {
                     Begun::Settled(outcome) => outcome,
-                    Begun::Pending { timeout_at, new, .. } => {
+                    Begun::Pending { timeout_at, new } => {
                         let job = self.job(timeout_at, new);
                         let inv = job.inv.clone();
                         match job.run().await {
@@ -766,16 +771,11 @@ impl<F: Function> IntoFuture for Call<F, Lfc> {
 }
 
 impl<C: Callable, M: sealed::Awaited> Call<C, M> {
-    /// The handle of a pending routed call: watched if `unserved_after` asks (not in a
-    /// replay check, which stops at a pending call anyway).
-    fn waited<T>(self, id: String, created_at: Millis) -> Handle<T> {
-        match (self.unserved_after, self.group) {
-            (Some(after), Some(group)) if !self.inv.rt.checking => {
-                let version = self.version.unwrap_or_else(|| self.f.version());
-                let function = crate::promise::function_key(self.f.name(), version).into_owned();
-                Handle::remote_watched(Watch { id, group, function, after, created_at }, self.inv)
-            }
-            _ => Handle::remote(id, self.inv),
+    /// The handle of a pending routed call: watched if `unserved_after` asked.
+    fn waited<T>(self, id: String) -> Handle<T> {
+        match self.watch {
+            Some(watch) => Handle::remote_watched(watch, self.inv),
+            None => Handle::remote(id, self.inv),
         }
     }
 }
@@ -790,7 +790,7 @@ impl<C: Callable> IntoFuture for Call<C, Rfi> {
             async move {
                 Ok(match self.begin(true, false).await? {
                     (id, Begun::Settled(outcome)) => Handle::ready(id, outcome),
-                    (id, Begun::Pending { created_at, .. }) => self.waited(id, created_at),
+                    (id, Begun::Pending { .. }) => self.waited(id),
                 })
             }
             .instrument(span),
@@ -808,7 +808,7 @@ impl<C: Callable> IntoFuture for Call<C, Rfc> {
             async move {
                 match self.begin(true, false).await? {
                     (id, Begun::Settled(outcome)) => codec::decode(&id, &outcome?),
-                    (id, Begun::Pending { created_at, .. }) => self.waited(id, created_at).await,
+                    (id, Begun::Pending { .. }) => self.waited(id).await,
                 }
             }
             .instrument(span),

@@ -61,10 +61,12 @@ pub(crate) struct Running {
 /// runtime warns of it, and then between warnings.
 pub(crate) const UNSERVED_AFTER: Duration = Duration::from_secs(60);
 
-/// The newest call to a group and function, and when to look at it.
+/// The newest call to a group and function, when it was created (store time), and
+/// when to look at it.
 #[derive(Debug)]
 pub(crate) struct Noted {
     pub(crate) id: String,
+    pub(crate) created_at: Millis,
     pub(crate) due: tokio::time::Instant,
 }
 
@@ -92,15 +94,19 @@ impl Shared {
 
     /// Notes a pending call routed to `group` for `function` ([`Shared::unserved`]),
     /// unless this runtime serves it itself.
-    pub(crate) fn note_call(&self, id: &str, group: &str, function: &str) {
+    pub(crate) fn note_call(&self, id: &str, group: &str, function: &str, created_at: Millis) {
         if self.checking || (group == self.group && self.registry.contains_key(function)) {
             return;
         }
         let mut noted = self.unserved.lock().unwrap_or_else(|e| e.into_inner());
         noted
             .entry((group.to_owned(), function.to_owned()))
-            .and_modify(|n| n.id = id.to_owned())
-            .or_insert_with(|| Noted { id: id.to_owned(), due: tokio::time::Instant::now() + UNSERVED_AFTER });
+            .and_modify(|n| (n.id, n.created_at) = (id.to_owned(), created_at))
+            .or_insert_with(|| Noted {
+                id: id.to_owned(),
+                created_at,
+                due: tokio::time::Instant::now() + UNSERVED_AFTER,
+            });
     }
 
     pub(crate) fn count_run(&self, function: &str) {

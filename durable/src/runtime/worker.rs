@@ -144,44 +144,35 @@ pub(crate) async fn background(rt: Arc<Shared>) {
 /// worker serves; forgets those served or settled. Reads the store only when a noted
 /// call is due.
 async fn warn_unserved(rt: &Shared) {
-    let due: Vec<((String, String), String)> = {
-        let now = tokio::time::Instant::now();
+    let due: Vec<((String, String), String, Millis)> = {
+        let now = Instant::now();
         let noted = rt.unserved.lock().unwrap_or_else(|e| e.into_inner());
-        noted.iter().filter(|(_, n)| n.due <= now).map(|(key, n)| (key.clone(), n.id.clone())).collect()
+        noted.iter().filter(|(_, n)| n.due <= now).map(|(key, n)| (key.clone(), n.id.clone(), n.created_at)).collect()
     };
     if due.is_empty() {
         return;
     }
     let (Ok(now), Ok(workers)) = (rt.store.now().await, rt.store.workers().await) else { return };
-    for ((group, function), id) in due {
+    for ((group, function), id, created_at) in due {
         let served = workers.iter().any(|w| w.serves(&group, &function, now));
-        let waiting = if served {
-            None
-        } else {
-            match (rt.store.task(&id).await, rt.store.get(&id).await) {
-                (Ok(Some(task)), Ok(Some(p))) if task.state == TaskState::Pending => Some(p.created_at),
-                (Ok(_), Ok(_)) => None,
+        let waiting = !served
+            && match rt.store.task(&id).await {
+                Ok(task) => task.is_some_and(|t| t.state == TaskState::Pending),
                 // Not known: look again next time.
-                _ => continue,
-            }
-        };
+                Err(_) => continue,
+            };
         let mut noted = rt.unserved.lock().unwrap_or_else(|e| e.into_inner());
         let key = (group, function);
-        match waiting {
-            Some(created_at) => {
-                let (group, function) = &key;
-                let waited_s = now.saturating_sub(created_at) / 1000;
-                tracing::warn!(call = %id, %group, %function, waited_s, "a call waits for a group in which no live worker runs its function: start one, or check the target's and the function's spelling (`durable unserved` lists every such task)");
-                if let Some(n) = noted.get_mut(&key) {
-                    n.due = tokio::time::Instant::now() + UNSERVED_AFTER;
-                }
+        if waiting {
+            let (group, function) = &key;
+            let waited_s = now.saturating_sub(created_at) / 1000;
+            tracing::warn!(call = %id, %group, %function, waited_s, "a call waits for a group in which no live worker runs its function: start one, or check the target's and the function's spelling (`durable unserved` lists every such task)");
+            if let Some(n) = noted.get_mut(&key) {
+                n.due = Instant::now() + UNSERVED_AFTER;
             }
+        } else if noted.get(&key).is_some_and(|n| n.id == id) {
             // Served, or no longer waiting: forgotten, unless a newer call came since.
-            None => {
-                if noted.get(&key).is_some_and(|n| n.id == id) {
-                    noted.remove(&key);
-                }
-            }
+            noted.remove(&key);
         }
     }
 }
