@@ -609,7 +609,7 @@ pub async fn settle_fulfils_the_task_and_wakes_waiters(store: Arc<dyn Store>) {
 fn routed(id: &str, target: &str, window: u64) -> CreatePromise {
     let mut req = call(id);
     let target = target.parse().expect("a valid target");
-    req.task = Some(NewTask { target, window, acquire: None });
+    req.task = Some(NewTask { window, ..NewTask::new(target) });
     req
 }
 

@@ -11,7 +11,7 @@ use durable::store::{
     Acquired, Claim, CreatePromise, Created, Invocations, Listing, Page, Purge, Release, Search, SettlePromise, Tick,
     Worker,
 };
-use durable::{Fence, Millis, Promise, Store, StoreError, Task};
+use durable::{Fence, Limit, LimitState, Millis, Promise, Store, StoreError, Task};
 use tokio::sync::watch;
 
 /// A fault to inject into one store operation.
@@ -268,6 +268,18 @@ impl Store for FaultyStore {
 
     async fn workers(&self) -> Result<Vec<Worker>, StoreError> {
         self.op("workers", self.inner.workers()).await
+    }
+
+    async fn set_limit(&self, limit: Limit, replace: bool) -> Result<Limit, StoreError> {
+        self.op("set_limit", self.inner.set_limit(limit, replace)).await
+    }
+
+    async fn remove_limit(&self, name: &str) -> Result<bool, StoreError> {
+        self.op("remove_limit", self.inner.remove_limit(name)).await
+    }
+
+    async fn limits(&self) -> Result<Vec<LimitState>, StoreError> {
+        self.op("limits", self.inner.limits()).await
     }
 
     async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {

@@ -10,7 +10,7 @@ use durable::store::{
     Acquired, Claim, CreatePromise, Created, Invocations, Listing, Page, Purge, Release, Search, SettlePromise, Tick,
     Worker,
 };
-use durable::{Fence, Millis, Promise, State, Store, StoreError, Task};
+use durable::{Fence, Limit, LimitState, Millis, Promise, State, Store, StoreError, Task};
 use tokio::sync::watch;
 
 use crate::CrashPoint;
@@ -245,6 +245,18 @@ impl Store for Gate {
 
     async fn workers(&self) -> Result<Vec<Worker>, StoreError> {
         self.read(self.inner.workers()).await
+    }
+
+    async fn set_limit(&self, limit: Limit, replace: bool) -> Result<Limit, StoreError> {
+        self.write(format!("set limit {}", limit.name), self.inner.set_limit(limit, replace)).await
+    }
+
+    async fn remove_limit(&self, name: &str) -> Result<bool, StoreError> {
+        self.write(format!("remove limit {name}"), self.inner.remove_limit(name)).await
+    }
+
+    async fn limits(&self) -> Result<Vec<LimitState>, StoreError> {
+        self.read(self.inner.limits()).await
     }
 
     async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {

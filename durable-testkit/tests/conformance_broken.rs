@@ -112,6 +112,15 @@ impl Store for Broken {
     async fn workers(&self) -> Result<Vec<Worker>, StoreError> {
         self.inner.workers().await
     }
+    async fn set_limit(&self, limit: durable::Limit, replace: bool) -> Result<durable::Limit, StoreError> {
+        self.inner.set_limit(limit, replace).await
+    }
+    async fn remove_limit(&self, name: &str) -> Result<bool, StoreError> {
+        self.inner.remove_limit(name).await
+    }
+    async fn limits(&self) -> Result<Vec<durable::LimitState>, StoreError> {
+        self.inner.limits().await
+    }
     async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {
         self.inner.wait(id, halted).await
     }

@@ -40,3 +40,24 @@ pub(crate) fn truncated(json: &str) -> String {
         None => json.to_owned(),
     }
 }
+
+/// The longest call key, in bytes.
+pub(crate) const MAX_KEY: usize = 256;
+
+/// A call's key as the store records it: a string as it is, anything else as its
+/// JSON. An error, for the call `id`, if it does not encode or cannot be used.
+pub(crate) fn call_key<K: Serialize + ?Sized>(id: &str, key: &K) -> Result<String, Error> {
+    let invalid = |reason: String| Error::InvalidKey { id: id.to_owned(), reason };
+    let json = serde_json::to_value(key).map_err(|e| invalid(format!("it does not encode: {e}")))?;
+    let key = match json {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    };
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err(invalid(format!("a key has 1 to {MAX_KEY} bytes; this one has {}", key.len())));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(invalid(format!("{key:?} holds control characters")));
+    }
+    Ok(key)
+}

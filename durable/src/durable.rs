@@ -187,9 +187,8 @@ impl Durable {
         let mut req = CreatePromise::new(id, param.clone());
         req.timeout = f.timeout().map(|t| t.as_millis() as Millis);
         req.task = Some(NewTask {
-            target: Target::any(shared.group.clone()),
-            window: 0,
             acquire: Some((shared.process.clone(), shared.ttl)),
+            ..NewTask::new(Target::any(shared.group.clone()))
         });
         // The lease the create takes runs from no earlier than this.
         let sent = tokio::time::Instant::now();
@@ -234,6 +233,8 @@ impl Durable {
             target: None,
             timeout: None,
             tags: BTreeMap::new(),
+            key: None,
+            priority: 0,
             unserved_after: None,
         }
     }
@@ -496,6 +497,8 @@ pub struct Rpc<C: Callable> {
     target: Option<Result<Target>>,
     timeout: Option<Duration>,
     tags: BTreeMap<String, String>,
+    key: Option<Result<String>>,
+    priority: i32,
     unserved_after: Option<Duration>,
 }
 
@@ -530,6 +533,20 @@ impl<C: Callable> Rpc<C> {
         self
     }
 
+    /// Gives the invocation a key, such as an account id, that a per-key
+    /// [`Limit`](crate::Limit) counts by: as [`Call::key`](crate::Call::key).
+    pub fn key<K: serde::Serialize + ?Sized>(mut self, key: &K) -> Self {
+        self.key = Some(crate::codec::call_key(&self.id, key));
+        self
+    }
+
+    /// Sets the task's priority (default 0): of the tasks ready for a worker, those
+    /// of the highest priority are taken first.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
     /// Makes the handle fail with [`Error::Unserved`] once the task has waited this
     /// long since it was created, still undelivered, for a group that no live worker
     /// serves (a misspelt group, or workers not started). The task itself stays: a
@@ -557,7 +574,8 @@ impl<C: Callable> IntoFuture for Rpc<C> {
             req.timeout = self.timeout.or_else(|| self.f.timeout()).map(|t| t.as_millis() as Millis);
             req.tags = self.tags;
             let group = target.group.clone();
-            req.task = Some(NewTask { target, window: self.shared.window, acquire: None });
+            let key = self.key.transpose()?;
+            req.task = Some(NewTask { window: self.shared.window, key, priority: self.priority, ..NewTask::new(target) });
             let created = self.shared.store.create(req).await?;
             if created.new && created.promise.timeout_at != crate::NEVER {
                 self.shared.deadline_added();

@@ -99,6 +99,15 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A call's key ([`Call::key`](crate::Call::key)) that cannot be used: it does
+    /// not encode, or it is empty, too long or holds control characters. Nothing was
+    /// written.
+    InvalidKey {
+        /// The call.
+        id: String,
+        /// What is wrong with the key.
+        reason: String,
+    },
     /// The invocation's task was halted; a fixed deploy resumes it.
     Halted {
         /// The invocation.
@@ -154,6 +163,7 @@ impl fmt::Display for Error {
             ),
             Error::InvalidId { id, reason } => write!(f, "invalid id {id:?}: {reason}"),
             Error::InvalidTarget { target, reason } => write!(f, "invalid target {target:?}: {reason}"),
+            Error::InvalidKey { id, reason } => write!(f, "invalid key for call {id}: {reason}"),
             Error::Halted { id, reason } => write!(f, "invocation {id} halted: {reason}"),
             Error::Conflict { id, reason } => write!(
                 f,
@@ -295,6 +305,14 @@ pub enum StoreError {
         what: &'static str,
         /// The id.
         id: String,
+    },
+    /// A [`Limit`](crate::Limit) that cannot work, refused before anything is written.
+    #[error("limit {name:?} is refused: {reason}")]
+    InvalidLimit {
+        /// The limit's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The backend failed; the outcome of a write is unknown.
     #[error("store backend failed: {0}")]

@@ -27,7 +27,7 @@ pub use crate::retry::Retry;
 pub use crate::runtime::context::{Call, Context, Detach, Lfc, Lfi, Promised, Rfc, Rfi};
 pub use crate::runtime::function::{Callable, Function, Remote};
 pub use crate::runtime::handle::Handle;
-pub use crate::store::{MemoryStore, SledStore, Store};
+pub use crate::store::{Limit, LimitState, MemoryStore, Rate, SledStore, Store};
 pub use crate::target::Target;
 
 /// Turns an `async fn(&mut Context, …) -> durable::Result<T>` into a durable function.

@@ -299,6 +299,19 @@ pub struct Task {
     /// resumes the task when it starts with other code for the task's function.
     #[serde(default)]
     pub halted_code: Option<u64>,
+    /// The function key of the call it executes ([`Param::function_key`]): what a
+    /// [`Limit`](crate::Limit) of a function covers. `None` for a task recorded
+    /// before tasks named their function.
+    #[serde(default)]
+    pub function: Option<String>,
+    /// The key its caller gave the call: what a per-key [`Limit`](crate::Limit)
+    /// counts by.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Its priority: of the tasks ready for a worker, a claim takes those of the
+    /// highest priority first, then the longest ready. 0 unless the caller set one.
+    #[serde(default)]
+    pub priority: i32,
 }
 
 impl Task {

@@ -567,6 +567,15 @@ mod served {
         async fn workers(&self) -> Result<Vec<durable::store::Worker>, durable::StoreError> {
             self.inner.workers().await
         }
+        async fn set_limit(&self, limit: durable::Limit, replace: bool) -> Result<durable::Limit, durable::StoreError> {
+            self.inner.set_limit(limit, replace).await
+        }
+        async fn remove_limit(&self, name: &str) -> Result<bool, durable::StoreError> {
+            self.inner.remove_limit(name).await
+        }
+        async fn limits(&self) -> Result<Vec<durable::LimitState>, durable::StoreError> {
+            self.inner.limits().await
+        }
         async fn wait(&self, id: &str, halted: bool) -> Result<(), durable::StoreError> {
             self.inner.wait(id, halted).await
         }

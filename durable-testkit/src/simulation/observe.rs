@@ -10,7 +10,7 @@ use durable::store::{
     Acquired, Claim, CreatePromise, Created, Invocations, Listing, Page, Purge, Release, Search, SettlePromise, Tick,
     Worker,
 };
-use durable::{Fence, Millis, Promise, State, Store, StoreError, Task};
+use durable::{Fence, Limit, LimitState, Millis, Promise, State, Store, StoreError, Task};
 use tokio::sync::watch;
 
 /// What the observer saw.
@@ -318,6 +318,18 @@ impl Store for Observed {
 
     async fn workers(&self) -> Result<Vec<Worker>, StoreError> {
         instant(self.inner.workers()).await
+    }
+
+    async fn set_limit(&self, limit: Limit, replace: bool) -> Result<Limit, StoreError> {
+        instant(self.inner.set_limit(limit, replace)).await
+    }
+
+    async fn remove_limit(&self, name: &str) -> Result<bool, StoreError> {
+        instant(self.inner.remove_limit(name)).await
+    }
+
+    async fn limits(&self) -> Result<Vec<LimitState>, StoreError> {
+        instant(self.inner.limits()).await
     }
 
     async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {

@@ -213,6 +213,8 @@ impl Context {
             version: None,
             tags: BTreeMap::new(),
             target: None,
+            key: None,
+            priority: 0,
             unserved_after: None,
             watch: None,
             chosen: None,
@@ -492,6 +494,8 @@ pub struct Call<C: Callable, M> {
     version: Option<u32>,
     tags: BTreeMap<String, String>,
     target: Option<Result<Target>>,
+    key: Option<Result<String>>,
+    priority: i32,
     unserved_after: Option<Duration>,
     /// Set by `begin` for a pending routed call made with `unserved_after`.
     watch: Option<Watch>,
@@ -568,6 +572,31 @@ impl<C: Callable, M> Call<C, M> {
         self.target = Some(target.try_into().map_err(Into::into));
         self
     }
+
+    /// Gives the call a key, such as an account id: a per-key
+    /// [`Limit`](crate::Limit) counts each key on its own, so that, at a concurrency
+    /// of 1, the calls of one key run one at a time, in the order they were made. A
+    /// string is the key as it is; anything else, its JSON. A key that does not
+    /// encode, is empty or longer than 256 bytes, or holds control characters is an
+    /// [`Error::InvalidKey`](crate::Error::InvalidKey) when the call is awaited,
+    /// before anything is written.
+    pub fn key<K: serde::Serialize + ?Sized>(mut self, key: &K) -> Self
+    where
+        M: sealed::Routed,
+    {
+        self.key = Some(crate::codec::call_key(&self.id, key));
+        self
+    }
+
+    /// Sets the task's priority (default 0): of the tasks ready for a worker, those
+    /// of the highest priority are taken first.
+    pub fn priority(mut self, priority: i32) -> Self
+    where
+        M: sealed::Routed,
+    {
+        self.priority = priority;
+        self
+    }
 }
 
 impl<C: Callable, M: sealed::Awaited> Call<C, M> {
@@ -624,7 +653,11 @@ impl<C: Callable, M> Call<C, M> {
                 Some(target) => target?,
                 None => Target::any(self.inv.rt.group.clone()),
             };
-            Some(NewTask { target, window: self.inv.rt.window, acquire: None })
+            let key = match self.key.take() {
+                Some(key) => Some(key?),
+                None => None,
+            };
+            Some(NewTask { window: self.inv.rt.window, key, priority: self.priority, ..NewTask::new(target) })
         } else {
             None
         };

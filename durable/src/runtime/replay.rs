@@ -132,6 +132,18 @@ impl Store for HistoryStore {
         Ok(Vec::new())
     }
 
+    async fn set_limit(&self, _: crate::Limit, _: bool) -> Result<crate::Limit, StoreError> {
+        Err(frontier())
+    }
+
+    async fn remove_limit(&self, _: &str) -> Result<bool, StoreError> {
+        Err(frontier())
+    }
+
+    async fn limits(&self) -> Result<Vec<crate::LimitState>, StoreError> {
+        Ok(Vec::new())
+    }
+
     async fn heartbeat(&self, _: &str, _: &[Fence], _: Millis) -> Result<Vec<Fence>, StoreError> {
         Ok(Vec::new())
     }

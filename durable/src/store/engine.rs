@@ -355,6 +355,19 @@ macro_rules! engine_store {
             async fn workers(&self) -> Result<Vec<$crate::store::Worker>, $crate::StoreError> {
                 Ok(self.engine.workers())
             }
+            async fn set_limit(
+                &self,
+                limit: $crate::Limit,
+                replace: bool,
+            ) -> Result<$crate::Limit, $crate::StoreError> {
+                self.engine.write(|core, _| core.set_limit(limit, replace)).await
+            }
+            async fn remove_limit(&self, name: &str) -> Result<bool, $crate::StoreError> {
+                self.engine.write(|core, _| Ok(core.remove_limit(name))).await
+            }
+            async fn limits(&self) -> Result<Vec<$crate::LimitState>, $crate::StoreError> {
+                self.engine.read(|core, now| Ok(core.limit_states(now))).await
+            }
             async fn wait(&self, id: &str, halted: bool) -> Result<(), $crate::StoreError> {
                 self.engine.wait(id, halted).await
             }

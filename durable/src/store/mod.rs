@@ -8,6 +8,7 @@
 mod clock;
 mod cold;
 mod engine;
+pub(crate) mod flow;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -22,6 +23,7 @@ use std::fmt::Debug;
 use async_trait::async_trait;
 
 pub use self::clock::{Clock, SystemClock, VirtualClock};
+pub use self::flow::{Limit, LimitState, Rate};
 pub use self::memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use self::postgres::{PostgresOptions, PostgresStore};
@@ -125,14 +127,19 @@ pub struct NewTask {
     pub target: Target,
     /// How long a preferred pid (any@group/pid) has it to itself, in ms.
     pub window: Millis,
-    /// Acquire it at once for this process, with a lease of this many ms.
+    /// Acquire it at once for this process, with a lease of this many ms, unless a
+    /// [`Limit`] covers it: then it waits, pending, for a claim.
     pub acquire: Option<(String, Millis)>,
+    /// The call's key ([`Task::key`]).
+    pub key: Option<String>,
+    /// Its priority ([`Task::priority`]).
+    pub priority: i32,
 }
 
 impl NewTask {
-    /// A task for `target`, not acquired, with no preference window.
+    /// A task for `target`, not acquired, with no preference window, key or priority.
     pub fn new(target: Target) -> NewTask {
-        NewTask { target, window: 0, acquire: None }
+        NewTask { target, window: 0, acquire: None, key: None, priority: 0 }
     }
 }
 
@@ -499,6 +506,20 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// is live while its `live_until` is ahead of the store's now. One gone for
     /// [`FORGET_WORKERS`] is forgotten.
     async fn workers(&self) -> Result<Vec<Worker>, StoreError>;
+
+    /// Sets a limit on tasks ([`Limit`]), after [`Limit::check`]: a limit of that
+    /// name already stored is replaced if `replace`, and kept otherwise (so a process
+    /// that sets its limits as it starts does not undo an operator's change). Returns
+    /// the limit as stored. It applies from the next claim on, in every process:
+    /// tasks executing beyond it go on, and no more start until they are within it.
+    async fn set_limit(&self, limit: Limit, replace: bool) -> Result<Limit, StoreError>;
+
+    /// Removes the limit named `name`, with its rate's state; false if there was none.
+    async fn remove_limit(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Every limit, in name order, with how many of the tasks it covers execute and
+    /// wait.
+    async fn limits(&self) -> Result<Vec<LimitState>, StoreError>;
 
     /// Completes when the promise is settled (at once if it is), or, if `halted`, when
     /// its task is halted (at once if it is). A backend may also return early (a poll

@@ -12,6 +12,7 @@ use std::ops::{Bound, ControlFlow};
 use std::sync::Arc;
 
 use super::cold::Cold;
+use super::flow::{Admission, Bucket, Limit, LimitState};
 use super::{
     Acquired, Claim, CreatePromise, Created, Cursor, Invocation, Invocations, Listing, Page, Purge, Release, Search,
     SettlePromise, Tick,
@@ -39,15 +40,63 @@ pub(crate) struct Core {
     deadlines: BTreeSet<(Millis, String)>,
     /// Acquired tasks by lease end.
     leases: BTreeSet<(Millis, String)>,
-    /// Pending tasks per route (a group, and a pid while routed to one), by the time
-    /// they become ready.
-    ready: HashMap<Route, BTreeSet<(Millis, String)>>,
+    /// Pending tasks per route (a group, and a pid while routed to one), by priority
+    /// and the time they become ready.
+    ready: HashMap<Route, Queue>,
     /// Pending tasks whose pid preference ends, by when.
     preferences: BTreeSet<(Millis, String)>,
     /// Suspended tasks by the promises they await.
     callbacks: HashMap<String, BTreeSet<String>>,
+    /// The limits on tasks, by name.
+    limits: BTreeMap<String, Limit>,
+    /// The rates' state, by limit and key: only of keys started recently.
+    buckets: HashMap<(String, String), Bucket>,
     /// What the step in progress changed.
     dirty: Dirty,
+}
+
+/// A ready queue: its tasks by priority, highest first, and within a priority by the
+/// time they become ready.
+#[derive(Debug, Default)]
+struct Queue(BTreeMap<Reverse<i32>, BTreeSet<(Millis, String)>>);
+
+impl Queue {
+    fn insert(&mut self, priority: i32, entry: (Millis, String)) {
+        self.0.entry(Reverse(priority)).or_default().insert(entry);
+    }
+
+    fn remove(&mut self, priority: i32, entry: &(Millis, String)) {
+        if let Some(level) = self.0.get_mut(&Reverse(priority)) {
+            level.remove(entry);
+            if level.is_empty() {
+                self.0.remove(&Reverse(priority));
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.values().map(BTreeSet::len).sum()
+    }
+
+    /// The tasks ready at `now`, in the order a claim takes them.
+    fn due(&self, now: Millis) -> impl Iterator<Item = (Reverse<i32>, &(Millis, String))> {
+        self.0.iter().flat_map(move |(p, level)| level.iter().take_while(move |(at, _)| *at <= now).map(move |e| (*p, e)))
+    }
+
+    /// Every task in it.
+    fn all(&self) -> impl Iterator<Item = &(Millis, String)> {
+        self.0.values().flatten()
+    }
+
+    /// When the first task of each priority becomes ready.
+    fn firsts(&self) -> impl Iterator<Item = Millis> + '_ {
+        self.0.values().filter_map(|level| level.first()).map(|(at, _)| *at)
+    }
 }
 
 /// A ready queue: a group, and the pid a task is routed to (none: any worker).
@@ -63,6 +112,8 @@ struct Dirty {
     purged: Purged,
     woken: Vec<String>,
     ready: BTreeSet<String>,
+    limits: Vec<String>,
+    buckets: Vec<(String, String)>,
 }
 
 /// What one step changed: the records to write, and whom to wake.
@@ -87,6 +138,10 @@ pub(crate) struct Changes {
     pub(crate) woken: Vec<String>,
     /// The groups a task became ready in.
     pub(crate) ready: BTreeSet<String>,
+    /// Each limit the step set or removed (`None`), by name.
+    pub(crate) limits: Vec<(String, Option<Limit>)>,
+    /// Each rate's state the step changed or dropped (`None`), by limit and key.
+    pub(crate) buckets: Vec<((String, String), Option<Bucket>)>,
 }
 
 impl Changes {
@@ -98,6 +153,8 @@ impl Changes {
             && self.chosen.is_empty()
             && self.invoked.is_empty()
             && self.purged.is_empty()
+            && self.limits.is_empty()
+            && self.buckets.is_empty()
     }
 }
 
@@ -149,8 +206,16 @@ impl Core {
             ready: HashMap::new(),
             preferences: BTreeSet::new(),
             callbacks: HashMap::new(),
+            limits: BTreeMap::new(),
+            buckets: HashMap::new(),
             dirty: Dirty::default(),
         }
+    }
+
+    /// Takes in the stored limits and rates' state, as a backend restores them.
+    pub(crate) fn restore_flow(&mut self, limits: Vec<Limit>, buckets: Vec<((String, String), Bucket)>) {
+        self.limits = limits.into_iter().map(|l| (l.name.clone(), l)).collect();
+        self.buckets = buckets.into_iter().collect();
     }
 
     /// Rebuilds the state from persisted live records (a PostgreSQL step passes
@@ -223,7 +288,88 @@ impl Core {
                 None => {}
             }
         }
+        for name in dedup(dirty.limits) {
+            let limit = self.limits.get(&name).cloned();
+            changes.limits.push((name, limit));
+        }
+        let mut buckets = dirty.buckets;
+        buckets.sort();
+        buckets.dedup();
+        for id in buckets {
+            let bucket = self.buckets.get(&id).copied();
+            changes.buckets.push((id, bucket));
+        }
         changes
+    }
+
+    /// The function key of the call `t` executes: recorded on the task, or, for a
+    /// task recorded before tasks named it, read from its promise.
+    fn function_of<'a>(&'a self, t: &'a Task) -> Option<std::borrow::Cow<'a, str>> {
+        match &t.function {
+            Some(f) => Some(f.as_str().into()),
+            None => self.promises.get(&t.id).and_then(|p| p.param.function_key()),
+        }
+    }
+
+    /// Whether a limit covers `t`.
+    fn limited(&self, t: &Task) -> bool {
+        !self.limits.is_empty() && {
+            let function = self.function_of(t);
+            self.limits.values().any(|l| l.covers(&t.target.group, function.as_deref()))
+        }
+    }
+
+    /// Sets a limit; keeps the one stored under its name unless `replace`.
+    pub(crate) fn set_limit(&mut self, limit: Limit, replace: bool) -> Result<Limit, StoreError> {
+        limit.check()?;
+        if let Some(stored) = self.limits.get(&limit.name).filter(|_| !replace) {
+            return Ok(stored.clone());
+        }
+        self.dirty.limits.push(limit.name.clone());
+        self.limits.insert(limit.name.clone(), limit.clone());
+        self.wake_all_groups();
+        Ok(limit)
+    }
+
+    /// Removes a limit and its rate's state; false if there was none.
+    pub(crate) fn remove_limit(&mut self, name: &str) -> bool {
+        if self.limits.remove(name).is_none() {
+            return false;
+        }
+        self.dirty.limits.push(name.to_owned());
+        let dropped: Vec<(String, String)> = self.buckets.keys().filter(|(l, _)| l == name).cloned().collect();
+        for id in dropped {
+            self.buckets.remove(&id);
+            self.dirty.buckets.push(id);
+        }
+        self.wake_all_groups();
+        true
+    }
+
+    /// Every limit with the tasks it covers executing and waiting.
+    pub(crate) fn limit_states(&self, now: Millis) -> Vec<LimitState> {
+        self.limits
+            .values()
+            .map(|limit| {
+                let covers = |t: &Task| limit.covers(&t.target.group, self.function_of(t).as_deref());
+                let executing = self.leases.iter().filter(|(until, id)| *until > now && covers(&self.tasks[id])).count();
+                let mut waiting = 0;
+                let mut oldest: Option<Millis> = None;
+                for (at, id) in self.ready.values().flat_map(Queue::all) {
+                    if covers(&self.tasks[id]) {
+                        waiting += 1;
+                        oldest = Some(oldest.map_or(*at, |o| o.min(*at)));
+                    }
+                }
+                LimitState { limit: limit.clone(), executing, waiting, oldest }
+            })
+            .collect()
+    }
+
+    /// Signals every group with a queue: a limit changed, or a slot came free.
+    fn wake_all_groups(&mut self) {
+        let groups: BTreeSet<String> = self.ready.keys().map(|(group, _)| group.clone()).collect();
+        self.dirty.ready.extend(groups);
     }
 
     /// A promise, live or finished, as stored.
@@ -331,6 +477,7 @@ impl Core {
         self.dirty.promises.push(req.id.clone());
         let mut acquired = None;
         if let Some(new_task) = req.task {
+            let function = self.promises[&req.id].param.function_key().map(std::borrow::Cow::into_owned);
             let mut task = Task {
                 id: req.id.clone(),
                 state: TaskState::Pending,
@@ -344,10 +491,15 @@ impl Core {
                 error: None,
                 awaiting: Vec::new(),
                 halted_code: None,
+                function,
+                key: new_task.key,
+                priority: new_task.priority,
             };
+            // A limited task starts only through a claim, which admits it.
+            let acquire = new_task.acquire.filter(|_| !self.limited(&task));
             if state.is_settled() {
                 task.state = TaskState::Fulfilled;
-            } else if let Some((process, ttl)) = new_task.acquire {
+            } else if let Some((process, ttl)) = acquire {
                 task.state = TaskState::Acquired;
                 task.version = 1;
                 task.process = Some(process);
@@ -598,34 +750,73 @@ impl Core {
     }
 
     pub(crate) fn claim(&mut self, c: &Claim, now: Millis) -> Result<Vec<Acquired>, StoreError> {
-        let mut out = Vec::new();
         let mine = (c.group.clone(), Some(c.pid.clone()));
         let anyone = (c.group.clone(), None);
         // A task of a function the worker lacks is left for one that has it.
-        let runs = |p: Option<&Promise>| match p.map(|p| &p.param) {
+        let runs = |p: &Promise| match &p.param {
             _ if c.functions.is_empty() => true,
-            Some(p @ Param::Call { .. }) => p.function_key().is_some_and(|key| c.functions.iter().any(|f| *f == key)),
+            p @ Param::Call { .. } => p.function_key().is_some_and(|key| c.functions.iter().any(|f| *f == key)),
             _ => false,
         };
-        while out.len() < c.max {
-            let first = |route: &Route| {
-                self.ready.get(route).and_then(|q| {
-                    q.iter().take_while(|(at, _)| *at <= now).find(|(_, id)| runs(self.promises.get(id))).cloned()
-                })
+        // One pass over the ready tasks of both queues, in the order they are taken:
+        // each is admitted by every limit that covers it, counted as it is taken, or
+        // passed over, so a key held back holds back no other.
+        let (picked, expired, held) = {
+            let executing: Vec<(&Task, Option<std::borrow::Cow<'_, str>>)> = if self.limits.is_empty() {
+                Vec::new()
+            } else {
+                let leased = self.leases.iter().filter(|(until, _)| *until > now);
+                leased.map(|(_, id)| &self.tasks[id]).map(|t| (t, self.function_of(t))).collect()
             };
-            let (route, (ready_at, id)) = match (first(&mine), first(&anyone)) {
-                (Some(a), Some(b)) if b < a => (&anyone, b),
-                (Some(a), _) => (&mine, a),
-                (None, Some(b)) => (&anyone, b),
-                (None, None) => break,
-            };
-            if ready_at > now {
-                break;
+            let executing = executing.iter().map(|(t, f)| (*t, f.as_deref()));
+            let mut admission = Admission::new(self.limits.values(), &c.group, executing);
+            let bucket = |name: &str, key: &str| self.buckets.get(&(name.to_owned(), key.to_owned())).copied();
+            let queue = |route: &Route| self.ready.get(route).into_iter().flat_map(|q| q.due(now)).peekable();
+            let (mut a, mut b) = (queue(&mine), queue(&anyone));
+            let (mut picked, mut expired) = (Vec::new(), Vec::<String>::new());
+            while picked.len() < c.max {
+                let take_a = match (a.peek(), b.peek()) {
+                    (Some(x), Some(y)) => (x.0, &x.1.0, &x.1.1) <= (y.0, &y.1.0, &y.1.1),
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                    (None, None) => break,
+                };
+                let (route, next) = if take_a { (&mine, a.next()) } else { (&anyone, b.next()) };
+                let Some((priority, entry)) = next else { break };
+                let id = &entry.1;
+                let p = &self.promises[id];
+                if now >= p.timeout_at {
+                    expired.push(id.clone());
+                    continue;
+                }
+                if !runs(p) {
+                    continue;
+                }
+                let t = &self.tasks[id];
+                let mut started = Vec::new();
+                if !admission.is_open() {
+                    let function = self.function_of(t);
+                    if !admission.admits(t, function.as_deref(), now, &bucket) {
+                        continue;
+                    }
+                    started = admission.start(t, function.as_deref(), now, &bucket);
+                }
+                picked.push((route.clone(), priority.0, entry.clone(), started));
             }
-            let route = route.clone();
-            self.unqueue(&route, &(ready_at, id.clone()));
-            if self.expire(&id, now) {
-                continue;
+            (picked, expired, admission.held)
+        };
+        for ((limit, key), waiting) in held {
+            tracing::debug!(%limit, %key, waiting, group = %c.group, "tasks wait on a limit");
+        }
+        for id in expired {
+            self.expire(&id, now);
+        }
+        let mut out = Vec::new();
+        for (route, priority, (ready_at, id), started) in picked {
+            self.unqueue(&route, priority, &(ready_at, id.clone()));
+            for (bucket, state) in started {
+                self.buckets.insert(bucket.clone(), state);
+                self.dirty.buckets.push(bucket);
             }
             let t = self.tasks.get_mut(&id).expect("a ready task exists");
             t.state = TaskState::Acquired;
@@ -979,7 +1170,16 @@ impl Core {
                 self.dirty.ready.insert(t.target.group.clone());
             }
         }
-        let delayed = self.ready.values().filter_map(|g| g.first()).map(|(at, _)| *at).filter(|at| *at > now);
+        // A rate's state that let its next start through by now is as good as none.
+        let now_us = now.saturating_mul(1000);
+        let spent: Vec<(String, String)> =
+            self.buckets.iter().filter(|(_, b)| b.tat <= now_us).map(|(id, _)| id.clone()).collect();
+        for id in spent {
+            self.buckets.remove(&id);
+            self.dirty.buckets.push(id);
+        }
+        let opening = self.buckets.values().map(|b| b.open_at).filter(|at| *at > now);
+        let delayed = self.ready.values().flat_map(Queue::firsts).filter(|at| *at > now);
         tick.next = [
             self.deadlines.first().map(|d| d.0),
             self.leases.first().map(|l| l.0),
@@ -988,6 +1188,7 @@ impl Core {
         .into_iter()
         .flatten()
         .chain(delayed)
+        .chain(opening)
         .min();
         tick
     }
@@ -1016,14 +1217,14 @@ impl Core {
             self.preferences.insert((t.prefer_until, t.id.clone()));
         }
         let pid = if t.target.uni || preferred { t.target.pid.clone() } else { None };
-        self.ready.entry((t.target.group.clone(), pid)).or_default().insert((t.ready_at, t.id.clone()));
+        self.ready.entry((t.target.group.clone(), pid)).or_default().insert(t.priority, (t.ready_at, t.id.clone()));
     }
 
     /// Takes an entry off a ready queue, and the queue away once empty: routes come
     /// and go with the pids that tasks name.
-    fn unqueue(&mut self, route: &Route, entry: &(Millis, String)) {
+    fn unqueue(&mut self, route: &Route, priority: i32, entry: &(Millis, String)) {
         if let Some(q) = self.ready.get_mut(route) {
-            q.remove(entry);
+            q.remove(priority, entry);
             if q.is_empty() {
                 self.ready.remove(route);
             }
@@ -1033,7 +1234,7 @@ impl Core {
     /// How many live records and index entries it holds: its memory.
     #[cfg(test)]
     pub(crate) fn index_sizes(&self) -> [usize; 9] {
-        let queued = self.ready.values().map(BTreeSet::len).sum();
+        let queued = self.ready.values().map(Queue::len).sum();
         let callbacks = self.callbacks.values().map(BTreeSet::len).sum::<usize>() + self.callbacks.len();
         let (deadlines, leases, routes, preferences) =
             (self.deadlines.len(), self.leases.len(), self.ready.len(), self.preferences.len());
@@ -1046,11 +1247,16 @@ impl Core {
         match t.state {
             TaskState::Pending => {
                 for pid in [None, t.target.pid.clone()] {
-                    self.unqueue(&(t.target.group.clone(), pid), &(t.ready_at, t.id.clone()));
+                    self.unqueue(&(t.target.group.clone(), pid), t.priority, &(t.ready_at, t.id.clone()));
                 }
             }
             TaskState::Acquired => {
                 self.leases.remove(&(t.lease_until, t.id.clone()));
+                // Its slot comes free: the tasks a limit held back may start.
+                if self.limited(t) {
+                    self.dirty.ready.insert(t.target.group.clone());
+                    self.wake_all_groups();
+                }
             }
             TaskState::Suspended => {
                 for id in &t.awaiting {

@@ -19,16 +19,17 @@ use tokio_postgres::{Client, Config, Statement};
 
 use self::pool::{Conn, Pool, quote_ident, unreachable};
 use super::cold::MemoryCold;
+use super::flow::{Admission, Bucket};
 use super::state::{Core, Start};
 use super::waiters::{Ready, Waiters};
 use super::{
     Acquired, Claim, Clock, CreatePromise, Created, Cursor, FORGET_WORKERS, Invocation, Invocations, Listing, Page,
     Purge, Release, Search, SettlePromise, Tick, Worker,
 };
-use crate::StoreError;
 use crate::promise::{Fence, Millis, NEVER, Promise, State, Task, TaskState, is_invocation};
+use crate::{Limit, LimitState, StoreError};
 
-const SCHEMA_VERSION: i32 = 6;
+const SCHEMA_VERSION: i32 = 7;
 
 // The statements of the hot paths, prepared once per connection.
 /// The database's clock, in milliseconds since the epoch.
@@ -53,7 +54,9 @@ const READY: &str = "SELECT t.id FROM tasks t
        AND (t.pid = $3 OR (NOT t.uni AND (t.pid IS NULL OR t.prefer_until <= $2)))
        AND (SELECT p.state = 'pending' AND p.timeout_at > $2 FROM promises p WHERE p.id = t.id)
        AND (cardinality($5::text[]) = 0 OR t.func = ANY($5::text[]))
-     ORDER BY t.ready_at, t.id LIMIT $4 FOR UPDATE SKIP LOCKED";
+       AND NOT EXISTS (SELECT 1 FROM unnest($6::text[], $7::text[]) AS c(f, k)
+         WHERE (c.f IS NULL OR split_part(t.func, '@', 1) = c.f) AND (c.k IS NULL OR coalesce(t.key, '') = c.k))
+     ORDER BY t.priority DESC, t.ready_at, t.id LIMIT $4 FOR UPDATE SKIP LOCKED";
 /// Waits for a row another step holds (a `run` attaching to the id, say) rather than
 /// skipping it: a worker resumes its group's halted tasks once, as it starts.
 const HALTED: &str = "SELECT id FROM tasks WHERE state = 'halted' AND grp = $1 ORDER BY id FOR UPDATE";
@@ -80,15 +83,16 @@ macro_rules! function_key {
     };
 }
 const UPSERT_TASKS: &str = concat!(
-    "INSERT INTO tasks (id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, awaiting, data, func)
+    "INSERT INTO tasks
+       (id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, awaiting, data, func, priority, key)
      SELECT id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version,
        ARRAY(SELECT jsonb_array_elements_text(data::jsonb -> 'awaiting')), data,
        (SELECT ",
     function_key!(),
-    " FROM promises p WHERE p.id = u.id)
+    " FROM promises p WHERE p.id = u.id), priority, key
      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::int8[], $7::int8[], $8::int8[],
-                 $9::text[], $10::int8[], $11::text[])
-       AS u(id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, data)
+                 $9::text[], $10::int8[], $11::text[], $12::int4[], $13::text[])
+       AS u(id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, data, priority, key)
      ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, ready_at = EXCLUDED.ready_at,
        lease_until = EXCLUDED.lease_until, process = EXCLUDED.process, version = EXCLUDED.version,
        awaiting = EXCLUDED.awaiting, data = EXCLUDED.data"
@@ -149,7 +153,8 @@ const NEXT_DEADLINE: &str = "SELECT least(
      (SELECT min(timeout_at) FROM promises WHERE state = 'pending'),
      (SELECT min(lease_until) FROM tasks WHERE state = 'acquired'),
      (SELECT min(ready_at) FROM tasks WHERE state = 'pending' AND ready_at > $1),
-     (SELECT min(prefer_until) FROM tasks WHERE state = 'pending' AND pid IS NOT NULL AND NOT uni AND prefer_until > $1))";
+     (SELECT min(prefer_until) FROM tasks WHERE state = 'pending' AND pid IS NOT NULL AND NOT uni AND prefer_until > $1),
+     (SELECT min(open_at) FROM limit_buckets WHERE open_at > $1))";
 
 const MIGRATION_1: &str = r#"
 CREATE TABLE IF NOT EXISTS promises (
@@ -282,6 +287,62 @@ CREATE TRIGGER durable_task_function BEFORE INSERT ON tasks FOR EACH ROW EXECUTE
 "#
 );
 
+/// Version 7: limits on tasks and their rates' state; each task's key and priority,
+/// and the ready index by priority.
+const MIGRATION_7: &str = r#"
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS priority integer NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS key text;
+CREATE INDEX IF NOT EXISTS tasks_ready_priority ON tasks (grp, priority DESC, ready_at, id) WHERE state = 'pending';
+DROP INDEX IF EXISTS tasks_ready;
+CREATE TABLE IF NOT EXISTS limits (
+    name text COLLATE "C" PRIMARY KEY,
+    grp text,
+    data text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS limit_buckets (
+    lim text COLLATE "C" NOT NULL,
+    key text COLLATE "C" NOT NULL,
+    tat bigint NOT NULL,
+    open_at bigint NOT NULL,
+    PRIMARY KEY (lim, key)
+);
+CREATE INDEX IF NOT EXISTS limit_buckets_tat ON limit_buckets (tat);
+CREATE INDEX IF NOT EXISTS limit_buckets_open ON limit_buckets (open_at);
+"#;
+
+// Limits. A claim locks the limits of its group, so that claims that could exceed one
+// take turns, and counts the tasks they cover that execute now.
+const LIMITS: &str = "SELECT data FROM limits ORDER BY name";
+const LOCK_LIMITS: &str = "SELECT data FROM limits WHERE grp IS NULL OR grp = $1 ORDER BY name FOR UPDATE";
+/// The acquired tasks with a running lease that a limit of function `$2[i]` (or any)
+/// and group `$3[i]` (or any) covers.
+const EXECUTING: &str = "SELECT data, func FROM tasks t WHERE t.state = 'acquired' AND t.lease_until > $1
+     AND EXISTS (SELECT 1 FROM unnest($2::text[], $3::text[]) AS l(f, g)
+       WHERE (l.f IS NULL OR split_part(t.func, '@', 1) = l.f) AND (l.g IS NULL OR t.grp = l.g))";
+const BUCKETS: &str = "SELECT lim, key, tat, open_at FROM limit_buckets WHERE lim = ANY($1)";
+const UPSERT_BUCKETS: &str = "INSERT INTO limit_buckets (lim, key, tat, open_at)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[])
+     ON CONFLICT (lim, key) DO UPDATE SET tat = EXCLUDED.tat, open_at = EXCLUDED.open_at";
+const DELETE_BUCKETS: &str =
+    "DELETE FROM limit_buckets b USING unnest($1::text[], $2::text[]) AS u(lim, key) WHERE b.lim = u.lim AND b.key = u.key";
+const SPENT_BUCKETS: &str = "DELETE FROM limit_buckets WHERE tat <= $1";
+const INSERT_LIMIT: &str = "INSERT INTO limits (name, grp, data) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING";
+const REPLACE_LIMIT: &str = "INSERT INTO limits (name, grp, data) VALUES ($1, $2, $3)
+     ON CONFLICT (name) DO UPDATE SET grp = EXCLUDED.grp, data = EXCLUDED.data";
+const GET_LIMIT: &str = "SELECT data FROM limits WHERE name = $1";
+const REMOVE_LIMIT: &str = "WITH gone AS (DELETE FROM limits WHERE name = $1 RETURNING name),
+     spent AS (DELETE FROM limit_buckets WHERE lim = $1) SELECT count(*) FROM gone";
+/// The tasks a limit of function `$1` (or any) and group `$2` (or any) covers: those
+/// executing, those waiting, and the oldest ready time of those.
+const LIMIT_USE: &str = "SELECT
+       count(*) FILTER (WHERE state = 'acquired' AND lease_until > $3),
+       count(*) FILTER (WHERE state = 'pending'),
+       min(ready_at) FILTER (WHERE state = 'pending')
+     FROM tasks t WHERE state IN ('acquired', 'pending')
+       AND ($1::text IS NULL OR split_part(t.func, '@', 1) = $1) AND ($2::text IS NULL OR t.grp = $2)";
+/// The groups with a task waiting, to be told that a limit changed.
+const WAITING_GROUPS: &str = "SELECT DISTINCT grp FROM tasks WHERE state = 'pending'";
+
 const ANNOUNCE: &str = "INSERT INTO workers (grp, pid, process, functions, live_until) VALUES ($1, $2, $3, $4, $5)
      ON CONFLICT (grp, pid) DO UPDATE
      SET process = excluded.process, functions = excluded.functions, live_until = excluded.live_until";
@@ -330,6 +391,9 @@ pub struct PostgresStore {
     /// Asks the listener to listen for a group's readiness too.
     listen_to: tokio::sync::mpsc::UnboundedSender<String>,
     listener: tokio::task::AbortHandle,
+    /// Whether this process's last claim (or a step since) found a limit: then steps
+    /// that may free a slot read the limits, to wake the workers one holds back.
+    flow_seen: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for PostgresStore {
@@ -407,7 +471,8 @@ impl PostgresOptions {
             groups,
         ))
         .abort_handle();
-        Ok(PostgresStore { pool, channel, clock: self.clock, waiters, ready, listen_to, listener })
+        let flow_seen = Default::default();
+        Ok(PostgresStore { pool, channel, clock: self.clock, waiters, ready, listen_to, listener, flow_seen })
     }
 }
 
@@ -446,6 +511,7 @@ async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<()
                 (4, MIGRATION_4),
                 (5, MIGRATION_5),
                 (6, MIGRATION_6),
+                (7, MIGRATION_7),
             ];
             for (to, migration) in migrations {
                 if version < to {
@@ -583,8 +649,8 @@ struct Rows {
 /// How a step finds its rows.
 enum Select<'a> {
     /// These promises (and their tasks) and tasks; `create`: the promises may not
-    /// exist yet.
-    Ids { promises: &'a [String], tasks: &'a [String], create: bool },
+    /// exist yet; `limits`: the step reads the limits too.
+    Ids { promises: &'a [String], tasks: &'a [String], create: bool, limits: bool },
     /// Ready tasks for a worker, skipping those another transaction has locked.
     Ready(&'a Claim),
     /// The halted tasks of a group.
@@ -596,16 +662,23 @@ enum Select<'a> {
 }
 
 impl Select<'_> {
-    async fn rows(&self, conn: &mut Conn<'_>, now: Millis) -> Result<Rows, StoreError> {
+    /// The rows; a claim passes over tasks of the (function, key) pairs `closed`.
+    async fn rows(
+        &self,
+        conn: &mut Conn<'_>,
+        now: Millis,
+        closed: &[(Option<String>, Option<String>)],
+    ) -> Result<Rows, StoreError> {
         let now = now as i64;
         match self {
             Select::Ids { promises, tasks, .. } => Ok(Rows { promises: promises.to_vec(), tasks: tasks.to_vec() }),
             Select::Ready(claim) => {
                 let [ready] = conn.statements([READY]).await.map_err(db)?;
-                let candidates = conn
-                    .query(&ready, &[&claim.group, &now, &claim.pid, &(claim.max as i64), &claim.functions])
-                    .await
-                    .map_err(db)?;
+                let (functions, keys): (Vec<Option<String>>, Vec<Option<String>>) = closed.iter().cloned().unzip();
+                let max = claim.max as i64;
+                let params: [&(dyn ToSql + Sync); 7] =
+                    [&claim.group, &now, &claim.pid, &max, &claim.functions, &functions, &keys];
+                let candidates = conn.query(&ready, &params).await.map_err(db)?;
                 let candidates = ids(candidates);
                 Ok(Rows { promises: candidates.clone(), tasks: candidates })
             }
@@ -788,6 +861,12 @@ impl PostgresStore {
             upsert_tasks,
             notify_settled,
             notify_ready,
+            limits_q,
+            lock_limits,
+            executing_q,
+            buckets_q,
+            upsert_buckets,
+            delete_buckets,
         ] = conn
             .statements([
                 CLOCK,
@@ -799,6 +878,12 @@ impl PostgresStore {
                 UPSERT_TASKS,
                 NOTIFY_SETTLED,
                 NOTIFY_READY,
+                LIMITS,
+                LOCK_LIMITS,
+                EXECUTING,
+                BUCKETS,
+                UPSERT_BUCKETS,
+                DELETE_BUCKETS,
             ])
             .await
             .map_err(db)?;
@@ -807,11 +892,15 @@ impl PostgresStore {
         // One round trip to BEGIN, read the clock and lock and read the rows (the
         // statements are pipelined and run in order), one to write and COMMIT.
         let begin = if durable { "BEGIN" } else { "BEGIN; SET LOCAL synchronous_commit TO off" };
-        let (now, (promises, tasks)) = match select {
-            Select::Ids { promises, tasks, create } => {
+        let (mut limits, mut buckets, mut executing) = (Vec::new(), Vec::new(), Vec::new());
+        let (now, (promises, mut tasks)) = match select {
+            Select::Ids { promises, tasks, create, limits: read_limits } => {
                 let rows = Rows { promises: promises.to_vec(), tasks: tasks.to_vec() };
+                // A step that may free a slot reads the limits, to wake the workers a
+                // limit holds back, once this process has seen one.
+                let read_limits = *read_limits || self.flow_seen.load(std::sync::atomic::Ordering::Relaxed);
                 // Sent in this order (each future sends when first polled), run in order.
-                let ((), now, (), loaded) = futures::try_join!(
+                let ((), now, (), loaded, stored) = futures::try_join!(
                     async { conn.batch_execute(begin).await.map_err(db) },
                     self.now_in(&conn, &clock),
                     async {
@@ -820,21 +909,70 @@ impl PostgresStore {
                         }
                         Ok(())
                     },
-                    load(&conn, &locks, &rows)
+                    load(&conn, &locks, &rows),
+                    async {
+                        if !read_limits {
+                            return Ok(Vec::new());
+                        }
+                        conn.query(&limits_q, &[]).await.map_err(db)
+                    }
                 )?;
+                limits = stored.iter().map(|r| parse::<Limit>(r.get(0))).collect::<Result<_, _>>()?;
+                if !limits.is_empty() {
+                    self.flow_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 (now, loaded)
+            }
+            Select::Ready(claim) => {
+                let ((), now, locked) = futures::try_join!(
+                    async { conn.batch_execute(begin).await.map_err(db) },
+                    self.now_in(&conn, &clock),
+                    async { conn.query(&lock_limits, &[&claim.group]).await.map_err(db) }
+                )?;
+                limits = locked.iter().map(|r| parse::<Limit>(r.get(0))).collect::<Result<_, _>>()?;
+                self.flow_seen.store(!limits.is_empty(), std::sync::atomic::Ordering::Relaxed);
+                if !limits.is_empty() {
+                    let counted = limits.iter().filter(|l| l.concurrency.is_some());
+                    let (functions, groups): (Vec<Option<String>>, Vec<Option<String>>) =
+                        counted.map(|l| (l.function.clone(), l.group.clone())).unzip();
+                    let rated: Vec<String> = limits.iter().filter(|l| l.rate.is_some()).map(|l| l.name.clone()).collect();
+                    let now_i = now as i64;
+                    let counting: [&(dyn ToSql + Sync); 3] = [&now_i, &functions, &groups];
+                    let rating: [&(dyn ToSql + Sync); 1] = [&rated];
+                    let (running, rates) = futures::try_join!(
+                        conn.query(&executing_q, &counting),
+                        conn.query(&buckets_q, &rating)
+                    )
+                    .map_err(db)?;
+                    for row in running {
+                        let mut t = parse::<Task>(row.get(0))?;
+                        t.function = t.function.or(row.get(1));
+                        executing.push(t);
+                    }
+                    for row in rates {
+                        let (tat, open_at): (i64, i64) = (row.get(2), row.get(3));
+                        buckets.push(((row.get(0), row.get(1)), Bucket { tat: tat as u64, open_at: open_at as Millis }));
+                    }
+                }
+                let running = executing.iter().map(|t| (t, t.function.as_deref()));
+                let closed = Admission::new(limits.iter(), &claim.group, running).closed(now, &buckets);
+                let rows = select.rows(&mut conn, now, &closed).await?;
+                (now, load(&conn, &locks, &rows).await?)
             }
             _ => {
                 let ((), now) = futures::try_join!(
                     async { conn.batch_execute(begin).await.map_err(db) },
                     self.now_in(&conn, &clock)
                 )?;
-                let rows = select.rows(&mut conn, now).await?;
+                let rows = select.rows(&mut conn, now, &[]).await?;
                 (now, load(&conn, &locks, &rows).await?)
             }
         };
-        // The step reads only the rows it loaded, finished or not.
+        // The step reads only the rows it loaded, finished or not; the tasks executing
+        // under a limit are read, not locked, and only counted.
+        tasks.extend(executing);
         let mut core = Core::restore(Arc::new(MemoryCold::default()), promises, tasks, now);
+        core.restore_flow(limits, buckets);
         let result = op(&mut core, now);
         let dirty = core.take_changes();
         // Every write of the step: one statement per table, pipelined.
@@ -857,7 +995,10 @@ impl PostgresStore {
         let (mut t_ids, mut t_states, mut t_groups, mut t_pids, mut t_unis, mut t_prefer, mut t_ready, mut t_lease) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut t_process, mut t_versions, mut t_data) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut t_priorities, mut t_keys) = (Vec::new(), Vec::new());
         for t in &dirty.tasks {
+            t_priorities.push(t.priority);
+            t_keys.push(t.key.clone());
             t_states.push(task_state_name(t.state).to_owned());
             t_groups.push(t.target.group.clone());
             t_pids.push(t.target.pid.clone());
@@ -872,7 +1013,7 @@ impl PostgresStore {
         }
         let promise_params: [&(dyn ToSql + Sync); 10] =
             [&p_ids, &p_states, &p_timers, &p_timeouts, &p_tags, &p_data, &p_settled, &p_invoked, &p_parents, &p_roots];
-        let task_params: [&(dyn ToSql + Sync); 11] = [
+        let task_params: [&(dyn ToSql + Sync); 13] = [
             &t_ids,
             &t_states,
             &t_groups,
@@ -884,7 +1025,27 @@ impl PostgresStore {
             &t_process,
             &t_versions,
             &t_data,
+            &t_priorities,
+            &t_keys,
         ];
+        let (mut b_limits, mut b_keys, mut b_tats, mut b_opens, mut spent_limits, mut spent_keys) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((limit, key), bucket) in &dirty.buckets {
+            match bucket {
+                Some(b) => {
+                    b_limits.push(limit.clone());
+                    b_keys.push(key.clone());
+                    b_tats.push(b.tat as i64);
+                    b_opens.push(b.open_at as i64);
+                }
+                None => {
+                    spent_limits.push(limit.clone());
+                    spent_keys.push(key.clone());
+                }
+            }
+        }
+        let bucket_params: [&(dyn ToSql + Sync); 4] = [&b_limits, &b_keys, &b_tats, &b_opens];
+        let spent_params: [&(dyn ToSql + Sync); 2] = [&spent_limits, &spent_keys];
         let notify_params: [&(dyn ToSql + Sync); 2] = [&self.channel, &dirty.woken];
         let ready_channels: Vec<String> = dirty.ready.iter().map(|g| ready_channel(&self.channel, g)).collect();
         let ready_params: [&(dyn ToSql + Sync); 1] = [&ready_channels];
@@ -894,6 +1055,12 @@ impl PostgresStore {
         }
         if !t_ids.is_empty() {
             writes.push(Box::pin(conn.execute(&upsert_tasks, &task_params)));
+        }
+        if !b_limits.is_empty() {
+            writes.push(Box::pin(conn.execute(&upsert_buckets, &bucket_params)));
+        }
+        if !spent_limits.is_empty() {
+            writes.push(Box::pin(conn.execute(&delete_buckets, &spent_params)));
         }
         if !dirty.woken.is_empty() {
             writes.push(Box::pin(conn.execute(&notify_settled, &notify_params)));
@@ -1002,6 +1169,15 @@ impl PostgresStore {
         Ok(PurgeStep::Deleted(done))
     }
 
+    /// Tells the workers of every group with a task waiting that a limit changed.
+    async fn wake_waiting(&self, conn: &Conn<'_>) -> Result<(), StoreError> {
+        let groups = ids(conn.query(WAITING_GROUPS, &[]).await.map_err(db)?);
+        let channels: Vec<String> = groups.iter().map(|g| ready_channel(&self.channel, g)).collect();
+        conn.execute(NOTIFY_READY, &[&channels]).await.map_err(db)?;
+        self.ready.bump(groups.iter().map(String::as_str));
+        Ok(())
+    }
+
     async fn read_promise(&self, id: &str) -> Result<Option<Promise>, StoreError> {
         let mut conn = self.pool.get().await?;
         let [get] = conn.statements([GET_PROMISE]).await.map_err(db)?;
@@ -1075,17 +1251,17 @@ impl super::Store for PostgresStore {
         // The creator too: the new promise joins its family.
         let promises: Vec<String> = std::iter::once(&req.id).chain(&req.parent).cloned().collect();
         let tasks = req.fence.iter().map(|f| f.task.clone()).collect::<Vec<_>>();
-        self.step_when(req.durable, Select::Ids { promises: &promises, tasks: &tasks, create: true }, |core, now| {
-            core.create(req.clone(), now)
-        })
-        .await
+        // A create that acquires its task reads the limits: a limited task waits for a claim.
+        let limits = req.task.as_ref().is_some_and(|t| t.acquire.is_some());
+        let select = Select::Ids { promises: &promises, tasks: &tasks, create: true, limits };
+        self.step_when(req.durable, select, |core, now| core.create(req.clone(), now)).await
     }
 
     async fn import(&self, family: Vec<CreatePromise>) -> Result<(), StoreError> {
         let mut promises: Vec<String> = family.iter().map(|r| r.id.clone()).collect();
         promises.extend(family.iter().filter_map(|r| r.parent.clone()));
         let promises = dedup(&promises);
-        self.step(Select::Ids { promises: &promises, tasks: &[], create: true }, |core, now| {
+        self.step(Select::Ids { promises: &promises, tasks: &[], create: true, limits: false }, |core, now| {
             core.import(family.clone(), now)
         })
         .await
@@ -1093,7 +1269,7 @@ impl super::Store for PostgresStore {
 
     async fn settle(&self, req: SettlePromise) -> Result<Promise, StoreError> {
         let (promises, tasks) = ([req.id.clone()], req.fence.iter().map(|f| f.task.clone()).collect::<Vec<_>>());
-        self.step(Select::Ids { promises: &promises, tasks: &tasks, create: false }, |core, now| {
+        self.step(Select::Ids { promises: &promises, tasks: &tasks, create: false, limits: false }, |core, now| {
             core.settle(req.clone(), now)
         })
         .await
@@ -1211,7 +1387,7 @@ impl super::Store for PostgresStore {
 
     async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<Vec<Fence>, StoreError> {
         let tasks: Vec<String> = held.iter().map(|f| f.task.clone()).collect();
-        self.step(Select::Ids { promises: &[], tasks: &tasks, create: false }, |core, now| {
+        self.step(Select::Ids { promises: &[], tasks: &tasks, create: false, limits: false }, |core, now| {
             Ok(core.heartbeat(process, held, ttl, now))
         })
         .await
@@ -1219,7 +1395,7 @@ impl super::Store for PostgresStore {
 
     async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError> {
         let tasks = [fence.task.clone()];
-        self.step(Select::Ids { promises: &[], tasks: &tasks, create: false }, |core, now| {
+        self.step(Select::Ids { promises: &[], tasks: &tasks, create: false, limits: false }, |core, now| {
             core.release(fence, how.clone(), now)
         })
         .await
@@ -1227,7 +1403,7 @@ impl super::Store for PostgresStore {
 
     async fn suspend(&self, fence: &Fence, awaiting: &[String]) -> Result<bool, StoreError> {
         let tasks = [fence.task.clone()];
-        self.step(Select::Ids { promises: awaiting, tasks: &tasks, create: false }, |core, now| {
+        self.step(Select::Ids { promises: awaiting, tasks: &tasks, create: false, limits: false }, |core, now| {
             core.suspend(fence, awaiting, now)
         })
         .await
@@ -1239,7 +1415,7 @@ impl super::Store for PostgresStore {
 
     async fn resume(&self, id: &str) -> Result<bool, StoreError> {
         let tasks = [id.to_owned()];
-        self.step(Select::Ids { promises: &[], tasks: &tasks, create: false }, |core, now| Ok(core.resume(id, now)))
+        self.step(Select::Ids { promises: &[], tasks: &tasks, create: false, limits: false }, |core, now| Ok(core.resume(id, now)))
             .await
     }
 
@@ -1256,11 +1432,14 @@ impl super::Store for PostgresStore {
 
     async fn tick(&self) -> Result<Tick, StoreError> {
         let mut tick = self.step(Select::Due, |core, now| Ok(core.tick(now))).await?;
-        // The next deadline of the whole store, not just of the rows this step saw.
+        // The next deadline of the whole store, not just of the rows this step saw;
+        // and a rate's state that let its next start through by now is as good as none.
         let mut conn = self.pool.get().await?;
-        let [next] = conn.statements([NEXT_DEADLINE]).await.map_err(db)?;
+        let [next, spent] = conn.statements([NEXT_DEADLINE, SPENT_BUCKETS]).await.map_err(db)?;
         let now = tick.now as i64;
-        let row = conn.query_one(&next, &[&now]).await.map_err(db)?;
+        let now_us = tick.now.saturating_mul(1000) as i64;
+        let (at, before): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) = ([&now], [&now_us]);
+        let (row, _) = futures::try_join!(conn.query_one(&next, &at), conn.execute(&spent, &before)).map_err(db)?;
         tick.next = row.get::<_, Option<i64>>(0).map(|n| n as Millis);
         Ok(tick)
     }
@@ -1293,6 +1472,43 @@ impl super::Store for PostgresStore {
                 live_until: row.get::<_, i64>(4) as Millis,
             })
             .collect())
+    }
+
+    async fn set_limit(&self, limit: Limit, replace: bool) -> Result<Limit, StoreError> {
+        limit.check()?;
+        let mut conn = self.pool.get().await?;
+        let [insert, get] =
+            conn.statements([if replace { REPLACE_LIMIT } else { INSERT_LIMIT }, GET_LIMIT]).await.map_err(db)?;
+        let data = serde_json::to_string(&limit).expect("a limit encodes");
+        conn.execute(&insert, &[&limit.name, &limit.group, &data]).await.map_err(db)?;
+        let row = conn.query_one(&get, &[&limit.name]).await.map_err(db)?;
+        self.flow_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.wake_waiting(&conn).await?;
+        parse(row.get(0))
+    }
+
+    async fn remove_limit(&self, name: &str) -> Result<bool, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let [remove] = conn.statements([REMOVE_LIMIT]).await.map_err(db)?;
+        let gone: i64 = conn.query_one(&remove, &[&name]).await.map_err(db)?.get(0);
+        self.wake_waiting(&conn).await?;
+        Ok(gone > 0)
+    }
+
+    async fn limits(&self) -> Result<Vec<LimitState>, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let [clock, limits, usage] = conn.statements([CLOCK, LIMITS, LIMIT_USE]).await.map_err(db)?;
+        let now = self.now_in(&conn, &clock).await? as i64;
+        let rows = conn.query(&limits, &[]).await.map_err(db)?;
+        let mut states = Vec::new();
+        for row in rows {
+            let limit = parse::<Limit>(row.get(0))?;
+            let row = conn.query_one(&usage, &[&limit.function, &limit.group, &now]).await.map_err(db)?;
+            let (executing, waiting, oldest): (i64, i64, Option<i64>) = (row.get(0), row.get(1), row.get(2));
+            let (executing, waiting, oldest) = (executing as usize, waiting as usize, oldest.map(|o| o as Millis));
+            states.push(LimitState { limit, executing, waiting, oldest });
+        }
+        Ok(states)
     }
 
     async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {
@@ -1437,6 +1653,9 @@ mod tests {
             error: None,
             awaiting: Vec::new(),
             halted_code: None,
+            function: None,
+            key: None,
+            priority: 0,
         };
         let data = serde_json::to_string(&task).unwrap();
         client

@@ -114,7 +114,7 @@ impl SledStore {
         let (wal, replayed) = Wal::open(path, &db, &records, segment_limit, faults, is_finished)?;
         // The live records: sled's, with the log's over them.
         let mut live = Records::new();
-        for kind in [LIVE_PROMISE, LIVE_TASK] {
+        for kind in [LIVE_PROMISE, LIVE_TASK, LIMIT, BUCKET] {
             for kv in records.scan_prefix([kind]) {
                 let (k, v) = kv.map_err(StoreError::backend)?;
                 live.insert(k.to_vec(), Some(v.to_vec()));
@@ -124,7 +124,10 @@ impl SledStore {
         let promises = load::<Promise>(&live, LIVE_PROMISE, path)?;
         let tasks = load::<Task>(&live, LIVE_TASK, path)?;
         let cold = Arc::new(SledCold { overlay: wal.overlay.clone(), records, path: path.to_path_buf() });
+        let limits = load::<crate::Limit>(&live, LIMIT, path)?;
+        let buckets = load::<((String, String), super::flow::Bucket)>(&live, BUCKET, path)?;
         let mut core = Core::restore(cold, promises, tasks, clock.now());
+        core.restore_flow(limits, buckets);
         core.release_all(clock.now());
         let log = SledLog { wal };
         log.stage(&core.take_changes())?;
@@ -175,6 +178,11 @@ const INVOKED: u8 = b'i';
 /// The chosen-id index: `c`, the family's root's length (4 bytes, big-endian), the
 /// root, the id of a promise of that family created with a chosen id.
 const CHOSEN: u8 = b'c';
+/// A limit: `L`, its name.
+const LIMIT: u8 = b'L';
+/// A rate's state: `B`, the limit's name's length (4 bytes, big-endian), the name,
+/// the key; the value holds both with the state.
+const BUCKET: u8 = b'B';
 
 /// Whether a key is of a finished record (or an index of them): one the store reads
 /// from sled, not from memory.
@@ -373,6 +381,16 @@ impl Log for SledLog {
         }
         for (root, id) in &changes.chosen {
             records.push((chosen_key(root, id), Some(FINISHED_VALUE.to_vec())));
+        }
+        for (name, limit) in &changes.limits {
+            records.push((key(LIMIT, name), limit.as_ref().map(json).transpose()?));
+        }
+        for (id, bucket) in &changes.buckets {
+            let mut k = vec![BUCKET];
+            k.extend_from_slice(&(id.0.len() as u32).to_be_bytes());
+            k.extend_from_slice(id.0.as_bytes());
+            k.extend_from_slice(id.1.as_bytes());
+            records.push((k, bucket.map(|b| json(&(id, b))).transpose()?));
         }
         let purged = &changes.purged;
         records.extend(purged.promises.iter().map(|id| (key(PROMISE, id), None)));
