@@ -22,7 +22,7 @@ use durable::Target;
 use durable::store::{
     Claim, CreatePromise, Cursor, FORGET_WORKERS, Invocations, NewTask, Purge, Release, Search, SettlePromise, Worker,
 };
-use durable::{Fence, Param, State, Store, StoreError, TaskState};
+use durable::{Fence, Limit, Param, State, Store, StoreError, TaskState};
 
 /// Runs every check, each on a fresh store from `make`. Panics on the first failure,
 /// naming the rule that broke.
@@ -60,6 +60,11 @@ where
     an_interrupted_purge_leaves_a_root_whole_or_gone(make().await).await;
     workers_announce_themselves_and_are_forgotten_a_day_on(&*make().await).await;
     a_claim_takes_only_tasks_of_its_functions(&*make().await).await;
+    limits_are_records_that_are_set_kept_and_removed(&*make().await).await;
+    a_concurrency_limit_holds_across_processes_and_slots_come_back(&*make().await).await;
+    a_key_runs_its_calls_one_at_a_time_in_order_and_starves_no_other(&*make().await).await;
+    a_rate_spaces_starts_over_time(&*make().await).await;
+    priorities_order_waiting_tasks(&*make().await).await;
 }
 
 /// A call; an id under another one is created by it (its parent).
@@ -1169,4 +1174,136 @@ pub async fn a_claim_takes_only_tasks_of_its_functions(store: &dyn Store) {
     assert_eq!(ids(store.claim(claim(&mine)).await.expect("claim")), Vec::<String>::new(), "the rest wait");
     assert_eq!(ids(store.claim(claim(&["mine%_\\1@2"])).await.expect("claim")), ["e"], "its version only");
     assert_eq!(ids(store.claim(claim(&[])).await.expect("claim")), ["a", "c", "f"], "no list: any function");
+}
+
+/// A task of a call of `function`, in group `g`, with a key and priority.
+fn limited(id: &str, function: &str, key: Option<&str>, priority: i32) -> CreatePromise {
+    let mut req = CreatePromise::new(id, Param::call(function, 1, "1".into()));
+    req.task = Some(NewTask { key: key.map(str::to_owned), priority, ..NewTask::new(Target::any("g")) });
+    req
+}
+
+/// Claims up to `max` tasks of group `g` for `process`: their ids, in the order taken.
+async fn claim_ids(store: &dyn Store, process: &str, max: usize) -> Vec<String> {
+    let claim =
+        Claim { pid: process.into(), group: "g".into(), process: process.into(), ttl: 10_000, max, functions: Vec::new() };
+    store.claim(claim).await.expect("claim").into_iter().map(|a| a.root.id).collect()
+}
+
+/// Limits are records: set (a name taken is kept unless replaced), listed with what
+/// they cover, removed; one that cannot work is refused, naming what is wrong.
+pub async fn limits_are_records_that_are_set_kept_and_removed(store: &dyn Store) {
+    let first = Limit::new("pay").function("charge").concurrency(2);
+    assert_eq!(store.set_limit(first.clone(), false).await.expect("set"), first);
+    let other = Limit::new("pay").function("charge").concurrency(5);
+    assert_eq!(store.set_limit(other.clone(), false).await.expect("set"), first, "kept: not replaced");
+    assert_eq!(store.set_limit(other.clone(), true).await.expect("set"), other, "replaced");
+    for (bad, says) in [
+        (Limit::new("zero").function("charge").concurrency(0), "concurrency of 0"),
+        (Limit::new("never").function("charge").rate(3, Duration::ZERO), "period is 0 ms"),
+        (Limit::new("all").concurrency(1), "covers nothing"),
+        (Limit::new("idle").function("charge"), "limits nothing"),
+        (Limit::new("").function("charge").concurrency(1), "name"),
+    ] {
+        match store.set_limit(bad.clone(), true).await {
+            Err(e @ StoreError::InvalidLimit { .. }) => assert!(e.to_string().contains(says), "{e}"),
+            other => panic!("{bad:?} was not refused: {other:?}"),
+        }
+    }
+    store.create(limited("c1", "charge", None, 0)).await.expect("create");
+    store.create(limited("o1", "other", None, 0)).await.expect("create");
+    let states = store.limits().await.expect("limits");
+    assert_eq!(states.len(), 1, "only what was set: {states:?}");
+    assert_eq!((states[0].limit.clone(), states[0].executing, states[0].waiting), (other, 0, 1));
+    claim_ids(store, "p1", 10).await;
+    let states = store.limits().await.expect("limits");
+    assert_eq!((states[0].executing, states[0].waiting), (1, 0), "the task it covers executes");
+    assert!(store.remove_limit("pay").await.expect("remove"));
+    assert!(!store.remove_limit("pay").await.expect("remove"), "gone already");
+    assert!(store.limits().await.expect("limits").is_empty());
+}
+
+/// At most a limit's concurrency of the tasks it covers are acquired at once, across
+/// claims of several processes; a slot comes back when its task settles, suspends,
+/// or its lease ends; a create that would acquire a limited task leaves it to a claim.
+pub async fn a_concurrency_limit_holds_across_processes_and_slots_come_back(store: &dyn Store) {
+    store.set_limit(Limit::new("two").function("charge").concurrency(2), true).await.expect("set");
+    for id in ["a", "b", "c", "d", "e"] {
+        store.create(limited(id, "charge", None, 0)).await.expect("create");
+    }
+    store.create(limited("free", "other", None, 0)).await.expect("create");
+    let mut run = limited("run", "charge", None, 0);
+    run.task.as_mut().expect("a task").acquire = Some(("p0".into(), 10_000));
+    assert!(store.create(run).await.expect("create").acquired.is_none(), "a limited task waits for a claim");
+    assert_eq!(claim_ids(store, "p1", 10).await, ["a", "b", "free"], "two of it, and the unlimited one");
+    assert!(claim_ids(store, "p2", 10).await.is_empty(), "another process gets none of it");
+    store.settle(settle("a", State::Resolved, "1")).await.expect("settle");
+    assert_eq!(claim_ids(store, "p2", 10).await, ["c"], "a settled task's slot");
+    let b = store.task("b").await.expect("task").expect("b");
+    let fence = Fence { task: "b".into(), version: b.version };
+    store.create(CreatePromise::new("b.1", Param::External)).await.expect("create");
+    assert!(store.suspend(&fence, &["b.1".into()]).await.expect("suspend"));
+    assert_eq!(claim_ids(store, "p2", 10).await, ["d"], "a suspended task holds no slot");
+    // p1 and p2 die: their leases end and the slots come back.
+    advance(store, 10_001).await;
+    let again = claim_ids(store, "p3", 10).await;
+    assert_eq!(again, ["e", "run", "free"], "the slots of the dead, and the expired ones back in line, last");
+    assert!(claim_ids(store, "p3", 10).await.is_empty(), "still two at once");
+    store.set_limit(Limit::new("two").function("charge").concurrency(4), true).await.expect("raise it");
+    assert_eq!(claim_ids(store, "p3", 10).await, ["c", "d"], "raised live");
+}
+
+/// A per-key limit of one runs the calls of each key one at a time, in the order they
+/// were made, and a key with a long queue holds back no other key.
+pub async fn a_key_runs_its_calls_one_at_a_time_in_order_and_starves_no_other(store: &dyn Store) {
+    store.set_limit(Limit::new("account").function("charge").per_key().concurrency(1), true).await.expect("set");
+    for n in 0..20 {
+        store.create(limited(&format!("hot{n:02}"), "charge", Some("42"), 0)).await.expect("create");
+        tokio::time::advance(Duration::from_millis(1)).await;
+    }
+    store.create(limited("cold", "charge", Some("7"), 0)).await.expect("create");
+    store.create(limited("keyless", "charge", None, 0)).await.expect("create");
+    assert_eq!(claim_ids(store, "p1", 1).await, ["hot00"]);
+    assert_eq!(claim_ids(store, "p2", 1).await, ["cold"], "the next key, past the hot key's queue");
+    assert_eq!(claim_ids(store, "p2", 5).await, ["keyless"]);
+    for n in 1..20 {
+        store.settle(settle(&format!("hot{:02}", n - 1), State::Resolved, "1")).await.expect("settle");
+        assert_eq!(claim_ids(store, "p1", 5).await, [format!("hot{n:02}")], "one at a time, in order");
+    }
+}
+
+/// A rate holds over time: starts spaced by its period over its count, a burst at
+/// once after a quiet spell, and a tick names when the next start is allowed.
+pub async fn a_rate_spaces_starts_over_time(store: &dyn Store) {
+    let rate = Limit::new("api").function("charge").rate(2, Duration::from_secs(1)).burst(2);
+    store.set_limit(rate, true).await.expect("set");
+    for n in 0..8 {
+        store.create(limited(&format!("r{n}"), "charge", None, 0)).await.expect("create");
+    }
+    let start = store.now().await.expect("now");
+    let mut started = Vec::new();
+    while started.len() < 8 {
+        let now = store.now().await.expect("now");
+        for _ in claim_ids(store, "p1", 10).await {
+            started.push(now - start);
+        }
+        let tick = store.tick().await.expect("tick");
+        let next = tick.next.expect("the rate's next start is a deadline");
+        assert!(next > tick.now && next <= tick.now + 500, "{next} from {}", tick.now);
+        tokio::time::advance(Duration::from_millis(next - tick.now)).await;
+    }
+    assert_eq!(started, [0, 0, 500, 1000, 1500, 2000, 2500, 3000], "a burst of 2, then one each 500 ms");
+}
+
+/// Of the tasks ready, a claim takes the highest priority first, then the longest ready.
+pub async fn priorities_order_waiting_tasks(store: &dyn Store) {
+    for (id, priority) in [("low", -1), ("plain", 0), ("high", 5), ("plain2", 0), ("high2", 5)] {
+        store.create(limited(id, "charge", None, priority)).await.expect("create");
+        tokio::time::advance(Duration::from_millis(1)).await;
+    }
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        order.extend(claim_ids(store, "p1", 1).await);
+    }
+    assert_eq!(order, ["high", "high2", "plain", "plain2", "low"]);
 }
