@@ -1185,8 +1185,14 @@ fn limited(id: &str, function: &str, key: Option<&str>, priority: i32) -> Create
 
 /// Claims up to `max` tasks of group `g` for `process`: their ids, in the order taken.
 async fn claim_ids(store: &dyn Store, process: &str, max: usize) -> Vec<String> {
-    let claim =
-        Claim { pid: process.into(), group: "g".into(), process: process.into(), ttl: 10_000, max, functions: Vec::new() };
+    let claim = Claim {
+        pid: process.into(),
+        group: "g".into(),
+        process: process.into(),
+        ttl: 10_000,
+        max,
+        functions: Vec::new(),
+    };
     store.claim(claim).await.expect("claim").into_iter().map(|a| a.root.id).collect()
 }
 

@@ -575,7 +575,8 @@ impl<C: Callable> IntoFuture for Rpc<C> {
             req.tags = self.tags;
             let group = target.group.clone();
             let key = self.key.transpose()?;
-            req.task = Some(NewTask { window: self.shared.window, key, priority: self.priority, ..NewTask::new(target) });
+            req.task =
+                Some(NewTask { window: self.shared.window, key, priority: self.priority, ..NewTask::new(target) });
             let created = self.shared.store.create(req).await?;
             if created.new && created.promise.timeout_at != crate::NEVER {
                 self.shared.deadline_added();

@@ -424,3 +424,33 @@ async fn a_read_command_on_a_missing_postgres_schema_is_an_error_and_creates_not
     let made = client.query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema]).await.unwrap();
     assert!(made.is_none(), "the schema was created");
 }
+
+#[test]
+fn limits_are_set_listed_and_removed_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("a directory");
+    drop(SledStore::open(dir.path()).unwrap());
+    let set = &["limits", "set", "payments", "--function", "charge", "--per-key", "--concurrency", "1"];
+    assert_eq!(stdout(&durable(dir.path(), set)), "payments  function charge: 1 at once per key\n");
+    let api = &["limits", "set", "api", "--function", "charge", "--rate", "10/1s", "--burst", "5"];
+    assert_eq!(stdout(&durable(dir.path(), api)), "api  function charge: 10 per 1s, 5 at once after a pause\n");
+    let listed = stdout(&durable(dir.path(), &["limits"]));
+    assert_eq!(
+        listed,
+        "api  function charge: 10 per 1s, 5 at once after a pause: 0 executing, 0 waiting\n\
+         payments  function charge: 1 at once per key: 0 executing, 0 waiting\n"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&durable(dir.path(), &["--json", "limits", "list"]))).unwrap();
+    assert_eq!(json[1]["limit"]["concurrency"], 1, "{json}");
+    // A limit that cannot work is refused with what is wrong; nothing is written.
+    let zero = durable(dir.path(), &["limits", "set", "none", "--function", "charge", "--concurrency", "0"]);
+    assert!(!zero.status.success());
+    let said = String::from_utf8_lossy(&zero.stderr);
+    assert!(said.contains("limit \"none\" is refused: a concurrency of 0 would never run anything"), "{said}");
+    let bad_rate = durable(dir.path(), &["limits", "set", "r", "--function", "charge", "--rate", "ten/1s"]);
+    assert!(String::from_utf8_lossy(&bad_rate.stderr).contains("\"ten\" is not a count of starts"));
+    assert_eq!(stdout(&durable(dir.path(), &["limits", "remove", "api"])), "removed api\n");
+    let again = durable(dir.path(), &["limits", "remove", "api"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no limit api"));
+    assert_eq!(stdout(&durable(dir.path(), &["limits"])).lines().count(), 1);
+}

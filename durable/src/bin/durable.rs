@@ -79,6 +79,11 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         after: u64,
     },
+    /// The limits on tasks, with what each holds back; set or remove one.
+    Limits {
+        #[command(subcommand)]
+        action: Option<LimitsCommand>,
+    },
     /// Resolves a pending promise with a JSON value.
     Resolve { id: String, value: String },
     /// Rejects a pending promise with a message.
@@ -118,6 +123,47 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         host: Vec<String>,
     },
+}
+
+/// What `limits` does: lists them unless told otherwise.
+#[derive(Debug, Subcommand)]
+enum LimitsCommand {
+    /// Every limit, with the tasks it covers executing and waiting (the default).
+    List,
+    /// Sets a limit, replacing one of that name: every worker applies it from its
+    /// next claim on.
+    Set {
+        /// Its name.
+        name: String,
+        /// Covers calls of this function (its registered name).
+        #[arg(long)]
+        function: Option<String>,
+        /// Covers tasks of this group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Counts each call key on its own.
+        #[arg(long)]
+        per_key: bool,
+        /// At most this many executing at once.
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// At most this many starts per period: `10/1s`, `600/1m`.
+        #[arg(long, value_name = "N/PERIOD", value_parser = parse_rate)]
+        rate: Option<(u32, Duration)>,
+        /// How many of the rate's starts may come at once.
+        #[arg(long, default_value_t = 1, requires = "rate")]
+        burst: u32,
+    },
+    /// Removes a limit: the tasks it held back may start.
+    Remove { name: String },
+}
+
+/// `N/PERIOD`, as `--rate` takes it.
+fn parse_rate(s: &str) -> Result<(u32, Duration), String> {
+    let (n, per) = s.split_once('/').ok_or_else(|| format!("{s:?} is not N/PERIOD, such as 10/1s"))?;
+    let n = n.trim().parse().map_err(|e| format!("{n:?} is not a count of starts: {e}"))?;
+    let per = humantime::parse_duration(per.trim()).map_err(|e| format!("{per:?} is not a period: {e}"))?;
+    Ok((n, per))
 }
 
 /// The states `ls --state` takes.
@@ -250,6 +296,7 @@ async fn run(cli: &Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Limits { action } => limits(&*store, &out, action.as_ref().unwrap_or(&LimitsCommand::List)).await,
         Command::Resolve { id, value } => {
             let value: serde_json::Value = serde_json::from_str(value)
                 .map_err(|err| format!("the value must be JSON (\"text\" in quotes): {err}"))?;
@@ -293,6 +340,85 @@ async fn run(cli: &Cli) -> Result<(), String> {
             out.promise(history.root())
         }
     }
+}
+
+/// Lists, sets or removes limits.
+async fn limits(store: &dyn durable::Store, out: &Output, action: &LimitsCommand) -> Result<(), String> {
+    let e = |e: durable::StoreError| e.to_string();
+    match action {
+        LimitsCommand::List => {
+            let limits = store.limits().await.map_err(e)?;
+            if out.json {
+                return out.print_json(&limits);
+            }
+            if limits.is_empty() {
+                say("no limits");
+            }
+            for l in &limits {
+                let waited = |at: Millis| Duration::from_secs(out.now.saturating_sub(at) / 1000);
+                let oldest = l.oldest.map(|at| format!(", the oldest for {}", humantime::format_duration(waited(at))));
+                let oldest = oldest.unwrap_or_default();
+                say(format!(
+                    "{}  {}: {} executing, {} waiting{oldest}",
+                    clean(&l.limit.name),
+                    describe(&l.limit),
+                    l.executing,
+                    l.waiting
+                ));
+            }
+            Ok(())
+        }
+        LimitsCommand::Set { name, function, group, per_key, concurrency, rate, burst } => {
+            let limit = durable::Limit {
+                name: name.clone(),
+                function: function.clone(),
+                group: group.clone(),
+                per_key: *per_key,
+                concurrency: *concurrency,
+                rate: rate.map(|(starts, per)| durable::Rate {
+                    starts,
+                    per: per.as_millis().min(u128::from(u64::MAX)) as Millis,
+                    burst: *burst,
+                }),
+            };
+            let stored = store.set_limit(limit, true).await.map_err(e)?;
+            if out.json {
+                return out.print_json(&stored);
+            }
+            say(format!("{}  {}", clean(&stored.name), describe(&stored)));
+            Ok(())
+        }
+        LimitsCommand::Remove { name } => match store.remove_limit(name).await.map_err(e)? {
+            true => {
+                if !out.json {
+                    say(format!("removed {}", clean(name)));
+                }
+                Ok(())
+            }
+            false => Err(format!("no limit {name}")),
+        },
+    }
+}
+
+/// A limit in words: what it covers and what it allows.
+fn describe(l: &durable::Limit) -> String {
+    let mut covers = Vec::new();
+    if let Some(f) = &l.function {
+        covers.push(format!("function {}", clean(f)));
+    }
+    if let Some(g) = &l.group {
+        covers.push(format!("group {}", clean(g)));
+    }
+    let mut allows = Vec::new();
+    if let Some(n) = l.concurrency {
+        allows.push(format!("{n} at once"));
+    }
+    if let Some(r) = l.rate {
+        let burst = if r.burst > 1 { format!(", {} at once after a pause", r.burst) } else { String::new() };
+        allows.push(format!("{} per {}{burst}", r.starts, humantime::format_duration(Duration::from_millis(r.per))));
+    }
+    let per_key = if l.per_key { " per key" } else { "" };
+    format!("{}: {}{per_key}", covers.join(", "), allows.join(", "))
 }
 
 /// The levels of a tree drawn indented; deeper lines say their level.

@@ -294,9 +294,9 @@ impl<'a> Admission<'a> {
                 continue;
             }
             let key = l.key_of(t);
-            let full = l.concurrency.is_some_and(|n| {
-                self.executing.get(&(l.name.as_str(), key.to_owned())).copied().unwrap_or(0) >= n
-            });
+            let full = l
+                .concurrency
+                .is_some_and(|n| self.executing.get(&(l.name.as_str(), key.to_owned())).copied().unwrap_or(0) >= n);
             let slow = l.rate.is_some_and(|rate| {
                 let b = self.buckets.get(&(l.name.clone(), key.to_owned())).copied().or_else(|| bucket(&l.name, key));
                 !rate.allows(b.as_ref(), now)

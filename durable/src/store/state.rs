@@ -85,7 +85,9 @@ impl Queue {
 
     /// The tasks ready at `now`, in the order a claim takes them.
     fn due(&self, now: Millis) -> impl Iterator<Item = (Reverse<i32>, &(Millis, String))> {
-        self.0.iter().flat_map(move |(p, level)| level.iter().take_while(move |(at, _)| *at <= now).map(move |e| (*p, e)))
+        self.0
+            .iter()
+            .flat_map(move |(p, level)| level.iter().take_while(move |(at, _)| *at <= now).map(move |e| (*p, e)))
     }
 
     /// Every task in it.
@@ -352,7 +354,8 @@ impl Core {
             .values()
             .map(|limit| {
                 let covers = |t: &Task| limit.covers(&t.target.group, self.function_of(t).as_deref());
-                let executing = self.leases.iter().filter(|(until, id)| *until > now && covers(&self.tasks[id])).count();
+                let executing =
+                    self.leases.iter().filter(|(until, id)| *until > now && covers(&self.tasks[id])).count();
                 let mut waiting = 0;
                 let mut oldest: Option<Millis> = None;
                 for (at, id) in self.ready.values().flat_map(Queue::all) {

@@ -323,8 +323,7 @@ const BUCKETS: &str = "SELECT lim, key, tat, open_at FROM limit_buckets WHERE li
 const UPSERT_BUCKETS: &str = "INSERT INTO limit_buckets (lim, key, tat, open_at)
      SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[])
      ON CONFLICT (lim, key) DO UPDATE SET tat = EXCLUDED.tat, open_at = EXCLUDED.open_at";
-const DELETE_BUCKETS: &str =
-    "DELETE FROM limit_buckets b USING unnest($1::text[], $2::text[]) AS u(lim, key) WHERE b.lim = u.lim AND b.key = u.key";
+const DELETE_BUCKETS: &str = "DELETE FROM limit_buckets b USING unnest($1::text[], $2::text[]) AS u(lim, key) WHERE b.lim = u.lim AND b.key = u.key";
 const SPENT_BUCKETS: &str = "DELETE FROM limit_buckets WHERE tat <= $1";
 const INSERT_LIMIT: &str = "INSERT INTO limits (name, grp, data) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING";
 const REPLACE_LIMIT: &str = "INSERT INTO limits (name, grp, data) VALUES ($1, $2, $3)
@@ -935,15 +934,14 @@ impl PostgresStore {
                     let counted = limits.iter().filter(|l| l.concurrency.is_some());
                     let (functions, groups): (Vec<Option<String>>, Vec<Option<String>>) =
                         counted.map(|l| (l.function.clone(), l.group.clone())).unzip();
-                    let rated: Vec<String> = limits.iter().filter(|l| l.rate.is_some()).map(|l| l.name.clone()).collect();
+                    let rated: Vec<String> =
+                        limits.iter().filter(|l| l.rate.is_some()).map(|l| l.name.clone()).collect();
                     let now_i = now as i64;
                     let counting: [&(dyn ToSql + Sync); 3] = [&now_i, &functions, &groups];
                     let rating: [&(dyn ToSql + Sync); 1] = [&rated];
-                    let (running, rates) = futures::try_join!(
-                        conn.query(&executing_q, &counting),
-                        conn.query(&buckets_q, &rating)
-                    )
-                    .map_err(db)?;
+                    let (running, rates) =
+                        futures::try_join!(conn.query(&executing_q, &counting), conn.query(&buckets_q, &rating))
+                            .map_err(db)?;
                     for row in running {
                         let mut t = parse::<Task>(row.get(0))?;
                         t.function = t.function.or(row.get(1));
@@ -951,7 +949,8 @@ impl PostgresStore {
                     }
                     for row in rates {
                         let (tat, open_at): (i64, i64) = (row.get(2), row.get(3));
-                        buckets.push(((row.get(0), row.get(1)), Bucket { tat: tat as u64, open_at: open_at as Millis }));
+                        buckets
+                            .push(((row.get(0), row.get(1)), Bucket { tat: tat as u64, open_at: open_at as Millis }));
                     }
                 }
                 let running = executing.iter().map(|t| (t, t.function.as_deref()));
@@ -1415,8 +1414,10 @@ impl super::Store for PostgresStore {
 
     async fn resume(&self, id: &str) -> Result<bool, StoreError> {
         let tasks = [id.to_owned()];
-        self.step(Select::Ids { promises: &[], tasks: &tasks, create: false, limits: false }, |core, now| Ok(core.resume(id, now)))
-            .await
+        self.step(Select::Ids { promises: &[], tasks: &tasks, create: false, limits: false }, |core, now| {
+            Ok(core.resume(id, now))
+        })
+        .await
     }
 
     async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError> {
