@@ -236,6 +236,8 @@ async fn mounted_under_a_path_its_links_keep_the_path() {
 #[tokio::test]
 async fn the_list_filters_and_the_other_pages_show_what_needs_a_look() {
     let (store, _durable) = store().await;
+    let limit = durable::Limit::new("<b>api</b>").function("echo").per_key().concurrency(3);
+    store.set_limit(limit, true).await.unwrap();
     let router = Dashboard::new(store).router();
     let (_, _, pending) = get(&router, "/?state=pending").await;
     assert!(pending.contains(">payment-7<") && !pending.contains(">xss<"), "{pending}");
@@ -246,6 +248,9 @@ async fn the_list_filters_and_the_other_pages_show_what_needs_a_look() {
     assert!(attention.contains("Halted (0)"), "{attention}");
     let (_, _, workers) = get(&router, "/workers").await;
     assert!(workers.contains("<code>default</code>"), "{workers}");
+    // The limits, and what each holds back; a stored name is shown as text.
+    assert!(workers.contains("<code>&lt;b&gt;api&lt;/b&gt;</code>"), "{workers}");
+    assert!(workers.contains("<td>function echo: 3 at once per key</td>"), "{workers}");
 }
 
 static FAILED_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

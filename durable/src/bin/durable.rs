@@ -361,7 +361,7 @@ async fn limits(store: &dyn durable::Store, out: &Output, action: &LimitsCommand
                 say(format!(
                     "{}  {}: {} executing, {} waiting{oldest}",
                     clean(&l.limit.name),
-                    describe(&l.limit),
+                    clean(&l.limit.to_string()),
                     l.executing,
                     l.waiting
                 ));
@@ -385,7 +385,7 @@ async fn limits(store: &dyn durable::Store, out: &Output, action: &LimitsCommand
             if out.json {
                 return out.print_json(&stored);
             }
-            say(format!("{}  {}", clean(&stored.name), describe(&stored)));
+            say(format!("{}  {}", clean(&stored.name), clean(&stored.to_string())));
             Ok(())
         }
         LimitsCommand::Remove { name } => match store.remove_limit(name).await.map_err(e)? {
@@ -398,27 +398,6 @@ async fn limits(store: &dyn durable::Store, out: &Output, action: &LimitsCommand
             false => Err(format!("no limit {name}")),
         },
     }
-}
-
-/// A limit in words: what it covers and what it allows.
-fn describe(l: &durable::Limit) -> String {
-    let mut covers = Vec::new();
-    if let Some(f) = &l.function {
-        covers.push(format!("function {}", clean(f)));
-    }
-    if let Some(g) = &l.group {
-        covers.push(format!("group {}", clean(g)));
-    }
-    let mut allows = Vec::new();
-    if let Some(n) = l.concurrency {
-        allows.push(format!("{n} at once"));
-    }
-    if let Some(r) = l.rate {
-        let burst = if r.burst > 1 { format!(", {} at once after a pause", r.burst) } else { String::new() };
-        allows.push(format!("{} per {}{burst}", r.starts, humantime::format_duration(Duration::from_millis(r.per))));
-    }
-    let per_key = if l.per_key { " per key" } else { "" };
-    format!("{}: {}{per_key}", covers.join(", "), allows.join(", "))
 }
 
 /// The levels of a tree drawn indented; deeper lines say their level.

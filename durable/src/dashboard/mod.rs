@@ -466,7 +466,10 @@ async fn workers(AxumState(app): App, original: OriginalUri, uri: Uri) -> Result
     let now = app.store.now().await.map_err(Error::from)?;
     let workers = app.store.workers().await.map_err(Error::from)?;
     let pending = promises.pending().await?;
-    Ok(pages::html(pages::workers(&base(&original, &uri), &workers, &pending, now)).into_response())
+    let limits = app.store.limits().await.map_err(Error::from)?;
+    let view =
+        pages::WorkersView { base: &base(&original, &uri), workers: &workers, pending: &pending, limits: &limits, now };
+    Ok(pages::html(pages::workers(&view)).into_response())
 }
 
 async fn css() -> impl IntoResponse {

@@ -371,7 +371,17 @@ pub(super) fn attention(view: &AttentionView<'_>) -> Markup {
     layout(view.base, "Attention", "Attention", body)
 }
 
-pub(super) fn workers(base: &str, workers: &[Worker], pending: &[(Promise, Option<Task>)], now: Millis) -> Markup {
+/// What the workers page shows.
+pub(super) struct WorkersView<'a> {
+    pub(super) base: &'a str,
+    pub(super) workers: &'a [Worker],
+    pub(super) pending: &'a [(Promise, Option<Task>)],
+    pub(super) limits: &'a [crate::LimitState],
+    pub(super) now: Millis,
+}
+
+pub(super) fn workers(view: &WorkersView<'_>) -> Markup {
+    let WorkersView { base, workers, pending, limits, now } = *view;
     // Per group: queued tasks, and the live workers.
     let mut groups: BTreeMap<&str, (usize, Vec<&Worker>)> = BTreeMap::new();
     for (_, task) in pending {
@@ -402,6 +412,24 @@ pub(super) fn workers(base: &str, workers: &[Worker], pending: &[(Promise, Optio
                     }
                 }
                 @if groups.is_empty() { tr { td colspan="3" { "No worker, and nothing queued." } } }
+            }
+        }
+        h2 { "Limits" }
+        table.limits {
+            thead { tr { th { "limit" } th { "covers and allows" } th { "executing" } th { "waiting" } } }
+            tbody {
+                @for l in limits {
+                    tr {
+                        td { code { (l.limit.name) } }
+                        td { (l.limit) }
+                        td { (l.executing) }
+                        td {
+                            (l.waiting)
+                            @if let Some(at) = l.oldest { " · the oldest for " (now.saturating_sub(at) / 1000) " s" }
+                        }
+                    }
+                }
+                @if limits.is_empty() { tr { td colspan="4" { "No limits: set one with " code { "durable limits set" } "." } } }
             }
         }
     };

@@ -165,6 +165,30 @@ impl Limit {
     }
 }
 
+/// What it covers and what it allows, in words: `function charge: 1 at once per key`.
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut covers = Vec::new();
+        if let Some(function) = &self.function {
+            covers.push(format!("function {function}"));
+        }
+        if let Some(group) = &self.group {
+            covers.push(format!("group {group}"));
+        }
+        let mut allows = Vec::new();
+        if let Some(n) = self.concurrency {
+            allows.push(format!("{n} at once"));
+        }
+        if let Some(r) = self.rate {
+            let per = std::time::Duration::from_millis(r.per);
+            let burst = if r.burst > 1 { format!(", {} at once after a pause", r.burst) } else { String::new() };
+            allows.push(format!("{} per {per:?}{burst}", r.starts));
+        }
+        let per_key = if self.per_key { " per key" } else { "" };
+        write!(f, "{}: {}{per_key}", covers.join(", "), allows.join(", "))
+    }
+}
+
 /// The name in a function key (`name` or `name@version`).
 pub(crate) fn name_of(key: &str) -> &str {
     key.split_once('@').map_or(key, |(name, _)| name)
