@@ -55,6 +55,25 @@ async fn minted(ctx: &mut Context, n: u64) -> durable::Result<String> {
     Ok(format!("{n}:{token}"))
 }
 
+/// Where a `pay` body records when it ran, by the database's clock.
+struct Ledger {
+    client: tokio_postgres::Client,
+    schema: String,
+}
+
+/// Runs for 100 ms, and records its start and end.
+#[durable::function]
+async fn pay(ctx: &mut Context, account: String, n: u32) -> durable::Result<u32> {
+    let ledger = ctx.state::<Ledger>()?;
+    let schema = &ledger.schema;
+    let insert = format!("INSERT INTO {schema}.runs VALUES ($1, $2, clock_timestamp()) RETURNING run");
+    let run: i64 = ledger.client.query_one(&insert, &[&account, &(n as i32)]).await?.get(0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let end = format!("UPDATE {schema}.runs SET ended = clock_timestamp() WHERE run = $1");
+    ledger.client.execute(&end, &[&run]).await?;
+    Ok(n)
+}
+
 /// How many ids each client process runs, all at once.
 const CLIENT_IDS: u64 = 100;
 /// The advisory lock the test holds until every client process is ready.
@@ -107,6 +126,13 @@ fn child_process() {
             "exp/lhs" => builder.group("exp").pid("lhs").register(clc),
             "exp/rhs" => builder.group("exp").pid("rhs").register(clc),
             "ops" => builder.group("ops").register(add).register(sub).register(mul),
+            "limited" => {
+                let (client, connection) =
+                    tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.expect("connect");
+                tokio::spawn(connection);
+                let pid = format!("os{}", std::process::id());
+                builder.group("pay").pid(pid).register(pay).state(Ledger { client, schema: schema.clone() })
+            }
             other => panic!("unknown role {other}"),
         };
         builder.build().expect("build").serve().await.expect("serve");
@@ -401,5 +427,91 @@ async fn client_processes_running_the_same_ids_at_once_run_each_body_once() {
         assert!(values.iter().all(|v| *v == values[0]), "{id}: every client got the one value: {values:?}");
         assert_eq!(ran.get(id), Some(&1), "{id}: the body ran once across the three processes");
     }
+    audit(&client, &schema).await;
+}
+
+#[tokio::test]
+async fn limits_hold_across_worker_processes_and_a_killed_holders_slot_comes_back() {
+    let Some((schema, client)) = setup("limits").await else { return };
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.runs (key text, n int, started timestamptz, ended timestamptz, run bigserial)"
+        ))
+        .await
+        .unwrap();
+    let durable = Durable::builder().store(store(&schema, "client").await).group("client").build().unwrap();
+    let store = durable.store();
+    store.set_limit(durable::Limit::new("two").function("pay").concurrency(2), true).await.unwrap();
+    store.set_limit(durable::Limit::new("account").function("pay").per_key().concurrency(1), true).await.unwrap();
+    let mut workers = Processes((0..3).map(|_| spawn("limited", &schema)).collect());
+    let mut handles = Vec::new();
+    for n in 0..24u32 {
+        let account = ["a", "b", "c"][n as usize % 3];
+        let call = durable.rpc(&format!("pay-{n}"), pay, (account.to_owned(), n)).target("poll://any@pay");
+        handles.push((n, call.key(account).await.unwrap()));
+    }
+    // SIGKILL a worker that holds a task once the work is under way: its slot comes
+    // back when its lease ends.
+    let holder = format!("SELECT process FROM {schema}.tasks WHERE state = 'acquired' AND id LIKE 'pay-%' LIMIT 1");
+    let victim = loop {
+        if let Some(row) = client.query_opt(&holder, &[]).await.unwrap() {
+            let process: String = row.get(0);
+            let os_pid: u32 = process.strip_prefix("os").and_then(|p| p.split(':').next()?.parse().ok()).unwrap();
+            if let Some(i) = workers.0.iter().position(|c| c.id() == os_pid) {
+                break i;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let killed_at = Instant::now();
+    workers.0[victim].kill().unwrap();
+    workers.0[victim].wait().unwrap();
+    let all = async {
+        for (n, handle) in handles {
+            assert_eq!(handle.await.unwrap(), n);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(25), all).await.expect("every call finished: the slots came back");
+    assert!(killed_at.elapsed() >= LEASE, "the killed holder's task waited for its lease");
+    let finished = "a.ended IS NOT NULL AND b.ended IS NOT NULL AND a.started < b.ended AND b.started < a.ended";
+    let overlapping: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.runs a JOIN {schema}.runs b ON a.key = b.key AND a.n < b.n AND {finished}"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(overlapping, 0, "two calls of one account ran at once");
+    let peak: i64 = client
+        .query_one(
+            &format!(
+                "SELECT max((SELECT count(*) FROM {schema}.runs b WHERE b.ended IS NOT NULL
+                   AND b.started <= a.started AND a.started < b.ended)) FROM {schema}.runs a WHERE a.ended IS NOT NULL"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(peak <= 2, "{peak} ran at once under a limit of two");
+    // Each account's calls first started in the order they were made.
+    for account in ["a", "b", "c"] {
+        let rows = client
+            .query(&format!("SELECT n FROM {schema}.runs WHERE key = $1 ORDER BY started"), &[&account])
+            .await
+            .unwrap();
+        let mut firsts: Vec<i32> = Vec::new();
+        for n in rows.iter().map(|r| r.get::<_, i32>(0)) {
+            if !firsts.contains(&n) {
+                firsts.push(n);
+            }
+        }
+        let mut sorted = firsts.clone();
+        sorted.sort();
+        assert_eq!(firsts, sorted, "account {account}'s calls started out of order");
+    }
+    drop(durable);
+    drop(workers);
     audit(&client, &schema).await;
 }
