@@ -50,7 +50,8 @@ struct Args {
     /// (1% pending, one of a rare function).
     /// simulate: N seeds of the simulation.
     /// page: the dashboard's page of an invocation of N promises among others.
-    #[arg(value_parser = ["chain", "calc", "recover", "soak", "list", "page", "simulate", "recover-prepare"], hide_possible_values = true)]
+    /// claims: N one-step tasks through a worker of 64, each with a key of 1000.
+    #[arg(value_parser = ["chain", "calc", "recover", "soak", "list", "page", "simulate", "claims", "recover-prepare"], hide_possible_values = true)]
     workload: String,
     /// The store: memory, sled or postgres (`$DURABLE_POSTGRES_URL`).
     #[arg(long, default_value = "memory", value_parser = ["memory", "sled", "postgres"])]
@@ -74,6 +75,10 @@ struct Args {
     /// Promises in the store besides the invocation (page).
     #[arg(long, default_value_t = 1_000_000, value_name = "N")]
     around: u64,
+    /// Limits on the claims: none; keys (one at a time per key); hot (the same, with
+    /// half of the tasks on one key).
+    #[arg(long, default_value = "none", value_parser = ["none", "keys", "hot"])]
+    limits: String,
     /// Random events in each seed (simulate; the simulation's default unless given).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..10_000))]
     events: Option<u64>,
@@ -311,6 +316,36 @@ async fn run(args: &Args) -> Result<(), String> {
             cleanup(&args.store, &location).await;
         }
         "soak" => run_soak(args, &location).await?,
+        "claims" => {
+            let store = open(&args.store, &location, true).await?;
+            if args.limits != "none" {
+                let limit = durable::Limit::new("per-key").function("step").per_key().concurrency(1);
+                store.set_limit(limit, true).await.map_err(|e| e.to_string())?;
+            }
+            let worker = Durable::builder()
+                .store(store.clone())
+                .group("work")
+                .concurrency(64)
+                .register(step)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let client = Durable::builder().store(store).group("client").build().map_err(|e| e.to_string())?;
+            let started = Instant::now();
+            let mut handles = Vec::new();
+            for n in 0..args.n {
+                let key = if args.limits == "hot" && n % 2 == 0 { "hot".to_owned() } else { (n % 1000).to_string() };
+                let call = client.rpc(&format!("claim-{n}"), step, n).target("poll://any@work").key(&key);
+                handles.push(call.await.map_err(|e| e.to_string())?);
+            }
+            for handle in handles {
+                handle.await.map_err(|e| e.to_string())?;
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            let extra = format!(",\"limits\":\"{}\",\"tasks_per_second\":{:.0}", args.limits, args.n as f64 / seconds);
+            report("claims", &args.store, args.n, args.n, seconds, &extra);
+            drop((worker, client));
+            cleanup(&args.store, &location).await;
+        }
         "list" => {
             let store = open(&args.store, &location, true).await?;
             run_list(&store, args).await?;
