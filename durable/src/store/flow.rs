@@ -278,7 +278,9 @@ impl<'a> Admission<'a> {
 
     /// What no task can pass now, as (function, key) pairs (`None`: any): the keys
     /// of a limit that execute as many as it allows, or whose rate (its state in
-    /// `buckets`) lets none start. A claim skips their tasks before it reads them.
+    /// `buckets`) lets none start. A PostgreSQL claim skips their tasks before it
+    /// reads them.
+    #[cfg(feature = "postgres")]
     pub(crate) fn closed(
         &self,
         now: Millis,
