@@ -366,7 +366,7 @@ macro_rules! engine_store {
                 self.engine.write(|core, _| Ok(core.remove_limit(name))).await
             }
             async fn limits(&self) -> Result<Vec<$crate::LimitState>, $crate::StoreError> {
-                self.engine.read(|core, now| Ok(core.limit_states(now))).await
+                self.engine.read(|core, _| Ok(core.limit_states())).await
             }
             async fn wait(&self, id: &str, halted: bool) -> Result<(), $crate::StoreError> {
                 self.engine.wait(id, halted).await

@@ -3,8 +3,8 @@
 //!
 //! A [`Limit`] covers the tasks of a function, of a group, or of both, and counts
 //! them all together or per call key ([`Task::key`](crate::Task::key)). Its
-//! concurrency counts acquired tasks whose lease runs: a suspended or sleeping
-//! invocation holds no slot. Its rate is a generic cell rate algorithm: one record per
+//! concurrency counts acquired tasks: a suspended or sleeping invocation holds no
+//! slot, and one whose holder died holds its slot until a tick gives the task back. Its rate is a generic cell rate algorithm: one record per
 //! limit and key, its theoretical arrival time, which is dropped once it is in the
 //! past (a full bucket), so the records kept are those of keys started recently.
 
@@ -233,7 +233,7 @@ impl Rate {
 pub struct LimitState {
     /// The limit.
     pub limit: Limit,
-    /// Tasks it covers that execute now (their lease runs).
+    /// Tasks it covers that are acquired now.
     pub executing: usize,
     /// Tasks it covers that wait for a worker: held back by it or another limit, or
     /// waiting their turn.

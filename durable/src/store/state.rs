@@ -258,7 +258,7 @@ impl Core {
     pub(crate) fn release_all(&mut self, now: Millis) -> usize {
         let held: Vec<_> = std::mem::take(&mut self.leases).into_iter().map(|(_, id)| id).collect();
         for id in &held {
-            self.make_pending(id, now);
+            self.make_pending(id, now, true);
         }
         held.len()
     }
@@ -349,13 +349,12 @@ impl Core {
     }
 
     /// Every limit with the tasks it covers executing and waiting.
-    pub(crate) fn limit_states(&self, now: Millis) -> Vec<LimitState> {
+    pub(crate) fn limit_states(&self) -> Vec<LimitState> {
         self.limits
             .values()
             .map(|limit| {
                 let covers = |t: &Task| limit.covers(&t.target.group, self.function_of(t).as_deref());
-                let executing =
-                    self.leases.iter().filter(|(until, id)| *until > now && covers(&self.tasks[id])).count();
+                let executing = self.leases.iter().filter(|(_, id)| covers(&self.tasks[id])).count();
                 let mut waiting = 0;
                 let mut oldest: Option<Millis> = None;
                 for (at, id) in self.ready.values().flat_map(Queue::all) {
@@ -610,7 +609,7 @@ impl Core {
         // Resume the tasks suspended on it.
         for task in self.callbacks.remove(&p.id).unwrap_or_default() {
             if self.tasks.get(&task).is_some_and(|t| t.state == TaskState::Suspended) {
-                self.make_pending(&task, p.settled_at.unwrap_or_default());
+                self.make_pending(&task, p.settled_at.unwrap_or_default(), false);
             }
         }
     }
@@ -765,11 +764,12 @@ impl Core {
         // each is admitted by every limit that covers it, counted as it is taken, or
         // passed over, so a key held back holds back no other.
         let (picked, expired, held) = {
+            // Every acquired task holds its slot until it leaves `acquired`: one whose
+            // lease ran out is given back by the next tick, and keeps its place in line.
             let executing: Vec<(&Task, Option<std::borrow::Cow<'_, str>>)> = if self.limits.is_empty() {
                 Vec::new()
             } else {
-                let leased = self.leases.iter().filter(|(until, _)| *until > now);
-                leased.map(|(_, id)| &self.tasks[id]).map(|t| (t, self.function_of(t))).collect()
+                self.leases.iter().map(|(_, id)| &self.tasks[id]).map(|t| (t, self.function_of(t))).collect()
             };
             let executing = executing.iter().map(|(t, f)| (*t, f.as_deref()));
             let mut admission = Admission::new(self.limits.values(), &c.group, executing);
@@ -1116,7 +1116,7 @@ impl Core {
         if self.tasks.get(id).is_none_or(|t| t.state != TaskState::Halted) {
             return false;
         }
-        self.make_pending(id, now);
+        self.make_pending(id, now, false);
         let t = self.tasks.get_mut(id).expect("a halted task exists");
         t.faults = 0;
         t.halted_code = None;
@@ -1135,7 +1135,7 @@ impl Core {
             .map(|t| t.id.clone())
             .collect();
         for id in &stale {
-            self.make_pending(id, now);
+            self.make_pending(id, now, true);
         }
         stale.len()
     }
@@ -1156,7 +1156,7 @@ impl Core {
                 break;
             }
             self.leases.remove(&(until, id.clone()));
-            self.make_pending(&id, now);
+            self.make_pending(&id, now, true);
             tick.expired += 1;
         }
         while let Some((until, id)) = self.preferences.first().cloned() {
@@ -1196,15 +1196,17 @@ impl Core {
         tick
     }
 
-    /// Back to pending at a new version, ready now.
-    fn make_pending(&mut self, id: &str, now: Millis) {
+    /// Back to pending at a new version, ready now. A task taken from a holder that
+    /// is gone (its lease ended, or its worker restarted) keeps its place in line
+    /// (`keep_place`): the calls made after it, of its key, say, do not overtake it.
+    fn make_pending(&mut self, id: &str, now: Millis, keep_place: bool) {
         let t = self.tasks[id].clone();
         self.unindex(&t);
         let t = self.tasks.get_mut(id).expect("task exists");
         t.state = TaskState::Pending;
         t.version += 1;
         t.process = None;
-        t.ready_at = now;
+        t.ready_at = if keep_place { t.ready_at.min(now) } else { now };
         t.awaiting.clear();
         let t = t.clone();
         self.ready_insert(&t, now);

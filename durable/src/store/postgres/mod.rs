@@ -314,10 +314,10 @@ CREATE INDEX IF NOT EXISTS limit_buckets_open ON limit_buckets (open_at);
 // take turns, and counts the tasks they cover that execute now.
 const LIMITS: &str = "SELECT data FROM limits ORDER BY name";
 const LOCK_LIMITS: &str = "SELECT data FROM limits WHERE grp IS NULL OR grp = $1 ORDER BY name FOR UPDATE";
-/// The acquired tasks with a running lease that a limit of function `$2[i]` (or any)
-/// and group `$3[i]` (or any) covers.
-const EXECUTING: &str = "SELECT data, func FROM tasks t WHERE t.state = 'acquired' AND t.lease_until > $1
-     AND EXISTS (SELECT 1 FROM unnest($2::text[], $3::text[]) AS l(f, g)
+/// The acquired tasks that a limit of function `$1[i]` (or any) and group `$2[i]` (or
+/// any) covers.
+const EXECUTING: &str = "SELECT data, func FROM tasks t WHERE t.state = 'acquired'
+     AND EXISTS (SELECT 1 FROM unnest($1::text[], $2::text[]) AS l(f, g)
        WHERE (l.f IS NULL OR split_part(t.func, '@', 1) = l.f) AND (l.g IS NULL OR t.grp = l.g))";
 const BUCKETS: &str = "SELECT lim, key, tat, open_at FROM limit_buckets WHERE lim = ANY($1)";
 const UPSERT_BUCKETS: &str = "INSERT INTO limit_buckets (lim, key, tat, open_at)
@@ -334,7 +334,7 @@ const REMOVE_LIMIT: &str = "WITH gone AS (DELETE FROM limits WHERE name = $1 RET
 /// The tasks a limit of function `$1` (or any) and group `$2` (or any) covers: those
 /// executing, those waiting, and the oldest ready time of those.
 const LIMIT_USE: &str = "SELECT
-       count(*) FILTER (WHERE state = 'acquired' AND lease_until > $3),
+       count(*) FILTER (WHERE state = 'acquired'),
        count(*) FILTER (WHERE state = 'pending'),
        min(ready_at) FILTER (WHERE state = 'pending')
      FROM tasks t WHERE state IN ('acquired', 'pending')
@@ -936,8 +936,7 @@ impl PostgresStore {
                         counted.map(|l| (l.function.clone(), l.group.clone())).unzip();
                     let rated: Vec<String> =
                         limits.iter().filter(|l| l.rate.is_some()).map(|l| l.name.clone()).collect();
-                    let now_i = now as i64;
-                    let counting: [&(dyn ToSql + Sync); 3] = [&now_i, &functions, &groups];
+                    let counting: [&(dyn ToSql + Sync); 2] = [&functions, &groups];
                     let rating: [&(dyn ToSql + Sync); 1] = [&rated];
                     let (running, rates) =
                         futures::try_join!(conn.query(&executing_q, &counting), conn.query(&buckets_q, &rating))
@@ -1498,13 +1497,12 @@ impl super::Store for PostgresStore {
 
     async fn limits(&self) -> Result<Vec<LimitState>, StoreError> {
         let mut conn = self.pool.get().await?;
-        let [clock, limits, usage] = conn.statements([CLOCK, LIMITS, LIMIT_USE]).await.map_err(db)?;
-        let now = self.now_in(&conn, &clock).await? as i64;
+        let [limits, usage] = conn.statements([LIMITS, LIMIT_USE]).await.map_err(db)?;
         let rows = conn.query(&limits, &[]).await.map_err(db)?;
         let mut states = Vec::new();
         for row in rows {
             let limit = parse::<Limit>(row.get(0))?;
-            let row = conn.query_one(&usage, &[&limit.function, &limit.group, &now]).await.map_err(db)?;
+            let row = conn.query_one(&usage, &[&limit.function, &limit.group]).await.map_err(db)?;
             let (executing, waiting, oldest): (i64, i64, Option<i64>) = (row.get(0), row.get(1), row.get(2));
             let (executing, waiting, oldest) = (executing as usize, waiting as usize, oldest.map(|o| o as Millis));
             states.push(LimitState { limit, executing, waiting, oldest });
