@@ -51,7 +51,7 @@ use proptest::prelude::RngCore;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 
 use self::observe::Observed;
-use self::workload::{GROUPS, sim_flow, sim_flow_patched, sim_leaf};
+use self::workload::{GROUPS, sim_flow, sim_flow_patched, sim_leaf, sim_limited};
 use crate::FaultyStore;
 
 /// The longest a task may wait for a worker while its group has one: a few leases,
@@ -325,7 +325,7 @@ impl<'a> Run<'a> {
             .lease(LEASE)
             .concurrency(2)
             .retention(Some(RETENTION));
-        let builder = builder.register(sim_leaf);
+        let builder = builder.register(sim_leaf).register(sim_limited);
         let builder = if self.patched { builder.register(sim_flow_patched) } else { builder.register(sim_flow) };
         let builder = match &self.sim.workload {
             Some(w) => w.register(builder),
@@ -356,6 +356,9 @@ impl<'a> Run<'a> {
     }
 
     async fn simulate(&mut self) -> Result<Summary, SimFailure> {
+        for limit in workload::limits() {
+            self.observed.set_limit(limit, true).await.map_err(|e| self.fail(format!("setting a limit: {e}")))?;
+        }
         for i in 0..self.slots.len() {
             let slot = &self.slots[i];
             let durable = self.worker(slot.group, &slot.pid.clone(), slot.line.clone());

@@ -26,6 +26,8 @@ struct Seen {
     longest_wait: (Millis, String),
     /// The newest version each task was seen claimed at.
     claimed: HashMap<String, u64>,
+    /// The tasks of limited calls ever claimed.
+    limited: std::collections::BTreeSet<String>,
     violations: Vec<String>,
 }
 
@@ -117,6 +119,28 @@ impl Observed {
     }
 
     /// Records that a worker holds `task` at `version`.
+    /// The limits the simulation sets ([`super::workload::limits`]) hold: of the
+    /// limited calls' tasks, at most one acquired per key, and at most two in all.
+    async fn check_limits(&self) -> Result<(), StoreError> {
+        let ids: Vec<String> = self.seen().limited.iter().cloned().collect();
+        let tasks = instant(self.inner.tasks(&ids)).await?;
+        let mut keys: HashMap<Option<String>, Vec<String>> = HashMap::new();
+        for t in tasks.into_iter().filter(|t| t.state == durable::TaskState::Acquired) {
+            keys.entry(t.key).or_default().push(t.id);
+        }
+        let mut seen = self.seen();
+        for (key, held) in &keys {
+            if held.len() > 1 {
+                seen.violations.push(format!("limited calls of one key {key:?} acquired at once: {held:?}"));
+            }
+        }
+        let all: usize = keys.values().map(Vec::len).sum();
+        if all > 2 {
+            seen.violations.push(format!("{all} limited calls acquired at once, over a limit of two: {keys:?}"));
+        }
+        Ok(())
+    }
+
     fn holds(&self, task: &str, version: u64) {
         let mut seen = self.seen();
         let newest = seen.claimed.entry(task.to_owned()).or_default();
@@ -257,6 +281,15 @@ impl Store for Observed {
         for a in &acquired {
             self.observe(&a.root);
             a.preload.iter().for_each(|p| self.observe(p));
+        }
+        let limited: Vec<&str> = acquired
+            .iter()
+            .filter(|a| a.task.function.as_deref() == Some(super::workload::LIMITED))
+            .map(|a| a.task.id.as_str())
+            .collect();
+        if !limited.is_empty() {
+            self.seen().limited.extend(limited.into_iter().map(str::to_owned));
+            self.check_limits().await?;
         }
         Ok(acquired)
     }

@@ -78,6 +78,12 @@ pub(crate) fn forget(key: &str) {
 /// A leaf: doubles `n`. Its result, once recorded, must never be computed again.
 #[durable::function(name = "sim_leaf")]
 pub(crate) async fn sim_leaf(ctx: &mut Context, world_key: String, n: u64, fail_first: u32) -> durable::Result<u64> {
+    leaf(ctx, world_key, n, fail_first)
+}
+
+/// A leaf's body: doubles `n`, checks it was not recorded already, fails its first
+/// `fail_first` attempts.
+fn leaf(ctx: &mut Context, world_key: String, n: u64, fail_first: u32) -> durable::Result<u64> {
     let world = world(&world_key);
     let recorded = world.store.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|o| o.resolved(ctx.id()));
     if recorded {
@@ -88,6 +94,29 @@ pub(crate) async fn sim_leaf(ctx: &mut Context, world_key: String, n: u64, fail_
         return Err(Error::new("a planned failure"));
     }
     Ok(n * 2)
+}
+
+/// The function of the limited calls: a remote leaf (`Step::Remote`) whose argument
+/// is a multiple of 5 is a call of it instead, with a key of three.
+pub(crate) const LIMITED: &str = "sim_limited";
+
+/// A leaf under limits ([`limits`]) that works for 20 s first: long enough for calls
+/// of one key to meet, were a store to let them.
+#[durable::function(name = "sim_limited")]
+pub(crate) async fn sim_limited(ctx: &mut Context, world_key: String, n: u64) -> durable::Result<u64> {
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    leaf(ctx, world_key, n, 0)
+}
+
+/// The limits every simulation sets as it starts: one limited call of a key at a time,
+/// two in all, and twenty starts a second with bursts of five.
+pub(crate) fn limits() -> [durable::Limit; 3] {
+    let limit = |name: &str| durable::Limit::new(name).function(LIMITED);
+    [
+        limit("sim-per-key").per_key().concurrency(1),
+        limit("sim-two").concurrency(2),
+        limit("sim-rate").rate(20, Duration::from_secs(1)).burst(5),
+    ]
 }
 
 /// A flow: runs its program, and sums what its steps give.
@@ -131,6 +160,10 @@ async fn run_steps(ctx: &mut Context, world: String, path: String, steps: Vec<St
                     total += handle.await?;
                 }
                 total
+            }
+            Step::Remote(n, group) if n % 2 == 0 => {
+                let call = ctx.rfc(sim_limited, (world.clone(), n)).target(format!("poll://any@{group}"));
+                call.key(&(n % 3)).await?
             }
             Step::Remote(n, group) => {
                 ctx.rfc(sim_leaf, (world.clone(), n, 0)).target(format!("poll://any@{group}")).await?
@@ -244,6 +277,7 @@ pub(crate) fn count(steps: &[Step], counts: &mut std::collections::BTreeMap<&'st
             Step::Leaf(_) => "lfc",
             Step::LongRetry(_) => "retry of a leaf (an hour's wait)",
             Step::Fanout(_) => "lfi",
+            Step::Remote(n, _) if n % 2 == 0 => "rfc, limited",
             Step::Remote(..) => "rfc",
             Step::RemoteLater(..) => "rfi",
             Step::Chosen(_) => "call with a chosen id",
