@@ -41,6 +41,8 @@ struct Recorder {
     /// Span id to index in `spans`.
     index: Arc<Mutex<BTreeMap<u64, usize>>>,
     warnings: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
+    /// Every event's fields, at any level.
+    events: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
 }
 
 impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Recorder {
@@ -62,11 +64,12 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<
     }
 
     fn on_event(&self, event: &tracing::Event<'_>, _: LayerContext<'_, S>) {
+        let mut fields = BTreeMap::new();
+        event.record(&mut Fields(&mut fields));
         if *event.metadata().level() <= tracing::Level::WARN {
-            let mut fields = BTreeMap::new();
-            event.record(&mut Fields(&mut fields));
-            self.warnings.lock().unwrap().push(fields);
+            self.warnings.lock().unwrap().push(fields.clone());
         }
+        self.events.lock().unwrap().push(fields);
     }
 }
 
@@ -234,4 +237,35 @@ async fn a_call_that_waits_for_a_group_nobody_serves_is_a_warning_once_a_minute(
     caller.run("fw-2", forwards, 2).await.unwrap().await.unwrap();
     tokio::time::sleep(Duration::from_secs(180)).await;
     assert_eq!(unserved(&recorder).len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_held_back_by_a_limit_is_a_debug_event_naming_the_limit_and_key() {
+    let (recorder, _default) = Recorder::install();
+    let store = memory();
+    let limit = durable::Limit::new("one-per-account").function("slow").per_key().concurrency(1);
+    store.set_limit(limit, true).await.unwrap();
+    let _worker = builder(&store).group("remote").register(slow).build().unwrap();
+    let client = builder(&store).group("client").build().unwrap();
+    let mut handles = Vec::new();
+    for n in 0..3 {
+        let call = client.rpc(&format!("s{n}"), slow, n).target("poll://any@remote").key("acct-42");
+        handles.push(call.await.unwrap());
+    }
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    let events = recorder.events.lock().unwrap().clone();
+    let held: Vec<_> =
+        events.iter().filter(|e| e.get("message").is_some_and(|m| m == "tasks wait on a limit")).collect();
+    assert!(!held.is_empty(), "no event for the tasks held back");
+    assert_eq!((held[0]["limit"].as_str(), held[0]["key"].as_str()), ("one-per-account", "acct-42"), "{held:?}");
+    assert_eq!((held[0]["group"].as_str(), held[0]["waiting"].as_str()), ("remote", "2"), "{held:?}");
+}
+
+/// Takes a second.
+#[durable::function]
+async fn slow(_ctx: &mut Context, x: u64) -> durable::Result<u64> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(x)
 }
