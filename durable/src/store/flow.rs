@@ -204,9 +204,11 @@ pub(crate) struct Bucket {
 }
 
 impl Rate {
-    /// The spacing of starts, in µs.
+    /// The spacing of starts, in µs. (A stored rate is read as it is, checked or not:
+    /// 0 starts counts as 1, and a spacing past `u64::MAX` as that.)
     fn interval(&self) -> u64 {
-        (u128::from(self.per) * 1000 / u128::from(self.starts)).max(1) as u64
+        let interval = u128::from(self.per) * 1000 / u128::from(self.starts.max(1));
+        interval.clamp(1, u128::from(u64::MAX)) as u64
     }
 
     /// How far ahead of now the arrival time may run: `burst - 1` intervals.
@@ -383,5 +385,19 @@ mod tests {
         // Three at once, then one every 100 ms.
         let expected: Vec<Millis> = [0, 0].into_iter().chain((0..20).map(|i| i * 100)).collect();
         assert_eq!(started, expected);
+    }
+
+    #[test]
+    fn a_stored_rate_that_was_never_checked_neither_panics_nor_overflows() {
+        for rate in [
+            Rate { starts: 0, per: 0, burst: 0 },
+            Rate { starts: 1, per: Millis::MAX, burst: u32::MAX },
+            Rate { starts: u32::MAX, per: 1, burst: 1 },
+        ] {
+            let first = rate.start(None, Millis::MAX);
+            assert!(first.tat >= first.open_at, "{rate:?}: {first:?}");
+            let _ = rate.allows(Some(&first), Millis::MAX);
+            let _ = rate.start(Some(&first), 0);
+        }
     }
 }
