@@ -787,7 +787,9 @@ impl Core {
                 let (route, next) = if take_a { (&mine, a.next()) } else { (&anyone, b.next()) };
                 let Some((priority, entry)) = next else { break };
                 let id = &entry.1;
-                let p = &self.promises[id];
+                // A task whose promise is not live is not delivered (a store's records
+                // that disagree are read, not trusted).
+                let Some(p) = self.promises.get(id) else { continue };
                 if now >= p.timeout_at {
                     expired.push(id.clone());
                     continue;

@@ -297,6 +297,7 @@ DROP INDEX IF EXISTS tasks_ready;
 CREATE TABLE IF NOT EXISTS limits (
     name text COLLATE "C" PRIMARY KEY,
     grp text,
+    func text,
     data text NOT NULL
 );
 CREATE TABLE IF NOT EXISTS limit_buckets (
@@ -310,24 +311,27 @@ CREATE INDEX IF NOT EXISTS limit_buckets_tat ON limit_buckets (tat);
 CREATE INDEX IF NOT EXISTS limit_buckets_open ON limit_buckets (open_at);
 "#;
 
-// Limits. A claim locks the limits of its group, so that claims that could exceed one
-// take turns, and counts the tasks they cover that execute now.
+// Limits. A claim by group `$1` locks the limits of its group, so that claims that
+// could exceed one take turns, and reads, in the same round trip (the statements run
+// in order, each after the locks before it), the acquired tasks they cover and their
+// rates' state. With no limit at all, the scan of acquired tasks is skipped.
 const LIMITS: &str = "SELECT data FROM limits ORDER BY name";
 const LOCK_LIMITS: &str = "SELECT data FROM limits WHERE grp IS NULL OR grp = $1 ORDER BY name FOR UPDATE";
-/// The acquired tasks that a limit of function `$1[i]` (or any) and group `$2[i]` (or
-/// any) covers.
-const EXECUTING: &str = "SELECT data, func FROM tasks t WHERE t.state = 'acquired'
-     AND EXISTS (SELECT 1 FROM unnest($1::text[], $2::text[]) AS l(f, g)
-       WHERE (l.f IS NULL OR split_part(t.func, '@', 1) = l.f) AND (l.g IS NULL OR t.grp = l.g))";
-const BUCKETS: &str = "SELECT lim, key, tat, open_at FROM limit_buckets WHERE lim = ANY($1)";
+const EXECUTING: &str = "SELECT t.data, t.func FROM tasks t
+     WHERE EXISTS (SELECT 1 FROM limits) AND t.state = 'acquired'
+       AND EXISTS (SELECT 1 FROM limits l WHERE (l.grp IS NULL OR (l.grp = $1 AND t.grp = $1))
+         AND (l.func IS NULL OR split_part(t.func, '@', 1) = l.func))";
+const BUCKETS: &str = "SELECT lim, key, tat, open_at FROM limit_buckets
+     WHERE lim IN (SELECT name FROM limits WHERE grp IS NULL OR grp = $1)";
 const UPSERT_BUCKETS: &str = "INSERT INTO limit_buckets (lim, key, tat, open_at)
      SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[])
      ON CONFLICT (lim, key) DO UPDATE SET tat = EXCLUDED.tat, open_at = EXCLUDED.open_at";
 const DELETE_BUCKETS: &str = "DELETE FROM limit_buckets b USING unnest($1::text[], $2::text[]) AS u(lim, key) WHERE b.lim = u.lim AND b.key = u.key";
 const SPENT_BUCKETS: &str = "DELETE FROM limit_buckets WHERE tat <= $1";
-const INSERT_LIMIT: &str = "INSERT INTO limits (name, grp, data) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING";
-const REPLACE_LIMIT: &str = "INSERT INTO limits (name, grp, data) VALUES ($1, $2, $3)
-     ON CONFLICT (name) DO UPDATE SET grp = EXCLUDED.grp, data = EXCLUDED.data";
+const INSERT_LIMIT: &str =
+    "INSERT INTO limits (name, grp, func, data) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING";
+const REPLACE_LIMIT: &str = "INSERT INTO limits (name, grp, func, data) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (name) DO UPDATE SET grp = EXCLUDED.grp, func = EXCLUDED.func, data = EXCLUDED.data";
 const GET_LIMIT: &str = "SELECT data FROM limits WHERE name = $1";
 const REMOVE_LIMIT: &str = "WITH gone AS (DELETE FROM limits WHERE name = $1 RETURNING name),
      spent AS (DELETE FROM limit_buckets WHERE lim = $1) SELECT count(*) FROM gone";
@@ -923,34 +927,24 @@ impl PostgresStore {
                 (now, loaded)
             }
             Select::Ready(claim) => {
-                let ((), now, locked) = futures::try_join!(
+                let group: [&(dyn ToSql + Sync); 1] = [&claim.group];
+                let ((), now, locked, running, rates) = futures::try_join!(
                     async { conn.batch_execute(begin).await.map_err(db) },
                     self.now_in(&conn, &clock),
-                    async { conn.query(&lock_limits, &[&claim.group]).await.map_err(db) }
+                    async { conn.query(&lock_limits, &group).await.map_err(db) },
+                    async { conn.query(&executing_q, &group).await.map_err(db) },
+                    async { conn.query(&buckets_q, &group).await.map_err(db) }
                 )?;
                 limits = locked.iter().map(|r| parse::<Limit>(r.get(0))).collect::<Result<_, _>>()?;
                 self.flow_seen.store(!limits.is_empty(), std::sync::atomic::Ordering::Relaxed);
-                if !limits.is_empty() {
-                    let counted = limits.iter().filter(|l| l.concurrency.is_some());
-                    let (functions, groups): (Vec<Option<String>>, Vec<Option<String>>) =
-                        counted.map(|l| (l.function.clone(), l.group.clone())).unzip();
-                    let rated: Vec<String> =
-                        limits.iter().filter(|l| l.rate.is_some()).map(|l| l.name.clone()).collect();
-                    let counting: [&(dyn ToSql + Sync); 2] = [&functions, &groups];
-                    let rating: [&(dyn ToSql + Sync); 1] = [&rated];
-                    let (running, rates) =
-                        futures::try_join!(conn.query(&executing_q, &counting), conn.query(&buckets_q, &rating))
-                            .map_err(db)?;
-                    for row in running {
-                        let mut t = parse::<Task>(row.get(0))?;
-                        t.function = t.function.or(row.get(1));
-                        executing.push(t);
-                    }
-                    for row in rates {
-                        let (tat, open_at): (i64, i64) = (row.get(2), row.get(3));
-                        buckets
-                            .push(((row.get(0), row.get(1)), Bucket { tat: tat as u64, open_at: open_at as Millis }));
-                    }
+                for row in running {
+                    let mut t = parse::<Task>(row.get(0))?;
+                    t.function = t.function.or(row.get(1));
+                    executing.push(t);
+                }
+                for row in rates {
+                    let (tat, open_at): (i64, i64) = (row.get(2), row.get(3));
+                    buckets.push(((row.get(0), row.get(1)), Bucket { tat: tat as u64, open_at: open_at as Millis }));
                 }
                 let running = executing.iter().map(|t| (t, t.function.as_deref()));
                 let closed = Admission::new(limits.iter(), &claim.group, running).closed(now, &buckets);
@@ -1480,7 +1474,7 @@ impl super::Store for PostgresStore {
         let [insert, get] =
             conn.statements([if replace { REPLACE_LIMIT } else { INSERT_LIMIT }, GET_LIMIT]).await.map_err(db)?;
         let data = serde_json::to_string(&limit).expect("a limit encodes");
-        conn.execute(&insert, &[&limit.name, &limit.group, &data]).await.map_err(db)?;
+        conn.execute(&insert, &[&limit.name, &limit.group, &limit.function, &data]).await.map_err(db)?;
         let row = conn.query_one(&get, &[&limit.name]).await.map_err(db)?;
         self.flow_seen.store(true, std::sync::atomic::Ordering::Relaxed);
         self.wake_waiting(&conn).await?;
