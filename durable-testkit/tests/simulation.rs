@@ -133,7 +133,7 @@ async fn a_seed_on_postgres_keeps_every_invariant() {
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL at {url} is unreachable: {e}"));
     let store: Arc<dyn durable::Store> = Arc::new(store);
-    let outcome = Simulation::new(seed).steps(10).store(move || store.clone()).run().await;
+    let outcome = Simulation::new(seed).steps(8).store(move || store.clone()).run().await;
     if outcome.is_ok() {
         let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);

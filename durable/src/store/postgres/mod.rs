@@ -314,9 +314,12 @@ CREATE INDEX IF NOT EXISTS limit_buckets_open ON limit_buckets (open_at);
 // Limits. A claim by group `$1` locks the limits of its group, so that claims that
 // could exceed one take turns, and reads, in the same round trip (the statements run
 // in order, each after the locks before it), the acquired tasks they cover and their
-// rates' state. With no limit at all, the scan of acquired tasks is skipped.
+// rates' state. With no limit at all, the scan of acquired tasks is skipped. The lock
+// is an advisory one, by the limit's name: a row lock would write the row, and make
+// every claim, even one that takes nothing, a transaction that waits for a WAL flush.
 const LIMITS: &str = "SELECT data FROM limits ORDER BY name";
-const LOCK_LIMITS: &str = "SELECT data FROM limits WHERE grp IS NULL OR grp = $1 ORDER BY name FOR UPDATE";
+const LOCK_LIMITS: &str = "SELECT l.data, pg_advisory_xact_lock(hashtext($2), hashtext('limit:' || l.name))
+     FROM (SELECT name, data FROM limits WHERE grp IS NULL OR grp = $1 ORDER BY name) AS l";
 const EXECUTING: &str = "SELECT t.data, t.func FROM tasks t
      WHERE EXISTS (SELECT 1 FROM limits) AND t.state = 'acquired'
        AND EXISTS (SELECT 1 FROM limits l WHERE (l.grp IS NULL OR (l.grp = $1 AND t.grp = $1))
@@ -928,10 +931,11 @@ impl PostgresStore {
             }
             Select::Ready(claim) => {
                 let group: [&(dyn ToSql + Sync); 1] = [&claim.group];
+                let locking: [&(dyn ToSql + Sync); 2] = [&claim.group, &self.channel];
                 let ((), now, locked, running, rates) = futures::try_join!(
                     async { conn.batch_execute(begin).await.map_err(db) },
                     self.now_in(&conn, &clock),
-                    async { conn.query(&lock_limits, &group).await.map_err(db) },
+                    async { conn.query(&lock_limits, &locking).await.map_err(db) },
                     async { conn.query(&executing_q, &group).await.map_err(db) },
                     async { conn.query(&buckets_q, &group).await.map_err(db) }
                 )?;
