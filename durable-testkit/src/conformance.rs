@@ -1231,7 +1231,9 @@ pub async fn limits_are_records_that_are_set_kept_and_removed(store: &dyn Store)
 
 /// At most a limit's concurrency of the tasks it covers are acquired at once, across
 /// claims of several processes; a slot comes back when its task settles, suspends,
-/// or its lease ends; a create that would acquire a limited task leaves it to a claim.
+/// or its lease ends; a create that would acquire a limited task leaves it to a claim;
+/// a limit raised lets more start at once, and one lowered below what executes lets
+/// none start until they are within it.
 pub async fn a_concurrency_limit_holds_across_processes_and_slots_come_back(store: &dyn Store) {
     store.set_limit(Limit::new("two").function("charge").concurrency(2), true).await.expect("set");
     for id in ["a", "b", "c", "d", "e"] {
@@ -1257,6 +1259,16 @@ pub async fn a_concurrency_limit_holds_across_processes_and_slots_come_back(stor
     assert!(claim_ids(store, "p3", 10).await.is_empty(), "still two at once");
     store.set_limit(Limit::new("two").function("charge").concurrency(4), true).await.expect("raise it");
     assert_eq!(claim_ids(store, "p3", 10).await, ["e", "run"], "raised live");
+    // Lowered below what executes: those go on, and none starts until they are within it.
+    store.create(limited("f", "charge", None, 0)).await.expect("create");
+    store.set_limit(Limit::new("two").function("charge").concurrency(1), true).await.expect("lower it");
+    assert!(claim_ids(store, "p3", 10).await.is_empty(), "four execute under a limit of one");
+    for id in ["c", "d", "e"] {
+        store.settle(settle(id, State::Resolved, "1")).await.expect("settle");
+        assert!(claim_ids(store, "p3", 10).await.is_empty(), "still at or over one after {id}");
+    }
+    store.settle(settle("run", State::Resolved, "1")).await.expect("settle");
+    assert_eq!(claim_ids(store, "p3", 10).await, ["f"], "within the lowered limit again");
 }
 
 /// A per-key limit of one runs the calls of each key one at a time, in the order they
