@@ -965,7 +965,10 @@ impl PostgresStore {
             }
         };
         // The step reads only the rows it loaded, finished or not; the tasks executing
-        // under a limit are read, not locked, and only counted.
+        // under a limit are read, not locked, and only counted. One of them given back
+        // since, and loaded (locked) as a candidate, is taken as loaded.
+        let loaded: std::collections::HashSet<String> = tasks.iter().map(|t| t.id.clone()).collect();
+        executing.retain(|t| !loaded.contains(&t.id));
         tasks.extend(executing);
         let mut core = Core::restore(Arc::new(MemoryCold::default()), promises, tasks, now);
         core.restore_flow(limits, buckets);
