@@ -308,61 +308,44 @@ impl<'a> Admission<'a> {
         self.limits.is_empty()
     }
 
-    /// Whether every limit that covers `t`, a call of `function`, admits it now,
-    /// reading a rate's bucket with `bucket`. Notes the limit that holds it back.
-    pub(crate) fn admits(
+    /// Admits `t`, a call of `function`, at `now` if every limit that covers it does,
+    /// reading a rate's stored state with `bucket`, and counts it as started: returns
+    /// the rates' states its start changed. `None` if a limit holds it back, which is
+    /// noted in `held`.
+    pub(crate) fn admit(
         &mut self,
         t: &Task,
         function: Option<&str>,
         now: Millis,
         bucket: &dyn Fn(&str, &str) -> Option<Bucket>,
-    ) -> bool {
-        for l in &self.limits {
-            if !l.covers(&t.target.group, function) {
-                continue;
-            }
-            let key = l.key_of(t);
-            let full = l
-                .concurrency
-                .is_some_and(|n| self.executing.get(&(l.name.as_str(), key.to_owned())).copied().unwrap_or(0) >= n);
-            let slow = l.rate.is_some_and(|rate| {
-                let b = self.buckets.get(&(l.name.clone(), key.to_owned())).copied().or_else(|| bucket(&l.name, key));
-                !rate.allows(b.as_ref(), now)
-            });
+    ) -> Option<Vec<((String, String), Bucket)>> {
+        let covering: Vec<(&'a Limit, (String, String))> = self
+            .limits
+            .iter()
+            .filter(|l| l.covers(&t.target.group, function))
+            .map(|l| (*l, (l.name.clone(), l.key_of(t).to_owned())))
+            .collect();
+        let mut started = Vec::new();
+        for (l, id) in &covering {
+            let running = self.executing.get(&(l.name.as_str(), id.1.clone())).copied().unwrap_or(0);
+            let full = l.concurrency.is_some_and(|n| running >= n);
+            let state = self.buckets.get(id).copied().or_else(|| bucket(&id.0, &id.1));
+            let slow = l.rate.is_some_and(|rate| !rate.allows(state.as_ref(), now));
             if full || slow {
-                *self.held.entry((l.name.clone(), key.to_owned())).or_insert(0) += 1;
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Counts `t` as started at `now`: returns the buckets its start changed.
-    pub(crate) fn start(
-        &mut self,
-        t: &Task,
-        function: Option<&str>,
-        now: Millis,
-        bucket: &dyn Fn(&str, &str) -> Option<Bucket>,
-    ) -> Vec<((String, String), Bucket)> {
-        let mut changed = Vec::new();
-        for l in &self.limits {
-            if !l.covers(&t.target.group, function) {
-                continue;
-            }
-            let key = l.key_of(t).to_owned();
-            if l.concurrency.is_some() {
-                *self.executing.entry((l.name.as_str(), key.clone())).or_insert(0) += 1;
+                *self.held.entry(id.clone()).or_insert(0) += 1;
+                return None;
             }
             if let Some(rate) = l.rate {
-                let id = (l.name.clone(), key);
-                let b = self.buckets.get(&id).copied().or_else(|| bucket(&id.0, &id.1));
-                let b = rate.start(b.as_ref(), now);
-                self.buckets.insert(id.clone(), b);
-                changed.push((id, b));
+                started.push((id.clone(), rate.start(state.as_ref(), now)));
             }
         }
-        changed
+        for (l, id) in covering {
+            if l.concurrency.is_some() {
+                *self.executing.entry((l.name.as_str(), id.1)).or_insert(0) += 1;
+            }
+        }
+        self.buckets.extend(started.iter().cloned());
+        Some(started)
     }
 }
 

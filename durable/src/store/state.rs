@@ -798,14 +798,13 @@ impl Core {
                     continue;
                 }
                 let t = &self.tasks[id];
-                let mut started = Vec::new();
-                if !admission.is_open() {
+                let started = if admission.is_open() {
+                    Vec::new()
+                } else {
                     let function = self.function_of(t);
-                    if !admission.admits(t, function.as_deref(), now, &bucket) {
-                        continue;
-                    }
-                    started = admission.start(t, function.as_deref(), now, &bucket);
-                }
+                    let Some(started) = admission.admit(t, function.as_deref(), now, &bucket) else { continue };
+                    started
+                };
                 picked.push((route.clone(), priority.0, entry.clone(), started));
             }
             (picked, expired, admission.held)
