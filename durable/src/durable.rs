@@ -1030,7 +1030,8 @@ impl<'a> Promises<'a> {
         // A family of its own: not its original's creator's, and not detached.
         req.tags =
             old.tags.iter().filter(|(k, _)| !k.starts_with("durable:")).map(|(k, v)| (k.clone(), v.clone())).collect();
-        req.task = Some(NewTask::new(task.target));
+        // The same key and priority: a restart is limited as its original was.
+        req.task = Some(NewTask { key: task.key, priority: task.priority, ..NewTask::new(task.target) });
         let created = self.store.create(req).await?;
         if !created.new {
             return Err(Error::Conflict { id: new_id.to_owned(), reason: "already: a restart needs a new id".into() });

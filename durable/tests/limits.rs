@@ -1,7 +1,7 @@
 //! Limits on tasks, with real workers: a concurrency limit holds across runtimes that
 //! share a store, the calls of one key run one at a time in the order they were made,
-//! a limit changed live takes effect, a limited `run` waits for a claim, and a key
-//! that cannot be used fails its call, never the worker.
+//! a limit changed live takes effect, a limited `run` waits for a claim, a key that
+//! cannot be used fails its call, never the worker, and a restart keeps its key.
 
 mod common;
 
@@ -133,4 +133,10 @@ async fn a_key_that_cannot_be_used_fails_its_call_and_nothing_else() {
     let fine = client.rpc("f", charge, args()).target("poll://any@pay").key(&42).await.unwrap();
     assert_eq!(fine.await.unwrap(), 1, "the worker serves on");
     assert_eq!(store.task("f").await.unwrap().unwrap().key.as_deref(), Some("42"), "a number's key is its JSON");
+    // A restart is limited as its original was: same key, same priority.
+    let urgent = client.rpc("p", charge, args()).target("poll://any@pay").key("acct").priority(7).await.unwrap();
+    urgent.await.unwrap();
+    client.promises().restart("p", "p-again").await.unwrap();
+    let again = store.task("p-again").await.unwrap().unwrap();
+    assert_eq!((again.key.as_deref(), again.priority), (Some("acct"), 7));
 }
