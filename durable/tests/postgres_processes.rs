@@ -497,6 +497,7 @@ async fn limits_hold_across_worker_processes_and_a_killed_holders_slot_comes_bac
     assert!(peak <= 2, "{peak} ran at once under a limit of two");
     // Each account's calls ran in the order they were made: the killed one kept its
     // place in line.
+    let mut reruns = 0;
     for account in ["a", "b", "c"] {
         let rows = client
             .query(
@@ -509,8 +510,15 @@ async fn limits_hold_across_worker_processes_and_a_killed_holders_slot_comes_bac
         let mut sorted = order.clone();
         sorted.sort();
         assert_eq!(order, sorted, "account {account}'s calls ran out of order");
-        assert_eq!(order.len(), 8, "each call of account {account} finished once: {order:?}");
+        // A body is at least once for what it does outside the store: the killed
+        // holder may have ended its run and died before its result was committed,
+        // and then that one call runs again, right after itself.
+        let mut calls = order.clone();
+        calls.dedup();
+        assert_eq!(calls.len(), 8, "each call of account {account} finished: {order:?}");
+        reruns += order.len() - calls.len();
     }
+    assert!(reruns <= 1, "only the killed holder's call ran twice, {reruns} did");
     drop(durable);
     drop(workers);
     audit(&client, &schema).await;
