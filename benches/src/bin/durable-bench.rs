@@ -12,6 +12,11 @@
 //!   of RSS (top) and throughput (bottom) against invocations done. Retention is
 //!   off unless given.
 //!
+//! * `durable-bench latency --steps N --store … [--concurrency C]`: start to result of
+//!   N invocations of three local steps, then N of three calls to a worker of this
+//!   process, by C clients one after another each; one line for each with the 50th,
+//!   99th and 99.9th percentiles in milliseconds.
+//!
 //! * `durable-bench simulate --seeds N [--seed S] --store memory|sled|postgres`: the
 //!   deterministic simulation (`durable_testkit::simulation`) of seeds S to S + N - 1,
 //!   each on virtual time; stops at the first seed that breaks an invariant, printing
@@ -40,6 +45,27 @@ async fn soak(ctx: &mut Context, x: u64) -> durable::Result<u64> {
     Ok(x)
 }
 
+/// Three local steps: the local invocation of the latency workload.
+#[durable::function(name = "three-steps")]
+async fn three_steps(ctx: &mut Context, x: u64) -> durable::Result<u64> {
+    let mut x = x;
+    for _ in 0..3 {
+        x = ctx.lfc(step, x).await?;
+    }
+    Ok(x)
+}
+
+/// Three calls, one after another, to the group `work`: the remote invocation of the
+/// latency workload.
+#[durable::function(name = "three-calls")]
+async fn three_calls(ctx: &mut Context, x: u64) -> durable::Result<u64> {
+    let mut x = x;
+    for _ in 0..3 {
+        x = ctx.rfc(step, x).target("poll://any@work").await?;
+    }
+    Ok(x)
+}
+
 /// The workloads other durable-execution systems are measured on, one JSON line per run.
 #[derive(Debug, clap::Parser)]
 #[command(name = "durable-bench")]
@@ -51,7 +77,8 @@ struct Args {
     /// simulate: N seeds of the simulation.
     /// page: the dashboard's page of an invocation of N promises among others.
     /// claims: N one-step tasks through a worker of 64, each with a key of 1000.
-    #[arg(value_parser = ["chain", "calc", "recover", "soak", "list", "page", "simulate", "claims", "recover-prepare"], hide_possible_values = true)]
+    /// latency: N invocations of three local steps, then of three remote calls, C at once.
+    #[arg(value_parser = ["chain", "calc", "recover", "soak", "list", "page", "simulate", "claims", "latency", "recover-prepare"], hide_possible_values = true)]
     workload: String,
     /// The store: memory, sled or postgres (`$DURABLE_POSTGRES_URL`).
     #[arg(long, default_value = "memory", value_parser = ["memory", "sled", "postgres"])]
@@ -60,7 +87,7 @@ struct Args {
     #[arg(long = "steps", visible_aliases = ["nodes", "invocations", "seeds"], value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     n: u64,
-    /// Chains at once (chain).
+    /// Chains at once (chain); clients at once (latency).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     concurrency: u64,
     /// Seconds a finished invocation is kept (soak; off unless given).
@@ -316,6 +343,12 @@ async fn run(args: &Args) -> Result<(), String> {
             cleanup(&args.store, &location).await;
         }
         "soak" => run_soak(args, &location).await?,
+        "latency" => {
+            let store = open(&args.store, &location, true).await?;
+            run_latency(&store, args).await?;
+            drop(store);
+            cleanup(&args.store, &location).await;
+        }
         "claims" => {
             let store = open(&args.store, &location, true).await?;
             if args.limits != "none" {
@@ -368,6 +401,73 @@ async fn run(args: &Args) -> Result<(), String> {
         }
         _ => unreachable!("checked by parse_args"),
     }
+    Ok(())
+}
+
+/// Times `args.n` invocations of each kind from start to result, `args.concurrency`
+/// clients at a time, after a warm-up of a tenth as many (at least one per client).
+async fn run_latency(store: &Arc<dyn Store>, args: &Args) -> Result<(), String> {
+    let client = Durable::builder()
+        .store(store.clone())
+        .group("client")
+        .register(three_steps)
+        .register(three_calls)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let worker = Durable::builder()
+        .store(store.clone())
+        .group("work")
+        .concurrency(4096)
+        .register(step)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let clients = args.concurrency;
+    for kind in ["local", "remote"] {
+        let round = |prefix: String, n: u64| {
+            let client = &client;
+            async move {
+                let started = Instant::now();
+                let each = (0..clients).map(|c| {
+                    let prefix = &prefix;
+                    async move {
+                        let mut times = Vec::new();
+                        for i in (c..n).step_by(clients as usize) {
+                            let id = format!("{prefix}-{i}");
+                            let begun = Instant::now();
+                            let handle = match kind {
+                                "local" => client.run(&id, three_steps, i).await,
+                                _ => client.run(&id, three_calls, i).await,
+                            };
+                            let got = handle.map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
+                            times.push(begun.elapsed());
+                            if got != i + 3 {
+                                return Err(format!("{id} gave {got}, not {}", i + 3));
+                            }
+                        }
+                        Ok::<_, String>(times)
+                    }
+                });
+                let times: Vec<Duration> =
+                    futures::future::try_join_all(each).await?.into_iter().flatten().collect();
+                Ok::<_, String>((times, started.elapsed()))
+            }
+        };
+        round(format!("warm-{kind}"), (args.n / 10).max(clients)).await?;
+        let (mut times, took) = round(kind.to_owned(), args.n).await?;
+        times.sort();
+        let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "{{\"workload\":\"latency\",\"store\":\"{}\",\"kind\":\"{kind}\",\"n\":{},\"concurrency\":{clients},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"invocations_per_second\":{:.0}}}",
+            args.store,
+            args.n,
+            ms(at(0.5)),
+            ms(at(0.99)),
+            ms(at(0.999)),
+            args.n as f64 / took.as_secs_f64()
+        );
+    }
+    drop((client, worker));
     Ok(())
 }
 

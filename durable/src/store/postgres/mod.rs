@@ -6,6 +6,7 @@
 //! pick ready tasks with `FOR UPDATE SKIP LOCKED`; `LISTEN/NOTIFY` wakes waiters and
 //! pollers at once, with a slow poll as the fallback. Time is the database's clock.
 
+mod batch;
 mod pool;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, Statement};
 
+use self::batch::{Batches, Job};
 use self::pool::{Conn, Pool, quote_ident, unreachable};
 use super::cold::MemoryCold;
 use super::flow::{Admission, Bucket};
@@ -400,6 +402,8 @@ pub struct PostgresStore {
     /// Whether this process's last claim (or a step since) found a limit: then steps
     /// that may free a slot read the limits, to wake the workers one holds back.
     flow_seen: std::sync::atomic::AtomicBool,
+    /// Steps on named rows, waiting to share a transaction.
+    batches: Batches,
 }
 
 impl Drop for PostgresStore {
@@ -477,8 +481,8 @@ impl PostgresOptions {
             groups,
         ))
         .abort_handle();
-        let flow_seen = Default::default();
-        Ok(PostgresStore { pool, channel, clock: self.clock, waiters, ready, listen_to, listener, flow_seen })
+        let (flow_seen, batches) = Default::default();
+        Ok(PostgresStore { pool, channel, clock: self.clock, waiters, ready, listen_to, listener, flow_seen, batches })
     }
 }
 
@@ -756,6 +760,13 @@ fn retryable(e: &StoreError) -> bool {
     })
 }
 
+/// Whether the server refused a statement, so that the transaction wrote nothing
+/// (not a connection lost, when a commit may have happened).
+fn refused(e: &StoreError) -> bool {
+    let StoreError::Backend(source) = e else { return false };
+    source.downcast_ref::<Pg>().is_some_and(|e| e.0.as_db_error().is_some())
+}
+
 fn parse<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::backend(format!("an unreadable record in PostgreSQL: {e}")))
 }
@@ -823,39 +834,110 @@ impl PostgresStore {
         Ok(now)
     }
 
-    /// Runs one step in a transaction, retried on a serialization failure or deadlock.
-    async fn step<R>(
+    /// Runs one step in a transaction of its own, retried on a serialization failure
+    /// or deadlock: a step that finds its rows by a query.
+    async fn step<R: Send>(
         &self,
         select: Select<'_>,
-        op: impl Fn(&mut Core, Millis) -> Result<R, StoreError> + Sync,
+        op: impl Fn(&mut Core, Millis) -> Result<R, StoreError> + Send + Sync,
     ) -> Result<R, StoreError> {
-        self.step_when(true, select, op).await
+        let mut out = None;
+        self.retried(true, &select, &mut |core, now| out = Some(op(core, now))).await?;
+        out.expect("a committed step ran its operation")
     }
 
-    /// A step whose commit waits for the disk only if `durable`: PostgreSQL writes
-    /// the log in order, so a later durable commit covers it.
-    async fn step_when<R>(
+    /// Runs a step on the rows it names in the next transaction this process commits,
+    /// with the steps queued beside it (see [`batch`]); its commit waits for the disk
+    /// if `durable` or another step of the batch is.
+    async fn batched<R: Send + 'static>(
         &self,
         durable: bool,
-        select: Select<'_>,
-        op: impl Fn(&mut Core, Millis) -> Result<R, StoreError> + Sync,
+        (promises, tasks): (Vec<String>, Vec<String>),
+        (create, limits): (bool, bool),
+        mut op: impl FnMut(&mut Core, Millis) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
+        let out = Arc::new(std::sync::Mutex::new(None));
+        let slot = out.clone();
+        let (done, committed) = tokio::sync::oneshot::channel();
+        self.batches.push(Job {
+            promises,
+            tasks,
+            create,
+            limits,
+            durable,
+            op: Box::new(move |core, now| *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(op(core, now))),
+            done,
+        });
+        // Until another turn commits this step, take turns committing what is queued.
+        let mut committed = std::pin::pin!(committed);
+        loop {
+            let (turn, jobs) = tokio::select! {
+                biased;
+                done = &mut committed => {
+                    done.map_err(|_| {
+                        StoreError::backend("the transaction of this step was interrupted: its outcome is unknown")
+                    })??;
+                    return out.lock().unwrap_or_else(|e| e.into_inner()).take().expect("a committed step ran");
+                }
+                turn = self.batches.turn() => turn,
+            };
+            if !jobs.is_empty() {
+                self.commit_batch(jobs).await;
+            }
+            drop(turn);
+        }
+    }
+
+    /// Commits `jobs` in one transaction and tells each how it went. If the server
+    /// refused the transaction, it wrote nothing: each step is then tried alone, so
+    /// that one step's bad write fails that step only.
+    async fn commit_batch(&self, mut jobs: Vec<Job>) {
+        match self.commit_jobs(&mut jobs).await {
+            Ok(()) => jobs.into_iter().for_each(|job| drop(job.done.send(Ok(())))),
+            Err(e) if jobs.len() > 1 && refused(&e) => {
+                for mut job in jobs {
+                    let result = self.commit_jobs(std::slice::from_mut(&mut job)).await;
+                    let _ = job.done.send(result);
+                }
+            }
+            Err(e) => jobs.into_iter().for_each(|job| drop(job.done.send(Err(batch::shared(&e))))),
+        }
+    }
+
+    async fn commit_jobs(&self, jobs: &mut [Job]) -> Result<(), StoreError> {
+        let durable = jobs.iter().any(|j| j.durable);
+        let (create, limits) = (jobs.iter().any(|j| j.create), jobs.iter().any(|j| j.limits));
+        let promises = dedup(&jobs.iter().flat_map(|j| j.promises.iter().cloned()).collect::<Vec<_>>());
+        let tasks = dedup(&jobs.iter().flat_map(|j| j.tasks.iter().cloned()).collect::<Vec<_>>());
+        let select = Select::Ids { promises: &promises, tasks: &tasks, create, limits };
+        self.retried(durable, &select, &mut |core, now| jobs.iter_mut().for_each(|job| (job.op)(core, now))).await
+    }
+
+    /// [`try_step`](Self::try_step), retried on a serialization failure or deadlock.
+    async fn retried(
+        &self,
+        durable: bool,
+        select: &Select<'_>,
+        run: &mut (dyn FnMut(&mut Core, Millis) + Send),
+    ) -> Result<(), StoreError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_step(durable, &select, &op).await {
+            match self.try_step(durable, select, run).await {
                 Err(e) if attempt < 8 && retryable(&e) => continue,
                 other => return other,
             }
         }
     }
 
-    async fn try_step<R>(
+    /// One transaction: locks and reads the rows `select` finds, runs `run` on them,
+    /// writes what it changed and commits.
+    async fn try_step(
         &self,
         durable: bool,
         select: &Select<'_>,
-        op: &(impl Fn(&mut Core, Millis) -> Result<R, StoreError> + Sync),
-    ) -> Result<R, StoreError> {
+        run: &mut (dyn FnMut(&mut Core, Millis) + Send),
+    ) -> Result<(), StoreError> {
         let mut conn = self.pool.get().await?;
         let [
             clock,
@@ -972,7 +1054,7 @@ impl PostgresStore {
         tasks.extend(executing);
         let mut core = Core::restore(Arc::new(MemoryCold::default()), promises, tasks, now);
         core.restore_flow(limits, buckets);
-        let result = op(&mut core, now);
+        run(&mut core, now);
         let dirty = core.take_changes();
         // Every write of the step: one statement per table, pipelined.
         let (mut p_ids, mut p_states, mut p_timers, mut p_timeouts, mut p_tags, mut p_data) =
@@ -1075,7 +1157,7 @@ impl PostgresStore {
         conn.in_transaction = false;
         self.waiters.wake(dirty.woken);
         self.ready.bump(dirty.ready.iter().map(String::as_str));
-        result
+        Ok(())
     }
 
     /// Purges in transactions of at most [`PURGE_BATCH`] deleted rows each: a root's
@@ -1252,8 +1334,7 @@ impl super::Store for PostgresStore {
         let tasks = req.fence.iter().map(|f| f.task.clone()).collect::<Vec<_>>();
         // A create that acquires its task reads the limits: a limited task waits for a claim.
         let limits = req.task.as_ref().is_some_and(|t| t.acquire.is_some());
-        let select = Select::Ids { promises: &promises, tasks: &tasks, create: true, limits };
-        self.step_when(req.durable, select, |core, now| core.create(req.clone(), now)).await
+        self.batched(req.durable, (promises, tasks), (true, limits), move |core, now| core.create(req.clone(), now)).await
     }
 
     async fn import(&self, family: Vec<CreatePromise>) -> Result<(), StoreError> {
@@ -1268,10 +1349,8 @@ impl super::Store for PostgresStore {
 
     async fn settle(&self, req: SettlePromise) -> Result<Promise, StoreError> {
         let (promises, tasks) = ([req.id.clone()], req.fence.iter().map(|f| f.task.clone()).collect::<Vec<_>>());
-        self.step(Select::Ids { promises: &promises, tasks: &tasks, create: false, limits: false }, |core, now| {
-            core.settle(req.clone(), now)
-        })
-        .await
+        let rows = (promises.to_vec(), tasks);
+        self.batched(true, rows, (false, false), move |core, now| core.settle(req.clone(), now)).await
     }
 
     async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError> {
@@ -1386,24 +1465,27 @@ impl super::Store for PostgresStore {
 
     async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<Vec<Fence>, StoreError> {
         let tasks: Vec<String> = held.iter().map(|f| f.task.clone()).collect();
-        self.step(Select::Ids { promises: &[], tasks: &tasks, create: false, limits: false }, |core, now| {
-            Ok(core.heartbeat(process, held, ttl, now))
+        let (process, held) = (process.to_owned(), held.to_vec());
+        self.batched(true, (Vec::new(), tasks), (false, false), move |core, now| {
+            Ok(core.heartbeat(&process, &held, ttl, now))
         })
         .await
     }
 
     async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError> {
         let tasks = [fence.task.clone()];
-        self.step(Select::Ids { promises: &[], tasks: &tasks, create: false, limits: false }, |core, now| {
-            core.release(fence, how.clone(), now)
+        let fence = fence.clone();
+        self.batched(true, (Vec::new(), tasks.to_vec()), (false, false), move |core, now| {
+            core.release(&fence, how.clone(), now)
         })
         .await
     }
 
     async fn suspend(&self, fence: &Fence, awaiting: &[String]) -> Result<bool, StoreError> {
         let tasks = [fence.task.clone()];
-        self.step(Select::Ids { promises: awaiting, tasks: &tasks, create: false, limits: false }, |core, now| {
-            core.suspend(fence, awaiting, now)
+        let (fence, awaiting) = (fence.clone(), awaiting.to_vec());
+        self.batched(true, (awaiting.clone(), tasks.to_vec()), (false, false), move |core, now| {
+            core.suspend(&fence, &awaiting, now)
         })
         .await
     }
@@ -1414,10 +1496,9 @@ impl super::Store for PostgresStore {
 
     async fn resume(&self, id: &str) -> Result<bool, StoreError> {
         let tasks = [id.to_owned()];
-        self.step(Select::Ids { promises: &[], tasks: &tasks, create: false, limits: false }, |core, now| {
-            Ok(core.resume(id, now))
-        })
-        .await
+        let id = id.to_owned();
+        self.batched(true, (Vec::new(), tasks.to_vec()), (false, false), move |core, now| Ok(core.resume(&id, now)))
+            .await
     }
 
     async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError> {
@@ -1578,6 +1659,65 @@ mod tests {
         assert_eq!(store.waiters.len(), 0, "a wait that found its promise settled registered nothing for good");
         let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
+        client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    }
+
+    /// A store in a fresh schema named after `name`, and a client of the database.
+    async fn fresh(name: &str) -> (PostgresStore, tokio_postgres::Client, String) {
+        let schema = format!("durable_{name}_{}", std::process::id());
+        let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {} is unreachable: {e}", url()));
+        tokio::spawn(connection);
+        client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
+        let store = PostgresStore::options(&url()).schema(&schema).connect().await.unwrap();
+        (store, client, schema)
+    }
+
+    /// Steps made at once share transactions (each row's `xmin` is the transaction
+    /// that wrote it last), and each returns only what its transaction committed.
+    #[tokio::test]
+    async fn steps_made_at_once_share_transactions() {
+        let (store, client, schema) = fresh("batches").await;
+        let ids: Vec<String> = (0..64).map(|i| format!("b{i}")).collect();
+        let creates = ids.iter().map(|id| store.create(CreatePromise::new(id.clone(), Param::External)));
+        for created in futures::future::try_join_all(creates).await.unwrap() {
+            assert!(created.new && created.promise.state == State::Pending);
+        }
+        let writers = format!("SELECT count(*), count(DISTINCT xmin::text) FROM {schema}.promises");
+        let row = client.query_one(&writers, &[]).await.unwrap();
+        let (rows, transactions): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!(rows, 64);
+        assert!(transactions <= 4, "64 creates at once took {transactions} transactions");
+        let settles = ids.iter().map(|id| {
+            let value = format!("\"{id}\"");
+            store.settle(SettlePromise { id: id.clone(), state: State::Resolved, value, ikey: None, strict: false, fence: None })
+        });
+        for (id, settled) in ids.iter().zip(futures::future::try_join_all(settles).await.unwrap()) {
+            assert_eq!(settled.value.as_deref(), Some(format!("\"{id}\"").as_str()), "each settle returns its own");
+        }
+        let row = client.query_one(&writers, &[]).await.unwrap();
+        let transactions: i64 = row.get(1);
+        assert!(transactions <= 4, "64 settles at once took {transactions} transactions");
+        client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    }
+
+    /// A step whose write the server refuses fails alone: the steps that shared its
+    /// transaction are committed without it.
+    #[tokio::test]
+    async fn a_refused_step_fails_alone() {
+        let (store, client, schema) = fresh("refused").await;
+        let ids: Vec<String> = (0..16).map(|i| if i == 7 { "bad\0id".to_owned() } else { format!("ok{i}") }).collect();
+        let creates = ids.iter().map(|id| store.create(CreatePromise::new(id.clone(), Param::External)));
+        let results = futures::future::join_all(creates).await;
+        for (id, result) in ids.iter().zip(results) {
+            match result {
+                Ok(_) => assert!(!id.contains('\0'), "PostgreSQL took a NUL byte"),
+                Err(e) => assert!(id.contains('\0'), "{id} failed beside a refused step: {e}"),
+            }
+        }
+        let count = format!("SELECT count(*) FROM {schema}.promises");
+        assert_eq!(client.query_one(&count, &[]).await.unwrap().get::<_, i64>(0), 15);
         client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
     }
 
