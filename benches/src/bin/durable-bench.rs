@@ -447,8 +447,7 @@ async fn run_latency(store: &Arc<dyn Store>, args: &Args) -> Result<(), String> 
                         Ok::<_, String>(times)
                     }
                 });
-                let times: Vec<Duration> =
-                    futures::future::try_join_all(each).await?.into_iter().flatten().collect();
+                let times: Vec<Duration> = futures::future::try_join_all(each).await?.into_iter().flatten().collect();
                 Ok::<_, String>((times, started.elapsed()))
             }
         };

@@ -101,12 +101,15 @@ const UPSERT_TASKS: &str = concat!(
 );
 const NOTIFY_SETTLED: &str = "SELECT pg_notify($1, 's:' || id) FROM unnest($2::text[]) AS id";
 const NOTIFY_READY: &str = "SELECT pg_notify(c, 'r') FROM unnest($1::text[]) AS c";
-// A read of one promise carries the clock with it: one statement, not two.
-const GET_PROMISE: &str = concat!("SELECT data, ", clock!(), " FROM promises WHERE id = $1");
 const GET_TASK: &str = "SELECT data FROM tasks WHERE id = $1";
 const GET_TASKS: &str = "SELECT data FROM tasks WHERE id = ANY($1)";
-const WAIT_STATE: &str =
-    concat!("SELECT p.data, ", clock!(), ", t.state FROM promises p LEFT JOIN tasks t ON t.id = p.id WHERE p.id = $1");
+/// Promises read at once, each with the time it was read at and its task's state:
+/// one statement for every `get` and `wait` of a batch.
+const LOOK: &str = concat!(
+    "SELECT p.id, p.data, ",
+    clock!(),
+    ", t.state FROM promises p LEFT JOIN tasks t ON t.id = p.id WHERE p.id = ANY($1)"
+);
 /// The state filter of a search or listing: `$4` a state's name or null, `$5` now (a
 /// pending promise past its deadline reads as timed out, a timer as resolved).
 macro_rules! state_filter {
@@ -403,7 +406,9 @@ pub struct PostgresStore {
     /// that may free a slot read the limits, to wake the workers one holds back.
     flow_seen: std::sync::atomic::AtomicBool,
     /// Steps on named rows, waiting to share a transaction.
-    batches: Batches,
+    steps: Batches<Job>,
+    /// Reads of one promise, waiting to share a query.
+    reads: Batches<Read>,
 }
 
 impl Drop for PostgresStore {
@@ -481,8 +486,19 @@ impl PostgresOptions {
             groups,
         ))
         .abort_handle();
-        let (flow_seen, batches) = Default::default();
-        Ok(PostgresStore { pool, channel, clock: self.clock, waiters, ready, listen_to, listener, flow_seen, batches })
+        let (flow_seen, steps, reads) = Default::default();
+        Ok(PostgresStore {
+            pool,
+            channel,
+            clock: self.clock,
+            waiters,
+            ready,
+            listen_to,
+            listener,
+            flow_seen,
+            steps,
+            reads,
+        })
     }
 }
 
@@ -859,7 +875,7 @@ impl PostgresStore {
         let out = Arc::new(std::sync::Mutex::new(None));
         let slot = out.clone();
         let (done, committed) = tokio::sync::oneshot::channel();
-        self.batches.push(Job {
+        let job = Job {
             promises,
             tasks,
             create,
@@ -867,25 +883,9 @@ impl PostgresStore {
             durable,
             op: Box::new(move |core, now| *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(op(core, now))),
             done,
-        });
-        // Until another turn commits this step, take turns committing what is queued.
-        let mut committed = std::pin::pin!(committed);
-        loop {
-            let (turn, jobs) = tokio::select! {
-                biased;
-                done = &mut committed => {
-                    done.map_err(|_| {
-                        StoreError::backend("the transaction of this step was interrupted: its outcome is unknown")
-                    })??;
-                    return out.lock().unwrap_or_else(|e| e.into_inner()).take().expect("a committed step ran");
-                }
-                turn = self.batches.turn() => turn,
-            };
-            if !jobs.is_empty() {
-                self.commit_batch(jobs).await;
-            }
-            drop(turn);
-        }
+        };
+        self.steps.submit(job, committed, |jobs| self.commit_batch(jobs)).await??;
+        out.lock().unwrap_or_else(|e| e.into_inner()).take().expect("a committed step ran its operation")
     }
 
     /// Commits `jobs` in one transaction and tells each how it went. If the server
@@ -1259,12 +1259,56 @@ impl PostgresStore {
         Ok(())
     }
 
-    async fn read_promise(&self, id: &str) -> Result<Option<Promise>, StoreError> {
-        let mut conn = self.pool.get().await?;
-        let [get] = conn.statements([GET_PROMISE]).await.map_err(db)?;
-        let row = conn.query_opt(&get, &[&id]).await.map_err(db)?;
-        row.map(|r| parse::<Promise>(r.get(0)).map(|p| p.at(self.now_from(&r, 1)))).transpose()
+    /// The promise `id` as it is now, and its task's state, read in the next query
+    /// this process makes for the reads queued beside it.
+    async fn look(&self, id: &str) -> Result<Option<Looked>, StoreError> {
+        let (done, looked) = tokio::sync::oneshot::channel();
+        self.reads.submit(Read { id: id.to_owned(), done }, looked, |reads| self.look_all(reads)).await?
     }
+
+    /// Reads the promises of `reads` in one query and answers each; a record that
+    /// cannot be read fails only the reads of it.
+    async fn look_all(&self, reads: Vec<Read>) {
+        let ids = dedup(&reads.iter().map(|r| r.id.clone()).collect::<Vec<_>>());
+        let found = async {
+            let mut conn = self.pool.get().await?;
+            let [look] = conn.statements([LOOK]).await.map_err(db)?;
+            let rows = conn.query(&look, &[&ids]).await.map_err(db)?;
+            let mut found = std::collections::HashMap::new();
+            for row in rows {
+                let looked = parse::<Promise>(row.get(1))
+                    .map(|p| Looked { promise: p.at(self.now_from(&row, 2)), task: row.get(3) });
+                found.insert(row.get::<_, String>(0), looked);
+            }
+            Ok::<_, StoreError>(found)
+        }
+        .await;
+        for read in reads {
+            let answer = match &found {
+                Ok(found) => match found.get(&read.id) {
+                    Some(Ok(looked)) => Ok(Some(looked.clone())),
+                    Some(Err(e)) => Err(batch::shared(e)),
+                    None => Ok(None),
+                },
+                Err(e) => Err(batch::shared(e)),
+            };
+            let _ = read.done.send(answer);
+        }
+    }
+}
+
+/// A read of one promise, waiting for its query.
+#[derive(Debug)]
+struct Read {
+    id: String,
+    done: tokio::sync::oneshot::Sender<Result<Option<Looked>, StoreError>>,
+}
+
+/// A promise as read, and the state of its task, if it has one.
+#[derive(Clone, Debug)]
+struct Looked {
+    promise: Promise,
+    task: Option<String>,
 }
 
 /// What one purge transaction did.
@@ -1334,7 +1378,8 @@ impl super::Store for PostgresStore {
         let tasks = req.fence.iter().map(|f| f.task.clone()).collect::<Vec<_>>();
         // A create that acquires its task reads the limits: a limited task waits for a claim.
         let limits = req.task.as_ref().is_some_and(|t| t.acquire.is_some());
-        self.batched(req.durable, (promises, tasks), (true, limits), move |core, now| core.create(req.clone(), now)).await
+        self.batched(req.durable, (promises, tasks), (true, limits), move |core, now| core.create(req.clone(), now))
+            .await
     }
 
     async fn import(&self, family: Vec<CreatePromise>) -> Result<(), StoreError> {
@@ -1354,7 +1399,7 @@ impl super::Store for PostgresStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError> {
-        self.read_promise(id).await
+        Ok(self.look(id).await?.map(|looked| looked.promise))
     }
 
     async fn search(&self, search: Search) -> Result<Page, StoreError> {
@@ -1596,15 +1641,11 @@ impl super::Store for PostgresStore {
         // Registered before the read, so a settle between the two is not missed; it
         // leaves the waiters however this ends.
         let waiter = self.waiters.register(id);
-        let done = {
-            let mut conn = self.pool.get().await?;
-            let [state] = conn.statements([WAIT_STATE]).await.map_err(db)?;
-            match conn.query_opt(&state, &[&id]).await.map_err(db)? {
-                None => true,
-                Some(row) => {
-                    parse::<Promise>(row.get(0))?.at(self.now_from(&row, 1)).state.is_settled()
-                        || (halted && row.get::<_, Option<&str>>(2) == Some(task_state_name(TaskState::Halted)))
-                }
+        let done = match self.look(id).await? {
+            None => true,
+            Some(looked) => {
+                looked.promise.state.is_settled()
+                    || (halted && looked.task.as_deref() == Some(task_state_name(TaskState::Halted)))
             }
         };
         if !done {
@@ -1691,7 +1732,14 @@ mod tests {
         assert!(transactions <= 4, "64 creates at once took {transactions} transactions");
         let settles = ids.iter().map(|id| {
             let value = format!("\"{id}\"");
-            store.settle(SettlePromise { id: id.clone(), state: State::Resolved, value, ikey: None, strict: false, fence: None })
+            store.settle(SettlePromise {
+                id: id.clone(),
+                state: State::Resolved,
+                value,
+                ikey: None,
+                strict: false,
+                fence: None,
+            })
         });
         for (id, settled) in ids.iter().zip(futures::future::try_join_all(settles).await.unwrap()) {
             assert_eq!(settled.value.as_deref(), Some(format!("\"{id}\"").as_str()), "each settle returns its own");
@@ -1718,6 +1766,27 @@ mod tests {
         }
         let count = format!("SELECT count(*) FROM {schema}.promises");
         assert_eq!(client.query_one(&count, &[]).await.unwrap().get::<_, i64>(0), 15);
+        client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    }
+
+    /// Reads made at once share a query, and each gets its own promise; a record
+    /// that cannot be read fails only the reads of it.
+    #[tokio::test]
+    async fn reads_made_at_once_each_get_their_own() {
+        let (store, client, schema) = fresh("reads").await;
+        for i in 0..32 {
+            store.create(CreatePromise::new(format!("r{i}"), Param::External)).await.unwrap();
+        }
+        client.batch_execute(&format!("UPDATE {schema}.promises SET data = 'not json' WHERE id = 'r7'")).await.unwrap();
+        let ids: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();
+        let reads = futures::future::join_all(ids.iter().map(|id| store.get(id))).await;
+        for (i, (id, read)) in ids.iter().zip(reads).enumerate() {
+            match read {
+                Ok(Some(p)) => assert_eq!(&p.id, id, "a read got another's promise"),
+                Ok(None) => assert!(i >= 32, "{id} exists"),
+                Err(e) => assert!(i == 7 && e.to_string().contains("unreadable"), "{id}: {e}"),
+            }
+        }
         client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
     }
 
