@@ -44,6 +44,11 @@ pub(crate) async fn background(rt: Arc<Shared>) {
         functions: rt.registry.keys().cloned().collect(),
         live_until: 0,
     };
+    // Whether a claim may find something: at the start, on a readiness signal, when
+    // the last claim filled every free slot (more may wait for one), and on every
+    // timed wake, the poll that covers a signal lost. An invocation that starts or
+    // ends wakes the loop too, for its heartbeats, and claims only if so.
+    let mut claim_due = true;
     loop {
         if tokio::time::Instant::now() >= next_announce {
             let _ = store.announce(&me, rt.ttl).await;
@@ -102,7 +107,8 @@ pub(crate) async fn background(rt: Arc<Shared>) {
         }
         let free = rt.concurrency.saturating_sub(rt.running.lock().unwrap_or_else(|e| e.into_inner()).len());
         // A runtime with no functions (a client) runs nothing: it claims nothing.
-        if free > 0 && !me.functions.is_empty() {
+        claim_due |= ready.has_changed().unwrap_or(false);
+        if claim_due && free > 0 && !me.functions.is_empty() {
             ready.borrow_and_update();
             let claim = Claim {
                 group: rt.group.clone(),
@@ -114,6 +120,7 @@ pub(crate) async fn background(rt: Arc<Shared>) {
             };
             let sent = tokio::time::Instant::now();
             if let Ok(acquired) = store.claim(claim).await {
+                claim_due = acquired.len() >= free;
                 for a in acquired {
                     tracing::debug!(task = %a.task.id, group = %rt.group, version = a.task.version, "claimed");
                     let fence = a.fence();
@@ -132,8 +139,8 @@ pub(crate) async fn background(rt: Arc<Shared>) {
         }
         tokio::select! {
             biased;
-            _ = tokio::time::sleep(sleep) => {}
-            _ = ready.changed() => {}
+            _ = tokio::time::sleep(sleep) => claim_due = true,
+            _ = ready.changed() => claim_due = true,
             _ = rt.wake.notified() => {}
         }
     }
