@@ -19,7 +19,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, Statement};
 
 use self::batch::{Batches, Job};
-use self::pool::{Conn, Pool, quote_ident, unreachable};
+use self::pool::{Backends, Conn, Pool, quote_ident, unreachable};
 use super::cold::MemoryCold;
 use super::flow::{Admission, Bucket};
 use super::state::{Core, Start};
@@ -480,6 +480,7 @@ impl PostgresOptions {
         let (listen_to, groups) = tokio::sync::mpsc::unbounded_channel();
         let listener = tokio::spawn(listen(
             pool_listener(&self.url, &self.schema)?,
+            pool.backends(),
             channel.clone(),
             waiters.clone(),
             ready.clone(),
@@ -605,9 +606,11 @@ fn ready_channel(channel: &str, group: &str) -> String {
 
 /// Forwards notifications to local waiters and the groups' ready signals, listening
 /// for each group a worker of this process asks for; reconnects when the connection
-/// drops, and then wakes everyone to look for themselves.
+/// drops, and then wakes everyone to look for themselves. A notification one of
+/// `own` sent is passed over: its step woke this process's waiters as it committed.
 async fn listen(
     pool: Pool,
+    own: Backends,
     channel: String,
     waiters: Arc<Waiters>,
     ready: Arc<Ready>,
@@ -638,6 +641,8 @@ async fn listen(
             loop {
                 tokio::select! {
                     message = rx.next() => match message {
+                        Some(Ok(tokio_postgres::AsyncMessage::Notification(n)))
+                            if own.lock().unwrap_or_else(|e| e.into_inner()).contains(&n.process_id()) => {}
                         Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => match n.payload().split_once(':') {
                             Some(("s", id)) => waiters.wake([id.to_owned()]),
                             _ => ready.bump(by_channel.get(n.channel()).map(String::as_str)),
@@ -1153,10 +1158,14 @@ impl PostgresStore {
         // write's error is returned.
         let commit = async { conn.batch_execute("COMMIT").await.map(|()| 0) };
         writes.push(Box::pin(commit));
-        futures::future::try_join_all(writes).await.map_err(db)?;
-        conn.in_transaction = false;
+        let written = futures::future::try_join_all(writes).await;
+        // This process's own notifications wake nobody here (the listener passes them
+        // over): wake here, also when the commit's answer was lost and it may have
+        // committed. A waiter woken for nothing looks and waits again.
         self.waiters.wake(dirty.woken);
         self.ready.bump(dirty.ready.iter().map(String::as_str));
+        written.map_err(db)?;
+        conn.in_transaction = false;
         Ok(())
     }
 

@@ -1,8 +1,8 @@
 //! A small connection pool: at most `size` connections, made on demand, dropped when
 //! broken.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_postgres::{Client, Config, NoTls, Statement};
@@ -14,7 +14,13 @@ pub(crate) struct Pool {
     schema: String,
     idle: Mutex<Vec<Pooled>>,
     slots: Semaphore,
+    /// The server's process ids of this pool's live connections.
+    backends: Backends,
 }
+
+/// The server's process ids of a pool's live connections: a notification one of them
+/// sent is this process's own.
+pub(crate) type Backends = Arc<Mutex<HashSet<i32>>>;
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -37,6 +43,8 @@ pub(crate) struct Conn<'a> {
 /// A connection and the statements prepared on it.
 struct Pooled {
     client: Client,
+    /// The server's process id for it.
+    backend: i32,
     prepared: HashMap<&'static str, Statement>,
 }
 
@@ -81,18 +89,29 @@ impl Conn<'_> {
 
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take()
-            && !client.client.is_closed()
-            && !self.in_transaction
-        {
-            self.pool.idle.lock().unwrap_or_else(|e| e.into_inner()).push(client);
+        if let Some(client) = self.client.take() {
+            if !client.client.is_closed() && !self.in_transaction {
+                self.pool.idle.lock().unwrap_or_else(|e| e.into_inner()).push(client);
+            } else {
+                self.pool.forget(&client);
+            }
         }
     }
 }
 
 impl Pool {
     pub(crate) fn new(config: Config, schema: String, size: usize) -> Pool {
-        Pool { config, schema, idle: Mutex::new(Vec::new()), slots: Semaphore::new(size) }
+        let backends = Backends::default();
+        Pool { config, schema, idle: Mutex::new(Vec::new()), slots: Semaphore::new(size), backends }
+    }
+
+    /// The server's process ids of this pool's live connections.
+    pub(crate) fn backends(&self) -> Backends {
+        self.backends.clone()
+    }
+
+    fn forget(&self, pooled: &Pooled) {
+        self.backends.lock().unwrap_or_else(|e| e.into_inner()).remove(&pooled.backend);
     }
 
     pub(crate) fn config(&self) -> &Config {
@@ -104,14 +123,20 @@ impl Pool {
         loop {
             let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match idle {
-                Some(client) if client.client.is_closed() => continue,
+                Some(client) if client.client.is_closed() => {
+                    self.forget(&client);
+                    continue;
+                }
                 Some(client) => {
                     return Ok(Conn { pool: self, client: Some(client), in_transaction: false, _slot: slot });
                 }
                 None => break,
             }
         }
-        let client = Pooled { client: self.connect().await?, prepared: HashMap::new() };
+        let client = self.connect().await?;
+        let backend = client.query_one("SELECT pg_backend_pid()", &[]).await.map_err(super::db)?.get(0);
+        self.backends.lock().unwrap_or_else(|e| e.into_inner()).insert(backend);
+        let client = Pooled { client, backend, prepared: HashMap::new() };
         Ok(Conn { pool: self, client: Some(client), in_transaction: false, _slot: slot })
     }
 
