@@ -1060,7 +1060,20 @@ impl PostgresStore {
         let mut core = Core::restore(Arc::new(MemoryCold::default()), promises, tasks, now);
         core.restore_flow(limits, buckets);
         run(&mut core, now);
-        let dirty = core.take_changes();
+        // A claim passes over the tasks this step locked (`SKIP LOCKED`): those still
+        // ready to run are announced again as the step ends, so that no claim waits for
+        // its poll to find one. (A claim's own candidates are its to take or leave.)
+        let passed_over: Vec<String> = match select {
+            Select::Ids { .. } => loaded
+                .iter()
+                .filter_map(|id| core.task(id).ok().flatten())
+                .filter(|t| t.state == TaskState::Pending && t.ready_at <= now)
+                .map(|t| t.target.group)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut dirty = core.take_changes();
+        dirty.ready.extend(passed_over);
         // Every write of the step: one statement per table, pipelined.
         let (mut p_ids, mut p_states, mut p_timers, mut p_timeouts, mut p_tags, mut p_data) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -1796,6 +1809,41 @@ mod tests {
                 Err(e) => assert!(i == 7 && e.to_string().contains("unreadable"), "{id}: {e}"),
             }
         }
+        client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    }
+
+    /// A step that locked a task ready to run (a suspend on the call of it) announces
+    /// it again as it ends: a claim made meanwhile passed over it (`SKIP LOCKED`) and
+    /// would otherwise find it only at its next poll.
+    #[tokio::test]
+    async fn a_step_that_held_a_ready_task_announces_it() {
+        use crate::store::NewTask;
+        use crate::target::Target;
+        let (store, client, schema) = fresh("passed_over").await;
+        let mut root = CreatePromise::new("root", Param::call("f", 1, "1".into()));
+        root.task = Some(NewTask { acquire: Some(("p1".into(), 60_000)), ..NewTask::new(Target::any("client")) });
+        let held = store.create(root).await.unwrap().acquired.expect("acquired at once");
+        let fence = crate::promise::Fence { task: held.id.clone(), version: held.version };
+        let mut call = CreatePromise::new("root.1", Param::call("g", 1, "2".into()));
+        call.parent = Some("root".into());
+        call.task = Some(NewTask::new(Target::any("work")));
+        call.fence = Some(fence.clone());
+        store.create(call).await.unwrap();
+        // Another process's view: a connection of its own, listening to the group.
+        use futures::StreamExt;
+        let (listener, mut connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.unwrap();
+        let (tx, mut notes) = futures::channel::mpsc::unbounded();
+        let messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx)).map(move |m| {
+            if let Ok(tokio_postgres::AsyncMessage::Notification(n)) = m {
+                let _ = tx.unbounded_send(n.channel().to_owned());
+            }
+        });
+        tokio::spawn(messages.for_each(|_| async {}));
+        let channel = super::ready_channel(&store.channel, "work");
+        listener.batch_execute(&format!("LISTEN {}", super::quote_ident(&channel))).await.unwrap();
+        assert!(store.suspend(&fence, &["root.1".to_owned()]).await.unwrap(), "suspended on the call");
+        let announced = tokio::time::timeout(std::time::Duration::from_secs(10), notes.next()).await;
+        assert_eq!(announced.ok().flatten(), Some(channel), "the call the suspend held locked is announced again");
         client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
     }
 
