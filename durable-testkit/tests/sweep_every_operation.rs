@@ -111,10 +111,10 @@ fn the_crash_free_result_is_what_the_workflow_computes() {
     assert_eq!(result, (2 + 4 + 6 + 8 + 2 + 100 + 10, "all.9".to_owned()));
 }
 
-/// Random schedules per run: `DURABLE_SWEEP_CASES`, or 48 (seconds here; `.ci/run`
+/// Random schedules per run: `DURABLE_SWEEP_CASES`, or 24 (seconds here; `.ci/run`
 /// runs 512 in a release build as a step of its own).
 fn cases() -> u32 {
-    std::env::var("DURABLE_SWEEP_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(48)
+    std::env::var("DURABLE_SWEEP_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(24)
 }
 
 proptest! {
