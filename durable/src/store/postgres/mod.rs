@@ -1847,6 +1847,34 @@ mod tests {
         client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
     }
 
+    /// The listener passes over what this store's own connections notify (their steps
+    /// woke this process as they committed), and forwards what others notify.
+    #[tokio::test]
+    async fn notifications_of_its_own_connections_are_passed_over() {
+        use futures::FutureExt;
+        let (store, client, schema) = fresh("own_notes").await;
+        let notify = "SELECT pg_notify($1, $2)";
+        // Until the listener listens, a notification is lost: send one until it is heard.
+        let heard = store.waiters.register("heard");
+        let mut heard = std::pin::pin!(heard);
+        loop {
+            client.execute(notify, &[&store.channel, &"s:heard"]).await.unwrap();
+            if tokio::time::timeout(std::time::Duration::from_millis(200), &mut heard).await.is_ok() {
+                break;
+            }
+        }
+        // The own notification commits before the foreign one, and arrives first.
+        let (own, foreign) = (store.waiters.register("own"), store.waiters.register("foreign"));
+        let conn = store.pool.get().await.unwrap();
+        conn.execute(notify, &[&store.channel, &"s:own"]).await.unwrap();
+        drop(conn);
+        client.execute(notify, &[&store.channel, &"s:foreign"]).await.unwrap();
+        let foreign = tokio::time::timeout(std::time::Duration::from_secs(10), foreign).await;
+        assert!(foreign.is_ok(), "another connection's notification wakes its waiter");
+        assert!(own.now_or_never().is_none(), "a notification of this store's own connection woke a waiter");
+        client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    }
+
     /// How a process of schema version 5 wrote a promise: no creator, no family.
     const UPSERT_V5: &str = "INSERT INTO promises (id, state, timer, timeout_at, tags, data, settled_at, invoked_at)
          VALUES ($1, $2, false, 9223372036854775807, $3::text::jsonb, $4, $5, $6)
