@@ -65,6 +65,7 @@ where
     a_key_runs_its_calls_one_at_a_time_in_order_and_starves_no_other(&*make().await).await;
     a_rate_spaces_starts_over_time(&*make().await).await;
     priorities_order_waiting_tasks(&*make().await).await;
+    a_delayed_task_waits_for_its_time(&*make().await).await;
 }
 
 /// A call; an id under another one is created by it (its parent).
@@ -1324,4 +1325,47 @@ pub async fn priorities_order_waiting_tasks(store: &dyn Store) {
         order.extend(claim_ids(store, "p1", 1).await);
     }
     assert_eq!(order, ["high", "high2", "plain", "plain2", "low"]);
+}
+
+/// A task created to start later is pending and listed at once, is not delivered
+/// (nor acquired by its creator) before its time, is a deadline of the tick, and is
+/// announced to its group by the tick that passes its time. One canceled before its
+/// time is never delivered.
+pub async fn a_delayed_task_waits_for_its_time(store: &dyn Store) {
+    let mut ready = store.ready("g");
+    let now = store.now().await.expect("now");
+    let mut later = call("later");
+    later.task = Some(NewTask { delay: 5_000, acquire: Some(("p1".into(), 10_000)), ..NewTask::new(Target::any("g")) });
+    let created = store.create(later).await.expect("create");
+    assert!(created.new && created.acquired.is_none(), "a delayed task is not acquired by its creator");
+    let mut at = call("at");
+    at.task = Some(NewTask { not_before: now + 8_000, ..NewTask::new(Target::any("g")) });
+    store.create(at).await.expect("create");
+    let mut canceled = call("canceled");
+    canceled.task = Some(NewTask { delay: 2_000, ..NewTask::new(Target::any("g")) });
+    store.create(canceled).await.expect("create");
+    let task = store.task("later").await.expect("task").expect("the task exists at once");
+    assert_eq!((task.state, task.ready_at), (TaskState::Pending, now + 5_000));
+    let listed = store.invocations(Invocations::default()).await.expect("list");
+    assert_eq!(listed.invocations.len(), 3, "delayed invocations are listed at once");
+    assert!(claim_one(store, "g", "p1", 10_000).await.is_none(), "nothing is delivered before its time");
+    store.settle(settle("canceled", State::RejectedCanceled, "\"canceled\"")).await.expect("cancel");
+    let tick = store.tick().await.expect("tick");
+    assert_eq!(tick.next, Some(now + 5_000), "the first start is the tick's next deadline");
+    tokio::time::advance(Duration::from_millis(4_999)).await;
+    assert!(claim_one(store, "g", "p1", 10_000).await.is_none(), "not a millisecond early");
+    ready.borrow_and_update();
+    advance(store, 1).await;
+    assert!(ready.has_changed().expect("signal"), "the tick that passes a start tells the group");
+    let claimed = claim_one(store, "g", "p1", 10_000).await.expect("delivered at its time");
+    assert_eq!(claimed.task.id, "later");
+    assert_eq!(store.tick().await.expect("tick").next.map(|n| n > now + 5_000), Some(true));
+    tokio::time::advance(Duration::from_millis(3_000)).await;
+    let claimed = claim_one(store, "g", "p1", 10_000).await.expect("a start at a time");
+    assert_eq!(claimed.task.id, "at");
+    for id in ["later", "at"] {
+        store.settle(settle(id, State::Resolved, "1")).await.expect("settle");
+    }
+    advance(store, 60_000).await;
+    assert!(claim_one(store, "g", "p1", 10_000).await.is_none(), "a canceled delayed task never starts");
 }

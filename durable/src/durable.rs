@@ -161,47 +161,16 @@ impl Durable {
     }
 
     /// Starts the invocation `id` of `f`, or attaches to it if it exists: the same id
-    /// never runs twice. Returns a handle to its result.
+    /// never runs twice. Await it for a handle to its result; it starts here, at
+    /// once, unless [`Run::start_after`] or [`Run::start_at`] delays it.
     ///
     /// Ids may not be empty or contain `.`, which child ids use. Attaching to an id
     /// that holds a call of another function, or of this one with other arguments, is
     /// an [`Error::Conflict`]. After [`Durable::shutdown`] it is an error: nothing here
     /// would keep the invocation's lease.
-    pub async fn run<F: Function>(&self, id: &str, f: F, args: F::Args) -> Result<Handle<F::Output>> {
-        validate_id(id)?;
-        let shared = &self.shared;
-        if *shared.stopped.borrow() {
-            return Err(Error::Runtime(format!(
-                "cannot run {id}: this Durable was shut down; build a new one (or use rpc, which any worker runs)"
-            )));
-        }
-        let key = crate::promise::function_key(f.name(), f.version());
-        let Some(func) = shared.registry.get(key.as_ref()) else {
-            return Err(Error::NotRegistered {
-                name: key.into_owned(),
-                where_: Some("this Durable (register it with Builder::register)".into()),
-            });
-        };
-        let args = codec::encode(id, "the arguments", &args, shared.max_payload)?;
-        let param = Param::call(f.name(), f.version(), args);
-        let mut req = CreatePromise::new(id, param.clone());
-        req.timeout = f.timeout().map(|t| t.as_millis() as Millis);
-        req.task = Some(NewTask {
-            acquire: Some((shared.process.clone(), shared.ttl)),
-            ..NewTask::new(Target::any(shared.group.clone()))
-        });
-        // The lease the create takes runs from no earlier than this.
-        let sent = tokio::time::Instant::now();
-        let created = shared.store.create(req).await?;
-        if created.new && created.promise.timeout_at != crate::NEVER {
-            shared.deadline_added();
-        }
-        check_same_call(id, &created.promise, &param)?;
-        if let Some(task) = created.acquired {
-            let fence = Fence { task: task.id.clone(), version: task.version };
-            crate::runtime::worker::spawn(shared.clone(), fence, created.promise, Vec::new(), func.clone(), true, sent);
-        }
-        Ok(Handle::stored(id.to_owned(), shared.store.clone()))
+    pub fn run<F: Function>(&self, id: &str, f: F, args: F::Args) -> Run<F> {
+        let args = validate_id(id).and_then(|()| codec::encode(id, "the arguments", &args, self.shared.max_payload));
+        Run { shared: self.shared.clone(), id: id.to_owned(), f, args, start: (0, 0) }
     }
 
     /// Starts the invocation `id` of `f` as a task routed to a target (default: this
@@ -235,6 +204,7 @@ impl Durable {
             tags: BTreeMap::new(),
             key: None,
             priority: 0,
+            start: (0, 0),
             unserved_after: None,
         }
     }
@@ -499,6 +469,7 @@ pub struct Rpc<C: Callable> {
     tags: BTreeMap<String, String>,
     key: Option<Result<String>>,
     priority: i32,
+    start: (Millis, Millis),
     unserved_after: Option<Duration>,
 }
 
@@ -547,6 +518,38 @@ impl<C: Callable> Rpc<C> {
         self
     }
 
+    /// Starts the invocation no sooner than `delay` from now, on the store's clock:
+    /// it exists at once (its id is taken, it is listed, it can be canceled), and no
+    /// worker runs it before then.
+    ///
+    /// ```
+    /// # use std::{sync::Arc, time::Duration};
+    /// # use durable::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> durable::Result<()> {
+    /// # let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    /// #[durable::function(name = "remind")]
+    /// async fn remind(_ctx: &mut Context, who: String) -> durable::Result<String> {
+    ///     Ok(format!("reminded {who}"))
+    /// }
+    /// let durable = Durable::builder().store(store).register(remind).build()?;
+    /// let handle = durable.rpc("remind-ada", remind, "ada".into()).start_after(Duration::from_secs(3600)).await?;
+    /// let promise = durable.get("remind-ada").await?.expect("it exists at once");
+    /// assert!(!promise.state.is_settled());
+    /// assert_eq!(handle.await?, "reminded ada"); // an hour later, on the virtual clock
+    /// # Ok(()) }
+    /// ```
+    pub fn start_after(mut self, delay: Duration) -> Self {
+        self.start.0 = delay.as_millis() as Millis;
+        self
+    }
+
+    /// Starts the invocation no sooner than `at`, on the store's clock: as
+    /// [`start_after`](Self::start_after), at a time.
+    pub fn start_at(mut self, at: std::time::SystemTime) -> Self {
+        self.start.1 = crate::promise::epoch_millis(at);
+        self
+    }
+
     /// Makes the handle fail with [`Error::Unserved`] once the task has waited this
     /// long since it was created, still undelivered, for a group that no live worker
     /// serves (a misspelt group, or workers not started). The task itself stays: a
@@ -575,10 +578,17 @@ impl<C: Callable> IntoFuture for Rpc<C> {
             req.tags = self.tags;
             let group = target.group.clone();
             let key = self.key.transpose()?;
-            req.task =
-                Some(NewTask { window: self.shared.window, key, priority: self.priority, ..NewTask::new(target) });
+            let (delay, not_before) = self.start;
+            req.task = Some(NewTask {
+                window: self.shared.window,
+                key,
+                priority: self.priority,
+                delay,
+                not_before,
+                ..NewTask::new(target)
+            });
             let created = self.shared.store.create(req).await?;
-            if created.new && created.promise.timeout_at != crate::NEVER {
+            if created.new && (created.promise.timeout_at != crate::NEVER || delay > 0 || not_before > 0) {
                 self.shared.deadline_added();
             }
             check_same_call(&self.id, &created.promise, &param)?;
@@ -593,6 +603,95 @@ impl<C: Callable> IntoFuture for Rpc<C> {
                 }
                 None => Handle::stored(self.id, self.shared.store.clone()),
             })
+        })
+    }
+}
+
+/// An invocation run by this runtime: see [`Durable::run`].
+#[must_use = "a run does nothing until it is awaited"]
+pub struct Run<F: Function> {
+    shared: Arc<Shared>,
+    id: String,
+    f: F,
+    args: Result<String>,
+    start: (Millis, Millis),
+}
+
+impl<F: Function> std::fmt::Debug for Run<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run").field("id", &self.id).field("function", &self.f.name()).finish()
+    }
+}
+
+impl<F: Function> Run<F> {
+    /// Starts the invocation no sooner than `delay` from now, on the store's clock:
+    /// it exists at once (its id is taken, it is listed, it can be canceled), and a
+    /// worker of this runtime's group runs it then.
+    pub fn start_after(mut self, delay: Duration) -> Self {
+        self.start.0 = delay.as_millis() as Millis;
+        self
+    }
+
+    /// Starts the invocation no sooner than `at`, on the store's clock: as
+    /// [`start_after`](Self::start_after), at a time.
+    pub fn start_at(mut self, at: std::time::SystemTime) -> Self {
+        self.start.1 = crate::promise::epoch_millis(at);
+        self
+    }
+}
+
+impl<F: Function> IntoFuture for Run<F> {
+    type Output = Result<Handle<F::Output>>;
+    type IntoFuture = BoxFuture<'static, Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let Run { shared, id, f, args, start: (delay, not_before) } = self;
+            let id = id.as_str();
+            let args = args?;
+            let shared = &shared;
+            if *shared.stopped.borrow() {
+                return Err(Error::Runtime(format!(
+                    "cannot run {id}: this Durable was shut down; build a new one (or use rpc, which any worker runs)"
+                )));
+            }
+            let key = crate::promise::function_key(f.name(), f.version());
+            let Some(func) = shared.registry.get(key.as_ref()) else {
+                return Err(Error::NotRegistered {
+                    name: key.into_owned(),
+                    where_: Some("this Durable (register it with Builder::register)".into()),
+                });
+            };
+            let param = Param::call(f.name(), f.version(), args);
+            let mut req = CreatePromise::new(id, param.clone());
+            req.timeout = f.timeout().map(|t| t.as_millis() as Millis);
+            req.task = Some(NewTask {
+                acquire: Some((shared.process.clone(), shared.ttl)),
+                delay,
+                not_before,
+                ..NewTask::new(Target::any(shared.group.clone()))
+            });
+            // The lease the create takes runs from no earlier than this.
+            let sent = tokio::time::Instant::now();
+            let created = shared.store.create(req).await?;
+            let delayed = delay > 0 || not_before > 0;
+            if (created.new && created.promise.timeout_at != crate::NEVER) || delayed {
+                shared.deadline_added();
+            }
+            check_same_call(id, &created.promise, &param)?;
+            if let Some(task) = created.acquired {
+                let fence = Fence { task: task.id.clone(), version: task.version };
+                crate::runtime::worker::spawn(
+                    shared.clone(),
+                    fence,
+                    created.promise,
+                    Vec::new(),
+                    func.clone(),
+                    true,
+                    sent,
+                );
+            }
+            Ok(Handle::stored(id.to_owned(), shared.store.clone()))
         })
     }
 }

@@ -36,6 +36,11 @@ impl State {
     }
 }
 
+/// `at` on the store's clock: milliseconds since the Unix epoch (0 before it).
+pub(crate) fn epoch_millis(at: std::time::SystemTime) -> Millis {
+    at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
+}
+
 /// What a promise stands for: recorded when it is created, checked on replay.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

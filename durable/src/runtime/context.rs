@@ -215,6 +215,7 @@ impl Context {
             target: None,
             key: None,
             priority: 0,
+            start: (0, 0),
             unserved_after: None,
             watch: None,
             chosen: None,
@@ -496,6 +497,9 @@ pub struct Call<C: Callable, M> {
     target: Option<Result<Target>>,
     key: Option<Result<String>>,
     priority: i32,
+    /// A delayed start: not delivered until this long after it is created, nor
+    /// before this time.
+    start: (Millis, Millis),
     unserved_after: Option<Duration>,
     /// Set by `begin` for a pending routed call made with `unserved_after`.
     watch: Option<Watch>,
@@ -597,6 +601,28 @@ impl<C: Callable, M> Call<C, M> {
         self.priority = priority;
         self
     }
+
+    /// Starts the call no sooner than `delay` after it is created, on the store's
+    /// clock: it exists at once (its id is taken, it is listed, it can be canceled),
+    /// and no worker runs it before then. A replay finds it created, with the start
+    /// it was given.
+    pub fn start_after(mut self, delay: Duration) -> Self
+    where
+        M: sealed::Routed,
+    {
+        self.start.0 = delay.as_millis() as Millis;
+        self
+    }
+
+    /// Starts the call no sooner than `at`, on the store's clock: as
+    /// [`start_after`](Self::start_after), at a time.
+    pub fn start_at(mut self, at: std::time::SystemTime) -> Self
+    where
+        M: sealed::Routed,
+    {
+        self.start.1 = crate::promise::epoch_millis(at);
+        self
+    }
 }
 
 impl<C: Callable, M: sealed::Awaited> Call<C, M> {
@@ -657,7 +683,15 @@ impl<C: Callable, M> Call<C, M> {
                 Some(key) => Some(key?),
                 None => None,
             };
-            Some(NewTask { window: self.inv.rt.window, key, priority: self.priority, ..NewTask::new(target) })
+            let (delay, not_before) = self.start;
+            Some(NewTask {
+                window: self.inv.rt.window,
+                key,
+                priority: self.priority,
+                delay,
+                not_before,
+                ..NewTask::new(target)
+            })
         } else {
             None
         };

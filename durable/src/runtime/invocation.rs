@@ -428,7 +428,11 @@ impl Invocation {
         relate(&mut req);
         req.fence = Some(self.fence.clone());
         // A task routed to a preferred pid is open to the rest of its group later.
-        let window = req.task.as_ref().is_some_and(|t| t.window > 0 && t.target.pid.is_some());
+        // And a delayed start is a deadline: its workers are told when it comes.
+        let window = req
+            .task
+            .as_ref()
+            .is_some_and(|t| (t.window > 0 && t.target.pid.is_some()) || t.delay > 0 || t.not_before > 0);
         let created = self.rt.store.create(req).await.map_err(|e| self.store_fault(e))?;
         self.progress.fetch_add(1, Ordering::SeqCst);
         if created.new && (created.promise.timeout_at != crate::NEVER || window) {

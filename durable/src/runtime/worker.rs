@@ -19,6 +19,9 @@ use crate::{Error, Retry, Store, TaskState};
 /// Platform faults after which a task halts instead of being retried.
 const POISON: u32 = 5;
 
+/// How often at most a readiness signal whose claim took nothing makes a tick.
+const SIGNAL_TICK: Duration = Duration::from_secs(1);
+
 /// Heartbeats, ticks and claims until aborted.
 pub(crate) async fn background(rt: Arc<Shared>) {
     let store = &rt.store;
@@ -49,6 +52,7 @@ pub(crate) async fn background(rt: Arc<Shared>) {
     // timed wake, the poll that covers a signal lost. An invocation that starts or
     // ends wakes the loop too, for its heartbeats, and claims only if so.
     let mut claim_due = true;
+    let mut last_signal_tick = tokio::time::Instant::now();
     loop {
         if tokio::time::Instant::now() >= next_announce {
             let _ = store.announce(&me, rt.ttl).await;
@@ -107,7 +111,8 @@ pub(crate) async fn background(rt: Arc<Shared>) {
         }
         let free = rt.concurrency.saturating_sub(rt.running.lock().unwrap_or_else(|e| e.into_inner()).len());
         // A runtime with no functions (a client) runs nothing: it claims nothing.
-        claim_due |= ready.has_changed().unwrap_or(false);
+        let signalled = ready.has_changed().unwrap_or(false);
+        claim_due |= signalled;
         if claim_due && free > 0 && !me.functions.is_empty() {
             ready.borrow_and_update();
             let claim = Claim {
@@ -121,6 +126,13 @@ pub(crate) async fn background(rt: Arc<Shared>) {
             let sent = tokio::time::Instant::now();
             if let Ok(acquired) = store.claim(claim).await {
                 claim_due = acquired.len() >= free;
+                // A signal that found nothing may be a task made to start later (by a
+                // process that may not stay to tell): tick, at most once a second, to
+                // learn when.
+                if signalled && acquired.is_empty() && last_signal_tick.elapsed() >= SIGNAL_TICK {
+                    last_signal_tick = tokio::time::Instant::now();
+                    next_tick = next_tick.min(last_signal_tick);
+                }
                 for a in acquired {
                     tracing::debug!(task = %a.task.id, group = %rt.group, version = a.task.version, "claimed");
                     let fence = a.fence();
@@ -128,6 +140,7 @@ pub(crate) async fn background(rt: Arc<Shared>) {
                 }
             }
         }
+        sleep = sleep.min(next_tick.saturating_duration_since(tokio::time::Instant::now()));
         if let Some(at) = recheck {
             sleep = sleep.min(at.saturating_duration_since(tokio::time::Instant::now()));
         }

@@ -1,7 +1,6 @@
 //! The store's clock. Leases, timeouts, timers and backoff are all measured on it.
 
 use std::fmt::Debug;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::promise::Millis;
 
@@ -17,7 +16,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Millis {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
+        crate::promise::epoch_millis(std::time::SystemTime::now())
     }
 }
 

@@ -128,18 +128,24 @@ pub struct NewTask {
     /// How long a preferred pid (any@group/pid) has it to itself, in ms.
     pub window: Millis,
     /// Acquire it at once for this process, with a lease of this many ms, unless a
-    /// [`Limit`] covers it: then it waits, pending, for a claim.
+    /// [`Limit`] covers it or its start is delayed: then it waits, pending, for a
+    /// claim.
     pub acquire: Option<(String, Millis)>,
     /// The call's key ([`Task::key`]).
     pub key: Option<String>,
     /// Its priority ([`Task::priority`]).
     pub priority: i32,
+    /// Not delivered until this many ms after the store's now: a delayed start.
+    pub delay: Millis,
+    /// Not delivered before this time on the store's clock: a start at a time.
+    pub not_before: Millis,
 }
 
 impl NewTask {
-    /// A task for `target`, not acquired, with no preference window, key or priority.
+    /// A task for `target`, not acquired, with no preference window, key, priority or
+    /// delay.
     pub fn new(target: Target) -> NewTask {
-        NewTask { target, window: 0, acquire: None, key: None, priority: 0 }
+        NewTask { target, window: 0, acquire: None, key: None, priority: 0, delay: 0, not_before: 0 }
     }
 }
 

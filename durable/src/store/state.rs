@@ -45,6 +45,9 @@ pub(crate) struct Core {
     ready: HashMap<Route, Queue>,
     /// Pending tasks whose pid preference ends, by when.
     preferences: BTreeSet<(Millis, String)>,
+    /// Pending tasks not ready when queued (a delayed start, a backoff), by when they
+    /// become ready: the tick that passes that time tells their group.
+    delayed: BTreeSet<(Millis, String)>,
     /// Suspended tasks by the promises they await.
     callbacks: HashMap<String, BTreeSet<String>>,
     /// The limits on tasks, by name.
@@ -207,6 +210,7 @@ impl Core {
             leases: BTreeSet::new(),
             ready: HashMap::new(),
             preferences: BTreeSet::new(),
+            delayed: BTreeSet::new(),
             callbacks: HashMap::new(),
             limits: BTreeMap::new(),
             buckets: HashMap::new(),
@@ -480,15 +484,17 @@ impl Core {
         let mut acquired = None;
         if let Some(new_task) = req.task {
             let function = self.promises[&req.id].param.function_key().map(std::borrow::Cow::into_owned);
+            // A delayed start: delivered from then on, and preferred from then on.
+            let ready_at = now.saturating_add(new_task.delay).max(new_task.not_before);
             let mut task = Task {
                 id: req.id.clone(),
                 state: TaskState::Pending,
                 version: 0,
                 target: new_task.target,
-                prefer_until: now.saturating_add(new_task.window),
+                prefer_until: ready_at.saturating_add(new_task.window),
                 process: None,
                 lease_until: 0,
-                ready_at: now,
+                ready_at,
                 faults: 0,
                 error: None,
                 awaiting: Vec::new(),
@@ -497,8 +503,9 @@ impl Core {
                 key: new_task.key,
                 priority: new_task.priority,
             };
-            // A limited task starts only through a claim, which admits it.
-            let acquire = new_task.acquire.filter(|_| !self.limited(&task));
+            // A limited task starts only through a claim, which admits it; a delayed
+            // one, through a claim once its time comes.
+            let acquire = new_task.acquire.filter(|_| !self.limited(&task) && ready_at <= now);
             if state.is_settled() {
                 task.state = TaskState::Fulfilled;
             } else if let Some((process, ttl)) = acquire {
@@ -1174,6 +1181,17 @@ impl Core {
                 self.dirty.ready.insert(t.target.group.clone());
             }
         }
+        // A task that became ready since: its group's workers may know of no deadline
+        // then (another process created it), so they are told now.
+        while let Some((at, id)) = self.delayed.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.delayed.remove(&(at, id.clone()));
+            if let Some(t) = self.tasks.get(&id).filter(|t| t.state == TaskState::Pending && t.ready_at == at) {
+                self.dirty.ready.insert(t.target.group.clone());
+            }
+        }
         // A rate's state that let its next start through by now is as good as none.
         let now_us = now.saturating_mul(1000);
         let spent: Vec<(String, String)> =
@@ -1222,6 +1240,9 @@ impl Core {
         if preferred {
             self.preferences.insert((t.prefer_until, t.id.clone()));
         }
+        if t.ready_at > now {
+            self.delayed.insert((t.ready_at, t.id.clone()));
+        }
         let pid = if t.target.uni || preferred { t.target.pid.clone() } else { None };
         self.ready.entry((t.target.group.clone(), pid)).or_default().insert(t.priority, (t.ready_at, t.id.clone()));
     }
@@ -1252,6 +1273,7 @@ impl Core {
     fn unindex(&mut self, t: &Task) {
         match t.state {
             TaskState::Pending => {
+                self.delayed.remove(&(t.ready_at, t.id.clone()));
                 for pid in [None, t.target.pid.clone()] {
                     self.unqueue(&(t.target.group.clone(), pid), t.priority, &(t.ready_at, t.id.clone()));
                 }

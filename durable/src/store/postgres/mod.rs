@@ -31,7 +31,7 @@ use super::{
 use crate::promise::{Fence, Millis, NEVER, Promise, State, Task, TaskState, is_invocation};
 use crate::{Limit, LimitState, StoreError};
 
-const SCHEMA_VERSION: i32 = 7;
+const SCHEMA_VERSION: i32 = 8;
 
 // The statements of the hot paths, prepared once per connection.
 /// The database's clock, in milliseconds since the epoch.
@@ -316,6 +316,21 @@ CREATE INDEX IF NOT EXISTS limit_buckets_tat ON limit_buckets (tat);
 CREATE INDEX IF NOT EXISTS limit_buckets_open ON limit_buckets (open_at);
 "#;
 
+/// Version 8: schedules, and the index of tasks by the time they become ready.
+const MIGRATION_8: &str = r#"
+CREATE INDEX IF NOT EXISTS tasks_delayed ON tasks (ready_at) WHERE state = 'pending';
+CREATE TABLE IF NOT EXISTS schedules (
+    id text COLLATE "C" PRIMARY KEY,
+    due bigint,
+    data text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS schedules_due ON schedules (due) WHERE due IS NOT NULL;
+"#;
+
+/// The groups with a task that became ready after `$1`, at or before `$2`.
+const BECAME_READY: &str =
+    "SELECT DISTINCT grp FROM tasks WHERE state = 'pending' AND ready_at > $1 AND ready_at <= $2";
+
 // Limits. A claim by group `$1` locks the limits of its group, so that claims that
 // could exceed one take turns, and reads, in the same round trip (the statements run
 // in order, each after the locks before it), the acquired tasks they cover and their
@@ -409,6 +424,9 @@ pub struct PostgresStore {
     steps: Batches<Job>,
     /// Reads of one promise, waiting to share a query.
     reads: Batches<Read>,
+    /// The store's time at this process's last tick: the tasks that became ready
+    /// since are announced by the next.
+    ticked: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for PostgresStore {
@@ -487,7 +505,7 @@ impl PostgresOptions {
             groups,
         ))
         .abort_handle();
-        let (flow_seen, steps, reads) = Default::default();
+        let (flow_seen, steps, reads, ticked) = Default::default();
         Ok(PostgresStore {
             pool,
             channel,
@@ -499,6 +517,7 @@ impl PostgresOptions {
             flow_seen,
             steps,
             reads,
+            ticked,
         })
     }
 }
@@ -539,6 +558,7 @@ async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<()
                 (5, MIGRATION_5),
                 (6, MIGRATION_6),
                 (7, MIGRATION_7),
+                (8, MIGRATION_8),
             ];
             for (to, migration) in migrations {
                 if version < to {
@@ -1590,6 +1610,20 @@ impl super::Store for PostgresStore {
         let (at, before): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) = ([&now], [&now_us]);
         let (row, _) = futures::try_join!(conn.query_one(&next, &at), conn.execute(&spent, &before)).map_err(db)?;
         tick.next = row.get::<_, Option<i64>>(0).map(|n| n as Millis);
+        // The tasks that became ready since this process's last tick (a delayed start,
+        // a backoff): their workers may know of no deadline then, so they are told.
+        // (The first tick of a process only notes the time: its workers claim as they
+        // start.)
+        let since = self.ticked.fetch_max(tick.now, std::sync::atomic::Ordering::Relaxed).min(tick.now) as i64;
+        if since > 0 && since < now {
+            let [became, notify] = conn.statements([BECAME_READY, NOTIFY_READY]).await.map_err(db)?;
+            let groups: Vec<String> = ids(conn.query(&became, &[&since, &now]).await.map_err(db)?);
+            if !groups.is_empty() {
+                let channels: Vec<String> = groups.iter().map(|g| ready_channel(&self.channel, g)).collect();
+                conn.execute(&notify, &[&channels]).await.map_err(db)?;
+                self.ready.bump(groups.iter().map(String::as_str));
+            }
+        }
         Ok(tick)
     }
 
