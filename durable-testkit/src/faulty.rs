@@ -11,7 +11,7 @@ use durable::store::{
     Acquired, Claim, CreatePromise, Created, Invocations, Listing, Page, Purge, Release, Search, SettlePromise, Tick,
     Worker,
 };
-use durable::{Fence, Limit, LimitState, Millis, Promise, Store, StoreError, Task};
+use durable::{Fence, Limit, LimitState, Millis, Promise, Schedule, Store, StoreError, Task};
 use tokio::sync::watch;
 
 /// A fault to inject into one store operation.
@@ -280,6 +280,26 @@ impl Store for FaultyStore {
 
     async fn limits(&self) -> Result<Vec<LimitState>, StoreError> {
         self.op("limits", self.inner.limits()).await
+    }
+
+    async fn put_schedule(&self, schedule: Schedule, replace: bool) -> Result<Schedule, StoreError> {
+        self.op("put_schedule", self.inner.put_schedule(schedule, replace)).await
+    }
+
+    async fn update_schedule(&self, schedule: Schedule, fires: Vec<CreatePromise>) -> Result<bool, StoreError> {
+        self.op("update_schedule", self.inner.update_schedule(schedule, fires)).await
+    }
+
+    async fn remove_schedule(&self, id: &str) -> Result<bool, StoreError> {
+        self.op("remove_schedule", self.inner.remove_schedule(id)).await
+    }
+
+    async fn schedule(&self, id: &str) -> Result<Option<Schedule>, StoreError> {
+        self.op("schedule", self.inner.schedule(id)).await
+    }
+
+    async fn schedules(&self, due: Option<Millis>) -> Result<Vec<Schedule>, StoreError> {
+        self.op("schedules", self.inner.schedules(due)).await
     }
 
     async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {

@@ -10,7 +10,6 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
 use crate::error::Failure;
-use crate::promise::DETACHED_TAG;
 use crate::promise::{Fence, Millis, Param, Promise, validate_id};
 use crate::promise::{State, Task, TaskState};
 use crate::runtime::function::Erased;
@@ -18,7 +17,7 @@ use crate::runtime::handle::Watch;
 use crate::runtime::shared::{Shared, States};
 use crate::runtime::worker::PURGE_BATCH;
 use crate::store::{CreatePromise, Invocations, Listing, NewTask, Page, Purge, Release, Search, SettlePromise, Worker};
-use crate::{Callable, Error, Function, Handle, Result, Store, StoreError, Target, codec};
+use crate::{Callable, Error, Function, Handle, Result, Schedule, ScheduleSpec, Store, StoreError, Target, codec};
 
 /// The default limit on an encoded payload: 4 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 4 << 20;
@@ -32,7 +31,7 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How many promises, or their tasks, an operator's read asks the store for at once:
 /// few enough that one read holds the store (and, on sled, the thread) for a few
 /// milliseconds at most.
-const READ_PAGE: usize = 256;
+use crate::runtime::fire::READ_PAGE;
 
 /// The durable runtime of one process: it starts invocations, executes the tasks of its
 /// group, keeps their leases, and applies deadlines.
@@ -212,6 +211,12 @@ impl Durable {
     /// Resolves, rejects, cancels and searches promises from outside any invocation.
     pub fn promises(&self) -> Promises<'_> {
         Promises { store: &*self.shared.store, max_payload: self.shared.max_payload }
+    }
+
+    /// Creates, steers and lists schedules, which this runtime fires with every other
+    /// runtime of its store: see [`Schedules`].
+    pub fn schedules(&self) -> Schedules<'_> {
+        Schedules { store: &*self.shared.store, group: &self.shared.group, shared: Some(&self.shared) }
     }
 
     /// How many times each function's body ran in this runtime, attempts and replays
@@ -844,37 +849,7 @@ impl<'a> Promises<'a> {
     /// created: they are rejected as canceled, their tasks are no longer delivered,
     /// and whoever awaits them gets [`Error::Canceled`].
     pub async fn cancel(&self, id: &str) -> Result<Promise> {
-        let value = Failure::Canceled { id: id.to_owned() }.encode();
-        let top = self.settle(id, State::RejectedCanceled, value).await?;
-        tracing::info!(%id, "canceled, with what it started");
-        // Promises can still appear while a worker learns its task was canceled (its
-        // next write is refused): look again until none is left to cancel.
-        loop {
-            let family = self.family(crate::store::state::family_of(&top)).await?;
-            let mut created: HashMap<&str, Vec<&Promise>> = HashMap::new();
-            for p in &family {
-                if let Some(parent) = p.parent.as_deref() {
-                    created.entry(parent).or_default().push(p);
-                }
-            }
-            let (mut below, mut canceled) = (vec![id], 0);
-            while let Some(creator) = below.pop() {
-                for p in created.remove(creator).unwrap_or_default() {
-                    if p.tags.contains_key(DETACHED_TAG) {
-                        continue;
-                    }
-                    below.push(&p.id);
-                    if p.state == State::Pending {
-                        let value = Failure::Canceled { id: p.id.clone() }.encode();
-                        self.settle(&p.id, State::RejectedCanceled, value).await?;
-                        canceled += 1;
-                    }
-                }
-            }
-            if canceled == 0 {
-                return Ok(top);
-            }
-        }
+        crate::runtime::fire::cancel(self.store, id).await
     }
 
     /// Every promise of the family of top-level promise `root`, in id order.
@@ -1090,18 +1065,8 @@ impl<'a> Promises<'a> {
     }
 
     /// Every promise `search` finds, page after page.
-    async fn search_all(&self, mut search: Search) -> Result<Vec<Promise>> {
-        search.limit = READ_PAGE;
-        let mut all = Vec::new();
-        loop {
-            let page = self.store.search(search.clone()).await?;
-            all.extend(page.promises);
-            match page.cursor {
-                Some(c) => search.cursor = Some(c),
-                None => return Ok(all),
-            }
-            tokio::task::yield_now().await;
-        }
+    async fn search_all(&self, search: Search) -> Result<Vec<Promise>> {
+        crate::runtime::fire::search_all(self.store, search).await
     }
 
     /// Runs invocation `id` again from the top as a new invocation `new_id`: the same
@@ -1142,5 +1107,213 @@ impl<'a> Promises<'a> {
     async fn settle(&self, id: &str, state: State, value: String) -> Result<Promise> {
         let req = SettlePromise { id: id.to_owned(), state, value, ikey: None, strict: false, fence: None };
         Ok(self.store.settle(req).await?)
+    }
+}
+
+/// The schedules of a store: records that start an invocation at each fire, which
+/// every runtime of the store fires, each fire once. See [`Durable::schedules`].
+///
+/// ```
+/// # use std::time::Duration;
+/// # use durable::prelude::*;
+/// # use durable::ScheduleSpec;
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> durable::Result<()> {
+/// #[durable::function(name = "tidy")]
+/// async fn tidy(_ctx: &mut Context, what: String) -> durable::Result<String> {
+///     Ok(format!("tidied {what}"))
+/// }
+/// let durable = Durable::builder().store(std::sync::Arc::new(MemoryStore::new())).register(tidy).build()?;
+/// let every = ScheduleSpec::every(Duration::from_secs(60));
+/// let schedule = durable.schedules().create("tidy-tmp", every, tidy, "/tmp".into()).await?;
+/// // Every minute, on the minute: the virtual clock starts on one.
+/// tokio::time::sleep(Duration::from_secs(150)).await;
+/// let fired = durable.schedules().get("tidy-tmp").await?.expect("it exists");
+/// assert_eq!(fired.fired, 3);
+/// let first = durable.get(&schedule.fire_id(schedule.next.unwrap())).await?.expect("the first fire");
+/// assert_eq!(first.value.as_deref(), Some("\"tidied /tmp\""));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy)]
+pub struct Schedules<'a> {
+    store: &'a dyn Store,
+    /// Where a schedule's fires go unless its spec names a target.
+    group: &'a str,
+    /// The runtime, told of a schedule it should fire.
+    shared: Option<&'a Arc<Shared>>,
+}
+
+impl std::fmt::Debug for Schedules<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Schedules").field("group", &self.group).finish()
+    }
+}
+
+impl<'a> Schedules<'a> {
+    /// The schedules of `store`, for a program that runs no worker (an operator's
+    /// tool): it steers them, and the runtimes of the store fire them. A schedule it
+    /// creates sends its fires to group `default` unless its spec names a target.
+    pub fn new(store: &'a dyn Store) -> Schedules<'a> {
+        Schedules { store, group: "default", shared: None }
+    }
+
+    /// Creates schedule `id`: each fire calls `f` with `args`. An id that is taken is
+    /// an [`Error::Conflict`]; a spec that cannot work, an
+    /// [`Error::InvalidSchedule`] that says what is wrong. Returns it as stored, with
+    /// its first fire.
+    pub async fn create<C: Callable>(&self, id: &str, spec: ScheduleSpec, f: C, args: C::Args) -> Result<Schedule> {
+        self.put(id, spec, f, args, false).await
+    }
+
+    /// Creates schedule `id`, or writes over the one of that id with a new spec and
+    /// call: its next fire is counted anew, and what it fired so far stays.
+    pub async fn replace<C: Callable>(&self, id: &str, spec: ScheduleSpec, f: C, args: C::Args) -> Result<Schedule> {
+        self.put(id, spec, f, args, true).await
+    }
+
+    async fn put<C: Callable>(
+        &self,
+        id: &str,
+        mut spec: ScheduleSpec,
+        f: C,
+        args: C::Args,
+        replace: bool,
+    ) -> Result<Schedule> {
+        let invalid = |reason: String| Error::InvalidSchedule { id: id.to_owned(), reason };
+        crate::schedule::check_id(id).map_err(invalid)?;
+        let args = codec::encode(id, "the arguments", &args, DEFAULT_MAX_PAYLOAD)?;
+        spec.target.get_or_insert_with(|| format!("poll://any@{}", self.group));
+        let now = self.store.now().await?;
+        let times = spec.times().map_err(invalid)?;
+        let mut schedule = Schedule {
+            id: id.to_owned(),
+            call: Param::call(f.name(), f.version(), args),
+            paused: false,
+            next: times.after(now.saturating_sub(1)),
+            last: None,
+            fired: 0,
+            skipped: 0,
+            missed: None,
+            error: None,
+            created_at: now,
+            version: 0,
+            spec,
+        };
+        if replace && let Some(old) = self.store.schedule(id).await? {
+            (schedule.last, schedule.fired, schedule.skipped, schedule.missed) =
+                (old.last, old.fired, old.skipped, old.missed);
+        }
+        let stored = self.store.put_schedule(schedule, replace).await.map_err(|e| match e {
+            StoreError::Conflict { id, .. } => Error::Conflict {
+                id: id.clone(),
+                reason: format!("as schedule {id:?}: schedules().replace writes over one"),
+            },
+            e => e.into(),
+        })?;
+        if let Some(shared) = self.shared {
+            shared.deadline_added();
+        }
+        Ok(stored)
+    }
+
+    /// Schedule `id`, if there is one.
+    pub async fn get(&self, id: &str) -> Result<Option<Schedule>> {
+        Ok(self.store.schedule(id).await?)
+    }
+
+    /// Every schedule, by id.
+    pub async fn list(&self) -> Result<Vec<Schedule>> {
+        Ok(self.store.schedules(None).await?)
+    }
+
+    /// Pauses schedule `id`: it fires nothing until resumed. Running fires go on.
+    pub async fn pause(&self, id: &str) -> Result<Schedule> {
+        crate::runtime::fire::steer(self.store, id, async |s, _, _, _| {
+            s.paused = true;
+            Ok(s.clone())
+        })
+        .await
+    }
+
+    /// Resumes schedule `id` from its next fire after now: the fires its pause
+    /// passed over are not made up.
+    pub async fn resume(&self, id: &str) -> Result<Schedule> {
+        let resumed = crate::runtime::fire::steer(self.store, id, async |s, times, now, _| {
+            s.paused = false;
+            if s.next.is_some_and(|next| next <= now) {
+                s.next = times.after(now.saturating_sub(1));
+            }
+            Ok(s.clone())
+        })
+        .await?;
+        if let Some(shared) = self.shared {
+            shared.deadline_added();
+        }
+        Ok(resumed)
+    }
+
+    /// Fires schedule `id` now (at this second), as its overlap policy says, without
+    /// moving its next fire. Returns the fire's invocation id, or `None` if the policy
+    /// skipped it. Two triggers in one second are one fire.
+    pub async fn trigger(&self, id: &str) -> Result<Option<String>> {
+        crate::runtime::fire::steer(self.store, id, async |s, _, now, fires| {
+            let fired = s.fired;
+            crate::runtime::fire::start(self.store, s, now / 1000 * 1000, fires).await?;
+            Ok(s.last.clone().filter(|_| s.fired > fired))
+        })
+        .await
+    }
+
+    /// Fires schedule `id` at each of its times from `from` to `to`, both included:
+    /// each fire once (a time it fired already is left as it is), one after another,
+    /// each waiting for the one before. Returns the fires' invocation ids, oldest
+    /// first. At most 1000 fires at once: a longer range is an
+    /// [`Error::InvalidSchedule`], to be backfilled in parts.
+    pub async fn backfill(
+        &self,
+        id: &str,
+        from: std::time::SystemTime,
+        to: std::time::SystemTime,
+    ) -> Result<Vec<String>> {
+        let (from, to) = (crate::promise::epoch_millis(from), crate::promise::epoch_millis(to));
+        crate::runtime::fire::steer(self.store, id, async |s, times, _, fires| {
+            let mut at = times.after(from.saturating_sub(1));
+            let mut ids = Vec::new();
+            while let Some(t) = at.filter(|t| *t <= to) {
+                if ids.len() == crate::runtime::fire::MAX_BACKFILL {
+                    let reason = format!(
+                        "{} to {} holds more than {} fires: backfill it in parts",
+                        crate::schedule::stamp(from),
+                        crate::schedule::stamp(to),
+                        crate::runtime::fire::MAX_BACKFILL
+                    );
+                    return Err(Error::InvalidSchedule { id: s.id.clone(), reason });
+                }
+                ids.push(t);
+                at = times.after(t);
+            }
+            let running = match &s.last {
+                Some(last) => self.store.get(last).await?.is_some_and(|p| !p.state.is_settled()),
+                None => false,
+            };
+            let mut after = s.last.clone().filter(|_| running);
+            let mut made = Vec::new();
+            for t in ids {
+                let fire = s.fire_id(t);
+                fires.push(crate::runtime::fire::request(s, &fire, after.replace(fire.clone()))?);
+                made.push(fire);
+            }
+            if let Some(last) = made.last() {
+                s.last = Some(last.clone());
+                s.fired += made.len() as u64;
+            }
+            Ok(made)
+        })
+        .await
+    }
+
+    /// Deletes schedule `id`; false if there was none. The invocations it started
+    /// stay.
+    pub async fn delete(&self, id: &str) -> Result<bool> {
+        Ok(self.store.remove_schedule(id).await?)
     }
 }

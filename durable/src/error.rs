@@ -108,6 +108,16 @@ pub enum Error {
         /// What is wrong with the key.
         reason: String,
     },
+    /// A schedule that cannot work: a cron expression that does not parse (naming the
+    /// field), an unknown time zone, an interval that is not whole seconds, an end
+    /// before the start, a bad id or target, arguments that do not encode. Nothing
+    /// was written.
+    InvalidSchedule {
+        /// The schedule.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The invocation's task was halted; a fixed deploy resumes it.
     Halted {
         /// The invocation.
@@ -164,6 +174,7 @@ impl fmt::Display for Error {
             Error::InvalidId { id, reason } => write!(f, "invalid id {id:?}: {reason}"),
             Error::InvalidTarget { target, reason } => write!(f, "invalid target {target:?}: {reason}"),
             Error::InvalidKey { id, reason } => write!(f, "invalid key for call {id}: {reason}"),
+            Error::InvalidSchedule { id, reason } => write!(f, "invalid schedule {id:?}: {reason}"),
             Error::Halted { id, reason } => write!(f, "invocation {id} halted: {reason}"),
             Error::Conflict { id, reason } => write!(
                 f,

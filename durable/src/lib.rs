@@ -16,10 +16,13 @@ mod history;
 mod promise;
 mod retry;
 mod runtime;
+mod schedule;
 pub mod store;
 mod target;
 
-pub use crate::durable::{Builder, DEFAULT_MAX_PAYLOAD, DEFAULT_RETENTION, Durable, Node, Promises, Rpc};
+pub use crate::durable::{
+    Builder, DEFAULT_MAX_PAYLOAD, DEFAULT_RETENTION, Durable, Node, Promises, Rpc, Run, Schedules,
+};
 pub use crate::error::{Error, Nondeterminism, Result, StoreError};
 pub use crate::history::{Checked, Checker, HISTORY_FORMAT, History, Recorded, Verdict};
 pub use crate::promise::{Fence, MAX_ID_LEN, Millis, NEVER, Param, Promise, State, Task, TaskState};
@@ -27,6 +30,7 @@ pub use crate::retry::Retry;
 pub use crate::runtime::context::{Call, Context, Detach, Lfc, Lfi, Promised, Rfc, Rfi};
 pub use crate::runtime::function::{Callable, Function, Remote};
 pub use crate::runtime::handle::Handle;
+pub use crate::schedule::{Every, Overlap, Schedule, ScheduleSpec};
 pub use crate::store::{Limit, LimitState, MemoryStore, Rate, SledStore, Store};
 pub use crate::target::Target;
 

@@ -581,6 +581,29 @@ mod served {
         async fn limits(&self) -> Result<Vec<durable::LimitState>, durable::StoreError> {
             self.inner.limits().await
         }
+        async fn put_schedule(
+            &self,
+            schedule: durable::Schedule,
+            replace: bool,
+        ) -> Result<durable::Schedule, durable::StoreError> {
+            self.inner.put_schedule(schedule, replace).await
+        }
+        async fn update_schedule(
+            &self,
+            schedule: durable::Schedule,
+            fires: Vec<durable::store::CreatePromise>,
+        ) -> Result<bool, durable::StoreError> {
+            self.inner.update_schedule(schedule, fires).await
+        }
+        async fn remove_schedule(&self, id: &str) -> Result<bool, durable::StoreError> {
+            self.inner.remove_schedule(id).await
+        }
+        async fn schedule(&self, id: &str) -> Result<Option<durable::Schedule>, durable::StoreError> {
+            self.inner.schedule(id).await
+        }
+        async fn schedules(&self, due: Option<durable::Millis>) -> Result<Vec<durable::Schedule>, durable::StoreError> {
+            self.inner.schedules(due).await
+        }
         async fn wait(&self, id: &str, halted: bool) -> Result<(), durable::StoreError> {
             self.inner.wait(id, halted).await
         }

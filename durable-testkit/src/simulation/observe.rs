@@ -10,7 +10,7 @@ use durable::store::{
     Acquired, Claim, CreatePromise, Created, Invocations, Listing, Page, Purge, Release, Search, SettlePromise, Tick,
     Worker,
 };
-use durable::{Fence, Limit, LimitState, Millis, Promise, State, Store, StoreError, Task};
+use durable::{Fence, Limit, LimitState, Millis, Promise, Schedule, State, Store, StoreError, Task};
 use tokio::sync::watch;
 
 /// What the observer saw.
@@ -363,6 +363,26 @@ impl Store for Observed {
 
     async fn limits(&self) -> Result<Vec<LimitState>, StoreError> {
         instant(self.inner.limits()).await
+    }
+
+    async fn put_schedule(&self, schedule: Schedule, replace: bool) -> Result<Schedule, StoreError> {
+        instant(self.inner.put_schedule(schedule, replace)).await
+    }
+
+    async fn update_schedule(&self, schedule: Schedule, fires: Vec<CreatePromise>) -> Result<bool, StoreError> {
+        instant(self.inner.update_schedule(schedule, fires)).await
+    }
+
+    async fn remove_schedule(&self, id: &str) -> Result<bool, StoreError> {
+        instant(self.inner.remove_schedule(id)).await
+    }
+
+    async fn schedule(&self, id: &str) -> Result<Option<Schedule>, StoreError> {
+        instant(self.inner.schedule(id)).await
+    }
+
+    async fn schedules(&self, due: Option<Millis>) -> Result<Vec<Schedule>, StoreError> {
+        instant(self.inner.schedules(due)).await
     }
 
     async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {

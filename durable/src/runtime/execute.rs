@@ -222,7 +222,8 @@ impl Scope {
     }
 }
 
-struct AbortOnDrop(JoinHandle<()>);
+/// A task aborted when this is dropped.
+pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

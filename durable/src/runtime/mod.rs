@@ -5,6 +5,7 @@
 
 pub(crate) mod context;
 pub(crate) mod execute;
+pub(crate) mod fire;
 pub(crate) mod function;
 pub(crate) mod handle;
 pub(crate) mod invocation;

@@ -173,7 +173,7 @@ impl Store for HistoryStore {
     }
 
     async fn tick(&self) -> Result<Tick, StoreError> {
-        Ok(Tick { now: self.now, timed_out: 0, expired: 0, next: None })
+        Ok(Tick { now: self.now, ..Tick::default() })
     }
 
     async fn announce(&self, _: &Worker, _: Millis) -> Result<(), StoreError> {
@@ -181,6 +181,26 @@ impl Store for HistoryStore {
     }
 
     async fn workers(&self) -> Result<Vec<Worker>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn put_schedule(&self, _: crate::Schedule, _: bool) -> Result<crate::Schedule, StoreError> {
+        Err(frontier())
+    }
+
+    async fn update_schedule(&self, _: crate::Schedule, _: Vec<CreatePromise>) -> Result<bool, StoreError> {
+        Err(frontier())
+    }
+
+    async fn remove_schedule(&self, _: &str) -> Result<bool, StoreError> {
+        Err(frontier())
+    }
+
+    async fn schedule(&self, _: &str) -> Result<Option<crate::Schedule>, StoreError> {
+        Ok(None)
+    }
+
+    async fn schedules(&self, _: Option<Millis>) -> Result<Vec<crate::Schedule>, StoreError> {
         Ok(Vec::new())
     }
 

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::error::Failure;
-use crate::runtime::execute::Job;
+use crate::runtime::execute::{AbortOnDrop, Job};
 use crate::runtime::function::Erased;
 use crate::runtime::invocation::{Fault, Invocation};
 use crate::runtime::shared::{Running, Shared, UNSERVED_AFTER};
@@ -53,6 +53,8 @@ pub(crate) async fn background(rt: Arc<Shared>) {
     // ends wakes the loop too, for its heartbeats, and claims only if so.
     let mut claim_due = true;
     let mut last_signal_tick = tokio::time::Instant::now();
+    // Stopped with this loop.
+    let mut firing: Option<AbortOnDrop> = None;
     loop {
         if tokio::time::Instant::now() >= next_announce {
             let _ = store.announce(&me, rt.ttl).await;
@@ -85,10 +87,23 @@ pub(crate) async fn background(rt: Arc<Shared>) {
         let now = tokio::time::Instant::now();
         if now >= next_tick || rt.tick_soon.swap(false, std::sync::atomic::Ordering::SeqCst) {
             next_tick = now + Duration::from_millis(rt.ttl);
-            if let Ok(tick) = store.tick().await
-                && let Some(next) = tick.next
-            {
-                next_tick = next_tick.min(now + Duration::from_millis(next.saturating_sub(tick.now).max(1)));
+            if let Ok(tick) = store.tick().await {
+                if let Some(next) = tick.next {
+                    next_tick = next_tick.min(now + Duration::from_millis(next.saturating_sub(tick.now).max(1)));
+                }
+                // Schedules due: fired beside this loop, one pass at a time.
+                if tick.schedules.is_some_and(|due| due <= tick.now)
+                    && firing.as_ref().is_none_or(|f| f.0.is_finished())
+                {
+                    let rt = rt.clone();
+                    firing = Some(AbortOnDrop(tokio::spawn(async move {
+                        if let Err(e) = crate::runtime::fire::fire_due(&*rt.store).await {
+                            tracing::warn!(error = %e, "firing schedules failed; the next tick tries again");
+                        }
+                        // The tick that follows learns when the next is due.
+                        rt.deadline_added();
+                    })));
+                }
             }
         }
         // With nothing held there is nothing to heartbeat: sleep until the next

@@ -368,6 +368,32 @@ macro_rules! engine_store {
             async fn limits(&self) -> Result<Vec<$crate::LimitState>, $crate::StoreError> {
                 self.engine.read(|core, _| Ok(core.limit_states())).await
             }
+            async fn put_schedule(
+                &self,
+                schedule: $crate::Schedule,
+                replace: bool,
+            ) -> Result<$crate::Schedule, $crate::StoreError> {
+                self.engine.write(|core, _| core.put_schedule(schedule, replace)).await
+            }
+            async fn update_schedule(
+                &self,
+                schedule: $crate::Schedule,
+                fires: Vec<$crate::store::CreatePromise>,
+            ) -> Result<bool, $crate::StoreError> {
+                self.engine.write(|core, now| core.update_schedule(schedule, fires, now)).await
+            }
+            async fn remove_schedule(&self, id: &str) -> Result<bool, $crate::StoreError> {
+                self.engine.write(|core, _| Ok(core.remove_schedule(id))).await
+            }
+            async fn schedule(&self, id: &str) -> Result<Option<$crate::Schedule>, $crate::StoreError> {
+                self.engine.read(|core, _| Ok(core.schedule(id))).await
+            }
+            async fn schedules(
+                &self,
+                due: Option<$crate::Millis>,
+            ) -> Result<Vec<$crate::Schedule>, $crate::StoreError> {
+                self.engine.read(|core, _| Ok(core.schedules(due))).await
+            }
             async fn wait(&self, id: &str, halted: bool) -> Result<(), $crate::StoreError> {
                 self.engine.wait(id, halted).await
             }

@@ -29,6 +29,7 @@ pub use self::memory::MemoryStore;
 pub use self::postgres::{PostgresOptions, PostgresStore};
 pub use self::sled::SledStore;
 use crate::promise::{Fence, Millis, Param, Promise, State, Task};
+use crate::schedule::Schedule;
 use crate::{StoreError, Target};
 
 /// Opens the store `spec` names: a `postgres://` (or `postgresql://`) URL, in `schema`
@@ -139,13 +140,16 @@ pub struct NewTask {
     pub delay: Millis,
     /// Not delivered before this time on the store's clock: a start at a time.
     pub not_before: Millis,
+    /// Not delivered until this promise settles: the task is created suspended on
+    /// it, if it is pending (a schedule's fire that waits for the one before).
+    pub after: Option<String>,
 }
 
 impl NewTask {
     /// A task for `target`, not acquired, with no preference window, key, priority or
     /// delay.
     pub fn new(target: Target) -> NewTask {
-        NewTask { target, window: 0, acquire: None, key: None, priority: 0, delay: 0, not_before: 0 }
+        NewTask { target, window: 0, acquire: None, key: None, priority: 0, delay: 0, not_before: 0, after: None }
     }
 }
 
@@ -404,7 +408,13 @@ pub struct Tick {
     pub expired: usize,
     /// The next deadline of any kind, if there is one.
     pub next: Option<Millis>,
+    /// When the next schedule is due, if one is ([`Schedule::due`]): by then a
+    /// runtime fires it.
+    pub schedules: Option<Millis>,
 }
+
+/// The most schedules [`Store::schedules`] returns of those due.
+pub const MAX_DUE: usize = 100;
 
 /// A durable store of promises and tasks.
 ///
@@ -526,6 +536,27 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// Every limit, in name order, with how many of the tasks it covers execute and
     /// wait.
     async fn limits(&self) -> Result<Vec<LimitState>, StoreError>;
+
+    /// Stores a new schedule at version 1, or, with `replace`, writes over the one of
+    /// its id at the next version; one of its id without `replace` is a
+    /// [`StoreError::Conflict`]. Returns it as stored.
+    async fn put_schedule(&self, schedule: Schedule, replace: bool) -> Result<Schedule, StoreError>;
+
+    /// Writes `schedule` over the stored one if that is still at `schedule.version`,
+    /// and creates `fires` (top-level invocations; an id that exists is left as it
+    /// is) in the same step. False, with nothing written, if another write came first
+    /// or the schedule is gone.
+    async fn update_schedule(&self, schedule: Schedule, fires: Vec<CreatePromise>) -> Result<bool, StoreError>;
+
+    /// Removes a schedule; false if there was none. Its fires' invocations stay.
+    async fn remove_schedule(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// A schedule by id.
+    async fn schedule(&self, id: &str) -> Result<Option<Schedule>, StoreError>;
+
+    /// Every schedule, by id; or, with `due`, those due by then ([`Schedule::due`]),
+    /// soonest first, at most [`MAX_DUE`].
+    async fn schedules(&self, due: Option<Millis>) -> Result<Vec<Schedule>, StoreError>;
 
     /// Completes when the promise is settled (at once if it is), or, if `halted`, when
     /// its task is halted (at once if it is). A backend may also return early (a poll

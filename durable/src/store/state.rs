@@ -19,6 +19,7 @@ use super::{
 };
 use crate::StoreError;
 use crate::promise::{Fence, Millis, NEVER, Param, Promise, State, Task, TaskState, is_invocation};
+use crate::schedule::Schedule;
 
 /// The most finished invocations one listing reads before it answers with what it
 /// found and a cursor: it holds the state's lock meanwhile.
@@ -54,6 +55,10 @@ pub(crate) struct Core {
     limits: BTreeMap<String, Limit>,
     /// The rates' state, by limit and key: only of keys started recently.
     buckets: HashMap<(String, String), Bucket>,
+    /// The schedules, by id (a PostgreSQL step holds those it loaded).
+    schedules: BTreeMap<String, Schedule>,
+    /// The schedules by when they are next due (not paused, not ended).
+    schedules_due: BTreeSet<(Millis, String)>,
     /// What the step in progress changed.
     dirty: Dirty,
 }
@@ -119,6 +124,7 @@ struct Dirty {
     ready: BTreeSet<String>,
     limits: Vec<String>,
     buckets: Vec<(String, String)>,
+    schedules: Vec<String>,
 }
 
 /// What one step changed: the records to write, and whom to wake.
@@ -147,6 +153,8 @@ pub(crate) struct Changes {
     pub(crate) limits: Vec<(String, Option<Limit>)>,
     /// Each rate's state the step changed or dropped (`None`), by limit and key.
     pub(crate) buckets: Vec<((String, String), Option<Bucket>)>,
+    /// Each schedule the step wrote or removed (`None`), by id.
+    pub(crate) schedules: Vec<(String, Option<Schedule>)>,
 }
 
 impl Changes {
@@ -214,6 +222,8 @@ impl Core {
             callbacks: HashMap::new(),
             limits: BTreeMap::new(),
             buckets: HashMap::new(),
+            schedules: BTreeMap::new(),
+            schedules_due: BTreeSet::new(),
             dirty: Dirty::default(),
         }
     }
@@ -305,7 +315,107 @@ impl Core {
             let bucket = self.buckets.get(&id).copied();
             changes.buckets.push((id, bucket));
         }
+        for id in dedup(dirty.schedules) {
+            let schedule = self.schedules.get(&id).cloned();
+            changes.schedules.push((id, schedule));
+        }
         changes
+    }
+
+    /// Restores the schedules of a backend's records.
+    pub(crate) fn restore_schedules(&mut self, schedules: Vec<Schedule>) {
+        for s in schedules {
+            self.schedule_index(&s);
+            self.schedules.insert(s.id.clone(), s);
+        }
+    }
+
+    fn schedule_index(&mut self, s: &Schedule) {
+        if let Some(due) = s.due() {
+            self.schedules_due.insert((due, s.id.clone()));
+        }
+    }
+
+    fn schedule_unindex(&mut self, id: &str) {
+        if let Some(due) = self.schedules.get(id).and_then(Schedule::due) {
+            self.schedules_due.remove(&(due, id.to_owned()));
+        }
+    }
+
+    /// Stores a new schedule, at version 1; one of its id is a conflict unless
+    /// `replace`, which writes over it at the next version.
+    pub(crate) fn put_schedule(&mut self, mut s: Schedule, replace: bool) -> Result<Schedule, StoreError> {
+        s.version = match self.schedules.get(&s.id) {
+            Some(_) if !replace => return Err(conflict(&s.id, "a schedule of this id exists")),
+            Some(stored) => stored.version + 1,
+            None => 1,
+        };
+        self.schedule_unindex(&s.id);
+        self.schedule_index(&s);
+        self.dirty.schedules.push(s.id.clone());
+        self.schedules.insert(s.id.clone(), s.clone());
+        Ok(s)
+    }
+
+    /// Removes a schedule; false if there was none.
+    pub(crate) fn remove_schedule(&mut self, id: &str) -> bool {
+        self.schedule_unindex(id);
+        if self.schedules.remove(id).is_none() {
+            return false;
+        }
+        self.dirty.schedules.push(id.to_owned());
+        true
+    }
+
+    /// Writes `s` over the stored schedule if that is still at `s.version`, and
+    /// creates its fires' invocations in the same step (an id that exists is left as
+    /// it is: a fire is made once). False, changing nothing, if another write came
+    /// first or the schedule is gone.
+    pub(crate) fn update_schedule(
+        &mut self,
+        mut s: Schedule,
+        fires: Vec<CreatePromise>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        if self.schedules.get(&s.id).is_none_or(|stored| stored.version != s.version) {
+            return Ok(false);
+        }
+        for req in &fires {
+            if req.parent.is_some() || req.fence.is_some() || req.settled.is_some() {
+                return Err(conflict(&req.id, "a fire creates a top-level pending invocation"));
+            }
+        }
+        for req in fires {
+            if self.stored(&req.id)?.is_none() {
+                self.create(req, now)?;
+            }
+        }
+        s.version += 1;
+        self.schedule_unindex(&s.id);
+        self.schedule_index(&s);
+        self.dirty.schedules.push(s.id.clone());
+        self.schedules.insert(s.id.clone(), s);
+        Ok(true)
+    }
+
+    /// A schedule by id.
+    pub(crate) fn schedule(&self, id: &str) -> Option<Schedule> {
+        self.schedules.get(id).cloned()
+    }
+
+    /// Every schedule by id or, with `due`, those due by then (at most `MAX_DUE`),
+    /// soonest first.
+    pub(crate) fn schedules(&self, due: Option<Millis>) -> Vec<Schedule> {
+        match due {
+            None => self.schedules.values().cloned().collect(),
+            Some(by) => self
+                .schedules_due
+                .iter()
+                .take_while(|(at, _)| *at <= by)
+                .take(super::MAX_DUE)
+                .map(|(_, id)| self.schedules[id].clone())
+                .collect(),
+        }
     }
 
     /// The function key of the call `t` executes: recorded on the task, or, for a
@@ -506,8 +616,13 @@ impl Core {
             // A limited task starts only through a claim, which admits it; a delayed
             // one, through a claim once its time comes.
             let acquire = new_task.acquire.filter(|_| !self.limited(&task) && ready_at <= now);
+            let after = new_task.after.filter(|a| self.promises.get(a).is_some_and(|p| p.state == State::Pending));
             if state.is_settled() {
                 task.state = TaskState::Fulfilled;
+            } else if let Some(after) = after {
+                task.state = TaskState::Suspended;
+                self.callbacks.entry(after.clone()).or_default().insert(task.id.clone());
+                task.awaiting = vec![after];
             } else if let Some((process, ttl)) = acquire {
                 task.state = TaskState::Acquired;
                 task.version = 1;
@@ -1202,10 +1317,14 @@ impl Core {
         }
         let opening = self.buckets.values().map(|b| b.open_at).filter(|at| *at > now);
         let delayed = self.ready.values().flat_map(Queue::firsts).filter(|at| *at > now);
+        // A schedule due already is the firing's to move on, not a deadline.
+        tick.schedules = self.schedules_due.first().map(|d| d.0);
+        let schedule_next = self.schedules_due.range((now + 1, String::new())..).next().map(|d| d.0);
         tick.next = [
             self.deadlines.first().map(|d| d.0),
             self.leases.first().map(|l| l.0),
             self.preferences.first().map(|p| p.0),
+            schedule_next,
         ]
         .into_iter()
         .flatten()

@@ -29,7 +29,7 @@ use super::{
     Purge, Release, Search, SettlePromise, Tick, Worker,
 };
 use crate::promise::{Fence, Millis, NEVER, Promise, State, Task, TaskState, is_invocation};
-use crate::{Limit, LimitState, StoreError};
+use crate::{Limit, LimitState, Schedule, StoreError};
 
 const SCHEMA_VERSION: i32 = 8;
 
@@ -159,7 +159,9 @@ const NEXT_DEADLINE: &str = "SELECT least(
      (SELECT min(lease_until) FROM tasks WHERE state = 'acquired'),
      (SELECT min(ready_at) FROM tasks WHERE state = 'pending' AND ready_at > $1),
      (SELECT min(prefer_until) FROM tasks WHERE state = 'pending' AND pid IS NOT NULL AND NOT uni AND prefer_until > $1),
-     (SELECT min(open_at) FROM limit_buckets WHERE open_at > $1))";
+     (SELECT min(open_at) FROM limit_buckets WHERE open_at > $1),
+     (SELECT min(due) FROM schedules WHERE due > $1)),
+     (SELECT min(due) FROM schedules)";
 
 const MIGRATION_1: &str = r#"
 CREATE TABLE IF NOT EXISTS promises (
@@ -326,6 +328,16 @@ CREATE TABLE IF NOT EXISTS schedules (
 );
 CREATE INDEX IF NOT EXISTS schedules_due ON schedules (due) WHERE due IS NOT NULL;
 "#;
+
+// Schedules: written by steps, as the state machine changed them.
+const LOCK_SCHEDULE: &str = "SELECT data FROM schedules WHERE id = $1 FOR UPDATE";
+const UPSERT_SCHEDULES: &str = "INSERT INTO schedules (id, due, data)
+     SELECT * FROM unnest($1::text[], $2::int8[], $3::text[])
+     ON CONFLICT (id) DO UPDATE SET due = EXCLUDED.due, data = EXCLUDED.data";
+const DELETE_SCHEDULES: &str = "DELETE FROM schedules WHERE id = ANY($1)";
+const GET_SCHEDULE: &str = "SELECT data FROM schedules WHERE id = $1";
+const ALL_SCHEDULES: &str = "SELECT data FROM schedules ORDER BY id";
+const DUE_SCHEDULES: &str = "SELECT data FROM schedules WHERE due <= $1 ORDER BY due, id LIMIT $2";
 
 /// The groups with a task that became ready after `$1`, at or before `$2`.
 const BECAME_READY: &str =
@@ -700,8 +712,9 @@ struct Rows {
 /// How a step finds its rows.
 enum Select<'a> {
     /// These promises (and their tasks) and tasks; `create`: the promises may not
-    /// exist yet; `limits`: the step reads the limits too.
-    Ids { promises: &'a [String], tasks: &'a [String], create: bool, limits: bool },
+    /// exist yet; `limits`: the step reads the limits too; `schedule`: and this
+    /// schedule, locked.
+    Ids { promises: &'a [String], tasks: &'a [String], create: bool, limits: bool, schedule: Option<&'a str> },
     /// Ready tasks for a worker, skipping those another transaction has locked.
     Ready(&'a Claim),
     /// The halted tasks of a group.
@@ -934,7 +947,7 @@ impl PostgresStore {
         let (create, limits) = (jobs.iter().any(|j| j.create), jobs.iter().any(|j| j.limits));
         let promises = dedup(&jobs.iter().flat_map(|j| j.promises.iter().cloned()).collect::<Vec<_>>());
         let tasks = dedup(&jobs.iter().flat_map(|j| j.tasks.iter().cloned()).collect::<Vec<_>>());
-        let select = Select::Ids { promises: &promises, tasks: &tasks, create, limits };
+        let select = Select::Ids { promises: &promises, tasks: &tasks, create, limits, schedule: None };
         self.retried(durable, &select, &mut |core, now| jobs.iter_mut().for_each(|job| (job.op)(core, now))).await
     }
 
@@ -980,6 +993,9 @@ impl PostgresStore {
             buckets_q,
             upsert_buckets,
             delete_buckets,
+            lock_schedule,
+            upsert_schedules,
+            delete_schedules,
         ] = conn
             .statements([
                 CLOCK,
@@ -997,6 +1013,9 @@ impl PostgresStore {
                 BUCKETS,
                 UPSERT_BUCKETS,
                 DELETE_BUCKETS,
+                LOCK_SCHEDULE,
+                UPSERT_SCHEDULES,
+                DELETE_SCHEDULES,
             ])
             .await
             .map_err(db)?;
@@ -1005,15 +1024,15 @@ impl PostgresStore {
         // One round trip to BEGIN, read the clock and lock and read the rows (the
         // statements are pipelined and run in order), one to write and COMMIT.
         let begin = if durable { "BEGIN" } else { "BEGIN; SET LOCAL synchronous_commit TO off" };
-        let (mut limits, mut buckets, mut executing) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut limits, mut buckets, mut executing, mut schedules) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (now, (promises, mut tasks)) = match select {
-            Select::Ids { promises, tasks, create, limits: read_limits } => {
+            Select::Ids { promises, tasks, create, limits: read_limits, schedule } => {
                 let rows = Rows { promises: promises.to_vec(), tasks: tasks.to_vec() };
                 // A step that may free a slot reads the limits, to wake the workers a
                 // limit holds back, once this process has seen one.
                 let read_limits = *read_limits || self.flow_seen.load(std::sync::atomic::Ordering::Relaxed);
                 // Sent in this order (each future sends when first polled), run in order.
-                let ((), now, (), loaded, stored) = futures::try_join!(
+                let ((), now, (), loaded, stored, scheduled) = futures::try_join!(
                     async { conn.batch_execute(begin).await.map_err(db) },
                     self.now_in(&conn, &clock),
                     async {
@@ -1028,8 +1047,15 @@ impl PostgresStore {
                             return Ok(Vec::new());
                         }
                         conn.query(&limits_q, &[]).await.map_err(db)
+                    },
+                    async {
+                        match schedule {
+                            Some(id) => conn.query(&lock_schedule, &[id]).await.map_err(db),
+                            None => Ok(Vec::new()),
+                        }
                     }
                 )?;
+                schedules = scheduled.iter().map(|r| parse::<Schedule>(r.get(0))).collect::<Result<_, _>>()?;
                 limits = stored.iter().map(|r| parse::<Limit>(r.get(0))).collect::<Result<_, _>>()?;
                 if !limits.is_empty() {
                     self.flow_seen.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1079,6 +1105,7 @@ impl PostgresStore {
         tasks.extend(executing);
         let mut core = Core::restore(Arc::new(MemoryCold::default()), promises, tasks, now);
         core.restore_flow(limits, buckets);
+        core.restore_schedules(schedules);
         run(&mut core, now);
         // A claim passes over the tasks this step locked (`SKIP LOCKED`): those still
         // ready to run are announced again as the step ends, so that no claim waits for
@@ -1163,6 +1190,19 @@ impl PostgresStore {
                 }
             }
         }
+        let (mut s_ids, mut s_due, mut s_data, mut s_gone) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (id, schedule) in &dirty.schedules {
+            match schedule {
+                Some(schedule) => {
+                    s_ids.push(id.clone());
+                    s_due.push(schedule.due().map(|d| d.min(i64::MAX as u64) as i64));
+                    s_data.push(serde_json::to_string(schedule).expect("a schedule encodes"));
+                }
+                None => s_gone.push(id.clone()),
+            }
+        }
+        let schedule_params: [&(dyn ToSql + Sync); 3] = [&s_ids, &s_due, &s_data];
+        let gone_params: [&(dyn ToSql + Sync); 1] = [&s_gone];
         let bucket_params: [&(dyn ToSql + Sync); 4] = [&b_limits, &b_keys, &b_tats, &b_opens];
         let spent_params: [&(dyn ToSql + Sync); 2] = [&spent_limits, &spent_keys];
         let notify_params: [&(dyn ToSql + Sync); 2] = [&self.channel, &dirty.woken];
@@ -1180,6 +1220,12 @@ impl PostgresStore {
         }
         if !spent_limits.is_empty() {
             writes.push(Box::pin(conn.execute(&delete_buckets, &spent_params)));
+        }
+        if !s_ids.is_empty() {
+            writes.push(Box::pin(conn.execute(&upsert_schedules, &schedule_params)));
+        }
+        if !s_gone.is_empty() {
+            writes.push(Box::pin(conn.execute(&delete_schedules, &gone_params)));
         }
         if !dirty.woken.is_empty() {
             writes.push(Box::pin(conn.execute(&notify_settled, &notify_params)));
@@ -1416,7 +1462,9 @@ impl super::Store for PostgresStore {
 
     async fn create(&self, req: CreatePromise) -> Result<Created, StoreError> {
         // The creator too: the new promise joins its family.
-        let promises: Vec<String> = std::iter::once(&req.id).chain(&req.parent).cloned().collect();
+        // And the promise its task waits for.
+        let after = req.task.as_ref().and_then(|t| t.after.as_ref());
+        let promises: Vec<String> = std::iter::once(&req.id).chain(&req.parent).chain(after).cloned().collect();
         let tasks = req.fence.iter().map(|f| f.task.clone()).collect::<Vec<_>>();
         // A create that acquires its task reads the limits: a limited task waits for a claim.
         let limits = req.task.as_ref().is_some_and(|t| t.acquire.is_some());
@@ -1428,10 +1476,8 @@ impl super::Store for PostgresStore {
         let mut promises: Vec<String> = family.iter().map(|r| r.id.clone()).collect();
         promises.extend(family.iter().filter_map(|r| r.parent.clone()));
         let promises = dedup(&promises);
-        self.step(Select::Ids { promises: &promises, tasks: &[], create: true, limits: false }, |core, now| {
-            core.import(family.clone(), now)
-        })
-        .await
+        let select = Select::Ids { promises: &promises, tasks: &[], create: true, limits: false, schedule: None };
+        self.step(select, |core, now| core.import(family.clone(), now)).await
     }
 
     async fn settle(&self, req: SettlePromise) -> Result<Promise, StoreError> {
@@ -1610,6 +1656,7 @@ impl super::Store for PostgresStore {
         let (at, before): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) = ([&now], [&now_us]);
         let (row, _) = futures::try_join!(conn.query_one(&next, &at), conn.execute(&spent, &before)).map_err(db)?;
         tick.next = row.get::<_, Option<i64>>(0).map(|n| n as Millis);
+        tick.schedules = row.get::<_, Option<i64>>(1).map(|n| n as Millis);
         // The tasks that became ready since this process's last tick (a delayed start,
         // a backoff): their workers may know of no deadline then, so they are told.
         // (The first tick of a process only notes the time: its workers claim as they
@@ -1691,6 +1738,48 @@ impl super::Store for PostgresStore {
             states.push(LimitState { limit, executing, waiting, oldest });
         }
         Ok(states)
+    }
+
+    async fn put_schedule(&self, schedule: Schedule, replace: bool) -> Result<Schedule, StoreError> {
+        let id = schedule.id.clone();
+        let select = Select::Ids { promises: &[], tasks: &[], create: false, limits: false, schedule: Some(&id) };
+        self.step(select, |core, _| core.put_schedule(schedule.clone(), replace)).await
+    }
+
+    async fn update_schedule(&self, schedule: Schedule, fires: Vec<CreatePromise>) -> Result<bool, StoreError> {
+        let id = schedule.id.clone();
+        // The fires, and the promises they wait for.
+        let after = fires.iter().filter_map(|f| f.task.as_ref().and_then(|t| t.after.clone()));
+        let promises: Vec<String> = dedup(&fires.iter().map(|f| f.id.clone()).chain(after).collect::<Vec<_>>());
+        let select = Select::Ids { promises: &promises, tasks: &[], create: true, limits: false, schedule: Some(&id) };
+        self.step(select, |core, now| core.update_schedule(schedule.clone(), fires.clone(), now)).await
+    }
+
+    async fn remove_schedule(&self, id: &str) -> Result<bool, StoreError> {
+        let select = Select::Ids { promises: &[], tasks: &[], create: false, limits: false, schedule: Some(id) };
+        self.step(select, |core, _| Ok(core.remove_schedule(id))).await
+    }
+
+    async fn schedule(&self, id: &str) -> Result<Option<Schedule>, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let [get] = conn.statements([GET_SCHEDULE]).await.map_err(db)?;
+        conn.query_opt(&get, &[&id]).await.map_err(db)?.map(|row| parse(row.get(0))).transpose()
+    }
+
+    async fn schedules(&self, due: Option<Millis>) -> Result<Vec<Schedule>, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let rows = match due {
+            None => {
+                let [all] = conn.statements([ALL_SCHEDULES]).await.map_err(db)?;
+                conn.query(&all, &[]).await.map_err(db)?
+            }
+            Some(by) => {
+                let [due] = conn.statements([DUE_SCHEDULES]).await.map_err(db)?;
+                let (by, max) = (by.min(i64::MAX as u64) as i64, super::MAX_DUE as i64);
+                conn.query(&due, &[&by, &max]).await.map_err(db)?
+            }
+        };
+        rows.iter().map(|row| parse(row.get(0))).collect()
     }
 
     async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {

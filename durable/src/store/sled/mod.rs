@@ -126,8 +126,10 @@ impl SledStore {
         let cold = Arc::new(SledCold { overlay: wal.overlay.clone(), records, path: path.to_path_buf() });
         let limits = load::<crate::Limit>(&live, LIMIT, path)?;
         let buckets = load::<((String, String), super::flow::Bucket)>(&live, BUCKET, path)?;
+        let schedules = load::<crate::Schedule>(&live, SCHEDULE, path)?;
         let mut core = Core::restore(cold, promises, tasks, clock.now());
         core.restore_flow(limits, buckets);
+        core.restore_schedules(schedules);
         core.release_all(clock.now());
         let log = SledLog { wal };
         log.stage(&core.take_changes())?;
@@ -180,6 +182,8 @@ const INVOKED: u8 = b'i';
 const CHOSEN: u8 = b'c';
 /// A limit: `L`, its name.
 const LIMIT: u8 = b'L';
+/// A schedule: `S`, its id.
+const SCHEDULE: u8 = b'S';
 /// A rate's state: `B`, the limit's name's length (4 bytes, big-endian), the name,
 /// the key; the value holds both with the state.
 const BUCKET: u8 = b'B';
@@ -384,6 +388,9 @@ impl Log for SledLog {
         }
         for (name, limit) in &changes.limits {
             records.push((key(LIMIT, name), limit.as_ref().map(json).transpose()?));
+        }
+        for (id, schedule) in &changes.schedules {
+            records.push((key(SCHEDULE, id), schedule.as_ref().map(json).transpose()?));
         }
         for (id, bucket) in &changes.buckets {
             let mut k = vec![BUCKET];

@@ -1,0 +1,227 @@
+//! Firing schedules, and canceling an invocation with what it started.
+//!
+//! Every runtime fires the schedules that are due. A fire's invocation has a
+//! deterministic id ([`Schedule::fire_id`]), and the schedule moves on only by a write
+//! that names the version it read ([`Store::update_schedule`]), in the same step as the
+//! fire's creation: of the processes that fire a schedule at once, one write succeeds
+//! and the rest find it moved on. A process that dies between reading and writing
+//! wrote nothing, and the next pass fires again, with the same id.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::error::Failure;
+use crate::promise::{DETACHED_TAG, Millis, Promise, State};
+use crate::schedule::{Overlap, Schedule, Times, stamp};
+use crate::store::{CreatePromise, NewTask, Search, SettlePromise};
+use crate::{Error, Result, Store, StoreError, TaskState};
+
+/// Promises read a page at a time.
+pub(crate) const READ_PAGE: usize = 256;
+
+/// The most fires one pass makes of one schedule: a schedule that is far behind
+/// catches up over several passes, and holds up no other.
+const MAX_FIRES: usize = 100;
+
+/// The most fires one backfill makes.
+pub(crate) const MAX_BACKFILL: usize = 1000;
+
+/// The tag a fire's invocation carries: its schedule's id.
+pub(crate) const SCHEDULE_TAG: &str = "durable:schedule";
+
+/// Every promise `search` finds, a page at a time.
+pub(crate) async fn search_all(store: &dyn Store, mut search: Search) -> Result<Vec<Promise>> {
+    search.limit = READ_PAGE;
+    let mut all = Vec::new();
+    loop {
+        let page = store.search(search.clone()).await?;
+        all.extend(page.promises);
+        match page.cursor {
+            Some(c) => search.cursor = Some(c),
+            None => return Ok(all),
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Cancels `id` and what it created that is pending, at any depth, but not the
+/// detached invocations it started nor what they created ([`crate::Promises::cancel`]).
+pub(crate) async fn cancel(store: &dyn Store, id: &str) -> Result<Promise> {
+    let settle = |id: &str| {
+        let value = Failure::Canceled { id: id.to_owned() }.encode();
+        SettlePromise {
+            id: id.to_owned(),
+            state: State::RejectedCanceled,
+            value,
+            ikey: None,
+            strict: false,
+            fence: None,
+        }
+    };
+    let top = store.settle(settle(id)).await?;
+    tracing::info!(%id, "canceled, with what it started");
+    // Promises can still appear while a worker learns its task was canceled (its
+    // next write is refused): look again until none is left to cancel.
+    loop {
+        let root = crate::store::state::family_of(&top).to_owned();
+        let family = search_all(store, Search { root: Some(root), ..Search::default() }).await?;
+        let mut created: HashMap<&str, Vec<&Promise>> = HashMap::new();
+        for p in &family {
+            if let Some(parent) = p.parent.as_deref() {
+                created.entry(parent).or_default().push(p);
+            }
+        }
+        let (mut below, mut canceled) = (vec![id], 0);
+        while let Some(creator) = below.pop() {
+            for p in created.remove(creator).unwrap_or_default() {
+                if p.tags.contains_key(DETACHED_TAG) {
+                    continue;
+                }
+                below.push(&p.id);
+                if p.state == State::Pending {
+                    store.settle(settle(&p.id)).await?;
+                    canceled += 1;
+                }
+            }
+        }
+        if canceled == 0 {
+            return Ok(top);
+        }
+    }
+}
+
+/// Fires every schedule due by now, each as far as [`MAX_FIRES`]. A schedule that
+/// fails is logged and left for the next pass.
+pub(crate) async fn fire_due(store: &dyn Store) -> Result<()> {
+    let now = store.now().await?;
+    for s in store.schedules(Some(now)).await? {
+        let id = s.id.clone();
+        if let Err(e) = fire(store, s, now).await {
+            tracing::warn!(schedule = %id, error = %e, "firing a schedule failed; the next pass tries again");
+        }
+    }
+    Ok(())
+}
+
+/// Makes the fires of `s` that are due by `now`.
+async fn fire(store: &dyn Store, mut s: Schedule, now: Millis) -> Result<()> {
+    for _ in 0..MAX_FIRES {
+        let (Some(due), Some(at)) = (s.due(), s.next) else { return Ok(()) };
+        if due > now {
+            return Ok(());
+        }
+        let times = match s.spec.times() {
+            Ok(times) => times,
+            Err(e) => {
+                // A stored record that no longer reads as a schedule stops, saying why.
+                tracing::error!(schedule = %s.id, error = %e, "a stored schedule does not read; it stops firing");
+                s.error = Some(e);
+                s.next = None;
+                store.update_schedule(s, Vec::new()).await?;
+                return Ok(());
+            }
+        };
+        let mut fires = Vec::new();
+        if now.saturating_sub(at) > s.spec.catch_up {
+            // Nothing served it for longer than its window: the fires older than the
+            // window are skipped, and reported.
+            let kept = times.after(now.saturating_sub(s.spec.catch_up).saturating_sub(1));
+            tracing::warn!(
+                schedule = %s.id,
+                from = %stamp(at),
+                until = %kept.map_or("its end".to_owned(), stamp),
+                "fires missed beyond the catch-up window are skipped",
+            );
+            s.missed = Some((at, kept.unwrap_or(now)));
+            s.next = kept;
+        } else {
+            start(store, &mut s, at, &mut fires).await?;
+            s.next = times.after(at);
+        }
+        if !store.update_schedule(s.clone(), fires).await? {
+            // Another process moved it on first: its write made this fire.
+            return Ok(());
+        }
+        s.version += 1;
+    }
+    Ok(())
+}
+
+/// Makes the fire of `s` at `at`, as its overlap policy says, into `fires`, and
+/// notes it on `s`.
+pub(crate) async fn start(
+    store: &dyn Store,
+    s: &mut Schedule,
+    at: Millis,
+    fires: &mut Vec<CreatePromise>,
+) -> Result<()> {
+    let running = match &s.last {
+        Some(last) => store.get(last).await?.is_some_and(|p| !p.state.is_settled()),
+        None => false,
+    };
+    let last = s.last.clone().filter(|_| running);
+    let after = match (s.spec.overlap, last) {
+        (_, None) | (Overlap::AllowAll, _) => None,
+        (Overlap::Skip, Some(last)) => return skip(s, at, &last),
+        (Overlap::BufferAll, Some(last)) => Some(last),
+        (Overlap::BufferOne, Some(last)) => {
+            // One waits already: a fire not yet started.
+            let task = store.task(&last).await?;
+            if task.is_some_and(|t| t.version == 0 && matches!(t.state, TaskState::Pending | TaskState::Suspended)) {
+                return skip(s, at, &last);
+            }
+            Some(last)
+        }
+        (Overlap::CancelRunning, Some(last)) => {
+            cancel(store, &last).await?;
+            None
+        }
+    };
+    let id = s.fire_id(at);
+    fires.push(request(s, &id, after)?);
+    tracing::info!(schedule = %s.id, fire = %id, "a schedule fired");
+    s.last = Some(id);
+    s.fired += 1;
+    Ok(())
+}
+
+fn skip(s: &mut Schedule, at: Millis, last: &str) -> Result<()> {
+    tracing::info!(schedule = %s.id, at = %stamp(at), running = %last, "a fire is skipped: the one before still runs");
+    s.skipped += 1;
+    Ok(())
+}
+
+/// The creation of the invocation `id` of a fire of `s`, waiting for `after` if set.
+pub(crate) fn request(s: &Schedule, id: &str, after: Option<String>) -> Result<CreatePromise> {
+    let target = match &s.spec.target {
+        Some(url) => url
+            .parse()
+            .map_err(|e| StoreError::Conflict { id: s.id.clone(), reason: format!("its target does not read: {e}") })?,
+        None => crate::Target::any("default"),
+    };
+    let mut req = CreatePromise::new(id, s.call.clone());
+    req.timeout = s.spec.timeout;
+    req.tags = BTreeMap::from([(SCHEDULE_TAG.to_owned(), s.id.clone())]);
+    req.task = Some(NewTask { after, ..NewTask::new(target) });
+    Ok(req)
+}
+
+/// Changes the schedule `id` by `change`, which may add fires, until a write of it
+/// succeeds: another process may write it between a read and a write.
+pub(crate) async fn steer<R>(
+    store: &dyn Store,
+    id: &str,
+    mut change: impl AsyncFnMut(&mut Schedule, &Times, Millis, &mut Vec<CreatePromise>) -> Result<R>,
+) -> Result<R> {
+    loop {
+        let Some(mut s) = store.schedule(id).await? else {
+            return Err(StoreError::NotFound { what: "schedule", id: id.to_owned() }.into());
+        };
+        let times = s.spec.times().map_err(|reason| Error::InvalidSchedule { id: id.to_owned(), reason })?;
+        let now = store.now().await?;
+        let mut fires = Vec::new();
+        let out = change(&mut s, &times, now, &mut fires).await?;
+        if store.update_schedule(s, fires).await? {
+            return Ok(out);
+        }
+    }
+}
