@@ -22,7 +22,7 @@ use durable::Target;
 use durable::store::{
     Claim, CreatePromise, Cursor, FORGET_WORKERS, Invocations, NewTask, Purge, Release, Search, SettlePromise, Worker,
 };
-use durable::{Fence, Limit, Param, State, Store, StoreError, TaskState};
+use durable::{Fence, Limit, Param, Schedule, ScheduleSpec, State, Store, StoreError, TaskState};
 
 /// Runs every check, each on a fresh store from `make`. Panics on the first failure,
 /// naming the rule that broke.
@@ -66,6 +66,8 @@ where
     a_rate_spaces_starts_over_time(&*make().await).await;
     priorities_order_waiting_tasks(&*make().await).await;
     a_delayed_task_waits_for_its_time(&*make().await).await;
+    schedules_are_records_moved_on_by_version(&*make().await).await;
+    racing_fires_of_a_schedule_make_one(make().await).await;
 }
 
 /// A call; an id under another one is created by it (its parent).
@@ -1368,4 +1370,112 @@ pub async fn a_delayed_task_waits_for_its_time(store: &dyn Store) {
     }
     advance(store, 60_000).await;
     assert!(claim_one(store, "g", "p1", 10_000).await.is_none(), "a canceled delayed task never starts");
+}
+
+/// A schedule due at `next`, firing every minute.
+fn schedule(id: &str, next: u64) -> Schedule {
+    Schedule {
+        id: id.into(),
+        spec: ScheduleSpec::every(Duration::from_secs(60)),
+        call: Param::call("report", 1, "null".into()),
+        paused: false,
+        next: Some(next),
+        last: None,
+        fired: 0,
+        skipped: 0,
+        missed: None,
+        error: None,
+        created_at: 0,
+        version: 0,
+    }
+}
+
+/// The invocation of a fire, delivered to group `g`.
+fn fire(id: &str) -> CreatePromise {
+    let mut req = CreatePromise::new(id, Param::call("report", 1, "null".into()));
+    req.task = Some(NewTask::new(Target::any("g")));
+    req
+}
+
+/// A schedule is a record by id: created once (a second create of its id is a
+/// conflict), replaced at the next version, read, listed by id and by when it is due
+/// (a paused one is not due), and removed. A write that names an old version is
+/// refused and creates nothing; one that names the stored version moves it on and
+/// creates its fires in the same step, leaving a fire that exists as it is. A fire
+/// made to wait for the one before is suspended on it until it settles. The tick
+/// names the next schedule due.
+pub async fn schedules_are_records_moved_on_by_version(store: &dyn Store) {
+    let now = store.now().await.expect("now");
+    let stored = store.put_schedule(schedule("b", now + 60_000), false).await.expect("put");
+    assert_eq!(stored.version, 1);
+    let taken = store.put_schedule(schedule("b", now), false).await;
+    assert!(matches!(taken, Err(StoreError::Conflict { .. })), "a taken id: {taken:?}");
+    let replaced = store.put_schedule(schedule("b", now + 120_000), true).await.expect("replace");
+    assert_eq!((replaced.version, replaced.next), (2, Some(now + 120_000)));
+    store.put_schedule(schedule("a", now + 30_000), false).await.expect("put");
+    let mut paused = schedule("c", now);
+    paused.paused = true;
+    store.put_schedule(paused, false).await.expect("put");
+    let all: Vec<String> = store.schedules(None).await.expect("list").into_iter().map(|s| s.id).collect();
+    assert_eq!(all, ["a", "b", "c"], "every schedule, by id");
+    let due: Vec<String> = store.schedules(Some(now + 60_000)).await.expect("due").into_iter().map(|s| s.id).collect();
+    assert_eq!(due, ["a"], "due by then, not paused");
+    let tick = store.tick().await.expect("tick");
+    assert_eq!(tick.schedules, Some(now + 30_000), "the tick names the next schedule due");
+    assert!(tick.next.is_some_and(|n| n <= now + 30_000), "and it is a deadline");
+
+    let mut a = store.schedule("a").await.expect("get").expect("stored");
+    let stale = Schedule { version: 0, next: Some(now + 90_000), ..a.clone() };
+    assert!(!store.update_schedule(stale, vec![fire("a@1")]).await.expect("update"), "an old version is refused");
+    assert!(store.get("a@1").await.expect("get").is_none(), "and creates nothing");
+    a.next = Some(now + 90_000);
+    a.last = Some("a@1".into());
+    assert!(store.update_schedule(a.clone(), vec![fire("a@1")]).await.expect("update"));
+    let made = store.get("a@1").await.expect("get").expect("the fire is made with the write");
+    assert_eq!(made.state, State::Pending);
+    assert_eq!(store.task("a@1").await.expect("task").expect("its task").state, TaskState::Pending);
+    let a = store.schedule("a").await.expect("get").expect("stored");
+    assert_eq!((a.version, a.next), (2, Some(now + 90_000)));
+    // A fire that waits for the one before; a fire that exists is left as it is.
+    let mut waits = fire("a@2");
+    waits.task.as_mut().expect("task").after = Some("a@1".into());
+    let mut again = fire("a@1");
+    again.tags.insert("again".into(), "yes".into());
+    assert!(store.update_schedule(a, vec![again, waits]).await.expect("update"));
+    assert!(store.get("a@1").await.expect("get").expect("stored").tags.is_empty(), "a fire is made once");
+    let waiting = store.task("a@2").await.expect("task").expect("its task");
+    assert_eq!((waiting.state, waiting.awaiting), (TaskState::Suspended, vec!["a@1".to_owned()]));
+    store.settle(settle("a@1", State::Resolved, "1")).await.expect("settle");
+    assert_eq!(store.task("a@2").await.expect("task").expect("its task").state, TaskState::Pending);
+    // Removed: gone, and its fires stay.
+    assert!(store.remove_schedule("a").await.expect("remove"));
+    assert!(!store.remove_schedule("a").await.expect("remove"), "removed once");
+    assert!(store.schedule("a").await.expect("get").is_none());
+    assert!(store.get("a@2").await.expect("get").is_some(), "its fires stay");
+}
+
+/// Processes that fire one schedule at once, each from the version it read: exactly
+/// one write succeeds, and the fire is made once.
+pub async fn racing_fires_of_a_schedule_make_one(store: Arc<dyn Store>) {
+    let now = store.now().await.expect("now");
+    let read = store.put_schedule(schedule("race", now), false).await.expect("put");
+    let racers = (0..4).map(|n| {
+        let (store, mut s) = (store.clone(), read.clone());
+        async move {
+            s.next = Some(now + 60_000);
+            s.last = Some(format!("race@{n}"));
+            s.fired += 1;
+            let mut made = fire("race@fire");
+            made.tags.insert("by".into(), n.to_string());
+            store.update_schedule(s, vec![made]).await.expect("update")
+        }
+    });
+    let won: Vec<bool> = futures::future::join_all(racers).await;
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "one write of one version: {won:?}");
+    let winner = won.iter().position(|w| *w).expect("a winner");
+    let stored = store.schedule("race").await.expect("get").expect("stored");
+    assert_eq!((stored.version, stored.fired), (2, 1));
+    assert_eq!(stored.last, Some(format!("race@{winner}")));
+    let made = store.get("race@fire").await.expect("get").expect("the fire");
+    assert_eq!(made.tags.get("by"), Some(&winner.to_string()), "the fire is the winner's");
 }

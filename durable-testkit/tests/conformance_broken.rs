@@ -21,6 +21,7 @@ struct Broken {
     last_settle_wins: bool,
     piecemeal_import: bool,
     forget_limits: bool,
+    blind_schedule_writes: bool,
     overrides: Mutex<HashMap<String, Promise>>,
 }
 
@@ -130,9 +131,14 @@ impl Store for Broken {
     }
     async fn update_schedule(
         &self,
-        schedule: durable::Schedule,
+        mut schedule: durable::Schedule,
         fires: Vec<durable::store::CreatePromise>,
     ) -> Result<bool, StoreError> {
+        if self.blind_schedule_writes {
+            // Writes whatever version it was given: the last writer wins.
+            let stored = self.inner.schedule(&schedule.id).await?;
+            schedule.version = stored.map_or(schedule.version, |s| s.version);
+        }
         self.inner.update_schedule(schedule, fires).await
     }
     async fn remove_schedule(&self, id: &str) -> Result<bool, StoreError> {
@@ -176,12 +182,20 @@ async fn a_store_that_imports_a_promise_at_a_time_is_caught() {
 }
 
 #[tokio::test(start_paused = true)]
+#[should_panic(expected = "one write of one version")]
+async fn a_store_whose_schedule_writes_ignore_the_version_is_caught() {
+    let broken = Arc::new(Broken { blind_schedule_writes: true, ..Broken::default() });
+    durable_testkit::conformance::racing_fires_of_a_schedule_make_one(broken).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_whole_suite_fails_on_each_broken_store() {
     for broken in [
         || Broken { ignore_fences: true, ..Broken::default() },
         || Broken { last_settle_wins: true, ..Broken::default() },
         || Broken { piecemeal_import: true, ..Broken::default() },
         || Broken { forget_limits: true, ..Broken::default() },
+        || Broken { blind_schedule_writes: true, ..Broken::default() },
     ] {
         let run =
             tokio::spawn(durable_testkit::conformance::check(

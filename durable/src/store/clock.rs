@@ -35,7 +35,13 @@ impl VirtualClock {
 
     /// A clock reading [`VirtualClock::START`] now.
     pub fn new() -> VirtualClock {
-        VirtualClock { origin: tokio::time::Instant::now(), start: Self::START }
+        VirtualClock::starting_at(Self::START)
+    }
+
+    /// A clock reading `start` (ms since the Unix epoch) now: a test of a schedule
+    /// starts where its dates are.
+    pub fn starting_at(start: Millis) -> VirtualClock {
+        VirtualClock { origin: tokio::time::Instant::now(), start }
     }
 }
 
