@@ -523,3 +523,49 @@ async fn limits_hold_across_worker_processes_and_a_killed_holders_slot_comes_bac
     drop(workers);
     audit(&client, &schema).await;
 }
+
+/// Three worker processes serve one schedule that fires every second, and every one
+/// of them fires it; one is SIGKILLed and another starts. Every second from the first
+/// fire to the last started exactly one invocation, and each ran to its end once.
+#[tokio::test]
+async fn worker_processes_serving_one_schedule_start_one_invocation_per_fire_across_a_sigkill() {
+    let Some((schema, client)) = setup("schedules").await else { return };
+    let store = store(&schema, "client").await;
+    let schedules = durable::Schedules::new(&*store);
+    let spec = durable::ScheduleSpec::every(Duration::from_secs(1))
+        .overlap(durable::Overlap::AllowAll)
+        .target("poll://any@work");
+    schedules.create("each-second", spec, job, 3).await.expect("create the schedule");
+    let mut workers = Processes((0..3).map(|_| spawn("work", &schema)).collect());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut killed = workers.0.remove(1);
+    killed.kill().expect("SIGKILL a worker");
+    killed.wait().expect("reap it");
+    workers.0.push(spawn("work", &schema));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let paused = schedules.pause("each-second").await.expect("pause");
+    // Every fire made runs to its end (a task the killed worker held, after its lease).
+    let fires = format!("SELECT id, state FROM {schema}.promises WHERE id LIKE 'each-second@%' ORDER BY id");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rows = loop {
+        let rows = client.query(&fires, &[]).await.expect("query");
+        if rows.iter().all(|r| r.get::<_, String>(1) == "resolved") || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    drop(workers);
+    let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert!(rows.iter().all(|r| r.get::<_, String>(1) == "resolved"), "every fire resolved: {ids:?}");
+    assert!(ids.len() >= 6, "fires over eight seconds: {ids:?}");
+    assert_eq!(ids.len() as u64, paused.fired, "the schedule counts each fire it made once");
+    let seconds: Vec<i64> = ids
+        .iter()
+        .map(|id| {
+            let time: jiff::Timestamp = id.strip_prefix("each-second@").unwrap().parse().unwrap();
+            time.as_second()
+        })
+        .collect();
+    assert!(seconds.windows(2).all(|w| w[1] == w[0] + 1), "one fire each second, none missing: {ids:?}");
+    audit(&client, &schema).await;
+}

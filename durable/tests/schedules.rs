@@ -261,7 +261,8 @@ async fn pause_resume_trigger_backfill_and_delete(store: Arc<dyn Store>) {
 async fn bad_schedules_are_refused_saying_what_is_wrong(store: Arc<dyn Store>) {
     let durable = runtime(&store);
     let schedules = durable.schedules();
-    let refused = async |id: &str, spec: ScheduleSpec| schedules.create(id, spec, report, "x".into()).await.unwrap_err();
+    let refused =
+        async |id: &str, spec: ScheduleSpec| schedules.create(id, spec, report, "x".into()).await.unwrap_err();
     let e = refused("bad-hour", ScheduleSpec::cron("0 25 * * *")).await;
     assert!(matches!(&e, Error::InvalidSchedule { id, .. } if id == "bad-hour"), "{e:?}");
     assert!(e.to_string().contains("field 2 (hour) \"25\""), "{e}");
