@@ -120,6 +120,8 @@ pub struct Sweep<F: Function> {
     stores: Stores,
     start: Option<durable::History>,
     patience: Duration,
+    /// The invocation is a schedule's fire: each generation waits for it.
+    scheduled: bool,
 }
 
 impl<F: Function> fmt::Debug for Sweep<F> {
@@ -207,6 +209,7 @@ where
             stores: Arc::new(|| Arc::new(MemoryStore::new()) as Arc<dyn Store>),
             start: None,
             patience: Duration::from_secs(7 * 24 * 3600),
+            scheduled: false,
         }
     }
 
@@ -240,6 +243,15 @@ where
     /// the current code takes it over and finishes it through a crash at every point.
     pub fn history(mut self, history: durable::History) -> Self {
         self.start = Some(history);
+        self
+    }
+
+    /// The invocation is the fire of a schedule the store holds (see
+    /// [`Sweep::store`]): the sweep does not start it, but waits in each generation
+    /// for the workers to fire it, then attaches to it. The fire's write is then a
+    /// crash point like any other.
+    pub fn scheduled(mut self) -> Self {
+        self.scheduled = true;
         self
     }
 
@@ -335,7 +347,11 @@ where
             };
             let outside = self.outside.as_ref().map(|o| tokio::spawn(o(first.clone())));
             let (id, f, args) = (self.id.clone(), self.f.clone(), self.args.clone());
+            let scheduled = self.scheduled;
             let run = async move {
+                while scheduled && first.get(&id).await?.is_none() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 let handle = first.run(&id, f, args).await?;
                 let result = handle.await;
                 // Let everything the invocation started finish too.
