@@ -99,6 +99,42 @@ pub struct ScheduleSpec {
     pub timeout: Option<Millis>,
 }
 
+impl std::fmt::Display for ScheduleSpec {
+    /// What it does, in a line: `cron "0 2 * * *" in Europe/Paris, skip when running,
+    /// catch up 1h`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let span = |ms: Millis| humanize(ms);
+        match &self.every {
+            Every::Cron { expr, zone } => write!(f, "cron {expr:?} in {zone}")?,
+            Every::Interval { ms } => write!(f, "every {}", span(*ms))?,
+        }
+        if self.start > 0 {
+            write!(f, ", from {}", stamp(self.start))?;
+        }
+        if self.end != NEVER {
+            write!(f, ", until {}", stamp(self.end))?;
+        }
+        if self.jitter > 0 {
+            write!(f, ", jitter {}", span(self.jitter))?;
+        }
+        write!(f, ", {} when running, catch up {}", self.overlap, span(self.catch_up))?;
+        if let Some(target) = &self.target {
+            write!(f, ", to {target}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A span of ms in its largest whole unit: `90s`, `15m`, `2h`, `7d`.
+fn humanize(ms: Millis) -> String {
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
 /// The catch-up window unless a schedule sets its own.
 const CATCH_UP: Millis = 3_600_000;
 
@@ -413,6 +449,20 @@ mod tests {
         let times = ScheduleSpec::every(Duration::from_secs(3600)).times().unwrap();
         assert_eq!(times.after(5_499), Some(3_600_000));
         assert_eq!(times.after(3_600_000), Some(7_200_000));
+    }
+
+    #[test]
+    fn a_spec_says_what_it_does_in_a_line() {
+        let spec = ScheduleSpec::cron("0 2 * * *").zone("Europe/Paris").catch_up(Duration::from_secs(6 * 3600));
+        assert_eq!(spec.to_string(), "cron \"0 2 * * *\" in Europe/Paris, skip when running, catch up 6h");
+        let spec = ScheduleSpec::every(Duration::from_secs(90))
+            .jitter(Duration::from_millis(1500))
+            .overlap(Overlap::BufferAll)
+            .target("poll://any@reports");
+        assert_eq!(
+            spec.to_string(),
+            "every 90s, jitter 1500ms, buffer all when running, catch up 1h, to poll://any@reports"
+        );
     }
 
     #[test]

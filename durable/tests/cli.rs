@@ -454,3 +454,49 @@ fn limits_are_set_listed_and_removed_from_the_command_line() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("no limit api"));
     assert_eq!(stdout(&durable(dir.path(), &["limits"])).lines().count(), 1);
 }
+
+#[test]
+fn schedules_are_listed_paused_resumed_triggered_backfilled_and_deleted_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let store = SledStore::open(dir.path()).unwrap();
+        let spec = durable::ScheduleSpec::cron("0 2 * * *").zone("Europe/Paris").target("poll://any@reports");
+        let report = Remote::<String, String>::named("report");
+        durable::Schedules::new(&store).create("nightly", spec, report, "sales".into()).await.unwrap();
+    });
+    let listed = stdout(&durable(dir.path(), &["schedules"]));
+    let mut lines = listed.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            "nightly  report  active  cron \"0 2 * * *\" in Europe/Paris, skip when running, catch up 1h, \
+             to poll://any@reports"
+        )
+    );
+    let next = lines.next().expect("a second line");
+    assert!(next.starts_with("    next 20") && next.contains(":00:00Z, fired 0, skipped 0"), "{next}");
+    let paused = stdout(&durable(dir.path(), &["schedules", "pause", "nightly"]));
+    assert!(paused.starts_with("nightly  report  paused  "), "{paused}");
+    let resumed = stdout(&durable(dir.path(), &["schedules", "resume", "nightly"]));
+    assert!(resumed.starts_with("nightly  report  active  "), "{resumed}");
+    let fired = stdout(&durable(dir.path(), &["schedules", "trigger", "nightly"]));
+    assert!(fired.starts_with("fired nightly@20"), "{fired}");
+    let backfill =
+        ["schedules", "backfill", "nightly", "--from", "2026-03-28T00:00:00Z", "--to", "2026-03-29T23:00:00Z"];
+    assert_eq!(
+        stdout(&durable(dir.path(), &backfill)),
+        "2 fires, one after another\nnightly@2026-03-28T01:00:00Z\nnightly@2026-03-29T01:00:00Z\n"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&durable(dir.path(), &["--json", "schedules", "list"]))).unwrap();
+    assert_eq!((json[0]["fired"].as_u64(), json[0]["last"].as_str()), (Some(3), Some("nightly@2026-03-29T01:00:00Z")));
+    let fire = stdout(&durable(dir.path(), &["get", "nightly@2026-03-28T01:00:00Z"]));
+    assert!(fire.starts_with("nightly@2026-03-28T01:00:00Z  report  pending"), "{fire}");
+    let bad = durable(dir.path(), &["schedules", "backfill", "nightly", "--from", "yesterday", "--to", "now"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--from"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert_eq!(stdout(&durable(dir.path(), &["schedules", "delete", "nightly"])), "deleted nightly\n");
+    let again = durable(dir.path(), &["schedules", "pause", "nightly"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nightly"), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(stdout(&durable(dir.path(), &["schedules"])), "no schedules\n");
+}

@@ -55,6 +55,43 @@ async fn acknowledged_writes_survive_a_reopen_and_held_tasks_are_released() {
     assert_eq!(again.preload.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["root.1"]);
 }
 
+#[tokio::test]
+async fn schedules_survive_a_reopen_with_their_fires() {
+    let dir = tempfile::tempdir().unwrap();
+    let schedule = |id: &str, next: u64| durable::Schedule {
+        id: id.into(),
+        spec: durable::ScheduleSpec::every(std::time::Duration::from_secs(60)),
+        call: Param::call("report", 1, "null".into()),
+        paused: false,
+        next: Some(next),
+        last: None,
+        fired: 0,
+        skipped: 0,
+        missed: None,
+        error: None,
+        created_at: 0,
+        version: 0,
+    };
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut kept = store.put_schedule(schedule("kept", 60_000), false).await.unwrap();
+        store.put_schedule(schedule("gone", 60_000), false).await.unwrap();
+        kept.next = Some(120_000);
+        kept.fired = 1;
+        let mut fire = CreatePromise::new("kept@1", Param::call("report", 1, "null".into()));
+        fire.task = Some(NewTask::new(Target::any("g")));
+        assert!(store.update_schedule(kept, vec![fire]).await.unwrap());
+        assert!(store.remove_schedule("gone").await.unwrap());
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    let kept = store.schedule("kept").await.unwrap().expect("the schedule is there");
+    assert_eq!((kept.version, kept.next, kept.fired), (2, Some(120_000), 1));
+    assert!(store.schedule("gone").await.unwrap().is_none(), "a removed schedule stays removed");
+    let due: Vec<String> = store.schedules(Some(120_000)).await.unwrap().into_iter().map(|s| s.id).collect();
+    assert_eq!(due, ["kept"], "and it is due again when it was");
+    assert_eq!(store.task("kept@1").await.unwrap().unwrap().state, TaskState::Pending, "its fire is there");
+}
+
 #[test]
 fn a_directory_in_use_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

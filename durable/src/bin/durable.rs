@@ -84,6 +84,12 @@ enum Command {
         #[command(subcommand)]
         action: Option<LimitsCommand>,
     },
+    /// The schedules, with when each fires next; pause, resume, trigger, backfill or
+    /// delete one.
+    Schedules {
+        #[command(subcommand)]
+        action: Option<SchedulesCommand>,
+    },
     /// Resolves a pending promise with a JSON value.
     Resolve { id: String, value: String },
     /// Rejects a pending promise with a message.
@@ -156,6 +162,32 @@ enum LimitsCommand {
     },
     /// Removes a limit: the tasks it held back may start.
     Remove { name: String },
+}
+
+/// What `schedules` does: lists them unless told otherwise. The services that run
+/// the functions create them; every runtime of the store fires them.
+#[derive(Debug, Subcommand)]
+enum SchedulesCommand {
+    /// Every schedule, with its next fire, its last, and what it skipped (the default).
+    List,
+    /// Pauses a schedule: it fires nothing until resumed.
+    Pause { id: String },
+    /// Resumes a schedule from its next fire after now.
+    Resume { id: String },
+    /// Fires a schedule now, as its overlap policy says.
+    Trigger { id: String },
+    /// Fires a schedule at each of its times in a range, one after another.
+    Backfill {
+        id: String,
+        /// From this time, included (RFC 3339: `2026-12-01T00:00:00Z`).
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        from: std::time::SystemTime,
+        /// To this time, included.
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        to: std::time::SystemTime,
+    },
+    /// Deletes a schedule; the invocations it started stay.
+    Delete { id: String },
 }
 
 /// `N/PERIOD`, as `--rate` takes it.
@@ -297,6 +329,9 @@ async fn run(cli: &Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Limits { action } => limits(&*store, &out, action.as_ref().unwrap_or(&LimitsCommand::List)).await,
+        Command::Schedules { action } => {
+            schedules(&*store, &out, action.as_ref().unwrap_or(&SchedulesCommand::List)).await
+        }
         Command::Resolve { id, value } => {
             let value: serde_json::Value = serde_json::from_str(value)
                 .map_err(|err| format!("the value must be JSON (\"text\" in quotes): {err}"))?;
@@ -398,6 +433,67 @@ async fn limits(store: &dyn durable::Store, out: &Output, action: &LimitsCommand
             false => Err(format!("no limit {name}")),
         },
     }
+}
+
+/// Lists or steers schedules.
+async fn schedules(store: &dyn durable::Store, out: &Output, action: &SchedulesCommand) -> Result<(), String> {
+    let schedules = durable::Schedules::new(store);
+    let e = |e: durable::Error| e.to_string();
+    let stored = match action {
+        SchedulesCommand::List => {
+            let all = schedules.list().await.map_err(e)?;
+            if out.json {
+                return out.print_json(&all);
+            }
+            if all.is_empty() {
+                say("no schedules");
+            }
+            for s in &all {
+                out.schedule(s);
+            }
+            return Ok(());
+        }
+        SchedulesCommand::Pause { id } => schedules.pause(id).await.map_err(e)?,
+        SchedulesCommand::Resume { id } => schedules.resume(id).await.map_err(e)?,
+        SchedulesCommand::Trigger { id } => {
+            let fire = schedules.trigger(id).await.map_err(e)?;
+            if out.json {
+                return out.print_json(&fire);
+            }
+            match fire {
+                Some(fire) => say(format!("fired {}", clean(&fire))),
+                None => say("skipped: the fire before still runs, and the schedule skips then"),
+            }
+            return Ok(());
+        }
+        SchedulesCommand::Backfill { id, from, to } => {
+            let fires = schedules.backfill(id, *from, *to).await.map_err(e)?;
+            if out.json {
+                return out.print_json(&fires);
+            }
+            say(format!("{} fires, one after another", fires.len()));
+            for fire in &fires {
+                say(clean(fire));
+            }
+            return Ok(());
+        }
+        SchedulesCommand::Delete { id } => {
+            return match schedules.delete(id).await.map_err(e)? {
+                true => {
+                    if !out.json {
+                        say(format!("deleted {}", clean(id)));
+                    }
+                    Ok(())
+                }
+                false => Err(format!("no schedule {id}")),
+            };
+        }
+    };
+    if out.json {
+        return out.print_json(&stored);
+    }
+    out.schedule(&stored);
+    Ok(())
 }
 
 /// The levels of a tree drawn indented; deeper lines say their level.
@@ -534,6 +630,34 @@ fn json(value: &impl serde::Serialize) -> Result<serde_json::Value, String> {
 }
 
 impl Output {
+    /// A schedule in two lines: its id, what it calls, whether it fires, and its spec;
+    /// then its next fire, what it fired and skipped, its last fire, and what it
+    /// missed.
+    fn schedule(&self, s: &durable::Schedule) {
+        let time = |at: Millis| {
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(at);
+            humantime::format_rfc3339_seconds(at).to_string()
+        };
+        let state = match (s.paused, s.next) {
+            (true, _) => "paused",
+            (false, None) => "ended",
+            (false, Some(_)) => "active",
+        };
+        say(format!("{}  {}  {state}  {}", clean(&s.id), clean(s.call.what()), clean(&s.spec.to_string())));
+        let next = s.next.map_or_else(|| "none".to_owned(), time);
+        let mut line = format!("    next {next}, fired {}, skipped {}", s.fired, s.skipped);
+        if let Some(last) = &s.last {
+            line += &format!(", last {}", clean(last));
+        }
+        if let Some((from, until)) = s.missed {
+            line += &format!(", missed {} to {}", time(from), time(until));
+        }
+        if let Some(error) = &s.error {
+            line += &format!(", stopped: {}", clean(error));
+        }
+        say(line);
+    }
+
     fn promise(&self, p: &Promise) -> Result<(), String> {
         if self.json {
             return self.print_json(p);

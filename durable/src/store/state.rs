@@ -168,6 +168,7 @@ impl Changes {
             && self.purged.is_empty()
             && self.limits.is_empty()
             && self.buckets.is_empty()
+            && self.schedules.is_empty()
     }
 }
 

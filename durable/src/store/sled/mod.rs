@@ -114,7 +114,7 @@ impl SledStore {
         let (wal, replayed) = Wal::open(path, &db, &records, segment_limit, faults, is_finished)?;
         // The live records: sled's, with the log's over them.
         let mut live = Records::new();
-        for kind in [LIVE_PROMISE, LIVE_TASK, LIMIT, BUCKET] {
+        for kind in [LIVE_PROMISE, LIVE_TASK, LIMIT, BUCKET, SCHEDULE] {
             for kv in records.scan_prefix([kind]) {
                 let (k, v) = kv.map_err(StoreError::backend)?;
                 live.insert(k.to_vec(), Some(v.to_vec()));
