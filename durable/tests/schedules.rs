@@ -15,9 +15,11 @@ use durable::{Error, Overlap, Schedule, ScheduleSpec, Schedules, State};
 
 /// Each fire's invocation: when its body started and ended, on the store's clock
 /// (recorded values, so a replay reads the same).
-static RUNS: LazyLock<Mutex<BTreeMap<String, (u64, Option<u64>)>>> = LazyLock::new(Mutex::default);
+type Runs = BTreeMap<String, (u64, Option<u64>)>;
 
-fn runs() -> BTreeMap<String, (u64, Option<u64>)> {
+static RUNS: LazyLock<Mutex<Runs>> = LazyLock::new(Mutex::default);
+
+fn runs() -> Runs {
     RUNS.lock().unwrap().clone()
 }
 
@@ -119,7 +121,7 @@ async fn a_downtime_beyond_the_catch_up_window_skips_and_reports_the_older_fires
 
 /// Fires every minute of a function that runs 150 s, for eight minutes, under
 /// `overlap`; returns the runs and the schedule.
-async fn overlapping(store: Arc<dyn Store>, overlap: Overlap) -> (BTreeMap<String, (u64, Option<u64>)>, Schedule) {
+async fn overlapping(store: Arc<dyn Store>, overlap: Overlap) -> (Runs, Schedule) {
     let durable = runtime(&store);
     let spec = ScheduleSpec::every(Duration::from_secs(60)).overlap(overlap);
     let created = durable.schedules().create("slow", spec, slow, 150).await.unwrap();
@@ -134,7 +136,7 @@ async fn overlapping(store: Arc<dyn Store>, overlap: Overlap) -> (BTreeMap<Strin
 }
 
 /// No run started before the one before it ended.
-fn one_at_a_time(runs: &BTreeMap<String, (u64, Option<u64>)>) {
+fn one_at_a_time(runs: &Runs) {
     let mut spans: Vec<(u64, u64)> = runs.values().map(|(s, e)| (*s, e.expect("it ended"))).collect();
     spans.sort();
     for pair in spans.windows(2) {
