@@ -1227,22 +1227,17 @@ impl<'a> Schedules<'a> {
 
     /// Pauses schedule `id`: it fires nothing until resumed. Running fires go on.
     pub async fn pause(&self, id: &str) -> Result<Schedule> {
-        crate::runtime::fire::steer(self.store, id, async |s, _, _, _| {
-            s.paused = true;
-            Ok(s.clone())
-        })
-        .await
+        crate::runtime::fire::steer(self.store, id, |s, _, _| s.paused = true).await
     }
 
     /// Resumes schedule `id` from its next fire after now: the fires its pause
     /// passed over are not made up.
     pub async fn resume(&self, id: &str) -> Result<Schedule> {
-        let resumed = crate::runtime::fire::steer(self.store, id, async |s, times, now, _| {
+        let resumed = crate::runtime::fire::steer(self.store, id, |s, times, now| {
             s.paused = false;
             if s.next.is_some_and(|next| next <= now) {
                 s.next = times.after(now.saturating_sub(1));
             }
-            Ok(s.clone())
         })
         .await?;
         if let Some(shared) = self.shared {
@@ -1255,12 +1250,7 @@ impl<'a> Schedules<'a> {
     /// moving its next fire. Returns the fire's invocation id, or `None` if the policy
     /// skipped it. Two triggers in one second are one fire.
     pub async fn trigger(&self, id: &str) -> Result<Option<String>> {
-        crate::runtime::fire::steer(self.store, id, async |s, _, now, fires| {
-            let fired = s.fired;
-            crate::runtime::fire::start(self.store, s, now / 1000 * 1000, fires).await?;
-            Ok(s.last.clone().filter(|_| s.fired > fired))
-        })
-        .await
+        crate::runtime::fire::trigger(self.store, id).await
     }
 
     /// Fires schedule `id` at each of its times from `from` to `to`, both included:
@@ -1275,40 +1265,7 @@ impl<'a> Schedules<'a> {
         to: std::time::SystemTime,
     ) -> Result<Vec<String>> {
         let (from, to) = (crate::promise::epoch_millis(from), crate::promise::epoch_millis(to));
-        crate::runtime::fire::steer(self.store, id, async |s, times, _, fires| {
-            let mut at = times.after(from.saturating_sub(1));
-            let mut ids = Vec::new();
-            while let Some(t) = at.filter(|t| *t <= to) {
-                if ids.len() == crate::runtime::fire::MAX_BACKFILL {
-                    let reason = format!(
-                        "{} to {} holds more than {} fires: backfill it in parts",
-                        crate::schedule::stamp(from),
-                        crate::schedule::stamp(to),
-                        crate::runtime::fire::MAX_BACKFILL
-                    );
-                    return Err(Error::InvalidSchedule { id: s.id.clone(), reason });
-                }
-                ids.push(t);
-                at = times.after(t);
-            }
-            let running = match &s.last {
-                Some(last) => self.store.get(last).await?.is_some_and(|p| !p.state.is_settled()),
-                None => false,
-            };
-            let mut after = s.last.clone().filter(|_| running);
-            let mut made = Vec::new();
-            for t in ids {
-                let fire = s.fire_id(t);
-                fires.push(crate::runtime::fire::request(s, &fire, after.replace(fire.clone()))?);
-                made.push(fire);
-            }
-            if let Some(last) = made.last() {
-                s.last = Some(last.clone());
-                s.fired += made.len() as u64;
-            }
-            Ok(made)
-        })
-        .await
+        crate::runtime::fire::backfill(self.store, id, from, to).await
     }
 
     /// Deletes schedule `id`; false if there was none. The invocations it started

@@ -661,3 +661,48 @@ async fn a_ten_thousand_level_chain_draws_with_a_note_of_what_it_left_out() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains("Promise <code>link-10000</code>"), "{}", &body[..body.len().min(2000)]);
 }
+
+/// The schedules page lists each schedule, its spec and next fire, with a hostile id
+/// shown as text; with the token, its forms pause, resume, trigger, backfill and
+/// delete.
+#[tokio::test]
+async fn schedules_are_listed_and_steered_from_the_schedules_page() {
+    let (store, durable) = store().await;
+    let schedules = durable.schedules();
+    let spec = durable::ScheduleSpec::cron("0 2 * * *").zone("Europe/Paris");
+    schedules.create("nightly", spec, echo, "report".into()).await.unwrap();
+    schedules
+        .create("<b>x</b>", durable::ScheduleSpec::every(Duration::from_secs(3600)), echo, "x".into())
+        .await
+        .unwrap();
+    let (status, _, page) = get(&Dashboard::new(store.clone()).router(), "/schedules").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("cron &quot;0 2 * * *&quot; in Europe/Paris, skip when running, catch up 1h"), "{page}");
+    assert!(page.contains("&lt;b&gt;x&lt;/b&gt;") && !page.contains("<b>x</b>"), "a stored id is text: {page}");
+    assert!(!page.contains("method=\"post\""), "read-only without the token");
+    let router = Dashboard::new(store.clone()).actions(TOKEN).router();
+    let host = [("host", "127.0.0.1:8080")];
+    let act = async |action: &str, extra: &str| {
+        let form = format!("token={TOKEN}&action={action}&id=nightly&back=schedules{extra}");
+        let (status, headers, body) = post(&router, &form, &host).await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{action}: {body}");
+        assert_eq!(headers.get(header::LOCATION).unwrap(), "/schedules");
+    };
+    act("schedule-pause", "").await;
+    assert!(schedules.get("nightly").await.unwrap().unwrap().paused);
+    act("schedule-resume", "").await;
+    assert!(!schedules.get("nightly").await.unwrap().unwrap().paused);
+    act("schedule-trigger", "").await;
+    act("schedule-backfill", "&from=2026-03-28T00:00:00Z&to=2026-03-29T23:00:00Z").await;
+    let s = schedules.get("nightly").await.unwrap().unwrap();
+    assert_eq!((s.fired, s.last.as_deref()), (3, Some("nightly@2026-03-29T01:00:00Z")));
+    assert!(store.get("nightly@2026-03-28T01:00:00Z").await.unwrap().is_some());
+    let form = format!("token={TOKEN}&action=schedule-backfill&id=nightly&from=yesterday&to=now");
+    let (status, _, body) = post(&router, &form, &host).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("from &quot;yesterday&quot; is not a time"), "{body}");
+    act("schedule-delete", "").await;
+    assert!(schedules.get("nightly").await.unwrap().is_none());
+    let (status, _, body) = post(&router, &format!("token={TOKEN}&action=schedule-pause&id=nightly"), &host).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}

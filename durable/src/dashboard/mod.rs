@@ -120,6 +120,7 @@ impl Dashboard {
             .route("/invocation", get(invocation))
             .route("/attention", get(attention))
             .route("/workers", get(workers))
+            .route("/schedules", get(schedules))
             .route("/assets/app.css", get(css))
             .route("/assets/app.js", get(js));
         let router = if self.token.is_some() {
@@ -472,6 +473,18 @@ async fn workers(AxumState(app): App, original: OriginalUri, uri: Uri) -> Result
     Ok(pages::html(pages::workers(&view)).into_response())
 }
 
+async fn schedules(
+    AxumState(app): App,
+    original: OriginalUri,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, Failed> {
+    let schedules = crate::Schedules::new(&*app.store).list().await?;
+    let view =
+        pages::SchedulesView { base: &base(&original, &uri), schedules: &schedules, token: app.token_for(&headers) };
+    Ok(pages::html(pages::schedules(&view)).into_response())
+}
+
 async fn css() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("app.css"))
 }
@@ -514,6 +527,9 @@ struct ActionForm {
     message: Option<String>,
     /// restart: the new invocation's id.
     new_id: Option<String>,
+    /// schedule-backfill: the range, in RFC 3339.
+    from: Option<String>,
+    to: Option<String>,
     /// Where to go after: "attention", or the invocation whose page it came from.
     back: Option<String>,
 }
@@ -560,12 +576,32 @@ async fn action(
                 Redirect::to(&pages::invocation_url(&base(&original, &uri), &restarted.id, None)).into_response()
             );
         }
+        "schedule-pause" | "schedule-resume" | "schedule-trigger" | "schedule-backfill" | "schedule-delete" => {
+            let schedules = crate::Schedules::new(&*app.store);
+            match form.action.as_str() {
+                "schedule-pause" => drop(schedules.pause(id).await?),
+                "schedule-resume" => drop(schedules.resume(id).await?),
+                "schedule-trigger" => drop(schedules.trigger(id).await?),
+                "schedule-delete" => drop(schedules.delete(id).await?),
+                _ => {
+                    let time = |name: &str, text: Option<&str>| {
+                        let text = no_nul(name, text.unwrap_or(""))?;
+                        humantime::parse_rfc3339_weak(text).map_err(|e| {
+                            bad(format!("{name} {text:?} is not a time such as 2026-12-01T00:00:00Z: {e}"))
+                        })
+                    };
+                    let (from, to) = (time("from", form.from.as_deref())?, time("to", form.to.as_deref())?);
+                    schedules.backfill(id, from, to).await?;
+                }
+            }
+        }
         other => return Err(bad(format!("{other:?} is not an action"))),
     }
     tracing::info!(action = %form.action, %id, "done from the dashboard");
     let base = base(&original, &uri);
     let back = match form.back.as_deref() {
         Some("attention") => format!("{base}/attention"),
+        Some("schedules") => format!("{base}/schedules"),
         Some(invocation) if !invocation.is_empty() => pages::invocation_url(&base, invocation, Some(id)),
         _ => pages::home(&base).to_owned(),
     };

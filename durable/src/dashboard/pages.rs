@@ -47,7 +47,7 @@ fn layout(base: &str, title: &str, current: &str, body: Markup) -> Markup {
                 nav {
                     span.brand { "durable" }
                     a href=(home(base)) class=[("Invocations" == current).then_some("current")] { "Invocations" }
-                    @for (path, name) in [("/attention", "Attention"), ("/workers", "Workers")] {
+                    @for (path, name) in [("/attention", "Attention"), ("/workers", "Workers"), ("/schedules", "Schedules")] {
                         a href={ (base) (path) } class=[(name == current).then_some("current")] { (name) }
                     }
                 }
@@ -434,4 +434,69 @@ pub(super) fn workers(view: &WorkersView<'_>) -> Markup {
         }
     };
     layout(base, "Workers", "Workers", body)
+}
+
+pub(super) struct SchedulesView<'a> {
+    pub(super) base: &'a str,
+    pub(super) schedules: &'a [crate::Schedule],
+    pub(super) token: Option<&'a str>,
+}
+
+/// Every schedule: what it calls and when, its next fire, its last (a link), what it
+/// fired, skipped and missed; with the actions, pause or resume, trigger, backfill
+/// and delete.
+pub(super) fn schedules(view: &SchedulesView<'_>) -> Markup {
+    let SchedulesView { base, schedules, token } = *view;
+    let body = html! {
+        h1 { "Schedules" }
+        table.schedules {
+            thead { tr {
+                th { "schedule" } th { "calls" } th { "when" } th { "next" } th { "last" } th { "fired" } th { "skipped" }
+                @if token.is_some() { th { "actions" } }
+            } }
+            tbody {
+                @for s in schedules {
+                    tr {
+                        td {
+                            code { (s.id) }
+                            @if s.paused { " " span.state.halted { "paused" } }
+                            @if let Some(error) = &s.error { p.error { "stopped: " (error) } }
+                        }
+                        td { code { (s.call.what()) } }
+                        td { (s.spec) }
+                        td { @match s.next { Some(at) => (time(at)), None => "ended" } }
+                        td {
+                            @if let Some(last) = &s.last { a href=(invocation_url(base, last, None)) { code { (last) } } }
+                        }
+                        td { (s.fired) }
+                        td {
+                            (s.skipped)
+                            @if let Some((from, until)) = s.missed {
+                                p { "missed " (time(from)) " to " (time(until)) }
+                            }
+                        }
+                        @if let Some(token) = token {
+                            td {
+                                @if s.paused {
+                                    (action_form(base, token, "schedule-resume", &s.id, "schedules", html! {}, "Resume"))
+                                } @else {
+                                    (action_form(base, token, "schedule-pause", &s.id, "schedules", html! {}, "Pause"))
+                                }
+                                (action_form(base, token, "schedule-trigger", &s.id, "schedules", html! {}, "Trigger now"))
+                                (action_form(base, token, "schedule-backfill", &s.id, "schedules", html! {
+                                    input name="from" required placeholder="from (RFC 3339)" aria-label="from";
+                                    input name="to" required placeholder="to (RFC 3339)" aria-label="to";
+                                }, "Backfill"))
+                                (action_form(base, token, "schedule-delete", &s.id, "schedules", html! {}, "Delete"))
+                            }
+                        }
+                    }
+                }
+                @if schedules.is_empty() {
+                    tr { td colspan="7" { "No schedules: a service creates them with " code { "Durable::schedules" } "." } }
+                }
+            }
+        }
+    };
+    layout(base, "Schedules", "Schedules", body)
 }

@@ -23,7 +23,7 @@ pub(crate) const READ_PAGE: usize = 256;
 const MAX_FIRES: usize = 100;
 
 /// The most fires one backfill makes.
-pub(crate) const MAX_BACKFILL: usize = 1000;
+const MAX_BACKFILL: usize = 1000;
 
 /// The tag a fire's invocation carries: its schedule's id.
 pub(crate) const SCHEDULE_TAG: &str = "durable:schedule";
@@ -191,7 +191,7 @@ fn skip(s: &mut Schedule, at: Millis, last: &str) -> Result<()> {
 }
 
 /// The creation of the invocation `id` of a fire of `s`, waiting for `after` if set.
-pub(crate) fn request(s: &Schedule, id: &str, after: Option<String>) -> Result<CreatePromise> {
+fn request(s: &Schedule, id: &str, after: Option<String>) -> Result<CreatePromise> {
     let target = match &s.spec.target {
         Some(url) => url
             .parse()
@@ -205,23 +205,83 @@ pub(crate) fn request(s: &Schedule, id: &str, after: Option<String>) -> Result<C
     Ok(req)
 }
 
-/// Changes the schedule `id` by `change`, which may add fires, until a write of it
-/// succeeds: another process may write it between a read and a write.
-pub(crate) async fn steer<R>(
+/// Schedule `id` as stored, its fire times, and the store's now; a missing schedule
+/// or one that no longer reads is an error.
+async fn read(store: &dyn Store, id: &str) -> Result<(Schedule, Times, Millis)> {
+    let Some(s) = store.schedule(id).await? else {
+        return Err(StoreError::NotFound { what: "schedule", id: id.to_owned() }.into());
+    };
+    let times = s.spec.times().map_err(|reason| Error::InvalidSchedule { id: id.to_owned(), reason })?;
+    Ok((s, times, store.now().await?))
+}
+
+/// Changes schedule `id` by `change` until a write of it succeeds: another process
+/// may write it between a read and a write.
+pub(crate) async fn steer(
     store: &dyn Store,
     id: &str,
-    mut change: impl AsyncFnMut(&mut Schedule, &Times, Millis, &mut Vec<CreatePromise>) -> Result<R>,
-) -> Result<R> {
+    change: impl Fn(&mut Schedule, &Times, Millis),
+) -> Result<Schedule> {
     loop {
-        let Some(mut s) = store.schedule(id).await? else {
-            return Err(StoreError::NotFound { what: "schedule", id: id.to_owned() }.into());
-        };
-        let times = s.spec.times().map_err(|reason| Error::InvalidSchedule { id: id.to_owned(), reason })?;
-        let now = store.now().await?;
-        let mut fires = Vec::new();
-        let out = change(&mut s, &times, now, &mut fires).await?;
+        let (mut s, times, now) = read(store, id).await?;
+        change(&mut s, &times, now);
+        if store.update_schedule(s.clone(), Vec::new()).await? {
+            s.version += 1;
+            return Ok(s);
+        }
+    }
+}
+
+/// Fires schedule `id` at `now`, to the second, as its overlap policy says, leaving
+/// its next fire; the fire's id, or `None` if the policy skipped it.
+pub(crate) async fn trigger(store: &dyn Store, id: &str) -> Result<Option<String>> {
+    loop {
+        let (mut s, _, now) = read(store, id).await?;
+        let (mut fires, fired) = (Vec::new(), s.fired);
+        start(store, &mut s, now / 1000 * 1000, &mut fires).await?;
+        let made = s.last.clone().filter(|_| s.fired > fired);
         if store.update_schedule(s, fires).await? {
-            return Ok(out);
+            return Ok(made);
+        }
+    }
+}
+
+/// Fires schedule `id` at each of its times from `from` to `to`, both included, each
+/// waiting for the one before; their ids.
+pub(crate) async fn backfill(store: &dyn Store, id: &str, from: Millis, to: Millis) -> Result<Vec<String>> {
+    loop {
+        let (mut s, times, _) = read(store, id).await?;
+        let mut at = times.after(from.saturating_sub(1));
+        let mut all = Vec::new();
+        while let Some(t) = at.filter(|t| *t <= to) {
+            if all.len() == MAX_BACKFILL {
+                let reason = format!(
+                    "{} to {} holds more than {MAX_BACKFILL} fires: backfill it in parts",
+                    stamp(from),
+                    stamp(to)
+                );
+                return Err(Error::InvalidSchedule { id: id.to_owned(), reason });
+            }
+            all.push(t);
+            at = times.after(t);
+        }
+        let running = match &s.last {
+            Some(last) => store.get(last).await?.is_some_and(|p| !p.state.is_settled()),
+            None => false,
+        };
+        let mut after = s.last.clone().filter(|_| running);
+        let (mut fires, mut made) = (Vec::new(), Vec::new());
+        for t in all {
+            let fire = s.fire_id(t);
+            fires.push(request(&s, &fire, after.replace(fire.clone()))?);
+            made.push(fire);
+        }
+        if let Some(last) = made.last() {
+            s.last = Some(last.clone());
+            s.fired += made.len() as u64;
+        }
+        if store.update_schedule(s, fires).await? {
+            return Ok(made);
         }
     }
 }
