@@ -17,6 +17,11 @@
 //!   process, by C clients one after another each; one line for each with the 50th,
 //!   99th and 99.9th percentiles in milliseconds.
 //!
+//! * `durable-bench schedules --steps N --store …`: N schedules that all fire every
+//!   10 s, served by one process, for 40 s; the lateness of their fires (from a fire's
+//!   time to its invocation's creation, and to its result) at the 50th and 99th
+//!   percentiles and the worst, in milliseconds.
+//!
 //! * `durable-bench simulate --seeds N [--seed S] --store memory|sled|postgres`: the
 //!   deterministic simulation (`durable_testkit::simulation`) of seeds S to S + N - 1,
 //!   each on virtual time; stops at the first seed that breaks an invariant, printing
@@ -78,7 +83,8 @@ struct Args {
     /// page: the dashboard's page of an invocation of N promises among others.
     /// claims: N one-step tasks through a worker of 64, each with a key of 1000.
     /// latency: N invocations of three local steps, then of three remote calls, C at once.
-    #[arg(value_parser = ["chain", "calc", "recover", "soak", "list", "page", "simulate", "claims", "latency", "recover-prepare"], hide_possible_values = true)]
+    /// schedules: N schedules firing every 10 s, served by one process.
+    #[arg(value_parser = ["chain", "calc", "recover", "soak", "list", "page", "simulate", "claims", "latency", "schedules", "recover-prepare"], hide_possible_values = true)]
     workload: String,
     /// The store: memory, sled or postgres (`$DURABLE_POSTGRES_URL`).
     #[arg(long, default_value = "memory", value_parser = ["memory", "sled", "postgres"])]
@@ -349,6 +355,12 @@ async fn run(args: &Args) -> Result<(), String> {
             drop(store);
             cleanup(&args.store, &location).await;
         }
+        "schedules" => {
+            let store = open(&args.store, &location, true).await?;
+            run_schedules(&store, args).await?;
+            drop(store);
+            cleanup(&args.store, &location).await;
+        }
         "claims" => {
             let store = open(&args.store, &location, true).await?;
             if args.limits != "none" {
@@ -468,6 +480,67 @@ async fn run_latency(store: &Arc<dyn Store>, args: &Args) -> Result<(), String> 
     }
     drop((client, worker));
     Ok(())
+}
+
+/// Creates `args.n` schedules that fire every 10 s, all at once, served by one
+/// runtime; after 40 s, the lateness of the fires of the last 30 (the first may meet
+/// a store still warming up).
+async fn run_schedules(store: &Arc<dyn Store>, args: &Args) -> Result<(), String> {
+    const PERIOD: u64 = 10_000;
+    let durable = Durable::builder()
+        .store(store.clone())
+        .group("work")
+        .concurrency(4096)
+        .register(step)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let every = durable::ScheduleSpec::every(Duration::from_millis(PERIOD));
+    for n in 0..args.n {
+        durable.schedules().create(&format!("s{n}"), every.clone(), step, n).await.map_err(|e| e.to_string())?;
+    }
+    let start = store.now().await.map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let from = start.div_ceil(PERIOD) * PERIOD + PERIOD;
+    let (mut made, mut done, mut missing) = (Vec::new(), Vec::new(), 0);
+    for n in 0..args.n {
+        let mut at = from;
+        while at + PERIOD <= start + 40_000 {
+            let id = format!("s{n}@{}", stamp(at));
+            match store.get(&id).await.map_err(|e| e.to_string())? {
+                Some(p) => {
+                    made.push(p.created_at.saturating_sub(at));
+                    done.push(p.settled_at.map_or(u64::MAX, |s| s.saturating_sub(at)));
+                }
+                None => missing += 1,
+            }
+            at += PERIOD;
+        }
+    }
+    if missing > 0 {
+        return Err(format!("{missing} fires were not made"));
+    }
+    made.sort_unstable();
+    done.sort_unstable();
+    let at = |v: &[u64], q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+    println!(
+        "{{\"workload\":\"schedules\",\"store\":\"{}\",\"schedules\":{},\"fires\":{},\"made_p50_ms\":{},\"made_p99_ms\":{},\"made_max_ms\":{},\"done_p50_ms\":{},\"done_p99_ms\":{},\"done_max_ms\":{}}}",
+        args.store,
+        args.n,
+        made.len(),
+        at(&made, 0.5),
+        at(&made, 0.99),
+        made.last().copied().unwrap_or(0),
+        at(&done, 0.5),
+        at(&done, 0.99),
+        done.last().copied().unwrap_or(0),
+    );
+    drop(durable);
+    Ok(())
+}
+
+/// A fire's time as its id writes it.
+fn stamp(at: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(at)).to_string()
 }
 
 /// Fills the store with `args.n` invocations, 64 creates at a time, and times a
