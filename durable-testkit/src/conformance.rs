@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use durable::Target;
 use durable::store::{
-    Claim, CreatePromise, Cursor, FORGET_WORKERS, Invocations, NewTask, Purge, Release, Search, SettlePromise, Worker,
+    Claim, CreatePromise, Cursor, Debounce, FORGET_WORKERS, Invocations, NewTask, Purge, Release, Search,
+    SettlePromise, Worker,
 };
 use durable::{Fence, Limit, Param, Schedule, ScheduleSpec, State, Store, StoreError, TaskState};
 
@@ -68,6 +69,8 @@ where
     a_delayed_task_waits_for_its_time(&*make().await).await;
     schedules_are_records_moved_on_by_version(&*make().await).await;
     racing_fires_of_a_schedule_make_one(make().await).await;
+    debounced_calls_join_the_one_waiting_to_start(&*make().await).await;
+    racing_debounced_calls_make_one(make().await).await;
 }
 
 /// A call; an id under another one is created by it (its parent).
@@ -1478,4 +1481,77 @@ pub async fn racing_fires_of_a_schedule_make_one(store: Arc<dyn Store>) {
     assert_eq!(stored.last, Some(format!("race@{winner}")));
     let made = store.get("race@fire").await.expect("get").expect("the fire");
     assert_eq!(made.tags.get("by"), Some(&winner.to_string()), "the fire is the winner's");
+}
+
+/// A debounced call `id` of key `key` with `args`: quiet 1 s, at most 5 s.
+fn debounced(id: &str, key: &str, args: &str, all: bool, max_args: usize) -> CreatePromise {
+    let mut req = CreatePromise::new(id, Param::call("reindex", 1, args.into()));
+    let debounce = Debounce { key: key.into(), quiet: 1_000, max_wait: 5_000, all, max_args };
+    req.task = Some(NewTask { debounce: Some(debounce), ..NewTask::new(Target::any("g")) });
+    req
+}
+
+/// The arguments of promise `id`.
+async fn args_of(store: &dyn Store, id: &str) -> String {
+    match store.get(id).await.expect("get").expect("stored").param {
+        Param::Call { args, .. } => args,
+        other => panic!("{id} is not a call: {other:?}"),
+    }
+}
+
+/// Debounced calls of one key join the call waiting to start: it takes the last
+/// arguments (or, keeping all, every call's in order), and starts once the key is
+/// quiet, or at the first call's longest wait. Once it started, the next call opens
+/// another; a call that would grow the arguments too large starts the waiting one at
+/// once and opens another; another key is another call.
+pub async fn debounced_calls_join_the_one_waiting_to_start(store: &dyn Store) {
+    let t0 = store.now().await.expect("now");
+    let first = store.create(debounced("d1", "k", "1", false, 1024)).await.expect("create");
+    assert!(first.new);
+    assert_eq!(store.task("d1").await.expect("task").expect("its task").ready_at, t0 + 1_000);
+    tokio::time::advance(Duration::from_millis(600)).await;
+    let joined = store.create(debounced("d2", "k", "2", false, 1024)).await.expect("create");
+    assert_eq!((joined.new, joined.promise.id.as_str()), (false, "d1"), "a call of the key joins the waiting one");
+    assert!(store.get("d2").await.expect("get").is_none(), "and makes nothing of its own");
+    assert_eq!(args_of(store, "d1").await, "2", "with the last arguments");
+    assert_eq!(store.task("d1").await.expect("task").expect("its task").ready_at, t0 + 1_600, "quiet again");
+    assert!(claim_one(store, "g", "p1", 60_000).await.is_none(), "not before the key is quiet");
+    // A steady stream of calls: it starts at the first call's longest wait.
+    for n in 3..12 {
+        tokio::time::advance(Duration::from_millis(600)).await;
+        store.create(debounced(&format!("d{n}"), "k", &n.to_string(), false, 1024)).await.expect("create");
+    }
+    assert_eq!(store.task("d1").await.expect("task").expect("its task").ready_at, t0 + 5_000, "at most 5 s");
+    assert_eq!(store.now().await.expect("now"), t0 + 6_000, "calls went on past it");
+    let other = store.create(debounced("o1", "other", "9", false, 1024)).await.expect("create");
+    assert!(other.new, "another key is another call");
+    let started = claim_one(store, "g", "p1", 60_000).await.expect("it starts");
+    assert_eq!((started.task.id.as_str(), args_of(store, "d1").await.as_str()), ("d1", "11"));
+    let next = store.create(debounced("d20", "k", "20", false, 1024)).await.expect("create");
+    assert!(next.new, "a call once the waiting one started opens the next");
+    // Keeping all: every call's arguments, in order; too many start what waits.
+    store.create(debounced("a1", "all", "[1]", true, 12)).await.expect("create");
+    let joined = store.create(debounced("a2", "all", "[2]", true, 12)).await.expect("create");
+    assert_eq!(joined.promise.id, "a1");
+    store.create(debounced("a3", "all", "[3]", true, 12)).await.expect("create");
+    assert_eq!(args_of(store, "a1").await, "[1,2,3]");
+    let now = store.now().await.expect("now");
+    let full = store.create(debounced("a4", "all", "[40000]", true, 12)).await.expect("create");
+    assert!(full.new, "arguments past the bound open another call");
+    assert_eq!(store.task("a1").await.expect("task").expect("its task").ready_at, now, "and the full one starts now");
+    assert_eq!(args_of(store, "a4").await, "[40000]");
+    let bad = store.create(debounced("a5", "all", "7", true, 1024)).await;
+    assert!(matches!(bad, Err(StoreError::Conflict { .. })), "all arguments are a JSON array: {bad:?}");
+}
+
+/// Debounced calls of one key made at once make one call.
+pub async fn racing_debounced_calls_make_one(store: Arc<dyn Store>) {
+    let racers = (0..6).map(|n| {
+        let store = store.clone();
+        async move { store.create(debounced(&format!("r{n}"), "race", &n.to_string(), false, 1024)).await }
+    });
+    let made: Vec<_> = futures::future::join_all(racers).await.into_iter().map(|c| c.expect("create")).collect();
+    assert_eq!(made.iter().filter(|c| c.new).count(), 1, "one call for the key");
+    let id = &made.iter().find(|c| c.new).expect("the new one").promise.id;
+    assert!(made.iter().all(|c| c.promise.id == *id), "every call joined it");
 }

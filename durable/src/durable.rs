@@ -208,6 +208,53 @@ impl Durable {
         }
     }
 
+    /// A debounced call of `f`: calls with one `key` made within `quiet` of each
+    /// other (see [`Debounced::quiet`]) become one invocation, which starts once the
+    /// key has been quiet that long, or at its [`max_wait`](Debounced::max_wait)
+    /// after the first of them, with the last call's arguments. Await it for a handle
+    /// to that invocation's result, which every call that joined it shares.
+    ///
+    /// A call made once the invocation has started opens the next one. The key is a
+    /// string as it is, anything else its JSON; the calls of one function join.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use durable::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> durable::Result<()> {
+    /// #[durable::function(name = "reindex")]
+    /// async fn reindex(_ctx: &mut Context, version: u32) -> durable::Result<u32> {
+    ///     Ok(version)
+    /// }
+    /// let durable = Durable::builder().store(std::sync::Arc::new(MemoryStore::new())).register(reindex).build()?;
+    /// let mut handles = Vec::new();
+    /// for version in 1..=5 {
+    ///     handles.push(durable.debounce("catalog", reindex, version).quiet(Duration::from_secs(2)).await?);
+    ///     tokio::time::sleep(Duration::from_millis(500)).await;
+    /// }
+    /// for handle in handles {
+    ///     assert_eq!(handle.await?, 5, "one run, with the last arguments");
+    /// }
+    /// assert_eq!(durable.body_runs()["reindex"], 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn debounce<C: Callable, K: serde::Serialize + ?Sized>(&self, key: &K, f: C, args: C::Args) -> Debounced<C> {
+        let args = codec::encode(f.name(), "the arguments", &args, self.shared.max_payload);
+        Debounced::new(self.shared.clone(), key, f, args, false)
+    }
+
+    /// A debounced call of `f` that keeps every call's arguments: as
+    /// [`debounce`](Durable::debounce), but the invocation gets the list of the
+    /// arguments of every call that joined it, in the order they were made.
+    pub fn debounce_all<T, C, K>(&self, key: &K, f: C, item: T) -> Debounced<C>
+    where
+        T: serde::Serialize,
+        C: Callable<Args = Vec<T>>,
+        K: serde::Serialize + ?Sized,
+    {
+        let args = codec::encode(f.name(), "the arguments", &[item], self.shared.max_payload);
+        Debounced::new(self.shared.clone(), key, f, args, true)
+    }
+
     /// Resolves, rejects, cancels and searches promises from outside any invocation.
     pub fn promises(&self) -> Promises<'_> {
         Promises { store: &*self.shared.store, max_payload: self.shared.max_payload }
@@ -697,6 +744,94 @@ impl<F: Function> IntoFuture for Run<F> {
                 );
             }
             Ok(Handle::stored(id.to_owned(), shared.store.clone()))
+        })
+    }
+}
+
+/// A debounced call: see [`Durable::debounce`].
+#[must_use = "a debounced call does nothing until it is awaited"]
+pub struct Debounced<C: Callable> {
+    shared: Arc<Shared>,
+    key: Result<String>,
+    f: C,
+    args: Result<String>,
+    all: bool,
+    quiet: Duration,
+    max_wait: Option<Duration>,
+    target: Option<Result<Target>>,
+}
+
+impl<C: Callable> std::fmt::Debug for Debounced<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Debounced").field("key", &self.key).field("function", &self.f.name()).finish()
+    }
+}
+
+impl<C: Callable> Debounced<C> {
+    fn new<K: serde::Serialize + ?Sized>(shared: Arc<Shared>, key: &K, f: C, args: Result<String>, all: bool) -> Self {
+        let key = codec::call_key(f.name(), key);
+        Debounced { shared, key, f, args, all, quiet: Duration::from_secs(1), max_wait: None, target: None }
+    }
+
+    /// How long the key must be quiet before the invocation starts (default a second).
+    pub fn quiet(mut self, quiet: Duration) -> Self {
+        self.quiet = quiet;
+        self
+    }
+
+    /// How long after the first call the invocation starts at the latest, however
+    /// busy its key (default: no limit).
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = Some(max_wait);
+        self
+    }
+
+    /// Routes the invocation to this target (default: this runtime's group).
+    pub fn target<T>(mut self, target: T) -> Self
+    where
+        T: TryInto<Target>,
+        T::Error: Into<Error>,
+    {
+        self.target = Some(target.try_into().map_err(Into::into));
+        self
+    }
+}
+
+impl<C: Callable> IntoFuture for Debounced<C> {
+    type Output = Result<Handle<C::Output>>;
+    type IntoFuture = BoxFuture<'static, Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let (key, args) = (self.key?, self.args?);
+            let target = match self.target {
+                Some(target) => target?,
+                None => Target::any(self.shared.group.clone()),
+            };
+            let function = crate::promise::function_key(self.f.name(), self.f.version());
+            let id = format!("{key}~{:016x}", crate::promise::random());
+            validate_id(&id)?;
+            let param = Param::call(self.f.name(), self.f.version(), args);
+            let mut req = CreatePromise::new(id, param);
+            req.timeout = self.f.timeout().map(|t| t.as_millis() as Millis);
+            let millis = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as Millis;
+            let debounce = crate::store::Debounce {
+                key: format!("{function}/{key}"),
+                quiet: millis(self.quiet),
+                max_wait: self.max_wait.map_or(crate::NEVER, millis),
+                all: self.all,
+                max_args: self.shared.max_payload,
+            };
+            let group = target.group.clone();
+            req.task = Some(NewTask { window: self.shared.window, debounce: Some(debounce), ..NewTask::new(target) });
+            let created = self.shared.store.create(req).await?;
+            // Its start is a deadline: this runtime's loop learns it.
+            self.shared.deadline_added();
+            let id = created.promise.id;
+            if !created.promise.state.is_settled() {
+                self.shared.note_call(&id, &group, &function, created.promise.created_at);
+            }
+            Ok(Handle::stored(id, self.shared.store.clone()))
         })
     }
 }

@@ -317,6 +317,11 @@ pub struct Task {
     /// highest priority first, then the longest ready. 0 unless the caller set one.
     #[serde(default)]
     pub priority: i32,
+    /// The debounce key of a debounced call (its function's key, `/`, the caller's
+    /// key): until the task first starts, a call with the same key joins it instead
+    /// of making another ([`NewTask::debounce`](crate::store::NewTask::debounce)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<String>,
 }
 
 impl Task {

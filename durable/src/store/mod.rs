@@ -143,13 +143,45 @@ pub struct NewTask {
     /// Not delivered until this promise settles: the task is created suspended on
     /// it, if it is pending (a schedule's fire that waits for the one before).
     pub after: Option<String>,
+    /// A debounced call: joins the call of the same key not yet started, if there is
+    /// one, instead of making a new one.
+    pub debounce: Option<Debounce>,
+}
+
+/// How a call is debounced: calls of one key made close together become one
+/// invocation, which starts once the key has been quiet for `quiet` ms, and at the
+/// latest `max_wait` ms after the first of them.
+#[derive(Clone, Debug)]
+pub struct Debounce {
+    /// The key: the calls of one key (and one function) join.
+    pub key: String,
+    /// How long the key must be quiet before the invocation starts, in ms.
+    pub quiet: Millis,
+    /// How long after the first call it starts at the latest, in ms.
+    pub max_wait: Millis,
+    /// Keep every call's arguments, in order (the arguments are a JSON array of
+    /// them), rather than the last call's.
+    pub all: bool,
+    /// Arguments that would grow past this many bytes start the invocation at once
+    /// with what it has, and the call opens a new one.
+    pub max_args: usize,
 }
 
 impl NewTask {
     /// A task for `target`, not acquired, with no preference window, key, priority or
     /// delay.
     pub fn new(target: Target) -> NewTask {
-        NewTask { target, window: 0, acquire: None, key: None, priority: 0, delay: 0, not_before: 0, after: None }
+        NewTask {
+            target,
+            window: 0,
+            acquire: None,
+            key: None,
+            priority: 0,
+            delay: 0,
+            not_before: 0,
+            after: None,
+            debounce: None,
+        }
     }
 }
 

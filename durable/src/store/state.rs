@@ -59,6 +59,8 @@ pub(crate) struct Core {
     schedules: BTreeMap<String, Schedule>,
     /// The schedules by when they are next due (not paused, not ended).
     schedules_due: BTreeSet<(Millis, String)>,
+    /// The debounced calls not yet started, by debounce key ([`Task::debounce`]).
+    debounced: HashMap<String, String>,
     /// What the step in progress changed.
     dirty: Dirty,
 }
@@ -225,6 +227,7 @@ impl Core {
             buckets: HashMap::new(),
             schedules: BTreeMap::new(),
             schedules_due: BTreeSet::new(),
+            debounced: HashMap::new(),
             dirty: Dirty::default(),
         }
     }
@@ -253,7 +256,12 @@ impl Core {
         }
         for t in tasks {
             match t.state {
-                TaskState::Pending => core.ready_insert(&t, now),
+                TaskState::Pending => {
+                    if let Some(key) = t.debounce.as_ref().filter(|_| t.version == 0) {
+                        core.debounced.insert(key.clone(), t.id.clone());
+                    }
+                    core.ready_insert(&t, now)
+                }
                 TaskState::Acquired => {
                     core.leases.insert((t.lease_until, t.id.clone()));
                 }
@@ -540,6 +548,11 @@ impl Core {
             }
             return Ok(Created { promise: p, new: false, acquired: None });
         }
+        if let Some(debounce) = req.task.as_ref().and_then(|t| t.debounce.as_ref())
+            && let Some(joined) = self.join(debounce, &req, now)?
+        {
+            return Ok(Created { promise: joined, new: false, acquired: None });
+        }
         // The family: the creator's, which must exist; a promise without one is a
         // family of its own.
         let root = match &req.parent {
@@ -613,7 +626,16 @@ impl Core {
                 function,
                 key: new_task.key,
                 priority: new_task.priority,
+                debounce: None,
             };
+            if let Some(d) = new_task.debounce {
+                // It starts once quiet, or at its longest wait.
+                task.ready_at = now.saturating_add(d.quiet.min(d.max_wait)).max(task.ready_at);
+                task.prefer_until = task.ready_at.saturating_add(new_task.window);
+                self.debounced.insert(d.key.clone(), req.id.clone());
+                task.debounce = Some(d.key);
+            }
+            let ready_at = task.ready_at;
             // A limited task starts only through a claim, which admits it; a delayed
             // one, through a claim once its time comes.
             let acquire = new_task.acquire.filter(|_| !self.limited(&task) && ready_at <= now);
@@ -642,6 +664,68 @@ impl Core {
             acquired = None;
         }
         Ok(Created { promise: self.promises[&req.id].clone(), new: true, acquired })
+    }
+
+    /// Joins a debounced call to the call of its key not yet started, if there is
+    /// one: its arguments become the call's (or are added to them), and it starts
+    /// once the key is quiet, or at the first call's longest wait. Arguments that
+    /// would grow too large start the waiting call at once instead, and the call
+    /// opens a new one (`None`).
+    fn join(&mut self, d: &super::Debounce, req: &CreatePromise, now: Millis) -> Result<Option<Promise>, StoreError> {
+        let Some(id) = self.debounced.get(&d.key).cloned() else { return Ok(None) };
+        let waiting = self.tasks.get(&id).is_some_and(|t| t.state == TaskState::Pending && t.version == 0);
+        let Some(p) = self.promises.get(&id).filter(|p| waiting && p.state == State::Pending).cloned() else {
+            self.debounced.remove(&d.key);
+            return Ok(None);
+        };
+        let (Param::Call { func, version, args, .. }, Param::Call { args: more, .. }) = (&p.param, &req.param) else {
+            return Err(conflict(&req.id, "a debounced call is a call of a function"));
+        };
+        let args = if d.all {
+            let list = |text: &str| serde_json::from_str::<Vec<serde_json::Value>>(text);
+            let (Ok(mut all), Ok(more)) = (list(args), list(more)) else {
+                return Err(conflict(&req.id, "a call that keeps all arguments passes them as a JSON array"));
+            };
+            all.extend(more);
+            serde_json::to_string(&all).expect("JSON values encode")
+        } else {
+            more.clone()
+        };
+        let t = self.tasks[&id].clone();
+        self.unindex(&t);
+        let mut t = t;
+        if args.len() > d.max_args {
+            // Full: it starts now with what it has, joinable no more; this call opens
+            // the next.
+            t.ready_at = now.min(t.ready_at);
+            t.debounce = None;
+            self.ready_insert(&t, now);
+            self.dirty.ready.insert(t.target.group.clone());
+            self.tasks.insert(id.clone(), t);
+            self.dirty.tasks.push(id);
+            return Ok(None);
+        }
+        let promise = self.promises.get_mut(&id).expect("the joined promise is live");
+        promise.param = Param::call(func, *version, args);
+        let first = promise.created_at;
+        self.dirty.promises.push(id.clone());
+        // Past its longest wait, it is ready already, and keeps its place in line.
+        t.ready_at = now.saturating_add(d.quiet).min(first.saturating_add(d.max_wait));
+        t.prefer_until = t.prefer_until.max(t.ready_at);
+        self.debounced.insert(d.key.clone(), id.clone());
+        self.ready_insert(&t, now);
+        self.tasks.insert(id.clone(), t);
+        self.dirty.tasks.push(id.clone());
+        Ok(Some(self.promises[&id].clone()))
+    }
+
+    /// Takes a task out of the debounced calls waiting to start.
+    fn undebounce(&mut self, id: &str) {
+        if let Some(key) = self.tasks.get(id).and_then(|t| t.debounce.as_ref())
+            && self.debounced.get(key).is_some_and(|waiting| waiting == id)
+        {
+            self.debounced.remove(key);
+        }
     }
 
     /// Creates a family in one step: every request is checked before anything is
@@ -945,6 +1029,7 @@ impl Core {
                 self.buckets.insert(bucket.clone(), state);
                 self.dirty.buckets.push(bucket);
             }
+            self.undebounce(&id);
             let t = self.tasks.get_mut(&id).expect("a ready task exists");
             t.state = TaskState::Acquired;
             t.version += 1;
@@ -1393,6 +1478,7 @@ impl Core {
     fn unindex(&mut self, t: &Task) {
         match t.state {
             TaskState::Pending => {
+                self.undebounce(&t.id);
                 self.delayed.remove(&(t.ready_at, t.id.clone()));
                 for pid in [None, t.target.pid.clone()] {
                     self.unqueue(&(t.target.group.clone(), pid), t.priority, &(t.ready_at, t.id.clone()));

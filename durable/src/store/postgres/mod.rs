@@ -31,7 +31,7 @@ use super::{
 use crate::promise::{Fence, Millis, NEVER, Promise, State, Task, TaskState, is_invocation};
 use crate::{Limit, LimitState, Schedule, StoreError};
 
-const SCHEMA_VERSION: i32 = 8;
+const SCHEMA_VERSION: i32 = 9;
 
 // The statements of the hot paths, prepared once per connection.
 /// The database's clock, in milliseconds since the epoch.
@@ -86,18 +86,20 @@ macro_rules! function_key {
 }
 const UPSERT_TASKS: &str = concat!(
     "INSERT INTO tasks
-       (id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, awaiting, data, func, priority, key)
+       (id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, awaiting, data, func, priority, key,
+        debounce)
      SELECT id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version,
        ARRAY(SELECT jsonb_array_elements_text(data::jsonb -> 'awaiting')), data,
        (SELECT ",
     function_key!(),
-    " FROM promises p WHERE p.id = u.id), priority, key
+    " FROM promises p WHERE p.id = u.id), priority, key, data::jsonb ->> 'debounce'
      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::int8[], $7::int8[], $8::int8[],
                  $9::text[], $10::int8[], $11::text[], $12::int4[], $13::text[])
        AS u(id, state, grp, pid, uni, prefer_until, ready_at, lease_until, process, version, data, priority, key)
      ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, ready_at = EXCLUDED.ready_at,
        lease_until = EXCLUDED.lease_until, process = EXCLUDED.process, version = EXCLUDED.version,
-       awaiting = EXCLUDED.awaiting, data = EXCLUDED.data"
+       awaiting = EXCLUDED.awaiting, data = EXCLUDED.data, prefer_until = EXCLUDED.prefer_until,
+       debounce = EXCLUDED.debounce"
 );
 const NOTIFY_SETTLED: &str = "SELECT pg_notify($1, 's:' || id) FROM unnest($2::text[]) AS id";
 const NOTIFY_READY: &str = "SELECT pg_notify(c, 'r') FROM unnest($1::text[]) AS c";
@@ -339,6 +341,19 @@ const GET_SCHEDULE: &str = "SELECT data FROM schedules WHERE id = $1";
 const ALL_SCHEDULES: &str = "SELECT data FROM schedules ORDER BY id";
 const DUE_SCHEDULES: &str = "SELECT data FROM schedules WHERE due <= $1 ORDER BY due, id LIMIT $2";
 
+/// Version 9: the debounce key of a debounced call.
+const MIGRATION_9: &str = r#"
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS debounce text;
+CREATE INDEX IF NOT EXISTS tasks_debounce ON tasks (debounce)
+    WHERE state = 'pending' AND version = 0 AND debounce IS NOT NULL;
+"#;
+
+/// The debounced calls of key `$1` take turns, by a transaction-scoped advisory
+/// lock on the key (in store `$2`): each finds the one the last left waiting.
+const LOCK_DEBOUNCE: &str = "SELECT pg_advisory_xact_lock(hashtext($2), hashtext('debounce:' || $1))";
+/// The debounced call of key `$1` waiting to start.
+const DEBOUNCED: &str = "SELECT id FROM tasks WHERE debounce = $1 AND state = 'pending' AND version = 0";
+
 /// The groups with a task that became ready after `$1`, at or before `$2`.
 const BECAME_READY: &str =
     "SELECT DISTINCT grp FROM tasks WHERE state = 'pending' AND ready_at > $1 AND ready_at <= $2";
@@ -571,6 +586,7 @@ async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<()
                 (6, MIGRATION_6),
                 (7, MIGRATION_7),
                 (8, MIGRATION_8),
+                (9, MIGRATION_9),
             ];
             for (to, migration) in migrations {
                 if version < to {
@@ -723,6 +739,9 @@ enum Select<'a> {
     Predecessors(&'a str, &'a str, &'a str),
     /// Promises past their deadline and leases that ran out.
     Due,
+    /// The debounced call of a key waiting to start, if any, and these promises; the
+    /// store's channel names its lock.
+    Debounce { key: &'a str, promises: &'a [String], channel: &'a str },
 }
 
 impl Select<'_> {
@@ -757,6 +776,12 @@ impl Select<'_> {
                 let [stale] = conn.statements([PREDECESSORS]).await.map_err(db)?;
                 let rows = conn.query(&stale, &[group, pid, process]).await.map_err(db)?;
                 Ok(Rows { promises: Vec::new(), tasks: ids(rows) })
+            }
+            Select::Debounce { key, promises, channel } => {
+                let [lock, debounced] = conn.statements([LOCK_DEBOUNCE, DEBOUNCED]).await.map_err(db)?;
+                conn.execute(&lock, &[key, channel]).await.map_err(db)?;
+                let waiting = ids(conn.query(&debounced, &[key]).await.map_err(db)?);
+                Ok(Rows { promises: promises.iter().chain(&waiting).cloned().collect(), tasks: waiting })
             }
             Select::Due => {
                 let [due, expired] = conn.statements([DUE_PROMISES, DUE_TASKS]).await.map_err(db)?;
@@ -1461,6 +1486,11 @@ impl super::Store for PostgresStore {
     }
 
     async fn create(&self, req: CreatePromise) -> Result<Created, StoreError> {
+        if let Some(key) = req.task.as_ref().and_then(|t| t.debounce.as_ref()).map(|d| d.key.clone()) {
+            let promises: Vec<String> = std::iter::once(&req.id).chain(&req.parent).cloned().collect();
+            let select = Select::Debounce { key: &key, promises: &promises, channel: &self.channel };
+            return self.step(select, |core, now| core.create(req.clone(), now)).await;
+        }
         // The creator too: the new promise joins its family.
         // And the promise its task waits for.
         let after = req.task.as_ref().and_then(|t| t.after.as_ref());
@@ -2073,6 +2103,7 @@ mod tests {
             function: None,
             key: None,
             priority: 0,
+            debounce: None,
         };
         let data = serde_json::to_string(&task).unwrap();
         client
