@@ -1,8 +1,9 @@
 //! A deterministic simulation of everything at once: from one seed, random
-//! invocations that use every operation, interleaved on virtual time with worker
-//! crashes and restarts, store faults, retention, explicit purges, cancels, resumes,
-//! restarts, exports and imports into another store, and a deploy of a patched body
-//! while invocations are in flight; then invariants are checked.
+//! invocations that use every operation (some started later, some debounced),
+//! a schedule firing every 30 s, interleaved on virtual time with worker crashes and
+//! restarts, store faults, retention, explicit purges, cancels, resumes, restarts,
+//! exports and imports into another store, and a deploy of a patched body while
+//! invocations are in flight; then invariants are checked.
 //!
 //! ```
 //! use durable_testkit::simulation::Simulation;
@@ -27,6 +28,9 @@
 //! * no task waits longer than [`MAX_WAIT`] for a worker while its group has one;
 //! * an exported invocation imported into another store finishes there with the
 //!   same result;
+//! * every fire of the schedule, from its first to its end, started one invocation,
+//!   which gave its value, and none was skipped or missed;
+//! * every debounced invocation gave the value of the last call that joined it;
 //! * what a [`Workload`] of your own checks.
 //!
 //! The same seed gives the same workload and the same events at the same virtual
@@ -63,6 +67,13 @@ const LEASE: Duration = Duration::from_secs(10);
 
 /// Its retention: an hour, shorter than its longest sleeps and retry waits.
 const RETENTION: Duration = Duration::from_secs(3600);
+
+/// Its schedule: its id, how often it fires and for how long, in ms, and its leaf's
+/// argument.
+const SCHEDULE: &str = "sim-every-30s";
+const SCHEDULE_EVERY: Millis = 30_000;
+const SCHEDULE_FOR: Millis = 240_000;
+const SCHEDULE_LEAF: u64 = 21;
 
 /// The simulation's random numbers, from its seed.
 #[derive(Debug)]
@@ -277,6 +288,8 @@ struct Run<'a> {
     patched: bool,
     expect: BTreeMap<String, Expect>,
     detached: Vec<(String, u64)>,
+    /// Each debounced invocation, and the argument of the last call that joined it.
+    debounced: BTreeMap<String, u64>,
     events: Vec<String>,
     counts: BTreeMap<&'static str, u64>,
     started: usize,
@@ -310,6 +323,7 @@ impl<'a> Run<'a> {
             patched: false,
             expect: BTreeMap::new(),
             detached: Vec::new(),
+            debounced: BTreeMap::new(),
             events: Vec::new(),
             counts: BTreeMap::new(),
             started: 0,
@@ -359,6 +373,7 @@ impl<'a> Run<'a> {
         for limit in workload::limits() {
             self.observed.set_limit(limit, true).await.map_err(|e| self.fail(format!("setting a limit: {e}")))?;
         }
+        self.schedule().await?;
         for i in 0..self.slots.len() {
             let slot = &self.slots[i];
             let durable = self.worker(slot.group, &slot.pid.clone(), slot.line.clone());
@@ -385,6 +400,7 @@ impl<'a> Run<'a> {
             69..72 => self.resume().await,
             72..76 => self.restart().await,
             76..79 if self.sim.stalls => self.stall(),
+            79..85 => self.debounce().await,
             _ => self.note("quiet", String::new()),
         }
         Ok(())
@@ -418,14 +434,18 @@ impl<'a> Run<'a> {
         workload::count(&steps, &mut self.counts);
         let value = workload::expected(&id, &steps, &mut self.detached);
         let group = GROUPS[self.rng.below(2) as usize];
+        // One in four starts later.
+        let later = Duration::from_secs(if self.rng.below(4) == 0 { self.rng.below(90) + 1 } else { 0 });
         let call = self
             .client
             .rpc(&id, sim_flow, (self.key.clone(), id.clone(), steps.clone()))
-            .target(format!("poll://any@{group}"));
+            .target(format!("poll://any@{group}"))
+            .start_after(later);
         match call.await {
             Ok(_) => {
                 self.expect.insert(id.clone(), Expect::Value(value.to_string()));
-                self.note("start", format!("{id} on {group}: {steps:?}"));
+                let what = if later.is_zero() { "start" } else { "start later" };
+                self.note(what, format!("{id} on {group} after {later:?}: {steps:?}"));
             }
             Err(e) => self.note("start refused", format!("{id}: {e}")),
         }
@@ -522,6 +542,76 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The schedule every run has: every 30 s for four minutes, each fire a leaf that
+    /// fails its first attempt, one fire after another.
+    async fn schedule(&mut self) -> Result<(), SimFailure> {
+        let now = self.observed.now().await.map_err(|e| self.fail(format!("the store's clock: {e}")))?;
+        let end = std::time::UNIX_EPOCH + Duration::from_millis(now + SCHEDULE_FOR);
+        let spec = durable::ScheduleSpec::every(Duration::from_millis(SCHEDULE_EVERY))
+            .end_at(end)
+            .overlap(durable::Overlap::BufferAll)
+            .target(&format!("poll://any@{}", GROUPS[self.rng.below(2) as usize]));
+        let args = (self.key.clone(), SCHEDULE_LEAF, 1);
+        let made = self.client.schedules().create(SCHEDULE, spec, sim_leaf, args).await;
+        let made = made.map_err(|e| self.fail(format!("creating the schedule: {e}")))?;
+        self.note("schedule", format!("{SCHEDULE} from {:?} every {SCHEDULE_EVERY} ms", made.next));
+        Ok(())
+    }
+
+    /// A debounced call of a leaf, on one of two keys: quiet 5 s, at most 20 s.
+    async fn debounce(&mut self) {
+        let key = ["k0", "k1"][self.rng.below(2) as usize];
+        let n = self.rng.below(100);
+        let group = GROUPS[self.rng.below(2) as usize];
+        let call = self
+            .client
+            .debounce(key, sim_leaf, (self.key.clone(), n, 0))
+            .quiet(Duration::from_secs(5))
+            .max_wait(Duration::from_secs(20))
+            .target(format!("poll://any@{group}"));
+        match call.await {
+            Ok(handle) => {
+                self.debounced.insert(handle.id().to_owned(), n);
+                self.note("debounce", format!("{key} = {n}: {}", handle.id()));
+            }
+            Err(e) => self.note("debounce refused", format!("{key}: {e}")),
+        }
+    }
+
+    /// Every fire of the schedule made one invocation, which gave the leaf's value.
+    async fn check_schedule(&self) -> Result<(), SimFailure> {
+        let Ok(Some(s)) = self.observed.schedule(SCHEDULE).await else {
+            return Err(self.fail(format!("the schedule {SCHEDULE} is gone")));
+        };
+        let first = s.created_at.div_ceil(SCHEDULE_EVERY) * SCHEDULE_EVERY;
+        let times: Vec<Millis> =
+            (0..).map(|k| first + k * SCHEDULE_EVERY).take_while(|t| *t <= s.created_at + SCHEDULE_FOR).collect();
+        if (s.fired, s.skipped, s.missed, s.next) != (times.len() as u64, 0, None, None) {
+            return Err(self.fail(format!(
+                "the schedule fired {} of {} times, skipped {}, missed {:?}, next {:?}",
+                s.fired,
+                times.len(),
+                s.skipped,
+                s.missed,
+                s.next
+            )));
+        }
+        for at in times {
+            let id = s.fire_id(at);
+            let value = self.observed.settled(&id).and_then(|p| p.value);
+            if value != Some((2 * SCHEDULE_LEAF).to_string()) {
+                return Err(self.fail(format!("the fire {id} ended with {value:?}")));
+            }
+        }
+        for (id, n) in &self.debounced {
+            let value = self.observed.settled(id).and_then(|p| p.value);
+            if value != Some((2 * n).to_string()) {
+                return Err(self.fail(format!("the debounced {id} ended with {value:?}, not the last call's")));
+            }
+        }
+        Ok(())
+    }
+
     /// A worker stops reaching the store for two leases, then goes on where it was.
     fn stall(&mut self) {
         let i = self.rng.below(self.slots.len() as u64) as usize;
@@ -593,7 +683,8 @@ impl<'a> Run<'a> {
                 let _ = self.client.promises().resolve(&id, &value).await;
             }
             let pending = Search { state: Some(State::Pending), limit: 1, ..Search::default() };
-            if self.observed.search(pending).await.is_ok_and(|p| p.promises.is_empty()) {
+            let ended = self.observed.schedule(SCHEDULE).await.is_ok_and(|s| s.is_none_or(|s| s.next.is_none()));
+            if ended && self.observed.search(pending).await.is_ok_and(|p| p.promises.is_empty()) {
                 return Ok(());
             }
             if minute % 60 == 59 {
@@ -642,6 +733,7 @@ impl<'a> Run<'a> {
         }
         self.check_store().await?;
         self.check_listing().await?;
+        self.check_schedule().await?;
         if let Some(workload) = &self.sim.workload {
             workload.check(&*self.observed).await.map_err(|e| self.fail(format!("your invariant: {e}")))?;
         }
