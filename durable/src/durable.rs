@@ -209,8 +209,8 @@ impl Durable {
     }
 
     /// A debounced call of `f`: calls with one `key` made within `quiet` of each
-    /// other (see [`Debounced::quiet`]) become one invocation, which starts once the
-    /// key has been quiet that long, or at its [`max_wait`](Debounced::max_wait)
+    /// other (see [`quiet`](crate::Debounced::quiet)) become one invocation, which starts once the
+    /// key has been quiet that long, or at its [`max_wait`](crate::Debounced::max_wait)
     /// after the first of them, with the last call's arguments. Await it for a handle
     /// to that invocation's result, which every call that joined it shares.
     ///

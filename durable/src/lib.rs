@@ -21,7 +21,7 @@ pub mod store;
 mod target;
 
 pub use crate::durable::{
-    Builder, DEFAULT_MAX_PAYLOAD, DEFAULT_RETENTION, Durable, Node, Promises, Rpc, Run, Schedules,
+    Builder, DEFAULT_MAX_PAYLOAD, DEFAULT_RETENTION, Debounced, Durable, Node, Promises, Rpc, Run, Schedules,
 };
 pub use crate::error::{Error, Nondeterminism, Result, StoreError};
 pub use crate::history::{Checked, Checker, HISTORY_FORMAT, History, Recorded, Verdict};

@@ -316,7 +316,13 @@ impl Times {
     }
 }
 
-/// A schedule: a record in the store, by id. See [the module](self).
+/// A schedule: a record in the store, by id, that every runtime of the store fires.
+///
+/// Each fire's invocation has a deterministic id, the schedule's id and the fire's
+/// time (`nightly@2026-12-07T01:00:00Z`), and the record moves on only by a write that
+/// names the version it read, made in the same step as the fire: however many
+/// processes serve a schedule, each fire starts one invocation. Create and steer one
+/// through [`Durable::schedules`](crate::Durable::schedules).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schedule {
     /// Its id; each fire's invocation is `{id}@{time}`.
