@@ -302,7 +302,45 @@ async fn a_fire_that_no_worker_serves_is_reported_and_runs_once_one_starts(store
     assert_eq!(store.get(&fire).await.unwrap().unwrap().state, State::Resolved);
 }
 
+/// A stored schedule that no longer reads (written by hand, or by another build)
+/// stops with why, and holds up no other.
+async fn a_stored_schedule_that_does_not_read_stops_saying_why(store: Arc<dyn Store>) {
+    let now = store.now().await.unwrap();
+    let bad = |id: &str, spec: ScheduleSpec| Schedule {
+        id: id.into(),
+        spec,
+        call: durable::Param::call("report", 1, "\"x\"".into()),
+        paused: false,
+        next: Some(now),
+        last: None,
+        fired: 0,
+        skipped: 0,
+        missed: None,
+        error: None,
+        created_at: now,
+        version: 0,
+    };
+    store.put_schedule(bad("bad-cron", ScheduleSpec::cron("0 25 * * *")), false).await.unwrap();
+    store
+        .put_schedule(bad("bad-target", ScheduleSpec::every(Duration::from_secs(60)).target("gpu")), false)
+        .await
+        .unwrap();
+    let durable = runtime(&store);
+    let fine = ScheduleSpec::every(Duration::from_secs(60)).overlap(Overlap::AllowAll);
+    let created = durable.schedules().create("fine", fine, report, "f".into()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5 * 60 + 30)).await;
+    for (id, why) in [("bad-cron", "field 2 (hour)"), ("bad-target", "target")] {
+        let s = schedule(&durable, id).await;
+        assert_eq!((s.next, s.fired), (None, 0), "{id} stops");
+        assert!(s.error.as_deref().is_some_and(|e| e.contains(why)), "{id}: {:?}", s.error);
+    }
+    let first = created.next.unwrap();
+    let fired: Vec<String> = runs().into_keys().collect();
+    assert_eq!(fired, (0..=5).map(|k| created.fire_id(first + k * 60_000)).collect::<Vec<_>>());
+}
+
 on_every_store!(
+    a_stored_schedule_that_does_not_read_stops_saying_why,
     every_fire_runs_once_however_many_runtimes_serve_it,
     a_fire_missed_while_down_runs_once_after_a_restart,
     a_downtime_beyond_the_catch_up_window_skips_and_reports_the_older_fires,

@@ -90,22 +90,28 @@ pub(crate) async fn cancel(store: &dyn Store, id: &str) -> Result<Promise> {
 }
 
 /// Fires every schedule due by now, each as far as [`MAX_FIRES`]. A schedule that
-/// fails is logged and left for the next pass.
-pub(crate) async fn fire_due(store: &dyn Store) -> Result<()> {
+/// fails is logged and left for a later pass; the answer says whether every one went
+/// through, so that a failing store is not asked again at once.
+pub(crate) async fn fire_due(store: &dyn Store) -> Result<bool> {
     use futures::StreamExt;
     let now = store.now().await?;
     let due = store.schedules(Some(now)).await?;
+    let failed = std::sync::atomic::AtomicBool::new(false);
     // Schedules of one time fire side by side: on PostgreSQL their writes share the
     // pool, not one connection's round trips.
     futures::stream::iter(due)
-        .for_each_concurrent(FIRING_AT_ONCE, |s| async move {
-            let id = s.id.clone();
-            if let Err(e) = fire(store, s, now).await {
-                tracing::warn!(schedule = %id, error = %e, "firing a schedule failed; the next pass tries again");
+        .for_each_concurrent(FIRING_AT_ONCE, |s| {
+            let failed = &failed;
+            async move {
+                let id = s.id.clone();
+                if let Err(e) = fire(store, s, now).await {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(schedule = %id, error = %e, "firing a schedule failed; a later pass tries again");
+                }
             }
         })
         .await;
-    Ok(())
+    Ok(!failed.into_inner())
 }
 
 /// How many schedules one pass fires at once.

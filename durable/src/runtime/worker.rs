@@ -97,11 +97,14 @@ pub(crate) async fn background(rt: Arc<Shared>) {
                 {
                     let rt = rt.clone();
                     firing = Some(AbortOnDrop(tokio::spawn(async move {
-                        if let Err(e) = crate::runtime::fire::fire_due(&*rt.store).await {
-                            tracing::warn!(error = %e, "firing schedules failed; the next tick tries again");
+                        match crate::runtime::fire::fire_due(&*rt.store).await {
+                            // The tick that follows learns when the next is due.
+                            Ok(true) => rt.deadline_added(),
+                            // A schedule that failed is due still: it is tried at the
+                            // tick a lease on, not in a loop.
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(error = %e, "firing schedules failed; a later tick tries again"),
                         }
-                        // The tick that follows learns when the next is due.
-                        rt.deadline_added();
                     })));
                 }
             }
