@@ -463,8 +463,19 @@ fn schedules_are_listed_paused_resumed_triggered_backfilled_and_deleted_from_the
         let store = SledStore::open(dir.path()).unwrap();
         let spec = durable::ScheduleSpec::cron("0 2 * * *").zone("Europe/Paris").target("poll://any@reports");
         let report = Remote::<String, String>::named("report");
-        durable::Schedules::new(&store).create("nightly", spec, report, "sales".into()).await.unwrap();
+        durable::Schedules::new(&store).create("nightly", spec, report.clone(), "sales".into()).await.unwrap();
+        // And a call that starts in a day.
+        let store: Arc<dyn Store> = Arc::new(store);
+        let client = Durable::builder().store(store).group("client").build().unwrap();
+        let later = client.rpc("tomorrow", report, "later".into()).target("poll://any@reports");
+        drop(later.start_after(Duration::from_secs(24 * 3600)).await.unwrap());
+        client.shutdown().await.unwrap();
     });
+    // Its tasks, and the store they hold, go with the runtime.
+    drop(runtime);
+    let listed = stdout(&durable(dir.path(), &["ls"]));
+    let tomorrow = listed.lines().find(|l| l.starts_with("tomorrow")).expect("listed at once");
+    assert!(tomorrow.contains("pending") && tomorrow.contains("  starts 20"), "{tomorrow}");
     let listed = stdout(&durable(dir.path(), &["schedules"]));
     let mut lines = listed.lines();
     assert_eq!(

@@ -675,6 +675,11 @@ async fn schedules_are_listed_and_steered_from_the_schedules_page() {
         .create("<b>x</b>", durable::ScheduleSpec::every(Duration::from_secs(3600)), echo, "x".into())
         .await
         .unwrap();
+    // A delayed start says when it starts, in the list.
+    drop(durable.rpc("later", echo, "l".into()).start_after(Duration::from_secs(3600)).await.unwrap());
+    let (_, _, list) = get(&Dashboard::new(store.clone()).router(), "/rows").await;
+    let row = list.split("<tr>").find(|r| r.contains("later")).expect("listed");
+    assert!(row.contains("pending") && row.contains(" starts 20"), "{row}");
     let (status, _, page) = get(&Dashboard::new(store.clone()).router(), "/schedules").await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("cron &quot;0 2 * * *&quot; in Europe/Paris, skip when running, catch up 1h"), "{page}");

@@ -693,7 +693,7 @@ impl Output {
                     state_word(p, i.task.as_ref()).0.to_owned(),
                     humantime::format_rfc3339_seconds(created).to_string(),
                     duration(p, self.now),
-                    self.outcome(p),
+                    self.outcome(p) + &self.starts(i.task.as_ref()),
                 ]
             })
             .collect();
@@ -759,7 +759,7 @@ impl Output {
             clean(p.param.what()),
             self.state(p, node.task.as_ref()),
             duration(p, self.now),
-            self.outcome(p)
+            self.outcome(p) + &self.starts(node.task.as_ref())
         ));
     }
 
@@ -767,6 +767,18 @@ impl Output {
     fn state(&self, p: &Promise, task: Option<&Task>) -> String {
         let (text, code) = state_word(p, task);
         self.paint(text, code)
+    }
+
+    /// When a pending task starts, if that is later (a delayed start, a debounced
+    /// call, a retry's wait).
+    fn starts(&self, task: Option<&Task>) -> String {
+        match task {
+            Some(t) if t.state == durable::TaskState::Pending && t.ready_at > self.now => {
+                let at = std::time::UNIX_EPOCH + Duration::from_millis(t.ready_at);
+                format!("  starts {}", humantime::format_rfc3339_seconds(at))
+            }
+            _ => String::new(),
+        }
     }
 
     /// `text` in the colour of an ANSI `code`, where the terminal shows colour.

@@ -188,7 +188,12 @@ pub(super) fn rows(base: &str, listing: &Listing, now: Millis) -> Markup {
             tr {
                 td { a href=(invocation_url(base, &p.id, None)) { (p.id) } }
                 td { (p.param.what()) }
-                td { span class={ "state " (word) } { (word) } }
+                td {
+                    span class={ "state " (word) } { (word) }
+                    @if let Some(t) = inv.task.as_ref().filter(|t| t.state == TaskState::Pending && t.ready_at > now) {
+                        " starts " (time(t.ready_at))
+                    }
+                }
                 td { (inv.task.as_ref().map(route).unwrap_or_default()) }
                 td { (time(p.created_at)) }
                 td { (took(p, now)) }
