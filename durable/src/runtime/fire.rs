@@ -115,7 +115,7 @@ pub(crate) async fn fire_due(store: &dyn Store) -> Result<bool> {
 }
 
 /// How many schedules one pass fires at once.
-const FIRING_AT_ONCE: usize = 16;
+const FIRING_AT_ONCE: usize = 64;
 
 /// Makes the fires of `s` that are due by `now`.
 async fn fire(store: &dyn Store, mut s: Schedule, now: Millis) -> Result<()> {

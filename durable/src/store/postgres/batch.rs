@@ -32,6 +32,7 @@ pub(super) type Op = Box<dyn FnMut(&mut Core, Millis) + Send>;
 pub(super) struct Job {
     pub(super) promises: Vec<String>,
     pub(super) tasks: Vec<String>,
+    pub(super) schedules: Vec<String>,
     pub(super) create: bool,
     pub(super) limits: bool,
     pub(super) durable: bool,

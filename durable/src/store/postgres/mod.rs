@@ -332,7 +332,7 @@ CREATE INDEX IF NOT EXISTS schedules_due ON schedules (due) WHERE due IS NOT NUL
 "#;
 
 // Schedules: written by steps, as the state machine changed them.
-const LOCK_SCHEDULE: &str = "SELECT data FROM schedules WHERE id = $1 FOR UPDATE";
+const LOCK_SCHEDULE: &str = "SELECT data FROM schedules WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 const UPSERT_SCHEDULES: &str = "INSERT INTO schedules (id, due, data)
      SELECT * FROM unnest($1::text[], $2::int8[], $3::text[])
      ON CONFLICT (id) DO UPDATE SET due = EXCLUDED.due, data = EXCLUDED.data";
@@ -436,6 +436,16 @@ const POLL: Duration = Duration::from_secs(5);
 /// ```
 #[derive(Debug)]
 pub struct PostgresStore {
+    /// What its steps use, shared with the transactions it runs: a transaction
+    /// carries the steps of other callers too, and finishes even if the caller
+    /// whose turn ran it is dropped.
+    core: Arc<Backend>,
+    listener: tokio::task::AbortHandle,
+}
+
+/// The state of a [`PostgresStore`] its steps use.
+#[derive(Debug)]
+struct Backend {
     pool: Pool,
     channel: String,
     clock: Option<Arc<dyn Clock>>,
@@ -443,7 +453,6 @@ pub struct PostgresStore {
     ready: Arc<Ready>,
     /// Asks the listener to listen for a group's readiness too.
     listen_to: tokio::sync::mpsc::UnboundedSender<String>,
-    listener: tokio::task::AbortHandle,
     /// Whether this process's last claim (or a step since) found a limit: then steps
     /// that may free a slot read the limits, to wake the workers one holds back.
     flow_seen: std::sync::atomic::AtomicBool,
@@ -533,19 +542,19 @@ impl PostgresOptions {
         ))
         .abort_handle();
         let (flow_seen, steps, reads, ticked) = Default::default();
-        Ok(PostgresStore {
+        let core = Arc::new(Backend {
             pool,
             channel,
             clock: self.clock,
             waiters,
             ready,
             listen_to,
-            listener,
             flow_seen,
             steps,
             reads,
             ticked,
-        })
+        });
+        Ok(PostgresStore { core, listener })
     }
 }
 
@@ -728,9 +737,9 @@ struct Rows {
 /// How a step finds its rows.
 enum Select<'a> {
     /// These promises (and their tasks) and tasks; `create`: the promises may not
-    /// exist yet; `limits`: the step reads the limits too; `schedule`: and this
-    /// schedule, locked.
-    Ids { promises: &'a [String], tasks: &'a [String], create: bool, limits: bool, schedule: Option<&'a str> },
+    /// exist yet; `limits`: the step reads the limits too; `schedules`: and these
+    /// schedules, locked.
+    Ids { promises: &'a [String], tasks: &'a [String], create: bool, limits: bool, schedules: &'a [String] },
     /// Ready tasks for a worker, skipping those another transaction has locked.
     Ready(&'a Claim),
     /// The halted tasks of a group.
@@ -880,7 +889,9 @@ impl PostgresStore {
     pub fn options(url: &str) -> PostgresOptions {
         PostgresOptions { url: url.to_owned(), schema: "durable".into(), pool_size: 8, clock: None, create: true }
     }
+}
 
+impl Backend {
     /// The time, from the injected clock or else the database's (`clock` is the
     /// prepared [`CLOCK`]).
     async fn now_in(&self, client: &Client, clock: &Statement) -> Result<Millis, StoreError> {
@@ -929,10 +940,22 @@ impl PostgresStore {
     /// with the steps queued beside it (see [`batch`]); its commit waits for the disk
     /// if `durable` or another step of the batch is.
     async fn batched<R: Send + 'static>(
-        &self,
+        self: &Arc<Self>,
+        durable: bool,
+        rows: (Vec<String>, Vec<String>),
+        flags: (bool, bool),
+        op: impl FnMut(&mut Core, Millis) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.batched_with(durable, rows, flags, Vec::new(), op).await
+    }
+
+    /// [`batched`](Self::batched), with these schedules locked and loaded too.
+    async fn batched_with<R: Send + 'static>(
+        self: &Arc<Self>,
         durable: bool,
         (promises, tasks): (Vec<String>, Vec<String>),
         (create, limits): (bool, bool),
+        schedules: Vec<String>,
         mut op: impl FnMut(&mut Core, Millis) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
         let out = Arc::new(std::sync::Mutex::new(None));
@@ -941,13 +964,20 @@ impl PostgresStore {
         let job = Job {
             promises,
             tasks,
+            schedules,
             create,
             limits,
             durable,
             op: Box::new(move |core, now| *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(op(core, now))),
             done,
         };
-        self.steps.submit(job, committed, |jobs| self.commit_batch(jobs)).await??;
+        // The transaction runs in a task of its own: it carries other callers' steps,
+        // and finishes even if this caller is dropped meanwhile.
+        let run = |jobs| {
+            let core = self.clone();
+            async move { drop(tokio::spawn(async move { core.commit_batch(jobs).await }).await) }
+        };
+        self.steps.submit(job, committed, run).await??;
         out.lock().unwrap_or_else(|e| e.into_inner()).take().expect("a committed step ran its operation")
     }
 
@@ -972,7 +1002,8 @@ impl PostgresStore {
         let (create, limits) = (jobs.iter().any(|j| j.create), jobs.iter().any(|j| j.limits));
         let promises = dedup(&jobs.iter().flat_map(|j| j.promises.iter().cloned()).collect::<Vec<_>>());
         let tasks = dedup(&jobs.iter().flat_map(|j| j.tasks.iter().cloned()).collect::<Vec<_>>());
-        let select = Select::Ids { promises: &promises, tasks: &tasks, create, limits, schedule: None };
+        let schedules = dedup(&jobs.iter().flat_map(|j| j.schedules.iter().cloned()).collect::<Vec<_>>());
+        let select = Select::Ids { promises: &promises, tasks: &tasks, create, limits, schedules: &schedules };
         self.retried(durable, &select, &mut |core, now| jobs.iter_mut().for_each(|job| (job.op)(core, now))).await
     }
 
@@ -1051,7 +1082,7 @@ impl PostgresStore {
         let begin = if durable { "BEGIN" } else { "BEGIN; SET LOCAL synchronous_commit TO off" };
         let (mut limits, mut buckets, mut executing, mut schedules) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (now, (promises, mut tasks)) = match select {
-            Select::Ids { promises, tasks, create, limits: read_limits, schedule } => {
+            Select::Ids { promises, tasks, create, limits: read_limits, schedules: locked } => {
                 let rows = Rows { promises: promises.to_vec(), tasks: tasks.to_vec() };
                 // A step that may free a slot reads the limits, to wake the workers a
                 // limit holds back, once this process has seen one.
@@ -1074,10 +1105,10 @@ impl PostgresStore {
                         conn.query(&limits_q, &[]).await.map_err(db)
                     },
                     async {
-                        match schedule {
-                            Some(id) => conn.query(&lock_schedule, &[id]).await.map_err(db),
-                            None => Ok(Vec::new()),
+                        if locked.is_empty() {
+                            return Ok(Vec::new());
                         }
+                        conn.query(&lock_schedule, &[locked]).await.map_err(db)
                     }
                 )?;
                 schedules = scheduled.iter().map(|r| parse::<Schedule>(r.get(0))).collect::<Result<_, _>>()?;
@@ -1374,9 +1405,14 @@ impl PostgresStore {
 
     /// The promise `id` as it is now, and its task's state, read in the next query
     /// this process makes for the reads queued beside it.
-    async fn look(&self, id: &str) -> Result<Option<Looked>, StoreError> {
+    async fn look(self: &Arc<Self>, id: &str) -> Result<Option<Looked>, StoreError> {
         let (done, looked) = tokio::sync::oneshot::channel();
-        self.reads.submit(Read { id: id.to_owned(), done }, looked, |reads| self.look_all(reads)).await?
+        // As a step's transaction: the query answers other callers' reads too.
+        let run = |reads| {
+            let core = self.clone();
+            async move { drop(tokio::spawn(async move { core.look_all(reads).await }).await) }
+        };
+        self.reads.submit(Read { id: id.to_owned(), done }, looked, run).await?
     }
 
     /// Reads the promises of `reads` in one query and answers each; a record that
@@ -1480,16 +1516,16 @@ fn ids(rows: Vec<tokio_postgres::Row>) -> Vec<String> {
 #[async_trait]
 impl super::Store for PostgresStore {
     async fn now(&self) -> Result<Millis, StoreError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.core.pool.get().await?;
         let [clock] = conn.statements([CLOCK]).await.map_err(db)?;
-        self.now_in(&conn, &clock).await
+        self.core.now_in(&conn, &clock).await
     }
 
     async fn create(&self, req: CreatePromise) -> Result<Created, StoreError> {
         if let Some(key) = req.task.as_ref().and_then(|t| t.debounce.as_ref()).map(|d| d.key.clone()) {
             let promises: Vec<String> = std::iter::once(&req.id).chain(&req.parent).cloned().collect();
-            let select = Select::Debounce { key: &key, promises: &promises, channel: &self.channel };
-            return self.step(select, |core, now| core.create(req.clone(), now)).await;
+            let select = Select::Debounce { key: &key, promises: &promises, channel: &self.core.channel };
+            return self.core.step(select, |core, now| core.create(req.clone(), now)).await;
         }
         // The creator too: the new promise joins its family.
         // And the promise its task waits for.
@@ -1498,7 +1534,8 @@ impl super::Store for PostgresStore {
         let tasks = req.fence.iter().map(|f| f.task.clone()).collect::<Vec<_>>();
         // A create that acquires its task reads the limits: a limited task waits for a claim.
         let limits = req.task.as_ref().is_some_and(|t| t.acquire.is_some());
-        self.batched(req.durable, (promises, tasks), (true, limits), move |core, now| core.create(req.clone(), now))
+        self.core
+            .batched(req.durable, (promises, tasks), (true, limits), move |core, now| core.create(req.clone(), now))
             .await
     }
 
@@ -1506,24 +1543,24 @@ impl super::Store for PostgresStore {
         let mut promises: Vec<String> = family.iter().map(|r| r.id.clone()).collect();
         promises.extend(family.iter().filter_map(|r| r.parent.clone()));
         let promises = dedup(&promises);
-        let select = Select::Ids { promises: &promises, tasks: &[], create: true, limits: false, schedule: None };
-        self.step(select, |core, now| core.import(family.clone(), now)).await
+        let select = Select::Ids { promises: &promises, tasks: &[], create: true, limits: false, schedules: &[] };
+        self.core.step(select, |core, now| core.import(family.clone(), now)).await
     }
 
     async fn settle(&self, req: SettlePromise) -> Result<Promise, StoreError> {
         let (promises, tasks) = ([req.id.clone()], req.fence.iter().map(|f| f.task.clone()).collect::<Vec<_>>());
         let rows = (promises.to_vec(), tasks);
-        self.batched(true, rows, (false, false), move |core, now| core.settle(req.clone(), now)).await
+        self.core.batched(true, rows, (false, false), move |core, now| core.settle(req.clone(), now)).await
     }
 
     async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError> {
-        Ok(self.look(id).await?.map(|looked| looked.promise))
+        Ok(self.core.look(id).await?.map(|looked| looked.promise))
     }
 
     async fn search(&self, search: Search) -> Result<Page, StoreError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.core.pool.get().await?;
         let [clock, find, family] = conn.statements([CLOCK, SEARCH, SEARCH_FAMILY]).await.map_err(db)?;
-        let now = self.begin_custom(&mut conn, &clock).await? as i64;
+        let now = self.core.begin_custom(&mut conn, &clock).await? as i64;
         let limit = super::page_size(search.limit);
         let after = search.cursor.clone().filter(|c| c.as_str() >= search.prefix.as_str()).unwrap_or_default();
         let state = search.state.map(state_name);
@@ -1553,9 +1590,9 @@ impl super::Store for PostgresStore {
     }
 
     async fn invocations(&self, query: Invocations) -> Result<Listing, StoreError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.core.pool.get().await?;
         let [clock, list] = conn.statements([CLOCK, INVOCATIONS]).await.map_err(db)?;
-        let now = self.begin_custom(&mut conn, &clock).await? as i64;
+        let now = self.core.begin_custom(&mut conn, &clock).await? as i64;
         let limit = super::page_size(query.limit);
         let Some(start) = Start::of(&query) else { return Ok(Listing { invocations: Vec::new(), cursor: None }) };
         let (at, after) = (start.at.min(i64::MAX as u64) as i64, start.after.unwrap_or_default());
@@ -1584,14 +1621,14 @@ impl super::Store for PostgresStore {
     }
 
     async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.core.pool.get().await?;
         let [get] = conn.statements([GET_TASK]).await.map_err(db)?;
         let row = conn.query_opt(&get, &[&id]).await.map_err(db)?;
         row.map(|r| parse::<Task>(r.get(0))).transpose()
     }
 
     async fn tasks(&self, ids: &[String]) -> Result<Vec<Task>, StoreError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.core.pool.get().await?;
         let [get] = conn.statements([GET_TASKS]).await.map_err(db)?;
         let rows = conn.query(&get, &[&ids]).await.map_err(db)?;
         rows.into_iter().map(|r| parse::<Task>(r.get(0))).collect()
@@ -1599,6 +1636,7 @@ impl super::Store for PostgresStore {
 
     async fn claim(&self, claim: Claim) -> Result<Vec<Acquired>, StoreError> {
         let acquired = self
+            .core
             .step(Select::Ready(&claim), |core, now| {
                 // The ready queues hold only the candidates: claim them all.
                 let mut all = claim.clone();
@@ -1610,9 +1648,9 @@ impl super::Store for PostgresStore {
             return Ok(acquired);
         }
         // The preload of every claimed task, in one query.
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.core.pool.get().await?;
         let [clock, preload] = conn.statements([CLOCK, PRELOAD]).await.map_err(db)?;
-        let now = self.now_in(&conn, &clock).await? as i64;
+        let now = self.core.now_in(&conn, &clock).await? as i64;
         let roots: Vec<String> = acquired.iter().map(|a| a.root.id.clone()).collect();
         let rows = conn.query(&preload, &[&roots, &now]).await.map_err(db)?;
         let mut acquired = acquired;
@@ -1629,57 +1667,62 @@ impl super::Store for PostgresStore {
     async fn heartbeat(&self, process: &str, held: &[Fence], ttl: Millis) -> Result<Vec<Fence>, StoreError> {
         let tasks: Vec<String> = held.iter().map(|f| f.task.clone()).collect();
         let (process, held) = (process.to_owned(), held.to_vec());
-        self.batched(true, (Vec::new(), tasks), (false, false), move |core, now| {
-            Ok(core.heartbeat(&process, &held, ttl, now))
-        })
-        .await
+        self.core
+            .batched(true, (Vec::new(), tasks), (false, false), move |core, now| {
+                Ok(core.heartbeat(&process, &held, ttl, now))
+            })
+            .await
     }
 
     async fn release(&self, fence: &Fence, how: Release) -> Result<(), StoreError> {
         let tasks = [fence.task.clone()];
         let fence = fence.clone();
-        self.batched(true, (Vec::new(), tasks.to_vec()), (false, false), move |core, now| {
-            core.release(&fence, how.clone(), now)
-        })
-        .await
+        self.core
+            .batched(true, (Vec::new(), tasks.to_vec()), (false, false), move |core, now| {
+                core.release(&fence, how.clone(), now)
+            })
+            .await
     }
 
     async fn suspend(&self, fence: &Fence, awaiting: &[String]) -> Result<bool, StoreError> {
         let tasks = [fence.task.clone()];
         let (fence, awaiting) = (fence.clone(), awaiting.to_vec());
-        self.batched(true, (awaiting.clone(), tasks.to_vec()), (false, false), move |core, now| {
-            core.suspend(&fence, &awaiting, now)
-        })
-        .await
+        self.core
+            .batched(true, (awaiting.clone(), tasks.to_vec()), (false, false), move |core, now| {
+                core.suspend(&fence, &awaiting, now)
+            })
+            .await
     }
 
     async fn resume_halted(&self, group: &str, code: &BTreeMap<String, u64>) -> Result<usize, StoreError> {
-        self.step(Select::Halted(group), |core, now| Ok(core.resume_halted(group, code, now))).await
+        self.core.step(Select::Halted(group), |core, now| Ok(core.resume_halted(group, code, now))).await
     }
 
     async fn resume(&self, id: &str) -> Result<bool, StoreError> {
         let tasks = [id.to_owned()];
         let id = id.to_owned();
-        self.batched(true, (Vec::new(), tasks.to_vec()), (false, false), move |core, now| Ok(core.resume(&id, now)))
+        self.core
+            .batched(true, (Vec::new(), tasks.to_vec()), (false, false), move |core, now| Ok(core.resume(&id, now)))
             .await
     }
 
     async fn release_predecessors(&self, group: &str, pid: &str, process: &str) -> Result<usize, StoreError> {
-        self.step(Select::Predecessors(group, pid, process), |core, now| {
-            Ok(core.release_predecessors(group, pid, process, now))
-        })
-        .await
+        self.core
+            .step(Select::Predecessors(group, pid, process), |core, now| {
+                Ok(core.release_predecessors(group, pid, process, now))
+            })
+            .await
     }
 
     async fn purge(&self, purge: Purge) -> Result<usize, StoreError> {
-        self.purge_batched(&purge).await
+        self.core.purge_batched(&purge).await
     }
 
     async fn tick(&self) -> Result<Tick, StoreError> {
-        let mut tick = self.step(Select::Due, |core, now| Ok(core.tick(now))).await?;
+        let mut tick = self.core.step(Select::Due, |core, now| Ok(core.tick(now))).await?;
         // The next deadline of the whole store, not just of the rows this step saw;
         // and a rate's state that let its next start through by now is as good as none.
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.core.pool.get().await?;
         let [next, spent] = conn.statements([NEXT_DEADLINE, SPENT_BUCKETS]).await.map_err(db)?;
         let now = tick.now as i64;
         let now_us = tick.now.saturating_mul(1000) as i64;
@@ -1691,23 +1734,23 @@ impl super::Store for PostgresStore {
         // a backoff): their workers may know of no deadline then, so they are told.
         // (The first tick of a process only notes the time: its workers claim as they
         // start.)
-        let since = self.ticked.fetch_max(tick.now, std::sync::atomic::Ordering::Relaxed).min(tick.now) as i64;
+        let since = self.core.ticked.fetch_max(tick.now, std::sync::atomic::Ordering::Relaxed).min(tick.now) as i64;
         if since > 0 && since < now {
             let [became, notify] = conn.statements([BECAME_READY, NOTIFY_READY]).await.map_err(db)?;
             let groups: Vec<String> = ids(conn.query(&became, &[&since, &now]).await.map_err(db)?);
             if !groups.is_empty() {
-                let channels: Vec<String> = groups.iter().map(|g| ready_channel(&self.channel, g)).collect();
+                let channels: Vec<String> = groups.iter().map(|g| ready_channel(&self.core.channel, g)).collect();
                 conn.execute(&notify, &[&channels]).await.map_err(db)?;
-                self.ready.bump(groups.iter().map(String::as_str));
+                self.core.ready.bump(groups.iter().map(String::as_str));
             }
         }
         Ok(tick)
     }
 
     async fn announce(&self, worker: &Worker, ttl: Millis) -> Result<(), StoreError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.core.pool.get().await?;
         let [clock, announce, forget] = conn.statements([CLOCK, ANNOUNCE, FORGET]).await.map_err(db)?;
-        let now = self.now_in(&conn, &clock).await?;
+        let now = self.core.now_in(&conn, &clock).await?;
         let until = now.saturating_add(ttl) as i64;
         let w = worker;
         conn.execute(&announce, &[&w.group, &w.pid, &w.process, &w.functions, &until]).await.map_err(db)?;
@@ -1717,9 +1760,9 @@ impl super::Store for PostgresStore {
     }
 
     async fn workers(&self) -> Result<Vec<Worker>, StoreError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.core.pool.get().await?;
         let [clock, workers] = conn.statements([CLOCK, WORKERS]).await.map_err(db)?;
-        let now = self.now_in(&conn, &clock).await?;
+        let now = self.core.now_in(&conn, &clock).await?;
         let since = now.saturating_sub(FORGET_WORKERS) as i64;
         let rows = conn.query(&workers, &[&since]).await.map_err(db)?;
         Ok(rows
@@ -1736,27 +1779,27 @@ impl super::Store for PostgresStore {
 
     async fn set_limit(&self, limit: Limit, replace: bool) -> Result<Limit, StoreError> {
         limit.check()?;
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.core.pool.get().await?;
         let [insert, get] =
             conn.statements([if replace { REPLACE_LIMIT } else { INSERT_LIMIT }, GET_LIMIT]).await.map_err(db)?;
         let data = serde_json::to_string(&limit).expect("a limit encodes");
         conn.execute(&insert, &[&limit.name, &limit.group, &limit.function, &data]).await.map_err(db)?;
         let row = conn.query_one(&get, &[&limit.name]).await.map_err(db)?;
-        self.flow_seen.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.wake_waiting(&conn).await?;
+        self.core.flow_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.core.wake_waiting(&conn).await?;
         parse(row.get(0))
     }
 
     async fn remove_limit(&self, name: &str) -> Result<bool, StoreError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.core.pool.get().await?;
         let [remove] = conn.statements([REMOVE_LIMIT]).await.map_err(db)?;
         let gone: i64 = conn.query_one(&remove, &[&name]).await.map_err(db)?.get(0);
-        self.wake_waiting(&conn).await?;
+        self.core.wake_waiting(&conn).await?;
         Ok(gone > 0)
     }
 
     async fn limits(&self) -> Result<Vec<LimitState>, StoreError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.core.pool.get().await?;
         let [limits, usage] = conn.statements([LIMITS, LIMIT_USE]).await.map_err(db)?;
         let rows = conn.query(&limits, &[]).await.map_err(db)?;
         let mut states = Vec::new();
@@ -1771,33 +1814,34 @@ impl super::Store for PostgresStore {
     }
 
     async fn put_schedule(&self, schedule: Schedule, replace: bool) -> Result<Schedule, StoreError> {
-        let id = schedule.id.clone();
-        let select = Select::Ids { promises: &[], tasks: &[], create: false, limits: false, schedule: Some(&id) };
-        self.step(select, |core, _| core.put_schedule(schedule.clone(), replace)).await
+        let ids = vec![schedule.id.clone()];
+        let put = move |core: &mut Core, _| core.put_schedule(schedule.clone(), replace);
+        self.core.batched_with(true, (Vec::new(), Vec::new()), (false, false), ids, put).await
     }
 
     async fn update_schedule(&self, schedule: Schedule, fires: Vec<CreatePromise>) -> Result<bool, StoreError> {
-        let id = schedule.id.clone();
+        let ids = vec![schedule.id.clone()];
         // The fires, and the promises they wait for.
         let after = fires.iter().filter_map(|f| f.task.as_ref().and_then(|t| t.after.clone()));
         let promises: Vec<String> = dedup(&fires.iter().map(|f| f.id.clone()).chain(after).collect::<Vec<_>>());
-        let select = Select::Ids { promises: &promises, tasks: &[], create: true, limits: false, schedule: Some(&id) };
-        self.step(select, |core, now| core.update_schedule(schedule.clone(), fires.clone(), now)).await
+        let update = move |core: &mut Core, now| core.update_schedule(schedule.clone(), fires.clone(), now);
+        self.core.batched_with(true, (promises, Vec::new()), (true, false), ids, update).await
     }
 
     async fn remove_schedule(&self, id: &str) -> Result<bool, StoreError> {
-        let select = Select::Ids { promises: &[], tasks: &[], create: false, limits: false, schedule: Some(id) };
-        self.step(select, |core, _| Ok(core.remove_schedule(id))).await
+        let (ids, owned) = (vec![id.to_owned()], id.to_owned());
+        let remove = move |core: &mut Core, _| Ok(core.remove_schedule(&owned));
+        self.core.batched_with(true, (Vec::new(), Vec::new()), (false, false), ids, remove).await
     }
 
     async fn schedule(&self, id: &str) -> Result<Option<Schedule>, StoreError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.core.pool.get().await?;
         let [get] = conn.statements([GET_SCHEDULE]).await.map_err(db)?;
         conn.query_opt(&get, &[&id]).await.map_err(db)?.map(|row| parse(row.get(0))).transpose()
     }
 
     async fn schedules(&self, due: Option<Millis>) -> Result<Vec<Schedule>, StoreError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.core.pool.get().await?;
         let rows = match due {
             None => {
                 let [all] = conn.statements([ALL_SCHEDULES]).await.map_err(db)?;
@@ -1815,8 +1859,8 @@ impl super::Store for PostgresStore {
     async fn wait(&self, id: &str, halted: bool) -> Result<(), StoreError> {
         // Registered before the read, so a settle between the two is not missed; it
         // leaves the waiters however this ends.
-        let waiter = self.waiters.register(id);
-        let done = match self.look(id).await? {
+        let waiter = self.core.waiters.register(id);
+        let done = match self.core.look(id).await? {
             None => true,
             Some(looked) => {
                 looked.promise.state.is_settled()
@@ -1831,9 +1875,9 @@ impl super::Store for PostgresStore {
     }
 
     fn ready(&self, group: &str) -> watch::Receiver<u64> {
-        let signal = self.ready.subscribe(group);
+        let signal = self.core.ready.subscribe(group);
         // The listener may be reconnecting: it listens to every subscribed group then.
-        let _ = self.listen_to.send(group.to_owned());
+        let _ = self.core.listen_to.send(group.to_owned());
         signal
     }
 }
@@ -1872,7 +1916,7 @@ mod tests {
             store.settle(settle).await.unwrap();
             store.wait(&id, false).await.unwrap();
         }
-        assert_eq!(store.waiters.len(), 0, "a wait that found its promise settled registered nothing for good");
+        assert_eq!(store.core.waiters.len(), 0, "a wait that found its promise settled registered nothing for good");
         let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
         client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
@@ -1922,6 +1966,40 @@ mod tests {
         let row = client.query_one(&writers, &[]).await.unwrap();
         let transactions: i64 = row.get(1);
         assert!(transactions <= 4, "64 settles at once took {transactions} transactions");
+        client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    }
+
+    /// A caller dropped while its turn runs a transaction carrying other callers'
+    /// steps leaves them to finish: each of those gets its own answer, not an error of
+    /// unknown outcome. (Every second caller here is dropped soon after it starts.)
+    #[tokio::test]
+    async fn a_caller_dropped_mid_batch_leaves_the_other_steps_to_finish() {
+        let (store, client, schema) = fresh("dropped").await;
+        let store = std::sync::Arc::new(store);
+        for round in 0..16 {
+            let calls: Vec<_> = (0..32)
+                .map(|i| {
+                    let store = store.clone();
+                    let id = format!("d{round}-{i}");
+                    tokio::spawn(async move { store.create(CreatePromise::new(id, Param::External)).await })
+                })
+                .collect();
+            // Dropped at different points of their batches' transactions.
+            tokio::time::sleep(std::time::Duration::from_micros(150 * round)).await;
+            for (i, call) in calls.iter().enumerate() {
+                if i % 2 == 0 {
+                    call.abort();
+                }
+            }
+            for (i, call) in calls.into_iter().enumerate() {
+                match call.await {
+                    Ok(created) => {
+                        created.unwrap_or_else(|e| panic!("round {round}, call {i}: {e}"));
+                    }
+                    Err(aborted) => assert!(i % 2 == 0 && aborted.is_cancelled()),
+                }
+            }
+        }
         client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
     }
 
@@ -1992,7 +2070,7 @@ mod tests {
             }
         });
         tokio::spawn(messages.for_each(|_| async {}));
-        let channel = super::ready_channel(&store.channel, "work");
+        let channel = super::ready_channel(&store.core.channel, "work");
         listener.batch_execute(&format!("LISTEN {}", super::quote_ident(&channel))).await.unwrap();
         assert!(store.suspend(&fence, &["root.1".to_owned()]).await.unwrap(), "suspended on the call");
         let announced = tokio::time::timeout(std::time::Duration::from_secs(10), notes.next()).await;
@@ -2008,20 +2086,20 @@ mod tests {
         let (store, client, schema) = fresh("own_notes").await;
         let notify = "SELECT pg_notify($1, $2)";
         // Until the listener listens, a notification is lost: send one until it is heard.
-        let heard = store.waiters.register("heard");
+        let heard = store.core.waiters.register("heard");
         let mut heard = std::pin::pin!(heard);
         loop {
-            client.execute(notify, &[&store.channel, &"s:heard"]).await.unwrap();
+            client.execute(notify, &[&store.core.channel, &"s:heard"]).await.unwrap();
             if tokio::time::timeout(std::time::Duration::from_millis(200), &mut heard).await.is_ok() {
                 break;
             }
         }
         // The own notification commits before the foreign one, and arrives first.
-        let (own, foreign) = (store.waiters.register("own"), store.waiters.register("foreign"));
-        let conn = store.pool.get().await.unwrap();
-        conn.execute(notify, &[&store.channel, &"s:own"]).await.unwrap();
+        let (own, foreign) = (store.core.waiters.register("own"), store.core.waiters.register("foreign"));
+        let conn = store.core.pool.get().await.unwrap();
+        conn.execute(notify, &[&store.core.channel, &"s:own"]).await.unwrap();
         drop(conn);
-        client.execute(notify, &[&store.channel, &"s:foreign"]).await.unwrap();
+        client.execute(notify, &[&store.core.channel, &"s:foreign"]).await.unwrap();
         let foreign = tokio::time::timeout(std::time::Duration::from_secs(10), foreign).await;
         assert!(foreign.is_ok(), "another connection's notification wakes its waiter");
         assert!(own.now_or_never().is_none(), "a notification of this store's own connection woke a waiter");
