@@ -1377,20 +1377,8 @@ pub async fn a_delayed_task_waits_for_its_time(store: &dyn Store) {
 
 /// A schedule due at `next`, firing every minute.
 fn schedule(id: &str, next: u64) -> Schedule {
-    Schedule {
-        id: id.into(),
-        spec: ScheduleSpec::every(Duration::from_secs(60)),
-        call: Param::call("report", 1, "null".into()),
-        paused: false,
-        next: Some(next),
-        last: None,
-        fired: 0,
-        skipped: 0,
-        missed: None,
-        error: None,
-        created_at: 0,
-        version: 0,
-    }
+    let every = ScheduleSpec::every(Duration::from_secs(60));
+    Schedule::new(id, every, Param::call("report", 1, "null".into()), 0, Some(next))
 }
 
 /// The invocation of a fire, delivered to group `g`.

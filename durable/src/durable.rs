@@ -1319,20 +1319,8 @@ impl<'a> Schedules<'a> {
         spec.target.get_or_insert_with(|| format!("poll://any@{}", self.group));
         let now = self.store.now().await?;
         let times = spec.times().map_err(invalid)?;
-        let mut schedule = Schedule {
-            id: id.to_owned(),
-            call: Param::call(f.name(), f.version(), args),
-            paused: false,
-            next: times.after(now.saturating_sub(1)),
-            last: None,
-            fired: 0,
-            skipped: 0,
-            missed: None,
-            error: None,
-            created_at: now,
-            version: 0,
-            spec,
-        };
+        let call = Param::call(f.name(), f.version(), args);
+        let mut schedule = Schedule::new(id, spec, call, now, times.after(now.saturating_sub(1)));
         if replace && let Some(old) = self.store.schedule(id).await? {
             (schedule.last, schedule.fired, schedule.skipped, schedule.missed) =
                 (old.last, old.fired, old.skipped, old.missed);

@@ -354,6 +354,26 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// A new schedule `id` of `spec`, each fire calling `call`, created at
+    /// `created_at`, next firing at `next`: not paused, nothing fired yet. The store
+    /// sets its version when it is stored.
+    pub fn new(id: &str, spec: ScheduleSpec, call: Param, created_at: Millis, next: Option<Millis>) -> Schedule {
+        Schedule {
+            id: id.to_owned(),
+            spec,
+            call,
+            paused: false,
+            next,
+            last: None,
+            fired: 0,
+            skipped: 0,
+            missed: None,
+            error: None,
+            created_at,
+            version: 0,
+        }
+    }
+
     /// When the store starts its next fire: the fire's time, plus its jitter; `None`
     /// while paused or once ended.
     pub fn due(&self) -> Option<Millis> {
@@ -473,20 +493,8 @@ mod tests {
 
     #[test]
     fn jitter_is_the_same_everywhere_and_within_its_bound() {
-        let mut s = Schedule {
-            id: "s".into(),
-            spec: ScheduleSpec::every(Duration::from_secs(60)).jitter(Duration::from_secs(10)),
-            call: Param::call("f", 1, "null".into()),
-            paused: false,
-            next: Some(60_000),
-            last: None,
-            fired: 0,
-            skipped: 0,
-            missed: None,
-            error: None,
-            created_at: 0,
-            version: 1,
-        };
+        let spec = ScheduleSpec::every(Duration::from_secs(60)).jitter(Duration::from_secs(10));
+        let mut s = Schedule::new("s", spec, Param::call("f", 1, "null".into()), 0, Some(60_000));
         let due = s.due().unwrap();
         assert!((60_000..=70_000).contains(&due));
         assert_eq!(s.clone().due(), Some(due), "drawn, not random");

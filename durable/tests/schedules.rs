@@ -306,19 +306,8 @@ async fn a_fire_that_no_worker_serves_is_reported_and_runs_once_one_starts(store
 /// stops with why, and holds up no other.
 async fn a_stored_schedule_that_does_not_read_stops_saying_why(store: Arc<dyn Store>) {
     let now = store.now().await.unwrap();
-    let bad = |id: &str, spec: ScheduleSpec| Schedule {
-        id: id.into(),
-        spec,
-        call: durable::Param::call("report", 1, "\"x\"".into()),
-        paused: false,
-        next: Some(now),
-        last: None,
-        fired: 0,
-        skipped: 0,
-        missed: None,
-        error: None,
-        created_at: now,
-        version: 0,
+    let bad = |id: &str, spec: ScheduleSpec| {
+        Schedule::new(id, spec, durable::Param::call("report", 1, "\"x\"".into()), now, Some(now))
     };
     store.put_schedule(bad("bad-cron", ScheduleSpec::cron("0 25 * * *")), false).await.unwrap();
     store

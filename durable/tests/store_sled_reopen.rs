@@ -58,19 +58,9 @@ async fn acknowledged_writes_survive_a_reopen_and_held_tasks_are_released() {
 #[tokio::test]
 async fn schedules_survive_a_reopen_with_their_fires() {
     let dir = tempfile::tempdir().unwrap();
-    let schedule = |id: &str, next: u64| durable::Schedule {
-        id: id.into(),
-        spec: durable::ScheduleSpec::every(std::time::Duration::from_secs(60)),
-        call: Param::call("report", 1, "null".into()),
-        paused: false,
-        next: Some(next),
-        last: None,
-        fired: 0,
-        skipped: 0,
-        missed: None,
-        error: None,
-        created_at: 0,
-        version: 0,
+    let schedule = |id: &str, next: u64| {
+        let every = durable::ScheduleSpec::every(std::time::Duration::from_secs(60));
+        durable::Schedule::new(id, every, Param::call("report", 1, "null".into()), 0, Some(next))
     };
     {
         let store = SledStore::open(dir.path()).unwrap();

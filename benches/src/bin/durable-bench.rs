@@ -466,7 +466,7 @@ async fn run_latency(store: &Arc<dyn Store>, args: &Args) -> Result<(), String> 
         round(format!("warm-{kind}"), (args.n / 10).max(clients)).await?;
         let (mut times, took) = round(kind.to_owned(), args.n).await?;
         times.sort();
-        let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
+        let at = |q: f64| quantile(&times, q);
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
             "{{\"workload\":\"latency\",\"store\":\"{}\",\"kind\":\"{kind}\",\"n\":{},\"concurrency\":{clients},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"invocations_per_second\":{:.0}}}",
@@ -521,7 +521,7 @@ async fn run_schedules(store: &Arc<dyn Store>, args: &Args) -> Result<(), String
     }
     made.sort_unstable();
     done.sort_unstable();
-    let at = |v: &[u64], q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+    let at = quantile::<u64>;
     println!(
         "{{\"workload\":\"schedules\",\"store\":\"{}\",\"schedules\":{},\"fires\":{},\"made_p50_ms\":{},\"made_p99_ms\":{},\"made_max_ms\":{},\"done_p50_ms\":{},\"done_p99_ms\":{},\"done_max_ms\":{}}}",
         args.store,
@@ -536,6 +536,12 @@ async fn run_schedules(store: &Arc<dyn Store>, args: &Args) -> Result<(), String
     );
     drop(durable);
     Ok(())
+}
+
+/// The `q` quantile of `sorted` (not empty): the value at or below which that share
+/// of them lies.
+fn quantile<T: Copy>(sorted: &[T], q: f64) -> T {
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 /// A fire's time as its id writes it.
