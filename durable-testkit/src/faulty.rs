@@ -246,6 +246,10 @@ impl Store for FaultyStore {
         self.op("resume_halted", self.inner.resume_halted(group, code)).await
     }
 
+    async fn request_cancel(&self, id: &str) -> Result<Option<Promise>, StoreError> {
+        self.op("request_cancel", self.inner.request_cancel(id)).await
+    }
+
     async fn resume(&self, id: &str) -> Result<bool, StoreError> {
         self.op("resume", self.inner.resume(id)).await
     }

@@ -221,6 +221,10 @@ impl Store for Gate {
         self.read(self.inner.resume_halted(group, code)).await
     }
 
+    async fn request_cancel(&self, id: &str) -> Result<Option<Promise>, StoreError> {
+        self.write(format!("request_cancel {id}"), self.inner.request_cancel(id)).await
+    }
+
     async fn resume(&self, id: &str) -> Result<bool, StoreError> {
         self.write(format!("resume {id}"), self.inner.resume(id)).await
     }

@@ -118,6 +118,17 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A function failed, or was canceled, after steps that carry an undo
+    /// ([`Call::compensate`](crate::Call::compensate)) completed: their undos ran, last
+    /// step first, before it settled.
+    Compensated {
+        /// The function's promise.
+        id: String,
+        /// Why it failed: [`Error::Canceled`] if it was canceled.
+        cause: Box<Error>,
+        /// The steps undone, in the order their undos ran.
+        undone: Vec<String>,
+    },
     /// The invocation's task was halted; a fixed deploy resumes it.
     Halted {
         /// The invocation.
@@ -158,6 +169,9 @@ impl fmt::Display for Error {
             Error::Application { message, .. } => write!(f, "{message}"),
             Error::Timeout { id } => write!(f, "promise {id} timed out"),
             Error::Canceled { id } => write!(f, "promise {id} was canceled"),
+            Error::Compensated { id, cause, undone } => {
+                write!(f, "{id} undid {} after: {cause}", undone.join(", "))
+            }
             Error::Nondeterminism(n) => fmt::Display::fmt(n, f),
             Error::NotRegistered { name, where_ } => {
                 write!(f, "function {name:?} is not registered")?;
@@ -264,7 +278,10 @@ impl Error {
 
     /// Whether a retry policy may retry this error.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Application { terminal: false, .. } | Error::Timeout { .. })
+        match self {
+            Error::Compensated { cause, .. } => cause.is_retryable(),
+            _ => matches!(self, Error::Application { terminal: false, .. } | Error::Timeout { .. }),
+        }
     }
 }
 
@@ -344,6 +361,7 @@ pub(crate) enum Failure {
     Application { message: String, terminal: bool },
     Timeout { id: String },
     Canceled { id: String },
+    Compensated { id: String, cause: Box<Failure>, undone: Vec<String> },
     Nondeterminism(Nondeterminism),
     NotRegistered { name: String, where_: Option<String> },
     Codec { id: String, what: String, message: String },
@@ -369,6 +387,9 @@ impl Failure {
             Failure::Application { message, terminal } => Error::Application { message, terminal },
             Failure::Timeout { id } => Error::Timeout { id },
             Failure::Canceled { id } => Error::Canceled { id },
+            Failure::Compensated { id, cause, undone } => {
+                Error::Compensated { id, cause: Box::new(cause.into_error()), undone }
+            }
             Failure::Nondeterminism(n) => Error::Nondeterminism(Box::new(n)),
             Failure::NotRegistered { name, where_ } => Error::NotRegistered { name, where_ },
             Failure::Codec { id, what, message } => Error::Codec { id, what, message },
@@ -393,6 +414,11 @@ impl From<&Error> for Failure {
             }
             Error::Timeout { id } => Failure::Timeout { id: id.clone() },
             Error::Canceled { id } => Failure::Canceled { id: id.clone() },
+            Error::Compensated { id, cause, undone } => Failure::Compensated {
+                id: id.clone(),
+                cause: Box::new(Failure::from(&**cause)),
+                undone: undone.clone(),
+            },
             Error::Nondeterminism(n) => Failure::Nondeterminism((**n).clone()),
             Error::NotRegistered { name, where_ } => {
                 Failure::NotRegistered { name: name.clone(), where_: where_.clone() }

@@ -25,7 +25,7 @@ pub use crate::durable::{
 };
 pub use crate::error::{Error, Nondeterminism, Result, StoreError};
 pub use crate::history::{Checked, Checker, HISTORY_FORMAT, History, Recorded, Verdict};
-pub use crate::promise::{Fence, MAX_ID_LEN, Millis, NEVER, Param, Promise, State, Task, TaskState};
+pub use crate::promise::{Fence, MAX_ID_LEN, Millis, NEVER, Param, Promise, State, Task, TaskState, Undo};
 pub use crate::retry::Retry;
 pub use crate::runtime::context::{Call, Context, Detach, Lfc, Lfi, Promised, Rfc, Rfi};
 pub use crate::runtime::function::{Callable, Function, Remote};

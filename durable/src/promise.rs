@@ -209,6 +209,27 @@ pub struct Promise {
     pub created_at: Millis,
     /// When it was settled.
     pub settled_at: Option<Millis>,
+    /// The call that undoes this one, attached when it was made
+    /// ([`Call::compensate`](crate::Call::compensate)): owed once it resolves, run if
+    /// its caller then fails or is canceled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<Undo>,
+    /// Its cancellation was asked for ([`Store::request_cancel`](crate::Store::request_cancel))
+    /// and its body has not settled it yet: the next execution of its task makes no
+    /// new call, runs the undos it owes, and settles it canceled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub canceling: bool,
+}
+
+/// An undo: the call that reverses a step ([`Promise::undo`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Undo {
+    /// The function's registered name.
+    pub func: String,
+    /// The function's version.
+    pub version: u32,
+    /// The arguments, as JSON.
+    pub args: String,
 }
 
 impl Promise {
@@ -244,7 +265,11 @@ impl Promise {
             State::Pending => None,
             State::Resolved => Some(Ok(value.unwrap_or("null"))),
             State::Rejected => Some(Err(Failure::decode(&self.id, value).into_error())),
-            State::RejectedCanceled => Some(Err(Error::Canceled { id: self.id.clone() })),
+            // Canceled after undoing steps: the value says which.
+            State::RejectedCanceled => Some(Err(match Failure::decode(&self.id, value) {
+                compensated @ Failure::Compensated { .. } => compensated.into_error(),
+                _ => Error::Canceled { id: self.id.clone() },
+            })),
             State::RejectedTimedout => Some(Err(Error::Timeout { id: self.id.clone() })),
         }
     }

@@ -554,6 +554,9 @@ mod served {
         ) -> Result<usize, durable::StoreError> {
             self.inner.resume_halted(g, c).await
         }
+        async fn request_cancel(&self, id: &str) -> Result<Option<durable::Promise>, durable::StoreError> {
+            self.inner.request_cancel(id).await
+        }
         async fn resume(&self, id: &str) -> Result<bool, durable::StoreError> {
             self.inner.resume(id).await
         }

@@ -492,6 +492,12 @@ impl<'a> Run<'a> {
         let value = workload::approval_value(&id);
         let _ = self.client.promises().resolve(&id, &value).await;
         self.note("approve", format!("{id} = {value}"));
+        // Now and then a client resolves it again, with another value: the first
+        // settle stands.
+        if value % 4 == 0 {
+            let again = self.client.promises().resolve(&id, &(value + 1)).await;
+            self.note("approve again", format!("{id} = {}: {again:?}", value + 1));
+        }
     }
 
     /// An invocation the simulation started, at random.

@@ -329,6 +329,14 @@ impl Store for Observed {
         instant(self.inner.resume_halted(group, code)).await
     }
 
+    async fn request_cancel(&self, id: &str) -> Result<Option<Promise>, StoreError> {
+        let p = instant(self.inner.request_cancel(id)).await?;
+        if let Some(p) = &p {
+            self.observe(p);
+        }
+        Ok(p)
+    }
+
     async fn resume(&self, id: &str) -> Result<bool, StoreError> {
         instant(self.inner.resume(id)).await
     }

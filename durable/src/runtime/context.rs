@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::panic::Location;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
@@ -13,10 +13,11 @@ use tracing::Instrument;
 
 use crate::promise::{DETACHED_TAG, Millis, Param, validate_id};
 use crate::runtime::execute::{Job, Outcome, Scope, outcome};
+use crate::runtime::function::Erased;
 use crate::runtime::handle::Watch;
 use crate::runtime::invocation::{Found, Invocation};
 use crate::store::{CreatePromise, NewTask};
-use crate::{Callable, Function, Handle, Result, Retry, State, Target, codec};
+use crate::{Callable, Function, Handle, Result, Retry, State, Target, Undo, codec};
 
 /// The context of one execution of a durable function.
 ///
@@ -38,6 +39,30 @@ pub struct Context {
     /// This attempt began in this execution: nothing was recorded under it before.
     fresh: bool,
     pub(crate) scope: Arc<Scope>,
+    /// The undos this attempt's steps carry, in the order the steps were made.
+    undos: Arc<Mutex<Vec<Owed>>>,
+}
+
+/// An undo attached to a step ([`Call::compensate`]), kept by the attempt that made
+/// the step: if the attempt fails, or its task is canceled, it runs once the step has
+/// resolved.
+pub(crate) struct Owed {
+    /// The step's number in the attempt: undos run from the highest down.
+    pub(crate) n: u32,
+    /// The step's id.
+    pub(crate) step: String,
+    pub(crate) undo: UndoCall,
+}
+
+/// The call that undoes a step: local for a local step, routed where the step went
+/// for a routed one.
+pub(crate) struct UndoCall {
+    /// The undo's body, for a local step's undo.
+    pub(crate) local: Option<Arc<dyn Erased>>,
+    /// Where a routed step's undo is delivered: the step's own target.
+    pub(crate) target: Option<Target>,
+    /// The call, as the step's promise records it.
+    pub(crate) record: Undo,
 }
 
 impl std::fmt::Debug for Context {
@@ -49,7 +74,12 @@ impl std::fmt::Debug for Context {
 impl Context {
     pub(crate) fn new(inv: Arc<Invocation>, id: String, deadline: Millis, attempt: u32, fresh: bool) -> Context {
         let prefix = (attempt > 1).then(|| retry_timer_id(&id, attempt - 1));
-        Context { inv, id, prefix, deadline, next: 0, attempt, fresh, scope: Arc::default() }
+        Context { inv, id, prefix, deadline, next: 0, attempt, fresh, scope: Arc::default(), undos: Arc::default() }
+    }
+
+    /// The undos this attempt's steps carry.
+    pub(crate) fn take_undos(&self) -> Vec<Owed> {
+        std::mem::take(&mut *self.undos.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Whether this attempt made a durable call (or sleep, or promise) under its own
@@ -202,6 +232,9 @@ impl Context {
         Call {
             inv: self.inv.clone(),
             scope: self.scope.clone(),
+            undos: self.undos.clone(),
+            n: self.next,
+            undo: None,
             fresh: self.fresh && !self.inv.rt.checking,
             deferred: None,
             id,
@@ -482,6 +515,12 @@ impl sealed::Awaited for Rfc {}
 pub struct Call<C: Callable, M> {
     inv: Arc<Invocation>,
     scope: Arc<Scope>,
+    /// Where the caller's attempt keeps the undos its steps carry.
+    undos: Arc<Mutex<Vec<Owed>>>,
+    /// The call's number in its attempt.
+    n: u32,
+    /// Set by `compensate`.
+    undo: Option<Result<UndoCall>>,
     /// Made by a fresh attempt: nothing is recorded under the caller.
     fresh: bool,
     /// Set by `begin` when the creation of a local child is deferred.
@@ -643,6 +682,67 @@ impl<C: Callable, M: sealed::Awaited> Call<C, M> {
     }
 }
 
+impl<C: Callable, M> Call<C, M> {
+    fn attach<U: Callable>(mut self, undo: &U, args: &U::Args, local: Option<Arc<dyn Erased>>) -> Self {
+        let encoded = codec::encode(&self.id, "the arguments", args, self.inv.rt.max_payload).map(|args| UndoCall {
+            local,
+            target: None,
+            record: Undo { func: undo.name().to_owned(), version: undo.version(), args },
+        });
+        self.undo = Some(encoded);
+        self
+    }
+}
+
+/// `compensate` for a local step: the undo is a local call too.
+macro_rules! compensate_local {
+    ($mode:ty) => {
+        impl<F: Function> Call<F, $mode> {
+            /// Attaches an undo: once this step has resolved, if the function that
+            /// makes it fails for good (or is canceled), `undo(args)` runs, as a local
+            /// call with its own retry policy, exactly once, before the function
+            /// settles; the undos of its steps run last step first. The undo is
+            /// recorded with the step ([`Promise::undo`](crate::Promise::undo)).
+            ///
+            /// The step is written before it runs, so that a step begun before a
+            /// crash or a cancel is found, finished and undone. Arguments that do not
+            /// encode are an error when the call is awaited, before anything is
+            /// written. See the [saga example](crate::Context#sagas).
+            pub fn compensate<U: Function>(self, undo: U, args: U::Args) -> Self {
+                let local: Arc<dyn Erased> = Arc::new(undo.clone());
+                self.attach(&undo, &args, Some(local))
+            }
+        }
+    };
+}
+
+/// `compensate` for a routed step: the undo goes where the step went.
+macro_rules! compensate_routed {
+    ($mode:ty) => {
+        impl<C: Callable> Call<C, $mode> {
+            /// Attaches an undo: once this step has resolved, if the function that
+            /// makes it fails for good (or is canceled), `undo(args)` runs, routed to
+            /// the step's target and retried by its worker's policy, exactly once,
+            /// before the function settles; the undos of its steps run last step
+            /// first. A step still running then is asked to cancel first (it undoes
+            /// its own steps), and undone if it resolved anyway. The undo is recorded
+            /// with the step ([`Promise::undo`](crate::Promise::undo)).
+            ///
+            /// Arguments that do not encode, or an undo that no live worker of the
+            /// target's group serves ([`Error::NotRegistered`](crate::Error::NotRegistered)),
+            /// are an error when the call is awaited, before anything is written.
+            pub fn compensate<U: Callable>(self, undo: U, args: U::Args) -> Self {
+                self.attach(&undo, &args, None)
+            }
+        }
+    };
+}
+
+compensate_local!(Lfc);
+compensate_local!(Lfi);
+compensate_routed!(Rfc);
+compensate_routed!(Rfi);
+
 /// What creating a call's promise found.
 enum Begun {
     /// Settled already (recorded, or settled before this run).
@@ -674,11 +774,20 @@ impl<C: Callable, M> Call<C, M> {
             Ok(args) => args.clone(),
             Err(e) => return Err(clone_error(e)),
         };
+        let mut undo = match self.undo.take() {
+            Some(Ok(undo)) => Some(undo),
+            Some(Err(e)) => return Err(e),
+            None => None,
+        };
         let task = if routed {
             let target = match self.target.take() {
                 Some(target) => target?,
                 None => Target::any(self.inv.rt.group.clone()),
             };
+            if let Some(undo) = &mut undo {
+                undo.target = Some(target.clone());
+                self.served(undo).await?;
+            }
             let key = match self.key.take() {
                 Some(key) => Some(key?),
                 None => None,
@@ -708,12 +817,19 @@ impl<C: Callable, M> Call<C, M> {
         }
         // A local child's creation need not be on disk before it runs: replay creates
         // it again, and the durable settle of its result covers it.
-        req.durable = routed;
+        // A step with an undo is written before it runs: one begun is finished and
+        // undone, whatever stops its caller.
+        req.durable = routed || undo.is_some();
         req.task = task;
+        req.undo = undo.as_ref().map(|u| u.record.clone());
+        if let Some(undo) = undo {
+            let owed = Owed { n: self.n, step: self.id.clone(), undo };
+            self.undos.lock().unwrap_or_else(|e| e.into_inner()).push(owed);
+        }
         // A local child of a fresh attempt, with no deadline of its own and an id
         // under its caller, is created only when something is written under it, or
         // else settled in one write with its result.
-        if !routed && self.fresh && self.chosen.is_none() && req.timeout.is_none() {
+        if !routed && self.fresh && self.chosen.is_none() && req.timeout.is_none() && req.undo.is_none() {
             let timeout_at = req.deadline_cap;
             self.deferred = Some(self.inv.defer(req)?);
             tracing::Span::current().record("replayed", false);
@@ -745,6 +861,27 @@ impl<C: Callable, M> Call<C, M> {
             found => Begun::Settled(outcome(found.promise())),
         };
         Ok((self.id.clone(), begun))
+    }
+}
+
+impl<C: Callable, M> Call<C, M> {
+    /// Ok if a live worker of the routed undo's group serves its function: checked
+    /// when the step is made, not when it is replayed.
+    async fn served(&self, undo: &UndoCall) -> Result<()> {
+        if self.inv.is_preloaded(&self.id) || self.inv.rt.checking {
+            return Ok(());
+        }
+        let group = &undo.target.as_ref().expect("a routed undo has its step's target").group;
+        let function = crate::promise::function_key(&undo.record.func, undo.record.version);
+        let store = &self.inv.rt.store;
+        let (now, workers) = futures::try_join!(store.now(), store.workers()).map_err(|e| self.inv.store_fault(e))?;
+        if workers.iter().any(|w| w.serves(group, &function, now)) {
+            return Ok(());
+        }
+        Err(crate::Error::NotRegistered {
+            name: function.into_owned(),
+            where_: Some(format!("group {group:?}: no live worker serves it, so it cannot undo {}", self.id)),
+        })
     }
 }
 

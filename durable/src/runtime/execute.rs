@@ -10,11 +10,11 @@ use tracing::Instrument;
 
 use crate::error::Failure;
 use crate::promise::{Millis, Param, Promise, State};
-use crate::runtime::context::retry_timer_id;
+use crate::runtime::context::{Owed, retry_timer_id};
 use crate::runtime::function::Erased;
-use crate::runtime::invocation::Invocation;
+use crate::runtime::invocation::{Fault, Invocation};
 use crate::runtime::wait::{self, Done};
-use crate::store::{CreatePromise, SettlePromise};
+use crate::store::{CreatePromise, NewTask, SettlePromise};
 use crate::{Context, Error, Result, Retry};
 
 /// A settled outcome: the JSON value, or the error.
@@ -64,13 +64,21 @@ impl Job {
         // the caller go on with a result a crash could still take back.
         let settling = std::sync::atomic::AtomicBool::new(false);
         let mut deferred = self.deferred.clone();
+        // The task's own promise: a request to cancel it stops this execution, and the
+        // next one compensates.
+        let report_cancel = self.id == self.inv.fence.task && !self.inv.canceling;
         let settled_elsewhere = async {
             // Until its promise exists, nobody else can settle it.
             if let Some(created) = &mut deferred {
                 created.wait_for(|created| *created).await.ok()?;
             }
-            let Done::Settled(p) = wait::settled_unless(&*store, &id, false, Some(&settling)).await.ok()? else {
-                return None;
+            let p = match wait::settled_unless(&*store, &id, false, Some(&settling), report_cancel).await.ok()? {
+                Done::Settled(p) => p,
+                Done::Canceling => {
+                    self.inv.fail(Fault::Canceling);
+                    return None;
+                }
+                Done::Halted(_) => return None,
             };
             if settling.load(std::sync::atomic::Ordering::SeqCst) {
                 std::future::pending::<()>().await;
@@ -104,6 +112,7 @@ impl Job {
             let result = AssertUnwindSafe(self.func.call(&mut ctx, &self.args)).catch_unwind().instrument(span).await;
             ctx.scope.join().await;
             let made_calls = ctx.made_calls();
+            let owed = ctx.take_undos();
             // A panic fails the attempt, as an `Err` would: the retry policy decides
             // whether another runs, and then the caller gets the error to handle.
             let result = result
@@ -112,6 +121,14 @@ impl Job {
             let (state, value) = match result {
                 Ok(json) => (State::Resolved, json),
                 Err(e) => {
+                    // The steps this attempt completed are undone first, last first.
+                    let undone = if owed.is_empty() { Vec::new() } else { self.compensate(owed).await? };
+                    let e = if inv.canceling { Error::Canceled { id: self.id.clone() } } else { e };
+                    let e = if undone.is_empty() {
+                        e
+                    } else {
+                        Error::Compensated { id: self.id.clone(), cause: Box::new(e), undone }
+                    };
                     // Unasked, an attempt that made durable calls is not run again:
                     // its calls would run again, as new ones.
                     let retry = match self.retry {
@@ -124,7 +141,9 @@ impl Job {
                         }
                         None => Retry::default(),
                     };
-                    if e.is_retryable()
+                    // A canceled execution is not retried.
+                    if !inv.canceling
+                        && e.is_retryable()
                         && let Some(delay) = retry.delay(attempt)
                     {
                         tracing::warn!(id = %self.id, attempt, delay_ms = delay.as_millis() as u64, error = %e, "the attempt failed; the next runs after the delay");
@@ -133,13 +152,114 @@ impl Job {
                         fresh = true;
                         continue;
                     }
-                    (State::Rejected, Failure::from(&e).encode())
+                    let state = if inv.canceling { State::RejectedCanceled } else { State::Rejected };
+                    (state, Failure::from(&e).encode())
                 }
             };
             let req = SettlePromise { id: self.id.clone(), state, value, ikey: None, strict: false, fence: None };
             settling.store(true, std::sync::atomic::Ordering::SeqCst);
             let settled = inv.settle(req).await.ok()?;
             return Some(outcome(&settled));
+        }
+    }
+
+    /// Runs the undos `owed` of the steps that resolved, last step first; returns the
+    /// steps undone. `None` if a fault stopped it (an undo that failed for good halts
+    /// the task).
+    async fn compensate(&self, mut owed: Vec<Owed>) -> Option<Vec<String>> {
+        owed.sort_by_key(|o| std::cmp::Reverse(o.n));
+        let mut undone = Vec::new();
+        for o in owed {
+            if self.completed(&o).await.ok()? {
+                self.undo(&o).await.ok()?;
+                undone.push(o.step);
+            }
+        }
+        if !undone.is_empty() {
+            tracing::info!(id = %self.id, ?undone, "compensated: the undos of its completed steps ran");
+        }
+        Some(undone)
+    }
+
+    /// Whether a step resolved. A routed step still running is asked to cancel (it
+    /// undoes its own steps) and waited for: one that resolves anyway is undone.
+    async fn completed(&self, o: &Owed) -> Result<bool> {
+        let inv = &self.inv;
+        let Some(p) = inv.lookup(&o.step).await? else {
+            // Never begun: refused, or its caller failed before making it.
+            return Ok(false);
+        };
+        if p.state.is_settled() || o.undo.local.is_some() {
+            // A local step ran in this attempt, which waited for it.
+            return Ok(p.state == State::Resolved);
+        }
+        inv.rt.store.request_cancel(&o.step).await.map_err(|e| inv.store_fault(e))?;
+        let _waiting = inv.waiting(&o.step);
+        Ok(inv.settled(&o.step).await?.state == State::Resolved)
+    }
+
+    /// Runs the undo of step `o` to success. An undo that fails for good halts the
+    /// task for a person: resumed, it runs again, as try `k + 1` (`{step}:undo{k+1}`);
+    /// the marker `{undo}:halted` records that the halt was made, so that a replay
+    /// for any other reason halts again rather than trying again.
+    async fn undo(&self, o: &Owed) -> Result<()> {
+        let inv = &self.inv;
+        for k in 1.. {
+            let id = undo_id(&o.step, k);
+            let outcome = match inv.lookup(&id).await? {
+                Some(p) if p.state.is_settled() => outcome(&p),
+                found => self.run_undo(o, &id, found.is_none()).await?,
+            };
+            let error = match outcome {
+                Ok(_) => return Ok(()),
+                Err(error) => error,
+            };
+            let marker = format!("{id}:halted");
+            if inv.lookup(&marker).await?.is_some() {
+                continue;
+            }
+            let mut req = CreatePromise::new(marker, Param::Record { what: "halted".into() });
+            req.parent = Some(self.id.clone());
+            req.settled = Some((State::Resolved, "null".into()));
+            inv.create(req).await?;
+            let reason = format!(
+                "the undo {id} of step {} failed for good: {error}; once what it needs is fixed, resume the task \
+                 (`durable resume {}`) to run the undo again",
+                o.step, inv.fence.task
+            );
+            return Err(inv.fail(Fault::Undo(reason)));
+        }
+        unreachable!("tries are counted without end")
+    }
+
+    /// Runs (or, begun before, finishes) try `id` of the undo of step `o`.
+    async fn run_undo(&self, o: &Owed, id: &str, new: bool) -> Result<Outcome> {
+        let inv = &self.inv;
+        let undo = &o.undo;
+        if new {
+            let mut req =
+                CreatePromise::new(id, Param::call(&undo.record.func, undo.record.version, undo.record.args.clone()));
+            req.parent = Some(self.id.clone());
+            req.task = undo.target.clone().map(|target| NewTask { window: inv.rt.window, ..NewTask::new(target) });
+            inv.create(req).await?;
+        }
+        let Some(func) = &undo.local else {
+            let _waiting = inv.waiting(id);
+            return Ok(outcome(&inv.settled(id).await?));
+        };
+        let job = Job {
+            inv: inv.clone(),
+            id: id.to_owned(),
+            deadline: crate::NEVER,
+            func: func.clone(),
+            args: undo.record.args.clone(),
+            retry: func.retry(),
+            fresh: new,
+            deferred: None,
+        };
+        match Box::pin(job.run()).await {
+            Some(outcome) => Ok(outcome),
+            None => Err(inv.check().err().unwrap_or_else(|| Error::Runtime("stopped".into()))),
         }
     }
 
@@ -183,6 +303,12 @@ impl Job {
         }
         Ok(attempt)
     }
+}
+
+/// The id of try `k` (from 1) of the undo of `step`: `{step}:undo`, then
+/// `{step}:undo2`, …
+pub(crate) fn undo_id(step: &str, k: u32) -> String {
+    if k == 1 { format!("{step}:undo") } else { format!("{step}:undo{k}") }
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -45,48 +45,94 @@ pub(crate) async fn search_all(store: &dyn Store, mut search: Search) -> Result<
 
 /// Cancels `id` and what it created that is pending, at any depth, but not the
 /// detached invocations it started nor what they created ([`crate::Promises::cancel`]).
+///
+/// Each call with a task is asked to cancel first ([`Store::request_cancel`]): from
+/// then on no execution of it starts a new call, and one that never started is
+/// settled canceled at once. If nothing in the family carries an undo, everything is
+/// then settled canceled at once. Otherwise the promises settled from outside
+/// (sleeps, external promises) are, and the calls are left to their workers, which
+/// run the undos owed and settle them canceled, each after what it started: the
+/// answer is then `id` still pending, marked [`Promise::canceling`].
 pub(crate) async fn cancel(store: &dyn Store, id: &str) -> Result<Promise> {
-    let settle = |id: &str| {
-        let value = Failure::Canceled { id: id.to_owned() }.encode();
-        SettlePromise {
-            id: id.to_owned(),
-            state: State::RejectedCanceled,
-            value,
-            ikey: None,
-            strict: false,
-            fence: None,
+    let Some(top) = store.request_cancel(id).await? else {
+        return Err(StoreError::NotFound { what: "promise", id: id.to_owned() }.into());
+    };
+    if top.state.is_settled() {
+        return Ok(top);
+    }
+    tracing::info!(%id, "cancel asked for, with what it started");
+    // Promises can still appear while a worker learns its task was canceled (its
+    // next write is refused): look again until nothing new is asked.
+    let mut below = loop {
+        let below = started(store, &top).await?;
+        let mut asked = 0;
+        let calls = below.iter().filter(|p| p.state == State::Pending && !p.canceling);
+        for p in calls.filter(|p| matches!(p.param, crate::Param::Call { .. })) {
+            if store.request_cancel(&p.id).await?.is_some_and(|now| now.canceling || now.state.is_settled()) {
+                asked += 1;
+            }
+        }
+        if asked == 0 {
+            break below;
         }
     };
-    let top = store.settle(settle(id)).await?;
-    tracing::info!(%id, "canceled, with what it started");
-    // Promises can still appear while a worker learns its task was canceled (its
-    // next write is refused): look again until none is left to cancel.
+    let owes = below.iter().any(|p| p.undo.is_some());
+    if owes && top.canceling {
+        for p in below.iter().filter(|p| matches!(p.param, crate::Param::Timer | crate::Param::External)) {
+            settle_canceled(store, &p.id).await?;
+        }
+        return Ok(top);
+    }
+    let top = settle_canceled(store, id).await?;
     loop {
-        let root = crate::store::state::family_of(&top).to_owned();
-        let family = search_all(store, Search { root: Some(root), ..Search::default() }).await?;
-        let mut created: HashMap<&str, Vec<&Promise>> = HashMap::new();
-        for p in &family {
-            if let Some(parent) = p.parent.as_deref() {
-                created.entry(parent).or_default().push(p);
-            }
-        }
-        let (mut below, mut canceled) = (vec![id], 0);
-        while let Some(creator) = below.pop() {
-            for p in created.remove(creator).unwrap_or_default() {
-                if p.tags.contains_key(DETACHED_TAG) {
-                    continue;
-                }
-                below.push(&p.id);
-                if p.state == State::Pending {
-                    store.settle(settle(&p.id)).await?;
-                    canceled += 1;
-                }
-            }
-        }
-        if canceled == 0 {
+        below.retain(|p| p.state == State::Pending);
+        if below.is_empty() {
             return Ok(top);
         }
+        for p in &below {
+            settle_canceled(store, &p.id).await?;
+        }
+        below = started(store, &top).await?;
     }
+}
+
+/// Every promise `top` created, at any depth, but the detached invocations and what
+/// they created; pending ones, and, among settled ones, those that carry an undo.
+async fn started(store: &dyn Store, top: &Promise) -> Result<Vec<Promise>> {
+    let root = crate::store::state::family_of(top).to_owned();
+    let family = search_all(store, Search { root: Some(root), ..Search::default() }).await?;
+    let mut created: HashMap<&str, Vec<&Promise>> = HashMap::new();
+    for p in &family {
+        if let Some(parent) = p.parent.as_deref() {
+            created.entry(parent).or_default().push(p);
+        }
+    }
+    let (mut below, mut found) = (vec![top.id.as_str()], Vec::new());
+    while let Some(creator) = below.pop() {
+        for p in created.remove(creator).unwrap_or_default() {
+            if p.tags.contains_key(DETACHED_TAG) {
+                continue;
+            }
+            below.push(&p.id);
+            if p.state == State::Pending || p.undo.is_some() {
+                found.push(p.clone());
+            }
+        }
+    }
+    Ok(found)
+}
+
+async fn settle_canceled(store: &dyn Store, id: &str) -> Result<Promise> {
+    let value = Failure::Canceled { id: id.to_owned() }.encode();
+    let req = SettlePromise {
+        id: id.to_owned(),
+        state: State::RejectedCanceled,
+        value,
+        ikey: None,
+        strict: false,
+        fence: None,
+    };
+    Ok(store.settle(req).await?)
 }
 
 /// Fires every schedule due by now, each as far as [`MAX_FIRES`]. A schedule that

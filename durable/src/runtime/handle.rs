@@ -127,6 +127,7 @@ pub(crate) async fn settled(store: &dyn Store, id: &str) -> Outcome {
     loop {
         match wait::settled(store, id, true).await {
             Ok(Done::Settled(p)) => return outcome(&p),
+            Ok(Done::Canceling) => unreachable!("cancels are reported only when asked for"),
             Ok(Done::Halted(task)) => {
                 return Err(task
                     .fault()

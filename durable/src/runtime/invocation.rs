@@ -31,6 +31,12 @@ pub(crate) enum Fault {
     /// A replay check reached the end of the recorded history: it stops, having
     /// written nothing.
     Frontier,
+    /// The task's cancellation was asked for while this execution ran: it stops, and
+    /// the task, pending again, runs once more to compensate.
+    Canceling,
+    /// An undo failed for good: the task halts until a person (or a deploy) resumes
+    /// it, and the undo is tried again then.
+    Undo(String),
 }
 
 impl Fault {
@@ -41,6 +47,8 @@ impl Fault {
             Fault::Fenced => Error::Halted { id: task.to_owned(), reason: "the lease was lost".into() },
             Fault::Platform(reason) => Error::Halted { id: task.to_owned(), reason: reason.clone() },
             Fault::Frontier => Error::Halted { id: task.to_owned(), reason: "the replay check stopped".into() },
+            Fault::Canceling => Error::Canceled { id: task.to_owned() },
+            Fault::Undo(reason) => Error::Halted { id: task.to_owned(), reason: reason.clone() },
         }
     }
 
@@ -51,6 +59,8 @@ impl Fault {
             Fault::Fenced => Failure::Other { message: "the lease was lost".into() }.encode(),
             Fault::Platform(reason) => Failure::Other { message: reason.clone() }.encode(),
             Fault::Frontier => Failure::Other { message: "the replay check stopped".into() }.encode(),
+            Fault::Canceling => Failure::Canceled { id: String::new() }.encode(),
+            Fault::Undo(reason) => Failure::Other { message: reason.clone() }.encode(),
         }
     }
 }
@@ -83,6 +93,10 @@ impl Found<'_> {
 pub(crate) struct Invocation {
     pub(crate) rt: Arc<Shared>,
     pub(crate) fence: Fence,
+    /// The task's cancellation was asked for before this execution began
+    /// ([`Promise::canceling`]): no new promise is created but undos, and what it
+    /// awaits is canceled.
+    pub(crate) canceling: bool,
     preload: HashMap<String, Promise>,
     fault: Mutex<Option<Fault>>,
     faulted: watch::Sender<bool>,
@@ -163,11 +177,13 @@ impl Invocation {
         fence: Fence,
         preload: Vec<Promise>,
         acquired: tokio::time::Instant,
+        canceling: bool,
     ) -> Invocation {
         let preload = preload.into_iter().map(|p| (p.id.clone(), p)).collect();
         Invocation {
             rt,
             fence,
+            canceling,
             preload,
             fault: Mutex::new(None),
             faulted: watch::Sender::new(false),
@@ -227,6 +243,7 @@ impl Invocation {
     /// turns true once it is created.
     pub(crate) fn defer(&self, mut req: CreatePromise) -> Result<watch::Receiver<bool>> {
         check_len(&req.id)?;
+        self.refuse_when_canceling()?;
         relate(&mut req);
         let (signal, created) = watch::channel(false);
         let began = tokio::time::Instant::now();
@@ -377,6 +394,14 @@ impl Invocation {
         if let Some(p) = self.replayed(&req.id, &req.param, location)? {
             return Ok(Found::Recorded(p));
         }
+        if self.canceling {
+            // What was begun goes on; nothing new starts.
+            let Some(promise) = self.rt.store.get(&req.id).await.map_err(|e| self.store_fault(e))? else {
+                return Err(Error::Canceled { id: self.fence.task.clone() });
+            };
+            self.verify(&req.id, &promise.param, &req.param, location)?;
+            return Ok(Found::Stored { promise, new: false });
+        }
         let (id, param) = (req.id.clone(), req.param.clone());
         let created = self.create(req).await?;
         self.verify(&id, &created.promise.param, &param, location)?;
@@ -385,6 +410,20 @@ impl Invocation {
 
     pub(crate) fn is_preloaded(&self, id: &str) -> bool {
         self.preload.contains_key(id)
+    }
+
+    /// The settled promise `id` as the preload has it, or else as the store has it now.
+    pub(crate) async fn lookup(&self, id: &str) -> Result<Option<Promise>> {
+        if let Some(p) = self.preload.get(id) {
+            return Ok(Some(p.clone()));
+        }
+        self.rt.store.get(id).await.map_err(|e| self.store_fault(e))
+    }
+
+    /// Once the task's cancellation was asked for, a call, sleep or promise that
+    /// was not begun before is refused: the body gets [`Error::Canceled`].
+    fn refuse_when_canceling(&self) -> Result<()> {
+        if self.canceling { Err(Error::Canceled { id: self.fence.task.clone() }) } else { Ok(()) }
     }
 
     /// Whether the history holds a call of the same body numbered after `{base}.{n}`
@@ -470,10 +509,39 @@ impl Invocation {
     /// wait goes on (and the task may suspend) until a fixed deploy settles it.
     pub(crate) async fn settled(&self, id: &str) -> Result<Promise> {
         self.check()?;
+        if self.canceling {
+            self.cancel_awaited(id).await?;
+        }
         match wait::settled(&*self.rt.store, id, false).await.map_err(|e| self.store_fault(e))? {
             Done::Settled(p) => Ok(p),
-            Done::Halted(_) => unreachable!("halts are reported only when asked for"),
+            Done::Halted(_) | Done::Canceling => unreachable!("halts and cancels are reported only when asked for"),
         }
+    }
+
+    /// Cancels a promise this canceled execution awaits: a call (with its task) is
+    /// asked to cancel, and compensates before it settles; a sleep or a promise
+    /// settled from outside is settled canceled now.
+    async fn cancel_awaited(&self, id: &str) -> Result<()> {
+        let Some(p) = self.rt.store.get(id).await.map_err(|e| self.store_fault(e))? else {
+            return Ok(());
+        };
+        if p.state.is_settled() {
+            return Ok(());
+        }
+        if matches!(p.param, Param::Call { .. }) {
+            self.rt.store.request_cancel(id).await.map_err(|e| self.store_fault(e))?;
+            return Ok(());
+        }
+        let value = Failure::Canceled { id: id.to_owned() }.encode();
+        let req = SettlePromise {
+            id: id.to_owned(),
+            state: crate::State::RejectedCanceled,
+            value,
+            ikey: None,
+            strict: false,
+            fence: None,
+        };
+        self.settle(req).await.map(drop)
     }
 
     pub(crate) fn store_fault(&self, e: StoreError) -> Error {

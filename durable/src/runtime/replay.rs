@@ -164,6 +164,10 @@ impl Store for HistoryStore {
         Err(frontier())
     }
 
+    async fn request_cancel(&self, _: &str) -> Result<Option<Promise>, StoreError> {
+        Err(frontier())
+    }
+
     async fn release_predecessors(&self, _: &str, _: &str, _: &str) -> Result<usize, StoreError> {
         Ok(0)
     }
@@ -263,7 +267,7 @@ pub(crate) async fn replay(
         unserved: Mutex::default(),
     });
     let fence = Fence { task: root.id.clone(), version: 0 };
-    let inv = Arc::new(Invocation::new(shared, fence, Vec::new(), tokio::time::Instant::now()));
+    let inv = Arc::new(Invocation::new(shared, fence, Vec::new(), tokio::time::Instant::now(), false));
     let crate::promise::Param::Call { args, .. } = &root.param else {
         return Replayed { fault: None, reached: BTreeSet::new(), old_paths: Vec::new() };
     };

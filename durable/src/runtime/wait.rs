@@ -12,6 +12,8 @@ pub(crate) enum Done {
     Settled(Promise),
     /// Its task halted (reported only when asked for).
     Halted(Task),
+    /// Its cancellation was asked for (reported only when asked for).
+    Canceling,
 }
 
 /// Waits until the promise `id` settles.
@@ -22,17 +24,19 @@ pub(crate) enum Done {
 /// every invocation (a [`Handle`](crate::Handle) from [`Durable::run`](crate::Durable::run))
 /// sets `report_halt` to be told of the halt instead: nobody else would tell it.
 pub(crate) async fn settled(store: &dyn Store, id: &str, report_halt: bool) -> Result<Done, StoreError> {
-    settled_unless(store, id, report_halt, None).await
+    settled_unless(store, id, report_halt, None, false).await
 }
 
 /// As [`settled`], for the runner of the promise's own attempts: once `settling` is
 /// set, the runner settles the promise itself and takes the outcome from that settle,
-/// so the wait reads nothing more and never ends.
+/// so the wait reads nothing more and never ends. With `report_cancel`, a request to
+/// cancel the promise ends the wait too.
 pub(crate) async fn settled_unless(
     store: &dyn Store,
     id: &str,
     report_halt: bool,
     settling: Option<&AtomicBool>,
+    report_cancel: bool,
 ) -> Result<Done, StoreError> {
     loop {
         // Completes at once if settled (or halted, when asked); otherwise on a change.
@@ -45,6 +49,9 @@ pub(crate) async fn settled_unless(
         };
         if p.state.is_settled() {
             return Ok(Done::Settled(p));
+        }
+        if report_cancel && p.canceling {
+            return Ok(Done::Canceling);
         }
         if report_halt
             && let Some(task) = store.task(id).await?

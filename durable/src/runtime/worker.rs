@@ -282,7 +282,7 @@ pub(crate) fn spawn(
     acquired: Instant,
 ) {
     let span = tracing::info_span!("invocation", id = %root.id, function = func.name(), task_version = fence.version);
-    let inv = Arc::new(Invocation::new(rt.clone(), fence.clone(), preload, acquired));
+    let inv = Arc::new(Invocation::new(rt.clone(), fence.clone(), preload, acquired, root.canceling));
     let code = func.code_digest();
     let Param::Call { args, .. } = &root.param else {
         return;
@@ -343,8 +343,14 @@ async fn after_fault(rt: &Shared, fence: &Fence, fault: Fault, code: u64) {
             tracing::warn!(task = %fence.task, "the lease was lost: another worker holds the task now; this execution stops");
             return;
         }
+        Fault::Canceling => {
+            tracing::info!(task = %fence.task, "its cancellation was asked for: this execution stops, and the task runs again to compensate");
+            return;
+        }
         // Replay would diverge again: only other code, or an explicit resume, helps.
         Fault::Nondeterminism(_) => Release::Halt { error: fault.record(), code: Some(code) },
+        // A person decides: `durable resume` (or a deploy) tries the undo again.
+        Fault::Undo(_) => Release::Halt { error: fault.record(), code: None },
         Fault::Platform(_) => {
             let faults = match rt.store.task(&fence.task).await {
                 Ok(Some(task)) => task.faults + 1,

@@ -186,6 +186,10 @@ impl<L: Log> Engine<L> {
         self.write(|core, now| Ok(core.resume_halted(group, code, now))).await
     }
 
+    pub(crate) async fn request_cancel(&self, id: &str) -> Result<Option<crate::Promise>, StoreError> {
+        self.write(|core, now| core.request_cancel(id, now)).await
+    }
+
     pub(crate) async fn resume(&self, id: &str) -> Result<bool, StoreError> {
         self.write(|core, now| Ok(core.resume(id, now))).await
     }
@@ -326,6 +330,9 @@ macro_rules! engine_store {
                 code: &std::collections::BTreeMap<String, u64>,
             ) -> Result<usize, $crate::StoreError> {
                 self.engine.resume_halted(group, code).await
+            }
+            async fn request_cancel(&self, id: &str) -> Result<Option<$crate::Promise>, $crate::StoreError> {
+                self.engine.request_cancel(id).await
             }
             async fn resume(&self, id: &str) -> Result<bool, $crate::StoreError> {
                 self.engine.resume(id).await

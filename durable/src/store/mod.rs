@@ -98,6 +98,8 @@ pub struct CreatePromise {
     /// that the id is not among the task's settled promises unless it is live: the
     /// caller creates only ids its claim did not preload.
     pub durable: bool,
+    /// The call that undoes this one ([`Promise::undo`]).
+    pub undo: Option<crate::Undo>,
 }
 
 impl CreatePromise {
@@ -117,6 +119,7 @@ impl CreatePromise {
             task: None,
             fence: None,
             durable: true,
+            undo: None,
         }
     }
 }
@@ -474,6 +477,16 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// creator is neither in the store nor earlier in `family`, or a request is fenced
     /// or settled as pending. No worker sees part of it: the import of a history.
     async fn import(&self, family: Vec<CreatePromise>) -> Result<(), StoreError>;
+
+    /// Asks a pending promise that has a task to cancel. One whose task never started
+    /// (never claimed) is settled canceled at once. Otherwise it is marked
+    /// [`Promise::canceling`] and its waiters are woken; its task, if held or suspended,
+    /// becomes pending at the next version (a holder's writes are refused from then
+    /// on), so that the next execution, told by the mark, starts no new call, runs
+    /// the undos its steps owe and settles it canceled. A halted task stays halted
+    /// until resumed. A settled promise, or one without a task, is returned as it is.
+    /// `None` if there is no such promise.
+    async fn request_cancel(&self, id: &str) -> Result<Option<Promise>, StoreError>;
 
     /// Reads a promise; a pending promise past its deadline reads as timed out.
     async fn get(&self, id: &str) -> Result<Option<Promise>, StoreError>;

@@ -588,6 +588,8 @@ impl Core {
             ikey_settle: None,
             created_at: now.saturating_sub(req.ran_for),
             settled_at,
+            undo: req.undo,
+            canceling: false,
         };
         if state == State::Pending && timeout_at != NEVER {
             self.deadlines.insert((timeout_at, req.id.clone()));
@@ -1315,6 +1317,42 @@ impl Core {
             })?;
         }
         Ok(found.into_values().take(limit).collect())
+    }
+
+    /// Marks a pending promise with a task as canceling, or cancels it if its task
+    /// never started ([`Store::request_cancel`]).
+    pub(crate) fn request_cancel(&mut self, id: &str, now: Millis) -> Result<Option<Promise>, StoreError> {
+        self.expire(id, now);
+        let Some(p) = self.promises.get_mut(id) else {
+            return self.cold.promise(id);
+        };
+        let Some(t) = self.tasks.get(id) else {
+            return Ok(Some(p.clone()));
+        };
+        if p.state.is_settled() || p.canceling {
+            return Ok(Some(p.clone()));
+        }
+        if t.state == TaskState::Pending && t.version == 0 {
+            // Never started: nothing to undo, and no execution to tell.
+            let value = crate::error::Failure::Canceled { id: id.to_owned() }.encode();
+            let req = SettlePromise {
+                id: id.to_owned(),
+                state: State::RejectedCanceled,
+                value,
+                ikey: None,
+                strict: false,
+                fence: None,
+            };
+            return self.settle(req, now).map(Some);
+        }
+        p.canceling = true;
+        let p = p.clone();
+        self.dirty.promises.push(id.to_owned());
+        self.dirty.woken.push(id.to_owned());
+        if matches!(t.state, TaskState::Acquired | TaskState::Suspended) {
+            self.make_pending(id, now, false);
+        }
+        Ok(Some(p))
     }
 
     /// Makes a halted task pending, with a fresh budget of faults; false if it was not

@@ -65,6 +65,8 @@ mod tests {
             ikey_settle: None,
             created_at: 0,
             settled_at: Some(0),
+            undo: None,
+            canceling: false,
         }
     }
 

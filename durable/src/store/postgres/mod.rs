@@ -1698,6 +1698,12 @@ impl super::Store for PostgresStore {
         self.core.step(Select::Halted(group), |core, now| Ok(core.resume_halted(group, code, now))).await
     }
 
+    async fn request_cancel(&self, id: &str) -> Result<Option<Promise>, StoreError> {
+        let rows = (vec![id.to_owned()], vec![id.to_owned()]);
+        let id = id.to_owned();
+        self.core.batched(true, rows, (false, false), move |core, now| core.request_cancel(&id, now)).await
+    }
+
     async fn resume(&self, id: &str) -> Result<bool, StoreError> {
         let tasks = [id.to_owned()];
         let id = id.to_owned();

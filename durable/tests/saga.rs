@@ -1,0 +1,308 @@
+//! Sagas: an undo attached to a step runs, last step first and exactly once, for the
+//! steps that completed, when the function fails for good or is canceled; the result
+//! says what was undone; a failed undo halts for a person; nested functions compose;
+//! a bad undo is refused when it is attached.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use durable::prelude::*;
+use durable::{MemoryStore, Remote, State, TaskState};
+
+/// The bank: balances, and the bookings applied, each once, by the promise that
+/// made it.
+static BANK: Mutex<Option<Bank>> = Mutex::new(None);
+
+#[derive(Default)]
+struct Bank {
+    balances: BTreeMap<String, i64>,
+    applied: Vec<String>,
+}
+
+fn bank<T>(f: impl FnOnce(&mut Bank) -> T) -> T {
+    f(BANK.lock().unwrap().get_or_insert_with(Bank::default))
+}
+
+fn balances() -> BTreeMap<String, i64> {
+    bank(|b| b.balances.clone())
+}
+
+fn applied() -> Vec<String> {
+    bank(|b| b.applied.clone())
+}
+
+/// Books `delta` to `account`, once per promise; fails for good if told to.
+#[durable::function]
+async fn book(ctx: &mut Context, account: String, delta: i64, fail: bool) -> durable::Result<i64> {
+    if fail {
+        return Err(Error::terminal(format!("{account} refuses {delta}")));
+    }
+    let id = ctx.id().to_owned();
+    Ok(bank(|b| {
+        if !b.applied.contains(&id) {
+            b.applied.push(id);
+            *b.balances.entry(account.clone()).or_default() += delta;
+        }
+        b.balances[&account]
+    }))
+}
+
+/// Moves `amount` from `a` to `b` through a clearing account, in three steps; step
+/// `fail_at` fails.
+#[durable::function]
+async fn transfer(ctx: &mut Context, amount: i64, fail_at: u32) -> durable::Result<i64> {
+    let legs = [("alice", -amount), ("clearing", 0), ("bob", amount)];
+    let mut last = 0;
+    for (n, (account, delta)) in legs.into_iter().enumerate() {
+        let fail = n as u32 + 1 == fail_at;
+        last = ctx
+            .lfc(book, (account.to_owned(), delta, fail))
+            .compensate(book, (account.to_owned(), -delta, false))
+            .await?;
+    }
+    Ok(last)
+}
+
+fn runtime(store: Arc<dyn Store>) -> Durable {
+    Durable::builder()
+        .store(store)
+        .register(book)
+        .register(transfer)
+        .register(gated)
+        .register(outer)
+        .register(flaky_undo)
+        .register(careful)
+        .register(retried)
+        .build()
+        .unwrap()
+}
+
+fn conserved() {
+    let total: i64 = balances().values().sum();
+    assert_eq!(total, 0, "money is neither made nor lost: {:?}", balances());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_step_undoes_the_steps_before_it_last_first() {
+    for fail_at in 1..=3u32 {
+        *BANK.lock().unwrap() = None;
+        let durable = runtime(Arc::new(MemoryStore::new()));
+        let id = format!("t{fail_at}");
+        let error = durable.run(&id, transfer, (10, fail_at)).await.unwrap().await.unwrap_err();
+        let done: Vec<String> = (1..fail_at).map(|n| format!("{id}.{n}")).collect();
+        let undone: Vec<String> = done.iter().rev().cloned().collect();
+        if undone.is_empty() {
+            assert!(matches!(&error, Error::Application { terminal: true, .. }), "nothing to undo: {error:?}");
+        } else {
+            let Error::Compensated { id: failed, cause, undone: said } = &error else {
+                panic!("step {fail_at} failed: {error:?}")
+            };
+            assert_eq!((failed, said), (&id, &undone), "the result says what was undone, last step first");
+            assert!(cause.to_string().contains("refuses"), "{cause}");
+        }
+        let mut expected = done.clone();
+        expected.extend(undone.iter().map(|step| format!("{step}:undo")));
+        assert_eq!(applied(), expected, "each completed step, then its undo, once, in reverse");
+        conserved();
+        assert!(balances().values().all(|b| *b == 0), "{:?}", balances());
+        let stored = durable.promises().get(&id).await.unwrap().unwrap();
+        assert_eq!(stored.state, State::Rejected);
+        let step = durable.promises().get(&format!("{id}.{fail_at}")).await.unwrap().unwrap();
+        let undo = step.undo.expect("the undo is recorded with the step");
+        assert_eq!((undo.func.as_str(), undo.version), ("book", 1));
+    }
+}
+
+/// A transfer that waits at a gate between its steps: a person opens each gate.
+#[durable::function]
+async fn gated(ctx: &mut Context, amount: i64) -> durable::Result<i64> {
+    let legs = [("alice", -amount), ("clearing", 0), ("bob", amount)];
+    let mut last = 0;
+    for (n, (account, delta)) in legs.into_iter().enumerate() {
+        ctx.promise::<()>().id(format!("{}-gate{n}", ctx.id())).await?.await?;
+        last = ctx
+            .lfc(book, (account.to_owned(), delta, false))
+            .compensate(book, (account.to_owned(), -delta, false))
+            .await?;
+    }
+    Ok(last)
+}
+
+/// Waits until `id` exists.
+async fn appears(durable: &Durable, id: &str) {
+    while durable.promises().get(id).await.unwrap().is_none() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_waits_for_the_undos_of_the_steps_done() {
+    for cancel_at in 0..=2usize {
+        *BANK.lock().unwrap() = None;
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let durable = runtime(store.clone());
+        let id = format!("g{cancel_at}");
+        let handle = durable.run(&id, gated, 10).await.unwrap();
+        for n in 0..cancel_at {
+            let gate = format!("{id}-gate{n}");
+            appears(&durable, &gate).await;
+            durable.promises().resolve(&gate, &()).await.unwrap();
+        }
+        appears(&durable, &format!("{id}-gate{cancel_at}")).await;
+        let asked = durable.promises().cancel(&id).await.unwrap();
+        let error = handle.await.unwrap_err();
+        let done: Vec<String> = (1..=cancel_at).map(|n| format!("{id}.{}", 2 * n)).collect();
+        let undone: Vec<String> = done.iter().rev().cloned().collect();
+        if undone.is_empty() {
+            assert_eq!(asked.state, State::RejectedCanceled, "nothing owes an undo: canceled at once");
+            assert!(matches!(&error, Error::Canceled { .. }), "{error:?}");
+        } else {
+            assert!(asked.canceling && asked.state == State::Pending, "it settles after its undos: {asked:?}");
+            let Error::Compensated { cause, undone: said, .. } = &error else { panic!("{error:?}") };
+            assert!(matches!(**cause, Error::Canceled { .. }), "{cause:?}");
+            assert_eq!(said, &undone);
+        }
+        let mut expected = done.clone();
+        expected.extend(undone.iter().map(|step| format!("{step}:undo")));
+        assert_eq!(applied(), expected);
+        conserved();
+        let stored = store.get(&id).await.unwrap().unwrap();
+        assert_eq!(stored.state, State::RejectedCanceled, "settled as canceled, after the undos");
+        assert_eq!(store.task(&id).await.unwrap().unwrap().state, TaskState::Fulfilled);
+    }
+}
+
+/// A step before and after a transfer that fails: the transfer undoes its own
+/// steps, then the caller undoes its own.
+#[durable::function]
+async fn outer(ctx: &mut Context) -> durable::Result<i64> {
+    ctx.lfc(book, ("fees".to_owned(), 1, false)).compensate(book, ("fees".to_owned(), -1, false)).await?;
+    ctx.lfc(transfer, (10, 3)).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_nested_function_undoes_its_steps_before_its_caller_does() {
+    *BANK.lock().unwrap() = None;
+    let durable = runtime(Arc::new(MemoryStore::new()));
+    let error = durable.run("o", outer, ()).await.unwrap().await.unwrap_err();
+    let Error::Compensated { undone, cause, .. } = &error else { panic!("{error:?}") };
+    assert_eq!(undone, &["o.1"]);
+    assert!(matches!(&**cause, Error::Compensated { undone, .. } if undone == &["o.2.2", "o.2.1"]), "{cause:?}");
+    assert_eq!(applied(), ["o.1", "o.2.1", "o.2.2", "o.2.2:undo", "o.2.1:undo", "o.1:undo"]);
+    conserved();
+}
+
+/// Tells the undo of the first step to fail for good until it is allowed.
+static UNDO_MAY_WORK: Mutex<bool> = Mutex::new(false);
+
+#[durable::function]
+async fn flaky_undo(ctx: &mut Context, account: String, delta: i64) -> durable::Result<i64> {
+    if !*UNDO_MAY_WORK.lock().unwrap() {
+        return Err(Error::terminal("the bank is closed"));
+    }
+    ctx.lfc(book, (account, delta, false)).await
+}
+
+#[durable::function]
+async fn careful(ctx: &mut Context) -> durable::Result<i64> {
+    ctx.lfc(book, ("alice".to_owned(), -5, false)).compensate(flaky_undo, ("alice".to_owned(), 5)).await?;
+    ctx.lfc(book, ("bob".to_owned(), 5, true)).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_undo_that_fails_for_good_halts_until_resumed() {
+    *BANK.lock().unwrap() = None;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let durable = runtime(store.clone());
+    let error = durable.run("c", careful, ()).await.unwrap().await.unwrap_err();
+    assert!(
+        matches!(&error, Error::Halted { reason, .. } if reason.contains("c.1:undo") && reason.contains("the bank is closed")),
+        "{error:?}"
+    );
+    let task = store.task("c").await.unwrap().unwrap();
+    assert_eq!(task.state, TaskState::Halted);
+    assert_eq!(store.get("c").await.unwrap().unwrap().state, State::Pending, "not settled while an undo is owed");
+    // A replay for any other reason halts again: nothing runs the undo by itself.
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(store.task("c").await.unwrap().unwrap().state, TaskState::Halted);
+    assert_eq!(store.get("c.1:undo2").await.unwrap(), None);
+    *UNDO_MAY_WORK.lock().unwrap() = true;
+    assert_eq!(durable.promises().resume("c").await.unwrap(), 1);
+    let error = durable.run("c", careful, ()).await.unwrap().await.unwrap_err();
+    let Error::Compensated { undone, .. } = &error else { panic!("{error:?}") };
+    assert_eq!(undone, &["c.1"]);
+    assert_eq!(store.get("c.1:undo").await.unwrap().unwrap().state, State::Rejected, "the first try failed");
+    assert_eq!(
+        store.get("c.1:undo2").await.unwrap().unwrap().state,
+        State::Resolved,
+        "the second, after the resume, did not"
+    );
+    conserved();
+}
+
+/// Its first attempt books, then fails in a way its policy retries.
+#[durable::function(retry = Retry::Constant { delay: Duration::from_secs(1), max_attempts: 2 })]
+async fn retried(ctx: &mut Context) -> durable::Result<i64> {
+    let attempt = ctx.attempt();
+    ctx.lfc(book, ("alice".to_owned(), -3, false)).compensate(book, ("alice".to_owned(), 3, false)).await?;
+    if attempt == 1 {
+        return Err(Error::new("a passing fault"));
+    }
+    ctx.lfc(book, ("bob".to_owned(), 3, false)).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_attempt_is_undone_before_it_is_retried() {
+    *BANK.lock().unwrap() = None;
+    let durable = runtime(Arc::new(MemoryStore::new()));
+    assert_eq!(durable.run("r", retried, ()).await.unwrap().await.unwrap(), 3);
+    assert_eq!(applied(), ["r.1", "r.1:undo", "r.r1.1", "r.r1.2"]);
+    conserved();
+}
+
+/// Arguments that cannot be JSON.
+struct Unencodable;
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("not today"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Unencodable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Ok(Unencodable)
+    }
+}
+
+#[durable::function]
+async fn takes_unencodable(_ctx: &mut Context, _x: Unencodable) -> durable::Result<()> {
+    Ok(())
+}
+
+#[durable::function]
+async fn bad_undos(ctx: &mut Context) -> durable::Result<String> {
+    let unencodable = ctx.lfc(book, ("alice".to_owned(), 1, false)).compensate(takes_unencodable, Unencodable).await;
+    let unserved = ctx
+        .rfc(book, ("alice".to_owned(), 1, false))
+        .target("poll://any@bank")
+        .compensate(Remote::<(String, i64), i64>::named("refund"), ("alice".to_owned(), -1))
+        .await;
+    Ok(format!("{}\n{}", unencodable.unwrap_err(), unserved.unwrap_err()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_undo_is_an_error_where_it_is_attached() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let durable = Durable::builder().store(store.clone()).register(bad_undos).build().unwrap();
+    let bank = Durable::builder().store(store.clone()).group("bank").register(book).build().unwrap();
+    let said = durable.run("b", bad_undos, ()).await.unwrap().await.unwrap();
+    let lines: Vec<&str> = said.lines().collect();
+    assert!(lines[0].contains("b.1") && lines[0].contains("not today"), "{said}");
+    assert!(lines[1].contains("refund") && lines[1].contains("bank") && lines[1].contains("b.2"), "{said}");
+    for step in ["b.1", "b.2"] {
+        assert_eq!(store.get(step).await.unwrap(), None, "{step}: nothing is written");
+    }
+    drop(bank);
+}
