@@ -66,7 +66,7 @@ async fn a_saga_failing_at_each_step_undoes_what_completed_through_every_crash()
     let store: Arc<dyn Store> = Arc::new(durable::MemoryStore::new());
     let durable = workers(store).remove(0);
     let said = durable.run("r", report, (3, false)).await.unwrap().await.unwrap();
-    assert_eq!(said, "transfer undid transfer.2, transfer.1 after: clearing refuses 0");
+    assert_eq!(said, "transfer undid transfer.2, transfer.1 after: bob refuses 10");
 }
 
 /// A person who opens gates `0..cancel_at`, then cancels the saga at gate
@@ -90,7 +90,9 @@ async fn a_saga_canceled_at_each_point_undoes_what_completed_through_every_crash
     for cancel_at in 0..=3usize {
         let sweep =
             Sweep::new("r", report, (0, true)).workers(workers).outside(move |durable| canceler(durable, cancel_at));
-        sweep.run().await.unwrap_or_else(|failure| panic!("canceled at gate {cancel_at}: {failure}"));
+        let explored = sweep.run().await.unwrap_or_else(|failure| panic!("canceled at gate {cancel_at}: {failure}"));
+        let booked = explored.crash_free_body_runs.get("book").copied().unwrap_or(0);
+        assert_eq!(booked, 2 * cancel_at as u64, "each step before the cancel, and its undo: {explored:?}");
         let store: Arc<dyn Store> = Arc::new(durable::MemoryStore::new());
         let durable = workers(store.clone()).remove(0);
         let outside = tokio::spawn(canceler(durable.clone(), cancel_at));

@@ -57,9 +57,6 @@ pub(crate) async fn cancel(store: &dyn Store, id: &str) -> Result<Promise> {
     let Some(top) = store.request_cancel(id).await? else {
         return Err(StoreError::NotFound { what: "promise", id: id.to_owned() }.into());
     };
-    if top.state.is_settled() {
-        return Ok(top);
-    }
     tracing::info!(%id, "cancel asked for, with what it started");
     // Promises can still appear while a worker learns its task was canceled (its
     // next write is refused): look again until nothing new is asked.
@@ -76,14 +73,16 @@ pub(crate) async fn cancel(store: &dyn Store, id: &str) -> Result<Promise> {
             break below;
         }
     };
+    // A settled promise may still have started something that is pending: a crash
+    // between its settle and the rest of an earlier cancel.
     let owes = below.iter().any(|p| p.undo.is_some());
-    if owes && top.canceling {
+    if owes && (top.canceling || top.state.is_settled()) {
         for p in below.iter().filter(|p| matches!(p.param, crate::Param::Timer | crate::Param::External)) {
             settle_canceled(store, &p.id).await?;
         }
         return Ok(top);
     }
-    let top = settle_canceled(store, id).await?;
+    let top = if top.state.is_settled() { top } else { settle_canceled(store, id).await? };
     loop {
         below.retain(|p| p.state == State::Pending);
         if below.is_empty() {
