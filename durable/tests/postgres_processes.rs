@@ -104,6 +104,37 @@ async fn mul(_ctx: &mut Context, x: i64, y: i64) -> durable::Result<i64> {
     slow(x, y, '*').await
 }
 
+/// The bank of the saga test: accounts in PostgreSQL.
+struct Bank {
+    client: tokio_postgres::Client,
+    schema: String,
+}
+
+/// Books `delta` to `account`, once per promise, in one transaction; takes 30 ms, so
+/// that kills and cancels land mid-flight.
+#[durable::function]
+async fn post(ctx: &mut Context, account: String, delta: i64) -> durable::Result<()> {
+    let bank = ctx.state::<Bank>()?;
+    let schema = &bank.schema;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    bank.client
+        .batch_execute(&format!(
+            "WITH booked AS (INSERT INTO {schema}.bookings VALUES ('{id}', '{account}', {delta}) ON CONFLICT DO NOTHING RETURNING account, delta)
+             UPDATE {schema}.accounts a SET balance = balance + b.delta FROM booked b WHERE a.name = b.account",
+            id = ctx.id()
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Moves money in two steps, each with its undo, and waits for a go between them.
+#[durable::function]
+async fn move_money(ctx: &mut Context, from: String, to: String, amount: i64) -> durable::Result<()> {
+    ctx.lfc(post, (from.clone(), -amount)).compensate(post, (from, amount)).await?;
+    ctx.promise::<()>().id(format!("{}-go", ctx.id())).await?.await?;
+    ctx.lfc(post, (to.clone(), amount)).compensate(post, (to, -amount)).await
+}
+
 async fn store(schema: &str, app: &str) -> Arc<dyn Store> {
     let url = format!("{}?application_name={app}", url());
     Arc::new(PostgresStore::options(&url).schema(schema).connect().await.expect("connect to PostgreSQL"))
@@ -126,6 +157,14 @@ fn child_process() {
             "exp/lhs" => builder.group("exp").pid("lhs").register(clc),
             "exp/rhs" => builder.group("exp").pid("rhs").register(clc),
             "ops" => builder.group("ops").register(add).register(sub).register(mul),
+            "bank" => {
+                let (client, connection) =
+                    tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.expect("connect");
+                tokio::spawn(connection);
+                let pid = format!("os{}", std::process::id());
+                let bank = Bank { client, schema: schema.clone() };
+                builder.group("bank").pid(pid).register(move_money).register(post).state(bank)
+            }
             "limited" => {
                 let (client, connection) =
                     tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.expect("connect");
@@ -567,5 +606,102 @@ async fn worker_processes_serving_one_schedule_start_one_invocation_per_fire_acr
         })
         .collect();
     assert!(seconds.windows(2).all(|w| w[1] == w[0] + 1), "one fire each second, none missing: {ids:?}");
+    audit(&client, &schema).await;
+}
+
+/// Transfers run as sagas on three worker processes. Once every transfer has made
+/// its first step, a worker is SIGKILLed, every other transfer is canceled from
+/// outside, and the rest are let go: each canceled one ends canceled with its first
+/// step undone, each other one books both steps, and no money is made or lost.
+#[tokio::test]
+async fn sagas_canceled_mid_flight_across_a_sigkill_conserve_the_balances() {
+    let Some((schema, client)) = setup("saga").await else { return };
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.accounts (name text PRIMARY KEY, balance bigint);
+             CREATE TABLE {schema}.bookings (id text PRIMARY KEY, account text, delta bigint);
+             INSERT INTO {schema}.accounts VALUES ('a', 1000), ('b', 1000), ('c', 1000);"
+        ))
+        .await
+        .unwrap();
+    let mut workers = Processes((0..3).map(|_| spawn("bank", &schema)).collect());
+    let durable = Durable::builder().store(store(&schema, "client").await).group("client").build().unwrap();
+    let accounts = ["a", "b", "c"];
+    const TRANSFERS: usize = 24;
+    let mut handles = Vec::new();
+    for n in 0..TRANSFERS {
+        let (from, to) = (accounts[n % 3].to_owned(), accounts[(n + 1) % 3].to_owned());
+        let call = durable.rpc(&format!("move-{n}"), move_money, (from, to, n as i64 + 1)).target("poll://any@bank");
+        handles.push((n, call.await.unwrap()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let booked = format!("SELECT count(*) FROM {schema}.bookings");
+    while client.query_one(&booked, &[]).await.unwrap().get::<_, i64>(0) < TRANSFERS as i64 {
+        assert!(Instant::now() < deadline, "the first steps were not all made in 20 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A worker that holds a transfer, if one still does.
+    let holder = format!("SELECT process FROM {schema}.tasks WHERE state = 'acquired' AND id LIKE 'move-%' LIMIT 1");
+    let victim = match client.query_opt(&holder, &[]).await.unwrap() {
+        Some(row) => {
+            let process: String = row.get(0);
+            let os_pid: u32 = process.strip_prefix("os").and_then(|p| p.split(':').next()?.parse().ok()).unwrap();
+            workers.0.iter().position(|c| c.id() == os_pid).unwrap_or(0)
+        }
+        None => 0,
+    };
+    workers.0[victim].kill().unwrap();
+    workers.0[victim].wait().unwrap();
+    for n in 0..TRANSFERS {
+        let id = format!("move-{n}");
+        if n % 2 == 0 {
+            let asked = durable.promises().cancel(&id).await.unwrap();
+            assert!(asked.canceling, "{id} settles once its undo ran: {asked:?}");
+        } else {
+            durable.promises().resolve(&format!("{id}-go"), &()).await.unwrap();
+        }
+    }
+    workers.0[victim] = spawn("bank", &schema);
+    let all = async {
+        let mut outcomes = Vec::new();
+        for (n, handle) in handles {
+            outcomes.push((n, handle.await));
+        }
+        outcomes
+    };
+    let outcomes = tokio::time::timeout(Duration::from_secs(25), all).await.expect("every transfer ended");
+    for (n, outcome) in outcomes {
+        let id = format!("move-{n}");
+        let net: Vec<(String, i64)> = client
+            .query(
+                &format!("SELECT account, sum(delta)::bigint FROM {schema}.bookings WHERE id LIKE $1 GROUP BY account ORDER BY account"),
+                &[&format!("{id}.%")],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let (from, to, amount) = (accounts[n % 3].to_owned(), accounts[(n + 1) % 3].to_owned(), n as i64 + 1);
+        if n % 2 == 0 {
+            let error = outcome.expect_err(&id);
+            let Error::Compensated { cause, undone, .. } = &error else { panic!("{id}: {error:?}") };
+            assert!(matches!(**cause, Error::Canceled { .. }), "{id}: {cause:?}");
+            assert_eq!(undone, &[format!("{id}.1")], "{id}");
+            assert_eq!(net, [(from, 0)], "{id} was canceled: its first step is undone");
+            let state = durable.promises().get(&id).await.unwrap().unwrap().state;
+            assert_eq!(state, durable::State::RejectedCanceled, "{id}");
+        } else {
+            outcome.unwrap_or_else(|e| panic!("{id}: {e}"));
+            let mut both = vec![(from, -amount), (to, amount)];
+            both.sort();
+            assert_eq!(net, both, "{id} finished: both steps booked once");
+        }
+    }
+    let total: i64 =
+        client.query_one(&format!("SELECT sum(balance)::bigint FROM {schema}.accounts"), &[]).await.unwrap().get(0);
+    assert_eq!(total, 3000, "no money is made or lost");
+    drop(durable);
+    drop(workers);
     audit(&client, &schema).await;
 }
