@@ -896,8 +896,10 @@ fn shown_under(p: &Promise) -> Option<&str> {
 /// calls of the attempt before it.
 fn call_order(p: &Promise) -> (bool, bool, Option<u64>, &str) {
     let last = p.id.rsplit('.').next().unwrap_or_default();
-    let number = last.trim_start_matches('r').parse::<u64>().ok();
-    (number.is_none(), last.starts_with('r'), number, last)
+    // An undo (`{n}:undo`, `{n}:undo2`, …) follows the step it undoes.
+    let step = last.split(':').next().unwrap_or(last);
+    let number = step.trim_start_matches('r').parse::<u64>().ok();
+    (number.is_none(), step.starts_with('r'), number, last)
 }
 
 /// The tasks of `pending` ([`Promises::pending`]) that have waited at least `waited`

@@ -511,3 +511,50 @@ fn schedules_are_listed_paused_resumed_triggered_backfilled_and_deleted_from_the
     assert!(String::from_utf8_lossy(&again.stderr).contains("nightly"), "{}", String::from_utf8_lossy(&again.stderr));
     assert_eq!(stdout(&durable(dir.path(), &["schedules"])), "no schedules\n");
 }
+
+#[durable::function]
+async fn book(_ctx: &mut Context, account: String, delta: i64) -> durable::Result<i64> {
+    Ok(if account.is_empty() { 0 } else { delta })
+}
+
+/// One step with its undo, then a wait for a person.
+#[durable::function]
+async fn transfer(ctx: &mut Context, amount: i64) -> durable::Result<i64> {
+    let booked = ctx.lfc(book, ("alice".to_owned(), -amount)).compensate(book, ("alice".to_owned(), amount)).await?;
+    ctx.promise::<()>().id("go").await?.await?;
+    Ok(booked)
+}
+
+#[test]
+fn a_saga_canceled_from_the_command_line_settles_after_its_undo() {
+    let dir = tempfile::tempdir().expect("a directory");
+    // Each service has a runtime of its own: dropped, it lets go of the store.
+    let service = |wait_for: &'static str| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+            let service = Durable::builder().store(store.clone()).register(transfer).register(book).build().unwrap();
+            if wait_for == "go" {
+                let _handle = service.run("t", transfer, 5).await.unwrap();
+            }
+            while store.get(wait_for).await.unwrap().is_none_or(|p| !p.state.is_settled() && wait_for == "t") {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            service.shutdown().await.unwrap();
+        })
+    };
+    service("go");
+    let asked = stdout(&durable(dir.path(), &["cancel", "t"]));
+    assert!(asked.contains("t  canceling"), "{asked}");
+    let tree = stdout(&durable(dir.path(), &["tree", "t"]));
+    assert!(tree.starts_with("t  transfer → poll://any@default  canceling"), "{tree}");
+    assert!(tree.contains("1  book (undo: book)  resolved"), "{tree}");
+    // A service starts again, runs the undo, and settles it canceled.
+    service("t");
+    let tree = stdout(&durable(dir.path(), &["tree", "t"]));
+    let lines: Vec<&str> = tree.lines().collect();
+    assert!(lines[0].starts_with("t  transfer → poll://any@default  canceled"), "{tree}");
+    assert!(lines[1].contains("1  book (undo: book)  resolved"), "{tree}");
+    assert!(lines[2].contains("1:undo  book  resolved"), "the undo follows its step: {tree}");
+    assert!(tree.contains("t undid t.1 after: promise t was canceled"), "{tree}");
+}

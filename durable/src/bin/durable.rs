@@ -94,7 +94,8 @@ enum Command {
     Resolve { id: String, value: String },
     /// Rejects a pending promise with a message.
     Reject { id: String, message: String },
-    /// Cancels a promise and what it started.
+    /// Cancels a promise and what it started; one whose steps owe undos settles once
+    /// they have run.
     Cancel { id: String },
     /// Resumes a halted invocation: every halted task in its tree.
     Resume { id: String },
@@ -338,7 +339,17 @@ async fn run(cli: &Cli) -> Result<(), String> {
             out.promise(&promises.resolve(id, &value).await.map_err(e)?)
         }
         Command::Reject { id, message } => out.promise(&promises.reject(id, message).await.map_err(e)?),
-        Command::Cancel { id } => out.promise(&promises.cancel(id).await.map_err(e)?),
+        Command::Cancel { id } => {
+            let p = promises.cancel(id).await.map_err(e)?;
+            if p.canceling && !p.state.is_settled() {
+                say(format!(
+                    "{}  canceling: it settles as canceled once the undos of its steps have run",
+                    clean(&p.id)
+                ));
+                return Ok(());
+            }
+            out.promise(&p)
+        }
         Command::Resume { id } => match promises.resume(id).await.map_err(e)? {
             0 => Err(format!("nothing in {id} is halted")),
             n => {
@@ -754,8 +765,9 @@ impl Output {
             }
             _ => String::new(),
         };
+        let undo = p.undo.as_ref().map(|u| format!(" (undo: {})", clean(&u.func))).unwrap_or_default();
         say(format!(
-            "{prefix}{branch}{name}  {}{target}  {}  {}{}{halt}",
+            "{prefix}{branch}{name}  {}{undo}{target}  {}  {}{}{halt}",
             clean(p.param.what()),
             self.state(p, node.task.as_ref()),
             duration(p, self.now),
@@ -801,6 +813,7 @@ fn state_word(p: &Promise, task: Option<&Task>) -> (&'static str, &'static str) 
     let halted = task.is_some_and(|t| t.state == durable::TaskState::Halted);
     match p.state {
         State::Pending if halted => ("halted", "35"),
+        State::Pending if p.canceling => ("canceling", "33"),
         State::Pending => ("pending", "33"),
         State::Resolved => ("resolved", "32"),
         State::Rejected => ("rejected", "31"),

@@ -74,6 +74,7 @@ pub(super) fn failed(status: axum::http::StatusCode, message: &str) -> Markup {
 pub(super) fn state_word(p: &Promise, task: Option<&Task>) -> &'static str {
     match p.state {
         State::Pending if task.is_some_and(|t| t.state == TaskState::Halted) => "halted",
+        State::Pending if p.canceling => "canceling",
         State::Pending if task.is_some_and(|t| t.state == TaskState::Suspended) => "suspended",
         State::Pending => "pending",
         State::Resolved => "resolved",
@@ -291,6 +292,7 @@ fn details(view: &InvocationView<'_>, node: &Node) -> Markup {
                 @if let Some(at) = p.settled_at { dt { "settled" } dd { (time(at)) " · after " (span(at.saturating_sub(p.created_at))) } }
                 @if p.timeout_at < crate::NEVER { dt { "deadline" } dd { (time(p.timeout_at)) } }
                 @if let Param::Call { args, .. } = &p.param { dt { "arguments" } dd { pre.value { (args) } } }
+                @if let Some(undo) = &p.undo { dt { "undo" } dd { code { (undo.func) } pre.value { (undo.args) } } }
                 @match p.outcome() {
                     Some(Ok(json)) => { dt { "value" } dd { pre.value { (json) } } }
                     Some(Err(e)) => { dt { "error" } dd { pre.error { (e) } } }

@@ -2,7 +2,8 @@
 //! order, each a bar from its creation to its settlement (to now while pending),
 //! coloured by state. Timers are hatched, a retry's wait says which attempt it
 //! preceded, a suspended task's bar is dashed, and a remote call is marked with the
-//! group (and pid) it went to. Each bar links to its details.
+//! group (and pid) it went to. A step's undo (`{n}:undo`) follows the step, and the
+//! step names it. Each bar links to its details.
 
 use maud::{Markup, html};
 
@@ -34,10 +35,13 @@ pub(super) fn flatten(root: &Node) -> Vec<(usize, &Node)> {
 fn label(node: &Node) -> String {
     let p = &node.promise;
     let last = p.id.rsplit('.').next().unwrap_or(&p.id);
-    let what = match (&p.param, last.strip_prefix('r').and_then(|k| k.parse::<u64>().ok())) {
+    let mut what = match (&p.param, last.strip_prefix('r').and_then(|k| k.parse::<u64>().ok())) {
         (Param::Timer, Some(k)) => format!("retry wait, before attempt {}", u128::from(k) + 1),
         (param, _) => param.what().to_owned(),
     };
+    if let Some(undo) = &p.undo {
+        what = format!("{what} (undo: {})", undo.func);
+    }
     let mut text = if node.promise.id.contains('.') { format!("{last} {what}") } else { what };
     if let Some(task) = &node.task {
         text.push_str(" @");
