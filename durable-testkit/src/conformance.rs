@@ -71,6 +71,7 @@ where
     racing_fires_of_a_schedule_make_one(make().await).await;
     debounced_calls_join_the_one_waiting_to_start(&*make().await).await;
     racing_debounced_calls_make_one(make().await).await;
+    a_cancel_request_fences_the_holder_and_marks_the_promise(&*make().await).await;
 }
 
 /// A call; an id under another one is created by it (its parent).
@@ -1542,4 +1543,56 @@ pub async fn racing_debounced_calls_make_one(store: Arc<dyn Store>) {
     assert_eq!(made.iter().filter(|c| c.new).count(), 1, "one call for the key");
     let id = &made.iter().find(|c| c.new).expect("the new one").promise.id;
     assert!(made.iter().all(|c| c.promise.id == *id), "every call joined it");
+}
+
+/// `request_cancel` settles a call that never started; marks one that did
+/// `canceling`, fences its holder and makes its task pending for a claim that sees the
+/// mark (held or suspended; a halted task stays halted); and leaves a promise without
+/// a task, or a settled one, as it is.
+pub async fn a_cancel_request_fences_the_holder_and_marks_the_promise(store: &dyn Store) {
+    store.create(with_task("never", "g")).await.expect("create");
+    let canceled = store.request_cancel("never").await.expect("request").expect("it exists");
+    assert_eq!(canceled.state, State::RejectedCanceled, "a call that never started is canceled at once");
+    assert_eq!(store.task("never").await.unwrap().unwrap().state, TaskState::Fulfilled);
+
+    store.create(with_task("held", "g")).await.expect("create");
+    let held = claim_one(store, "g", "p1", 60_000).await.expect("claimed");
+    let asked = store.request_cancel("held").await.expect("request").expect("it exists");
+    assert!(asked.canceling && asked.state == State::Pending, "{asked:?}");
+    assert!(store.get("held").await.unwrap().unwrap().canceling, "the mark is stored");
+    let task = store.task("held").await.unwrap().unwrap();
+    assert_eq!((task.state, task.version), (TaskState::Pending, held.task.version + 1), "the holder is fenced");
+    let mut child = call("held.1");
+    child.fence = Some(held.fence());
+    assert!(matches!(store.create(child).await, Err(StoreError::Fenced { .. })), "the old holder writes nothing more");
+    let again = claim_one(store, "g", "p2", 60_000).await.expect("claimed again");
+    assert!(again.root.canceling, "the next claim sees the mark");
+    let repeated = store.request_cancel("held").await.unwrap().unwrap();
+    assert_eq!(store.task("held").await.unwrap().unwrap().version, again.task.version, "asking again changes nothing");
+    assert!(repeated.canceling);
+
+    store.create(with_task("asleep", "s")).await.expect("create");
+    let asleep = claim_one(store, "s", "p1", 60_000).await.expect("claimed");
+    let mut timer = CreatePromise::new("asleep.1", Param::Timer);
+    timer.parent = Some("asleep".into());
+    timer.timeout = Some(3_600_000);
+    timer.fence = Some(asleep.fence());
+    store.create(timer).await.expect("a timer");
+    assert!(store.suspend(&asleep.fence(), &["asleep.1".into()]).await.expect("suspend"));
+    store.request_cancel("asleep").await.expect("request");
+    assert_eq!(store.task("asleep").await.unwrap().unwrap().state, TaskState::Pending, "a suspended task runs again");
+    assert!(claim_one(store, "s", "p2", 60_000).await.expect("claimed").root.canceling);
+
+    store.create(with_task("stuck", "h")).await.expect("create");
+    let stuck = claim_one(store, "h", "p1", 60_000).await.expect("claimed");
+    store.release(&stuck.fence(), Release::Halt { error: "{}".into(), code: None }).await.expect("halt");
+    assert!(store.request_cancel("stuck").await.unwrap().unwrap().canceling);
+    assert_eq!(store.task("stuck").await.unwrap().unwrap().state, TaskState::Halted, "a halted task stays halted");
+
+    store.create(call("local")).await.expect("create");
+    let local = store.request_cancel("local").await.unwrap().unwrap();
+    assert!(!local.canceling && local.state == State::Pending, "no task: returned as it is");
+    store.settle(settle("local", State::Resolved, "1")).await.expect("settle");
+    assert_eq!(store.request_cancel("local").await.unwrap().unwrap().state, State::Resolved);
+    assert_eq!(store.request_cancel("missing").await.unwrap(), None);
 }

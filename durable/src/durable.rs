@@ -985,6 +985,14 @@ impl<'a> Promises<'a> {
     /// chosen id, theirs), but not the detached invocations it started nor what they
     /// created: they are rejected as canceled, their tasks are no longer delivered,
     /// and whoever awaits them gets [`Error::Canceled`].
+    ///
+    /// An invocation whose steps carry undos ([`Call::compensate`](crate::Call::compensate))
+    /// is asked to cancel instead ([`Store::request_cancel`]): the answer is the
+    /// promise still pending and marked [`Promise::canceling`]. Its body stops, runs
+    /// again at once with no new call allowed, the undos of its completed steps run,
+    /// and then it settles as canceled, with [`Error::Compensated`] saying what was
+    /// undone; each routed call under it does the same for its own steps. A call that
+    /// never started is canceled at once.
     pub async fn cancel(&self, id: &str) -> Result<Promise> {
         crate::runtime::fire::cancel(self.store, id).await
     }

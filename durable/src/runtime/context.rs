@@ -27,6 +27,31 @@ use crate::{Callable, Function, Handle, Result, Retry, State, Target, Undo, code
 /// `let a = ctx.lfi(f, 1); let b = ctx.lfi(f, 2);` then awaiting both at once is fine,
 /// while two branches that each use `ctx` do not compile. Concurrent work that itself
 /// makes durable calls goes through [`Context::lfi`], whose child has its own context.
+///
+/// # Sagas
+///
+/// A step can carry the call that undoes it ([`Call::compensate`]). If the attempt
+/// fails, or the invocation is canceled ([`Promises::cancel`](crate::Promises::cancel)),
+/// the undos of the steps that completed run, last step first, each once, before the
+/// function settles, and the error says what was undone
+/// ([`Error::Compensated`](crate::Error::Compensated)):
+///
+/// ```
+/// # use durable::prelude::*;
+/// # #[durable::function] async fn reserve(_ctx: &mut Context, seat: u32) -> durable::Result<()> { Ok(()) }
+/// # #[durable::function] async fn release(_ctx: &mut Context, seat: u32) -> durable::Result<()> { Ok(()) }
+/// # #[durable::function] async fn charge(_ctx: &mut Context, cents: u64) -> durable::Result<()> { Err(Error::terminal("declined")) }
+/// #[durable::function]
+/// async fn book(ctx: &mut Context, seat: u32) -> durable::Result<()> {
+///     ctx.lfc(reserve, seat).compensate(release, seat).await?;
+///     ctx.lfc(charge, 4200).await // declined: the seat is released
+/// }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> durable::Result<()> {
+/// # let durable = Durable::builder().store(std::sync::Arc::new(MemoryStore::new())).register(book).build()?;
+/// let failed = durable.run("booking-7", book, 7).await?.await;
+/// assert!(matches!(failed, Err(Error::Compensated { undone, .. }) if undone == ["booking-7.1"]));
+/// # Ok(()) }
+/// ```
 pub struct Context {
     inv: Arc<Invocation>,
     id: String,
