@@ -55,7 +55,7 @@ use proptest::prelude::RngCore;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 
 use self::observe::Observed;
-use self::workload::{GROUPS, sim_flow, sim_flow_patched, sim_leaf, sim_limited};
+use self::workload::{GROUPS, sim_flow, sim_flow_patched, sim_leaf, sim_limited, sim_refuse, sim_saga, sim_undo};
 use crate::FaultyStore;
 
 /// The longest a task may wait for a worker while its group has one: a few leases,
@@ -339,7 +339,8 @@ impl<'a> Run<'a> {
             .lease(LEASE)
             .concurrency(2)
             .retention(Some(RETENTION));
-        let builder = builder.register(sim_leaf).register(sim_limited);
+        let builder = builder.register(sim_leaf).register(sim_limited).register(sim_saga).register(sim_refuse);
+        let builder = builder.register(sim_undo);
         let builder = if self.patched { builder.register(sim_flow_patched) } else { builder.register(sim_flow) };
         let builder = match &self.sim.workload {
             Some(w) => w.register(builder),
@@ -710,6 +711,9 @@ impl<'a> Run<'a> {
         }
         let _ = self.client.shutdown().await;
         self.check_violations()?;
+        if let Some(step) = self.observed.undos_not_run().first() {
+            return Err(self.fail(format!("step {step} completed under a body that failed, and was never undone")));
+        }
         for (id, expect) in self.expect.clone() {
             // As it settled: retention may have deleted it since.
             let Some(p) = self.observed.settled(&id) else {

@@ -62,6 +62,31 @@ impl Observed {
         self.seen().promises.get(id).cloned().flatten()
     }
 
+    /// The steps seen resolved with an undo under a body seen failed or canceled
+    /// (which compensates before it settles), whose undo was never seen resolved:
+    /// undos owed and not run.
+    pub(crate) fn undos_not_run(&self) -> Vec<String> {
+        let seen = self.seen();
+        let settled = |id: &str| seen.promises.get(id).cloned().flatten();
+        let mut owed = Vec::new();
+        for p in seen.promises.values().flatten() {
+            if p.undo.is_none() || p.state != State::Resolved {
+                continue;
+            }
+            let failed = p
+                .parent
+                .as_deref()
+                .and_then(settled)
+                .is_some_and(|body| matches!(body.state, State::Rejected | State::RejectedCanceled));
+            let undo = |k: u32| if k == 1 { format!("{}:undo", p.id) } else { format!("{}:undo{k}", p.id) };
+            if failed && !(1..=8).any(|k| settled(&undo(k)).is_some_and(|u| u.state == State::Resolved)) {
+                owed.push(p.id.clone());
+            }
+        }
+        owed.sort();
+        owed
+    }
+
     /// The longest any task waited from becoming ready to its claim, and which.
     pub(crate) fn longest_wait(&self) -> (Millis, String) {
         self.seen().longest_wait.clone()

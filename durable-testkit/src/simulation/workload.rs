@@ -45,6 +45,9 @@ pub(crate) enum Step {
     TimesOut,
     /// The flow's first attempt fails here: it is retried afresh.
     FailOnce,
+    /// A saga: local leaves, each with an undo; step `fail_at` (from 1; 0 for none)
+    /// fails for good, and the steps before it are undone.
+    Saga(Vec<u64>, u32),
 }
 
 /// What the functions' bodies of one simulated store share: the store, and what
@@ -94,6 +97,39 @@ fn leaf(ctx: &mut Context, world_key: String, n: u64, fail_first: u32) -> durabl
         return Err(Error::new("a planned failure"));
     }
     Ok(n * 2)
+}
+
+/// A saga ([`Step::Saga`]): its leaves, each with its undo ([`sim_undo`]); step
+/// `fail_at` fails for good.
+#[durable::function(name = "sim_saga")]
+pub(crate) async fn sim_saga(ctx: &mut Context, world: String, ns: Vec<u64>, fail_at: u32) -> durable::Result<u64> {
+    let mut sum = 0;
+    for (i, n) in ns.into_iter().enumerate() {
+        if i as u32 + 1 == fail_at {
+            ctx.lfc(sim_refuse, ()).compensate(sim_undo, (world.clone(), n)).await?;
+        }
+        sum += ctx.lfc(sim_leaf, (world.clone(), n, 0)).compensate(sim_undo, (world.clone(), n)).await?;
+    }
+    Ok(sum)
+}
+
+/// A saga's step that fails for good.
+#[durable::function(name = "sim_refuse")]
+pub(crate) async fn sim_refuse(_ctx: &mut Context) -> durable::Result<u64> {
+    Err(Error::terminal("a planned refusal"))
+}
+
+/// An undo: runs only for a step that resolved, and, like a leaf, never again once
+/// its own result is recorded.
+#[durable::function(name = "sim_undo")]
+pub(crate) async fn sim_undo(ctx: &mut Context, world_key: String, n: u64) -> durable::Result<u64> {
+    let step = ctx.id().split_once(":undo").map_or(ctx.id(), |(step, _)| step).to_owned();
+    let world_of = world(&world_key);
+    let completed = world_of.store.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_none_or(|o| o.resolved(&step));
+    if !completed {
+        world_of.violate(format!("{} ran, but step {step} did not complete", ctx.id()));
+    }
+    leaf(ctx, world_key, n, 0)
 }
 
 /// The function of the limited calls: a remote leaf (`Step::Remote`) whose argument
@@ -206,6 +242,15 @@ async fn run_steps(ctx: &mut Context, world: String, path: String, steps: Vec<St
                 }
                 0
             }
+            Step::Saga(ns, fail_at) => match ctx.lfc(sim_saga, (world.clone(), ns, fail_at)).await {
+                Ok(sum) => sum,
+                // Undone because it failed, not because the flow was canceled.
+                Err(Error::Compensated { undone, cause, .. }) if !matches!(*cause, Error::Canceled { .. }) => {
+                    100 * undone.len() as u64
+                }
+                Err(Error::Application { terminal: true, .. }) if fail_at == 1 => 0,
+                Err(e) => return Err(e),
+            },
         };
     }
     Ok(sum)
@@ -239,6 +284,11 @@ pub(crate) fn expected(path: &str, steps: &[Step], detached: &mut Vec<(String, u
             Step::Approval => approval_value(&approval_id(&here)),
             Step::Nested(steps) | Step::RemoteFlow(steps, _) => expected(&here, steps, detached),
             Step::Sleep(_) | Step::Records | Step::TimesOut | Step::FailOnce => 0,
+            Step::Saga(ns, fail_at) => match *fail_at as usize {
+                0 => ns.iter().map(|n| 2 * n).sum(),
+                k if k > ns.len() => ns.iter().map(|n| 2 * n).sum(),
+                k => 100 * (k as u64 - 1),
+            },
         };
     }
     sum
@@ -252,7 +302,12 @@ pub(crate) fn program(rng: &mut super::SimRng, len: u64, depth: u32) -> Vec<Step
     let group = |rng: &mut super::SimRng| GROUPS[rng.below(2) as usize].to_owned();
     (0..1 + rng.below(len))
         .map(|_| match rng.below(if depth > 0 { 15 } else { 13 }) {
-            0 | 1 => Step::Leaf(rng.below(50)),
+            // A leaf whose number is 3 modulo 7 is a saga of three steps instead (so
+            // that the draws, and every seed's program otherwise, stay as they were).
+            0 | 1 => match rng.below(50) {
+                n if n % 7 == 3 => Step::Saga(vec![n, n + 1, n + 2], (n % 4) as u32),
+                n => Step::Leaf(n),
+            },
             2 => Step::LongRetry(rng.below(50)),
             3 => Step::Fanout((0..1 + rng.below(3)).map(|_| rng.below(50)).collect()),
             4 => Step::Remote(rng.below(50), group(rng)),
@@ -289,6 +344,7 @@ pub(crate) fn count(steps: &[Step], counts: &mut std::collections::BTreeMap<&'st
             Step::RemoteFlow(..) => "remote flow",
             Step::TimesOut => "timeout",
             Step::FailOnce => "retry of a flow that made calls",
+            Step::Saga(..) => "saga",
         };
         *counts.entry(name).or_default() += 1;
         if let Step::Nested(inner) | Step::RemoteFlow(inner, _) = step {
