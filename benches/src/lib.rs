@@ -39,9 +39,23 @@ pub async fn chain(ctx: &mut Context, n: u64) -> durable::Result<u64> {
     Ok(x)
 }
 
-/// A runtime over `store` with the chain registered.
+/// `n` sequential local steps, each carrying an undo; if `fail`, it fails at its end
+/// and every step is undone.
+#[durable::function]
+pub async fn saga(ctx: &mut Context, n: u64, fail: bool) -> durable::Result<u64> {
+    let mut x = 0;
+    for _ in 0..n {
+        x = ctx.lfc(step, x).compensate(step, x).await?;
+    }
+    if fail {
+        return Err(Error::terminal("the saga fails at its end"));
+    }
+    Ok(x)
+}
+
+/// A runtime over `store` with the chain and the saga registered.
 pub fn runtime(store: &Arc<dyn Store>) -> Durable {
-    Durable::builder().store(store.clone()).register(chain).build().expect("build")
+    Durable::builder().store(store.clone()).register(chain).register(saga).build().expect("build")
 }
 
 /// Runs a chain of `n` steps to the gate on `store`, then stops the runtime, releasing

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use durable::prelude::*;
 use durable::store::PostgresStore;
 
-use durable_benches::{balanced, calc_roles, chain, clc, runtime, step, unfinished};
+use durable_benches::{balanced, calc_roles, chain, clc, runtime, saga, step, unfinished};
 
 /// Ten steps: the invocation the soak runs.
 #[durable::function(name = "soak")]
@@ -84,7 +84,9 @@ struct Args {
     /// claims: N one-step tasks through a worker of 64, each with a key of 1000.
     /// latency: N invocations of three local steps, then of three remote calls, C at once.
     /// schedules: N schedules firing every 10 s, served by one process.
-    #[arg(value_parser = ["chain", "calc", "recover", "soak", "list", "page", "simulate", "claims", "latency", "schedules", "recover-prepare"], hide_possible_values = true)]
+    /// saga: N local steps that each carry an undo, then N more that fail at their end
+    /// and are undone.
+    #[arg(value_parser = ["chain", "saga", "calc", "recover", "soak", "list", "page", "simulate", "claims", "latency", "schedules", "recover-prepare"], hide_possible_values = true)]
     workload: String,
     /// The store: memory, sled or postgres (`$DURABLE_POSTGRES_URL`).
     #[arg(long, default_value = "memory", value_parser = ["memory", "sled", "postgres"])]
@@ -301,6 +303,29 @@ async fn run(args: &Args) -> Result<(), String> {
             let extra =
                 format!(",\"concurrency\":{},\"steps_per_second\":{:.0}", args.concurrency, steps as f64 / seconds);
             report("chain", &args.store, args.n, steps, seconds, &extra);
+            drop(durable);
+            cleanup(&args.store, &location).await;
+        }
+        "saga" => {
+            let store = open(&args.store, &location, true).await?;
+            let durable = runtime(&store);
+            let started = Instant::now();
+            durable
+                .run("saga-kept", saga, (args.n, false))
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            let kept = started.elapsed().as_secs_f64();
+            let started = Instant::now();
+            match durable.run("saga-undone", saga, (args.n, true)).await.map_err(|e| e.to_string())?.await {
+                Err(durable::Error::Compensated { undone, .. }) if undone.len() as u64 == args.n => {}
+                other => return Err(format!("expected every step undone, got {other:?}")),
+            }
+            // The failed run made the same steps, then undid each.
+            let undoing = (started.elapsed().as_secs_f64() - kept).max(0.0);
+            let extra = format!(",\"undo_us_per_step\":{:.3}", undoing * 1e6 / args.n as f64);
+            report("saga", &args.store, args.n, args.n, kept, &extra);
             drop(durable);
             cleanup(&args.store, &location).await;
         }

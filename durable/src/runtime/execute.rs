@@ -241,6 +241,10 @@ impl Job {
                 CreatePromise::new(id, Param::call(&undo.record.func, undo.record.version, undo.record.args.clone()));
             req.parent = Some(self.id.clone());
             req.task = undo.target.clone().map(|target| NewTask { window: inv.rt.window, ..NewTask::new(target) });
+            // A local undo lost in a crash is made again by the replay, and its settle
+            // is durable: only a routed one, which another process runs, must be on
+            // disk first.
+            req.durable = req.task.is_some();
             inv.create(req).await?;
         }
         let Some(func) = &undo.local else {
