@@ -714,3 +714,53 @@ async fn schedules_are_listed_and_steered_from_the_schedules_page() {
     let (status, _, body) = post(&router, &format!("token={TOKEN}&action=schedule-pause&id=nightly"), &host).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+#[durable::function(name = "debit")]
+async fn debit(_ctx: &mut Context, cents: u64) -> durable::Result<u64> {
+    Ok(cents)
+}
+
+#[durable::function(name = "refund")]
+async fn refund(_ctx: &mut Context, _cents: u64) -> durable::Result<u64> {
+    Err(Error::terminal("the refund service is down"))
+}
+
+#[durable::function(name = "pay")]
+async fn pay(ctx: &mut Context, cents: u64) -> durable::Result<u64> {
+    ctx.lfc(debit, cents).compensate(refund, cents).await?;
+    ctx.promise::<()>().id(format!("ship-{cents}")).await?.await?;
+    Ok(cents)
+}
+
+/// A saga canceled while it waits shows as canceling until its undo has run; an
+/// undo that fails for good halts it, and the attention page lists it with why; the
+/// step shows the undo it carries.
+#[tokio::test(start_paused = true)]
+async fn a_canceling_saga_and_its_failed_undo_show_for_a_person() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let router = Dashboard::new(store.clone()).actions(TOKEN).router();
+    // Asked to cancel while no worker serves it: it shows as canceling.
+    let durable =
+        Durable::builder().store(store.clone()).register(pay).register(debit).register(refund).build().unwrap();
+    let _handle = durable.run("pay-5", pay, 5).await.unwrap();
+    while store.get("ship-5").await.unwrap().is_none() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    durable.shutdown().await.unwrap();
+    let asked = durable.promises().cancel("pay-5").await.unwrap();
+    assert!(asked.canceling, "{asked:?}");
+    let (_, _, page) = get(&router, "/invocation?id=pay-5").await;
+    assert!(page.contains("class=\"state canceling\""), "{page}");
+    let (_, _, details) = get(&router, "/invocation?id=pay-5&node=pay-5.1").await;
+    assert!(details.contains("<dt>undo</dt>") && details.contains("refund"), "{details}");
+    // A worker runs its undo, which fails for good: halted, for a person.
+    let worker =
+        Durable::builder().store(store.clone()).register(pay).register(debit).register(refund).build().unwrap();
+    while store.task("pay-5").await.unwrap().is_none_or(|t| t.state != TaskState::Halted) {
+        store.wait("pay-5", true).await.unwrap();
+    }
+    let (_, _, attention) = get(&router, "/attention").await;
+    assert!(attention.contains("Halted (1)") && attention.contains(">pay-5<"), "{attention}");
+    assert!(attention.contains("the refund service is down"), "the attention page says why: {attention}");
+    drop(worker);
+}

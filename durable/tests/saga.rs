@@ -306,3 +306,38 @@ async fn a_bad_undo_is_an_error_where_it_is_attached() {
     }
     drop(bank);
 }
+
+/// An undo that makes a durable call of its own, and sleeps.
+#[durable::function]
+async fn refund_in_steps(ctx: &mut Context, account: String, delta: i64) -> durable::Result<i64> {
+    ctx.sleep(Duration::from_secs(1)).await?;
+    ctx.lfc(book, (account, delta, false)).await
+}
+
+#[durable::function]
+async fn waits_after_a_step(ctx: &mut Context) -> durable::Result<i64> {
+    ctx.lfc(book, ("alice".to_owned(), -7, false)).compensate(refund_in_steps, ("alice".to_owned(), 7)).await?;
+    ctx.promise::<()>().id("never").await?.await?;
+    Ok(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_undo_makes_its_own_calls_in_a_canceled_invocation() {
+    *BANK.lock().unwrap() = None;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let durable = Durable::builder()
+        .store(store.clone())
+        .register(book)
+        .register(refund_in_steps)
+        .register(waits_after_a_step)
+        .build()
+        .unwrap();
+    let handle = durable.run("w", waits_after_a_step, ()).await.unwrap();
+    appears(&durable, "never").await;
+    durable.promises().cancel("w").await.unwrap();
+    let error = handle.await.unwrap_err();
+    assert!(matches!(&error, Error::Compensated { undone, .. } if undone == &["w.1"]), "{error:?}");
+    assert_eq!(applied(), ["w.1", "w.1:undo.2"], "the undo's own step ran, after its sleep");
+    assert_eq!(store.get("w.1:undo.1").await.unwrap().unwrap().state, State::Resolved, "its sleep was not canceled");
+    conserved();
+}

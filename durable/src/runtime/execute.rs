@@ -12,7 +12,7 @@ use crate::error::Failure;
 use crate::promise::{Millis, Param, Promise, State};
 use crate::runtime::context::{Owed, retry_timer_id};
 use crate::runtime::function::Erased;
-use crate::runtime::invocation::{Fault, Invocation};
+use crate::runtime::invocation::{Fault, Invocation, under_undo};
 use crate::runtime::wait::{self, Done};
 use crate::store::{CreatePromise, NewTask, SettlePromise};
 use crate::{Context, Error, Result, Retry};
@@ -123,7 +123,7 @@ impl Job {
                 Err(e) => {
                     // The steps this attempt completed are undone first, last first.
                     let undone = if owed.is_empty() { Vec::new() } else { self.compensate(owed).await? };
-                    let e = if inv.canceling { Error::Canceled { id: self.id.clone() } } else { e };
+                    let e = if self.canceled() { Error::Canceled { id: self.id.clone() } } else { e };
                     let e = if undone.is_empty() {
                         e
                     } else {
@@ -142,7 +142,7 @@ impl Job {
                         None => Retry::default(),
                     };
                     // A canceled execution is not retried.
-                    if !inv.canceling
+                    if !self.canceled()
                         && e.is_retryable()
                         && let Some(delay) = retry.delay(attempt)
                     {
@@ -152,7 +152,7 @@ impl Job {
                         fresh = true;
                         continue;
                     }
-                    let state = if inv.canceling { State::RejectedCanceled } else { State::Rejected };
+                    let state = if self.canceled() { State::RejectedCanceled } else { State::Rejected };
                     (state, Failure::from(&e).encode())
                 }
             };
@@ -161,6 +161,11 @@ impl Job {
             let settled = inv.settle(req).await.ok()?;
             return Some(outcome(&settled));
         }
+    }
+
+    /// Whether this body runs under its task's cancel: not an undo, nor under one.
+    fn canceled(&self) -> bool {
+        self.inv.canceling && !under_undo(&self.id)
     }
 
     /// Runs the undos `owed` of the steps that resolved, last step first; returns the

@@ -243,7 +243,9 @@ impl Invocation {
     /// turns true once it is created.
     pub(crate) fn defer(&self, mut req: CreatePromise) -> Result<watch::Receiver<bool>> {
         check_len(&req.id)?;
-        self.refuse_when_canceling()?;
+        if !under_undo(&req.id) {
+            self.refuse_when_canceling()?;
+        }
         relate(&mut req);
         let (signal, created) = watch::channel(false);
         let began = tokio::time::Instant::now();
@@ -394,8 +396,8 @@ impl Invocation {
         if let Some(p) = self.replayed(&req.id, &req.param, location)? {
             return Ok(Found::Recorded(p));
         }
-        if self.canceling {
-            // What was begun goes on; nothing new starts.
+        if self.canceling && !under_undo(&req.id) && !req.parent.as_deref().is_some_and(under_undo) {
+            // What was begun goes on; nothing new starts (but what an undo does).
             let Some(promise) = self.rt.store.get(&req.id).await.map_err(|e| self.store_fault(e))? else {
                 return Err(Error::Canceled { id: self.fence.task.clone() });
             };
@@ -509,7 +511,7 @@ impl Invocation {
     /// wait goes on (and the task may suspend) until a fixed deploy settles it.
     pub(crate) async fn settled(&self, id: &str) -> Result<Promise> {
         self.check()?;
-        if self.canceling {
+        if self.canceling && !under_undo(id) {
             self.cancel_awaited(id).await?;
         }
         match wait::settled(&*self.rt.store, id, false).await.map_err(|e| self.store_fault(e))? {
@@ -551,6 +553,12 @@ impl Invocation {
             e => self.fail(Fault::Platform(e.to_string())),
         }
     }
+}
+
+/// Whether `id` is an undo (`{step}:undo`, `{step}:undo2`, …) or under one: what an
+/// undo does runs as any call does, in an execution canceled or not.
+pub(crate) fn under_undo(id: &str) -> bool {
+    id.split('.').any(|segment| segment.contains(":undo"))
 }
 
 /// An id too long is a deterministic error the body sees, not a fault: replay makes
