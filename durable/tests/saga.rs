@@ -38,14 +38,18 @@ async fn book(ctx: &mut Context, account: String, delta: i64, fail: bool) -> dur
     if fail {
         return Err(Error::terminal(format!("{account} refuses {delta}")));
     }
-    let id = ctx.id().to_owned();
-    Ok(bank(|b| {
-        if !b.applied.contains(&id) {
-            b.applied.push(id);
-            *b.balances.entry(account.clone()).or_default() += delta;
+    Ok(apply(ctx.id(), &account, delta))
+}
+
+/// Books `delta` to `account` unless booking `id` was applied already.
+fn apply(id: &str, account: &str, delta: i64) -> i64 {
+    bank(|b| {
+        if !b.applied.iter().any(|done| done == id) {
+            b.applied.push(id.to_owned());
+            *b.balances.entry(account.to_owned()).or_default() += delta;
         }
-        b.balances[&account]
-    }))
+        b.balances[account]
+    })
 }
 
 /// Moves `amount` from `a` to `b` through a clearing account, in three steps; step
@@ -340,4 +344,74 @@ async fn an_undo_makes_its_own_calls_in_a_canceled_invocation() {
     assert_eq!(applied(), ["w.1", "w.1:undo.2"], "the undo's own step ran, after its sleep");
     assert_eq!(store.get("w.1:undo.1").await.unwrap().unwrap().state, State::Resolved, "its sleep was not canceled");
     conserved();
+}
+
+/// Books after a while (a leaf: no durable call of its own): long enough for a cancel
+/// to land while it runs.
+#[durable::function]
+async fn slow_book(ctx: &mut Context, account: String, delta: i64) -> durable::Result<i64> {
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    Ok(apply(ctx.id(), &account, delta))
+}
+
+#[durable::function]
+async fn slow_transfer(ctx: &mut Context) -> durable::Result<i64> {
+    ctx.lfc(slow_book, ("alice".to_owned(), -4)).compensate(book, ("alice".to_owned(), 4, false)).await?;
+    ctx.lfc(book, ("bob".to_owned(), 4, false)).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_running_when_the_cancel_comes_runs_to_its_end_and_is_undone() {
+    *BANK.lock().unwrap() = None;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let durable = Durable::builder()
+        .store(store.clone())
+        .register(book)
+        .register(slow_book)
+        .register(slow_transfer)
+        .build()
+        .unwrap();
+    let handle = durable.run("s", slow_transfer, ()).await.unwrap();
+    // The step is written before it runs.
+    appears(&durable, "s.1").await;
+    let asked = durable.promises().cancel("s").await.unwrap();
+    assert!(asked.canceling, "{asked:?}");
+    let error = handle.await.unwrap_err();
+    assert!(matches!(&error, Error::Compensated { undone, .. } if undone == &["s.1"]), "{error:?}");
+    assert_eq!(applied(), ["s.1", "s.1:undo"], "the step ran to its end, then was undone; bob was never credited");
+    conserved();
+}
+
+/// A worker group that books, for routed steps.
+fn bank_worker(store: Arc<dyn Store>) -> Durable {
+    Durable::builder().store(store).group("bank").register(book).build().unwrap()
+}
+
+#[durable::function]
+async fn routed_transfer(ctx: &mut Context, fail: bool) -> durable::Result<i64> {
+    let bank = "poll://any@bank";
+    ctx.rfc(book, ("alice".to_owned(), -6, false))
+        .target(bank)
+        .compensate(book, ("alice".to_owned(), 6, false))
+        .await?;
+    ctx.rfc(book, ("bob".to_owned(), 6, fail)).target(bank).compensate(book, ("bob".to_owned(), -6, false)).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_routed_step_is_undone_where_it_ran() {
+    *BANK.lock().unwrap() = None;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let bank = bank_worker(store.clone());
+    let durable = Durable::builder().store(store.clone()).register(routed_transfer).build().unwrap();
+    // The bank's worker announces itself before a step names it as an undo's.
+    while durable.store().workers().await.unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let error = durable.run("rt", routed_transfer, true).await.unwrap().await.unwrap_err();
+    assert!(matches!(&error, Error::Compensated { undone, .. } if undone == &["rt.1"]), "{error:?}");
+    assert_eq!(applied(), ["rt.1", "rt.1:undo"]);
+    let undo = store.task("rt.1:undo").await.unwrap().expect("the undo is a routed call");
+    assert_eq!(undo.target.group, "bank");
+    conserved();
+    drop(bank);
 }
