@@ -723,10 +723,11 @@ impl<C: Callable, M> Call<C, M> {
 macro_rules! compensate_local {
     ($mode:ty) => {
         impl<F: Function> Call<F, $mode> {
-            /// Attaches an undo: once this step has resolved, if the function that
-            /// makes it fails for good (or is canceled), `undo(args)` runs, as a local
-            /// call with its own retry policy, exactly once, before the function
-            /// settles; the undos of its steps run last step first. The undo is
+            /// Attaches an undo: once this step has resolved, if the attempt that
+            /// makes it fails (before the function settles, or before its retry
+            /// policy runs it again) or the invocation is canceled, `undo(args)` runs,
+            /// as a local call with its own retry policy, exactly once; the undos of
+            /// an attempt's steps run last step first. The undo is
             /// recorded with the step ([`Promise::undo`](crate::Promise::undo)).
             ///
             /// The step is written before it runs, so that a step begun before a
@@ -745,11 +746,11 @@ macro_rules! compensate_local {
 macro_rules! compensate_routed {
     ($mode:ty) => {
         impl<C: Callable> Call<C, $mode> {
-            /// Attaches an undo: once this step has resolved, if the function that
-            /// makes it fails for good (or is canceled), `undo(args)` runs, routed to
-            /// the step's target and retried by its worker's policy, exactly once,
-            /// before the function settles; the undos of its steps run last step
-            /// first. A step still running then is asked to cancel first (it undoes
+            /// Attaches an undo: once this step has resolved, if the attempt that
+            /// makes it fails (before the function settles, or before its retry
+            /// policy runs it again) or the invocation is canceled, `undo(args)` runs,
+            /// routed to the step's target and retried by its worker's policy, exactly
+            /// once; the undos of an attempt's steps run last step first. A step still running then is asked to cancel first (it undoes
             /// its own steps), and undone if it resolved anyway. The undo is recorded
             /// with the step ([`Promise::undo`](crate::Promise::undo)).
             ///
