@@ -200,6 +200,19 @@ fn import_requests(history: &History, max_payload: usize) -> Result<Vec<CreatePr
         let mut req = CreatePromise::new(p.id.clone(), param);
         req.parent = if at == 0 { None } else { parent };
         req.tags = p.tags.clone();
+        // A step's undo comes with it: what a cancel or failure in the new store owes.
+        if let Some(undo) = &p.undo {
+            if undo.args.len() > max_payload {
+                let size = undo.args.len();
+                return Err(bad(
+                    at,
+                    &p.id,
+                    format!("its undo's arguments are {size} bytes, over the limit of {max_payload}"),
+                ));
+            }
+            json(&undo.args).map_err(|e| bad(at, &p.id, format!("its undo's arguments are not JSON: {e}")))?;
+            req.undo = Some(undo.clone());
+        }
         if p.timeout_at != NEVER {
             req.timeout = Some(p.timeout_at.saturating_sub(p.created_at));
         }

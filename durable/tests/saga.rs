@@ -415,3 +415,26 @@ async fn a_routed_step_is_undone_where_it_ran() {
     conserved();
     drop(bank);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_saga_imported_into_another_store_owes_its_undos_there() {
+    *BANK.lock().unwrap() = None;
+    let first = runtime(Arc::new(MemoryStore::new()));
+    let _handle = first.run("i", gated, 3).await.unwrap();
+    appears(&first, "i-gate0").await;
+    first.promises().resolve("i-gate0", &()).await.unwrap();
+    appears(&first, "i-gate1").await;
+    first.shutdown().await.unwrap();
+    let history = first.promises().history("i").await.unwrap();
+    assert!(history.promises.iter().any(|r| r.promise.undo.is_some()), "the export carries the step's undo");
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let second = runtime(store.clone());
+    second.promises().import(&history).await.unwrap();
+    assert!(store.get("i.2").await.unwrap().unwrap().undo.is_some(), "the import keeps it");
+    let asked = second.promises().cancel("i").await.unwrap();
+    assert!(asked.canceling, "a step there owes an undo: {asked:?}");
+    let error = second.run("i", gated, 3).await.unwrap().await.unwrap_err();
+    assert!(matches!(&error, Error::Compensated { undone, .. } if undone == &["i.2"]), "{error:?}");
+    assert_eq!(applied(), ["i.2", "i.2:undo"]);
+    conserved();
+}

@@ -753,8 +753,20 @@ impl Core {
                 ));
             }
         }
+        // A call that created something began in the store it came from: its task is
+        // past version 0, as one delivered before, so that a cancel undoes what it did
+        // rather than dropping it as never started, and no debounced call joins it.
+        let begun: std::collections::HashSet<String> = family.iter().filter_map(|r| r.parent.clone()).collect();
         for req in family {
             self.create(req, now)?;
+        }
+        for id in &begun {
+            if let Some(t) = self.tasks.get_mut(id)
+                && t.version == 0
+            {
+                t.version = 1;
+                self.dirty.tasks.push(id.clone());
+            }
         }
         Ok(())
     }
