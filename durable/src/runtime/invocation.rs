@@ -59,7 +59,7 @@ impl Fault {
             Fault::Fenced => Failure::Other { message: "the lease was lost".into() }.encode(),
             Fault::Platform(reason) => Failure::Other { message: reason.clone() }.encode(),
             Fault::Frontier => Failure::Other { message: "the replay check stopped".into() }.encode(),
-            Fault::Canceling => Failure::Canceled { id: String::new() }.encode(),
+            Fault::Canceling => Failure::Other { message: "its cancellation was asked for".into() }.encode(),
             Fault::Undo(reason) => Failure::Other { message: reason.clone() }.encode(),
         }
     }
