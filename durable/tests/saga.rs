@@ -438,3 +438,63 @@ async fn a_saga_imported_into_another_store_owes_its_undos_there() {
     assert_eq!(applied(), ["i.2", "i.2:undo"]);
     conserved();
 }
+
+/// Holds its first runs until let go.
+static BANK_OPEN: tokio::sync::Notify = tokio::sync::Notify::const_new();
+static BANK_MAY_WORK: Mutex<bool> = Mutex::new(false);
+
+#[durable::function]
+async fn careful_book(ctx: &mut Context, account: String, delta: i64) -> durable::Result<i64> {
+    if !*BANK_MAY_WORK.lock().unwrap() {
+        BANK_OPEN.notified().await;
+    }
+    Ok(apply(ctx.id(), &account, delta))
+}
+
+#[durable::function]
+async fn one_routed_step(ctx: &mut Context) -> durable::Result<i64> {
+    let bank = "poll://any@bank";
+    ctx.rfc(careful_book, ("alice".to_owned(), -2)).target(bank).compensate(careful_book, ("alice".to_owned(), 2)).await
+}
+
+/// The check that a routed undo is served is made when the step is made: a replay
+/// that finds the step pending while no worker of its group is live goes on as the
+/// first run did.
+#[tokio::test(start_paused = true)]
+async fn a_replay_does_not_check_again_that_a_routed_undo_is_served() {
+    *BANK.lock().unwrap() = None;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let worker = |group: &str| {
+        Durable::builder()
+            .store(store.clone())
+            .group(group)
+            .register(careful_book)
+            .register(one_routed_step)
+            .build()
+            .unwrap()
+    };
+    let bank = worker("bank");
+    while store.workers().await.unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let caller = worker("default");
+    let _first = caller.run("c", one_routed_step, ()).await.unwrap();
+    while store.task("c.1").await.unwrap().is_none_or(|t| t.state != TaskState::Acquired) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    caller.shutdown().await.unwrap();
+    bank.shutdown().await.unwrap();
+    // Long enough for the bank's worker to be gone from the live ones.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let now = store.now().await.unwrap();
+    assert!(!store.workers().await.unwrap().iter().any(|w| w.serves("bank", "careful_book", now)));
+    let caller = worker("default");
+    let handle = caller.run("c", one_routed_step, ()).await.unwrap();
+    // The replay reaches the step while no bank worker is live.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!store.get("c.1").await.unwrap().unwrap().canceling, "the caller did not give up on its step");
+    *BANK_MAY_WORK.lock().unwrap() = true;
+    let bank = worker("bank");
+    assert_eq!(handle.await.unwrap(), -2, "the replay waited for the step, as the first run did");
+    drop(bank);
+}

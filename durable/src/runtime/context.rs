@@ -892,14 +892,19 @@ impl<C: Callable, M> Call<C, M> {
 
 impl<C: Callable, M> Call<C, M> {
     /// Ok if a live worker of the routed undo's group serves its function: checked
-    /// when the step is made, not when it is replayed.
+    /// when the step is made, not when it is replayed (a replay takes the path the
+    /// first run took, whoever is live now).
     async fn served(&self, undo: &UndoCall) -> Result<()> {
         if self.inv.is_preloaded(&self.id) || self.inv.rt.checking {
             return Ok(());
         }
+        let store = &self.inv.rt.store;
+        // A fresh attempt has made nothing yet; a replay may have made this step.
+        if !self.fresh && store.get(&self.id).await.map_err(|e| self.inv.store_fault(e))?.is_some() {
+            return Ok(());
+        }
         let group = &undo.target.as_ref().expect("a routed undo has its step's target").group;
         let function = crate::promise::function_key(&undo.record.func, undo.record.version);
-        let store = &self.inv.rt.store;
         let (now, workers) = futures::try_join!(store.now(), store.workers()).map_err(|e| self.inv.store_fault(e))?;
         if workers.iter().any(|w| w.serves(group, &function, now)) {
             return Ok(());
