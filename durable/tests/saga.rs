@@ -498,3 +498,34 @@ async fn a_replay_does_not_check_again_that_a_routed_undo_is_served() {
     assert_eq!(handle.await.unwrap(), -2, "the replay waited for the step, as the first run did");
     drop(bank);
 }
+
+/// A leaf retried after a minute: its second attempt charges.
+#[durable::function(retry = Retry::Constant { delay: Duration::from_secs(60), max_attempts: 3 })]
+async fn charge_card(ctx: &mut Context, cents: i64) -> durable::Result<i64> {
+    if ctx.attempt() == 1 {
+        return Err(Error::new("the card service is busy"));
+    }
+    Ok(apply(ctx.id(), "card", cents))
+}
+
+#[durable::function]
+async fn order(ctx: &mut Context) -> durable::Result<i64> {
+    ctx.lfc(book, ("stock".to_owned(), -1, false)).compensate(book, ("stock".to_owned(), 1, false)).await?;
+    ctx.rfc(charge_card, 5).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_canceled_in_its_retry_wait_starts_no_other_attempt() {
+    *BANK.lock().unwrap() = None;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let durable =
+        Durable::builder().store(store.clone()).register(book).register(charge_card).register(order).build().unwrap();
+    let handle = durable.run("o", order, ()).await.unwrap();
+    // The charge's first attempt failed; it waits a minute for the next.
+    appears(&durable, "o.2.r1").await;
+    durable.promises().cancel("o").await.unwrap();
+    let error = handle.await.unwrap_err();
+    assert!(matches!(&error, Error::Compensated { undone, .. } if undone == &["o.1"]), "{error:?}");
+    assert_eq!(applied(), ["o.1", "o.1:undo"], "the card was never charged");
+    assert_eq!(store.get("o.2").await.unwrap().unwrap().state, State::RejectedCanceled);
+}

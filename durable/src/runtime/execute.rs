@@ -105,6 +105,20 @@ impl Job {
         // An attempt begun after a failure in this execution has no history either.
         let mut fresh = self.fresh;
         loop {
+            if attempt > 1 && self.canceled() && !self.begun(attempt).await.ok()? {
+                // Canceled in a retry's wait: the next attempt does not start.
+                let value = Failure::from(&Error::Canceled { id: self.id.clone() }).encode();
+                let req = SettlePromise {
+                    id: self.id.clone(),
+                    state: State::RejectedCanceled,
+                    value,
+                    ikey: None,
+                    strict: false,
+                    fence: None,
+                };
+                settling.store(true, std::sync::atomic::Ordering::SeqCst);
+                return Some(outcome(&inv.settle(req).await.ok()?));
+            }
             inv.lease_holds().await.ok()?;
             inv.rt.count_run(self.func.name());
             let mut ctx = Context::new(inv.clone(), self.id.clone(), self.deadline, attempt, fresh);
@@ -272,6 +286,14 @@ impl Job {
         }
     }
 
+    /// Whether attempt `attempt` (after the first) recorded anything: then it began.
+    async fn begun(&self, attempt: u32) -> Result<bool> {
+        let prefix = format!("{}.", self.timer_id(attempt - 1));
+        let search = crate::store::Search { prefix, limit: 1, ..Default::default() };
+        let page = self.inv.rt.store.search(search).await.map_err(|e| self.inv.store_fault(e))?;
+        Ok(!page.promises.is_empty())
+    }
+
     /// Whether the history holds anything under this promise.
     async fn recorded_under(&self) -> bool {
         let search = crate::store::Search { prefix: format!("{}.", self.id), limit: 1, ..Default::default() };
@@ -296,7 +318,13 @@ impl Job {
     async fn wait_timer(&self, attempt: u32) -> Result<()> {
         let timer = self.timer_id(attempt);
         let _waiting = self.inv.waiting(&timer);
-        self.inv.settled(&timer).await.map(drop)
+        let waited = self.inv.settled(&timer).await?;
+        // A wait canceled means the cancel of its task is under way: an execution
+        // that has not seen it yet stops here, before the next attempt's body runs.
+        if waited.state == State::RejectedCanceled && !self.inv.canceling {
+            return Err(self.inv.fail(Fault::Canceling));
+        }
+        Ok(())
     }
 
     /// Finds the attempt to run after a restart: each failed attempt left a timer.

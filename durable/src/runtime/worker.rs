@@ -345,6 +345,9 @@ async fn after_fault(rt: &Shared, fence: &Fence, fault: Fault, code: u64) {
         }
         Fault::Canceling => {
             tracing::info!(task = %fence.task, "its cancellation was asked for: this execution stops, and the task runs again to compensate");
+            // The request made the task pending already, and this release is refused;
+            // a wait canceled on its own gives the task back to run again now.
+            let _ = rt.store.release(fence, Release::Retry { delay: 0, error: None }).await;
             return;
         }
         // Replay would diverge again: only other code, or an explicit resume, helps.
