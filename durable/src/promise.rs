@@ -213,7 +213,7 @@ pub struct Promise {
     /// ([`Call::compensate`](crate::Call::compensate)): owed once it resolves, run if
     /// its caller then fails or is canceled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub undo: Option<Undo>,
+    pub undo: Option<Box<Undo>>,
     /// Its cancellation was asked for ([`Store::request_cancel`](crate::Store::request_cancel))
     /// and its body has not settled it yet: the next execution of its task makes no
     /// new call, runs the undos it owes, and settles it canceled.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::panic::Location;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
@@ -64,8 +64,6 @@ pub struct Context {
     /// This attempt began in this execution: nothing was recorded under it before.
     fresh: bool,
     pub(crate) scope: Arc<Scope>,
-    /// The undos this attempt's steps carry, in the order the steps were made.
-    undos: Arc<Mutex<Vec<Owed>>>,
 }
 
 /// An undo attached to a step ([`Call::compensate`]), kept by the attempt that made
@@ -99,12 +97,12 @@ impl std::fmt::Debug for Context {
 impl Context {
     pub(crate) fn new(inv: Arc<Invocation>, id: String, deadline: Millis, attempt: u32, fresh: bool) -> Context {
         let prefix = (attempt > 1).then(|| retry_timer_id(&id, attempt - 1));
-        Context { inv, id, prefix, deadline, next: 0, attempt, fresh, scope: Arc::default(), undos: Arc::default() }
+        Context { inv, id, prefix, deadline, next: 0, attempt, fresh, scope: Arc::default() }
     }
 
     /// The undos this attempt's steps carry.
     pub(crate) fn take_undos(&self) -> Vec<Owed> {
-        std::mem::take(&mut *self.undos.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.scope.undos.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Whether this attempt made a durable call (or sleep, or promise) under its own
@@ -257,7 +255,6 @@ impl Context {
         Call {
             inv: self.inv.clone(),
             scope: self.scope.clone(),
-            undos: self.undos.clone(),
             n: self.next,
             undo: None,
             fresh: self.fresh && !self.inv.rt.checking,
@@ -539,13 +536,12 @@ impl sealed::Awaited for Rfc {}
 #[must_use = "a call does nothing until it is awaited"]
 pub struct Call<C: Callable, M> {
     inv: Arc<Invocation>,
+    /// The caller's attempt: its local children, and the undos its steps carry.
     scope: Arc<Scope>,
-    /// Where the caller's attempt keeps the undos its steps carry.
-    undos: Arc<Mutex<Vec<Owed>>>,
     /// The call's number in its attempt.
     n: u32,
     /// Set by `compensate`.
-    undo: Option<Result<UndoCall>>,
+    undo: Option<Box<Result<UndoCall>>>,
     /// Made by a fresh attempt: nothing is recorded under the caller.
     fresh: bool,
     /// Set by `begin` when the creation of a local child is deferred.
@@ -714,7 +710,7 @@ impl<C: Callable, M> Call<C, M> {
             target: None,
             record: Undo { func: undo.name().to_owned(), version: undo.version(), args },
         });
-        self.undo = Some(encoded);
+        self.undo = Some(Box::new(encoded));
         self
     }
 }
@@ -800,7 +796,7 @@ impl<C: Callable, M> Call<C, M> {
             Ok(args) => args.clone(),
             Err(e) => return Err(clone_error(e)),
         };
-        let mut undo = match self.undo.take() {
+        let mut undo = match self.undo.take().map(|undo| *undo) {
             Some(Ok(undo)) => Some(undo),
             Some(Err(e)) => return Err(e),
             None => None,
@@ -847,10 +843,10 @@ impl<C: Callable, M> Call<C, M> {
         // undone, whatever stops its caller.
         req.durable = routed || undo.is_some();
         req.task = task;
-        req.undo = undo.as_ref().map(|u| u.record.clone());
+        req.undo = undo.as_ref().map(|u| Box::new(u.record.clone()));
         if let Some(undo) = undo {
             let owed = Owed { n: self.n, step: self.id.clone(), undo };
-            self.undos.lock().unwrap_or_else(|e| e.into_inner()).push(owed);
+            self.scope.undos.lock().unwrap_or_else(|e| e.into_inner()).push(owed);
         }
         // A local child of a fresh attempt, with no deadline of its own and an id
         // under its caller, is created only when something is written under it, or

@@ -356,11 +356,20 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".into())
 }
 
-/// The local children a function body started: the body's promise settles only after
-/// they did, and dropping the scope (a crash, a lost lease) aborts them.
-#[derive(Debug, Default)]
+/// The local children a function body started, and the undos its steps carry: the
+/// body's promise settles only after its children did, and dropping the scope (a
+/// crash, a lost lease) aborts them.
+#[derive(Default)]
 pub(crate) struct Scope {
     children: Mutex<Vec<JoinHandle<()>>>,
+    /// The undos the attempt's steps carry, in the order the steps were made.
+    pub(crate) undos: Mutex<Vec<Owed>>,
+}
+
+impl std::fmt::Debug for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scope").finish_non_exhaustive()
+    }
 }
 
 impl Scope {

@@ -243,7 +243,7 @@ impl Invocation {
     /// turns true once it is created.
     pub(crate) fn defer(&self, mut req: CreatePromise) -> Result<watch::Receiver<bool>> {
         check_len(&req.id)?;
-        if !under_undo(&req.id) {
+        if self.canceling && !under_undo(&req.id) {
             self.refuse_when_canceling()?;
         }
         relate(&mut req);

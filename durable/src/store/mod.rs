@@ -99,7 +99,7 @@ pub struct CreatePromise {
     /// caller creates only ids its claim did not preload.
     pub durable: bool,
     /// The call that undoes this one ([`Promise::undo`]).
-    pub undo: Option<crate::Undo>,
+    pub undo: Option<Box<crate::Undo>>,
 }
 
 impl CreatePromise {
