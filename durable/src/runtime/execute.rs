@@ -51,7 +51,7 @@ impl Job {
     /// stopped it: then nothing was settled.
     pub(crate) async fn run(self) -> Option<Outcome> {
         let store = self.inv.rt.store.clone();
-        if self.inv.rt.checking && !self.recorded_under().await {
+        if self.inv.rt.checking && !self.holds_under(&self.id).await.unwrap_or(false) {
             // A replay check runs only bodies that replay something: this one would
             // run anew, with whatever effects its code has.
             self.inv.fail(crate::runtime::invocation::Fault::Frontier);
@@ -105,19 +105,13 @@ impl Job {
         // An attempt begun after a failure in this execution has no history either.
         let mut fresh = self.fresh;
         loop {
-            if attempt > 1 && self.canceled() && !self.begun(attempt).await.ok()? {
+            let retried = (attempt > 1).then(|| self.timer_id(attempt - 1));
+            if let Some(wait) = retried.filter(|_| self.canceled())
+                && !self.holds_under(&wait).await.map_err(|e| self.inv.store_fault(e)).ok()?
+            {
                 // Canceled in a retry's wait: the next attempt does not start.
-                let value = Failure::from(&Error::Canceled { id: self.id.clone() }).encode();
-                let req = SettlePromise {
-                    id: self.id.clone(),
-                    state: State::RejectedCanceled,
-                    value,
-                    ikey: None,
-                    strict: false,
-                    fence: None,
-                };
                 settling.store(true, std::sync::atomic::Ordering::SeqCst);
-                return Some(outcome(&inv.settle(req).await.ok()?));
+                return Some(outcome(&inv.settle(SettlePromise::canceled(&self.id)).await.ok()?));
             }
             inv.lease_holds().await.ok()?;
             inv.rt.count_run(self.func.name());
@@ -286,18 +280,11 @@ impl Job {
         }
     }
 
-    /// Whether attempt `attempt` (after the first) recorded anything: then it began.
-    async fn begun(&self, attempt: u32) -> Result<bool> {
-        let prefix = format!("{}.", self.timer_id(attempt - 1));
-        let search = crate::store::Search { prefix, limit: 1, ..Default::default() };
-        let page = self.inv.rt.store.search(search).await.map_err(|e| self.inv.store_fault(e))?;
-        Ok(!page.promises.is_empty())
-    }
-
-    /// Whether the history holds anything under this promise.
-    async fn recorded_under(&self) -> bool {
-        let search = crate::store::Search { prefix: format!("{}.", self.id), limit: 1, ..Default::default() };
-        self.inv.rt.store.search(search).await.is_ok_and(|page| !page.promises.is_empty())
+    /// Whether the history holds anything under `id`: under a retry's wait, the
+    /// attempt after it began.
+    async fn holds_under(&self, id: &str) -> std::result::Result<bool, crate::StoreError> {
+        let search = crate::store::Search { prefix: format!("{id}."), limit: 1, ..Default::default() };
+        Ok(!self.inv.rt.store.search(search).await?.promises.is_empty())
     }
 
     /// The id of the timer that waits after failed attempt `attempt`.

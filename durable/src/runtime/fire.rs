@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::error::Failure;
 use crate::promise::{DETACHED_TAG, Millis, Promise, State};
 use crate::schedule::{Overlap, Schedule, Times, stamp};
 use crate::store::{CreatePromise, NewTask, Search, SettlePromise};
@@ -122,16 +121,7 @@ async fn started(store: &dyn Store, top: &Promise) -> Result<Vec<Promise>> {
 }
 
 async fn settle_canceled(store: &dyn Store, id: &str) -> Result<Promise> {
-    let value = Failure::Canceled { id: id.to_owned() }.encode();
-    let req = SettlePromise {
-        id: id.to_owned(),
-        state: State::RejectedCanceled,
-        value,
-        ikey: None,
-        strict: false,
-        fence: None,
-    };
-    Ok(store.settle(req).await?)
+    Ok(store.settle(SettlePromise::canceled(id)).await?)
 }
 
 /// Fires every schedule due by now, each as far as [`MAX_FIRES`]. A schedule that

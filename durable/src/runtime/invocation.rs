@@ -244,7 +244,7 @@ impl Invocation {
     pub(crate) fn defer(&self, mut req: CreatePromise) -> Result<watch::Receiver<bool>> {
         check_len(&req.id)?;
         if self.canceling && !under_undo(&req.id) {
-            self.refuse_when_canceling()?;
+            return Err(self.refused());
         }
         relate(&mut req);
         let (signal, created) = watch::channel(false);
@@ -399,7 +399,7 @@ impl Invocation {
         if self.canceling && !under_undo(&req.id) && !req.parent.as_deref().is_some_and(under_undo) {
             // What was begun goes on; nothing new starts (but what an undo does).
             let Some(promise) = self.rt.store.get(&req.id).await.map_err(|e| self.store_fault(e))? else {
-                return Err(Error::Canceled { id: self.fence.task.clone() });
+                return Err(self.refused());
             };
             self.verify(&req.id, &promise.param, &req.param, location)?;
             return Ok(Found::Stored { promise, new: false });
@@ -414,7 +414,7 @@ impl Invocation {
         self.preload.contains_key(id)
     }
 
-    /// The settled promise `id` as the preload has it, or else as the store has it now.
+    /// Promise `id` as the preload has it (settled), or else as the store has it now.
     pub(crate) async fn lookup(&self, id: &str) -> Result<Option<Promise>> {
         if let Some(p) = self.preload.get(id) {
             return Ok(Some(p.clone()));
@@ -422,10 +422,10 @@ impl Invocation {
         self.rt.store.get(id).await.map_err(|e| self.store_fault(e))
     }
 
-    /// Once the task's cancellation was asked for, a call, sleep or promise that
-    /// was not begun before is refused: the body gets [`Error::Canceled`].
-    fn refuse_when_canceling(&self) -> Result<()> {
-        if self.canceling { Err(Error::Canceled { id: self.fence.task.clone() }) } else { Ok(()) }
+    /// What the body gets for a call, sleep or promise not begun before its task's
+    /// cancellation was asked for.
+    fn refused(&self) -> Error {
+        Error::Canceled { id: self.fence.task.clone() }
     }
 
     /// Whether the history holds a call of the same body numbered after `{base}.{n}`
@@ -534,16 +534,7 @@ impl Invocation {
             self.rt.store.request_cancel(id).await.map_err(|e| self.store_fault(e))?;
             return Ok(());
         }
-        let value = Failure::Canceled { id: id.to_owned() }.encode();
-        let req = SettlePromise {
-            id: id.to_owned(),
-            state: crate::State::RejectedCanceled,
-            value,
-            ikey: None,
-            strict: false,
-            fence: None,
-        };
-        self.settle(req).await.map(drop)
+        self.settle(SettlePromise::canceled(id)).await.map(drop)
     }
 
     pub(crate) fn store_fault(&self, e: StoreError) -> Error {

@@ -216,6 +216,20 @@ pub struct SettlePromise {
     pub fence: Option<Fence>,
 }
 
+impl SettlePromise {
+    /// Settles `id` as canceled ([`State::RejectedCanceled`]), unfenced.
+    pub(crate) fn canceled(id: &str) -> SettlePromise {
+        SettlePromise {
+            id: id.to_owned(),
+            state: State::RejectedCanceled,
+            value: crate::error::Failure::Canceled { id: id.to_owned() }.encode(),
+            ikey: None,
+            strict: false,
+            fence: None,
+        }
+    }
+}
+
 /// Which promises to search.
 #[derive(Clone, Debug, Default)]
 pub struct Search {

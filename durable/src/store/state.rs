@@ -1346,16 +1346,7 @@ impl Core {
         }
         if t.state == TaskState::Pending && t.version == 0 {
             // Never started: nothing to undo, and no execution to tell.
-            let value = crate::error::Failure::Canceled { id: id.to_owned() }.encode();
-            let req = SettlePromise {
-                id: id.to_owned(),
-                state: State::RejectedCanceled,
-                value,
-                ikey: None,
-                strict: false,
-                fence: None,
-            };
-            return self.settle(req, now).map(Some);
+            return self.settle(SettlePromise::canceled(id), now).map(Some);
         }
         p.canceling = true;
         let p = p.clone();
