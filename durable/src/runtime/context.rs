@@ -807,8 +807,8 @@ impl<C: Callable, M> Call<C, M> {
                 None => Target::any(self.inv.rt.group.clone()),
             };
             if let Some(undo) = &mut undo {
+                self.served(&target.group, undo).await?;
                 undo.target = Some(target.clone());
-                self.served(undo).await?;
             }
             let key = match self.key.take() {
                 Some(key) => Some(key?),
@@ -890,7 +890,7 @@ impl<C: Callable, M> Call<C, M> {
     /// Ok if a live worker of the routed undo's group serves its function: checked
     /// when the step is made, not when it is replayed (a replay takes the path the
     /// first run took, whoever is live now).
-    async fn served(&self, undo: &UndoCall) -> Result<()> {
+    async fn served(&self, group: &str, undo: &UndoCall) -> Result<()> {
         if self.inv.is_preloaded(&self.id) || self.inv.rt.checking {
             return Ok(());
         }
@@ -899,7 +899,6 @@ impl<C: Callable, M> Call<C, M> {
         if !self.fresh && store.get(&self.id).await.map_err(|e| self.inv.store_fault(e))?.is_some() {
             return Ok(());
         }
-        let group = &undo.target.as_ref().expect("a routed undo has its step's target").group;
         let function = crate::promise::function_key(&undo.record.func, undo.record.version);
         let (now, workers) = futures::try_join!(store.now(), store.workers()).map_err(|e| self.inv.store_fault(e))?;
         if workers.iter().any(|w| w.serves(group, &function, now)) {
