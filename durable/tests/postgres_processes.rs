@@ -635,8 +635,11 @@ async fn sagas_canceled_mid_flight_across_a_sigkill_conserve_the_balances() {
         handles.push((n, call.await.unwrap()));
     }
     let deadline = Instant::now() + Duration::from_secs(20);
-    let booked = format!("SELECT count(*) FROM {schema}.bookings");
-    while client.query_one(&booked, &[]).await.unwrap().get::<_, i64>(0) < TRANSFERS as i64 {
+    // Made: its debit booked and recorded, and the promise it waits on next created
+    // (a booking alone can precede its step's record, and a resolve of a promise not
+    // yet created finds nothing).
+    let made = format!("SELECT count(*) FROM {schema}.promises WHERE id LIKE 'move-%-go'");
+    while client.query_one(&made, &[]).await.unwrap().get::<_, i64>(0) < TRANSFERS as i64 {
         assert!(Instant::now() < deadline, "the first steps were not all made in 20 s");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

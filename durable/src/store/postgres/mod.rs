@@ -517,16 +517,11 @@ impl PostgresOptions {
         let database = config.get_dbname().unwrap_or("(the user's own)").to_owned();
         let pool = Pool::new(config, self.schema.clone(), self.pool_size);
         let mut conn = pool.get().await?;
-        if !self.create {
-            let made = "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = $1 AND tablename = 'durable_schema'";
-            if conn.query_opt(made, &[&self.schema]).await.map_err(db)?.is_none() {
-                return Err(StoreError::NotFound {
-                    what: "store",
-                    id: format!("schema {:?} of database {database:?}", self.schema),
-                });
-            }
+        // Every start but a store's first finds it at this version: one round trip,
+        // no lock, no transaction.
+        if version(&conn).await != Some(SCHEMA_VERSION) {
+            self.make(&mut conn, &database).await?;
         }
-        migrate(&mut conn, &self.schema).await?;
         drop(conn);
         let channel = settled_channel(&self.schema);
         let waiters = Arc::new(Waiters::default());
@@ -556,6 +551,30 @@ impl PostgresOptions {
         });
         Ok(PostgresStore { core, listener })
     }
+
+    /// Creates the store, unless told not to, or upgrades it.
+    async fn make(&self, conn: &mut tokio_postgres::Client, database: &str) -> Result<(), StoreError> {
+        if !self.create {
+            let made = "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = $1 AND tablename = 'durable_schema'";
+            if conn.query_opt(made, &[&self.schema]).await.map_err(db)?.is_none() {
+                return Err(StoreError::NotFound {
+                    what: "store",
+                    id: format!("schema {:?} of database {database:?}", self.schema),
+                });
+            }
+        }
+        migrate(conn, &self.schema).await
+    }
+}
+
+/// The schema's version as this connection's search path finds it; `None` where there
+/// is no store (or the read failed: the caller then takes the long way).
+async fn version(client: &tokio_postgres::Client) -> Option<i32> {
+    let messages = client.simple_query("SELECT max(version) FROM durable_schema").await.ok()?;
+    messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse().ok()),
+        _ => None,
+    })
 }
 
 fn pool_listener(url: &str, schema: &str) -> Result<Pool, StoreError> {
@@ -1033,48 +1052,46 @@ impl Backend {
         run: &mut (dyn FnMut(&mut Core, Millis) + Send),
     ) -> Result<(), StoreError> {
         let mut conn = self.pool.get().await?;
+        // What this step will run, prepared (where this connection has not yet) in one
+        // round trip: a step that locks no schedule, say, prepares no schedule's lock.
+        let (create, read_limits, locks_schedules) = match select {
+            // A step that may free a slot reads the limits, to wake the workers a
+            // limit holds back, once this process has seen one.
+            Select::Ids { create, limits, schedules, .. } => {
+                (*create, *limits || self.flow_seen.load(std::sync::atomic::Ordering::Relaxed), !schedules.is_empty())
+            }
+            _ => (false, false, false),
+        };
+        let claims = matches!(select, Select::Ready(_));
         let [
-            clock,
+            Some(clock),
+            Some(lock_tasks),
+            Some(lock_promises),
+            Some(lock_waiting),
             lock_new,
-            lock_tasks,
-            lock_promises,
-            lock_waiting,
-            upsert_promises,
-            upsert_tasks,
-            notify_settled,
-            notify_ready,
             limits_q,
+            lock_schedule,
             lock_limits,
             executing_q,
             buckets_q,
-            upsert_buckets,
-            delete_buckets,
-            lock_schedule,
-            upsert_schedules,
-            delete_schedules,
         ] = conn
-            .statements([
-                CLOCK,
-                LOCK_NEW,
-                LOCK_TASKS,
-                LOCK_PROMISES,
-                LOCK_WAITING,
-                UPSERT_PROMISES,
-                UPSERT_TASKS,
-                NOTIFY_SETTLED,
-                NOTIFY_READY,
-                LIMITS,
-                LOCK_LIMITS,
-                EXECUTING,
-                BUCKETS,
-                UPSERT_BUCKETS,
-                DELETE_BUCKETS,
-                LOCK_SCHEDULE,
-                UPSERT_SCHEDULES,
-                DELETE_SCHEDULES,
+            .statements_if([
+                (true, CLOCK),
+                (true, LOCK_TASKS),
+                (true, LOCK_PROMISES),
+                (true, LOCK_WAITING),
+                (create, LOCK_NEW),
+                (read_limits, LIMITS),
+                (locks_schedules, LOCK_SCHEDULE),
+                (claims, LOCK_LIMITS),
+                (claims, EXECUTING),
+                (claims, BUCKETS),
             ])
             .await
-            .map_err(db)?;
+            .map_err(db)?
+        else {
+            unreachable!("the statements every step runs are wanted")
+        };
         let locks = [lock_tasks, lock_promises, lock_waiting];
         conn.in_transaction = true;
         // One round trip to BEGIN, read the clock and lock and read the rows (the
@@ -1082,33 +1099,30 @@ impl Backend {
         let begin = if durable { "BEGIN" } else { "BEGIN; SET LOCAL synchronous_commit TO off" };
         let (mut limits, mut buckets, mut executing, mut schedules) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (now, (promises, mut tasks)) = match select {
-            Select::Ids { promises, tasks, create, limits: read_limits, schedules: locked } => {
+            Select::Ids { promises, tasks, schedules: locked, .. } => {
                 let rows = Rows { promises: promises.to_vec(), tasks: tasks.to_vec() };
-                // A step that may free a slot reads the limits, to wake the workers a
-                // limit holds back, once this process has seen one.
-                let read_limits = *read_limits || self.flow_seen.load(std::sync::atomic::Ordering::Relaxed);
                 // Sent in this order (each future sends when first polled), run in order.
                 let ((), now, (), loaded, stored, scheduled) = futures::try_join!(
                     async { conn.batch_execute(begin).await.map_err(db) },
                     self.now_in(&conn, &clock),
                     async {
-                        if *create {
-                            conn.execute(&lock_new, &[&self.channel, &rows.promises]).await.map_err(db)?;
+                        if let Some(lock_new) = &lock_new {
+                            conn.execute(lock_new, &[&self.channel, &rows.promises]).await.map_err(db)?;
                         }
                         Ok(())
                     },
                     load(&conn, &locks, &rows),
                     async {
-                        if !read_limits {
-                            return Ok(Vec::new());
+                        match &limits_q {
+                            Some(limits_q) => conn.query(limits_q, &[]).await.map_err(db),
+                            None => Ok(Vec::new()),
                         }
-                        conn.query(&limits_q, &[]).await.map_err(db)
                     },
                     async {
-                        if locked.is_empty() {
-                            return Ok(Vec::new());
+                        match &lock_schedule {
+                            Some(lock_schedule) => conn.query(lock_schedule, &[locked]).await.map_err(db),
+                            None => Ok(Vec::new()),
                         }
-                        conn.query(&lock_schedule, &[locked]).await.map_err(db)
                     }
                 )?;
                 schedules = scheduled.iter().map(|r| parse::<Schedule>(r.get(0))).collect::<Result<_, _>>()?;
@@ -1119,6 +1133,10 @@ impl Backend {
                 (now, loaded)
             }
             Select::Ready(claim) => {
+                let (Some(lock_limits), Some(executing_q), Some(buckets_q)) = (lock_limits, executing_q, buckets_q)
+                else {
+                    unreachable!("a claim's statements are wanted")
+                };
                 let group: [&(dyn ToSql + Sync); 1] = [&claim.group];
                 let locking: [&(dyn ToSql + Sync); 2] = [&claim.group, &self.channel];
                 let ((), now, locked, running, rates) = futures::try_join!(
@@ -1264,31 +1282,35 @@ impl Backend {
         let notify_params: [&(dyn ToSql + Sync); 2] = [&self.channel, &dirty.woken];
         let ready_channels: Vec<String> = dirty.ready.iter().map(|g| ready_channel(&self.channel, g)).collect();
         let ready_params: [&(dyn ToSql + Sync); 1] = [&ready_channels];
-        let mut writes: Vec<futures::future::BoxFuture<'_, Result<u64, tokio_postgres::Error>>> = Vec::new();
-        if !p_ids.is_empty() {
-            writes.push(Box::pin(conn.execute(&upsert_promises, &promise_params)));
-        }
-        if !t_ids.is_empty() {
-            writes.push(Box::pin(conn.execute(&upsert_tasks, &task_params)));
-        }
-        if !b_limits.is_empty() {
-            writes.push(Box::pin(conn.execute(&upsert_buckets, &bucket_params)));
-        }
-        if !spent_limits.is_empty() {
-            writes.push(Box::pin(conn.execute(&delete_buckets, &spent_params)));
-        }
-        if !s_ids.is_empty() {
-            writes.push(Box::pin(conn.execute(&upsert_schedules, &schedule_params)));
-        }
-        if !s_gone.is_empty() {
-            writes.push(Box::pin(conn.execute(&delete_schedules, &gone_params)));
-        }
-        if !dirty.woken.is_empty() {
-            writes.push(Box::pin(conn.execute(&notify_settled, &notify_params)));
-        }
-        if !dirty.ready.is_empty() {
-            writes.push(Box::pin(conn.execute(&notify_ready, &ready_params)));
-        }
+        // One statement for each kind of write the step made.
+        let wanted = conn
+            .statements_if([
+                (!p_ids.is_empty(), UPSERT_PROMISES),
+                (!t_ids.is_empty(), UPSERT_TASKS),
+                (!b_limits.is_empty(), UPSERT_BUCKETS),
+                (!spent_limits.is_empty(), DELETE_BUCKETS),
+                (!s_ids.is_empty(), UPSERT_SCHEDULES),
+                (!s_gone.is_empty(), DELETE_SCHEDULES),
+                (!dirty.woken.is_empty(), NOTIFY_SETTLED),
+                (!dirty.ready.is_empty(), NOTIFY_READY),
+            ])
+            .await
+            .map_err(db)?;
+        let params: [&[&(dyn ToSql + Sync)]; 8] = [
+            &promise_params,
+            &task_params,
+            &bucket_params,
+            &spent_params,
+            &schedule_params,
+            &gone_params,
+            &notify_params,
+            &ready_params,
+        ];
+        let mut writes: Vec<futures::future::BoxFuture<'_, Result<u64, tokio_postgres::Error>>> = wanted
+            .iter()
+            .zip(params)
+            .filter_map(|(statement, params)| Some(Box::pin(conn.execute(statement.as_ref()?, params)) as _))
+            .collect();
         // If a write fails, the server turns this COMMIT into a rollback, and the
         // write's error is returned.
         let commit = async { conn.batch_execute("COMMIT").await.map(|()| 0) };

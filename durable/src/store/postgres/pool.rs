@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
-use tokio_postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage, Statement};
 
 use crate::StoreError;
 
@@ -70,20 +70,28 @@ impl Conn<'_> {
         &mut self,
         sql: [&'static str; N],
     ) -> Result<[Statement; N], tokio_postgres::Error> {
+        let wanted = self.statements_if(sql.map(|sql| (true, sql))).await?;
+        Ok(wanted.map(|statement| statement.expect("every statement was wanted")))
+    }
+
+    /// The statements for those `sql` marked wanted, as [`statements`](Self::statements)
+    /// gives them; those this connection has not prepared yet are prepared together,
+    /// in one round trip.
+    pub(crate) async fn statements_if<const N: usize>(
+        &mut self,
+        sql: [(bool, &'static str); N],
+    ) -> Result<[Option<Statement>; N], tokio_postgres::Error> {
         let pooled = self.client.as_mut().expect("present until dropped");
-        let mut out = Vec::with_capacity(N);
-        for sql in sql {
-            let statement = match pooled.prepared.get(sql) {
-                Some(statement) => statement.clone(),
-                None => {
-                    let statement = pooled.client.prepare(sql).await?;
-                    pooled.prepared.insert(sql, statement.clone());
-                    statement
-                }
-            };
-            out.push(statement);
+        let mut missing: Vec<&'static str> = Vec::new();
+        for (wanted, sql) in sql {
+            if wanted && !pooled.prepared.contains_key(sql) && !missing.contains(&sql) {
+                missing.push(sql);
+            }
         }
-        Ok(out.try_into().unwrap_or_else(|_| unreachable!("one statement per query")))
+        let client = &pooled.client;
+        let made = futures::future::try_join_all(missing.iter().map(|sql| client.prepare(sql))).await?;
+        pooled.prepared.extend(missing.into_iter().zip(made));
+        Ok(sql.map(|(wanted, sql)| wanted.then(|| pooled.prepared[sql].clone())))
     }
 }
 
@@ -133,15 +141,15 @@ impl Pool {
                 None => break,
             }
         }
-        let client = self.connect().await?;
-        let backend = client.query_one("SELECT pg_backend_pid()", &[]).await.map_err(super::db)?.get(0);
+        let (client, backend) = self.connect().await?;
         self.backends.lock().unwrap_or_else(|e| e.into_inner()).insert(backend);
         let client = Pooled { client, backend, prepared: HashMap::new() };
         Ok(Conn { pool: self, client: Some(client), in_transaction: false, _slot: slot })
     }
 
-    /// A new connection with the store's schema first on its search path.
-    pub(crate) async fn connect(&self) -> Result<Client, StoreError> {
+    /// A new connection with the store's schema first on its search path, and the
+    /// server's process id for it (read in the round trip that sets up the session).
+    pub(crate) async fn connect(&self) -> Result<(Client, i32), StoreError> {
         let (client, connection) = self.config.connect(NoTls).await.map_err(unreachable)?;
         tokio::spawn(async move {
             // Ends when the connection closes; the client then reports is_closed.
@@ -151,14 +159,22 @@ impl Pool {
         // tables were small, would otherwise scan them for the connection's life. And
         // no JIT: a disabled scan's cost, where a small table has no index, would
         // pass its threshold and compile a query that takes microseconds to run.
-        client
-            .batch_execute(&format!(
-                "SET search_path TO {}; SET enable_seqscan TO off; SET jit TO off; SET plan_cache_mode TO force_generic_plan",
+        let session = client
+            .simple_query(&format!(
+                "SET search_path TO {}; SET enable_seqscan TO off; SET jit TO off; SET plan_cache_mode TO force_generic_plan;
+                 SELECT pg_backend_pid()",
                 quote_ident(&self.schema)
             ))
             .await
             .map_err(super::db)?;
-        Ok(client)
+        let backend = session
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => row.get(0).and_then(|pid| pid.parse().ok()),
+                _ => None,
+            })
+            .ok_or_else(|| StoreError::backend("the server did not give its process id for a new connection"))?;
+        Ok((client, backend))
     }
 }
 
