@@ -32,11 +32,10 @@ pub(crate) async fn background(rt: Arc<Shared>) {
     let code = rt.registry.iter().map(|(name, f)| (name.clone(), f.code_digest())).collect();
     // Until it succeeds: a pass that failed is tried again every beat.
     let mut resume_halted = true;
-    // Looked for after the first claim, and once more a moment later: a claim the
-    // killed predecessor sent just before it died can still commit after the first
-    // look. What a look releases is signalled ready, and claimed next.
-    let started = tokio::time::Instant::now();
-    let mut rechecks = [started, started + PREDECESSOR_RECHECK].into_iter().peekable();
+    let _ = store.release_predecessors(&rt.group, &rt.pid, &rt.process).await;
+    // A claim the killed predecessor sent just before it died can still commit after
+    // that: look once more a moment later.
+    let mut recheck = Some(tokio::time::Instant::now() + PREDECESSOR_RECHECK);
     let mut next_beat = tokio::time::Instant::now() + beat;
     let mut next_tick = tokio::time::Instant::now();
     // This worker serves its group: say so every beat, whether it holds work or not.
@@ -58,41 +57,7 @@ pub(crate) async fn background(rt: Arc<Shared>) {
     let mut last_signal_tick = tokio::time::Instant::now();
     // Stopped with this loop.
     let mut firing: Option<AbortOnDrop> = None;
-    // Each pass claims first, then does what is due: a worker that starts takes its
-    // work before its housekeeping (announcing itself, resuming halted tasks,
-    // ticking), whose findings are signalled ready and claimed on the next pass.
     loop {
-        let free = rt.concurrency.saturating_sub(rt.running.lock().unwrap_or_else(|e| e.into_inner()).len());
-        // A runtime with no functions (a client) runs nothing: it claims nothing.
-        let signalled = std::mem::take(&mut signal_woke) | ready.has_changed().unwrap_or(false);
-        claim_due |= signalled;
-        if claim_due && free > 0 && !me.functions.is_empty() {
-            ready.borrow_and_update();
-            let claim = Claim {
-                group: rt.group.clone(),
-                pid: rt.pid.clone(),
-                process: rt.process.clone(),
-                ttl: rt.ttl,
-                max: free,
-                functions: me.functions.clone(),
-            };
-            let sent = tokio::time::Instant::now();
-            if let Ok(acquired) = store.claim(claim).await {
-                claim_due = acquired.len() >= free;
-                // A signal that found nothing may be a task made to start later (by a
-                // process that may not stay to tell): tick, at most once a second, to
-                // learn when.
-                if signalled && acquired.is_empty() && last_signal_tick.elapsed() >= SIGNAL_TICK {
-                    last_signal_tick = tokio::time::Instant::now();
-                    next_tick = next_tick.min(last_signal_tick);
-                }
-                for a in acquired {
-                    tracing::debug!(task = %a.task.id, group = %rt.group, version = a.task.version, "claimed");
-                    let fence = a.fence();
-                    start(rt.clone(), fence, a.task.faults, a.root, a.preload, sent);
-                }
-            }
-        }
         if tokio::time::Instant::now() >= next_announce {
             let _ = store.announce(&me, rt.ttl).await;
             next_announce = tokio::time::Instant::now() + beat;
@@ -111,8 +76,11 @@ pub(crate) async fn background(rt: Arc<Shared>) {
                 }
             }
         }
-        if rechecks.next_if(|at| tokio::time::Instant::now() >= *at).is_some() {
+        if let Some(at) = recheck
+            && tokio::time::Instant::now() >= at
+        {
             let _ = store.release_predecessors(&rt.group, &rt.pid, &rt.process).await;
+            recheck = None;
         }
         // Tick when the store's next deadline is due, when this process added one,
         // and at least once a lease, so that a lease taken elsewhere since the last
@@ -161,8 +129,39 @@ pub(crate) async fn background(rt: Arc<Shared>) {
             }
             next_beat = tokio::time::Instant::now() + beat;
         }
+        let free = rt.concurrency.saturating_sub(rt.running.lock().unwrap_or_else(|e| e.into_inner()).len());
+        // A runtime with no functions (a client) runs nothing: it claims nothing.
+        let signalled = std::mem::take(&mut signal_woke) | ready.has_changed().unwrap_or(false);
+        claim_due |= signalled;
+        if claim_due && free > 0 && !me.functions.is_empty() {
+            ready.borrow_and_update();
+            let claim = Claim {
+                group: rt.group.clone(),
+                pid: rt.pid.clone(),
+                process: rt.process.clone(),
+                ttl: rt.ttl,
+                max: free,
+                functions: me.functions.clone(),
+            };
+            let sent = tokio::time::Instant::now();
+            if let Ok(acquired) = store.claim(claim).await {
+                claim_due = acquired.len() >= free;
+                // A signal that found nothing may be a task made to start later (by a
+                // process that may not stay to tell): tick, at most once a second, to
+                // learn when.
+                if signalled && acquired.is_empty() && last_signal_tick.elapsed() >= SIGNAL_TICK {
+                    last_signal_tick = tokio::time::Instant::now();
+                    next_tick = next_tick.min(last_signal_tick);
+                }
+                for a in acquired {
+                    tracing::debug!(task = %a.task.id, group = %rt.group, version = a.task.version, "claimed");
+                    let fence = a.fence();
+                    start(rt.clone(), fence, a.task.faults, a.root, a.preload, sent);
+                }
+            }
+        }
         sleep = sleep.min(next_tick.saturating_duration_since(tokio::time::Instant::now()));
-        if let Some(at) = rechecks.peek() {
+        if let Some(at) = recheck {
             sleep = sleep.min(at.saturating_duration_since(tokio::time::Instant::now()));
         }
         sleep = sleep.min(next_announce.saturating_duration_since(tokio::time::Instant::now()));
