@@ -44,6 +44,8 @@ pub struct FaultyStore {
     /// Faults drawn for every operation: `(seed, per thousand, delays only)`.
     random: Option<(u64, u64, bool)>,
     calls: AtomicUsize,
+    /// Delays for the next operation of a name, each taken once.
+    named: Mutex<BTreeMap<&'static str, Duration>>,
     injected: AtomicUsize,
     /// Until when every operation waits before it starts.
     stalled_until: Mutex<Option<tokio::time::Instant>>,
@@ -59,6 +61,7 @@ impl FaultyStore {
             faults: Mutex::default(),
             random: None,
             calls: AtomicUsize::new(0),
+            named: Mutex::default(),
             injected: AtomicUsize::new(0),
             stalled_until: Mutex::new(None),
             killed: std::sync::atomic::AtomicBool::new(false),
@@ -132,6 +135,36 @@ impl FaultyStore {
         self
     }
 
+    /// Delays the next operation named `name` (as the store's method is: `claim`,
+    /// `settle`, `tick`…) by `d` before it starts, counted as injected once it
+    /// begins: a test then acts while that operation is in flight.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// use durable::Store;
+    /// use durable_testkit::FaultyStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let store = Arc::new(FaultyStore::new(Arc::new(durable::MemoryStore::new())));
+    /// store.delay_next("get", Duration::from_secs(2));
+    /// let read = tokio::spawn({
+    ///     let store = store.clone();
+    ///     async move { store.get("x").await }
+    /// });
+    /// while store.injected() == 0 {
+    ///     tokio::task::yield_now().await;
+    /// }
+    /// // The read is in flight, and waits two seconds before it reaches the store.
+    /// assert!(!read.is_finished());
+    /// assert_eq!(read.await.unwrap().unwrap(), None);
+    /// # }
+    /// ```
+    pub fn delay_next(&self, name: &'static str, d: Duration) {
+        self.named.lock().unwrap_or_else(|e| e.into_inner()).insert(name, d);
+    }
+
     /// Operations so far.
     pub fn operations(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
@@ -163,6 +196,8 @@ impl FaultyStore {
         }
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let fault = self.faults.lock().unwrap_or_else(|e| e.into_inner()).get(&n).copied().or_else(|| self.drawn(n));
+        let named = self.named.lock().unwrap_or_else(|e| e.into_inner()).remove(name).map(Fault::Delay);
+        let fault = named.or(fault);
         let injected = || {
             self.injected.fetch_add(1, Ordering::SeqCst);
             StoreError::backend(format!("injected fault in operation {n} ({name})"))

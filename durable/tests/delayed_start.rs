@@ -54,6 +54,38 @@ async fn a_delayed_rpc_runs_at_its_time_on_a_worker_its_client_never_told(store:
     assert!(at[0] <= t0 + 8_250, "within a second of its time: {} ms after the call", at[0] - t0);
 }
 
+/// The signal of a delayed call that comes while the worker's claim is in flight
+/// (so the claim cannot see it, and waiting consumes it) still makes the worker learn
+/// the call's time, not at its next lease tick, 30 s on.
+async fn a_delayed_call_signalled_during_a_claim_runs_at_its_time(store: Arc<dyn Store>) {
+    let line = common::line(&store);
+    let _worker = common::builder(&(line.clone() as Arc<dyn Store>)).group("g").register(remind).build().unwrap();
+    let client = common::builder(&store).group("client").build().unwrap();
+    // Past the worker's start-up (its second look for a predecessor's tasks is at 1 s).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Its next claim, at its next timed wake, waits a second to start; no other timer
+    // of the worker is due when it ends.
+    line.delay_next("claim", Duration::from_secs(1));
+    while line.injected() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let t0 = store.now().await.unwrap();
+    let handle = client
+        .rpc("during-claim", remind, "during a claim".into())
+        .target("poll://any@g")
+        .start_after(Duration::from_millis(7_250))
+        .await
+        .unwrap();
+    // The client goes away: nothing of it is left to tell the worker when.
+    client.shutdown().await.unwrap();
+    drop(client);
+    assert_eq!(handle.await.unwrap(), "reminded: during a claim");
+    let at = started("during a claim");
+    assert_eq!(at.len(), 1, "it ran once");
+    assert!(at[0] >= t0 + 7_250, "not before its time: {} ms after the call", at[0] - t0);
+    assert!(at[0] <= t0 + 8_250, "within a second of its time: {} ms after the call", at[0] - t0);
+}
+
 async fn a_delayed_run_and_a_start_at_a_time(store: Arc<dyn Store>) {
     let durable = common::builder(&store).register(remind).build().unwrap();
     let t0 = store.now().await.unwrap();
@@ -105,6 +137,7 @@ async fn a_delayed_start_canceled_before_its_time_never_runs(store: Arc<dyn Stor
 
 on_every_store!(
     a_delayed_rpc_runs_at_its_time_on_a_worker_its_client_never_told,
+    a_delayed_call_signalled_during_a_claim_runs_at_its_time,
     a_delayed_run_and_a_start_at_a_time,
     a_detached_start_after_runs_later_and_its_caller_does_not_wait,
     a_delayed_start_canceled_before_its_time_never_runs,
